@@ -1,0 +1,431 @@
+
+# Copyright (c) bunnydb authors
+#
+# BunnyTest - shared helpers for the bunnydb TAP tests.
+#
+#   use FindBin; use lib "$FindBin::RealBin/../perl"; use BunnyTest;
+#
+#   my ($source, $dest) = setup_pair();
+#   create_mirror($dest, 'm1', ['public.t1', '"My Schema"."Mixed Case"'],
+#                 do_initial_snapshot => 'false');
+#   ... write on $source ...
+#   ok(wait_synced($source, $dest, 'm1', \@tables), 'caught up');
+#   compare_tables($source, $dest, \@tables, 'after step');
+#
+# Table names are always passed in SQL syntax, quoted where needed
+# (e.g. '"My Schema"."Mixed Case"'); they are put verbatim into queries.
+
+package BunnyTest;
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use Time::HiRes qw(usleep time);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+our @EXPORT = qw(
+  setup_pair
+  create_mirror
+  tables_json
+  sql_literal
+  wait_for_status
+  mirror_field
+  mirror_state
+  dump_mirror_state
+  source_lsn
+  wait_for_lsn
+  fingerprint
+  table_shape
+  wait_synced
+  compare_tables
+  poll_until
+  query_value
+  worker_pids
+);
+
+# ---------------------------------------------------------------------------
+# Small utilities
+# ---------------------------------------------------------------------------
+
+# Quote a Perl string as an SQL literal.
+sub sql_literal
+{
+	my ($s) = @_;
+	return 'NULL' unless defined $s;
+	$s =~ s/'/''/g;
+	return "'$s'";
+}
+
+# Encode a list of table names (SQL syntax) as a JSON array of strings.
+sub tables_json
+{
+	my @names = @_;
+	my @enc;
+	foreach my $n (@names)
+	{
+		my $s = $n;
+		$s =~ s/\\/\\\\/g;
+		$s =~ s/"/\\"/g;
+		push @enc, qq("$s");
+	}
+	return '[' . join(', ', @enc) . ']';
+}
+
+# Run a query; return its stdout, or undef if psql failed (server down,
+# error, ...). Never dies.
+sub query_value
+{
+	my ($node, $sql, %params) = @_;
+	my ($ret, $stdout, $stderr);
+	eval {
+		($ret, $stdout, $stderr) = $node->psql(
+			'postgres', $sql,
+			on_error_stop => 1,
+			timeout => $params{timeout} // 120);
+	};
+	return undef if $@;
+	return undef if !defined $ret || $ret != 0;
+	return $stdout;
+}
+
+# Call $code repeatedly until it returns true or $timeout seconds passed.
+# Returns the last (true) value of $code, or 0 on timeout.
+sub poll_until
+{
+	my ($code, $timeout, $interval) = @_;
+	$timeout  //= $PostgreSQL::Test::Utils::timeout_default;
+	$interval //= 0.2;
+	my $deadline = time() + $timeout;
+	while (1)
+	{
+		my $r = $code->();
+		return $r if $r;
+		return 0 if time() > $deadline;
+		usleep(int($interval * 1_000_000));
+	}
+}
+
+# ---------------------------------------------------------------------------
+# Cluster setup
+# ---------------------------------------------------------------------------
+
+# setup_pair(%opts) -> ($source, $dest)
+#
+# Options:
+#   source_conf => extra postgresql.conf text for the source
+#   dest_conf   => extra postgresql.conf text for the destination
+#   peer        => name of the peer to create (default 'src'); undef/'' = none
+#   create_extension => 0 to skip CREATE EXTENSION (default 1)
+sub setup_pair
+{
+	my (%opts) = @_;
+	my $peer = exists $opts{peer} ? $opts{peer} : 'src';
+	my $create_ext =
+	  exists $opts{create_extension} ? $opts{create_extension} : 1;
+
+	my $source = PostgreSQL::Test::Cluster->new($opts{source_name} // 'source');
+	$source->init(
+		allows_streaming => 'logical',
+		extra => [ '--encoding=UTF8', '--locale=C' ]);
+	$source->append_conf(
+		'postgresql.conf', qq(
+wal_level = logical
+max_replication_slots = 10
+max_wal_senders = 10
+max_connections = 40
+shared_buffers = 32MB
+max_wal_size = 1GB
+log_min_messages = info
+)
+		  . ($opts{source_conf} // ''));
+	$source->start;
+
+	my $dest = PostgreSQL::Test::Cluster->new($opts{dest_name} // 'dest');
+	$dest->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+	$dest->append_conf(
+		'postgresql.conf', qq(
+shared_preload_libraries = 'bunnydb'
+max_worker_processes = 32
+max_replication_slots = 10
+wal_level = replica
+max_wal_senders = 10
+max_connections = 40
+restart_after_crash = on
+log_min_messages = info
+)
+		  . ($opts{dest_conf} // ''));
+	$dest->start;
+
+	if ($create_ext)
+	{
+		$dest->safe_psql('postgres', 'CREATE EXTENSION bunnydb;');
+		if (defined $peer && $peer ne '')
+		{
+			$dest->safe_psql('postgres',
+				    'SELECT bunny.create_peer('
+				  . sql_literal($peer) . ', '
+				  . sql_literal($source->connstr('postgres'))
+				  . ');');
+		}
+	}
+
+	return ($source, $dest);
+}
+
+# ---------------------------------------------------------------------------
+# Mirrors
+# ---------------------------------------------------------------------------
+
+# create_mirror($dest, $name, \@tables | $json_text, %opts)
+#
+# %opts:
+#   peer    => source peer name (default 'src')
+#   wait    => wait for status RUNNING (default 1)
+#   timeout => seconds for that wait (default 120)
+#   anything else is passed as a named SQL argument verbatim, e.g.
+#   do_initial_snapshot => 'false', max_batch_size => 100.
+#   do_initial_snapshot defaults to 'false' here.
+#
+# Returns true if the mirror was created (and, when waiting, reached RUNNING).
+sub create_mirror
+{
+	my ($dest, $name, $tables, %opts) = @_;
+	my $peer    = delete $opts{peer}    // 'src';
+	my $wait    = delete $opts{wait}    // 1;
+	my $timeout = delete $opts{timeout} // 120;
+	$opts{do_initial_snapshot} //= 'false';
+
+	my $json = ref($tables) eq 'ARRAY' ? tables_json(@$tables) : $tables;
+	my $args = join('',
+		map { ", $_ => $opts{$_}" } sort keys %opts);
+	my $sql =
+	    'SELECT bunny.create_mirror('
+	  . sql_literal($name) . ', '
+	  . sql_literal($peer) . ', '
+	  . sql_literal($json)
+	  . "::jsonb$args);";
+
+	my ($ret, $stdout, $stderr) = $dest->psql('postgres', $sql);
+	if ($ret != 0)
+	{
+		diag("create_mirror($name) failed: $stderr\nSQL: $sql");
+		return 0;
+	}
+	return 1 unless $wait;
+	return wait_for_status($dest, $name, 'RUNNING', $timeout);
+}
+
+# Value of one column of bunny.mirrors for a mirror, or undef.
+sub mirror_field
+{
+	my ($dest, $name, $field) = @_;
+	return query_value($dest,
+		"SELECT $field FROM bunny.mirrors WHERE name = " . sql_literal($name));
+}
+
+# One-line human readable state of a mirror.
+sub mirror_state
+{
+	my ($dest, $name) = @_;
+	my $r = query_value($dest,
+		    "SELECT concat_ws(' | ', 'status=' || status, 'phase=' || phase, "
+		  . "'last_lsn=' || last_lsn, 'error_count=' || error_count, "
+		  . "'error=' || error_message) FROM bunny.mirrors WHERE name = "
+		  . sql_literal($name));
+	return defined $r ? $r : '(state unavailable)';
+}
+
+# Print what we know about a mirror: catalog row, recent logs, server log tail.
+sub dump_mirror_state
+{
+	my ($dest, $name) = @_;
+	diag("mirror $name: " . mirror_state($dest, $name));
+	my $logs = query_value($dest,
+		    "SELECT string_agg(format('%s %s %s %s', created_at, level, message, details), E'\\n' ORDER BY id) "
+		  . "FROM (SELECT * FROM bunny.mirror_logs WHERE mirror = "
+		  . sql_literal($name)
+		  . " ORDER BY id DESC LIMIT 25) s");
+	diag("recent bunny.mirror_logs of $name:\n" . ($logs // '(unavailable)'));
+	my $log = eval { slurp_file($dest->logfile) } // '';
+	my @lines = grep { /bunny|ERROR|FATAL|PANIC|TRAP|terminated/i }
+	  split /\n/, $log;
+	@lines = @lines[ -40 .. -1 ] if @lines > 40;
+	diag("destination server log (filtered tail):\n" . join("\n", @lines));
+	return;
+}
+
+# Wait until bunny.mirrors.status = $status. Returns true on success; on
+# timeout prints the mirror's state and returns false.
+sub wait_for_status
+{
+	my ($dest, $name, $status, $timeout) = @_;
+	$timeout //= 120;
+	my $last = '';
+	my $ok = poll_until(
+		sub {
+			my $s = mirror_field($dest, $name, 'status');
+			$last = $s // '(query failed)';
+			return defined $s && $s eq $status;
+		},
+		$timeout, 0.25);
+	if (!$ok)
+	{
+		diag("mirror $name did not reach status $status within ${timeout}s "
+			  . "(last status: $last)");
+		dump_mirror_state($dest, $name);
+	}
+	return $ok;
+}
+
+# pids of the CDC worker(s) of a mirror on the destination.
+sub worker_pids
+{
+	my ($dest, $name) = @_;
+	my $r = query_value($dest,
+		    "SELECT string_agg(pid::text, ',' ORDER BY pid) FROM pg_stat_activity "
+		  . "WHERE backend_type LIKE 'bunnydb%' "
+		  . "AND backend_type NOT LIKE '%launcher%' "
+		  . "AND backend_type LIKE '%' || "
+		  . sql_literal($name) . " || '%'");
+	return () unless defined $r && $r ne '';
+	return split /,/, $r;
+}
+
+# ---------------------------------------------------------------------------
+# LSN / catch-up
+# ---------------------------------------------------------------------------
+
+sub source_lsn
+{
+	my ($source) = @_;
+	return $source->safe_psql('postgres', 'SELECT pg_current_wal_lsn()');
+}
+
+# Calls bunny.wait_for_lsn. Returns 't', 'f', or undef if the call failed.
+sub wait_for_lsn
+{
+	my ($dest, $name, $lsn, $timeout_ms) = @_;
+	$timeout_ms //= 60000;
+	return query_value(
+		$dest,
+		'SELECT bunny.wait_for_lsn('
+		  . sql_literal($name) . ', '
+		  . sql_literal($lsn)
+		  . "::pg_lsn, $timeout_ms)",
+		timeout => int($timeout_ms / 1000) + 60);
+}
+
+# Order-independent fingerprint of a table: "rowcount|md5".
+# Returns undef if the query fails (e.g. table missing).
+sub fingerprint
+{
+	my ($node, $table) = @_;
+	return query_value($node,
+		    "SELECT count(*) || '|' || coalesce(md5(string_agg(h, '' ORDER BY h)), '-') "
+		  . "FROM (SELECT md5(t::text) AS h FROM $table t) s");
+}
+
+# Shape of a table: columns (name, type, not null) in order, and PK columns.
+sub table_shape
+{
+	my ($node, $table) = @_;
+	my $lit = sql_literal($table);
+	return query_value(
+		$node, qq{
+SELECT coalesce((SELECT string_agg(format('%I %s%s', a.attname,
+                    format_type(a.atttypid, a.atttypmod),
+                    CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END),
+                  ', ' ORDER BY a.attnum)
+           FROM pg_attribute a
+          WHERE a.attrelid = ${lit}::regclass AND a.attnum > 0
+            AND NOT a.attisdropped), '')
+    || ' / PK(' ||
+       coalesce((SELECT string_agg(quote_ident(a.attname), ',' ORDER BY k.ord)
+           FROM pg_index i
+           CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+          WHERE i.indrelid = ${lit}::regclass AND i.indisprimary), '')
+    || ')'
+});
+}
+
+# wait_synced($source, $dest, $mirror, \@tables, %opts)
+#
+# Takes pg_current_wal_lsn() on the source, calls bunny.wait_for_lsn on the
+# destination, then checks that all fingerprints match; if they do not (or
+# wait_for_lsn failed / returned false), keeps polling the fingerprints until
+# they match or the timeout expires.
+#
+# %opts: timeout (seconds, default 120), lsn (use this LSN instead),
+#        quiet (no diag on failure).
+# Returns true when every table matches. In list context returns
+# (ok, wait_for_lsn_result).
+sub wait_synced
+{
+	my ($source, $dest, $name, $tables, %opts) = @_;
+	my $timeout = $opts{timeout} // 120;
+	my $start = time();
+	my $lsn = $opts{lsn} // source_lsn($source);
+
+	my $wres = wait_for_lsn($dest, $name, $lsn, int($timeout * 1000));
+	$wres = '(error)' unless defined $wres;
+
+	my $remaining = $timeout - (time() - $start);
+	$remaining = 5 if $remaining < 5;
+
+	my %mismatch;
+	my $ok = poll_until(
+		sub {
+			%mismatch = ();
+			foreach my $t (@$tables)
+			{
+				my $s = fingerprint($source, $t);
+				my $d = fingerprint($dest, $t);
+				if (!defined $s || !defined $d || $s ne $d)
+				{
+					$mismatch{$t} = [ $s // '(error)', $d // '(error)' ];
+				}
+			}
+			return !%mismatch;
+		},
+		$remaining, 0.5);
+
+	if (!$ok && !$opts{quiet})
+	{
+		diag("wait_synced($name): wait_for_lsn('$lsn') returned $wres; "
+			  . "tables still differing after ${timeout}s:");
+		foreach my $t (sort keys %mismatch)
+		{
+			diag("  $t: source=$mismatch{$t}[0] dest=$mismatch{$t}[1]");
+		}
+		dump_mirror_state($dest, $name);
+	}
+	elsif ($ok && $wres ne 't' && !$opts{quiet})
+	{
+		note("wait_synced($name): data matched, but wait_for_lsn('$lsn') "
+			  . "returned $wres");
+	}
+	return wantarray ? ($ok, $wres) : $ok;
+}
+
+# compare_tables($source, $dest, \@tables, $label): one is() per table on
+# the fingerprints. Returns the total number of source rows compared.
+sub compare_tables
+{
+	my ($source, $dest, $tables, $label) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my $rows = 0;
+	foreach my $t (@$tables)
+	{
+		my $s = fingerprint($source, $t);
+		my $d = fingerprint($dest, $t);
+		is($d, $s, "$label: $t identical on destination");
+		$rows += (split /\|/, $s)[0] if defined $s;
+	}
+	return $rows;
+}
+
+1;

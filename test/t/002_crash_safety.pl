@@ -1,0 +1,277 @@
+
+# Copyright (c) bunnydb authors
+#
+# 002_crash_safety: exactly-once apply under continuous source load while
+# faults are injected:
+#   phase 1: SIGKILL of the mirror worker, several times (postmaster
+#            reinitializes; the mirror must resume by itself)
+#   phase 2: immediate shutdown + start of the destination server
+#   phase 3: restart of the source server (the mirror retries with backoff)
+# After each phase the destination must catch up and every table must be
+# identical to the source: no lost and no duplicated rows. A counter row
+# updated by every transaction, an insert-only table without key and a
+# unique constraint on a non-PK column make losses/duplicates visible.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use BunnyTest;
+
+use IPC::Run;
+use Time::HiRes qw(usleep time);
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my ($source, $dest) = setup_pair(
+	source_conf => "log_statement = 'ddl'\n",
+	dest_conf => "bunny.retry_backoff_min = '200ms'\n"
+	  . "bunny.retry_backoff_max = '5s'\n");
+
+my $mirror = 'crash';
+
+$source->safe_psql(
+	'postgres', q{
+CREATE TABLE public.counter (id int PRIMARY KEY, n bigint NOT NULL);
+CREATE TABLE public.accounts (id int PRIMARY KEY, balance bigint NOT NULL,
+                              version int NOT NULL DEFAULT 0, note text);
+CREATE TABLE public.events (id bigserial PRIMARY KEY, k text NOT NULL UNIQUE,
+                            client int, payload text);
+CREATE TABLE public.history (client int, aid int, delta int, txno bigint,
+                             ts timestamptz);
+ALTER TABLE public.history REPLICA IDENTITY FULL;
+CREATE TABLE public.bulk (id bigserial PRIMARY KEY, client int, v int, txno bigint);
+});
+
+my @tables = (
+	'public.counter', 'public.accounts', 'public.events',
+	'public.history', 'public.bulk');
+
+ok( create_mirror(
+		$dest, $mirror, \@tables,
+		do_initial_snapshot => 'false',
+		max_batch_size => 100),
+	'mirror reaches RUNNING');
+
+# Initial data goes through CDC (no snapshot).
+$source->safe_psql(
+	'postgres', q{
+INSERT INTO counter VALUES (1, 0);
+INSERT INTO accounts SELECT g, 0, 0, NULL FROM generate_series(1, 1000) g;
+});
+ok(wait_synced($source, $dest, $mirror, \@tables), 'initial rows replicated');
+
+# ---------------------------------------------------------------------------
+# Load generator: pgbench with two scripts.
+# Every transaction first bumps the counter row (this also serializes the
+# transactions, which keeps the DELETEs deterministic).
+# ---------------------------------------------------------------------------
+
+my $dir = PostgreSQL::Test::Utils::tempdir();
+my $script_small = "$dir/small.sql";
+my $script_bulk  = "$dir/bulk.sql";
+
+PostgreSQL::Test::Utils::append_to_file(
+	$script_small, q{
+\set aid random(1, 1000)
+\set delta random(-500, 500)
+\set p random(1, 4)
+BEGIN;
+UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n \gset
+UPDATE accounts SET balance = balance + :delta, version = version + 1, note = md5(:n::text) WHERE id = :aid;
+INSERT INTO history (client, aid, delta, txno, ts) VALUES (:client_id, :aid, :delta, :n, clock_timestamp());
+INSERT INTO events (k, client, payload) VALUES ('k' || :n, :client_id, repeat(md5(:n::text), 1 + :p * 5));
+DELETE FROM events WHERE id = (SELECT max(id) FROM events) - :p;
+COMMIT;
+});
+
+PostgreSQL::Test::Utils::append_to_file(
+	$script_bulk, q{
+BEGIN;
+UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n \gset
+INSERT INTO bulk (client, v, txno) SELECT :client_id, g, :n FROM generate_series(1, 300) g;
+UPDATE bulk SET v = -v WHERE id IN (SELECT id FROM bulk ORDER BY id DESC LIMIT 50);
+DELETE FROM bulk WHERE id IN (SELECT id FROM bulk ORDER BY id LIMIT 150);
+INSERT INTO history (client, aid, delta, txno, ts) VALUES (:client_id, 0, 300, :n, clock_timestamp());
+COMMIT;
+});
+
+sub start_load
+{
+	my ($secs) = @_;
+	my ($out, $err) = ('', '');
+	my $h = IPC::Run::start(
+		[
+			'pgbench', '-n', '-c', '2', '-j', '2', '-T', $secs, '-R', '250',
+			'-f', "$script_small\@9", '-f', "$script_bulk\@1",
+			'-h', $source->host, '-p', $source->port, 'postgres'
+		],
+		'<', \undef, '>', \$out, '2>', \$err);
+	return { h => $h, out => \$out, err => \$err, started => time() };
+}
+
+sub finish_load
+{
+	my ($load, $expect_ok) = @_;
+	$load->{h}->finish;
+	my $rc = $load->{h}->result(0);
+	my ($tx) = ${ $load->{out} } =~ /number of transactions actually processed: (\d+)/;
+	$tx //= '?';
+	note("pgbench exit code $rc, transactions processed: $tx");
+	if ($rc != 0 && $expect_ok)
+	{
+		diag("pgbench failed:\n${ $load->{err} }");
+	}
+	return $tx;
+}
+
+sub sleep_until
+{
+	my ($load, $offset) = @_;
+	my $t = $load->{started} + $offset - time();
+	usleep(int($t * 1_000_000)) if $t > 0;
+	return;
+}
+
+my %faults = (worker_sigkill => 0, dest_immediate => 0, source_restart => 0);
+my $total_rows_compared = 0;
+
+sub check_phase
+{
+	my ($label) = @_;
+	ok(wait_synced($source, $dest, $mirror, \@tables, timeout => 120),
+		"$label: destination caught up");
+	$total_rows_compared += compare_tables($source, $dest, \@tables, $label);
+	is( query_value($dest, 'SELECT n FROM counter WHERE id = 1'),
+		$source->safe_psql('postgres', 'SELECT n FROM counter WHERE id = 1'),
+		"$label: counter row identical (every transaction applied once)");
+	is( query_value($dest,
+			'SELECT count(*) FROM (SELECT txno FROM history GROUP BY txno HAVING count(*) > 1) s'
+		),
+		'0',
+		"$label: no duplicated history rows");
+	return;
+}
+
+# Kill the mirror worker with SIGKILL; wait until a new worker runs.
+sub kill_worker
+{
+	my @pids = worker_pids($dest, $mirror);
+	if (!@pids)
+	{
+		# it may be restarting after the previous fault
+		poll_until(sub { @pids = worker_pids($dest, $mirror); scalar @pids },
+			60);
+	}
+	if (!@pids)
+	{
+		fail('found a mirror worker to kill');
+		dump_mirror_state($dest, $mirror);
+		return;
+	}
+	note("SIGKILL mirror worker pid(s) @pids");
+	kill 'KILL', @pids;
+	$faults{worker_sigkill}++;
+
+	my %old = map { $_ => 1 } @pids;
+	my $back = poll_until(
+		sub {
+			my @new = worker_pids($dest, $mirror);
+			return scalar(grep { !$old{$_} } @new);
+		},
+		90);
+	ok($back, 'mirror worker restarted by itself after SIGKILL');
+	dump_mirror_state($dest, $mirror) unless $back;
+	return;
+}
+
+# ---------------------------------------------------------------------------
+# Phase 1: SIGKILL the worker three times under load
+# ---------------------------------------------------------------------------
+
+my $load = start_load(24);
+foreach my $at (4, 10, 16)
+{
+	sleep_until($load, $at);
+	kill_worker();
+}
+my $tx1 = finish_load($load, 1);
+check_phase('after worker SIGKILLs');
+
+# ---------------------------------------------------------------------------
+# Phase 2: immediate stop / start of the destination under load
+# ---------------------------------------------------------------------------
+
+$load = start_load(20);
+foreach my $at (4, 12)
+{
+	sleep_until($load, $at);
+	note('immediate shutdown of destination');
+	$dest->stop('immediate');
+	usleep(1_000_000);
+	$dest->start;
+	$faults{dest_immediate}++;
+	ok(wait_for_status($dest, $mirror, 'RUNNING', 90),
+		'mirror RUNNING again after destination crash restart');
+}
+my $tx2 = finish_load($load, 1);
+check_phase('after destination immediate restarts');
+
+# ---------------------------------------------------------------------------
+# Phase 3: restart the source under load. pgbench clients lose their
+# connections (expected), so a second load runs after the restart.
+# ---------------------------------------------------------------------------
+
+$load = start_load(8);
+sleep_until($load, 4);
+my $t0 = time();
+$source->restart;
+my $restart_secs = time() - $t0;
+$faults{source_restart}++;
+note(sprintf('source restart took %.1f s', $restart_secs));
+diag(sprintf(
+		'source restart took %.1f s: the walsender of the mirror probably '
+		  . 'waited for a flush confirmation (wal_sender_timeout)',
+		$restart_secs))
+  if $restart_secs > 20;
+my $tx3 = finish_load($load, 0);
+
+$load = start_load(8);
+my $tx4 = finish_load($load, 1);
+
+ok( poll_until(
+		sub {
+			(query_value($source,
+					"SELECT count(*) FROM pg_stat_replication WHERE application_name = 'bunnydb:$mirror'"
+				) // '') eq '1';
+		},
+		90),
+	'mirror reconnected to the restarted source');
+check_phase('after source restart');
+
+# ---------------------------------------------------------------------------
+# Final
+# ---------------------------------------------------------------------------
+
+is(mirror_field($dest, $mirror, 'status'), 'RUNNING', 'mirror still RUNNING');
+is( $source->safe_psql(
+		'postgres',
+		"SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bunny_slot_$mirror'"
+	),
+	'1',
+	'slot kept on the source');
+
+my $counter = $source->safe_psql('postgres', 'SELECT n FROM counter');
+note(sprintf(
+		'faults injected: %d worker SIGKILLs, %d destination immediate restarts, '
+		  . '%d source restarts; source transactions (counter) = %s; '
+		  . 'pgbench tx per phase: %s/%s/%s/%s; rows compared over all checks: %d',
+		$faults{worker_sigkill}, $faults{dest_immediate},
+		$faults{source_restart}, $counter,
+		$tx1, $tx2, $tx3, $tx4, $total_rows_compared));
+
+$dest->stop;
+$source->stop;
+done_testing();
