@@ -363,6 +363,8 @@ SELECT coalesce((SELECT string_agg(format('%I %s%s', a.attname,
 #        quiet (no diag on failure).
 # Returns true when every table matches. In list context returns
 # (ok, wait_for_lsn_result).
+my %wfl_unreliable;
+
 sub wait_synced
 {
 	my ($source, $dest, $name, $tables, %opts) = @_;
@@ -370,7 +372,10 @@ sub wait_synced
 	my $start = time();
 	my $lsn = $opts{lsn} // source_lsn($source);
 
-	my $wres = wait_for_lsn($dest, $name, $lsn, int($timeout * 1000));
+	# Once wait_for_lsn has returned false although the data did match, do
+	# not let it eat the whole timeout again for this mirror.
+	my $wtimeout = $wfl_unreliable{$name} ? 2 : ($timeout < 30 ? $timeout : 30);
+	my $wres = wait_for_lsn($dest, $name, $lsn, int($wtimeout * 1000));
 	$wres = '(error)' unless defined $wres;
 
 	my $remaining = $timeout - (time() - $start);
@@ -405,6 +410,7 @@ sub wait_synced
 	}
 	elsif ($ok && $wres ne 't' && !$opts{quiet})
 	{
+		$wfl_unreliable{$name} = 1;
 		note("wait_synced($name): data matched, but wait_for_lsn('$lsn') "
 			  . "returned $wres");
 	}
