@@ -1,0 +1,1321 @@
+/*-------------------------------------------------------------------------
+ *
+ * apply.c
+ *		CDC phase: read the pgoutput stream of the mirror's slot and apply
+ *		the changes to the destination tables.
+ *
+ * NOTES
+ *
+ *	Exactly once.  The worker's session is bound to the mirror's
+ *	replication origin.  Before a destination transaction commits, the
+ *	origin's position is set to the end LSN of the last source transaction
+ *	it contains, so the data and the progress commit atomically in one
+ *	commit record.  After a crash the stream restarts from the origin's
+ *	position: whatever was committed is not applied again and whatever was
+ *	not is sent again by the source.  The slot is told that a position is
+ *	flushed only once the local commit that contains it is on disk (we
+ *	commit asynchronously and keep a small map from source end LSN to local
+ *	commit LSN, like the built-in apply worker), so the source never
+ *	discards WAL we might still need.
+ *
+ *	Batching.  Protocol version 1 sends each source transaction whole,
+ *	after its commit.  Changes of many source transactions are applied in
+ *	one destination transaction, which only ever ends at a source COMMIT:
+ *	readers never see half of a source transaction.  A batch ends when
+ *	max_batch_size changes are pending, when idle_timeout_seconds have
+ *	passed since it began, or -- the common case when the source is not
+ *	flooding us -- as soon as nothing more is waiting on the connection,
+ *	which keeps latency low.
+ *
+ *	Applying.  Each change becomes one execution of a prepared statement
+ *	through SPI.  Statements are prepared once per relation and shape (which
+ *	columns are set, which identify the row) and kept across batches;
+ *	relcache invalidation of the destination table throws them away.
+ *	UPDATEs leave out columns the source marks as unchanged TOAST, so the
+ *	destination keeps its value.  Rows are identified by the replica
+ *	identity columns; for REPLICA IDENTITY FULL without a primary key on
+ *	the destination, by all columns with IS NOT DISTINCT FROM (through text
+ *	for types without equality), one row at a time via its ctid, so that of
+ *	two identical rows only one is touched.  A row to update that does not
+ *	exist is an error (the destination has diverged; skipping would lose
+ *	data); a row to delete that does not exist is only a warning.
+ *
+ *	Memory.  Every message is decoded and applied in a context that is
+ *	reset after the message, so nothing grows with the size of a source
+ *	transaction; plans and the relation map live in a cache context.
+ *
+ *	Idle sources.  When nothing is pending, keepalives move the position we
+ *	report to the slot, so a source that writes only to unpublished tables
+ *	does not make the slot hold WAL forever.
+ *
+ *	Binary transfer.  The stream uses pgoutput's binary mode when every
+ *	published column has the same built-in type on both sides; binary array
+ *	and record values embed type OIDs that differ between servers for
+ *	user-defined types, so those mirrors use text.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "bunnydb.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "libpq/pqformat.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/interrupt.h"
+#include "replication/logicalproto.h"
+#include "replication/origin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
+#include "utils/timestamp.h"
+#include "utils/typcache.h"
+
+#define FEEDBACK_INTERVAL_MS	10000
+#define IDLE_WAIT_MS			1000
+
+/* a prepared statement for one shape of change on one relation */
+typedef struct ApplyPlan
+{
+	char	   *key;
+	SPIPlanPtr	plan;
+} ApplyPlan;
+
+/* what we know of a source relation, keyed by its remote OID */
+typedef struct RelMapEntry
+{
+	LogicalRepRelId remoteid;	/* hash key */
+	LogicalRepRelation *remoterel;
+	int32	   *remote_typmods;
+	MirrorTable *mt;
+	char	   *qualname;		/* quoted destination name */
+	bool		valid;			/* destination side below is built */
+	Oid			localrelid;
+	AttrNumber *attmap;			/* remote column -> local attnum */
+	Oid		   *typid;			/* local type of each remote column */
+	int32	   *typmod;
+	FmgrInfo   *infunc;
+	Oid		   *inioparam;
+	FmgrInfo   *recvfunc;
+	Oid		   *recvioparam;
+	bool	   *recv_ready;
+	char	  **colsql;			/* quoted column names */
+	bool	   *iskey;			/* remote column identifies the row */
+	bool	   *text_eq;		/* compare through text (no equality operator) */
+	bool		full_match;		/* match on all columns, one row via ctid */
+	List	   *plans;			/* of ApplyPlan * */
+	int64		n_ins;			/* counters of the open batch */
+	int64		n_upd;
+	int64		n_del;
+} RelMapEntry;
+
+/* a source type named by a Type message */
+typedef struct RemoteType
+{
+	Oid			remoteid;
+	char	   *nspname;
+	char	   *typname;
+} RemoteType;
+
+/* source end LSN of a committed batch and its local commit LSN */
+typedef struct FlushPosition
+{
+	XLogRecPtr	local_end;
+	XLogRecPtr	remote_end;
+} FlushPosition;
+
+static Mirror *mirror;
+static PGconn *conn;
+static bool binary_mode;
+static MemoryContext ApplyMessageContext;
+static MemoryContext ApplyCacheContext;
+static HTAB *relmap = NULL;
+static HTAB *typemap = NULL;
+static List *flush_positions = NIL;
+
+static bool in_remote_txn = false;
+static bool in_local_txn = false;
+static XLogRecPtr remote_final_lsn = InvalidXLogRecPtr;
+static int64 batch_changes = 0;
+static TimestampTz batch_start = 0;
+static XLogRecPtr batch_last_end = InvalidXLogRecPtr;
+static TimestampTz batch_last_commit_time = 0;
+static XLogRecPtr batch_keepalive_lsn = InvalidXLogRecPtr;
+
+static XLogRecPtr last_received = InvalidXLogRecPtr;
+static XLogRecPtr last_flushed_reported = InvalidXLogRecPtr;
+static XLogRecPtr last_write_reported = InvalidXLogRecPtr;
+static TimestampTz last_feedback = 0;
+
+static void apply_batch_flush(void);
+
+/* lappend into a given memory context */
+static List *
+list_append_in(MemoryContext cxt, List *list, void *datum)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	list = lappend(list, datum);
+	MemoryContextSwitchTo(old);
+	return list;
+}
+
+/* throw away the destination side of entries whose table changed */
+static void
+apply_relcache_invalidate(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
+
+	if (relmap == NULL)
+		return;
+	hash_seq_init(&status, relmap);
+	while ((e = hash_seq_search(&status)) != NULL)
+		if (relid == InvalidOid || e->localrelid == relid)
+			e->valid = false;
+}
+
+/* drop the prepared statements of an entry */
+static void
+relmap_free_plans(RelMapEntry *e)
+{
+	ListCell   *lc;
+
+	foreach(lc, e->plans)
+	{
+		ApplyPlan  *p = lfirst(lc);
+
+		SPI_freeplan(p->plan);
+	}
+	e->plans = NIL;
+}
+
+/* the mapped table for a source schema.table */
+static MirrorTable *
+find_mirror_table(const char *nsp, const char *rel)
+{
+	ListCell   *lc;
+
+	foreach(lc, mirror->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+
+		if (strcmp(mt->source_schema, nsp) == 0 && strcmp(mt->source_table, rel) == 0)
+			return mt;
+	}
+	return NULL;
+}
+
+/*
+ * The typmods of a Relation message: logicalrep_read_rel() reads and drops
+ * them, and we need them to add a column with the source's exact type.
+ */
+static int32 *
+parse_relation_typmods(const char *data, int len, int start)
+{
+	StringInfoData s;
+	int			natts;
+	int32	   *typmods;
+
+	s.data = (char *) data;
+	s.len = len;
+	s.maxlen = len;
+	s.cursor = start;
+	(void) pq_getmsgint(&s, 4); /* relid */
+	(void) pq_getmsgstring(&s); /* nspname */
+	(void) pq_getmsgstring(&s); /* relname */
+	(void) pq_getmsgbyte(&s);	/* replident */
+	natts = pq_getmsgint(&s, 2);
+	typmods = palloc(sizeof(int32) * (natts + 1));
+	for (int i = 0; i < natts; i++)
+	{
+		(void) pq_getmsgbyte(&s);	/* flags */
+		(void) pq_getmsgstring(&s); /* name */
+		(void) pq_getmsgint(&s, 4); /* type */
+		typmods[i] = pq_getmsgint(&s, 4);
+	}
+	return typmods;
+}
+
+/* Relation message: (re)describe a source relation */
+static void
+apply_handle_relation(StringInfo s)
+{
+	int			start = s->cursor;
+	LogicalRepRelation *rel = logicalrep_read_rel(s);
+	int32	   *typmods = parse_relation_typmods(s->data, s->len, start);
+	RelMapEntry *e;
+	bool		found;
+	MemoryContext old;
+	MirrorTable *mt;
+
+	mt = find_mirror_table(rel->nspname, rel->relname);
+	if (mt == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("source table %s is published but not mapped by this mirror",
+						quote_qualified_identifier(rel->nspname, rel->relname))));
+
+	e = hash_search(relmap, &rel->remoteid, HASH_ENTER, &found);
+	if (found)
+		relmap_free_plans(e);
+	else
+		memset(((char *) e) + sizeof(LogicalRepRelId), 0,
+			   sizeof(RelMapEntry) - sizeof(LogicalRepRelId));
+
+	/* everything of the entry lives in the cache context */
+	old = MemoryContextSwitchTo(ApplyCacheContext);
+	e->remoterel = palloc0(sizeof(LogicalRepRelation));
+	e->remoterel->remoteid = rel->remoteid;
+	e->remoterel->nspname = pstrdup(rel->nspname);
+	e->remoterel->relname = pstrdup(rel->relname);
+	e->remoterel->natts = rel->natts;
+	e->remoterel->attnames = palloc(sizeof(char *) * (rel->natts + 1));
+	e->remoterel->atttyps = palloc(sizeof(Oid) * (rel->natts + 1));
+	for (int i = 0; i < rel->natts; i++)
+	{
+		e->remoterel->attnames[i] = pstrdup(rel->attnames[i]);
+		e->remoterel->atttyps[i] = rel->atttyps[i];
+	}
+	e->remoterel->replident = rel->replident;
+	e->remoterel->attkeys = bms_copy(rel->attkeys);
+	e->remote_typmods = palloc(sizeof(int32) * (rel->natts + 1));
+	memcpy(e->remote_typmods, typmods, sizeof(int32) * rel->natts);
+	e->mt = mt;
+	e->qualname = pstrdup(quote_qualified_identifier(mt->dest_schema, mt->dest_table));
+	MemoryContextSwitchTo(old);
+	e->valid = false;
+}
+
+/* Type message: remember the name of a source user-defined type */
+static void
+apply_handle_type(StringInfo s)
+{
+	LogicalRepTyp typ;
+	RemoteType *t;
+	bool		found;
+
+	logicalrep_read_typ(s, &typ);
+	t = hash_search(typemap, &typ.remoteid, HASH_ENTER, &found);
+	t->nspname = MemoryContextStrdup(ApplyCacheContext, typ.nspname);
+	t->typname = MemoryContextStrdup(ApplyCacheContext, typ.typname);
+}
+
+/* SQL for the type of a remote column, to add it on the destination */
+static char *
+remote_type_sql(RelMapEntry *e, int i)
+{
+	Oid			typid = e->remoterel->atttyps[i];
+	RemoteType *t;
+
+	if (typid < FirstNormalObjectId)
+		return format_type_with_typemod(typid, e->remote_typmods[i]);
+	t = hash_search(typemap, &typid, HASH_FIND, NULL);
+	if (t == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("unknown source type %u of column \"%s\"", typid,
+						e->remoterel->attnames[i])));
+	return psprintf("%s", quote_qualified_identifier(t->nspname, t->typname));
+}
+
+/*
+ * Build the destination side of an entry: local columns (adding the ones
+ * the source gained), input functions, and how rows are identified.
+ */
+static void
+relmap_build(RelMapEntry *e)
+{
+	LogicalRepRelation *r = e->remoterel;
+	Oid			nspid;
+	Relation	rel;
+	int			n = r->natts;
+	MemoryContext old;
+	Oid			pkoid;
+	List	   *pkcols = NIL;
+
+	bunny_ctx_table = e->qualname;
+	nspid = get_namespace_oid(e->mt->dest_schema, true);
+	e->localrelid = OidIsValid(nspid) ? get_relname_relid(e->mt->dest_table, nspid) : InvalidOid;
+	if (!OidIsValid(e->localrelid))
+	{
+		bunny_error_is_permanent = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("destination table %s does not exist", e->qualname),
+				 errhint("Recreate the table, then call bunny.retry_mirror().")));
+	}
+
+	/* columns the source has and we do not: add them */
+	for (int i = 0; i < n; i++)
+	{
+		if (get_attnum(e->localrelid, r->attnames[i]) != InvalidAttrNumber)
+			continue;
+		{
+			char	   *ddl = psprintf("ALTER TABLE %s ADD COLUMN %s %s", e->qualname,
+									   quote_identifier(r->attnames[i]), remote_type_sql(e, i));
+			int			rc;
+
+			SPI_connect();
+			rc = SPI_execute(ddl, false, 0);
+			SPI_finish();
+			if (rc < 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INTERNAL_ERROR),
+						 errmsg("could not add column \"%s\" to %s", r->attnames[i], e->qualname)));
+			CommandCounterIncrement();
+			bunny_log(mirror->name, "INFO",
+					  psprintf("added column %s to %s (it was added on the source)",
+							   quote_identifier(r->attnames[i]), e->qualname),
+					  NULL);
+		}
+	}
+
+	relmap_free_plans(e);
+	old = MemoryContextSwitchTo(ApplyCacheContext);
+	e->attmap = palloc0(sizeof(AttrNumber) * (n + 1));
+	e->typid = palloc0(sizeof(Oid) * (n + 1));
+	e->typmod = palloc0(sizeof(int32) * (n + 1));
+	e->infunc = palloc0(sizeof(FmgrInfo) * (n + 1));
+	e->inioparam = palloc0(sizeof(Oid) * (n + 1));
+	e->recvfunc = palloc0(sizeof(FmgrInfo) * (n + 1));
+	e->recvioparam = palloc0(sizeof(Oid) * (n + 1));
+	e->recv_ready = palloc0(sizeof(bool) * (n + 1));
+	e->colsql = palloc0(sizeof(char *) * (n + 1));
+	e->iskey = palloc0(sizeof(bool) * (n + 1));
+	e->text_eq = palloc0(sizeof(bool) * (n + 1));
+	MemoryContextSwitchTo(old);
+
+	rel = table_open(e->localrelid, AccessShareLock);
+	for (int i = 0; i < n; i++)
+	{
+		AttrNumber	attnum = get_attnum(e->localrelid, r->attnames[i]);
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+		Oid			infuncoid;
+
+		e->attmap[i] = attnum;
+		e->typid[i] = att->atttypid;
+		e->typmod[i] = att->atttypmod;
+		getTypeInputInfo(att->atttypid, &infuncoid, &e->inioparam[i]);
+		fmgr_info_cxt(infuncoid, &e->infunc[i], ApplyCacheContext);
+		e->colsql[i] = MemoryContextStrdup(ApplyCacheContext, quote_identifier(r->attnames[i]));
+
+		if (binary_mode && (r->atttyps[i] >= FirstNormalObjectId || r->atttyps[i] != att->atttypid))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column \"%s\" of %s no longer has the same built-in type on both sides",
+							r->attnames[i], e->qualname),
+					 errdetail("The stream is in binary mode; the worker reconnects in text mode.")));
+	}
+
+	/* how rows are identified */
+	e->full_match = false;
+	if (r->replident == REPLICA_IDENTITY_FULL)
+	{
+		pkoid = RelationGetPrimaryKeyIndex(rel);
+		if (OidIsValid(pkoid))
+		{
+			Relation	idx = index_open(pkoid, AccessShareLock);
+
+			for (int k = 0; k < idx->rd_index->indnkeyatts; k++)
+				pkcols = lappend_int(pkcols, idx->rd_index->indkey.values[k]);
+			index_close(idx, AccessShareLock);
+			for (int i = 0; i < n; i++)
+				if (list_member_int(pkcols, e->attmap[i]))
+					e->iskey[i] = true;
+			/* the destination key must be entirely among the columns we get */
+			{
+				int			found = 0;
+
+				for (int i = 0; i < n; i++)
+					found += e->iskey[i] ? 1 : 0;
+				if (found != list_length(pkcols))
+					pkoid = InvalidOid;
+			}
+		}
+		if (!OidIsValid(pkoid))
+		{
+			e->full_match = true;
+			for (int i = 0; i < n; i++)
+			{
+				TypeCacheEntry *tc = lookup_type_cache(e->typid[i], TYPECACHE_EQ_OPR);
+
+				e->iskey[i] = true;
+				e->text_eq[i] = !OidIsValid(tc->eq_opr);
+			}
+		}
+	}
+	else
+	{
+		for (int i = 0; i < n; i++)
+			e->iskey[i] = bms_is_member(i, r->attkeys);
+	}
+	table_close(rel, AccessShareLock);
+	e->valid = true;
+}
+
+/* the entry for a remote relation id, built for use */
+static RelMapEntry *
+relmap_get(LogicalRepRelId remoteid)
+{
+	RelMapEntry *e = hash_search(relmap, &remoteid, HASH_FIND, NULL);
+
+	if (e == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("change for unknown source relation %u", remoteid)));
+	if (!e->valid)
+		relmap_build(e);
+	bunny_ctx_table = e->qualname;
+	return e;
+}
+
+/*
+ * Convert a decoded tuple into parameter values; present[i] is '1' for
+ * columns that carry a value (or NULL) and '0' for unchanged TOAST.
+ */
+static void
+tuple_to_datums(RelMapEntry *e, LogicalRepTupleData *tup, Datum *values,
+				char *nulls, char *present)
+{
+	int			n = e->remoterel->natts;
+
+	if (tup->ncols != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("tuple has %d columns, the relation message announced %d",
+						tup->ncols, n)));
+	for (int i = 0; i < n; i++)
+	{
+		StringInfo	v = &tup->colvalues[i];
+
+		nulls[i] = ' ';
+		present[i] = '1';
+		values[i] = (Datum) 0;
+		switch (tup->colstatus[i])
+		{
+			case LOGICALREP_COLUMN_NULL:
+				nulls[i] = 'n';
+				break;
+			case LOGICALREP_COLUMN_UNCHANGED:
+				present[i] = '0';
+				break;
+			case LOGICALREP_COLUMN_TEXT:
+				values[i] = InputFunctionCall(&e->infunc[i], v->data, e->inioparam[i], e->typmod[i]);
+				break;
+			case LOGICALREP_COLUMN_BINARY:
+				if (!e->recv_ready[i])
+				{
+					Oid			recvoid;
+
+					getTypeBinaryInputInfo(e->typid[i], &recvoid, &e->recvioparam[i]);
+					fmgr_info_cxt(recvoid, &e->recvfunc[i], ApplyCacheContext);
+					e->recv_ready[i] = true;
+				}
+				values[i] = ReceiveFunctionCall(&e->recvfunc[i], v, e->recvioparam[i], e->typmod[i]);
+				if (v->cursor != v->len)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+							 errmsg("incorrect binary data format in column \"%s\"",
+									e->remoterel->attnames[i])));
+				break;
+			default:
+				ereport(ERROR,
+						(errcode(ERRCODE_PROTOCOL_VIOLATION),
+						 errmsg("unknown column status '%c'", tup->colstatus[i])));
+		}
+	}
+}
+
+/* the WHERE clause identifying one row; params numbered from first_param */
+static void
+append_where(StringInfo sql, RelMapEntry *e, const char *wheremask, int first_param,
+			 Oid *argtypes, int *nargs)
+{
+	int			n = e->remoterel->natts;
+	int			p = first_param;
+	bool		first = true;
+	StringInfoData cond;
+
+	initStringInfo(&cond);
+	for (int i = 0; i < n; i++)
+	{
+		if (wheremask[i] != '1')
+			continue;
+		if (!first)
+			appendStringInfoString(&cond, " AND ");
+		if (!e->full_match)
+			appendStringInfo(&cond, "%s = $%d", e->colsql[i], p);
+		else if (e->text_eq[i])
+			appendStringInfo(&cond, "%s::text IS NOT DISTINCT FROM $%d::text", e->colsql[i], p);
+		else
+			appendStringInfo(&cond, "%s IS NOT DISTINCT FROM $%d", e->colsql[i], p);
+		argtypes[(*nargs)++] = e->typid[i];
+		p++;
+		first = false;
+	}
+	if (first)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("no column identifies the row in %s", e->qualname)));
+	if (e->full_match)
+		appendStringInfo(sql, " WHERE ctid = (SELECT ctid FROM %s WHERE %s LIMIT 1)",
+						 e->qualname, cond.data);
+	else
+		appendStringInfo(sql, " WHERE %s", cond.data);
+}
+
+/*
+ * The prepared statement for a change of the given kind and shape:
+ * setmask marks columns written (I, U), wheremask the columns that
+ * identify the row (U, D).
+ */
+static SPIPlanPtr
+get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask)
+{
+	int			n = e->remoterel->natts;
+	char	   *key = psprintf("%c%s|%s", kind, setmask ? setmask : "", wheremask ? wheremask : "");
+	ListCell   *lc;
+	StringInfoData sql;
+	Oid		   *argtypes = palloc(sizeof(Oid) * (2 * n + 1));
+	int			nargs = 0;
+	SPIPlanPtr	plan;
+	ApplyPlan  *ap;
+	bool		first = true;
+
+	foreach(lc, e->plans)
+	{
+		ap = lfirst(lc);
+		if (strcmp(ap->key, key) == 0)
+			return ap->plan;
+	}
+
+	initStringInfo(&sql);
+	if (kind == 'I')
+	{
+		StringInfoData vals;
+
+		initStringInfo(&vals);
+		appendStringInfo(&sql, "INSERT INTO %s (", e->qualname);
+		for (int i = 0; i < n; i++)
+		{
+			if (setmask[i] != '1')
+				continue;
+			appendStringInfo(&sql, "%s%s", first ? "" : ", ", e->colsql[i]);
+			argtypes[nargs++] = e->typid[i];
+			appendStringInfo(&vals, "%s$%d", first ? "" : ", ", nargs);
+			first = false;
+		}
+		appendStringInfo(&sql, ") VALUES (%s)", vals.data);
+	}
+	else if (kind == 'U')
+	{
+		appendStringInfo(&sql, "UPDATE %s SET ", e->qualname);
+		for (int i = 0; i < n; i++)
+		{
+			if (setmask[i] != '1')
+				continue;
+			argtypes[nargs++] = e->typid[i];
+			appendStringInfo(&sql, "%s%s = $%d", first ? "" : ", ", e->colsql[i], nargs);
+			first = false;
+		}
+		append_where(&sql, e, wheremask, nargs + 1, argtypes, &nargs);
+	}
+	else
+	{
+		appendStringInfo(&sql, "DELETE FROM %s", e->qualname);
+		append_where(&sql, e, wheremask, 1, argtypes, &nargs);
+	}
+
+	SPI_connect();
+	plan = SPI_prepare(sql.data, nargs, argtypes);
+	if (plan == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not prepare \"%s\": %s", sql.data,
+						SPI_result_code_string(SPI_result))));
+	SPI_keepplan(plan);
+	SPI_finish();
+
+	ap = MemoryContextAlloc(ApplyCacheContext, sizeof(ApplyPlan));
+	ap->key = MemoryContextStrdup(ApplyCacheContext, key);
+	ap->plan = plan;
+	e->plans = list_append_in(ApplyCacheContext, e->plans, ap);
+	return plan;
+}
+
+/* run a prepared change; returns the number of rows it touched */
+static uint64
+exec_plan(SPIPlanPtr plan, Datum *values, char *nulls)
+{
+	int			rc;
+	uint64		processed;
+
+	SPI_connect();
+	rc = SPI_execute_plan(plan, values, nulls, false, 0);
+	processed = SPI_processed;
+	SPI_finish();
+	if (rc < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not apply change: %s", SPI_result_code_string(rc))));
+	return processed;
+}
+
+/* changes of a table already contained in its copy are skipped */
+static bool
+change_is_in_copy(RelMapEntry *e)
+{
+	return e->mt->sync_lsn != InvalidXLogRecPtr && remote_final_lsn <= e->mt->sync_lsn;
+}
+
+/* INSERT */
+static void
+apply_handle_insert(StringInfo s)
+{
+	LogicalRepTupleData newtup;
+	LogicalRepRelId relid = logicalrep_read_insert(s, &newtup);
+	RelMapEntry *e = relmap_get(relid);
+	int			n = e->remoterel->natts;
+	Datum	   *values = palloc(sizeof(Datum) * (n + 1));
+	char	   *nulls = palloc(n + 1);
+	char	   *present = palloc0(n + 1);
+
+	if (change_is_in_copy(e))
+		return;
+	tuple_to_datums(e, &newtup, values, nulls, present);
+	/* parameters follow the columns present, in order */
+	{
+		int			k = 0;
+
+		for (int i = 0; i < n; i++)
+			if (present[i] == '1')
+			{
+				values[k] = values[i];
+				nulls[k] = nulls[i];
+				k++;
+			}
+	}
+	exec_plan(get_plan(e, 'I', present, NULL), values, nulls);
+	e->n_ins++;
+	batch_changes++;
+}
+
+/* parameters for the row-identifying columns of keytup */
+static void
+key_params(RelMapEntry *e, LogicalRepTupleData *keytup, Datum *values, char *nulls,
+		   char *wheremask, int *k)
+{
+	int			n = e->remoterel->natts;
+	Datum	   *kv = palloc(sizeof(Datum) * (n + 1));
+	char	   *kn = palloc(n + 1);
+	char	   *kp = palloc0(n + 1);
+
+	tuple_to_datums(e, keytup, kv, kn, kp);
+	for (int i = 0; i < n; i++)
+	{
+		wheremask[i] = (e->iskey[i] && kp[i] == '1') ? '1' : '0';
+		if (wheremask[i] == '1')
+		{
+			values[*k] = kv[i];
+			nulls[*k] = kn[i];
+			(*k)++;
+		}
+	}
+	wheremask[n] = '\0';
+}
+
+/* UPDATE */
+static void
+apply_handle_update(StringInfo s)
+{
+	LogicalRepTupleData oldtup;
+	LogicalRepTupleData newtup;
+	bool		has_old;
+	LogicalRepRelId relid = logicalrep_read_update(s, &has_old, &oldtup, &newtup);
+	RelMapEntry *e = relmap_get(relid);
+	int			n = e->remoterel->natts;
+	Datum	   *nv = palloc(sizeof(Datum) * (n + 1));
+	char	   *nn = palloc(n + 1);
+	char	   *setmask = palloc0(n + 1);
+	char	   *wheremask = palloc0(n + 1);
+	Datum	   *values = palloc(sizeof(Datum) * (2 * n + 1));
+	char	   *nulls = palloc(2 * n + 1);
+	int			k = 0;
+
+	if (change_is_in_copy(e))
+		return;
+	tuple_to_datums(e, &newtup, nv, nn, setmask);
+	for (int i = 0; i < n; i++)
+		if (setmask[i] == '1')
+		{
+			values[k] = nv[i];
+			nulls[k] = nn[i];
+			k++;
+		}
+	if (k == 0)
+		return;					/* only unchanged TOAST: nothing to write */
+	key_params(e, has_old ? &oldtup : &newtup, values, nulls, wheremask, &k);
+
+	if (exec_plan(get_plan(e, 'U', setmask, wheremask), values, nulls) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("row to update was not found in destination table %s", e->qualname),
+				 errdetail("The destination table has diverged from the source."),
+				 errhint("Remove the conflicting local change or resync the table; the mirror retries until then.")));
+	e->n_upd++;
+	batch_changes++;
+}
+
+/* DELETE */
+static void
+apply_handle_delete(StringInfo s)
+{
+	LogicalRepTupleData oldtup;
+	LogicalRepRelId relid = logicalrep_read_delete(s, &oldtup);
+	RelMapEntry *e = relmap_get(relid);
+	int			n = e->remoterel->natts;
+	char	   *wheremask = palloc0(n + 1);
+	Datum	   *values = palloc(sizeof(Datum) * (n + 1));
+	char	   *nulls = palloc(n + 1);
+	int			k = 0;
+
+	if (change_is_in_copy(e))
+		return;
+	key_params(e, &oldtup, values, nulls, wheremask, &k);
+	if (exec_plan(get_plan(e, 'D', NULL, wheremask), values, nulls) == 0)
+		ereport(WARNING,
+				(errcode(ERRCODE_NO_DATA_FOUND),
+				 errmsg("row to delete was not found in destination table %s", e->qualname)));
+	e->n_del++;
+	batch_changes++;
+}
+
+/* TRUNCATE of one or more published tables */
+static void
+apply_handle_truncate(StringInfo s)
+{
+	bool		cascade,
+				restart_seqs;
+	List	   *relids = logicalrep_read_truncate(s, &cascade, &restart_seqs);
+	StringInfoData sql;
+	ListCell   *lc;
+	int			rc;
+
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "TRUNCATE ");
+	foreach(lc, relids)
+	{
+		RelMapEntry *e = relmap_get(lfirst_oid(lc));
+
+		if (change_is_in_copy(e))
+			continue;
+		appendStringInfo(&sql, "%s%s", lc == list_head(relids) ? "" : ", ", e->qualname);
+	}
+	if (restart_seqs)
+		appendStringInfoString(&sql, " RESTART IDENTITY");
+	SPI_connect();
+	rc = SPI_execute(sql.data, false, 0);
+	SPI_finish();
+	if (rc < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not apply \"%s\"", sql.data)));
+	bunny_log(mirror->name, "INFO", psprintf("applied %s", sql.data), NULL);
+	batch_changes++;
+}
+
+/* open the destination transaction of a batch if none is open */
+static void
+apply_batch_begin(void)
+{
+	if (in_local_txn)
+		return;
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	in_local_txn = true;
+	batch_start = GetCurrentTimestamp();
+	batch_changes = 0;
+}
+
+/* BEGIN of a source transaction */
+static void
+apply_handle_begin(StringInfo s)
+{
+	LogicalRepBeginData begin;
+
+	logicalrep_read_begin(s, &begin);
+	in_remote_txn = true;
+	remote_final_lsn = begin.final_lsn;
+	bunny_ctx_lsn = begin.final_lsn;
+	apply_batch_begin();
+
+	SpinLockAcquire(&MySlot->mutex);
+	if (MySlot->oldest_pending_commit == 0)
+		MySlot->oldest_pending_commit = begin.committime;
+	SpinLockRelease(&MySlot->mutex);
+}
+
+/* COMMIT of a source transaction: the only place a batch may end */
+static void
+apply_handle_commit(StringInfo s)
+{
+	LogicalRepCommitData commit;
+
+	logicalrep_read_commit(s, &commit);
+	in_remote_txn = false;
+	batch_last_end = commit.end_lsn;
+	batch_last_commit_time = commit.committime;
+	last_received = Max(last_received, commit.end_lsn);
+	bunny_ctx_table = NULL;
+
+	if (batch_changes >= mirror->max_batch_size ||
+		TimestampDifferenceExceeds(batch_start, GetCurrentTimestamp(),
+								   mirror->idle_timeout_seconds * 1000))
+		apply_batch_flush();
+}
+
+/* write the batch's counters into bunny.mirror_table and bunny.mirror */
+static void
+apply_batch_counters(void)
+{
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
+	int64		total = 0;
+	Oid			argtypes[6] = {INT4OID, TEXTOID, TEXTOID, INT8OID, INT8OID, INT8OID};
+	Datum		values[6];
+
+	SPI_connect();
+	hash_seq_init(&status, relmap);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		if (e->n_ins == 0 && e->n_upd == 0 && e->n_del == 0)
+			continue;
+		values[0] = Int32GetDatum(mirror->id);
+		values[1] = CStringGetTextDatum(e->mt->source_schema);
+		values[2] = CStringGetTextDatum(e->mt->source_table);
+		values[3] = Int64GetDatum(e->n_ins);
+		values[4] = Int64GetDatum(e->n_upd);
+		values[5] = Int64GetDatum(e->n_del);
+		SPI_execute_with_args("UPDATE bunny.mirror_table "
+							  "   SET rows_inserted = rows_inserted + $4, "
+							  "       rows_updated = rows_updated + $5, "
+							  "       rows_deleted = rows_deleted + $6, "
+							  "       last_synced_at = now() "
+							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+							  6, argtypes, values, NULL, false, 0);
+		total += e->n_ins + e->n_upd + e->n_del;
+		e->n_ins = e->n_upd = e->n_del = 0;
+	}
+	values[0] = Int32GetDatum(mirror->id);
+	values[3] = Int64GetDatum(total);
+	argtypes[3] = INT8OID;
+	{
+		Oid			t2[2] = {INT4OID, INT8OID};
+		Datum		v2[2] = {values[0], values[3]};
+
+		SPI_execute_with_args("UPDATE bunny.mirror "
+							  "   SET total_rows_synced = total_rows_synced + $2, "
+							  "       last_sync_time = now(), "
+							  "       error_count = 0, error_message = NULL "
+							  " WHERE id = $1",
+							  2, t2, v2, NULL, false, 0);
+	}
+	SPI_finish();
+}
+
+/*
+ * Commit the open batch together with the origin's new position, then
+ * remember where it went for the flush feedback.
+ */
+static void
+apply_batch_flush(void)
+{
+	FlushPosition *fp;
+	XLogRecPtr	processed;
+
+	if (!in_local_txn)
+		return;
+	Assert(!in_remote_txn);
+
+	if (batch_last_end != InvalidXLogRecPtr)
+	{
+		apply_batch_counters();
+		replorigin_session_origin_lsn = batch_last_end;
+		replorigin_session_origin_timestamp = batch_last_commit_time;
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	in_local_txn = false;
+
+	processed = Max(batch_last_end, batch_keepalive_lsn);
+	if (batch_last_end != InvalidXLogRecPtr)
+	{
+		fp = MemoryContextAlloc(ApplyCacheContext, sizeof(FlushPosition));
+		fp->local_end = XactLastCommitEnd;
+		fp->remote_end = batch_last_end;
+		flush_positions = list_append_in(ApplyCacheContext, flush_positions, fp);
+	}
+
+	SpinLockAcquire(&MySlot->mutex);
+	if (processed > MySlot->processed_lsn)
+		MySlot->processed_lsn = processed;
+	if (batch_last_commit_time)
+		MySlot->last_commit_time = batch_last_commit_time;
+	MySlot->oldest_pending_commit = 0;
+	SpinLockRelease(&MySlot->mutex);
+	ConditionVariableBroadcast(&MySlot->progress_cv);
+
+	batch_last_end = InvalidXLogRecPtr;
+	batch_keepalive_lsn = InvalidXLogRecPtr;
+	batch_changes = 0;
+	bunny_ctx_lsn = InvalidXLogRecPtr;
+}
+
+/* the position up to which our local commits are flushed */
+static XLogRecPtr
+flushed_position(void)
+{
+	XLogRecPtr	local_flush = GetFlushRecPtr(NULL);
+
+	while (flush_positions != NIL)
+	{
+		FlushPosition *fp = linitial(flush_positions);
+
+		if (fp->local_end > local_flush)
+			break;
+		last_flushed_reported = Max(last_flushed_reported, fp->remote_end);
+		flush_positions = list_delete_first(flush_positions);
+		pfree(fp);
+	}
+	/* nothing of ours in flight: everything received is done */
+	if (flush_positions == NIL && !in_local_txn && !in_remote_txn)
+		return Max(last_flushed_reported, last_received);
+	return last_flushed_reported;
+}
+
+/* send a standby status update to the walsender */
+static void
+send_feedback(bool force, bool request_reply)
+{
+	StringInfoData msg;
+	XLogRecPtr	flush = flushed_position();
+	XLogRecPtr	write = Max(last_received, flush);
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (!force && write == last_write_reported && flush == last_flushed_reported &&
+		!TimestampDifferenceExceeds(last_feedback, now, FEEDBACK_INTERVAL_MS))
+		return;
+	if (!force && flush == last_flushed_reported && write == last_write_reported)
+	{
+		/* periodic keepalive of our own */
+	}
+
+	initStringInfo(&msg);
+	pq_sendbyte(&msg, 'r');
+	pq_sendint64(&msg, write);
+	pq_sendint64(&msg, flush);
+	pq_sendint64(&msg, flush);
+	pq_sendint64(&msg, now);
+	pq_sendbyte(&msg, request_reply ? 1 : 0);
+	stream_send(conn, msg.data, msg.len);
+	pfree(msg.data);
+
+	last_flushed_reported = flush;
+	last_write_reported = write;
+	last_feedback = now;
+}
+
+/* a pgoutput message */
+static void
+apply_dispatch(StringInfo s)
+{
+	char		action = pq_getmsgbyte(s);
+
+	switch (action)
+	{
+		case LOGICAL_REP_MSG_BEGIN:
+			apply_handle_begin(s);
+			break;
+		case LOGICAL_REP_MSG_COMMIT:
+			apply_handle_commit(s);
+			break;
+		case LOGICAL_REP_MSG_INSERT:
+			apply_handle_insert(s);
+			break;
+		case LOGICAL_REP_MSG_UPDATE:
+			apply_handle_update(s);
+			break;
+		case LOGICAL_REP_MSG_DELETE:
+			apply_handle_delete(s);
+			break;
+		case LOGICAL_REP_MSG_TRUNCATE:
+			apply_handle_truncate(s);
+			break;
+		case LOGICAL_REP_MSG_RELATION:
+			apply_handle_relation(s);
+			break;
+		case LOGICAL_REP_MSG_TYPE:
+			apply_handle_type(s);
+			break;
+		case LOGICAL_REP_MSG_ORIGIN:
+		case LOGICAL_REP_MSG_MESSAGE:
+			break;				/* nothing to do */
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("unexpected logical replication message type \"%c\"", action)));
+	}
+}
+
+/* one CopyData message of the stream: XLogData or keepalive */
+static void
+apply_copydata(char *buf, int len)
+{
+	StringInfoData s;
+	char		kind;
+
+	s.data = buf;
+	s.len = len;
+	s.maxlen = -1;
+	s.cursor = 0;
+	kind = pq_getmsgbyte(&s);
+
+	if (kind == 'w')
+	{
+		XLogRecPtr	start = pq_getmsgint64(&s);
+		XLogRecPtr	end = pq_getmsgint64(&s);
+
+		(void) pq_getmsgint64(&s);	/* send time */
+		if (start > last_received && in_remote_txn)
+			last_received = Max(last_received, start);
+		SpinLockAcquire(&MySlot->mutex);
+		if (end > MySlot->source_lsn)
+			MySlot->source_lsn = end;
+		SpinLockRelease(&MySlot->mutex);
+		apply_dispatch(&s);
+	}
+	else if (kind == 'k')
+	{
+		XLogRecPtr	end = pq_getmsgint64(&s);
+		bool		reply;
+
+		(void) pq_getmsgint64(&s);	/* send time */
+		reply = pq_getmsgbyte(&s);
+
+		SpinLockAcquire(&MySlot->mutex);
+		if (end > MySlot->source_lsn)
+			MySlot->source_lsn = end;
+		SpinLockRelease(&MySlot->mutex);
+
+		if (!in_remote_txn)
+		{
+			/* everything before this keepalive has been received */
+			last_received = Max(last_received, end);
+			if (in_local_txn)
+				batch_keepalive_lsn = Max(batch_keepalive_lsn, end);
+			else
+			{
+				bool		moved = false;
+
+				SpinLockAcquire(&MySlot->mutex);
+				if (end > MySlot->processed_lsn)
+				{
+					MySlot->processed_lsn = end;
+					moved = true;
+				}
+				SpinLockRelease(&MySlot->mutex);
+				if (moved)
+					ConditionVariableBroadcast(&MySlot->progress_cv);
+			}
+		}
+		if (reply)
+			send_feedback(true, false);
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("unexpected message \"%c\" in the replication stream", kind)));
+}
+
+/*
+ * Decide on binary transfer: only when every published column has the same
+ * built-in type on the destination.
+ */
+static bool
+decide_binary_mode(void)
+{
+	StringInfoData sql;
+	ListCell   *lc;
+	PGresult   *res;
+	bool		binary = true;
+
+	initStringInfo(&sql);
+	appendStringInfoString(&sql,
+						   "SELECT n.nspname, c.relname, a.attname, a.atttypid "
+						   "  FROM pg_catalog.pg_attribute a "
+						   "  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+						   "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+						   " WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' "
+						   "   AND (n.nspname, c.relname) IN (");
+	foreach(lc, mirror->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+
+		appendStringInfo(&sql, "%s(%s, %s)", lc == list_head(mirror->tables) ? "" : ", ",
+						 quote_literal_cstr(mt->source_schema), quote_literal_cstr(mt->source_table));
+	}
+	appendStringInfoChar(&sql, ')');
+	res = stream_exec_ok(conn, sql.data, PGRES_TUPLES_OK);
+
+	StartTransactionCommand();
+	for (int i = 0; i < PQntuples(res) && binary; i++)
+	{
+		MirrorTable *mt = find_mirror_table(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+		char	   *att = PQgetvalue(res, i, 2);
+		Oid			typid = (Oid) strtoul(PQgetvalue(res, i, 3), NULL, 10);
+		Oid			nspid,
+					relid;
+		AttrNumber	attnum;
+		bool		excluded = false;
+
+		if (mt == NULL)
+			continue;
+		foreach(lc, mt->exclude_columns)
+			if (strcmp(lfirst(lc), att) == 0)
+				excluded = true;
+		if (excluded)
+			continue;
+		if (typid >= FirstNormalObjectId)
+		{
+			binary = false;
+			break;
+		}
+		nspid = get_namespace_oid(mt->dest_schema, true);
+		relid = OidIsValid(nspid) ? get_relname_relid(mt->dest_table, nspid) : InvalidOid;
+		if (!OidIsValid(relid))
+			continue;
+		attnum = get_attnum(relid, att);
+		if (attnum != InvalidAttrNumber && get_atttype(relid, attnum) != typid)
+			binary = false;
+	}
+	CommitTransactionCommand();
+	PQclear(res);
+	return binary;
+}
+
+/*
+ * Stream from the slot and apply until told to stop; returns only by
+ * error or proc_exit.
+ */
+void
+apply_stream(PGconn *source_conn, Mirror *m)
+{
+	HASHCTL		ctl;
+	XLogRecPtr	startpos;
+	static bool callback_registered = false;
+
+	mirror = m;
+	conn = source_conn;
+	ApplyMessageContext = AllocSetContextCreate(TopMemoryContext, "bunnydb apply message",
+												ALLOCSET_DEFAULT_SIZES);
+	ApplyCacheContext = AllocSetContextCreate(TopMemoryContext, "bunnydb apply cache",
+											  ALLOCSET_DEFAULT_SIZES);
+
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(LogicalRepRelId);
+	ctl.entrysize = sizeof(RelMapEntry);
+	ctl.hcxt = ApplyCacheContext;
+	relmap = hash_create("bunnydb relation map", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(RemoteType);
+	typemap = hash_create("bunnydb type map", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(apply_relcache_invalidate, (Datum) 0);
+		callback_registered = true;
+	}
+
+	binary_mode = decide_binary_mode();
+	startpos = replorigin_session_get_progress(false);
+	last_received = startpos;
+	last_flushed_reported = startpos;
+	SpinLockAcquire(&MySlot->mutex);
+	if (startpos > MySlot->processed_lsn)
+		MySlot->processed_lsn = startpos;
+	SpinLockRelease(&MySlot->mutex);
+
+	stream_start_replication(conn, m->slot_name, startpos, m->publication_name, binary_mode);
+	{
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		bunny_log(m->name, "DEBUG",
+				  psprintf("streaming from %X/%X (%s transfer)", LSN_FORMAT_ARGS(startpos),
+						   binary_mode ? "binary" : "text"), NULL);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+
+	for (;;)
+	{
+		char	   *buf;
+		pgsocket	fd = PGINVALID_SOCKET;
+		int			len;
+
+		CHECK_FOR_INTERRUPTS();
+		len = stream_receive(conn, &buf, &fd);
+		if (len > 0)
+		{
+			MemoryContext old = MemoryContextSwitchTo(ApplyMessageContext);
+
+			/* on error the worker exits, so buf needs no PG_TRY */
+			apply_copydata(buf, len);
+			PQfreemem(buf);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(ApplyMessageContext);
+
+			if (!in_remote_txn && !in_local_txn)
+				bunny_check_control();
+			if (TimestampDifferenceExceeds(last_feedback, GetCurrentTimestamp(), FEEDBACK_INTERVAL_MS))
+				send_feedback(false, false);
+			continue;
+		}
+
+		/* nothing is waiting: end the batch now for low latency */
+		if (in_local_txn && !in_remote_txn)
+			apply_batch_flush();
+		if (!in_local_txn)
+			bunny_check_control();
+		send_feedback(false, false);
+
+		{
+			int			rc = WaitLatchOrSocket(MyLatch,
+											   WL_SOCKET_READABLE | WL_LATCH_SET |
+											   WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+											   fd, IDLE_WAIT_MS, PG_WAIT_EXTENSION);
+
+			if (rc & WL_LATCH_SET)
+				ResetLatch(MyLatch);
+		}
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+}

@@ -1,0 +1,192 @@
+/*-------------------------------------------------------------------------
+ *
+ * bunnydb.h
+ *		Declarations shared by the modules of bunnydb.
+ *
+ * Module map (one file per role):
+ *	bunnydb.c	_PG_init, settings, shared memory
+ *	launcher.c	the static launcher and the per-database scan worker
+ *	worker.c	the per-mirror worker: phases, error handling, backoff
+ *	setup.c		SETUP phase: source checks, publication, slot, destination DDL
+ *	snapshot.c	SNAPSHOT phase: consistent copy of existing rows
+ *	apply.c		CDC phase: pgoutput stream -> SPI, batching, progress
+ *	stream.c	libpq plumbing: non-blocking connect, queries, COPY BOTH
+ *	catalog.c	reading and writing the bunny.* catalog tables
+ *	functions.c	SQL-callable C functions
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BUNNYDB_H
+#define BUNNYDB_H
+
+#include "postgres.h"
+
+#include "access/xlogdefs.h"
+#include "datatype/timestamp.h"
+#include "libpq-fe.h"
+#include "nodes/pg_list.h"
+#include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/spin.h"
+
+/* settings (bunnydb.c) */
+extern int	bunny_max_mirror_workers;
+extern int	bunny_retry_backoff_min;
+extern int	bunny_retry_backoff_max;
+extern int	bunny_log_retention_days;
+extern int	bunny_launcher_naptime;
+
+/*
+ * One slot per mirror that should run (or recently ran) in this cluster.
+ * Identity fields are protected by BunnyShared->lock; the live figures by
+ * the slot's spinlock.
+ */
+typedef struct BunnyWorkerSlot
+{
+	bool		in_use;
+	bool		wanted;			/* last scan of its database wants it running */
+	bool		registered;		/* launcher holds a bgworker handle for it */
+	bool		control_pending;	/* a control function committed: re-read catalog */
+	bool		last_exit_failed;	/* worker's last run ended in an error */
+	Oid			dboid;
+	int32		mirror_id;
+	char		mirror_name[NAMEDATALEN];
+	pid_t		pid;			/* running worker, or 0 */
+	Latch	   *latch;			/* its latch while running */
+	int			failures;		/* consecutive failed runs, for the backoff */
+	TimestampTz next_start;		/* not to be started before this */
+
+	/* live figures, written by the worker */
+	slock_t		mutex;
+	XLogRecPtr	source_lsn;		/* source WAL position last reported by the walsender */
+	XLogRecPtr	processed_lsn;	/* everything before this is committed here */
+	TimestampTz oldest_pending_commit;	/* source commit time of oldest unapplied txn */
+	TimestampTz last_commit_time;	/* source commit time of last applied txn */
+	ConditionVariable progress_cv;	/* broadcast when processed_lsn moves */
+} BunnyWorkerSlot;
+
+#define BUNNY_MAX_RESCAN_DBS 64
+
+typedef struct BunnyShared
+{
+	LWLock	   *lock;
+	pid_t		launcher_pid;
+	Latch	   *launcher_latch;
+	bool		rescan_all;
+	int			n_rescan;
+	Oid			rescan_dbs[BUNNY_MAX_RESCAN_DBS];
+	/* result channel of the scan worker */
+	bool		scan_found_extension;
+	BunnyWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} BunnyShared;
+
+extern BunnyShared *BunnyState;
+
+/* bunnydb.c */
+extern bool bunny_loaded_at_preload(void);
+
+/* launcher.c */
+extern PGDLLEXPORT void bunny_launcher_main(Datum arg);
+extern PGDLLEXPORT void bunny_scan_main(Datum arg);
+extern void bunny_register_launcher(void);
+extern BunnyWorkerSlot *bunny_find_slot(Oid dboid, int32 mirror_id);
+extern void bunny_request_rescan(Oid dboid);
+
+/* worker.c */
+extern PGDLLEXPORT void bunny_mirror_worker_main(Datum arg);
+extern BunnyWorkerSlot *MySlot;
+extern bool bunny_error_is_permanent;
+extern void bunny_check_control(void);
+
+/* description of one mapped table, from bunny.mirror_table */
+typedef struct MirrorTable
+{
+	char	   *source_schema;
+	char	   *source_table;
+	char	   *dest_schema;
+	char	   *dest_table;
+	char	   *partition_key;
+	List	   *exclude_columns;	/* of char * */
+	char	   *status;
+	XLogRecPtr	sync_lsn;
+} MirrorTable;
+
+/* the mirror this worker runs, from bunny.mirror and bunny.peer */
+typedef struct Mirror
+{
+	int32		id;
+	char	   *name;
+	char	   *status;
+	char	   *phase;
+	char	   *pending_op;
+	char	   *conninfo;
+	char	   *slot_name;
+	char	   *publication_name;
+	char	   *origin_name;
+	char	   *incarnation;
+	bool		slot_requested;
+	bool		do_initial_snapshot;
+	int			max_batch_size;
+	int			idle_timeout_seconds;
+	int			error_count;
+	List	   *tables;			/* of MirrorTable * */
+} Mirror;
+
+/* catalog.c */
+extern Mirror *catalog_load_mirror(int32 mirror_id, bool lock_row);
+extern void catalog_set_status(int32 mirror_id, const char *status, const char *phase);
+extern void catalog_set_table_status(int32 mirror_id, const char *status);
+extern void catalog_set_slot_requested(int32 mirror_id);
+extern void catalog_record_error(int32 mirror_id, const char *message, bool permanent);
+extern void catalog_clear_error(int32 mirror_id);
+extern void catalog_finish_pause(int32 mirror_id);
+extern void bunny_log(const char *mirror, const char *level, const char *message,
+					  const char *details_json);
+extern char *bunny_spi_scalar(const char *sql, int nargs, Oid *argtypes,
+							  Datum *values, const char *nulls);
+
+/* stream.c */
+extern PGconn *stream_connect(const char *conninfo, const char *appname,
+							  bool replication);
+extern PGresult *stream_exec(PGconn *conn, const char *sql);
+extern PGresult *stream_exec_ok(PGconn *conn, const char *sql, ExecStatusType expected);
+extern void stream_exec_command(PGconn *conn, const char *sql);
+extern void stream_disconnect(PGconn **conn);
+extern void stream_start_replication(PGconn *conn, const char *slot,
+									 XLogRecPtr startpos, const char *publication,
+									 bool binary);
+extern int	stream_receive(PGconn *conn, char **buffer, pgsocket *wait_fd);
+extern void stream_send(PGconn *conn, const char *data, int len);
+extern char *stream_scrub_conninfo_error(const char *msg);
+
+/* setup.c */
+extern void setup_run(PGconn *conn, Mirror *mirror);
+
+/* what the initial copy needs to know of one table (built by setup.c) */
+typedef struct CopyColumn
+{
+	char	   *name;
+	Oid			typid;			/* source type */
+} CopyColumn;
+
+typedef struct CopyTable
+{
+	MirrorTable *mt;
+	char		relkind;		/* of the source table */
+	List	   *columns;		/* of CopyColumn *: published, not generated */
+} CopyTable;
+
+/* snapshot.c */
+extern void snapshot_run(Mirror *mirror, const char *snapshot_name, List *copy_tables);
+
+/* apply.c */
+extern void apply_stream(PGconn *conn, Mirror *mirror);
+
+/* error context for workers */
+extern const char *bunny_ctx_mirror;
+extern const char *bunny_ctx_table;
+extern XLogRecPtr bunny_ctx_lsn;
+extern void bunny_error_context(void *arg);
+
+#endif							/* BUNNYDB_H */

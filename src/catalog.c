@@ -1,0 +1,300 @@
+/*-------------------------------------------------------------------------
+ *
+ * catalog.c
+ *		Reading and writing bunny.* catalog rows from the workers.
+ *
+ * All functions here run inside a transaction the caller has started, and
+ * open their own SPI connection (nested SPI is fine), so that they can be
+ * called both between batches and from inside an apply batch.  Results are
+ * allocated in the caller's memory context.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "bunnydb.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/pg_lsn.h"
+#include "utils/snapmgr.h"
+
+/* run a statement, erroring with its text if SPI fails */
+static void
+spi_run(const char *sql, int nargs, Oid *argtypes, Datum *values,
+		const char *nulls, bool read_only)
+{
+	int			rc;
+
+	rc = SPI_execute_with_args(sql, nargs, argtypes, values, nulls, read_only, 0);
+	if (rc < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("bunnydb catalog statement failed: %s", SPI_result_code_string(rc)),
+				 errdetail_internal("Statement: %s", sql)));
+}
+
+/* text of column n of the current SPI row, copied into cxt, or NULL */
+static char *
+spi_text(int row, int col, MemoryContext cxt)
+{
+	char	   *v = SPI_getvalue(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col);
+
+	return v ? MemoryContextStrdup(cxt, v) : NULL;
+}
+
+/*
+ * First column of the first row of a query as text (copied to the caller's
+ * context), or NULL.
+ */
+char *
+bunny_spi_scalar(const char *sql, int nargs, Oid *argtypes, Datum *values,
+				 const char *nulls)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	char	   *result = NULL;
+
+	SPI_connect();
+	spi_run(sql, nargs, argtypes, values, nulls, false);
+	if (SPI_processed > 0 && SPI_tuptable != NULL)
+		result = spi_text(0, 1, cxt);
+	SPI_finish();
+	return result;
+}
+
+/*
+ * Load a mirror with its peer and tables.  lock_row takes FOR KEY SHARE on
+ * the mirror row: a worker starting while drop_mirror holds the row waits
+ * for it, then finds nothing.  Returns NULL if the mirror does not exist.
+ */
+Mirror *
+catalog_load_mirror(int32 mirror_id, bool lock_row)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	Mirror	   *m = NULL;
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(mirror_id)};
+	char		sql[1024];
+	uint64		i;
+
+	snprintf(sql, sizeof(sql),
+			 "SELECT m.id, m.name, m.status, m.phase, m.pending_op, p.conninfo, "
+			 "       m.slot_name, m.publication_name, m.origin_name, m.incarnation, "
+			 "       m.slot_requested, "
+			 "       coalesce((m.config->>'do_initial_snapshot')::boolean, true), "
+			 "       coalesce((m.config->>'max_batch_size')::integer, 1000), "
+			 "       coalesce((m.config->>'idle_timeout_seconds')::integer, 60), "
+			 "       m.error_count "
+			 "  FROM bunny.mirror m JOIN bunny.peer p ON p.name = m.source_peer "
+			 " WHERE m.id = $1 %s",
+			 lock_row ? "FOR KEY SHARE OF m" : "");
+
+	SPI_connect();
+	spi_run(sql, 1, argtypes, values, NULL, false);
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+		HeapTuple	tup = SPI_tuptable->vals[0];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+
+		m = MemoryContextAllocZero(cxt, sizeof(Mirror));
+		m->id = mirror_id;
+		m->name = spi_text(0, 2, cxt);
+		m->status = spi_text(0, 3, cxt);
+		m->phase = spi_text(0, 4, cxt);
+		m->pending_op = spi_text(0, 5, cxt);
+		m->conninfo = spi_text(0, 6, cxt);
+		m->slot_name = spi_text(0, 7, cxt);
+		m->publication_name = spi_text(0, 8, cxt);
+		m->origin_name = spi_text(0, 9, cxt);
+		m->incarnation = spi_text(0, 10, cxt);
+		m->slot_requested = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
+		m->do_initial_snapshot = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
+		m->max_batch_size = DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull));
+		m->idle_timeout_seconds = DatumGetInt32(SPI_getbinval(tup, desc, 14, &isnull));
+		m->error_count = DatumGetInt32(SPI_getbinval(tup, desc, 15, &isnull));
+
+		spi_run("SELECT source_schema, source_table, destination_schema, destination_table, "
+				"       partition_key, exclude_columns::text[], status, sync_lsn "
+				"  FROM bunny.mirror_table WHERE mirror_id = $1 "
+				" ORDER BY source_schema, source_table",
+				1, argtypes, values, NULL, false);
+		for (i = 0; i < SPI_processed; i++)
+		{
+			MirrorTable *t = MemoryContextAllocZero(cxt, sizeof(MirrorTable));
+			Datum		d;
+			MemoryContext old;
+
+			tup = SPI_tuptable->vals[i];
+			desc = SPI_tuptable->tupdesc;
+			t->source_schema = spi_text(i, 1, cxt);
+			t->source_table = spi_text(i, 2, cxt);
+			t->dest_schema = spi_text(i, 3, cxt);
+			t->dest_table = spi_text(i, 4, cxt);
+			t->partition_key = spi_text(i, 5, cxt);
+			d = SPI_getbinval(tup, desc, 6, &isnull);
+			if (!isnull)
+			{
+				Datum	   *elems;
+				int			nelems;
+
+				deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false,
+								  TYPALIGN_INT, &elems, NULL, &nelems);
+				for (int j = 0; j < nelems; j++)
+				{
+					char	   *s = TextDatumGetCString(elems[j]);
+
+					old = MemoryContextSwitchTo(cxt);
+					t->exclude_columns = lappend(t->exclude_columns, pstrdup(s));
+					MemoryContextSwitchTo(old);
+				}
+			}
+			t->status = spi_text(i, 7, cxt);
+			d = SPI_getbinval(tup, desc, 8, &isnull);
+			t->sync_lsn = isnull ? InvalidXLogRecPtr : DatumGetLSN(d);
+			old = MemoryContextSwitchTo(cxt);
+			m->tables = lappend(m->tables, t);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	SPI_finish();
+	return m;
+}
+
+/* set status (and phase, if not NULL) of a mirror */
+void
+catalog_set_status(int32 mirror_id, const char *status, const char *phase)
+{
+	Oid			argtypes[3] = {INT4OID, TEXTOID, TEXTOID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
+
+	values[0] = Int32GetDatum(mirror_id);
+	values[1] = CStringGetTextDatum(status);
+	if (phase)
+		values[2] = CStringGetTextDatum(phase);
+	else
+		nulls[2] = 'n';
+	SPI_connect();
+	spi_run("UPDATE bunny.mirror SET status = $2, phase = coalesce($3, phase), "
+			"       updated_at = now() WHERE id = $1",
+			3, argtypes, values, nulls, false);
+	SPI_finish();
+}
+
+/* set the status of every table of a mirror */
+void
+catalog_set_table_status(int32 mirror_id, const char *status)
+{
+	Oid			argtypes[2] = {INT4OID, TEXTOID};
+	Datum		values[2];
+
+	values[0] = Int32GetDatum(mirror_id);
+	values[1] = CStringGetTextDatum(status);
+	SPI_connect();
+	spi_run("UPDATE bunny.mirror_table SET status = $2, error_message = NULL "
+			" WHERE mirror_id = $1",
+			2, argtypes, values, NULL, false);
+	SPI_finish();
+}
+
+/* remember, durably and before asking the source, that we create the slot */
+void
+catalog_set_slot_requested(int32 mirror_id)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(mirror_id)};
+
+	SPI_connect();
+	spi_run("UPDATE bunny.mirror SET slot_requested = true WHERE id = $1",
+			1, argtypes, values, NULL, false);
+	SPI_finish();
+}
+
+/*
+ * Record a failed run: error_message, error_count + 1, and FAILED when the
+ * problem will not go away by retrying.
+ */
+void
+catalog_record_error(int32 mirror_id, const char *message, bool permanent)
+{
+	Oid			argtypes[3] = {INT4OID, TEXTOID, BOOLOID};
+	Datum		values[3];
+
+	values[0] = Int32GetDatum(mirror_id);
+	values[1] = CStringGetTextDatum(message);
+	values[2] = BoolGetDatum(permanent);
+	SPI_connect();
+	spi_run("UPDATE bunny.mirror SET error_message = $2, error_count = error_count + 1, "
+			"       last_error_at = now(), updated_at = now(), "
+			"       status = CASE WHEN $3 THEN 'FAILED' "
+			"                     WHEN status = 'PAUSING' THEN status ELSE status END "
+			" WHERE id = $1",
+			3, argtypes, values, NULL, false);
+	SPI_finish();
+}
+
+/* a batch went through: the error state is over */
+void
+catalog_clear_error(int32 mirror_id)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(mirror_id)};
+
+	SPI_connect();
+	spi_run("UPDATE bunny.mirror SET error_message = NULL, error_count = 0 "
+			" WHERE id = $1 AND (error_count <> 0 OR error_message IS NOT NULL)",
+			1, argtypes, values, NULL, false);
+	SPI_finish();
+}
+
+/* the worker has stopped consuming: PAUSING becomes PAUSED */
+void
+catalog_finish_pause(int32 mirror_id)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(mirror_id)};
+
+	SPI_connect();
+	spi_run("UPDATE bunny.mirror SET status = 'PAUSED', pending_op = NULL, updated_at = now() "
+			" WHERE id = $1",
+			1, argtypes, values, NULL, false);
+	SPI_finish();
+}
+
+/* append a line to bunny.mirror_logs (in the caller's transaction, if any) */
+void
+bunny_log(const char *mirror, const char *level, const char *message,
+		  const char *details_json)
+{
+	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, TEXTOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+
+	bool		own_xact = !IsTransactionState();
+
+	if (own_xact)
+	{
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+	}
+	values[0] = CStringGetTextDatum(mirror);
+	values[1] = CStringGetTextDatum(level);
+	values[2] = CStringGetTextDatum(message);
+	if (details_json)
+		values[3] = CStringGetTextDatum(details_json);
+	else
+		nulls[3] = 'n';
+	SPI_connect();
+	spi_run("INSERT INTO bunny.mirror_logs (mirror, level, message, details) "
+			"VALUES ($1, $2, $3, $4::jsonb)",
+			4, argtypes, values, nulls, false);
+	SPI_finish();
+	if (own_xact)
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+}

@@ -1,0 +1,320 @@
+/*-------------------------------------------------------------------------
+ *
+ * functions.c
+ *		SQL-callable C functions: the helpers behind the PL/pgSQL API in
+ *		bunnydb--*.sql (connection checks, remote queries, waking and
+ *		stopping workers) and the live figures for the views.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "bunnydb.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/pg_lsn.h"
+#include "utils/timestamp.h"
+#include "utils/tuplestore.h"
+
+PG_FUNCTION_INFO_V1(bunny_check_preload);
+PG_FUNCTION_INFO_V1(bunny_conninfo_check);
+PG_FUNCTION_INFO_V1(bunny_remote_query);
+PG_FUNCTION_INFO_V1(bunny_notify);
+PG_FUNCTION_INFO_V1(bunny_stop_worker);
+PG_FUNCTION_INFO_V1(bunny_wait_for_lsn);
+PG_FUNCTION_INFO_V1(bunny_worker_stats);
+
+/* refuse CREATE EXTENSION unless preloaded */
+Datum
+bunny_check_preload(PG_FUNCTION_ARGS)
+{
+	if (!bunny_loaded_at_preload() || BunnyState == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("bunnydb must be loaded via shared_preload_libraries"),
+				 errhint("Add bunnydb to shared_preload_libraries in postgresql.conf and restart the server.")));
+	PG_RETURN_VOID();
+}
+
+/* raise 22023 unless the string parses as a libpq conninfo or URI */
+Datum
+bunny_conninfo_check(PG_FUNCTION_ARGS)
+{
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *err = NULL;
+	PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
+
+	if (opts == NULL)
+	{
+		char	   *msg = stream_scrub_conninfo_error(err ? err : "out of memory");
+
+		if (err)
+			PQfreemem(err);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid connection string"),
+				 errdetail("%s", msg),
+				 errhint("Use a libpq connection string such as 'host=... dbname=... user=...' or a postgresql:// URI.")));
+	}
+	PQconninfoFree(opts);
+	PG_RETURN_VOID();
+}
+
+/*
+ * Run one query on a plain connection and return its rows, converted with
+ * the caller's column definition list.
+ */
+Datum
+bunny_remote_query(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *query = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	PGconn	   *volatile conn = NULL;
+	PGresult   *volatile res = NULL;
+
+	InitMaterializedSRF(fcinfo, 0);
+
+	PG_TRY();
+	{
+		TupleDesc	desc = rsinfo->setDesc;
+		AttInMetadata *attinmeta = TupleDescGetAttInMetadata(desc);
+
+		conn = stream_connect(conninfo, "bunnydb", false);
+		res = stream_exec_ok(conn, query, PGRES_TUPLES_OK);
+		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0)
+		{
+			int			ncols = PQnfields(res);
+			char	  **vals;
+
+			if (ncols != desc->natts)
+				ereport(ERROR,
+						(errcode(ERRCODE_DATATYPE_MISMATCH),
+						 errmsg("remote query returned %d columns, %d expected",
+								ncols, desc->natts)));
+			vals = palloc(sizeof(char *) * ncols);
+			for (int r = 0; r < PQntuples(res); r++)
+			{
+				HeapTuple	tup;
+
+				for (int c = 0; c < ncols; c++)
+					vals[c] = PQgetisnull(res, r, c) ? NULL : PQgetvalue(res, r, c);
+				tup = BuildTupleFromCStrings(attinmeta, vals);
+				tuplestore_puttuple(rsinfo->setResult, tup);
+			}
+		}
+	}
+	PG_FINALLY();
+	{
+		if (res)
+			PQclear(res);
+		if (conn)
+			PQfinish(conn);
+	}
+	PG_END_TRY();
+	return (Datum) 0;
+}
+
+/*
+ * Wake-ups requested by this transaction, sent when it commits: the
+ * launcher rescans the database, and running workers re-read their row.
+ */
+static List *pending_notify = NIL;
+static bool xact_callback_registered = false;
+
+static void
+bunny_xact_callback(XactEvent event, void *arg)
+{
+	ListCell   *lc;
+
+	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	{
+		pending_notify = NIL;
+		return;
+	}
+	if (event != XACT_EVENT_COMMIT || pending_notify == NIL)
+		return;
+
+	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+	foreach(lc, pending_notify)
+	{
+		BunnyWorkerSlot *slot = bunny_find_slot(MyDatabaseId, lfirst_int(lc));
+
+		if (slot)
+		{
+			slot->control_pending = true;
+			/* a control call cuts any backoff short */
+			slot->failures = 0;
+			slot->next_start = 0;
+			if (slot->latch)
+				SetLatch(slot->latch);
+		}
+	}
+	bunny_request_rescan(MyDatabaseId);
+	if (BunnyState->launcher_latch)
+		SetLatch(BunnyState->launcher_latch);
+	LWLockRelease(BunnyState->lock);
+	pending_notify = NIL;
+}
+
+/* wake the launcher and the mirror's worker when this transaction commits */
+Datum
+bunny_notify(PG_FUNCTION_ARGS)
+{
+	int32		mirror_id = PG_GETARG_INT32(0);
+	MemoryContext old;
+
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(bunny_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+	old = MemoryContextSwitchTo(TopTransactionContext);
+	pending_notify = list_append_unique_int(pending_notify, mirror_id);
+	MemoryContextSwitchTo(old);
+	PG_RETURN_VOID();
+}
+
+/* terminate the mirror's worker and wait until it is gone */
+Datum
+bunny_stop_worker(PG_FUNCTION_ARGS)
+{
+	int32		mirror_id = PG_GETARG_INT32(0);
+	int32		timeout_ms = PG_GETARG_INT32(1);
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+
+	for (;;)
+	{
+		BunnyWorkerSlot *slot;
+		pid_t		pid = 0;
+
+		LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+		slot = bunny_find_slot(MyDatabaseId, mirror_id);
+		if (slot)
+		{
+			/* keep the launcher from starting it again meanwhile */
+			slot->wanted = false;
+			pid = slot->pid;
+		}
+		LWLockRelease(BunnyState->lock);
+
+		if (pid == 0)
+			PG_RETURN_BOOL(true);
+		(void) kill(pid, SIGTERM);
+		if (GetCurrentTimestamp() >= deadline)
+			PG_RETURN_BOOL(false);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 50, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * Wait until the mirror has committed everything up to lsn.  Sleeps on the
+ * slot's condition variable, which the worker broadcasts when its
+ * processed position moves.
+ */
+Datum
+bunny_wait_for_lsn(PG_FUNCTION_ARGS)
+{
+	int32		mirror_id = PG_GETARG_INT32(0);
+	XLogRecPtr	target = PG_GETARG_LSN(1);
+	int32		timeout_ms = PG_GETARG_INT32(2);
+	TimestampTz deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), timeout_ms);
+	bool		result = false;
+	BunnyWorkerSlot *slot = NULL;
+
+	for (;;)
+	{
+		XLogRecPtr	processed = InvalidXLogRecPtr;
+		long		left;
+
+		LWLockAcquire(BunnyState->lock, LW_SHARED);
+		slot = bunny_find_slot(MyDatabaseId, mirror_id);
+		if (slot)
+		{
+			SpinLockAcquire(&slot->mutex);
+			processed = slot->processed_lsn;
+			SpinLockRelease(&slot->mutex);
+		}
+		LWLockRelease(BunnyState->lock);
+
+		if (processed != InvalidXLogRecPtr && processed >= target)
+		{
+			result = true;
+			break;
+		}
+		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+		if (left <= 0)
+			break;
+		if (slot)
+		{
+			/* woken by the worker; the timeout covers a slot being reused */
+			(void) ConditionVariableTimedSleep(&slot->progress_cv, Min(left, 1000),
+											   PG_WAIT_EXTENSION);
+		}
+		else
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 Min(left, 100), PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (slot)
+		ConditionVariableCancelSleep();
+	PG_RETURN_BOOL(result);
+}
+
+/* live figures of the workers of this database */
+Datum
+bunny_worker_stats(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+
+	InitMaterializedSRF(fcinfo, 0);
+
+	LWLockAcquire(BunnyState->lock, LW_SHARED);
+	for (int i = 0; i < bunny_max_mirror_workers; i++)
+	{
+		BunnyWorkerSlot *slot = &BunnyState->slots[i];
+		Datum		values[6];
+		bool		nulls[6] = {false, false, false, false, false, false};
+		XLogRecPtr	source_lsn,
+					processed;
+		TimestampTz oldest,
+					last;
+
+		if (!slot->in_use || slot->dboid != MyDatabaseId)
+			continue;
+		SpinLockAcquire(&slot->mutex);
+		source_lsn = slot->source_lsn;
+		processed = slot->processed_lsn;
+		oldest = slot->oldest_pending_commit;
+		last = slot->last_commit_time;
+		SpinLockRelease(&slot->mutex);
+
+		values[0] = Int32GetDatum(slot->mirror_id);
+		values[1] = Int32GetDatum(slot->pid);
+		nulls[1] = slot->pid == 0;
+		values[2] = LSNGetDatum(source_lsn);
+		nulls[2] = source_lsn == InvalidXLogRecPtr;
+		values[3] = LSNGetDatum(processed);
+		nulls[3] = processed == InvalidXLogRecPtr;
+		values[4] = TimestampTzGetDatum(oldest);
+		nulls[4] = oldest == 0;
+		values[5] = TimestampTzGetDatum(last);
+		nulls[5] = last == 0;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	LWLockRelease(BunnyState->lock);
+	return (Datum) 0;
+}

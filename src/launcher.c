@@ -1,0 +1,514 @@
+/*-------------------------------------------------------------------------
+ *
+ * launcher.c
+ *		The bunnydb launcher and the per-database scan worker.
+ *
+ * The launcher is one static background worker, connected to no database.
+ * It cannot read bunny.mirror itself, so for each database that may hold
+ * mirrors it starts a short-lived "scan" worker connected to that database;
+ * the scan marks the worker slots of the mirrors that should run ("wanted")
+ * and exits.  The launcher then starts one dynamic worker per wanted slot
+ * and watches it.  When a worker exits, its database is scanned again (the
+ * catalog decides whether it should come back) and, if the run failed, the
+ * restart is delayed by an exponential backoff.
+ *
+ * Who wakes the launcher: control functions at commit (bunny_notify), the
+ * postmaster when a worker it started exits (bgw_notify_pid), and a timer
+ * (bunny.launcher_naptime) as a safety net.  At start -- which includes
+ * every restart after a crash, since shared memory is then rebuilt -- every
+ * database is scanned.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "bunnydb.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/pg_database.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/proc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+/* launcher-local state */
+static BackgroundWorkerHandle **worker_handles = NULL;
+static BackgroundWorkerHandle *scan_handle = NULL;
+static Oid	scan_dboid = InvalidOid;
+static List *scan_queue = NIL;	/* database OIDs still to scan */
+static List *ext_databases = NIL;	/* databases known to have the extension */
+
+/* register the static launcher; called from _PG_init */
+void
+bunny_register_launcher(void)
+{
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = 5;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "bunnydb");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "bunny_launcher_main");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "bunnydb launcher");
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "bunnydb launcher");
+	RegisterBackgroundWorker(&bgw);
+}
+
+/* the slot of a mirror, or NULL; caller holds BunnyState->lock */
+BunnyWorkerSlot *
+bunny_find_slot(Oid dboid, int32 mirror_id)
+{
+	int			i;
+
+	for (i = 0; i < bunny_max_mirror_workers; i++)
+	{
+		BunnyWorkerSlot *slot = &BunnyState->slots[i];
+
+		if (slot->in_use && slot->dboid == dboid && slot->mirror_id == mirror_id)
+			return slot;
+	}
+	return NULL;
+}
+
+/* ask the launcher to scan a database again; caller holds the lock */
+void
+bunny_request_rescan(Oid dboid)
+{
+	int			i;
+
+	for (i = 0; i < BunnyState->n_rescan; i++)
+		if (BunnyState->rescan_dbs[i] == dboid)
+			return;
+	if (BunnyState->n_rescan < BUNNY_MAX_RESCAN_DBS)
+		BunnyState->rescan_dbs[BunnyState->n_rescan++] = dboid;
+	else
+		BunnyState->rescan_all = true;
+}
+
+/* delay before the next start after n consecutive failures */
+static long
+backoff_ms(int failures)
+{
+	double		delay = bunny_retry_backoff_min;
+
+	while (failures-- > 1 && delay < bunny_retry_backoff_max)
+		delay *= 2;
+	return (long) Min(delay, (double) bunny_retry_backoff_max);
+}
+
+/* OIDs of all databases that accept connections (shared catalog scan) */
+static List *
+list_databases(void)
+{
+	List	   *result = NIL;
+	Relation	rel;
+	TableScanDesc scan;
+	HeapTuple	tup;
+	MemoryContext resultcxt = CurrentMemoryContext;
+
+	StartTransactionCommand();
+	(void) GetTransactionSnapshot();
+	rel = table_open(DatabaseRelationId, AccessShareLock);
+	scan = table_beginscan_catalog(rel, 0, NULL);
+	while (HeapTupleIsValid(tup = heap_getnext(scan, ForwardScanDirection)))
+	{
+		Form_pg_database db = (Form_pg_database) GETSTRUCT(tup);
+		MemoryContext old;
+
+		if (!db->datallowconn || db->datistemplate)
+			continue;
+		old = MemoryContextSwitchTo(resultcxt);
+		result = lappend_oid(result, db->oid);
+		MemoryContextSwitchTo(old);
+	}
+	table_endscan(scan);
+	table_close(rel, AccessShareLock);
+	CommitTransactionCommand();
+	return result;
+}
+
+/* start a scan worker for one database */
+static bool
+start_scan_worker(Oid dboid)
+{
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "bunnydb");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "bunny_scan_main");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "bunnydb scan of database %u", dboid);
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "bunnydb scan");
+	bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
+	bgw.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&bgw, &scan_handle))
+	{
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("bunnydb launcher could not start a scan worker"),
+				 errhint("Increase max_worker_processes.")));
+		scan_handle = NULL;
+		return false;
+	}
+	scan_dboid = dboid;
+	return true;
+}
+
+/* start the worker of a wanted slot */
+static void
+start_mirror_worker(int slotno)
+{
+	BunnyWorkerSlot *slot = &BunnyState->slots[slotno];
+	BackgroundWorker bgw;
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "bunnydb");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "bunny_mirror_worker_main");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "bunnydb mirror %s", slot->mirror_name);
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "bunnydb mirror %s", slot->mirror_name);
+	bgw.bgw_main_arg = Int32GetDatum(slotno);
+	bgw.bgw_notify_pid = MyProcPid;
+
+	if (!RegisterDynamicBackgroundWorker(&bgw, &worker_handles[slotno]))
+	{
+		worker_handles[slotno] = NULL;
+		slot->next_start = GetCurrentTimestamp() + (TimestampTz) bunny_retry_backoff_min * 1000;
+		ereport(WARNING,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("bunnydb launcher could not start a worker for mirror \"%s\"",
+						slot->mirror_name),
+				 errhint("Increase max_worker_processes.")));
+		return;
+	}
+	slot->registered = true;
+}
+
+/*
+ * One pass over the slots: reap workers that exited, start the wanted ones
+ * whose backoff has passed.  Returns the time of the next deadline.
+ */
+static TimestampTz
+launcher_manage_slots(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz next = 0;
+	int			i;
+
+	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+	for (i = 0; i < bunny_max_mirror_workers; i++)
+	{
+		BunnyWorkerSlot *slot = &BunnyState->slots[i];
+
+		if (!slot->in_use)
+			continue;
+
+		if (slot->registered)
+		{
+			pid_t		pid;
+
+			if (GetBackgroundWorkerPid(worker_handles[i], &pid) != BGWH_STOPPED)
+				continue;
+			pfree(worker_handles[i]);
+			worker_handles[i] = NULL;
+			slot->registered = false;
+			slot->pid = 0;
+			slot->latch = NULL;
+			if (slot->last_exit_failed)
+			{
+				slot->failures++;
+				slot->next_start = now + (TimestampTz) backoff_ms(slot->failures) * 1000;
+			}
+			else
+			{
+				slot->failures = 0;
+				slot->next_start = now;
+			}
+			slot->last_exit_failed = false;
+			/* whether it comes back is the catalog's decision */
+			slot->wanted = false;
+			bunny_request_rescan(slot->dboid);
+			continue;
+		}
+
+		if (!slot->wanted)
+		{
+			slot->in_use = false;
+			continue;
+		}
+		if (slot->next_start > now)
+		{
+			if (next == 0 || slot->next_start < next)
+				next = slot->next_start;
+			continue;
+		}
+		start_mirror_worker(i);
+	}
+	LWLockRelease(BunnyState->lock);
+	return next;
+}
+
+/* take the rescan requests out of shared memory into the local queue */
+static void
+launcher_collect_rescans(bool periodic)
+{
+	bool		all;
+	int			i;
+
+	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+	all = BunnyState->rescan_all;
+	BunnyState->rescan_all = false;
+	for (i = 0; i < BunnyState->n_rescan; i++)
+		scan_queue = list_append_unique_oid(scan_queue, BunnyState->rescan_dbs[i]);
+	BunnyState->n_rescan = 0;
+	LWLockRelease(BunnyState->lock);
+
+	if (all)
+	{
+		ListCell   *lc;
+		List	   *dbs = list_databases();
+
+		foreach(lc, dbs)
+			scan_queue = list_append_unique_oid(scan_queue, lfirst_oid(lc));
+	}
+	else if (periodic)
+		scan_queue = list_concat_unique_oid(scan_queue, ext_databases);
+}
+
+/* reap a finished scan worker and start the next one */
+static void
+launcher_manage_scans(void)
+{
+	if (scan_handle != NULL)
+	{
+		pid_t		pid;
+
+		if (GetBackgroundWorkerPid(scan_handle, &pid) != BGWH_STOPPED)
+			return;
+		pfree(scan_handle);
+		scan_handle = NULL;
+
+		LWLockAcquire(BunnyState->lock, LW_SHARED);
+		if (BunnyState->scan_found_extension)
+			ext_databases = list_append_unique_oid(ext_databases, scan_dboid);
+		else
+			ext_databases = list_delete_oid(ext_databases, scan_dboid);
+		LWLockRelease(BunnyState->lock);
+	}
+
+	while (scan_queue != NIL)
+	{
+		Oid			dboid = linitial_oid(scan_queue);
+
+		scan_queue = list_delete_first(scan_queue);
+		LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+		BunnyState->scan_found_extension = false;
+		LWLockRelease(BunnyState->lock);
+		if (start_scan_worker(dboid))
+			return;
+		/* no room for a worker now: try again on the next round */
+		scan_queue = lappend_oid(scan_queue, dboid);
+		return;
+	}
+}
+
+/* entry point of the launcher */
+void
+bunny_launcher_main(Datum arg)
+{
+	TimestampTz last_periodic;
+
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+
+	/* connect to no database: we only read the shared pg_database */
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+
+	worker_handles = MemoryContextAllocZero(TopMemoryContext,
+											sizeof(BackgroundWorkerHandle *) * bunny_max_mirror_workers);
+
+	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+	BunnyState->launcher_pid = MyProcPid;
+	BunnyState->launcher_latch = MyLatch;
+	BunnyState->rescan_all = true;
+	/* slots left over from before a launcher restart have no handle now */
+	for (int i = 0; i < bunny_max_mirror_workers; i++)
+		BunnyState->slots[i].registered = false;
+	LWLockRelease(BunnyState->lock);
+
+	ereport(LOG, (errmsg("bunnydb launcher started")));
+	last_periodic = GetCurrentTimestamp();
+
+	for (;;)
+	{
+		TimestampTz now = GetCurrentTimestamp();
+		TimestampTz next;
+		bool		periodic = false;
+		long		timeout;
+
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		if (TimestampDifferenceExceeds(last_periodic, now, bunny_launcher_naptime))
+		{
+			periodic = true;
+			last_periodic = now;
+		}
+		launcher_collect_rescans(periodic);
+		launcher_manage_scans();
+		next = launcher_manage_slots();
+
+		timeout = bunny_launcher_naptime;
+		if (next != 0)
+			timeout = Min(timeout, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next) + 1);
+		if (scan_queue != NIL && scan_handle == NULL)
+			timeout = Min(timeout, 1000);	/* retry a scan that found no room */
+
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 timeout, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * Entry point of the scan worker: report which mirrors of this database
+ * should run.  A database without the extension is reported as such.
+ */
+void
+bunny_scan_main(Datum arg)
+{
+	Oid			dboid = DatumGetObjectId(arg);
+	bool		has_ext;
+	int			i;
+	int			nwanted = 0;
+	int32	   *ids = NULL;
+	char	  **names = NULL;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, "bunnydb: scanning for mirrors");
+
+	SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'bunnydb'", true, 1);
+	has_ext = (SPI_processed == 1);
+	if (has_ext)
+	{
+		SPI_execute("SELECT id, name FROM bunny.mirror "
+					"WHERE status NOT IN ('PAUSED', 'FAILED') ORDER BY id", true, 0);
+		nwanted = (int) SPI_processed;
+		ids = palloc(sizeof(int32) * (nwanted + 1));
+		names = palloc(sizeof(char *) * (nwanted + 1));
+		for (i = 0; i < nwanted; i++)
+		{
+			bool		isnull;
+
+			ids[i] = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[i],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+			names[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		}
+
+		/* log retention is the scan's side job */
+		{
+			char		sql[256];
+
+			snprintf(sql, sizeof(sql),
+					 "DELETE FROM bunny.mirror_logs WHERE created_at < now() - interval '%d days'",
+					 bunny_log_retention_days);
+			SPI_execute(sql, false, 0);
+		}
+	}
+
+	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+	BunnyState->scan_found_extension = has_ext;
+	/* mirrors of this database that should no longer run */
+	for (i = 0; i < bunny_max_mirror_workers; i++)
+	{
+		BunnyWorkerSlot *slot = &BunnyState->slots[i];
+		bool		found = false;
+
+		if (!slot->in_use || slot->dboid != dboid)
+			continue;
+		for (int j = 0; j < nwanted; j++)
+			if (ids[j] == slot->mirror_id)
+				found = true;
+		if (!found)
+			slot->wanted = false;
+	}
+	for (i = 0; i < nwanted; i++)
+	{
+		BunnyWorkerSlot *slot = bunny_find_slot(dboid, ids[i]);
+
+		if (slot == NULL)
+		{
+			for (int j = 0; j < bunny_max_mirror_workers; j++)
+			{
+				if (!BunnyState->slots[j].in_use)
+				{
+					slot = &BunnyState->slots[j];
+					slot->in_use = true;
+					slot->registered = false;
+					slot->dboid = dboid;
+					slot->mirror_id = ids[i];
+					slot->pid = 0;
+					slot->latch = NULL;
+					slot->failures = 0;
+					slot->next_start = 0;
+					slot->last_exit_failed = false;
+					slot->control_pending = false;
+					SpinLockAcquire(&slot->mutex);
+					slot->source_lsn = InvalidXLogRecPtr;
+					slot->processed_lsn = InvalidXLogRecPtr;
+					slot->oldest_pending_commit = 0;
+					slot->last_commit_time = 0;
+					SpinLockRelease(&slot->mutex);
+					break;
+				}
+			}
+		}
+		if (slot == NULL)
+		{
+			ereport(WARNING,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("no free bunnydb worker slot for mirror \"%s\"", names[i]),
+					 errhint("Increase bunny.max_mirror_workers.")));
+			continue;
+		}
+		strlcpy(slot->mirror_name, names[i], NAMEDATALEN);
+		slot->wanted = true;
+	}
+	if (BunnyState->launcher_latch)
+		SetLatch(BunnyState->launcher_latch);
+	LWLockRelease(BunnyState->lock);
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_activity(STATE_IDLE, NULL);
+	proc_exit(0);
+}

@@ -1,0 +1,371 @@
+/*-------------------------------------------------------------------------
+ *
+ * stream.c
+ *		libpq plumbing for talking to the source: non-blocking connect,
+ *		queries, and the COPY BOTH replication stream.
+ *
+ * Every wait goes through WaitLatchOrSocket so that a worker (or a backend
+ * running a bunny function) stays responsive to SIGTERM, query cancel and
+ * postmaster death while the source is slow or unreachable; libpq's own
+ * blocking calls are never used for anything that waits on the network.
+ *
+ * PGresult and PGconn are malloc'd by libpq: results are always copied out
+ * and cleared before an ereport(ERROR) can skip the PQclear.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "bunnydb.h"
+
+#include "access/xlogdefs.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+#include "utils/wait_event.h"
+
+#define CONNECT_TIMEOUT_MS	30000
+
+/*
+ * libpq's message for a failed connection, made safe to show: a malformed
+ * conninfo can make libpq quote a piece of it, and that piece could be a
+ * password.
+ */
+char *
+stream_scrub_conninfo_error(const char *msg)
+{
+	char	   *copy = pchomp(msg ? msg : "");
+
+	if (strstr(copy, "connection info string") != NULL ||
+		strstr(copy, "invalid URI") != NULL ||
+		strstr(copy, "URI query") != NULL)
+		return pstrdup("the connection string is malformed");
+	return copy;
+}
+
+/* wait until the socket is ready or the latch is set */
+static void
+wait_socket(PGconn *conn, int events, long timeout_ms)
+{
+	int			rc;
+
+	rc = WaitLatchOrSocket(MyLatch,
+						   WL_EXIT_ON_PM_DEATH | WL_LATCH_SET | events |
+						   (timeout_ms >= 0 ? WL_TIMEOUT : 0),
+						   PQsocket(conn), timeout_ms, PG_WAIT_EXTENSION);
+	if (rc & WL_LATCH_SET)
+		ResetLatch(MyLatch);
+	CHECK_FOR_INTERRUPTS();
+}
+
+/*
+ * Open a connection to the source.  replication=true opens a logical
+ * replication connection (replication=database) that can also run SQL.
+ */
+PGconn *
+stream_connect(const char *conninfo, const char *appname, bool replication)
+{
+	const char *keys[6];
+	const char *vals[6];
+	int			n = 0;
+	PGconn	   *volatile conn;
+	volatile PostgresPollingStatusType status = PGRES_POLLING_WRITING;
+	TimestampTz deadline;
+
+	keys[n] = "dbname";
+	vals[n++] = conninfo;
+	if (replication)
+	{
+		keys[n] = "replication";
+		vals[n++] = "database";
+	}
+	keys[n] = "fallback_application_name";
+	vals[n++] = appname;
+	keys[n] = "client_encoding";
+	vals[n++] = GetDatabaseEncodingName();
+	keys[n] = NULL;
+	vals[n] = NULL;
+
+	conn = PQconnectStartParams(keys, vals, true);
+	if (conn == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory while connecting to the source")));
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), CONNECT_TIMEOUT_MS);
+	while (PQstatus(conn) != CONNECTION_BAD && status != PGRES_POLLING_OK &&
+		   status != PGRES_POLLING_FAILED)
+	{
+		long		left = TimestampDifferenceMilliseconds(GetCurrentTimestamp(), deadline);
+
+		if (left <= 0)
+		{
+			PQfinish(conn);
+			ereport(ERROR,
+					(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+					 errmsg("could not connect to the source: timeout after %d ms",
+							CONNECT_TIMEOUT_MS)));
+		}
+		PG_TRY();
+		{
+			wait_socket(conn, status == PGRES_POLLING_READING ?
+						WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE, Min(left, 1000));
+		}
+		PG_CATCH();
+		{
+			PQfinish(conn);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		status = PQconnectPoll(conn);
+	}
+
+	if (PQstatus(conn) != CONNECTION_OK)
+	{
+		char	   *msg = stream_scrub_conninfo_error(PQerrorMessage(conn));
+
+		PQfinish(conn);
+		ereport(ERROR,
+				(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+				 errmsg("could not connect to the source: %s", msg)));
+	}
+	if (PQsetnonblocking(conn, 1) != 0)
+	{
+		PQfinish(conn);
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not set the source connection to non-blocking mode")));
+	}
+	return conn;
+}
+
+/* close a connection; safe to call twice */
+void
+stream_disconnect(PGconn **conn)
+{
+	if (*conn != NULL)
+	{
+		PQfinish(*conn);
+		*conn = NULL;
+	}
+}
+
+/* send the pending output, waiting for the socket as needed */
+static void
+flush_output(PGconn *conn)
+{
+	int			r;
+
+	while ((r = PQflush(conn)) == 1)
+		wait_socket(conn, WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE, 1000);
+	if (r < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not send data to the source: %s",
+						pchomp(PQerrorMessage(conn)))));
+}
+
+/*
+ * Run one statement and return its last result (caller PQclears it), or
+ * NULL if the connection broke.  Stops early at COPY states, so that
+ * START_REPLICATION and COPY TO STDOUT can use it too.
+ */
+PGresult *
+stream_exec(PGconn *conn, const char *sql)
+{
+	PGresult   *volatile last = NULL;
+
+	if (!PQsendQuery(conn, sql))
+		return NULL;
+	flush_output(conn);
+
+	for (;;)
+	{
+		PGresult   *res;
+
+		while (PQisBusy(conn))
+		{
+			PG_TRY();
+			{
+				wait_socket(conn, WL_SOCKET_READABLE, -1);
+			}
+			PG_CATCH();
+			{
+				if (last)
+					PQclear(last);
+				PG_RE_THROW();
+			}
+			PG_END_TRY();
+			if (!PQconsumeInput(conn))
+			{
+				if (last)
+					PQclear(last);
+				return NULL;
+			}
+		}
+		res = PQgetResult(conn);
+		if (res == NULL)
+			break;
+		if (last)
+			PQclear(last);
+		last = res;
+		if (PQresultStatus(res) == PGRES_COPY_BOTH ||
+			PQresultStatus(res) == PGRES_COPY_OUT ||
+			PQresultStatus(res) == PGRES_COPY_IN)
+			break;
+	}
+	return last;
+}
+
+/*
+ * Like stream_exec, but raise an error (with the source's SQLSTATE and
+ * message) unless the result has the expected status.
+ */
+PGresult *
+stream_exec_ok(PGconn *conn, const char *sql, ExecStatusType expected)
+{
+	PGresult   *res = stream_exec(conn, sql);
+	char	   *msg;
+	char	   *detail = NULL;
+	int			code = ERRCODE_CONNECTION_FAILURE;
+
+	if (res != NULL && PQresultStatus(res) == expected)
+		return res;
+
+	if (res == NULL)
+		msg = pchomp(PQerrorMessage(conn));
+	else
+	{
+		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+		const char *det = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+
+		msg = primary ? pstrdup(primary) : pchomp(PQresultErrorMessage(res));
+		if (det)
+			detail = pstrdup(det);
+		if (state && strlen(state) == 5)
+			code = MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4]);
+		else
+			code = ERRCODE_PROTOCOL_VIOLATION;
+		if (*msg == '\0')
+			msg = psprintf("unexpected result status %s", PQresStatus(PQresultStatus(res)));
+		PQclear(res);
+	}
+	ereport(ERROR,
+			(errcode(code),
+			 errmsg("source: %s", msg),
+			 detail ? errdetail_internal("%s", detail) : 0));
+	return NULL;				/* keep compiler quiet */
+}
+
+/* run a statement that returns no rows, raising on failure */
+void
+stream_exec_command(PGconn *conn, const char *sql)
+{
+	PGresult   *res = stream_exec(conn, sql);
+
+	if (res != NULL && (PQresultStatus(res) == PGRES_COMMAND_OK ||
+						PQresultStatus(res) == PGRES_TUPLES_OK))
+	{
+		PQclear(res);
+		return;
+	}
+	if (res)
+		PQclear(res);
+	(void) stream_exec_ok(conn, sql, PGRES_COMMAND_OK);	/* raises */
+}
+
+/*
+ * Enter the COPY BOTH stream of a logical slot.  Protocol version 1: the
+ * source sends each transaction whole, after its commit.
+ */
+void
+stream_start_replication(PGconn *conn, const char *slot, XLogRecPtr startpos,
+						 const char *publication, bool binary)
+{
+	char	   *sql;
+	PGresult   *res;
+
+	sql = psprintf("START_REPLICATION SLOT %s LOGICAL %X/%X "
+				   "(proto_version '1', publication_names %s%s)",
+				   quote_identifier(slot), LSN_FORMAT_ARGS(startpos),
+				   quote_literal_cstr(quote_identifier(publication)),
+				   binary ? ", binary 'true'" : "");
+	res = stream_exec_ok(conn, sql, PGRES_COPY_BOTH);
+	PQclear(res);
+}
+
+/*
+ * Receive one message of the COPY BOTH stream without blocking.  Returns
+ * its length (>0, *buffer to be PQfreemem'd), 0 when nothing is waiting
+ * (*wait_fd is the socket to wait on), or raises when the stream ended.
+ */
+int
+stream_receive(PGconn *conn, char **buffer, pgsocket *wait_fd)
+{
+	int			len;
+
+	*buffer = NULL;
+	len = PQgetCopyData(conn, buffer, 1);
+	if (len == 0)
+	{
+		if (!PQconsumeInput(conn))
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("lost the connection to the source: %s",
+							pchomp(PQerrorMessage(conn)))));
+		len = PQgetCopyData(conn, buffer, 1);
+		if (len == 0)
+		{
+			*wait_fd = PQsocket(conn);
+			return 0;
+		}
+	}
+	if (len > 0)
+		return len;
+
+	if (len == -1)
+	{
+		/* the source ended the stream; fetch its reason */
+		PGresult   *res = PQgetResult(conn);
+		char	   *msg;
+		int			code = ERRCODE_CONNECTION_FAILURE;
+
+		if (res && PQresultStatus(res) == PGRES_FATAL_ERROR)
+		{
+			const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+			msg = pchomp(PQresultErrorMessage(res));
+			if (state && strlen(state) == 5)
+				code = MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4]);
+		}
+		else
+			msg = pstrdup("the source ended the replication stream");
+		if (res)
+			PQclear(res);
+		ereport(ERROR, (errcode(code), errmsg("source: %s", msg)));
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("could not receive data from the source: %s",
+					pchomp(PQerrorMessage(conn)))));
+	return -1;					/* keep compiler quiet */
+}
+
+/* send one CopyData message on the stream */
+void
+stream_send(PGconn *conn, const char *data, int len)
+{
+	int			r;
+
+	/* 0 means libpq's buffer is full in non-blocking mode: wait and retry */
+	while ((r = PQputCopyData(conn, data, len)) == 0)
+		wait_socket(conn, WL_SOCKET_WRITEABLE, 1000);
+	if (r < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("could not send data to the source: %s",
+						pchomp(PQerrorMessage(conn)))));
+	flush_output(conn);
+}

@@ -1,0 +1,324 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		The per-mirror background worker: runs the mirror's phases (SETUP,
+ *		SNAPSHOT, CDC), obeys control requests, and turns errors into
+ *		catalog state.
+ *
+ * A worker run is: load the mirror, connect to the source, run whatever
+ * phases are left, then stream until told to stop.  Any error ends the run:
+ * the transaction is rolled back (so a half-applied batch never commits),
+ * the error is written to bunny.mirror (error_message, error_count) and
+ * bunny.mirror_logs, and the process exits.  The launcher starts it again
+ * after an exponential backoff; retry_mirror cuts the backoff short.  Errors
+ * that retrying cannot cure (a missing source table, wal_level, a foreign
+ * slot ...) set bunny_error_is_permanent first and leave the mirror FAILED.
+ *
+ * Exiting on error rather than recovering in-process keeps the state
+ * simple: a fresh process has no leftover SPI plans, relation maps or
+ * half-read stream, and it resumes from the replication origin, which was
+ * committed together with the last applied batch.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "bunnydb.h"
+
+#include "access/xact.h"
+#include "common/jsonapi.h"
+#include "compat.h"
+#include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "replication/origin.h"
+#include "storage/ipc.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/json.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+
+BunnyWorkerSlot *MySlot = NULL;
+bool		bunny_error_is_permanent = false;
+
+/* error context: what the worker is doing right now */
+const char *bunny_ctx_mirror = NULL;
+const char *bunny_ctx_table = NULL;
+XLogRecPtr	bunny_ctx_lsn = InvalidXLogRecPtr;
+
+static int32 my_mirror_id;
+static char *my_mirror_name;
+static PGconn *source_conn = NULL;
+static char *current_conninfo = NULL;	/* what source_conn was opened with */
+
+/* error context callback: name mirror, table and LSN */
+void
+bunny_error_context(void *arg)
+{
+	if (bunny_ctx_mirror == NULL)
+		return;
+	if (bunny_ctx_table && bunny_ctx_lsn != InvalidXLogRecPtr)
+		errcontext("bunnydb mirror \"%s\", table %s, source LSN %X/%X",
+				   bunny_ctx_mirror, bunny_ctx_table, LSN_FORMAT_ARGS(bunny_ctx_lsn));
+	else if (bunny_ctx_table)
+		errcontext("bunnydb mirror \"%s\", table %s", bunny_ctx_mirror, bunny_ctx_table);
+	else if (bunny_ctx_lsn != InvalidXLogRecPtr)
+		errcontext("bunnydb mirror \"%s\", source LSN %X/%X",
+				   bunny_ctx_mirror, LSN_FORMAT_ARGS(bunny_ctx_lsn));
+	else
+		errcontext("bunnydb mirror \"%s\"", bunny_ctx_mirror);
+}
+
+/* clear our pid from the slot so nobody signals a dead process */
+static void
+worker_on_exit(int code, Datum arg)
+{
+	if (MySlot == NULL)
+		return;
+	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+	MySlot->pid = 0;
+	MySlot->latch = NULL;
+	LWLockRelease(BunnyState->lock);
+	ConditionVariableBroadcast(&MySlot->progress_cv);
+}
+
+/* add "key": "value" to a JSON object under construction */
+static void
+json_add(StringInfo buf, const char *key, const char *value)
+{
+	if (value == NULL)
+		return;
+	if (buf->len > 1)
+		appendStringInfoString(buf, ", ");
+	escape_json(buf, key);
+	appendStringInfoString(buf, ": ");
+	escape_json(buf, value);
+}
+
+/*
+ * The run failed: roll back, record the error, and exit so that the
+ * launcher restarts us after the backoff.
+ */
+static void
+worker_handle_error(void)
+{
+	ErrorData  *edata;
+	bool		permanent = bunny_error_is_permanent;
+	StringInfoData details;
+
+	HOLD_INTERRUPTS();
+	MemoryContextSwitchTo(TopMemoryContext);
+	edata = CopyErrorData();
+	EmitErrorReport();
+	FlushErrorState();
+	AbortOutOfAnyTransaction();
+	stream_disconnect(&source_conn);
+	bunny_ctx_table = NULL;
+	RESUME_INTERRUPTS();
+
+	initStringInfo(&details);
+	appendStringInfoChar(&details, '{');
+	json_add(&details, "sqlstate", unpack_sql_state(edata->sqlerrcode));
+	json_add(&details, "detail", edata->detail);
+	json_add(&details, "hint", edata->hint);
+	json_add(&details, "context", edata->context);
+	if (permanent)
+		json_add(&details, "action", "the mirror is FAILED; fix the cause, then call bunny.retry_mirror()");
+	appendStringInfoChar(&details, '}');
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	catalog_record_error(my_mirror_id, edata->message, permanent);
+	bunny_log(my_mirror_name, "ERROR", edata->message, details.data);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+	MySlot->last_exit_failed = !permanent;
+	LWLockRelease(BunnyState->lock);
+	proc_exit(1);
+}
+
+/*
+ * Between batches: has a control function asked for something?  Pausing
+ * and dropping end the run (cleanly); anything else (alter_peer, retry)
+ * reconnects by ending the run and letting the launcher restart us.
+ */
+void
+bunny_check_control(void)
+{
+	bool		pending;
+	Mirror	   *m;
+	bool		stop = false;
+
+	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+	pending = MySlot->control_pending;
+	MySlot->control_pending = false;
+	LWLockRelease(BunnyState->lock);
+	if (!pending)
+		return;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	m = catalog_load_mirror(my_mirror_id, false);
+	if (m == NULL)
+		stop = true;			/* dropped */
+	else if (strcmp(m->status, "PAUSING") == 0)
+	{
+		catalog_finish_pause(my_mirror_id);
+		bunny_log(my_mirror_name, "INFO", "mirror paused", NULL);
+		stop = true;
+	}
+	else if (strcmp(m->status, "PAUSED") == 0 || strcmp(m->status, "FAILED") == 0)
+		stop = true;
+	else if (current_conninfo != NULL && strcmp(m->conninfo, current_conninfo) != 0)
+		stop = true;			/* alter_peer: reconnect with the new conninfo */
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	if (stop)
+	{
+		stream_disconnect(&source_conn);
+		proc_exit(0);
+	}
+}
+
+/* make sure our replication origin exists and bind this session to it */
+static void
+worker_setup_origin(Mirror *m)
+{
+	RepOriginId originid;
+
+	StartTransactionCommand();
+	originid = replorigin_by_name(m->origin_name, true);
+	if (originid == InvalidRepOriginId)
+		originid = replorigin_create(m->origin_name);
+	CommitTransactionCommand();
+
+	bunny_replorigin_session_setup(originid);
+	replorigin_session_origin = originid;
+}
+
+/* one run of the mirror: whatever phases are left, then CDC */
+static void
+worker_run(void)
+{
+	Mirror	   *m;
+	MemoryContext workercxt;
+	char	   *appname;
+
+	workercxt = AllocSetContextCreate(TopMemoryContext, "bunnydb mirror",
+									  ALLOCSET_DEFAULT_SIZES);
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	MemoryContextSwitchTo(workercxt);
+	m = catalog_load_mirror(my_mirror_id, true);
+	if (m != NULL && strcmp(m->status, "PAUSING") == 0)
+	{
+		catalog_finish_pause(my_mirror_id);
+		bunny_log(m->name, "INFO", "mirror paused", NULL);
+		m->status = "PAUSED";
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(workercxt);
+
+	if (m == NULL || strcmp(m->status, "PAUSED") == 0 ||
+		strcmp(m->status, "FAILED") == 0)
+		return;
+
+	/* control requests made before we started are covered by this load */
+	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+	MySlot->control_pending = false;
+	LWLockRelease(BunnyState->lock);
+
+	worker_setup_origin(m);
+
+	appname = psprintf("bunnydb:%s", m->name);
+	current_conninfo = m->conninfo;
+	pgstat_report_activity(STATE_RUNNING, "bunnydb: connecting to the source");
+	source_conn = stream_connect(m->conninfo, appname, true);
+
+	if (strcmp(m->phase, "CDC") != 0)
+	{
+		/* setup (and the initial copy) are redone from the start */
+		setup_run(source_conn, m);
+		/* the slot's snapshot connection is spent: stream on a new one */
+		stream_disconnect(&source_conn);
+		source_conn = stream_connect(m->conninfo, appname, true);
+	}
+	else if (strcmp(m->status, "RUNNING") != 0)
+	{
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		catalog_set_status(m->id, "RUNNING", NULL);
+		bunny_log(m->name, "INFO", "mirror running", NULL);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+
+	pgstat_report_activity(STATE_RUNNING, "bunnydb: streaming changes");
+	apply_stream(source_conn, m);
+}
+
+/* entry point of a mirror worker; arg is its slot number */
+void
+bunny_mirror_worker_main(Datum arg)
+{
+	int			slotno = DatumGetInt32(arg);
+	Oid			dboid;
+	ErrorContextCallback errcb;
+
+	pqsignal(SIGTERM, die);
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	BackgroundWorkerUnblockSignals();
+
+	MySlot = &BunnyState->slots[slotno];
+	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+	dboid = MySlot->dboid;
+	my_mirror_id = MySlot->mirror_id;
+	my_mirror_name = MemoryContextStrdup(TopMemoryContext, MySlot->mirror_name);
+	MySlot->pid = MyProcPid;
+	MySlot->latch = MyLatch;
+	MySlot->last_exit_failed = false;
+	LWLockRelease(BunnyState->lock);
+	before_shmem_exit(worker_on_exit, (Datum) 0);
+
+	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
+
+	/*
+	 * Apply like the built-in subscriber: no user triggers or FK checks on
+	 * replicated rows, schema-qualified names only, and asynchronous commit
+	 * -- the slot is only told about commits that are flushed (apply.c).
+	 */
+	SetConfigOption("session_replication_role", "replica", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("search_path", "pg_catalog", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("application_name", psprintf("bunnydb:%s", my_mirror_name),
+					PGC_USERSET, PGC_S_OVERRIDE);
+	SetConfigOption("extra_float_digits", "3", PGC_USERSET, PGC_S_OVERRIDE);
+	SetConfigOption("DateStyle", "ISO", PGC_USERSET, PGC_S_OVERRIDE);
+	SetConfigOption("IntervalStyle", "postgres", PGC_USERSET, PGC_S_OVERRIDE);
+
+	bunny_ctx_mirror = my_mirror_name;
+	errcb.callback = bunny_error_context;
+	errcb.arg = NULL;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	PG_TRY();
+	{
+		worker_run();
+	}
+	PG_CATCH();
+	{
+		worker_handle_error();
+	}
+	PG_END_TRY();
+
+	stream_disconnect(&source_conn);
+	proc_exit(0);
+}
