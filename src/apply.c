@@ -525,6 +525,8 @@ tuple_to_datums(RelMapEntry *e, LogicalRepTupleData *tup, Datum *values,
 					fmgr_info_cxt(recvoid, &e->recvfunc[i], ApplyCacheContext);
 					e->recv_ready[i] = true;
 				}
+				/* a tuple can be converted twice (new values, then key) */
+				v->cursor = 0;
 				values[i] = ReceiveFunctionCall(&e->recvfunc[i], v, e->recvioparam[i], e->typmod[i]);
 				if (v->cursor != v->len)
 					ereport(ERROR,
@@ -935,6 +937,7 @@ apply_batch_counters(void)
 							  2, t2, v2, NULL, false, 0);
 	}
 	SPI_finish();
+	mirror->error_count = 0;
 }
 
 /*
@@ -1131,6 +1134,17 @@ apply_copydata(char *buf, int len)
 			else
 			{
 				bool		moved = false;
+
+				/* caught up with nothing pending: an earlier error is over */
+				if (mirror->error_count > 0)
+				{
+					StartTransactionCommand();
+					PushActiveSnapshot(GetTransactionSnapshot());
+					catalog_clear_error(mirror->id);
+					PopActiveSnapshot();
+					CommitTransactionCommand();
+					mirror->error_count = 0;
+				}
 
 				SpinLockAcquire(&MySlot->mutex);
 				if (end > MySlot->processed_lsn)
