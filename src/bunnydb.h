@@ -152,6 +152,7 @@ extern PGconn *stream_connect(const char *conninfo, const char *appname,
 extern PGresult *stream_exec(PGconn *conn, const char *sql);
 extern PGresult *stream_exec_ok(PGconn *conn, const char *sql, ExecStatusType expected);
 extern void stream_exec_command(PGconn *conn, const char *sql);
+extern void stream_raise_result(PGconn *conn, PGresult *res);
 extern void stream_disconnect(PGconn **conn);
 extern void stream_start_replication(PGconn *conn, const char *slot,
 									 XLogRecPtr startpos, const char *publication,

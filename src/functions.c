@@ -88,7 +88,15 @@ bunny_remote_query(PG_FUNCTION_ARGS)
 		AttInMetadata *attinmeta = TupleDescGetAttInMetadata(desc);
 
 		conn = stream_connect(conninfo, "bunnydb", false);
-		res = stream_exec_ok(conn, query, PGRES_TUPLES_OK);
+		res = stream_exec(conn, query);
+		if (res == NULL || (PQresultStatus(res) != PGRES_TUPLES_OK &&
+							PQresultStatus(res) != PGRES_COMMAND_OK))
+		{
+			PGresult   *failed = res;
+
+			res = NULL;
+			stream_raise_result(conn, failed);
+		}
 		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) > 0)
 		{
 			int			ncols = PQnfields(res);

@@ -219,19 +219,15 @@ stream_exec(PGconn *conn, const char *sql)
 }
 
 /*
- * Like stream_exec, but raise an error (with the source's SQLSTATE and
- * message) unless the result has the expected status.
+ * Raise the error a failed result carries (with the source's SQLSTATE and
+ * message); res may be NULL for a broken connection.  Clears res.
  */
-PGresult *
-stream_exec_ok(PGconn *conn, const char *sql, ExecStatusType expected)
+void
+stream_raise_result(PGconn *conn, PGresult *res)
 {
-	PGresult   *res = stream_exec(conn, sql);
 	char	   *msg;
 	char	   *detail = NULL;
 	int			code = ERRCODE_CONNECTION_FAILURE;
-
-	if (res != NULL && PQresultStatus(res) == expected)
-		return res;
 
 	if (res == NULL)
 		msg = pchomp(PQerrorMessage(conn));
@@ -256,6 +252,17 @@ stream_exec_ok(PGconn *conn, const char *sql, ExecStatusType expected)
 			(errcode(code),
 			 errmsg("source: %s", msg),
 			 detail ? errdetail_internal("%s", detail) : 0));
+}
+
+/* Like stream_exec, but raise unless the result has the expected status */
+PGresult *
+stream_exec_ok(PGconn *conn, const char *sql, ExecStatusType expected)
+{
+	PGresult   *res = stream_exec(conn, sql);
+
+	if (res != NULL && PQresultStatus(res) == expected)
+		return res;
+	stream_raise_result(conn, res);
 	return NULL;				/* keep compiler quiet */
 }
 
@@ -271,9 +278,7 @@ stream_exec_command(PGconn *conn, const char *sql)
 		PQclear(res);
 		return;
 	}
-	if (res)
-		PQclear(res);
-	(void) stream_exec_ok(conn, sql, PGRES_COMMAND_OK);	/* raises */
+	stream_raise_result(conn, res);
 }
 
 /*
