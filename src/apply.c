@@ -333,6 +333,42 @@ remote_type_sql(RelMapEntry *e, int i)
 }
 
 /*
+ * The default expression of a source column, or NULL.  A column added with
+ * a default fills the existing rows on the source without any WAL record
+ * per row, so the destination column needs the same default to agree.
+ * Asked on a short-lived plain connection: the replication connection is
+ * busy streaming.
+ */
+static char *
+source_column_default(RelMapEntry *e, const char *attname)
+{
+	PGconn	   *c;
+	PGresult   *res;
+	char	   *result = NULL;
+
+	/* no PG_TRY: on error the worker exits, which closes c */
+	c = stream_connect(mirror->conninfo, psprintf("bunnydb:%s", mirror->name), false);
+	res = stream_exec_ok(c,
+						 psprintf("SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
+								  "  FROM pg_catalog.pg_attrdef d "
+								  "  JOIN pg_catalog.pg_attribute a "
+								  "    ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
+								  " WHERE d.adrelid = %s::regclass AND a.attname = %s "
+								  "   AND a.attgenerated = ''",
+								  quote_literal_cstr(quote_qualified_identifier(e->remoterel->nspname,
+																			   e->remoterel->relname)),
+								  quote_literal_cstr(attname)),
+						 PGRES_TUPLES_OK);
+	/* a sequence default names an object the destination may not have */
+	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) &&
+		strstr(PQgetvalue(res, 0, 0), "nextval(") == NULL)
+		result = pstrdup(PQgetvalue(res, 0, 0));
+	PQclear(res);
+	PQfinish(c);
+	return result;
+}
+
+/*
  * Build the destination side of an entry: local columns (adding the ones
  * the source gained), input functions, and how rows are identified.
  */
@@ -365,8 +401,10 @@ relmap_build(RelMapEntry *e)
 		if (get_attnum(e->localrelid, r->attnames[i]) != InvalidAttrNumber)
 			continue;
 		{
-			char	   *ddl = psprintf("ALTER TABLE %s ADD COLUMN %s %s", e->qualname,
-									   quote_identifier(r->attnames[i]), remote_type_sql(e, i));
+			char	   *def = source_column_default(e, r->attnames[i]);
+			char	   *ddl = psprintf("ALTER TABLE %s ADD COLUMN %s %s%s%s", e->qualname,
+									   quote_identifier(r->attnames[i]), remote_type_sql(e, i),
+									   def ? " DEFAULT " : "", def ? def : "");
 			int			rc;
 
 			SPI_connect();
