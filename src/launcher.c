@@ -48,6 +48,13 @@ static Oid	scan_dboid = InvalidOid;
 static List *scan_queue = NIL;	/* database OIDs still to scan */
 static List *ext_databases = NIL;	/* databases known to have the extension */
 
+/*
+ * Workers are not started before this: a worker that crashes the server
+ * (any crash restarts the launcher with fresh shared memory, so failure
+ * counts are lost) must not do so in a tight loop.
+ */
+static TimestampTz first_start_at = 0;
+
 /* register the static launcher; called from _PG_init */
 void
 bunny_register_launcher(void)
@@ -252,10 +259,12 @@ launcher_manage_slots(void)
 			slot->in_use = false;
 			continue;
 		}
-		if (slot->next_start > now)
+		if (Max(slot->next_start, first_start_at) > now)
 		{
-			if (next == 0 || slot->next_start < next)
-				next = slot->next_start;
+			TimestampTz at = Max(slot->next_start, first_start_at);
+
+			if (next == 0 || at < next)
+				next = at;
 			continue;
 		}
 		start_mirror_worker(i);
@@ -354,6 +363,7 @@ bunny_launcher_main(Datum arg)
 	LWLockRelease(BunnyState->lock);
 
 	ereport(LOG, (errmsg("bunnydb launcher started")));
+	first_start_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), bunny_retry_backoff_min);
 	last_periodic = GetCurrentTimestamp();
 
 	for (;;)
