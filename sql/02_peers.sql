@@ -133,6 +133,11 @@ SELECT bunny.create_peer('pw6', 'password=secret', validate => false);
 SELECT bunny.create_peer('pw7', 'postgres://u:secret@h:5432/db?sslmode=disable&password=secret&application_name=a', validate => false);
 SELECT bunny.create_peer('pw8', 'host=x password=''it\''s secret'' dbname=y', validate => false);
 SELECT bunny.create_peer('pw9', 'postgresql://u:secret@h1:5432,h2:5433/db', validate => false);
+-- forms a pattern match would miss: '&' in a keyword value, an escaped
+-- space, a percent-encoded key in a URI
+SELECT bunny.create_peer('pw10', 'host=x password=ab&secret dbname=y', validate => false);
+SELECT bunny.create_peer('pw11', E'host=x password=se\\ cret dbname=y', validate => false);
+SELECT bunny.create_peer('pw12', 'postgresql://h/db?pass%77ord=secret', validate => false);
 SELECT name, conninfo FROM bunny.peers WHERE name LIKE 'pw%' ORDER BY name;
 SELECT count(*) AS leaks FROM bunny.peers WHERE conninfo ILIKE '%secret%' OR conninfo ILIKE '%cret%';
 -- the base table keeps the real conninfo (superusers only)
@@ -173,7 +178,8 @@ SELECT bunny.drop_peer('nopw');
 SELECT bunny.drop_peer(NULL);
 SELECT bunny.drop_peer('pw1'), bunny.drop_peer('pw2'), bunny.drop_peer('pw3'),
 	   bunny.drop_peer('pw4'), bunny.drop_peer('pw5'), bunny.drop_peer('pw6'),
-	   bunny.drop_peer('pw7'), bunny.drop_peer('pw8'), bunny.drop_peer('pw9');
+	   bunny.drop_peer('pw7'), bunny.drop_peer('pw8'), bunny.drop_peer('pw9'),
+	   bunny.drop_peer('pw10'), bunny.drop_peer('pw11'), bunny.drop_peer('pw12');
 
 -- a peer used by a mirror cannot be dropped: 2BP01
 SELECT bunny.create_peer('used', 'host=127.0.0.1 port=1 connect_timeout=2 dbname=x', validate => false);

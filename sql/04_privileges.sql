@@ -76,6 +76,7 @@ SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args
 SET ROLE bunny_regress_monitor;
 SELECT name, conninfo FROM bunny.peers WHERE name = 'nowhere';
 SELECT mirror, source_table FROM bunny.mirror_tables WHERE mirror = 'm1' ORDER BY 2;
+SELECT name, source_peer, slot_name FROM bunny.mirrors WHERE name = 'm1';
 SELECT count(*) > 0 AS has_logs FROM bunny.mirror_logs WHERE mirror = 'm1';
 SELECT level, message FROM bunny.logs('m1', 'INFO', 'mirror created');
 SELECT bunny.mirror_status('m1')->>'name' AS status_name;
@@ -103,6 +104,7 @@ SELECT name, conninfo FROM bunny.peers WHERE name = 'p_admin';
 SELECT bunny.alter_peer('p_admin', 'host=127.0.0.1 port=2 dbname=x', validate => false);
 SELECT bunny.create_mirror('m_admin', 'p_admin', '["public.admin_t"]');
 SELECT mirror, source_table FROM bunny.mirror_tables WHERE mirror = 'm_admin';
+SELECT name, slot_name FROM bunny.mirrors WHERE name = 'm_admin';
 SELECT level, message FROM bunny.logs('m_admin', 'INFO', 'mirror created');
 SELECT bunny.drop_peer('p_admin');
 SELECT bunny.drop_mirror('m_admin');

@@ -144,15 +144,23 @@ CREATE FUNCTION bunny._worker_stats(
 	RETURNS SETOF record
 	LANGUAGE c AS 'MODULE_PATHNAME', 'bunny_worker_stats';
 
--- mask the password of a conninfo string or URI
+-- the conninfo with its password masked; parsed by libpq, so every form of
+-- password (keyword, quoted, escaped, URI userinfo or query parameter) is
+-- caught
 CREATE FUNCTION bunny._mask_conninfo(conninfo text) RETURNS text
-	LANGUAGE sql IMMUTABLE STRICT
-	SET search_path = pg_catalog
+	LANGUAGE c IMMUTABLE STRICT AS 'MODULE_PATHNAME', 'bunny_mask_conninfo';
+
+-- progress of the mirrors' replication origins (pg_replication_origin_status
+-- is for superusers only; this exposes just the LSNs of bunnydb's origins)
+CREATE FUNCTION bunny._origin_progress(OUT origin_name text, OUT remote_lsn pg_lsn)
+	RETURNS SETOF record
+	LANGUAGE sql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
 AS $$
-	SELECT regexp_replace(
-			 regexp_replace($1,
-				'(password\s*=\s*)(''(?:[^''\\]|\\.)*''|[^\s&]+)', '\1********', 'gi'),
-			 '^(postgres(?:ql)?://[^:/@?]*:)[^@]*@', '\1********@', 'i')
+	SELECT r.roname, s.remote_lsn
+	  FROM pg_catalog.pg_replication_origin r
+	  JOIN pg_catalog.pg_replication_origin_status s ON s.local_id = r.roident
+	 WHERE r.roname LIKE 'bunnydb\_%'
 $$;
 
 /* ------------------------------------------------------------------------
@@ -811,9 +819,7 @@ CREATE VIEW bunny.mirrors AS
 		   m.total_rows_synced, m.last_sync_time, m.error_message, m.error_count,
 		   m.config, m.created_at
 	  FROM bunny.mirror m
-	  LEFT JOIN pg_catalog.pg_replication_origin_status o
-		ON o.local_id = (SELECT roident FROM pg_catalog.pg_replication_origin r
-						  WHERE r.roname = m.origin_name)
+	  LEFT JOIN bunny._origin_progress() o ON o.origin_name = m.origin_name
 	  LEFT JOIN bunny._worker_stats() w ON w.mirror_id = m.id;
 
 CREATE VIEW bunny.mirror_tables AS
@@ -885,6 +891,7 @@ GRANT USAGE ON SCHEMA bunny TO bunny_monitor, bunny_admin;
 GRANT SELECT ON bunny.peers, bunny.mirrors, bunny.mirror_tables, bunny.mirror_logs TO bunny_monitor;
 GRANT EXECUTE ON FUNCTION
 	bunny._worker_stats(),
+	bunny._origin_progress(),
 	bunny._mask_conninfo(text),
 	bunny.logs(text, text, text, integer, integer),
 	bunny.mirror_status(text),

@@ -25,6 +25,7 @@
 
 PG_FUNCTION_INFO_V1(bunny_check_preload);
 PG_FUNCTION_INFO_V1(bunny_conninfo_check);
+PG_FUNCTION_INFO_V1(bunny_mask_conninfo);
 PG_FUNCTION_INFO_V1(bunny_remote_query);
 PG_FUNCTION_INFO_V1(bunny_notify);
 PG_FUNCTION_INFO_V1(bunny_stop_worker);
@@ -65,6 +66,70 @@ bunny_conninfo_check(PG_FUNCTION_ARGS)
 	}
 	PQconninfoFree(opts);
 	PG_RETURN_VOID();
+}
+
+/*
+ * The conninfo with its password replaced by ********.  A conninfo that
+ * holds a password is shown as libpq parsed it, in keyword=value form.  Parsing rather than pattern
+ * matching catches every spelling of a password (quoted, escaped, in a URI's
+ * userinfo or query string, percent-encoded).
+ */
+Datum
+bunny_mask_conninfo(PG_FUNCTION_ARGS)
+{
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *err = NULL;
+	PQconninfoOption *opts = PQconninfoParse(conninfo, &err);
+	StringInfoData buf;
+
+	if (opts == NULL)
+	{
+		if (err)
+			PQfreemem(err);
+		PG_RETURN_TEXT_P(cstring_to_text("(invalid connection string)"));
+	}
+	/* nothing to hide: show it as the user wrote it */
+	{
+		bool		has_password = false;
+
+		for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+			if (strcmp(o->keyword, "password") == 0 && o->val != NULL)
+				has_password = true;
+		if (!has_password)
+		{
+			PQconninfoFree(opts);
+			PG_RETURN_TEXT_P(cstring_to_text(conninfo));
+		}
+	}
+
+	initStringInfo(&buf);
+	for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+	{
+		const char *val = o->val;
+
+		if (val == NULL)
+			continue;
+		if (strcmp(o->keyword, "password") == 0)
+			val = "********";
+		if (buf.len > 0)
+			appendStringInfoChar(&buf, ' ');
+		appendStringInfo(&buf, "%s=", o->keyword);
+		if (*val == '\0' || strpbrk(val, " \t\n\r'\\") != NULL)
+		{
+			appendStringInfoChar(&buf, '\'');
+			for (const char *c = val; *c; c++)
+			{
+				if (*c == '\'' || *c == '\\')
+					appendStringInfoChar(&buf, '\\');
+				appendStringInfoChar(&buf, *c);
+			}
+			appendStringInfoChar(&buf, '\'');
+		}
+		else
+			appendStringInfoString(&buf, val);
+	}
+	PQconninfoFree(opts);
+	PG_RETURN_TEXT_P(cstring_to_text(buf.data));
 }
 
 /*
