@@ -217,7 +217,7 @@ is( $source->safe_psql(
 	'publication bunny_pub_m_types exists on source');
 is( $source->safe_psql(
 		'postgres',
-		"SELECT string_agg(format('%I.%I', schemaname, tablename), ',' ORDER BY 1) "
+		"SELECT string_agg(format('%I.%I', schemaname, tablename), ',' ORDER BY format('%I.%I', schemaname, tablename)) "
 		  . "FROM pg_publication_tables WHERE pubname = 'bunny_pub_m1'"),
 	join(',',
 		sort('"My Schema"."Mixed Case"', 'public.big',
@@ -241,7 +241,7 @@ is( query_value(
 	'enum type mood created on destination with labels in order');
 is( query_value(
 		$dest,
-		"SELECT typtype || ':' || format_type(typbasetype, typtypmod) FROM pg_type "
+		"SELECT typtype::text || ':' || format_type(typbasetype, typtypmod) FROM pg_type "
 		  . "WHERE oid = 'public.posint'::regtype"),
 	'd:integer',
 	'domain posint created on destination over integer');
