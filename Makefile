@@ -31,3 +31,6 @@ SHLIB_LINK_INTERNAL = $(libpq)
 PG_CONFIG ?= pg_config
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# PGXS does not track header dependencies
+$(OBJS): src/bunnydb.h src/compat.h

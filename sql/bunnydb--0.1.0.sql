@@ -94,8 +94,43 @@ CREATE TABLE bunny.mirror_table (
 	-- changes committed on the source at or before this LSN are already in
 	-- the table's copy and are skipped by CDC (NULL: apply everything)
 	sync_lsn			pg_lsn,
+	-- filled by setup for the initial copy: what to read from the source,
+	-- and the DDL that runs once the data is in (constraints and indexes;
+	-- foreign keys after all tables; sequence values to take over)
+	source_relkind		"char",
+	copy_columns		name[],
+	copy_parts			jsonb,		-- planned parts: [{"from": ..., "where": ...}]
+	copy_binary			boolean NOT NULL DEFAULT false,
+	source_pages		bigint,
+	source_rows			bigint,
+	created_by_bunny	boolean NOT NULL DEFAULT false,
+	post_copy_ddl		jsonb NOT NULL DEFAULT '[]',
+	fk_ddl				jsonb NOT NULL DEFAULT '[]',
+	sequences			jsonb NOT NULL DEFAULT '[]',
+	copy_done			boolean NOT NULL DEFAULT false,
+	snapshot_started_at	timestamptz,
 	PRIMARY KEY (mirror_id, source_schema, source_table),
 	UNIQUE (destination_schema, destination_table)
+);
+
+-- units of work of a snapshot: a block range (or key range, or leaf
+-- partition) of one table, claimed by snapshot workers
+CREATE TABLE bunny.snapshot_part (
+	mirror_id		integer NOT NULL,
+	source_schema	name NOT NULL,
+	source_table	name NOT NULL,
+	part_no			integer NOT NULL,
+	predicate		text,			-- WHERE clause on the source, or NULL for all
+	from_relation	text NOT NULL,	-- what to read: ONLY table, or a leaf partition
+	status			text NOT NULL DEFAULT 'PENDING'
+		CHECK (status IN ('PENDING', 'RUNNING', 'DONE')),
+	worker_pid		integer,
+	attempts		integer NOT NULL DEFAULT 0,
+	rows_copied		bigint,
+	error_message	text,
+	PRIMARY KEY (mirror_id, source_schema, source_table, part_no),
+	FOREIGN KEY (mirror_id, source_schema, source_table)
+		REFERENCES bunny.mirror_table (mirror_id, source_schema, source_table) ON DELETE CASCADE
 );
 
 CREATE TABLE bunny.mirror_logs (
@@ -340,6 +375,40 @@ BEGIN
 		destination_table := dst.table_name;
 		RETURN NEXT;
 	END LOOP;
+END
+$$;
+
+/*
+ * Run DDL items built by setup ([{"kind", "name", "sql"}, ...]) against a
+ * destination table, skipping the ones already done: a crash can interrupt
+ * the list anywhere.  Each item is logged.
+ */
+CREATE FUNCTION bunny._apply_ddl(p_mirror text, p_table regclass, p_items jsonb) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	item jsonb;
+	done integer := 0;
+BEGIN
+	FOR item IN SELECT value FROM jsonb_array_elements(coalesce(p_items, '[]')) LOOP
+		IF item ->> 'kind' = 'constraint' AND EXISTS (
+				SELECT 1 FROM pg_constraint
+				 WHERE conrelid = p_table AND conname = item ->> 'name') THEN
+			CONTINUE;
+		END IF;
+		IF item ->> 'kind' = 'index' AND EXISTS (
+				SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+				 WHERE i.indrelid = p_table AND c.relname = item ->> 'name') THEN
+			CONTINUE;
+		END IF;
+		EXECUTE item ->> 'sql';
+		done := done + 1;
+		PERFORM bunny._log(p_mirror, 'INFO', format('%s %s on %s', CASE item ->> 'kind'
+			WHEN 'index' THEN 'created index' ELSE 'added constraint' END,
+			quote_ident(item ->> 'name'), p_table), jsonb_build_object('sql', item ->> 'sql'));
+	END LOOP;
+	RETURN done;
 END
 $$;
 

@@ -262,12 +262,12 @@ apply_handle_relation(StringInfo s)
 	MemoryContext old;
 	MirrorTable *mt;
 
+	/*
+	 * pgoutput also describes the partition a change of a partitioned table
+	 * came from, next to the root it is published as: unmapped relations are
+	 * remembered, and only a change on one is an error.
+	 */
 	mt = find_mirror_table(rel->nspname, rel->relname);
-	if (mt == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("source table %s is published but not mapped by this mirror",
-						quote_qualified_identifier(rel->nspname, rel->relname))));
 
 	e = hash_search(relmap, &rel->remoteid, HASH_ENTER, &found);
 	if (found)
@@ -295,7 +295,7 @@ apply_handle_relation(StringInfo s)
 	e->remote_typmods = palloc(sizeof(int32) * (rel->natts + 1));
 	memcpy(e->remote_typmods, typmods, sizeof(int32) * rel->natts);
 	e->mt = mt;
-	e->qualname = pstrdup(quote_qualified_identifier(mt->dest_schema, mt->dest_table));
+	e->qualname = mt ? pstrdup(quote_qualified_identifier(mt->dest_schema, mt->dest_table)) : NULL;
 	MemoryContextSwitchTo(old);
 	e->valid = false;
 }
@@ -515,6 +515,11 @@ relmap_get(LogicalRepRelId remoteid)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROTOCOL_VIOLATION),
 				 errmsg("change for unknown source relation %u", remoteid)));
+	if (e->mt == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("source table %s is published but not mapped by this mirror",
+						quote_qualified_identifier(e->remoterel->nspname, e->remoterel->relname))));
 	if (!e->valid)
 		relmap_build(e);
 	bunny_ctx_table = e->qualname;

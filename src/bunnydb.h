@@ -130,6 +130,11 @@ typedef struct Mirror
 	int			max_batch_size;
 	int			idle_timeout_seconds;
 	int			error_count;
+	int			snapshot_rows_per_partition;
+	int			snapshot_max_workers;
+	int			snapshot_tables_in_parallel;
+	bool		replicate_indexes;
+	bool		replicate_foreign_keys;
 	List	   *tables;			/* of MirrorTable * */
 } Mirror;
 
@@ -141,6 +146,8 @@ extern void catalog_set_slot_requested(int32 mirror_id);
 extern void catalog_record_error(int32 mirror_id, const char *message, bool permanent);
 extern void catalog_clear_error(int32 mirror_id);
 extern void catalog_finish_pause(int32 mirror_id);
+extern void catalog_apply_ddl(const char *mirror, const char *dest_table,
+							  const char *items_json, bool indexes);
 extern void bunny_log(const char *mirror, const char *level, const char *message,
 					  const char *details_json);
 extern char *bunny_spi_scalar(const char *sql, int nargs, Oid *argtypes,
@@ -164,22 +171,12 @@ extern char *stream_scrub_conninfo_error(const char *msg);
 /* setup.c */
 extern void setup_run(PGconn *conn, Mirror *mirror);
 
-/* what the initial copy needs to know of one table (built by setup.c) */
-typedef struct CopyColumn
-{
-	char	   *name;
-	Oid			typid;			/* source type */
-} CopyColumn;
-
-typedef struct CopyTable
-{
-	MirrorTable *mt;
-	char		relkind;		/* of the source table */
-	List	   *columns;		/* of CopyColumn *: published, not generated */
-} CopyTable;
-
 /* snapshot.c */
-extern void snapshot_run(Mirror *mirror, const char *snapshot_name, List *copy_tables);
+extern void snapshot_run(Mirror *mirror, const char *snapshot_name, XLogRecPtr sync_lsn);
+extern void snapshot_recover(PGconn *conn, Mirror *mirror);
+extern PGDLLEXPORT void bunny_snapshot_worker_main(Datum arg);
+extern void snapshot_sync_sequences(PGconn *conn, const char *mirror_name,
+									const char *sequences_json);
 
 /* apply.c */
 extern void apply_stream(PGconn *conn, Mirror *mirror);

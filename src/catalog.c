@@ -86,7 +86,12 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 			 "       coalesce((m.config->>'do_initial_snapshot')::boolean, true), "
 			 "       coalesce((m.config->>'max_batch_size')::integer, 1000), "
 			 "       coalesce((m.config->>'idle_timeout_seconds')::integer, 60), "
-			 "       m.error_count "
+			 "       m.error_count, "
+			 "       coalesce((m.config->>'snapshot_num_rows_per_partition')::integer, 250000), "
+			 "       coalesce((m.config->>'snapshot_max_parallel_workers')::integer, 8), "
+			 "       coalesce((m.config->>'snapshot_num_tables_in_parallel')::integer, 4), "
+			 "       coalesce((m.config->>'replicate_indexes')::boolean, true), "
+			 "       coalesce((m.config->>'replicate_foreign_keys')::boolean, true) "
 			 "  FROM bunny.mirror m JOIN bunny.peer p ON p.name = m.source_peer "
 			 " WHERE m.id = $1 %s",
 			 lock_row ? "FOR KEY SHARE OF m" : "");
@@ -115,6 +120,11 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 		m->max_batch_size = DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull));
 		m->idle_timeout_seconds = DatumGetInt32(SPI_getbinval(tup, desc, 14, &isnull));
 		m->error_count = DatumGetInt32(SPI_getbinval(tup, desc, 15, &isnull));
+		m->snapshot_rows_per_partition = DatumGetInt32(SPI_getbinval(tup, desc, 16, &isnull));
+		m->snapshot_max_workers = DatumGetInt32(SPI_getbinval(tup, desc, 17, &isnull));
+		m->snapshot_tables_in_parallel = DatumGetInt32(SPI_getbinval(tup, desc, 18, &isnull));
+		m->replicate_indexes = DatumGetBool(SPI_getbinval(tup, desc, 19, &isnull));
+		m->replicate_foreign_keys = DatumGetBool(SPI_getbinval(tup, desc, 20, &isnull));
 
 		spi_run("SELECT source_schema, source_table, destination_schema, destination_table, "
 				"       partition_key, exclude_columns::text[], status, sync_lsn "
@@ -261,6 +271,29 @@ catalog_finish_pause(int32 mirror_id)
 	spi_run("UPDATE bunny.mirror SET status = 'PAUSED', pending_op = NULL, updated_at = now() "
 			" WHERE id = $1",
 			1, argtypes, values, NULL, false);
+	SPI_finish();
+}
+
+/*
+ * Run setup's DDL items on a destination table (bunny._apply_ddl skips
+ * those already done); plain indexes only when indexes is true.
+ */
+void
+catalog_apply_ddl(const char *mirror, const char *dest_table, const char *items_json,
+				  bool indexes)
+{
+	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID};
+	Datum		values[4];
+
+	values[0] = CStringGetTextDatum(mirror);
+	values[1] = CStringGetTextDatum(dest_table);
+	values[2] = CStringGetTextDatum(items_json);
+	values[3] = BoolGetDatum(indexes);
+	SPI_connect();
+	spi_run("SELECT bunny._apply_ddl($1, $2::regclass, "
+			"  CASE WHEN $4 THEN $3::jsonb "
+			"       ELSE jsonb_path_query_array($3::jsonb, '$[*] ? (@.kind != \"index\")') END)",
+			4, argtypes, values, NULL, false);
 	SPI_finish();
 }
 

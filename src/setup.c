@@ -28,8 +28,13 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "replication/origin.h"
+#include "catalog/namespace.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/lsyscache.h"
 #include "utils/pg_lsn.h"
+#include "utils/regproc.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -41,8 +46,21 @@ typedef struct SourceColumn
 	bool		notnull;
 	Oid			typid;
 	char	   *generated;		/* expression of a generated column, or NULL */
+	char	   *default_expr;	/* default, or NULL */
+	char		identity;		/* attidentity: '', 'a' or 'd' */
+	char	   *serial_seq;		/* owned sequence (serial/identity), qualified */
 	bool		excluded;
 } SourceColumn;
+
+/* a foreign key of a source table */
+typedef struct SourceForeignKey
+{
+	char	   *name;
+	char	   *def;			/* pg_get_constraintdef() */
+	char	   *ref_schema;
+	char	   *ref_table;
+	bool		uses_excluded;
+} SourceForeignKey;
 
 /* a source table as setup sees it */
 typedef struct SourceTable
@@ -50,11 +68,21 @@ typedef struct SourceTable
 	MirrorTable *mt;
 	Oid			relid;
 	char		relkind;
+	int64		relpages;
+	int64		reltuples;
 	List	   *columns;		/* of SourceColumn * */
 	List	   *pk_columns;		/* of char *, in key order */
+	List	   *leaves;			/* leaf partitions (qualified), for relkind 'p' */
+	bool		key_ranges;		/* partition_key is an integer with known bounds */
+	int64		key_min;
+	int64		key_max;
+	StringInfoData post_ddl;	/* JSON array: constraints and indexes */
+	List	   *fks;			/* of SourceForeignKey * */
 } SourceTable;
 
-static List *created_types = NIL;	/* type OIDs handled in this run */
+static List *created_types = NIL;
+
+static void describe_table_objects(PGconn *conn, SourceTable *st);	/* type OIDs handled in this run */
 
 /* SPI helpers for the destination side */
 static void
@@ -153,6 +181,9 @@ describe_table(PGconn *conn, MirrorTable *mt)
 	st->mt = mt;
 	sql = psprintf("SELECT c.oid, c.relkind, c.relreplident, "
 				   "       has_table_privilege(c.oid, 'SELECT'), "
+				   "       greatest(c.relpages::bigint, pg_relation_size(c.oid) / current_setting('block_size')::int), "
+				   "       CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint "
+				   "            ELSE pg_relation_size(c.oid) / 100 END, "
 				   "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), "
 				   "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) "
 				   "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -171,8 +202,10 @@ describe_table(PGconn *conn, MirrorTable *mt)
 	st->relkind = PQgetvalue(res, 0, 1)[0];
 	replident = PQgetvalue(res, 0, 2)[0];
 	can_select = PQgetvalue(res, 0, 3)[0] == 't';
-	has_pk = PQgetvalue(res, 0, 4)[0] == 't';
-	has_ri_index = PQgetvalue(res, 0, 5)[0] == 't';
+	st->relpages = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+	st->reltuples = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
+	has_pk = PQgetvalue(res, 0, 6)[0] == 't';
+	has_ri_index = PQgetvalue(res, 0, 7)[0] == 't';
 	PQclear(res);
 
 	if (!can_select)
@@ -196,6 +229,9 @@ describe_table(PGconn *conn, MirrorTable *mt)
 
 	sql = psprintf("SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atttypid, "
 				   "       CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
+				   "       CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
+				   "       a.attidentity, "
+				   "       pg_get_serial_sequence(%s, a.attname), "
 				   "       coalesce((SELECT k.ord FROM pg_index i, "
 				   "                        unnest(i.indkey) WITH ORDINALITY k(attnum, ord) "
 				   "                  WHERE i.indrelid = a.attrelid AND i.indisprimary "
@@ -203,7 +239,7 @@ describe_table(PGconn *conn, MirrorTable *mt)
 				   "  FROM pg_attribute a "
 				   "  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
 				   " WHERE a.attrelid = %u AND a.attnum > 0 AND NOT a.attisdropped "
-				   " ORDER BY a.attnum", st->relid);
+				   " ORDER BY a.attnum", quote_literal_cstr(name), st->relid);
 	res = stream_exec_ok(conn, sql, PGRES_TUPLES_OK);
 	{
 		int			n = PQntuples(res);
@@ -212,13 +248,16 @@ describe_table(PGconn *conn, MirrorTable *mt)
 		for (int i = 0; i < n; i++)
 		{
 			SourceColumn *col = palloc0(sizeof(SourceColumn));
-			int			ord = atoi(PQgetvalue(res, i, 5));
+			int			ord = atoi(PQgetvalue(res, i, 8));
 
 			col->name = pstrdup(PQgetvalue(res, i, 0));
 			col->type_sql = pstrdup(PQgetvalue(res, i, 1));
 			col->notnull = PQgetvalue(res, i, 2)[0] == 't';
 			col->typid = (Oid) strtoul(PQgetvalue(res, i, 3), NULL, 10);
 			col->generated = PQgetisnull(res, i, 4) ? NULL : pstrdup(PQgetvalue(res, i, 4));
+			col->default_expr = PQgetisnull(res, i, 5) ? NULL : pstrdup(PQgetvalue(res, i, 5));
+			col->identity = PQgetvalue(res, i, 6)[0];
+			col->serial_seq = PQgetisnull(res, i, 7) ? NULL : pstrdup(PQgetvalue(res, i, 7));
 			foreach(lc, mt->exclude_columns)
 				if (strcmp((char *) lfirst(lc), col->name) == 0)
 					col->excluded = true;
@@ -264,7 +303,27 @@ describe_table(PGconn *conn, MirrorTable *mt)
 
 		foreach(lc, st->columns)
 			if (strcmp(((SourceColumn *) lfirst(lc))->name, mt->partition_key) == 0)
+			{
+				SourceColumn *col = lfirst(lc);
+
 				found = true;
+				/* integer keys split into ranges; others fall back to blocks */
+				if (col->typid == INT2OID || col->typid == INT4OID || col->typid == INT8OID)
+				{
+					res = stream_exec_ok(conn,
+										 psprintf("SELECT min(%s)::int8, max(%s)::int8 FROM %s",
+												  quote_identifier(col->name),
+												  quote_identifier(col->name), name),
+										 PGRES_TUPLES_OK);
+					if (!PQgetisnull(res, 0, 0))
+					{
+						st->key_ranges = true;
+						st->key_min = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+						st->key_max = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+					}
+					PQclear(res);
+				}
+			}
 		if (!found)
 		{
 			PERMANENT();
@@ -274,7 +333,222 @@ describe_table(PGconn *conn, MirrorTable *mt)
 							mt->partition_key, name)));
 		}
 	}
+	describe_table_objects(conn, st);
 	return st;
+}
+
+/* SQL array literal of the excluded column names of st */
+static char *
+excluded_array_sql(SourceTable *st)
+{
+	StringInfoData buf;
+	ListCell   *lc;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "ARRAY[");
+	foreach(lc, st->mt->exclude_columns)
+		appendStringInfo(&buf, "%s%s", lc == list_head(st->mt->exclude_columns) ? "" : ", ",
+						 quote_literal_cstr((char *) lfirst(lc)));
+	appendStringInfoString(&buf, "]::text[]");
+	return buf.data;
+}
+
+/* replace the first occurrence of from in str by to */
+static char *
+replace_first(const char *str, const char *from, const char *to)
+{
+	const char *at = strstr(str, from);
+	StringInfoData buf;
+
+	if (at == NULL)
+		return NULL;
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, str, at - str);
+	appendStringInfoString(&buf, to);
+	appendStringInfoString(&buf, at + strlen(from));
+	return buf.data;
+}
+
+/* add {"kind": ..., "name": ..., "sql": ...} to a JSON array under construction */
+static void
+ddl_item(StringInfo arr, const char *kind, const char *name, const char *sql)
+{
+	appendStringInfoString(arr, arr->len > 1 ? ", {\"kind\": " : "{\"kind\": ");
+	escape_json(arr, kind);
+	appendStringInfoString(arr, ", \"name\": ");
+	escape_json(arr, name);
+	appendStringInfoString(arr, ", \"sql\": ");
+	escape_json(arr, sql);
+	appendStringInfoChar(arr, '}');
+}
+
+/*
+ * Read what the destination table gets once its data is in: constraints
+ * (primary key, unique, check, exclusion) and indexes, rewritten for the
+ * destination name; foreign keys (kept for later, they need the mapping of
+ * the referenced table); leaf partitions of a partitioned source.
+ * Anything that involves an excluded column is left out.
+ */
+static void
+describe_table_objects(PGconn *conn, SourceTable *st)
+{
+	MirrorTable *mt = st->mt;
+	const char *src = qname(mt->source_schema, mt->source_table);
+	const char *dest = qname(mt->dest_schema, mt->dest_table);
+	PGresult   *res;
+
+	initStringInfo(&st->post_ddl);
+	appendStringInfoChar(&st->post_ddl, '[');
+
+	res = stream_exec_ok(conn,
+						 psprintf("SELECT c.conname, c.contype, pg_get_constraintdef(c.oid), "
+								  "       ARRAY(SELECT attname FROM pg_attribute "
+								  "              WHERE attrelid = c.conrelid AND attnum = ANY (c.conkey))::text[] && %s, "
+								  "       rn.nspname, r.relname "
+								  "  FROM pg_constraint c "
+								  "  LEFT JOIN pg_class r ON r.oid = c.confrelid "
+								  "  LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace "
+								  " WHERE c.conrelid = %u AND c.contype IN ('p', 'u', 'c', 'x', 'f') "
+								  " ORDER BY CASE c.contype WHEN 'p' THEN 0 ELSE 1 END, c.conname",
+								  excluded_array_sql(st), st->relid),
+						 PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		char	   *conname = PQgetvalue(res, i, 0);
+		char		contype = PQgetvalue(res, i, 1)[0];
+		char	   *def = PQgetvalue(res, i, 2);
+		bool		excluded = PQgetvalue(res, i, 3)[0] == 't';
+
+		if (contype == 'f')
+		{
+			SourceForeignKey *fk = palloc0(sizeof(SourceForeignKey));
+
+			fk->name = pstrdup(conname);
+			fk->def = pstrdup(def);
+			fk->ref_schema = pstrdup(PQgetvalue(res, i, 4));
+			fk->ref_table = pstrdup(PQgetvalue(res, i, 5));
+			fk->uses_excluded = excluded;
+			st->fks = lappend(st->fks, fk);
+			continue;
+		}
+		if (excluded)
+			continue;
+		ddl_item(&st->post_ddl, "constraint", conname,
+				 psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", dest,
+						  quote_identifier(conname), def));
+	}
+	PQclear(res);
+
+	res = stream_exec_ok(conn,
+						 psprintf("SELECT c.relname, pg_get_indexdef(i.indexrelid), "
+								  "       ARRAY(SELECT attname FROM pg_attribute "
+								  "              WHERE attrelid = i.indrelid AND attnum = ANY (i.indkey))::text[] && %s "
+								  "  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+								  " WHERE i.indrelid = %u "
+								  "   AND NOT EXISTS (SELECT 1 FROM pg_constraint k "
+								  "                    WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) "
+								  " ORDER BY c.relname", excluded_array_sql(st), st->relid),
+						 PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		char	   *idxname = PQgetvalue(res, i, 0);
+		char	   *def = PQgetvalue(res, i, 1);
+		char	   *sql;
+
+		if (PQgetvalue(res, i, 2)[0] == 't')
+			continue;
+		sql = replace_first(def, psprintf(" ON ONLY %s USING ", src), psprintf(" ON %s USING ", dest));
+		if (sql == NULL)
+			sql = replace_first(def, psprintf(" ON %s USING ", src), psprintf(" ON %s USING ", dest));
+		if (sql == NULL)
+			continue;			/* not in the form we know; leave it out */
+		if (strncmp(sql, "CREATE UNIQUE INDEX ", 20) == 0)
+			sql = psprintf("CREATE UNIQUE INDEX IF NOT EXISTS %s", sql + 20);
+		else if (strncmp(sql, "CREATE INDEX ", 13) == 0)
+			sql = psprintf("CREATE INDEX IF NOT EXISTS %s", sql + 13);
+		ddl_item(&st->post_ddl, "index", idxname, sql);
+	}
+	PQclear(res);
+	appendStringInfoChar(&st->post_ddl, ']');
+
+	if (st->relkind == 'p')
+	{
+		res = stream_exec_ok(conn,
+							 psprintf("SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) "
+									  "  FROM pg_partition_tree(%u) t "
+									  "  JOIN pg_class c ON c.oid = t.relid "
+									  "  JOIN pg_namespace n ON n.oid = c.relnamespace "
+									  " WHERE t.isleaf ORDER BY 1", st->relid),
+							 PGRES_TUPLES_OK);
+		for (int i = 0; i < PQntuples(res); i++)
+			st->leaves = lappend(st->leaves, pstrdup(PQgetvalue(res, i, 0)));
+		PQclear(res);
+	}
+}
+
+/*
+ * The foreign keys of st as DDL items, pointing at the destination names of
+ * the referenced tables; a key to a table this mirror does not map, or on
+ * an excluded column, is left out (and logged).  Keys are created
+ * DEFERRABLE INITIALLY DEFERRED.
+ */
+static char *
+foreign_key_ddl(SourceTable *st, List *tables, const char *mirror_name)
+{
+	StringInfoData arr;
+	ListCell   *lc;
+	const char *dest = qname(st->mt->dest_schema, st->mt->dest_table);
+
+	initStringInfo(&arr);
+	appendStringInfoChar(&arr, '[');
+	foreach(lc, st->fks)
+	{
+		SourceForeignKey *fk = lfirst(lc);
+		SourceTable *ref = NULL;
+		ListCell   *lc2;
+		char	   *def;
+		char	   *p;
+
+		foreach(lc2, tables)
+		{
+			SourceTable *t = lfirst(lc2);
+
+			if (strcmp(t->mt->source_schema, fk->ref_schema) == 0 &&
+				strcmp(t->mt->source_table, fk->ref_table) == 0)
+				ref = t;
+		}
+		if (ref == NULL || fk->uses_excluded)
+		{
+			bunny_log(mirror_name, "WARNING",
+					  psprintf("foreign key %s of %s is not replicated: %s", quote_identifier(fk->name),
+							   dest, ref ? "it uses an excluded column" :
+							   "the referenced table is not part of the mirror"), NULL);
+			continue;
+		}
+		def = replace_first(fk->def,
+							psprintf("REFERENCES %s(", qname(fk->ref_schema, fk->ref_table)),
+							psprintf("REFERENCES %s(", qname(ref->mt->dest_schema, ref->mt->dest_table)));
+		if (def == NULL)
+			continue;
+		/* strip the source's deferrability, then make it deferred */
+		while ((p = strstr(def, " DEFERRABLE")) != NULL)
+			memmove(p, p + 11, strlen(p + 11) + 1);
+		while ((p = strstr(def, " INITIALLY DEFERRED")) != NULL)
+			memmove(p, p + 19, strlen(p + 19) + 1);
+		p = strstr(def, " NOT VALID");
+		if (p)
+		{
+			*p = '\0';
+			def = psprintf("%s DEFERRABLE INITIALLY DEFERRED NOT VALID", def);
+		}
+		else
+			def = psprintf("%s DEFERRABLE INITIALLY DEFERRED", def);
+		ddl_item(&arr, "constraint", fk->name,
+				 psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", dest,
+						  quote_identifier(fk->name), def));
+	}
+	appendStringInfoChar(&arr, ']');
+	return arr.data;
 }
 
 /*
@@ -423,59 +697,308 @@ ensure_type(PGconn *conn, Oid typid, const char *mirror_name)
 			  NULL);
 }
 
-/* create the destination table unless it exists; true if created */
+/* text[] literal of a list of C strings, for SPI */
+static Datum
+text_array(List *items)
+{
+	Datum	   *d = palloc(sizeof(Datum) * (list_length(items) + 1));
+	int			n = 0;
+	ListCell   *lc;
+
+	foreach(lc, items)
+		d[n++] = CStringGetTextDatum((char *) lfirst(lc));
+	return PointerGetDatum(construct_array(d, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/* add {"from": ..., "where": ...} to a JSON array under construction */
+static void
+part_item(StringInfo arr, const char *from, const char *where)
+{
+	appendStringInfoString(arr, arr->len > 1 ? ", {\"from\": " : "{\"from\": ");
+	escape_json(arr, from);
+	if (where)
+	{
+		appendStringInfoString(arr, ", \"where\": ");
+		escape_json(arr, where);
+	}
+	appendStringInfoChar(arr, '}');
+}
+
+/*
+ * Split a table's copy into parts: one per leaf partition of a partitioned
+ * source; ranges of an integer partition_key; else ranges of heap blocks
+ * (TID range scans).  The first and last ranges are open-ended, so rows
+ * beyond the estimates are still copied exactly once.
+ */
+static char *
+plan_parts(SourceTable *st, int rows_per_part)
+{
+	StringInfoData arr;
+	const char *src = qname(st->mt->source_schema, st->mt->source_table);
+	int64		nparts = 1;
+
+	initStringInfo(&arr);
+	appendStringInfoChar(&arr, '[');
+	if (st->relkind == 'p')
+	{
+		ListCell   *lc;
+
+		foreach(lc, st->leaves)
+			part_item(&arr, (char *) lfirst(lc), NULL);
+		if (st->leaves == NIL)
+			part_item(&arr, src, NULL);
+		appendStringInfoChar(&arr, ']');
+		return arr.data;
+	}
+
+	if (st->reltuples > rows_per_part)
+		nparts = (st->reltuples + rows_per_part - 1) / rows_per_part;
+	if (st->key_ranges)
+	{
+		int64		span = st->key_max - st->key_min + 1;
+		const char *k = quote_identifier(st->mt->partition_key);
+
+		nparts = Min(nparts, Max(span, 1));
+		for (int64 i = 0; i < nparts; i++)
+		{
+			int64		lo = st->key_min + span * i / nparts;
+			int64		hi = st->key_min + span * (i + 1) / nparts;
+			char	   *where;
+
+			if (nparts == 1)
+				where = NULL;
+			else if (i == 0)
+				where = psprintf("%s < " INT64_FORMAT " OR %s IS NULL", k, hi, k);
+			else if (i == nparts - 1)
+				where = psprintf("%s >= " INT64_FORMAT, k, lo);
+			else
+				where = psprintf("%s >= " INT64_FORMAT " AND %s < " INT64_FORMAT, k, lo, k, hi);
+			part_item(&arr, psprintf("ONLY %s", src), where);
+		}
+	}
+	else
+	{
+		int64		pages = Max(st->relpages, 1);
+		int64		per;
+
+		nparts = Min(nparts, pages);
+		per = (pages + nparts - 1) / nparts;
+		for (int64 i = 0; i < nparts; i++)
+		{
+			int64		lo = i * per;
+			int64		hi = (i + 1) * per;
+			char	   *where;
+
+			if (nparts == 1)
+				where = NULL;
+			else if (i == 0)
+				where = psprintf("ctid < '(" INT64_FORMAT ",0)'::tid", hi);
+			else if (i == nparts - 1)
+				where = psprintf("ctid >= '(" INT64_FORMAT ",0)'::tid", lo);
+			else
+				where = psprintf("ctid >= '(" INT64_FORMAT ",0)'::tid AND ctid < '(" INT64_FORMAT ",0)'::tid",
+								 lo, hi);
+			part_item(&arr, psprintf("ONLY %s", src), where);
+		}
+	}
+	appendStringInfoChar(&arr, ']');
+	return arr.data;
+}
+
+/*
+ * Binary COPY is safe when every copied column has the same built-in type
+ * on both sides: binary array and record values embed type OIDs, which
+ * differ between servers for user-defined types.
+ */
 static bool
-ensure_table(SourceTable *st, const char *mirror_name)
+copy_binary_safe(SourceTable *st)
+{
+	Oid			nspid = get_namespace_oid(st->mt->dest_schema, true);
+	Oid			relid = OidIsValid(nspid) ? get_relname_relid(st->mt->dest_table, nspid) : InvalidOid;
+	ListCell   *lc;
+
+	if (!OidIsValid(relid))
+		return false;
+	foreach(lc, st->columns)
+	{
+		SourceColumn *col = lfirst(lc);
+		AttrNumber	attnum;
+
+		if (col->excluded || col->generated)
+			continue;
+		attnum = get_attnum(relid, col->name);
+		if (col->typid >= FirstNormalObjectId || attnum == InvalidAttrNumber ||
+			get_atttype(relid, attnum) != col->typid)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Create the destination table unless it exists, and record in
+ * bunny.mirror_table what the copy and the post-copy steps need.  A table
+ * bunnydb creates gets columns, types, NOT NULL, defaults and owned
+ * sequences at once; its constraints and indexes come after the copy (or
+ * at once when there is no copy).  A table that already existed is the
+ * user's: it is used as it is.
+ */
+static void
+ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 {
 	MirrorTable *mt = st->mt;
+	const char *dest = qname(mt->dest_schema, mt->dest_table);
 	StringInfoData ddl;
+	StringInfoData seqs;
 	ListCell   *lc;
 	bool		first = true;
-	bool		pk_complete = st->pk_columns != NIL;
+	bool		created = false;
+	List	   *copy_columns = NIL;
+	List	   *identity_columns = NIL;
+	char	   *fk_json = "[]";
 
-	if (dest_exists("SELECT 1 FROM pg_catalog.pg_class c "
-					"  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-					" WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
-					mt->dest_schema, mt->dest_table))
-		return false;
+	initStringInfo(&seqs);
+	appendStringInfoChar(&seqs, '[');
 
-	initStringInfo(&ddl);
-	appendStringInfo(&ddl, "CREATE SCHEMA IF NOT EXISTS %s", quote_identifier(mt->dest_schema));
-	dest_exec(ddl.data);
-	resetStringInfo(&ddl);
+	if (!dest_exists("SELECT 1 FROM pg_catalog.pg_class c "
+					 "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+					 " WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+					 mt->dest_schema, mt->dest_table))
+	{
+		initStringInfo(&ddl);
+		appendStringInfo(&ddl, "CREATE SCHEMA IF NOT EXISTS %s", quote_identifier(mt->dest_schema));
+		dest_exec(ddl.data);
+		resetStringInfo(&ddl);
 
-	appendStringInfo(&ddl, "CREATE TABLE %s (", qname(mt->dest_schema, mt->dest_table));
+		appendStringInfo(&ddl, "CREATE TABLE %s (", dest);
+		foreach(lc, st->columns)
+		{
+			SourceColumn *col = lfirst(lc);
+
+			if (col->excluded)
+				continue;
+			appendStringInfo(&ddl, "%s%s %s", first ? "" : ", ",
+							 quote_identifier(col->name), col->type_sql);
+			first = false;
+			if (col->generated)
+				appendStringInfo(&ddl, " GENERATED ALWAYS AS (%s) STORED", col->generated);
+			else if (col->identity == 'a' || col->identity == 'd')
+			{
+				/* BY DEFAULT: replicated rows carry their values */
+				appendStringInfoString(&ddl, " GENERATED BY DEFAULT AS IDENTITY");
+				identity_columns = lappend(identity_columns, col);
+			}
+			else if (col->serial_seq)
+			{
+				List	   *parts = stringToQualifiedNameList(col->serial_seq);
+				char	   *seq = (char *) qname(mt->dest_schema, strVal(llast(parts)));
+
+				dest_exec(psprintf("CREATE SEQUENCE IF NOT EXISTS %s", seq));
+				appendStringInfo(&ddl, " DEFAULT pg_catalog.nextval(%s::pg_catalog.regclass)",
+								 quote_literal_cstr(seq));
+				appendStringInfo(&seqs, "%s{\"source\": ", seqs.len > 1 ? ", " : "");
+				escape_json(&seqs, col->serial_seq);
+				appendStringInfoString(&seqs, ", \"dest\": ");
+				escape_json(&seqs, seq);
+				appendStringInfoString(&seqs, ", \"column\": ");
+				escape_json(&seqs, col->name);
+				appendStringInfoChar(&seqs, '}');
+			}
+			else if (col->default_expr && strstr(col->default_expr, "nextval(") == NULL)
+				appendStringInfo(&ddl, " DEFAULT %s", col->default_expr);
+			if (col->notnull)
+				appendStringInfoString(&ddl, " NOT NULL");
+		}
+		appendStringInfoChar(&ddl, ')');
+		dest_exec(ddl.data);
+		created = true;
+
+		/* serial sequences belong to their column; identity ones are found */
+		foreach(lc, st->columns)
+		{
+			SourceColumn *col = lfirst(lc);
+
+			if (col->serial_seq && !col->excluded && !col->generated &&
+				col->identity != 'a' && col->identity != 'd')
+			{
+				List	   *parts = stringToQualifiedNameList(col->serial_seq);
+
+				dest_exec(psprintf("ALTER SEQUENCE %s OWNED BY %s.%s",
+								   qname(mt->dest_schema, strVal(llast(parts))), dest,
+								   quote_identifier(col->name)));
+			}
+		}
+		foreach(lc, identity_columns)
+		{
+			SourceColumn *col = lfirst(lc);
+			Oid			types[2] = {TEXTOID, TEXTOID};
+			Datum		vals[2];
+			char	   *seq;
+
+			vals[0] = CStringGetTextDatum(dest);
+			vals[1] = CStringGetTextDatum(col->name);
+			seq = bunny_spi_scalar("SELECT pg_catalog.pg_get_serial_sequence($1, $2)",
+								   2, types, vals, NULL);
+			if (seq == NULL || col->serial_seq == NULL)
+				continue;
+			appendStringInfo(&seqs, "%s{\"source\": ", seqs.len > 1 ? ", " : "");
+			escape_json(&seqs, col->serial_seq);
+			appendStringInfoString(&seqs, ", \"dest\": ");
+			escape_json(&seqs, seq);
+			appendStringInfoString(&seqs, ", \"column\": ");
+			escape_json(&seqs, col->name);
+			appendStringInfoChar(&seqs, '}');
+		}
+		bunny_log(m->name, "INFO", psprintf("created destination table %s", dest), NULL);
+		fk_json = foreign_key_ddl(st, tables, m->name);
+	}
+	appendStringInfoChar(&seqs, ']');
+
 	foreach(lc, st->columns)
 	{
 		SourceColumn *col = lfirst(lc);
 
-		if (col->excluded)
-			continue;
-		appendStringInfo(&ddl, "%s%s %s", first ? "" : ", ",
-						 quote_identifier(col->name), col->type_sql);
-		if (col->generated)
-			appendStringInfo(&ddl, " GENERATED ALWAYS AS (%s) STORED", col->generated);
-		if (col->notnull)
-			appendStringInfoString(&ddl, " NOT NULL");
-		first = false;
+		if (!col->excluded && !col->generated)
+			copy_columns = lappend(copy_columns, col->name);
 	}
-	if (pk_complete)
+
 	{
-		first = true;
-		appendStringInfoString(&ddl, ", PRIMARY KEY (");
-		foreach(lc, st->pk_columns)
-		{
-			appendStringInfo(&ddl, "%s%s", first ? "" : ", ", quote_identifier(lfirst(lc)));
-			first = false;
-		}
-		appendStringInfoChar(&ddl, ')');
+		Oid			types[13] = {INT4OID, TEXTOID, TEXTOID, CHAROID, TEXTARRAYOID, TEXTOID,
+		INT8OID, INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID};
+		Datum		vals[13];
+		char		nulls[13];
+
+		memset(nulls, ' ', sizeof(nulls));
+		vals[0] = Int32GetDatum(m->id);
+		vals[1] = CStringGetTextDatum(mt->source_schema);
+		vals[2] = CStringGetTextDatum(mt->source_table);
+		vals[3] = CharGetDatum(st->relkind);
+		vals[4] = text_array(copy_columns);
+		CommandCounterIncrement();
+		vals[5] = CStringGetTextDatum(plan_parts(st, m->snapshot_rows_per_partition));
+		vals[6] = Int64GetDatum(st->relpages);
+		vals[7] = Int64GetDatum(st->reltuples);
+		vals[8] = BoolGetDatum(created);
+		vals[9] = CStringGetTextDatum(created ? st->post_ddl.data : "[]");
+		vals[10] = CStringGetTextDatum(fk_json);
+		vals[11] = CStringGetTextDatum(seqs.data);
+		vals[12] = BoolGetDatum(copy_binary_safe(st));
+		SPI_connect();
+		SPI_execute_with_args("UPDATE bunny.mirror_table "
+							  "   SET source_relkind = $4, copy_columns = $5::name[], copy_parts = $6::jsonb, "
+							  "       copy_binary = $13, "
+							  "       source_pages = $7, source_rows = $8, "
+							  "       created_by_bunny = created_by_bunny OR $9, "
+							  "       post_copy_ddl = CASE WHEN $9 THEN $10::jsonb ELSE post_copy_ddl END, "
+							  "       fk_ddl = CASE WHEN $9 THEN $11::jsonb ELSE fk_ddl END, "
+							  "       sequences = CASE WHEN $9 THEN $12::jsonb ELSE sequences END "
+							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+							  13, types, vals, nulls, false, 0);
+		SPI_finish();
 	}
-	appendStringInfoChar(&ddl, ')');
-	dest_exec(ddl.data);
-	bunny_log(mirror_name, "INFO",
-			  psprintf("created destination table %s", qname(mt->dest_schema, mt->dest_table)),
-			  NULL);
-	return true;
+
+	/* without a copy, the table is complete at once */
+	if (created && !copy)
+		catalog_apply_ddl(m->name, dest, st->post_ddl.data, m->replicate_indexes);
 }
 
 /* create the publication, or check and refresh ours */
@@ -641,6 +1164,39 @@ create_slot(PGconn *conn, Mirror *m, bool export_snapshot, char **snapshot)
 	return lsn;
 }
 
+/* apply foreign keys, then sequence values, of every table bunnydb created */
+static void
+setup_finish_tables_without_copy(PGconn *conn, Mirror *m)
+{
+	int			rc;
+	Oid			types[1] = {INT4OID};
+	Datum		vals[1] = {Int32GetDatum(m->id)};
+
+	if (m->replicate_foreign_keys)
+	{
+		SPI_connect();
+		rc = SPI_execute_with_args("SELECT bunny._apply_ddl(m.name, "
+								   "         format('%I.%I', t.destination_schema, t.destination_table)::regclass, "
+								   "         t.fk_ddl) "
+								   "  FROM bunny.mirror_table t JOIN bunny.mirror m ON m.id = t.mirror_id "
+								   " WHERE t.mirror_id = $1 AND t.created_by_bunny",
+								   1, types, vals, NULL, false, 0);
+		SPI_finish();
+		if (rc < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not create foreign keys on the destination")));
+	}
+	{
+		char	   *seqs = bunny_spi_scalar("SELECT coalesce(jsonb_agg(s), '[]')::text "
+											"  FROM bunny.mirror_table t, jsonb_array_elements(t.sequences) s "
+											" WHERE t.mirror_id = $1 AND t.created_by_bunny",
+											1, types, vals, NULL);
+
+		snapshot_sync_sequences(conn, m->name, seqs);
+	}
+}
+
 /*
  * Run the SETUP phase (and the initial copy when configured) on the given
  * replication connection, and commit the switch to CDC.
@@ -674,7 +1230,7 @@ setup_run(PGconn *conn, Mirror *m)
 	}
 	bunny_ctx_table = NULL;
 
-	/* destination: schemas, types, tables */
+	/* destination: schemas, types, tables (and, without a copy, the rest) */
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	created_types = NIL;
@@ -691,57 +1247,25 @@ setup_run(PGconn *conn, Mirror *m)
 			if (!col->excluded)
 				ensure_type(conn, col->typid, m->name);
 		}
-		ensure_table(st, m->name);
+		ensure_table(st, m, tables, copy);
 	}
 	bunny_ctx_table = NULL;
+	if (!copy)
+		setup_finish_tables_without_copy(conn, m);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
 	ensure_publication(conn, m, tables, version);
 
 	start_lsn = create_slot(conn, m, copy, &snapshot);
-	{
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		bunny_log(m->name, "INFO",
-				  psprintf("created replication slot %s on the source at %X/%X",
-						   m->slot_name, LSN_FORMAT_ARGS(start_lsn)), NULL);
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
+	bunny_log(m->name, "INFO",
+			  psprintf("created replication slot %s on the source at %X/%X",
+					   m->slot_name, LSN_FORMAT_ARGS(start_lsn)), NULL);
 
 	if (copy)
 	{
-		List	   *copy_tables = NIL;
-
-		foreach(lc, tables)
-		{
-			SourceTable *st = lfirst(lc);
-			CopyTable  *ct = palloc0(sizeof(CopyTable));
-			ListCell   *lc2;
-
-			ct->mt = st->mt;
-			ct->relkind = st->relkind;
-			foreach(lc2, st->columns)
-			{
-				SourceColumn *col = lfirst(lc2);
-				CopyColumn *cc;
-
-				if (col->excluded || col->generated)
-					continue;
-				cc = palloc0(sizeof(CopyColumn));
-				cc->name = col->name;
-				cc->typid = col->typid;
-				ct->columns = lappend(ct->columns, cc);
-			}
-			copy_tables = lappend(copy_tables, ct);
-		}
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		catalog_set_status(m->id, "SNAPSHOT", "SNAPSHOT");
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		snapshot_run(m, snapshot, copy_tables);
+		/* the copy starts at the slot's consistent point: no sync_lsn */
+		snapshot_run(m, snapshot, InvalidXLogRecPtr);
 	}
 
 	/* switch to CDC; the origin starts at the slot's consistent point */

@@ -1,23 +1,34 @@
 /*-------------------------------------------------------------------------
  *
  * snapshot.c
- *		SNAPSHOT phase: copy the existing rows of every mapped table as of
- *		the snapshot exported when the mirror's slot was created.
+ *		SNAPSHOT phase: copy the existing rows of the mapped tables as of one
+ *		consistent snapshot of the source, in parallel.
  *
- * Each table is read with COPY (SELECT <mapped columns> ...) TO STDOUT on a
- * connection that imported the exported snapshot, and written through the
- * destination's own COPY machinery (BeginCopyFrom with a data-source
- * callback, then CopyFrom): no row-by-row INSERT.  Binary format is used
- * when every column has the same built-in type on both sides (binary array
- * and record values embed type OIDs, which differ between servers for
- * user-defined types); otherwise text.
+ * The mirror worker is the coordinator.  It cuts every table into parts
+ * (planned by setup: leaf partitions, partition_key ranges, or heap block
+ * ranges), stores them in bunny.snapshot_part, and starts up to
+ * snapshot_max_parallel_workers snapshot workers.  Each worker imports the
+ * snapshot exported with the slot (SET TRANSACTION SNAPSHOT), claims parts
+ * one by one -- starting new tables only while fewer than
+ * snapshot_num_tables_in_parallel are in progress -- and copies each with
+ * binary COPY (SELECT ...) TO STDOUT on the source fed straight into the
+ * destination's COPY machinery (BeginCopyFrom with a data-source callback,
+ * then CopyFrom).  A part's rows commit together with the part's DONE mark
+ * and the table's rows_snapshotted, so a part is copied exactly once or not
+ * at all.  The worker that finishes a table's last part builds its
+ * constraints and indexes (tables are created bare, which makes the copy
+ * cheaper), takes over its sequence values and marks it SYNCED.  Foreign
+ * keys follow once every table is in, as DEFERRABLE INITIALLY DEFERRED.
  *
- * A table's copy commits together with its status SYNCED and its row count,
- * so a crash leaves every table either fully copied or untouched by the
- * copy.  Because the exported snapshot dies with the crash, setup then runs
- * again with a new slot and every table this phase had claimed (status
- * SNAPSHOT or SYNCED) is emptied and copied again.  A table that was not
- * empty before the copy is never touched: error 55000.
+ * Crashes.  The exported snapshot dies with the coordinator's connection,
+ * so after a crash the slot is kept and the tables that are not SYNCED are
+ * emptied and copied again from a new snapshot, exported by a temporary
+ * slot.  Their sync_lsn records that snapshot's position: CDC, which starts
+ * at the permanent slot's older position, skips their changes up to it.
+ * SYNCED tables are not copied again.
+ *
+ * A destination table that had rows before the copy is never touched:
+ * error 55000 naming the table.
  *
  *-------------------------------------------------------------------------
  */
@@ -25,6 +36,7 @@
 
 #include "access/table.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/copy.h"
@@ -34,12 +46,31 @@
 #include "parser/parse_node.h"
 #include "parser/parse_relation.h"
 #include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "replication/origin.h"
+#include "storage/ipc.h"
+#include "tcop/tcopprot.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/pg_lsn.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
+
+#define SNAPSHOT_MAX_ATTEMPTS	3
+
+/* what a snapshot worker is told at start (bgw_extra) */
+typedef struct SnapshotWorkerArgs
+{
+	Oid			dboid;
+	int32		mirror_id;
+	int32		slotno;
+	pid_t		coordinator_pid;
+	char		snapshot[64];
+} SnapshotWorkerArgs;
 
 /* the COPY OUT stream the data-source callback reads from */
 static PGconn *copy_conn = NULL;
@@ -47,6 +78,42 @@ static char *copy_buf = NULL;
 static int	copy_buf_len = 0;
 static int	copy_buf_pos = 0;
 static bool copy_done = false;
+
+/* in a snapshot worker: whose work we do */
+static SnapshotWorkerArgs my_args;
+
+/* run SQL on the destination through SPI, raising on failure */
+static void
+dest_sql(const char *sql, int nargs, Oid *types, Datum *values)
+{
+	int			rc;
+
+	SPI_connect();
+	rc = SPI_execute_with_args(sql, nargs, types, values, NULL, false, 0);
+	SPI_finish();
+	if (rc < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("bunnydb snapshot statement failed: %s", SPI_result_code_string(rc)),
+				 errdetail_internal("Statement: %s", sql)));
+}
+
+/* a snapshot worker gives up when its coordinator is gone */
+static void
+check_coordinator(void)
+{
+	bool		alive;
+
+	if (my_args.coordinator_pid == 0)
+		return;					/* we are the coordinator */
+	LWLockAcquire(BunnyState->lock, LW_SHARED);
+	alive = BunnyState->slots[my_args.slotno].pid == my_args.coordinator_pid;
+	LWLockRelease(BunnyState->lock);
+	if (!alive)
+		ereport(FATAL,
+				(errcode(ERRCODE_ADMIN_SHUTDOWN),
+				 errmsg("bunnydb snapshot worker exits: its mirror worker is gone")));
+}
 
 /*
  * Data-source callback of BeginCopyFrom: hand over between minread and
@@ -76,11 +143,13 @@ snapshot_copy_read(void *outbuf, int minread, int maxread)
 				int			rc;
 
 				rc = WaitLatchOrSocket(MyLatch,
-									   WL_EXIT_ON_PM_DEATH | WL_LATCH_SET | WL_SOCKET_READABLE,
-									   PQsocket(copy_conn), -1, PG_WAIT_EXTENSION);
+									   WL_EXIT_ON_PM_DEATH | WL_LATCH_SET | WL_SOCKET_READABLE |
+									   WL_TIMEOUT,
+									   PQsocket(copy_conn), 1000, PG_WAIT_EXTENSION);
 				if (rc & WL_LATCH_SET)
 					ResetLatch(MyLatch);
 				CHECK_FOR_INTERRUPTS();
+				check_coordinator();
 				if (!PQconsumeInput(copy_conn))
 					ereport(ERROR,
 							(errcode(ERRCODE_CONNECTION_FAILURE),
@@ -111,110 +180,40 @@ snapshot_copy_read(void *outbuf, int minread, int maxread)
 	return done;
 }
 
-/* {"table": ..., "rows": ...} for the log line of a finished copy */
-static char *
-snapshot_details_json(const char *table, uint64 rows)
+/*
+ * Copy one part: COPY (SELECT cols FROM from WHERE pred) TO STDOUT on the
+ * source into the destination table through CopyFrom.  Runs in the
+ * caller's transaction; returns the number of rows.
+ */
+static uint64
+snapshot_copy_range(PGconn *conn, const char *dest_schema, const char *dest_table,
+					List *columns, const char *from, const char *where, bool binary)
 {
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "{\"table\": ");
-	escape_json(&buf, table);
-	appendStringInfo(&buf, ", \"rows\": " UINT64_FORMAT "}", rows);
-	return buf.data;
-}
-
-/* true if every column has the same built-in type on both sides */
-static bool
-snapshot_binary_safe(Relation rel, List *columns)
-{
-	ListCell   *lc;
-
-	foreach(lc, columns)
-	{
-		CopyColumn *cc = lfirst(lc);
-		AttrNumber	attnum = get_attnum(RelationGetRelid(rel), cc->name);
-
-		if (attnum == InvalidAttrNumber || cc->typid >= FirstNormalObjectId ||
-			TupleDescAttr(RelationGetDescr(rel), attnum - 1)->atttypid != cc->typid)
-			return false;
-	}
-	return true;
-}
-
-/* copy one table inside the caller's snapshot transaction on conn */
-static void
-snapshot_copy_table(PGconn *conn, Mirror *m, CopyTable *ct)
-{
-	MirrorTable *mt = ct->mt;
-	const char *dest = quote_qualified_identifier(mt->dest_schema, mt->dest_table);
-	const char *src = quote_qualified_identifier(mt->source_schema, mt->source_table);
 	Relation	rel;
 	StringInfoData sql;
 	List	   *attnames = NIL;
 	List	   *options;
 	ListCell   *lc;
-	bool		binary;
-	bool		was_ours = (strcmp(mt->status, "SNAPSHOT") == 0 ||
-							strcmp(mt->status, "SYNCED") == 0);
 	ParseState *pstate;
 	CopyFromState cstate;
 	uint64		rows;
-	TimestampTz start = GetCurrentTimestamp();
 	PGresult   *res;
-	Oid			argtypes[4] = {INT4OID, TEXTOID, TEXTOID, INT8OID};
-	Datum		values[4];
 
-	bunny_ctx_table = dest;
-	pgstat_report_activity(STATE_RUNNING, psprintf("bunnydb: copying %s", src));
-
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-
-	rel = table_openrv(makeRangeVar(mt->dest_schema, mt->dest_table, -1), AccessExclusiveLock);
-
-	/* never overwrite rows that were there before us */
-	SPI_connect();
-	SPI_execute(psprintf("SELECT 1 FROM %s LIMIT 1", dest), true, 1);
-	if (SPI_processed > 0)
-	{
-		if (!was_ours)
-		{
-			SPI_finish();
-			bunny_error_is_permanent = true;
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("destination table %s is not empty", dest),
-					 errdetail("The initial snapshot never overwrites existing rows."),
-					 errhint("Empty the table, or create the mirror with do_initial_snapshot => false.")));
-		}
-		/* our own copy from an attempt that crashed */
-		SPI_execute(psprintf("TRUNCATE %s", dest), false, 0);
-	}
-	values[0] = Int32GetDatum(m->id);
-	values[1] = CStringGetTextDatum(mt->source_schema);
-	values[2] = CStringGetTextDatum(mt->source_table);
-	values[3] = Int64GetDatum(0);
-	SPI_execute_with_args("UPDATE bunny.mirror_table SET status = 'SNAPSHOT', rows_snapshotted = 0 "
-						  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-						  3, argtypes, values, NULL, false, 0);
-	SPI_finish();
-	bunny_log(m->name, "INFO", psprintf("copying table %s into %s", src, dest), NULL);
-
-	binary = snapshot_binary_safe(rel, ct->columns);
+	rel = table_openrv(makeRangeVar((char *) dest_schema, (char *) dest_table, -1),
+					   RowExclusiveLock);
 
 	initStringInfo(&sql);
 	appendStringInfoString(&sql, "COPY (SELECT ");
-	foreach(lc, ct->columns)
+	foreach(lc, columns)
 	{
-		CopyColumn *cc = lfirst(lc);
+		char	   *col = lfirst(lc);
 
-		appendStringInfo(&sql, "%s%s", lc == list_head(ct->columns) ? "" : ", ",
-						 quote_identifier(cc->name));
-		attnames = lappend(attnames, makeString(cc->name));
+		appendStringInfo(&sql, "%s%s", lc == list_head(columns) ? "" : ", ",
+						 quote_identifier(col));
+		attnames = lappend(attnames, makeString(col));
 	}
-	appendStringInfo(&sql, " FROM %s%s) TO STDOUT%s",
-					 ct->relkind == 'r' ? "ONLY " : "", src,
+	appendStringInfo(&sql, " FROM %s%s%s) TO STDOUT%s", from,
+					 where ? " WHERE " : "", where ? where : "",
 					 binary ? " (FORMAT binary)" : "");
 	res = stream_exec_ok(conn, sql.data, PGRES_COPY_OUT);
 	PQclear(res);
@@ -245,66 +244,723 @@ snapshot_copy_table(PGconn *conn, Mirror *m, CopyTable *ct)
 	copy_buf = NULL;
 	res = PQgetResult(conn);
 	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
-	{
-		char	   *msg = res ? pchomp(PQresultErrorMessage(res)) : pstrdup("no result");
-
-		if (res)
-			PQclear(res);
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_FAILURE),
-				 errmsg("copy of source table %s failed: %s", src, msg)));
-	}
+		stream_raise_result(conn, res);
 	PQclear(res);
 	while ((res = PQgetResult(conn)) != NULL)
 		PQclear(res);
 
 	table_close(rel, NoLock);
+	return rows;
+}
 
+/*
+ * Take over the source's current sequence values ([{"source", "dest"}]).
+ * Sequences are not replicated by the stream; this sets them once, after
+ * the copy, so that the destination can take over writes.
+ */
+void
+snapshot_sync_sequences(PGconn *conn, const char *mirror_name, const char *sequences_json)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		vals[1];
+	int			n;
+	char	  **src;
+	char	  **dst;
+
+	vals[0] = CStringGetTextDatum(sequences_json ? sequences_json : "[]");
 	SPI_connect();
-	values[3] = Int64GetDatum((int64) rows);
-	SPI_execute_with_args("UPDATE bunny.mirror_table SET status = 'SYNCED', rows_snapshotted = $4, "
-						  "       last_synced_at = now() "
-						  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-						  4, argtypes, values, NULL, false, 0);
+	SPI_execute_with_args("SELECT s->>'source', s->>'dest' FROM jsonb_array_elements($1::jsonb) s",
+						  1, types, vals, NULL, true, 0);
+	n = (int) SPI_processed;
+	src = palloc(sizeof(char *) * (n + 1));
+	dst = palloc(sizeof(char *) * (n + 1));
+	for (int i = 0; i < n; i++)
+	{
+		src[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		dst[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+	}
+	for (int i = 0; i < n; i++)
+	{
+		PGresult   *res = stream_exec_ok(conn,
+										 psprintf("SELECT last_value, is_called FROM %s", src[i]),
+										 PGRES_TUPLES_OK);
+		char	   *sql = psprintf("SELECT pg_catalog.setval(%s, %s, %s)",
+								   quote_literal_cstr(dst[i]), PQgetvalue(res, 0, 0),
+								   PQgetvalue(res, 0, 1)[0] == 't' ? "true" : "false");
+
+		PQclear(res);
+		if (SPI_execute(sql, false, 0) < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not set sequence %s", dst[i])));
+	}
 	SPI_finish();
-	bunny_log(m->name, "INFO",
-			  psprintf("copied table %s: " UINT64_FORMAT " rows in %.3f s (%s format)", src, rows,
-					   (double) (GetCurrentTimestamp() - start) / 1000000.0,
-					   binary ? "binary" : "text"),
-			  snapshot_details_json(src, rows));
+	if (n > 0)
+		bunny_log(mirror_name, "INFO", psprintf("took over %d sequence value(s) from the source", n),
+				  NULL);
+}
+
+/* {"table": ..., "rows": ..., "seconds": ...} for the log line of a finished table */
+static char *
+table_done_json(const char *table, int64 rows, double secs)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoString(&buf, "{\"table\": ");
+	escape_json(&buf, table);
+	appendStringInfo(&buf, ", \"rows\": " INT64_FORMAT ", \"seconds\": %.3f}", rows, secs);
+	return buf.data;
+}
+
+/*
+ * A table whose parts are all copied: constraints and indexes, sequences,
+ * status SYNCED.  Idempotent (a crash may interrupt it).
+ */
+static void
+snapshot_finish_table(PGconn *conn, const char *mirror_name, int32 mirror_id,
+					  const char *schema, const char *table, bool indexes)
+{
+	Oid			types[3] = {INT4OID, TEXTOID, TEXTOID};
+	Datum		vals[3];
+	char	   *dest;
+	char	   *ddl;
+	char	   *seqs;
+	char	   *rows;
+	char	   *secs;
+	char	   *src = (char *) quote_qualified_identifier(schema, table);
+
+	vals[0] = Int32GetDatum(mirror_id);
+	vals[1] = CStringGetTextDatum(schema);
+	vals[2] = CStringGetTextDatum(table);
+	dest = bunny_spi_scalar("SELECT format('%I.%I', destination_schema, destination_table) "
+							"  FROM bunny.mirror_table "
+							" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+							3, types, vals, NULL);
+	ddl = bunny_spi_scalar("SELECT post_copy_ddl::text FROM bunny.mirror_table "
+						   " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+						   3, types, vals, NULL);
+	seqs = bunny_spi_scalar("SELECT sequences::text FROM bunny.mirror_table "
+							" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+							3, types, vals, NULL);
+	bunny_ctx_table = dest;
+	pgstat_report_activity(STATE_RUNNING, psprintf("bunnydb: indexing %s", dest));
+	catalog_apply_ddl(mirror_name, dest, ddl, indexes);
+	snapshot_sync_sequences(conn, mirror_name, seqs);
+	rows = bunny_spi_scalar("SELECT rows_snapshotted::text FROM bunny.mirror_table "
+							" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+							3, types, vals, NULL);
+	secs = bunny_spi_scalar("SELECT extract(epoch FROM clock_timestamp() - snapshot_started_at)::text "
+							"  FROM bunny.mirror_table "
+							" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+							3, types, vals, NULL);
+	dest_sql("UPDATE bunny.mirror_table SET status = 'SYNCED', last_synced_at = now() "
+			 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+			 3, types, vals);
+	bunny_log(mirror_name, "INFO",
+			  psprintf("copied table %s: %s rows in %.3f s", src, rows ? rows : "0",
+					   secs ? atof(secs) : 0.0),
+			  table_done_json(src, rows ? atoll(rows) : 0, secs ? atof(secs) : 0.0));
+	bunny_ctx_table = NULL;
+}
+
+/*
+ * Claim the next part, or return false.  A part of a table already in
+ * progress comes first; a new table is started only while fewer than
+ * tables_in_parallel tables are in progress.  Serialised per mirror by an
+ * advisory lock so that the limit holds.
+ */
+static bool
+snapshot_claim_part(int32 mirror_id, int tables_in_parallel, char **schema, char **table,
+					int *part_no)
+{
+	Oid			types[2] = {INT4OID, INT4OID};
+	Datum		vals[2];
+	bool		found = false;
+	MemoryContext cxt = CurrentMemoryContext;
+
+	vals[0] = Int32GetDatum(mirror_id);
+	vals[1] = Int32GetDatum(tables_in_parallel);
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	SPI_execute_with_args("SELECT pg_advisory_xact_lock(hashtext('bunnydb.snapshot'), $1)",
+						  1, types, vals, NULL, false, 0);
+	SPI_execute_with_args(
+						  "WITH tables AS ( "
+						  "  SELECT source_schema, source_table, "
+						  "         bool_or(status <> 'PENDING') AS started, "
+						  "         bool_or(status <> 'DONE') AS unfinished "
+						  "    FROM bunny.snapshot_part WHERE mirror_id = $1 "
+						  "   GROUP BY 1, 2), "
+						  "next AS ( "
+						  "  SELECT p.source_schema, p.source_table, p.part_no "
+						  "    FROM bunny.snapshot_part p "
+						  "    JOIN tables t USING (source_schema, source_table) "
+						  "   WHERE p.mirror_id = $1 AND p.status = 'PENDING' "
+						  "     AND (t.started OR (SELECT count(*) FROM tables "
+						  "                         WHERE started AND unfinished) < $2) "
+						  "   ORDER BY t.started DESC, p.source_schema, p.source_table, p.part_no "
+						  "   LIMIT 1) "
+						  "UPDATE bunny.snapshot_part p "
+						  "   SET status = 'RUNNING', worker_pid = pg_backend_pid(), "
+						  "       attempts = attempts + 1 "
+						  "  FROM next "
+						  " WHERE p.mirror_id = $1 AND p.source_schema = next.source_schema "
+						  "   AND p.source_table = next.source_table AND p.part_no = next.part_no "
+						  "RETURNING p.source_schema::text, p.source_table::text, p.part_no",
+						  2, types, vals, NULL, false, 0);
+	if (SPI_processed == 1)
+	{
+		bool		isnull;
+
+		*schema = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		*table = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+		*part_no = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+		found = true;
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	return found;
+}
+
+/* text[] column of the current SPI row as a List of C strings */
+static List *
+spi_text_list(int row, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc, col, &isnull);
+	List	   *result = NIL;
+	Datum	   *elems;
+	int			n;
+
+	if (isnull)
+		return NIL;
+	deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT, &elems, NULL, &n);
+	for (int i = 0; i < n; i++)
+		result = lappend(result, TextDatumGetCString(elems[i]));
+	return result;
+}
+
+/*
+ * Copy one claimed part and commit it with its bookkeeping; returns true if
+ * that was the table's last part.
+ */
+static bool
+snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
+				   const char *schema, const char *table, int part_no)
+{
+	Oid			types[4] = {INT4OID, TEXTOID, TEXTOID, INT4OID};
+	Datum		vals[4];
+	char	   *dest_schema,
+			   *dest_table,
+			   *from,
+			   *where;
+	List	   *columns;
+	bool		binary,
+				first,
+				last;
+	int			nparts;
+	uint64		rows;
+	char	   *src = (char *) quote_qualified_identifier(schema, table);
+
+	vals[0] = Int32GetDatum(mirror_id);
+	vals[1] = CStringGetTextDatum(schema);
+	vals[2] = CStringGetTextDatum(table);
+	vals[3] = Int32GetDatum(part_no);
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	SPI_execute_with_args("SELECT t.destination_schema::text, t.destination_table::text, "
+						  "       t.copy_columns::text[], t.copy_binary, p.from_relation, p.predicate, "
+						  "       t.snapshot_started_at IS NULL, "
+						  "       (SELECT count(*) FROM bunny.snapshot_part q "
+						  "         WHERE q.mirror_id = t.mirror_id AND q.source_schema = t.source_schema "
+						  "           AND q.source_table = t.source_table)::int "
+						  "  FROM bunny.mirror_table t JOIN bunny.snapshot_part p USING (mirror_id, source_schema, source_table) "
+						  " WHERE t.mirror_id = $1 AND t.source_schema = $2 AND t.source_table = $3 "
+						  "   AND p.part_no = $4",
+						  4, types, vals, NULL, true, 0);
+	if (SPI_processed != 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("snapshot part %d of %s vanished", part_no, src)));
+	{
+		MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
+		bool		isnull;
+
+		dest_schema = pstrdup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
+		dest_table = pstrdup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
+		columns = spi_text_list(0, 3);
+		binary = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 4, &isnull));
+		from = pstrdup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5));
+		where = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6);
+		where = where ? pstrdup(where) : NULL;
+		first = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull));
+		nparts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8, &isnull));
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+
+	bunny_ctx_table = quote_qualified_identifier(dest_schema, dest_table);
+	if (first)
+	{
+		/* only the worker whose update wins announces the table */
+		SPI_connect();
+		SPI_execute_with_args("UPDATE bunny.mirror_table SET snapshot_started_at = clock_timestamp() "
+							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
+							  "   AND snapshot_started_at IS NULL", 3, types, vals, NULL, false, 0);
+		first = SPI_processed == 1;
+		SPI_finish();
+	}
+	if (first)
+	{
+		bunny_log(mirror_name, "INFO",
+				  psprintf("copying table %s into %s (%d part%s, %s format)", src, bunny_ctx_table,
+						   nparts, nparts == 1 ? "" : "s", binary ? "binary" : "text"), NULL);
+	}
+	pgstat_report_activity(STATE_RUNNING,
+						   psprintf("bunnydb: copying %s part %d of %d", src, part_no + 1, nparts));
+
+	rows = snapshot_copy_range(conn, dest_schema, dest_table, columns, from, where, binary);
+
+	{
+		Oid			t5[5] = {INT4OID, TEXTOID, TEXTOID, INT4OID, INT8OID};
+		Datum		v5[5] = {vals[0], vals[1], vals[2], vals[3], Int64GetDatum((int64) rows)};
+		char	   *left;
+
+		dest_sql("UPDATE bunny.snapshot_part SET status = 'DONE', rows_copied = $5, error_message = NULL "
+				 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 AND part_no = $4",
+				 5, t5, v5);
+		dest_sql("UPDATE bunny.mirror_table SET rows_snapshotted = rows_snapshotted + $5 "
+				 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 AND $4 >= 0",
+				 5, t5, v5);
+		/* whoever commits the last part finishes the table */
+		dest_sql("SELECT pg_advisory_xact_lock(hashtext('bunnydb.snapshot'), $1)", 1, t5, v5);
+		left = bunny_spi_scalar("SELECT count(*)::text FROM bunny.snapshot_part "
+								" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
+								"   AND status <> 'DONE'", 3, t5, v5, NULL);
+		last = left && strcmp(left, "0") == 0;
+		if (last)
+			dest_sql("UPDATE bunny.mirror_table SET copy_done = true "
+					 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+					 3, t5, v5);
+	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	bunny_ctx_table = NULL;
-	mt->status = "SYNCED";
+	return last;
 }
 
-/* copy every table of the mirror as of the exported snapshot */
+/* entry point of a snapshot worker */
 void
-snapshot_run(Mirror *m, const char *snapshot_name, List *copy_tables)
+bunny_snapshot_worker_main(Datum arg)
 {
 	PGconn	   *conn;
+	char	   *mirror_name;
+	char	   *conninfo;
+	int			tables_in_parallel;
+	bool		indexes;
+	ErrorContextCallback errcb;
+
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	memcpy(&my_args, MyBgworkerEntry->bgw_extra, sizeof(SnapshotWorkerArgs));
+	BackgroundWorkerInitializeConnectionByOid(my_args.dboid, InvalidOid, 0);
+
+	SetConfigOption("session_replication_role", "replica", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("search_path", "pg_catalog", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
+	{
+		Mirror	   *m;
+
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		MemoryContextSwitchTo(TopMemoryContext);
+		m = catalog_load_mirror(my_args.mirror_id, false);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(TopMemoryContext);
+		if (m == NULL)
+			proc_exit(0);
+		mirror_name = m->name;
+		conninfo = m->conninfo;
+		tables_in_parallel = m->snapshot_tables_in_parallel;
+		indexes = m->replicate_indexes;
+	}
+	SetConfigOption("application_name", psprintf("bunnydb:%s", mirror_name), PGC_USERSET, PGC_S_OVERRIDE);
+	bunny_ctx_mirror = mirror_name;
+	errcb.callback = bunny_error_context;
+	errcb.arg = NULL;
+	errcb.previous = error_context_stack;
+	error_context_stack = &errcb;
+
+	/* errors end the process; the coordinator puts our part back */
+	conn = stream_connect(conninfo, psprintf("bunnydb:%s", mirror_name), false);
+	stream_exec_command(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+	stream_exec_command(conn, psprintf("SET TRANSACTION SNAPSHOT %s",
+									   quote_literal_cstr(my_args.snapshot)));
+
+	for (;;)
+	{
+		char	   *schema;
+		char	   *table;
+		int			part_no;
+
+		CHECK_FOR_INTERRUPTS();
+		check_coordinator();
+		if (!snapshot_claim_part(my_args.mirror_id, tables_in_parallel, &schema, &table, &part_no))
+			break;
+		if (snapshot_copy_part(conn, mirror_name, my_args.mirror_id, schema, table, part_no))
+		{
+			StartTransactionCommand();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			snapshot_finish_table(conn, mirror_name, my_args.mirror_id, schema, table, indexes);
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+		}
+	}
+	stream_exec_command(conn, "COMMIT");
+	PQfinish(conn);
+	proc_exit(0);
+}
+
+/* start one snapshot worker; NULL if no background worker slot is free */
+static BackgroundWorkerHandle *
+start_snapshot_worker(Mirror *m, const char *snapshot_name)
+{
+	BackgroundWorker bgw;
+	BackgroundWorkerHandle *handle;
+	SnapshotWorkerArgs args;
+
+	memset(&args, 0, sizeof(args));
+	args.dboid = MyDatabaseId;
+	args.mirror_id = m->id;
+	args.slotno = MySlot - BunnyState->slots;
+	args.coordinator_pid = MyProcPid;
+	strlcpy(args.snapshot, snapshot_name, sizeof(args.snapshot));
+
+	memset(&bgw, 0, sizeof(bgw));
+	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw.bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "bunnydb");
+	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "bunny_snapshot_worker_main");
+	snprintf(bgw.bgw_name, BGW_MAXLEN, "bunnydb snapshot %s", m->name);
+	snprintf(bgw.bgw_type, BGW_MAXLEN, "bunnydb snapshot %s", m->name);
+	bgw.bgw_notify_pid = MyProcPid;
+	StaticAssertStmt(sizeof(SnapshotWorkerArgs) <= BGW_EXTRALEN, "snapshot worker args too large");
+	memcpy(bgw.bgw_extra, &args, sizeof(args));
+	if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
+		return NULL;
+	return handle;
+}
+
+/*
+ * Prepare the copy of every table that is not SYNCED: empty our own
+ * partial copies, refuse tables that had rows of their own, (re)create
+ * their parts.  Committed and flushed before any worker starts.
+ */
+static int
+snapshot_prepare(Mirror *m, XLogRecPtr sync_lsn)
+{
+	Oid			types[2] = {INT4OID, LSNOID};
+	Datum		vals[2];
+	char		nulls[2] = {' ', ' '};
+	int			nparts;
+	uint64		ntables;
+	char	  **dest;
+	char	  **status;
+
+	vals[0] = Int32GetDatum(m->id);
+	vals[1] = LSNGetDatum(sync_lsn);
+	if (sync_lsn == InvalidXLogRecPtr)
+		nulls[1] = 'n';
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	catalog_set_status(m->id, "SNAPSHOT", "SNAPSHOT");
+
+	SPI_connect();
+	SPI_execute_with_args("SELECT format('%I.%I', destination_schema, destination_table), status "
+						  "  FROM bunny.mirror_table WHERE mirror_id = $1 AND status <> 'SYNCED' "
+						  " ORDER BY 1", 1, types, vals, NULL, true, 0);
+	ntables = SPI_processed;
+	dest = palloc(sizeof(char *) * (ntables + 1));
+	status = palloc(sizeof(char *) * (ntables + 1));
+	for (uint64 i = 0; i < ntables; i++)
+	{
+		dest[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		status[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+	}
+	for (uint64 i = 0; i < ntables; i++)
+	{
+		bunny_ctx_table = dest[i];
+		SPI_execute(psprintf("SELECT 1 FROM %s LIMIT 1", dest[i]), true, 1);
+		if (SPI_processed == 0)
+			continue;
+		if (strcmp(status[i], "SNAPSHOT") == 0)
+		{
+			/* our own copy from an attempt that was interrupted */
+			SPI_execute(psprintf("TRUNCATE %s", dest[i]), false, 0);
+			continue;
+		}
+		bunny_error_is_permanent = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("destination table %s is not empty", dest[i]),
+				 errdetail("The initial snapshot never overwrites existing rows."),
+				 errhint("Empty the table, or create the mirror with do_initial_snapshot => false; then call bunny.retry_mirror().")));
+	}
+	bunny_ctx_table = NULL;
+
+	SPI_execute_with_args("DELETE FROM bunny.snapshot_part p USING bunny.mirror_table t "
+						  " WHERE p.mirror_id = $1 AND t.mirror_id = p.mirror_id "
+						  "   AND t.source_schema = p.source_schema AND t.source_table = p.source_table "
+						  "   AND t.status <> 'SYNCED'", 1, types, vals, NULL, false, 0);
+	SPI_execute_with_args("INSERT INTO bunny.snapshot_part (mirror_id, source_schema, source_table, "
+						  "                                 part_no, from_relation, predicate) "
+						  "SELECT t.mirror_id, t.source_schema, t.source_table, (p.n - 1)::int, "
+						  "       p.part->>'from', p.part->>'where' "
+						  "  FROM bunny.mirror_table t, "
+						  "       jsonb_array_elements(coalesce(t.copy_parts, '[]')) WITH ORDINALITY p(part, n) "
+						  " WHERE t.mirror_id = $1 AND t.status <> 'SYNCED'",
+						  1, types, vals, NULL, false, 0);
+	nparts = (int) SPI_processed;
+	SPI_execute_with_args("UPDATE bunny.mirror_table "
+						  "   SET status = 'SNAPSHOT', rows_snapshotted = 0, copy_done = false, "
+						  "       snapshot_started_at = NULL, sync_lsn = $2, error_message = NULL "
+						  " WHERE mirror_id = $1 AND status <> 'SYNCED'",
+						  2, types, vals, nulls, false, 0);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	XLogFlush(XactLastCommitEnd);
+	return nparts;
+}
+
+/* RUNNING parts whose worker is gone go back to PENDING (or fail the copy) */
+static void
+snapshot_reclaim_parts(Mirror *m, List *live_pids)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		vals[1] = {Int32GetDatum(m->id)};
+	StringInfoData pids;
 	ListCell   *lc;
-	char	   *appname = psprintf("bunnydb:%s", m->name);
+	char	   *failed;
+
+	initStringInfo(&pids);
+	appendStringInfoString(&pids, "{0");
+	foreach(lc, live_pids)
+		appendStringInfo(&pids, ",%d", lfirst_int(lc));
+	appendStringInfoChar(&pids, '}');
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	failed = bunny_spi_scalar(psprintf("SELECT format('part %%s of %%I.%%I failed %%s times', part_no + 1, "
+									   "              source_schema, source_table, attempts) "
+									   "  FROM bunny.snapshot_part "
+									   " WHERE mirror_id = $1 AND status = 'RUNNING' "
+									   "   AND NOT (worker_pid = ANY ('%s'::int[])) AND attempts >= %d "
+									   " LIMIT 1", pids.data, SNAPSHOT_MAX_ATTEMPTS),
+							  1, types, vals, NULL);
+	if (failed)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("initial copy failed: %s", failed),
+				 errhint("See the ERROR lines of bunny.logs() for the cause.")));
+	dest_sql(psprintf("UPDATE bunny.snapshot_part SET status = 'PENDING', worker_pid = NULL "
+					  " WHERE mirror_id = $1 AND status = 'RUNNING' "
+					  "   AND NOT (worker_pid = ANY ('%s'::int[]))", pids.data),
+			 1, types, vals);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
+ * Copy every table that is not SYNCED with the given exported snapshot,
+ * using snapshot workers, then finish tables, foreign keys and sequences.
+ * sync_lsn is the snapshot's position when it is not the slot's own.
+ */
+void
+snapshot_run(Mirror *m, const char *snapshot_name, XLogRecPtr sync_lsn)
+{
+	int			nparts;
+	int			nworkers;
+	BackgroundWorkerHandle **handles;
+	Oid			types[1] = {INT4OID};
+	Datum		vals[1] = {Int32GetDatum(m->id)};
 
 	if (snapshot_name == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROTOCOL_VIOLATION),
 				 errmsg("the source exported no snapshot for the initial copy")));
 
-	conn = stream_connect(m->conninfo, appname, false);
-	PG_TRY();
+	nparts = snapshot_prepare(m, sync_lsn);
+	nworkers = Max(1, Min(m->snapshot_max_workers, nparts));
+	handles = palloc0(sizeof(BackgroundWorkerHandle *) * nworkers);
+	bunny_log(m->name, "INFO",
+			  psprintf("initial copy started: %d part(s), up to %d worker(s), %d table(s) at a time",
+					   nparts, nworkers, m->snapshot_tables_in_parallel), NULL);
+	pgstat_report_activity(STATE_RUNNING, "bunnydb: initial copy");
+
+	for (;;)
 	{
-		stream_exec_command(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
-		stream_exec_command(conn, psprintf("SET TRANSACTION SNAPSHOT %s",
-										   quote_literal_cstr(snapshot_name)));
-		foreach(lc, copy_tables)
-			snapshot_copy_table(conn, m, lfirst(lc));
-		stream_exec_command(conn, "COMMIT");
+		List	   *live = NIL;
+		int			nlive = 0;
+		char	   *left;
+
+		for (int i = 0; i < nworkers; i++)
+		{
+			pid_t		pid;
+
+			if (handles[i] == NULL)
+				continue;
+			if (GetBackgroundWorkerPid(handles[i], &pid) == BGWH_STOPPED)
+			{
+				pfree(handles[i]);
+				handles[i] = NULL;
+				continue;
+			}
+			if (pid > 0)
+				live = lappend_int(live, pid);
+			nlive++;
+		}
+		snapshot_reclaim_parts(m, live);
+
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		left = bunny_spi_scalar("SELECT count(*) FILTER (WHERE status <> 'DONE')::text "
+								"  FROM bunny.snapshot_part WHERE mirror_id = $1",
+								1, types, vals, NULL);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		if (left == NULL || strcmp(left, "0") == 0)
+			break;
+
+		/* keep the pool full while there is work */
+		for (int i = 0; i < nworkers && nlive < atoi(left); i++)
+		{
+			if (handles[i] != NULL)
+				continue;
+			handles[i] = start_snapshot_worker(m, snapshot_name);
+			if (handles[i] != NULL)
+				nlive++;
+		}
+		if (nlive == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("could not start any snapshot worker"),
+					 errhint("Increase max_worker_processes.")));
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 1000, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		bunny_check_control();
 	}
-	PG_FINALLY();
+
+	/* wait for the workers to go (one may still be finishing a table) */
+	for (int i = 0; i < nworkers; i++)
+		if (handles[i] != NULL)
+			(void) WaitForBackgroundWorkerShutdown(handles[i]);
+
+	/* tables whose finishing step was interrupted, then foreign keys */
 	{
+		PGconn	   *conn = stream_connect(m->conninfo, psprintf("bunnydb:%s", m->name), false);
+		uint64		n;
+		char	  **schemas;
+		char	  **tables;
+
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		SPI_connect();
+		SPI_execute_with_args("SELECT source_schema::text, source_table::text FROM bunny.mirror_table "
+							  " WHERE mirror_id = $1 AND status <> 'SYNCED'",
+							  1, types, vals, NULL, true, 0);
+		n = SPI_processed;
+		schemas = palloc(sizeof(char *) * (n + 1));
+		tables = palloc(sizeof(char *) * (n + 1));
+		for (uint64 i = 0; i < n; i++)
+		{
+			schemas[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+			tables[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		}
+		SPI_finish();
+		for (uint64 i = 0; i < n; i++)
+			snapshot_finish_table(conn, m->name, m->id, schemas[i], tables[i], m->replicate_indexes);
+		if (m->replicate_foreign_keys)
+			dest_sql("SELECT bunny._apply_ddl(m.name, "
+					 "         format('%I.%I', t.destination_schema, t.destination_table)::regclass, "
+					 "         t.fk_ddl) "
+					 "  FROM bunny.mirror_table t JOIN bunny.mirror m ON m.id = t.mirror_id "
+					 " WHERE t.mirror_id = $1 AND t.created_by_bunny",
+					 1, types, vals);
+		bunny_log(m->name, "INFO", "initial copy finished", NULL);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
 		PQfinish(conn);
-		copy_conn = NULL;
 	}
-	PG_END_TRY();
+}
+
+/*
+ * Resume an interrupted SNAPSHOT phase on the replication connection conn:
+ * keep the mirror's slot, copy the unfinished tables from a new snapshot
+ * (a temporary slot's), and commit the switch to CDC at the permanent
+ * slot's position.  Without the permanent slot, setup starts over.
+ */
+void
+snapshot_recover(PGconn *conn, Mirror *m)
+{
+	PGresult   *res;
+	XLogRecPtr	slot_lsn;
+	XLogRecPtr	tmp_lsn;
+	char	   *snapshot;
+	PGconn	   *tmp;
+
+	res = stream_exec_ok(conn,
+						 psprintf("SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots "
+								  " WHERE slot_name = %s", quote_literal_cstr(m->slot_name)),
+						 PGRES_TUPLES_OK);
+	if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0))
+	{
+		PQclear(res);
+		bunny_log(m->name, "WARNING", "replication slot missing during the initial copy; starting setup over",
+				  NULL);
+		setup_run(conn, m);
+		return;
+	}
+	slot_lsn = DatumGetLSN(DirectFunctionCall1(pg_lsn_in, CStringGetDatum(PQgetvalue(res, 0, 0))));
+	PQclear(res);
+
+	tmp = stream_connect(m->conninfo, psprintf("bunnydb:%s", m->name), true);
+	res = stream_exec_ok(tmp,
+						 psprintf("CREATE_REPLICATION_SLOT %s TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
+								  quote_identifier(psprintf("bunny_tmp_%d_%d", m->id, MyProcPid))),
+						 PGRES_TUPLES_OK);
+	tmp_lsn = DatumGetLSN(DirectFunctionCall1(pg_lsn_in, CStringGetDatum(PQgetvalue(res, 0, 1))));
+	snapshot = pstrdup(PQgetvalue(res, 0, 2));
+	PQclear(res);
+	bunny_log(m->name, "INFO",
+			  psprintf("resuming the initial copy of unfinished tables from a new snapshot at %X/%X",
+					   LSN_FORMAT_ARGS(tmp_lsn)), NULL);
+
+	snapshot_run(m, snapshot, tmp_lsn);
+	PQfinish(tmp);
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	catalog_set_table_status(m->id, "SYNCED");
+	catalog_set_status(m->id, "RUNNING", "CDC");
+	bunny_log(m->name, "INFO",
+			  psprintf("setup complete; streaming changes from %X/%X", LSN_FORMAT_ARGS(slot_lsn)), NULL);
+	replorigin_session_origin_lsn = slot_lsn;
+	replorigin_session_origin_timestamp = GetCurrentTimestamp();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	replorigin_session_origin_lsn = InvalidXLogRecPtr;
+	replorigin_session_origin_timestamp = 0;
 }

@@ -244,11 +244,24 @@ worker_run(void)
 
 	if (strcmp(m->phase, "CDC") != 0)
 	{
-		/* setup (and the initial copy) are redone from the start */
-		setup_run(source_conn, m);
+		if (strcmp(m->phase, "SNAPSHOT") == 0)
+			snapshot_recover(source_conn, m);
+		else
+			setup_run(source_conn, m);
 		/* the slot's snapshot connection is spent: stream on a new one */
 		stream_disconnect(&source_conn);
 		source_conn = stream_connect(m->conninfo, appname, true);
+
+		/* the copy may have set per-table start positions (sync_lsn) */
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		MemoryContextSwitchTo(workercxt);
+		m = catalog_load_mirror(my_mirror_id, false);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(workercxt);
+		if (m == NULL)
+			return;
 	}
 	else if (strcmp(m->status, "RUNNING") != 0)
 	{
