@@ -1276,6 +1276,50 @@ decide_binary_mode(void)
 }
 
 /*
+ * The slot and the publication must still exist on the source.  Without the
+ * slot the changes since last_lsn are gone: nothing but a resync can make
+ * the destination whole again, so the mirror fails rather than create a new
+ * slot silently.
+ */
+static void
+check_slot_and_publication(void)
+{
+	PGresult   *res;
+	bool		slot_ok,
+				pub_ok;
+
+	res = stream_exec_ok(conn,
+						 psprintf("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots "
+								  "                WHERE slot_name = %s), "
+								  "       EXISTS (SELECT 1 FROM pg_catalog.pg_publication "
+								  "                WHERE pubname = %s)",
+								  quote_literal_cstr(mirror->slot_name),
+								  quote_literal_cstr(mirror->publication_name)),
+						 PGRES_TUPLES_OK);
+	slot_ok = PQgetvalue(res, 0, 0)[0] == 't';
+	pub_ok = PQgetvalue(res, 0, 1)[0] == 't';
+	PQclear(res);
+	if (!slot_ok)
+	{
+		bunny_error_is_permanent = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("replication slot \"%s\" no longer exists on the source", mirror->slot_name),
+				 errdetail("Changes made on the source since the last applied position cannot be streamed any more."),
+				 errhint("A resync is needed: bunny.resync_mirror('%s').", mirror->name)));
+	}
+	if (!pub_ok)
+	{
+		bunny_error_is_permanent = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("publication \"%s\" no longer exists on the source", mirror->publication_name),
+				 errhint("Recreate it on the source (CREATE PUBLICATION %s FOR TABLE ...) with the mirror's tables, then call bunny.retry_mirror('%s').",
+						 quote_identifier(mirror->publication_name), mirror->name)));
+	}
+}
+
+/*
  * Stream from the slot and apply until told to stop; returns only by
  * error or proc_exit.
  */
@@ -1307,6 +1351,7 @@ apply_stream(PGconn *source_conn, Mirror *m)
 		callback_registered = true;
 	}
 
+	check_slot_and_publication();
 	binary_mode = decide_binary_mode();
 	startpos = replorigin_session_get_progress(false);
 	last_received = startpos;

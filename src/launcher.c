@@ -248,15 +248,20 @@ launcher_manage_slots(void)
 				slot->next_start = now;
 			}
 			slot->last_exit_failed = false;
-			/* whether it comes back is the catalog's decision */
+			/*
+			 * Whether it comes back is the catalog's decision; the slot (and
+			 * its backoff) stays until the scan has answered.
+			 */
 			slot->wanted = false;
+			slot->scan_pending = true;
 			bunny_request_rescan(slot->dboid);
 			continue;
 		}
 
 		if (!slot->wanted)
 		{
-			slot->in_use = false;
+			if (!slot->scan_pending)
+				slot->in_use = false;
 			continue;
 		}
 		if (Max(slot->next_start, first_start_at) > now)
@@ -393,6 +398,11 @@ bunny_launcher_main(Datum arg)
 			timeout = Min(timeout, TimestampDifferenceMilliseconds(GetCurrentTimestamp(), next) + 1);
 		if (scan_queue != NIL && scan_handle == NULL)
 			timeout = Min(timeout, 1000);	/* retry a scan that found no room */
+		/* a worker that just exited asked for a rescan: no sleeping */
+		LWLockAcquire(BunnyState->lock, LW_SHARED);
+		if (BunnyState->n_rescan > 0 || BunnyState->rescan_all)
+			timeout = 0;
+		LWLockRelease(BunnyState->lock);
 
 		(void) WaitLatch(MyLatch,
 						 WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -464,6 +474,7 @@ bunny_scan_main(Datum arg)
 
 		if (!slot->in_use || slot->dboid != dboid)
 			continue;
+		slot->scan_pending = false;
 		for (int j = 0; j < nwanted; j++)
 			if (ids[j] == slot->mirror_id)
 				found = true;
@@ -491,6 +502,7 @@ bunny_scan_main(Datum arg)
 					slot->next_start = 0;
 					slot->last_exit_failed = false;
 					slot->control_pending = false;
+					slot->scan_pending = false;
 					SpinLockAcquire(&slot->mutex);
 					slot->source_lsn = InvalidXLogRecPtr;
 					slot->processed_lsn = InvalidXLogRecPtr;
