@@ -652,6 +652,25 @@ ok( (query_value($dest,
 			"SELECT last_lsn IS NOT NULL AND last_lsn > '0/0' FROM bunny.mirrors WHERE name = 'm1'"
 		) // '') eq 't',
 	'm1 last_lsn is set');
+ok( poll_until(
+		sub {
+			(query_value($dest,
+					"SELECT lag_seconds = 0 FROM bunny.mirrors WHERE name = 'm1'")
+				  // '') eq 't';
+		},
+		20),
+	'm1 lag_seconds is 0 once caught up');
+ok( (query_value($dest,
+			"SELECT total_rows_synced > 0 FROM bunny.mirrors WHERE name = 'm1'")
+		  // '') eq 't',
+	'm1 total_rows_synced counts applied rows');
+is( query_value(
+		$dest,
+		"SELECT rows_inserted > 0 AND rows_updated > 0 AND rows_deleted > 0 "
+		  . "FROM bunny.mirror_tables WHERE mirror = 'm1' AND source_table = 'public.t1'"
+	),
+	't',
+	'bunny.mirror_tables counts inserts, updates and deletes of public.t1');
 
 my $dest_log = slurp_file($dest->logfile);
 unlike($dest_log, qr/terminated by signal|PANIC|TRAP:/,

@@ -76,11 +76,13 @@ my $script_bulk  = "$dir/bulk.sql";
 PostgreSQL::Test::Utils::append_to_file(
 	$script_small, q{
 \set aid random(1, 1000)
+\set bid random(1, 1000)
 \set delta random(-500, 500)
 \set p random(1, 4)
 BEGIN;
 UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n \gset
-UPDATE accounts SET balance = balance + :delta, version = version + 1, note = md5(:n::text) WHERE id = :aid;
+UPDATE accounts SET balance = balance - :delta, version = version + 1, note = md5(:n::text) WHERE id = :aid;
+UPDATE accounts SET balance = balance + :delta, version = version + 1 WHERE id = :bid;
 INSERT INTO history (client, aid, delta, txno, ts) VALUES (:client_id, :aid, :delta, :n, clock_timestamp());
 INSERT INTO events (k, client, payload) VALUES ('k' || :n, :client_id, repeat(md5(:n::text), 1 + :p * 5));
 DELETE FROM events WHERE id = (SELECT max(id) FROM events) - :p;
@@ -127,11 +129,44 @@ sub finish_load
 	return $tx;
 }
 
+# Invariants that hold on the source at every commit: every transaction
+# bumps the counter once and inserts exactly one history row, and transfers
+# keep the sum of all balances at 0. A reader on the destination must never
+# see a state that breaks them (no half-applied source transaction).
+my ($samples, $violations) = (0, 0);
+
+sub sample_invariants
+{
+	my $r = query_value($dest,
+		    "SELECT (SELECT n FROM counter WHERE id = 1) || ':' || "
+		  . "(SELECT count(*) FROM history) || ':' || "
+		  . "(SELECT coalesce(sum(balance), 0) FROM accounts)",
+		timeout => 10);
+	return unless defined $r && $r =~ /^(\d+):(\d+):(-?\d+)$/;
+	$samples++;
+	if ($1 != $2 || $3 != 0)
+	{
+		$violations++;
+		diag("destination shows a partial transaction: counter=$1 "
+			  . "history rows=$2 sum(balance)=$3")
+		  if $violations <= 5;
+	}
+	return;
+}
+
+# Wait until $offset seconds after the load started, sampling the
+# destination's invariants meanwhile.
 sub sleep_until
 {
 	my ($load, $offset) = @_;
-	my $t = $load->{started} + $offset - time();
-	usleep(int($t * 1_000_000)) if $t > 0;
+	my $deadline = $load->{started} + $offset;
+	while (time() < $deadline)
+	{
+		sample_invariants();
+		my $t = $deadline - time();
+		$t = 0.1 if $t > 0.1;
+		usleep(int($t * 1_000_000)) if $t > 0;
+	}
 	return;
 }
 
@@ -197,6 +232,7 @@ foreach my $at (4, 10, 16)
 	sleep_until($load, $at);
 	kill_worker();
 }
+sleep_until($load, 24);
 my $tx1 = finish_load($load, 1);
 check_phase('after worker SIGKILLs');
 
@@ -216,6 +252,7 @@ foreach my $at (4, 12)
 	ok(wait_for_status($dest, $mirror, 'RUNNING', 90),
 		'mirror RUNNING again after destination crash restart');
 }
+sleep_until($load, 20);
 my $tx2 = finish_load($load, 1);
 check_phase('after destination immediate restarts');
 
@@ -263,6 +300,11 @@ check_phase('after source restart');
 # ---------------------------------------------------------------------------
 # Final
 # ---------------------------------------------------------------------------
+
+ok($samples >= 50, "invariants sampled on the destination ($samples samples)");
+is($violations, 0,
+	'destination never showed half of a source transaction '
+	  . '(counter = history rows, sum(balance) = 0)');
 
 is(mirror_field($dest, $mirror, 'status'), 'RUNNING', 'mirror still RUNNING');
 is( $source->safe_psql(
