@@ -175,7 +175,7 @@ CREATE FUNCTION bunny._wait_for_lsn(mirror_id integer, lsn pg_lsn, timeout_ms in
 CREATE FUNCTION bunny._worker_stats(
 	OUT mirror_id integer, OUT pid integer, OUT source_lsn pg_lsn,
 	OUT processed_lsn pg_lsn, OUT oldest_pending_commit timestamptz,
-	OUT last_commit_time timestamptz)
+	OUT last_commit_time timestamptz, OUT behind_since timestamptz)
 	RETURNS SETOF record
 	LANGUAGE c AS 'MODULE_PATHNAME', 'bunny_worker_stats';
 
@@ -626,6 +626,10 @@ DECLARE
 	v_id		integer;
 	v_suffix	text;
 	v_config	jsonb;
+	-- names this incarnation: the replication origin and the publication's
+	-- comment carry it, so nothing of an older mirror of the same name is
+	-- ever mistaken for ours
+	v_incarnation text := md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text);
 BEGIN
 	IF create_mirror.name IS NULL THEN
 		RAISE EXCEPTION 'mirror name must not be null' USING ERRCODE = '22004';
@@ -681,8 +685,7 @@ BEGIN
 							  incarnation, config)
 	VALUES (create_mirror.name, create_mirror.source_peer,
 			'bunny_slot_' || v_suffix, 'bunny_pub_' || v_suffix,
-			'bunnydb_' || v_suffix || '_' || (SELECT oid FROM pg_database WHERE datname = current_database()),
-			md5(random()::text || clock_timestamp()::text), v_config)
+			'bunnydb_' || v_incarnation, v_incarnation, v_config)
 	RETURNING id INTO v_id;
 
 	INSERT INTO bunny.mirror_table (mirror_id, source_schema, source_table, destination_schema,
@@ -882,8 +885,12 @@ CREATE VIEW bunny.mirrors AS
 				ELSE greatest(w.source_lsn - greatest(o.remote_lsn, w.processed_lsn), 0)::bigint
 		   END AS lag_bytes,
 		   CASE WHEN w.mirror_id IS NULL THEN NULL
-				WHEN w.oldest_pending_commit IS NULL THEN 0::double precision
-				ELSE greatest(extract(epoch FROM now() - w.oldest_pending_commit), 0)::double precision
+				WHEN w.oldest_pending_commit IS NOT NULL
+				THEN greatest(extract(epoch FROM clock_timestamp() - w.oldest_pending_commit), 0)::double precision
+				WHEN w.behind_since IS NOT NULL
+					 AND w.source_lsn > greatest(o.remote_lsn, w.processed_lsn)
+				THEN greatest(extract(epoch FROM clock_timestamp() - w.behind_since), 0)::double precision
+				ELSE 0::double precision
 		   END AS lag_seconds,
 		   m.total_rows_synced, m.last_sync_time, m.error_message, m.error_count,
 		   m.config, m.created_at

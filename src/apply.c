@@ -1020,6 +1020,8 @@ apply_batch_flush(void)
 	SpinLockAcquire(&MySlot->mutex);
 	if (processed > MySlot->processed_lsn)
 		MySlot->processed_lsn = processed;
+	if (MySlot->processed_lsn >= MySlot->source_lsn)
+		MySlot->behind_since = 0;
 	if (batch_last_commit_time)
 		MySlot->last_commit_time = batch_last_commit_time;
 	MySlot->oldest_pending_commit = 0;
@@ -1195,6 +1197,7 @@ apply_copydata(char *buf, int len)
 					MySlot->processed_lsn = end;
 					moved = true;
 				}
+				MySlot->behind_since = 0;
 				SpinLockRelease(&MySlot->mutex);
 				if (moved)
 					ConditionVariableBroadcast(&MySlot->progress_cv);

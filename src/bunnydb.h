@@ -64,6 +64,7 @@ typedef struct BunnyWorkerSlot
 	XLogRecPtr	processed_lsn;	/* everything before this is committed here */
 	TimestampTz oldest_pending_commit;	/* source commit time of oldest unapplied txn */
 	TimestampTz last_commit_time;	/* source commit time of last applied txn */
+	TimestampTz behind_since;	/* when the source was first seen ahead of us */
 	ConditionVariable progress_cv;	/* broadcast when processed_lsn moves */
 } BunnyWorkerSlot;
 

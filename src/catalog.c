@@ -97,6 +97,13 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 			 lock_row ? "FOR KEY SHARE OF m" : "");
 
 	SPI_connect();
+	/* the extension may have been dropped under a running worker */
+	SPI_execute("SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'bunnydb'", true, 1);
+	if (SPI_processed == 0)
+	{
+		SPI_finish();
+		return NULL;
+	}
 	spi_run(sql, 1, argtypes, values, NULL, false);
 	if (SPI_processed == 1)
 	{

@@ -359,12 +359,13 @@ bunny_worker_stats(PG_FUNCTION_ARGS)
 	for (int i = 0; i < bunny_max_mirror_workers; i++)
 	{
 		BunnyWorkerSlot *slot = &BunnyState->slots[i];
-		Datum		values[6];
-		bool		nulls[6] = {false, false, false, false, false, false};
+		Datum		values[7];
+		bool		nulls[7] = {false, false, false, false, false, false, false};
 		XLogRecPtr	source_lsn,
 					processed;
 		TimestampTz oldest,
-					last;
+					last,
+					behind;
 
 		if (!slot->in_use || slot->dboid != MyDatabaseId)
 			continue;
@@ -373,6 +374,7 @@ bunny_worker_stats(PG_FUNCTION_ARGS)
 		processed = slot->processed_lsn;
 		oldest = slot->oldest_pending_commit;
 		last = slot->last_commit_time;
+		behind = slot->behind_since;
 		SpinLockRelease(&slot->mutex);
 
 		values[0] = Int32GetDatum(slot->mirror_id);
@@ -386,6 +388,8 @@ bunny_worker_stats(PG_FUNCTION_ARGS)
 		nulls[4] = oldest == 0;
 		values[5] = TimestampTzGetDatum(last);
 		nulls[5] = last == 0;
+		values[6] = TimestampTzGetDatum(behind);
+		nulls[6] = behind == 0;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	LWLockRelease(BunnyState->lock);

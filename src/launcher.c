@@ -439,8 +439,9 @@ bunny_scan_main(Datum arg)
 	has_ext = (SPI_processed == 1);
 	if (has_ext)
 	{
+		/* paused mirrors get a worker too: it watches the source's position */
 		SPI_execute("SELECT id, name FROM bunny.mirror "
-					"WHERE status NOT IN ('PAUSED', 'FAILED') ORDER BY id", true, 0);
+					"WHERE status <> 'FAILED' ORDER BY id", true, 0);
 		nwanted = (int) SPI_processed;
 		ids = palloc(sizeof(int32) * (nwanted + 1));
 		names = palloc(sizeof(char *) * (nwanted + 1));
@@ -508,6 +509,7 @@ bunny_scan_main(Datum arg)
 					slot->processed_lsn = InvalidXLogRecPtr;
 					slot->oldest_pending_commit = 0;
 					slot->last_commit_time = 0;
+					slot->behind_since = 0;
 					SpinLockRelease(&slot->mutex);
 					break;
 				}

@@ -38,7 +38,9 @@
 #include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/pg_lsn.h"
 #include "utils/snapmgr.h"
+#include "utils/timestamp.h"
 
 BunnyWorkerSlot *MySlot = NULL;
 bool		bunny_error_is_permanent = false;
@@ -47,6 +49,9 @@ bool		bunny_error_is_permanent = false;
 const char *bunny_ctx_mirror = NULL;
 const char *bunny_ctx_table = NULL;
 XLogRecPtr	bunny_ctx_lsn = InvalidXLogRecPtr;
+
+/* how often a worker re-reads its catalog row without being asked */
+#define CATALOG_RECHECK_MS	10000
 
 static int32 my_mirror_id;
 static char *my_mirror_name;
@@ -149,6 +154,7 @@ worker_handle_error(void)
 void
 bunny_check_control(void)
 {
+	static TimestampTz last_check = 0;
 	bool		pending;
 	Mirror	   *m;
 	bool		stop = false;
@@ -157,8 +163,12 @@ bunny_check_control(void)
 	pending = MySlot->control_pending;
 	MySlot->control_pending = false;
 	LWLockRelease(BunnyState->lock);
+	/* now and then look anyway: the mirror or the extension may be gone */
+	if (TimestampDifferenceExceeds(last_check, GetCurrentTimestamp(), CATALOG_RECHECK_MS))
+		pending = true;
 	if (!pending)
 		return;
+	last_check = GetCurrentTimestamp();
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -183,6 +193,85 @@ bunny_check_control(void)
 		stream_disconnect(&source_conn);
 		proc_exit(0);
 	}
+}
+
+/*
+ * A paused mirror keeps its worker, which consumes nothing but looks at the
+ * source's WAL position every few seconds, so that bunny.mirrors shows how
+ * far behind the pause leaves it.  A source that is down while paused is
+ * not an error.  Ends (for the launcher to start a streaming run) when the
+ * mirror is resumed.
+ */
+static void
+worker_paused_loop(Mirror *m)
+{
+	PGconn	   *volatile conn = NULL;
+	char	   *appname = psprintf("bunnydb:%s", m->name);
+
+	pgstat_report_activity(STATE_IDLE, "bunnydb: paused");
+	for (int round = 0;; round++)
+	{
+		bool		pending;
+		MemoryContext cxt = CurrentMemoryContext;
+
+		LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+		pending = MySlot->control_pending;
+		MySlot->control_pending = false;
+		LWLockRelease(BunnyState->lock);
+		/* every 6th round (30 s) look anyway: the mirror may be gone */
+		if (pending || round % 6 == 5)
+		{
+			Mirror	   *now;
+			bool		paused;
+
+			StartTransactionCommand();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			now = catalog_load_mirror(m->id, false);
+			paused = now != NULL && strcmp(now->status, "PAUSED") == 0;
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			MemoryContextSwitchTo(cxt);
+			if (!paused)
+				break;
+		}
+
+		PG_TRY();
+		{
+			PGresult   *res;
+
+			if (conn == NULL)
+				conn = stream_connect(m->conninfo, appname, false);
+			res = stream_exec_ok(conn, "SELECT pg_catalog.pg_current_wal_lsn()", PGRES_TUPLES_OK);
+			{
+				XLogRecPtr	lsn = DatumGetLSN(DirectFunctionCall1(pg_lsn_in,
+																  CStringGetDatum(PQgetvalue(res, 0, 0))));
+
+				SpinLockAcquire(&MySlot->mutex);
+				MySlot->source_lsn = lsn;
+				if (lsn > MySlot->processed_lsn && MySlot->behind_since == 0)
+					MySlot->behind_since = GetCurrentTimestamp();
+				SpinLockRelease(&MySlot->mutex);
+			}
+			PQclear(res);
+		}
+		PG_CATCH();
+		{
+			/* the source may well be down while we are paused */
+			MemoryContextSwitchTo(cxt);
+			FlushErrorState();
+			if (conn != NULL)
+				PQfinish(conn);
+			conn = NULL;
+		}
+		PG_END_TRY();
+
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 5000, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	if (conn != NULL)
+		PQfinish(conn);
 }
 
 /* make sure our replication origin exists and bind this session to it */
@@ -226,9 +315,18 @@ worker_run(void)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(workercxt);
 
-	if (m == NULL || strcmp(m->status, "PAUSED") == 0 ||
-		strcmp(m->status, "FAILED") == 0)
+	if (m == NULL || strcmp(m->status, "FAILED") == 0)
 		return;
+	if (strcmp(m->status, "PAUSED") == 0)
+	{
+		/* where we stand: the origin's position */
+		worker_setup_origin(m);
+		SpinLockAcquire(&MySlot->mutex);
+		MySlot->processed_lsn = Max(MySlot->processed_lsn, replorigin_session_get_progress(false));
+		SpinLockRelease(&MySlot->mutex);
+		worker_paused_loop(m);
+		return;
+	}
 
 	/* control requests made before we started are covered by this load */
 	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
