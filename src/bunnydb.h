@@ -47,6 +47,7 @@ typedef struct BunnyWorkerSlot
 	bool		in_use;
 	bool		wanted;			/* last scan of its database wants it running */
 	bool		scan_pending;	/* its database is to be scanned again; keep the slot */
+	bool		stopping;		/* drop_mirror is stopping it: do not start it again */
 	bool		registered;		/* launcher holds a bgworker handle for it */
 	bool		control_pending;	/* a control function committed: re-read catalog */
 	bool		last_exit_failed;	/* worker's last run ended in an error */

@@ -200,6 +200,7 @@ bunny_remote_query(PG_FUNCTION_ARGS)
  * launcher rescans the database, and running workers re-read their row.
  */
 static List *pending_notify = NIL;
+static List *pending_stops = NIL;	/* mirrors _stop_worker holds down */
 static bool xact_callback_registered = false;
 
 static void
@@ -207,12 +208,34 @@ bunny_xact_callback(XactEvent event, void *arg)
 {
 	ListCell   *lc;
 
-	if (event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT &&
+		event != XACT_EVENT_PARALLEL_ABORT)
+		return;
+
+	/* the transaction that stopped a worker is over: it may run again */
+	if (pending_stops != NIL)
+	{
+		LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
+		foreach(lc, pending_stops)
+		{
+			BunnyWorkerSlot *slot = bunny_find_slot(MyDatabaseId, lfirst_int(lc));
+
+			if (slot)
+				slot->stopping = false;
+		}
+		bunny_request_rescan(MyDatabaseId);
+		if (BunnyState->launcher_latch)
+			SetLatch(BunnyState->launcher_latch);
+		LWLockRelease(BunnyState->lock);
+		pending_stops = NIL;
+	}
+
+	if (event != XACT_EVENT_COMMIT)
 	{
 		pending_notify = NIL;
 		return;
 	}
-	if (event != XACT_EVENT_COMMIT || pending_notify == NIL)
+	if (pending_notify == NIL)
 		return;
 
 	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
@@ -237,6 +260,16 @@ bunny_xact_callback(XactEvent event, void *arg)
 	pending_notify = NIL;
 }
 
+static void
+register_xact_callback(void)
+{
+	if (!xact_callback_registered)
+	{
+		RegisterXactCallback(bunny_xact_callback, NULL);
+		xact_callback_registered = true;
+	}
+}
+
 /* wake the launcher and the mirror's worker when this transaction commits */
 Datum
 bunny_notify(PG_FUNCTION_ARGS)
@@ -244,11 +277,7 @@ bunny_notify(PG_FUNCTION_ARGS)
 	int32		mirror_id = PG_GETARG_INT32(0);
 	MemoryContext old;
 
-	if (!xact_callback_registered)
-	{
-		RegisterXactCallback(bunny_xact_callback, NULL);
-		xact_callback_registered = true;
-	}
+	register_xact_callback();
 	old = MemoryContextSwitchTo(TopTransactionContext);
 	pending_notify = list_append_unique_int(pending_notify, mirror_id);
 	MemoryContextSwitchTo(old);
@@ -272,8 +301,16 @@ bunny_stop_worker(PG_FUNCTION_ARGS)
 		slot = bunny_find_slot(MyDatabaseId, mirror_id);
 		if (slot)
 		{
-			/* keep the launcher from starting it again meanwhile */
-			slot->wanted = false;
+			/* keep the launcher from starting it again until we end */
+			if (!slot->stopping)
+			{
+				MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+
+				register_xact_callback();
+				pending_stops = list_append_unique_int(pending_stops, mirror_id);
+				MemoryContextSwitchTo(old);
+			}
+			slot->stopping = true;
 			pid = slot->pid;
 		}
 		LWLockRelease(BunnyState->lock);

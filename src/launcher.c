@@ -260,10 +260,12 @@ launcher_manage_slots(void)
 
 		if (!slot->wanted)
 		{
-			if (!slot->scan_pending)
+			if (!slot->scan_pending && !slot->stopping)
 				slot->in_use = false;
 			continue;
 		}
+		if (slot->stopping)
+			continue;
 		if (Max(slot->next_start, first_start_at) > now)
 		{
 			TimestampTz at = Max(slot->next_start, first_start_at);
@@ -504,6 +506,7 @@ bunny_scan_main(Datum arg)
 					slot->last_exit_failed = false;
 					slot->control_pending = false;
 					slot->scan_pending = false;
+					slot->stopping = false;
 					SpinLockAcquire(&slot->mutex);
 					slot->source_lsn = InvalidXLogRecPtr;
 					slot->processed_lsn = InvalidXLogRecPtr;
