@@ -56,6 +56,9 @@ CREATE TABLE public.txn (id int PRIMARY KEY, v text);
 
 CREATE TABLE public.evolve (id int PRIMARY KEY, a text);
 
+-- not part of any mirror
+CREATE TABLE public.unpublished (id int PRIMARY KEY, v text);
+
 -- types for the second mirror
 CREATE TYPE public.mood AS ENUM ('sad', 'ok', 'happy', 'Very Happy');
 CREATE DOMAIN public.posint AS int CHECK (VALUE > 0);
@@ -671,6 +674,19 @@ is( query_value(
 	),
 	't',
 	'bunny.mirror_tables counts inserts, updates and deletes of public.t1');
+
+# Writes only to unpublished tables must not make the slot hold WAL forever.
+$source->safe_psql('postgres',
+	"INSERT INTO unpublished SELECT g, 'x' FROM generate_series(1, 1000) g");
+my $idle_lsn = source_lsn($source);
+ok( poll_until(
+		sub {
+			($source->safe_psql('postgres',
+					"SELECT confirmed_flush_lsn >= '$idle_lsn'::pg_lsn FROM pg_replication_slots WHERE slot_name = 'bunny_slot_m1'"
+				) // '') eq 't';
+		},
+		90),
+	'slot confirmed_flush_lsn advances past writes to unpublished tables');
 
 my $dest_log = slurp_file($dest->logfile);
 unlike($dest_log, qr/terminated by signal|PANIC|TRAP:/,

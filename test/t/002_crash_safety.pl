@@ -307,6 +307,9 @@ is($violations, 0,
 	  . '(counter = history rows, sum(balance) = 0)');
 
 is(mirror_field($dest, $mirror, 'status'), 'RUNNING', 'mirror still RUNNING');
+ok( poll_until(
+		sub { (mirror_field($dest, $mirror, 'error_count') // '') eq '0' }, 30),
+	'error_count back to 0 after successful batches');
 is( $source->safe_psql(
 		'postgres',
 		"SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bunny_slot_$mirror'"
