@@ -11,6 +11,9 @@
 # identical to the source: no lost and no duplicated rows. A counter row
 # updated by every transaction, an insert-only table without key and a
 # unique constraint on a non-PK column make losses/duplicates visible.
+# While the load runs, the destination is sampled for invariants that hold
+# at every source commit (counter = number of history rows, sum of balances
+# = 0): a reader must never see half of a source transaction.
 
 use strict;
 use warnings;
