@@ -17,7 +17,8 @@
 #     serial / identity sequences taken over; replicate_indexes => false
 #  5. non-empty destination table: mirror FAILED (55000), row untouched
 #  6. SIGKILL of a snapshot worker mid-copy: the mirror resumes by itself,
-#     the table already SYNCED is not copied again, the rest ends equal
+#     the table already SYNCED is not copied again, the rest ends equal;
+#     same with a SIGKILL of the mirror worker
 
 use strict;
 use warnings;
@@ -64,6 +65,9 @@ sub catch_up_compare
 		't', "$label: wait_for_lsn('$lsn') returned true");
 
 	my %fp;
+	my $round = 0;
+	my $first_ok;
+	my $t0 = time();
 	# give a late apply a few seconds before reporting a difference
 	poll_until(
 		sub {
@@ -75,9 +79,20 @@ sub catch_up_compare
 				$fp{ $p->[0] } = [ $s, $d ];
 				$same = 0 if $s ne $d;
 			}
+			$round++;
+			if (!defined $first_ok)
+			{
+				$first_ok = $same;
+				diag("$label: first comparison after wait_for_lsn differs: "
+					  . join('; ', map { "$_ source=$fp{$_}[0] dest=$fp{$_}[1]" }
+						  grep { $fp{$_}[0] ne $fp{$_}[1] } keys %fp))
+				  unless $same;
+			}
 			return $same;
 		},
 		20, 0.5);
+	note(sprintf('%s: %d comparison round(s) in %.1f s', $label, $round, time() - $t0));
+	ok($first_ok, "$label: data equal as soon as wait_for_lsn returned");
 	foreach my $p (@$pairs)
 	{
 		is($fp{ $p->[0] }[1], $fp{ $p->[0] }[0],
@@ -129,7 +144,7 @@ $source->safe_psql(
 	'postgres', q{
 -- 1. write load
 CREATE TABLE load_a (id int PRIMARY KEY, v int NOT NULL, t text);
-INSERT INTO load_a SELECT g, 0, 'row ' || g FROM generate_series(1, 400000) g;
+INSERT INTO load_a SELECT g, 0, 'row ' || g FROM generate_series(1, 1000000) g;
 CREATE TABLE load_b (id bigint PRIMARY KEY, n int NOT NULL);
 INSERT INTO load_b SELECT g, 0 FROM generate_series(1, 60000) g;
 
@@ -198,6 +213,8 @@ INSERT INTO c_a_small SELECT g, 'small' || g FROM generate_series(1, 1000) g;
 CREATE TABLE c_big (id int NOT NULL, v int);
 INSERT INTO c_big SELECT g, g % 1000 FROM generate_series(1, 2500000) g;
 ALTER TABLE c_big ADD PRIMARY KEY (id);
+CREATE TABLE c2_big AS SELECT id, v, v * 2 AS w FROM c_big WHERE id <= 1500000;
+ALTER TABLE c2_big ADD PRIMARY KEY (id);
 });
 
 # statistics: the part planning uses reltuples
@@ -227,9 +244,9 @@ is( src_value(
 my $script = "${PostgreSQL::Test::Utils::tmp_check}/003_load.sql";
 PostgreSQL::Test::Utils::append_to_file(
 	$script, q{
-\set a random(1, 400000)
+\set a random(1, 1000000)
 \set b random(1, 60000)
-\set n random(400001, 2000000000)
+\set n random(1000001, 2000000000)
 UPDATE load_a SET v = v + 1, t = 'upd' WHERE id = :a;
 DELETE FROM load_a WHERE id = :a + 3;
 UPDATE load_b SET n = n + 1 WHERE id = :b;
@@ -365,7 +382,8 @@ $source->safe_psql(
 INSERT INTO a VALUES (5000, 'after');
 UPDATE excl SET keep = 'changed', secret = 'changed secret' WHERE id = 1;
 INSERT INTO pkey VALUES (200000, 42, 'after'), (200001, NULL, 'after');
-INSERT INTO parted VALUES (2600, 'default after'), (1700, 'p2b after');
+INSERT INTO parted VALUES (2600, 'default after');
+UPDATE parted SET v = 'p2b after' WHERE id = 1700;
 DELETE FROM parted WHERE id = 5;
 });
 catch_up_compare(
@@ -396,7 +414,7 @@ catch_up_compare('m-schema',
 catch_up_compare('m-noidx', [ [ 'public.noidx', 'public.noidx' ] ], 'replicate_indexes false');
 
 # constraints other than foreign keys: same definitions on both sides
-my $cons_sql = q{SELECT string_agg(contype || ' ' || pg_get_constraintdef(oid), '; ' ORDER BY contype, pg_get_constraintdef(oid))
+my $cons_sql = q{SELECT string_agg(contype::text || ' ' || pg_get_constraintdef(oid), '; ' ORDER BY contype, pg_get_constraintdef(oid))
   FROM pg_constraint WHERE conrelid = '%s'::regclass AND contype <> 'f'};
 foreach my $t (qw(public.s_parent public.s_child public.noidx))
 {
@@ -425,7 +443,7 @@ is( query_value($dest,
 is( query_value($dest,
 		"SELECT string_agg(format('%s %s %s', pg_get_constraintdef(oid), condeferrable, condeferred), '; ') "
 		  . "FROM pg_constraint WHERE conrelid = 'public.s_child'::regclass AND contype = 'f'"),
-	'FOREIGN KEY (parent_id) REFERENCES s_parent(id) DEFERRABLE INITIALLY DEFERRED true true',
+	'FOREIGN KEY (parent_id) REFERENCES s_parent(id) DEFERRABLE INITIALLY DEFERRED t t',
 	'FK between mapped tables is DEFERRABLE INITIALLY DEFERRED; FK to an unmapped table left out');
 is(query_value($dest, "SELECT to_regclass('public.s_unmapped') IS NULL"),
 	't', 'unmapped referenced table not created');
@@ -486,10 +504,13 @@ $dest->safe_psql('postgres', "SELECT bunny.drop_mirror('m-nonempty')");
 # ---------------------------------------------------------------------------
 
 # A tight loop inside the server: as soon as c_a_small is SYNCED and a
-# snapshot worker copies c_big, return its pid and the xmins of c_a_small.
+# snapshot worker copies c_big (some of whose parts are already committed,
+# so recovery must empty it), return its pid and the xmins of c_a_small.
 $dest->safe_psql(
 	'postgres', q{
-CREATE FUNCTION public.snap_victim(timeout_s float8) RETURNS text
+CREATE FUNCTION public.snap_victim(mirror_name text, small text, big text,
+                                   backend_like text, timeout_s float8)
+RETURNS text
 LANGUAGE plpgsql AS $$
 DECLARE
     v int;
@@ -497,15 +518,27 @@ DECLARE
 BEGIN
     LOOP
         PERFORM pg_stat_clear_snapshot();
-        IF EXISTS (SELECT 1 FROM bunny.mirror_tables
-                    WHERE mirror = 'm-crash' AND source_table = 'public.c_a_small'
-                      AND status = 'SYNCED') THEN
+        -- the small table finished, and the big one partly copied: a few
+        -- parts committed on the destination, most still to do
+        IF (small IS NULL OR EXISTS (
+                SELECT 1 FROM bunny.mirror_tables
+                 WHERE mirror = mirror_name AND source_table = 'public.' || small
+                   AND status = 'SYNCED'))
+           AND (SELECT count(*) FILTER (WHERE p.status = 'DONE') BETWEEN 3 AND count(*) - 10
+                  FROM bunny.snapshot_part p JOIN bunny.mirror m ON m.id = p.mirror_id
+                 WHERE m.name = mirror_name AND p.source_table = big) THEN
             SELECT pid INTO v FROM pg_stat_activity
-             WHERE backend_type LIKE 'bunnydb snapshot%'
-               AND query LIKE '%copying public.c_big%'
+             WHERE backend_type LIKE backend_like
+               AND (backend_type NOT LIKE 'bunnydb snapshot%'
+                    OR query LIKE '%copying public.' || big || '%')
              LIMIT 1;
             IF v IS NOT NULL THEN
-                RETURN v || '|' || (SELECT string_agg(DISTINCT xmin::text, ',') FROM public.c_a_small);
+                RETURN v || '|'
+                    || coalesce((SELECT string_agg(DISTINCT xmin::text, ',')
+                                   FROM public.c_a_small WHERE small IS NOT NULL), '') || '|'
+                    || (SELECT count(*) FILTER (WHERE p.status = 'DONE') || ' of ' || count(*)
+                          FROM bunny.snapshot_part p JOIN bunny.mirror m ON m.id = p.mirror_id
+                         WHERE m.name = mirror_name AND p.source_table = big);
             END IF;
         END IF;
         IF clock_timestamp() > deadline THEN
@@ -517,19 +550,44 @@ END $$;
 });
 
 my @crash = qw(public.c_a_small public.c_big);
+
+# writes on both tables before, during and after the crash: changes between
+# the slot's snapshot and the recovery's new snapshot must be applied
+# exactly once
+my $script2 = "${PostgreSQL::Test::Utils::tmp_check}/003_crash_load.sql";
+PostgreSQL::Test::Utils::append_to_file(
+	$script2, q{
+\set a random(1, 2500000)
+\set s random(1, 1000)
+\set n random(3000000, 2000000000)
+UPDATE c_big SET v = v + 1 WHERE id = :a;
+DELETE FROM c_big WHERE id = :a + 1;
+INSERT INTO c_big VALUES (:n, -1) ON CONFLICT (id) DO NOTHING;
+UPDATE c_a_small SET v = v || '+' WHERE id = :s;
+INSERT INTO c_a_small VALUES (:n, 'new') ON CONFLICT (id) DO NOTHING;
+});
+my ($pgb2_out, $pgb2_err) = ('', '');
+my $pgbench2 = IPC::Run::start(
+	[
+		'pgbench', '-n', '-c', '2', '-j', '2', '-T', '10', '-R', '400',
+		'-f', $script2, '-h', $source->host, '-p', $source->port, 'postgres'
+	],
+	'<', \undef, '>', \$pgb2_out, '2>', \$pgb2_err);
+usleep(300_000);
+
 ok( create_snap_mirror(
 		'm-crash', \@crash,
 		snapshot_num_rows_per_partition => 50000,
 		snapshot_max_parallel_workers => 2),
 	'm-crash created');
-my $victim = query_value($dest, 'SELECT public.snap_victim(90)') // '';
-my ($vpid, $small_xmins) = split /\|/, $victim;
+my $victim = query_value($dest,
+	"SELECT public.snap_victim('m-crash', 'c_a_small', 'c_big', 'bunnydb snapshot m-crash', 90)") // '';
+my ($vpid, $small_xmins, $big_done) = split /\|/, $victim;
 my $killed = 0;
 if ($vpid)
 {
-	my $small_fp = fingerprint($dest, 'public.c_a_small');
 	$killed = kill 'KILL', $vpid;
-	note("killed snapshot worker $vpid copying c_big; c_a_small was SYNCED");
+	note("killed snapshot worker $vpid copying c_big ($big_done parts done); c_a_small was SYNCED");
 	ok($killed, 'SIGKILL sent to a snapshot worker while it copied c_big');
 
 	ok( poll_until(
@@ -542,22 +600,35 @@ if ($vpid)
 
 	ok(wait_for_status($dest, 'm-crash', 'RUNNING', 150),
 		'm-crash resumed by itself and reached RUNNING');
+	$pgbench2->finish;
+	is($pgbench2->result(0), 0, 'write load during the crash test ran without error')
+	  or diag($pgb2_err);
+	my ($tx2) = $pgb2_out =~ /number of transactions actually processed: (\d+)/;
+	note('write load during the crash test: ' . ($tx2 // '?') . ' transactions');
 	catch_up_compare('m-crash', [ map { [ $_, $_ ] } @crash ], 'after crash');
 
-	is(query_value($dest, "SELECT string_agg(DISTINCT xmin::text, ',') FROM public.c_a_small"),
-		$small_xmins, 'c_a_small (SYNCED before the crash) not copied again: same row versions');
-	is(fingerprint($dest, 'public.c_a_small'), $small_fp,
-		'c_a_small rows unchanged by the recovery');
+	# rows written by the load since have new xmins; every other row must
+	# still carry one of the xmins it had before the crash
+	my %before = map { $_ => 1 } split /,/, ($small_xmins // '');
+	my @after = split /,/,
+	  (query_value($dest,
+			"SELECT string_agg(DISTINCT xmin::text, ',') FROM public.c_a_small WHERE v NOT LIKE '%+' AND id <= 1000"
+		) // '');
+	ok(@after && !grep({ !$before{$_} } @after),
+		'c_a_small (SYNCED before the crash) not copied again: untouched rows keep their row versions')
+	  or diag("xmins before: $small_xmins; after: @after");
 	is(scalar(log_lines('m-crash', 'copying table public.c_a_small into %')),
 		1, "c_a_small announced once ('copying table' log line)");
 	ok(scalar(log_lines('m-crash', 'resuming the initial copy%')) >= 1,
 		'recovery logged as resuming the initial copy');
-	note('c_big copy announcements: '
-		  . scalar(log_lines('m-crash', 'copying table public.c_big into %')));
-	is(table_field('m-crash', 'public.c_big', 'rows_snapshotted'),
-		'2500000', 'c_big rows_snapshotted = source rows (not counted twice)');
-	is(table_field('m-crash', 'public.c_a_small', 'rows_snapshotted'),
-		'1000', 'c_a_small rows_snapshotted kept');
+	note("m-crash log:\n" . join("\n", log_lines('m-crash', '%')));
+	my $big_rows = table_field('m-crash', 'public.c_big', 'rows_snapshotted') // -1;
+	ok($big_rows > 2_400_000 && $big_rows < 2_600_000,
+		"c_big rows_snapshotted ($big_rows) = one copy of the table, not counted twice");
+	my $small_rows = table_field('m-crash', 'public.c_a_small', 'rows_snapshotted') // -1;
+	my $small_src = src_value('SELECT count(*) FROM c_a_small');
+	ok($small_rows >= 1000 && $small_rows <= $small_src,
+		"c_a_small rows_snapshotted ($small_rows) kept from the first copy (source now $small_src)");
 	foreach my $t (@crash)
 	{
 		is(table_field('m-crash', $t, 'status'), 'SYNCED', "$t SYNCED after recovery");
@@ -572,7 +643,43 @@ else
 	dump_mirror_state($dest, 'm-crash');
 }
 
-# the other mirrors lived through the destination restart
+# ---------------------------------------------------------------------------
+# 6b. Crash of the mirror worker mid-copy (its snapshot workers exit too)
+# ---------------------------------------------------------------------------
+
+my @crash2 = qw(public.c2_big);
+ok( create_snap_mirror(
+		'm-crash2', \@crash2,
+		snapshot_num_rows_per_partition => 50000,
+		snapshot_max_parallel_workers => 2),
+	'm-crash2 created');
+my $victim2 = query_value($dest,
+	"SELECT public.snap_victim('m-crash2', NULL, 'c2_big', 'bunnydb mirror m-crash2', 90)") // '';
+my ($vpid2, undef, $done2) = split /\|/, $victim2;
+if ($vpid2)
+{
+	ok(kill('KILL', $vpid2), "SIGKILL sent to the mirror worker of m-crash2 ($done2 parts done)");
+	ok( poll_until(
+			sub {
+				slurp_file($dest->logfile) =~
+				  /\(PID $vpid2\) was terminated by signal 9/;
+			},
+			30),
+		'postmaster saw the mirror worker die');
+	ok(wait_for_status($dest, 'm-crash2', 'RUNNING', 150),
+		'm-crash2 resumed by itself and reached RUNNING');
+	catch_up_compare('m-crash2', [ map { [ $_, $_ ] } @crash2 ], 'after mirror worker crash');
+	is(table_field('m-crash2', 'public.c2_big', 'rows_snapshotted'),
+		'1500000', 'c2_big rows_snapshotted = source rows');
+	is(table_field('m-crash2', 'public.c2_big', 'status'), 'SYNCED', 'c2_big SYNCED');
+}
+else
+{
+	fail('found the mirror worker of m-crash2 while c2_big was partly copied');
+	dump_mirror_state($dest, 'm-crash2');
+}
+
+# the other mirrors lived through the destination restarts
 foreach my $m (qw(m-load m-bound m-map m-schema m-noidx))
 {
 	ok(wait_for_status($dest, $m, 'RUNNING', 60), "$m RUNNING at the end");
