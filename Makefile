@@ -11,6 +11,7 @@ OBJS = \
 	src/worker.o \
 	src/setup.o \
 	src/snapshot.o \
+	src/resync.o \
 	src/apply.o \
 	src/stream.o \
 	src/catalog.o \

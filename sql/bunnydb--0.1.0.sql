@@ -65,6 +65,8 @@ CREATE TABLE bunny.mirror (
 	-- found later is ours only if this was set
 	slot_requested		boolean NOT NULL DEFAULT false,
 	pending_op			text,
+	-- update_tables changed the table list: the publication must follow
+	publication_dirty	boolean NOT NULL DEFAULT false,
 	config				jsonb NOT NULL,
 	error_message		text,
 	error_count			integer NOT NULL DEFAULT 0,
@@ -109,6 +111,14 @@ CREATE TABLE bunny.mirror_table (
 	sequences			jsonb NOT NULL DEFAULT '[]',
 	copy_done			boolean NOT NULL DEFAULT false,
 	snapshot_started_at	timestamptz,
+	-- a resync in progress: strategy, state (REQUESTED -> COPYING), and
+	-- the table the copy goes to (the destination itself, or <table>_resync)
+	resync_strategy		text,
+	resync_state		text CHECK (resync_state IN ('REQUESTED', 'COPYING')),
+	copy_target_table	name,
+	-- the last Relation message of the source table, to replay the queue
+	-- after a restart
+	resync_relation_msg	bytea,
 	PRIMARY KEY (mirror_id, source_schema, source_table),
 	UNIQUE (destination_schema, destination_table)
 );
@@ -129,6 +139,19 @@ CREATE TABLE bunny.snapshot_part (
 	rows_copied		bigint,
 	error_message	text,
 	PRIMARY KEY (mirror_id, source_schema, source_table, part_no),
+	FOREIGN KEY (mirror_id, source_schema, source_table)
+		REFERENCES bunny.mirror_table (mirror_id, source_schema, source_table) ON DELETE CASCADE
+);
+
+-- changes of a table being resynced that arrived after its copy's
+-- snapshot: raw pgoutput messages, replayed in order once the copy is in
+CREATE TABLE bunny.resync_queue (
+	mirror_id		integer NOT NULL,
+	source_schema	name NOT NULL,
+	source_table	name NOT NULL,
+	seq				bigserial,
+	message			bytea NOT NULL,
+	PRIMARY KEY (mirror_id, source_schema, source_table, seq),
 	FOREIGN KEY (mirror_id, source_schema, source_table)
 		REFERENCES bunny.mirror_table (mirror_id, source_schema, source_table) ON DELETE CASCADE
 );
@@ -852,6 +875,204 @@ BEGIN
 END
 $fn$;
 
+/*
+ * Resync: copy tables again from a fresh snapshot while the stream goes on.
+ * The worker carries it out; pending_op stays 'resync' until every table is
+ * SYNCED again.  A mirror whose slot is gone (FAILED) is set up again
+ * instead, with a new slot, and its tables are emptied and copied.
+ */
+CREATE FUNCTION bunny._request_resync(m bunny.mirror, p_tables jsonb, p_strategy text)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	strat		text := coalesce(p_strategy, m.config ->> 'resync_strategy', 'truncate');
+	ci			text;
+	slot_ok		boolean;
+BEGIN
+	PERFORM bunny._check_strategy(strat);
+	IF m.pending_op IS NOT NULL THEN
+		RAISE EXCEPTION 'another operation is already in progress'
+			USING ERRCODE = '55006', DETAIL = format('Operation in progress: %s.', m.pending_op);
+	END IF;
+	IF m.phase <> 'CDC' THEN
+		RAISE EXCEPTION 'mirror "%" has not finished its initial copy', m.name
+			USING ERRCODE = '55000',
+				  HINT = 'A mirror in its initial copy copies its tables anyway; wait until it is RUNNING.';
+	END IF;
+
+	-- without its slot the mirror can only start over
+	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = m.source_peer;
+	SELECT r.x INTO slot_ok
+	  FROM bunny._remote_query(ci, format(
+			'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %L)',
+			m.slot_name)) AS r(x boolean);
+
+	IF NOT slot_ok THEN
+		UPDATE bunny.mirror_table
+		   SET status = 'RESYNCING', resync_strategy = 'truncate', resync_state = NULL,
+			   copy_done = false
+		 WHERE mirror_id = m.id;
+		UPDATE bunny.mirror
+		   SET status = 'CREATED', phase = 'SETUP', slot_requested = false,
+			   pending_op = 'resync', error_message = NULL, error_count = 0, updated_at = now()
+		 WHERE id = m.id;
+		PERFORM bunny._log(m.name, 'INFO',
+			format('resync requested: the slot is gone, so the mirror is set up again with a new slot and every table is emptied and copied%s',
+				   CASE WHEN strat = 'swap' THEN ' (the swap strategy needs the old slot; truncate is used)' ELSE '' END));
+	ELSE
+		UPDATE bunny.mirror_table t
+		   SET status = 'RESYNCING', resync_strategy = strat, resync_state = 'REQUESTED',
+			   copy_done = false
+		 WHERE t.mirror_id = m.id
+		   AND format('%I.%I', t.source_schema, t.source_table) IN
+			   (SELECT jsonb_array_elements_text(p_tables));
+		UPDATE bunny.mirror
+		   SET status = CASE WHEN status IN ('RUNNING', 'FAILED', 'CREATED') THEN 'RESYNCING' ELSE status END,
+			   pending_op = 'resync', error_message = NULL, updated_at = now()
+		 WHERE id = m.id;
+		PERFORM bunny._log(m.name, 'INFO', format('resync requested (%s)', strat),
+						   jsonb_build_object('tables', p_tables, 'strategy', strat));
+	END IF;
+	PERFORM bunny._notify(m.id);
+END
+$$;
+
+CREATE FUNCTION bunny.resync_table(name text, table_name text, strategy text DEFAULT NULL)
+	RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m		bunny.mirror;
+	parts	record;
+	src		text;
+BEGIN
+	m := bunny._lock_mirror(resync_table.name);
+	IF table_name IS NULL THEN
+		RAISE EXCEPTION 'table_name must not be null' USING ERRCODE = '22004';
+	END IF;
+	IF strategy IS NOT NULL THEN
+		PERFORM bunny._check_strategy(strategy);
+	END IF;
+	parts := bunny._parse_table_name(table_name);
+	SELECT format('%I.%I', t.source_schema, t.source_table) INTO src
+	  FROM bunny.mirror_table t
+	 WHERE t.mirror_id = m.id
+	   AND ((t.source_schema, t.source_table) = (parts.schema_name, parts.table_name)
+			OR (t.destination_schema, t.destination_table) = (parts.schema_name, parts.table_name))
+	 ORDER BY (t.source_schema, t.source_table) = (parts.schema_name, parts.table_name) DESC
+	 LIMIT 1;
+	IF src IS NULL THEN
+		RAISE EXCEPTION 'table % is not part of mirror "%"', table_name, m.name USING ERRCODE = '42704';
+	END IF;
+	PERFORM bunny._request_resync(m, jsonb_build_array(src), strategy);
+END
+$$;
+
+CREATE FUNCTION bunny.resync_mirror(name text, strategy text DEFAULT NULL) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m bunny.mirror;
+BEGIN
+	m := bunny._lock_mirror(resync_mirror.name);
+	IF strategy IS NOT NULL THEN
+		PERFORM bunny._check_strategy(strategy);
+	END IF;
+	PERFORM bunny._request_resync(m,
+		(SELECT jsonb_agg(format('%I.%I', t.source_schema, t.source_table))
+		   FROM bunny.mirror_table t WHERE t.mirror_id = m.id),
+		strategy);
+END
+$$;
+
+/*
+ * Change the table list of a paused mirror.  Added tables are copied when
+ * the mirror resumes (the others keep their position); removed tables stop
+ * replicating and their destination tables stay.
+ */
+CREATE FUNCTION bunny.update_tables(name text, table_mappings jsonb) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m		bunny.mirror;
+	r		record;
+	added	integer := 0;
+	removed	integer := 0;
+BEGIN
+	m := bunny._lock_mirror(update_tables.name);
+	IF m.pending_op IS NOT NULL THEN
+		RAISE EXCEPTION 'another operation is already in progress'
+			USING ERRCODE = '55006', DETAIL = format('Operation in progress: %s.', m.pending_op);
+	END IF;
+	IF m.status <> 'PAUSED' THEN
+		RAISE EXCEPTION 'mirror must be paused to update tables'
+			USING ERRCODE = '55000', HINT = format('Call bunny.pause_mirror(%L) first.', m.name);
+	END IF;
+	IF m.phase <> 'CDC' THEN
+		RAISE EXCEPTION 'mirror "%" has not finished its initial copy', m.name USING ERRCODE = '55000';
+	END IF;
+
+	CREATE TEMP TABLE bunny_new_mappings ON COMMIT DROP AS
+		SELECT * FROM bunny._parse_mappings(table_mappings, m.id);
+
+	-- a kept table must keep its mapping
+	FOR r IN SELECT n.*, t.destination_schema AS old_ds, t.destination_table AS old_dt,
+					t.exclude_columns AS old_ex, t.partition_key AS old_pk
+			   FROM bunny_new_mappings n
+			   JOIN bunny.mirror_table t
+				 ON t.mirror_id = m.id AND t.source_schema = n.source_schema
+				AND t.source_table = n.source_table LOOP
+		IF (r.destination_schema, r.destination_table) IS DISTINCT FROM (r.old_ds, r.old_dt)
+		   OR r.exclude_columns IS DISTINCT FROM r.old_ex THEN
+			RAISE EXCEPTION 'the mapping of table %.% cannot change', quote_ident(r.source_schema),
+				quote_ident(r.source_table)
+				USING ERRCODE = '22023',
+					  HINT = 'Remove the table with one update_tables call and add it back with another.';
+		END IF;
+		UPDATE bunny.mirror_table SET partition_key = r.partition_key
+		 WHERE mirror_id = m.id AND source_schema = r.source_schema AND source_table = r.source_table;
+	END LOOP;
+
+	FOR r IN SELECT t.* FROM bunny.mirror_table t
+			  WHERE t.mirror_id = m.id
+				AND NOT EXISTS (SELECT 1 FROM bunny_new_mappings n
+								 WHERE n.source_schema = t.source_schema
+								   AND n.source_table = t.source_table) LOOP
+		DELETE FROM bunny.mirror_table
+		 WHERE mirror_id = m.id AND source_schema = r.source_schema AND source_table = r.source_table;
+		removed := removed + 1;
+		PERFORM bunny._log(m.name, 'INFO',
+			format('table %I.%I removed from the mirror; destination table %I.%I stays',
+				   r.source_schema, r.source_table, r.destination_schema, r.destination_table));
+	END LOOP;
+
+	FOR r IN SELECT n.* FROM bunny_new_mappings n
+			  WHERE NOT EXISTS (SELECT 1 FROM bunny.mirror_table t
+								 WHERE t.mirror_id = m.id AND t.source_schema = n.source_schema
+								   AND t.source_table = n.source_table) LOOP
+		INSERT INTO bunny.mirror_table (mirror_id, source_schema, source_table, destination_schema,
+										destination_table, partition_key, exclude_columns, status)
+		VALUES (m.id, r.source_schema, r.source_table, r.destination_schema, r.destination_table,
+				r.partition_key, r.exclude_columns, 'PENDING');
+		added := added + 1;
+		PERFORM bunny._log(m.name, 'INFO',
+			format('table %I.%I added to the mirror; it is copied when the mirror resumes',
+				   r.source_schema, r.source_table));
+	END LOOP;
+
+	IF added > 0 OR removed > 0 THEN
+		UPDATE bunny.mirror SET publication_dirty = true, updated_at = now() WHERE id = m.id;
+	END IF;
+	DROP TABLE bunny_new_mappings;
+	PERFORM bunny._notify(m.id);
+END
+$$;
+
 CREATE FUNCTION bunny.wait_for_lsn(name text, lsn pg_lsn, timeout_ms integer DEFAULT 10000)
 	RETURNS boolean
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -984,5 +1205,8 @@ GRANT EXECUTE ON FUNCTION
 	bunny.pause_mirror(text),
 	bunny.resume_mirror(text),
 	bunny.retry_mirror(text),
-	bunny.drop_mirror(text)
+	bunny.drop_mirror(text),
+	bunny.resync_mirror(text, text),
+	bunny.resync_table(text, text, text),
+	bunny.update_tables(text, jsonb)
 	TO bunny_admin;

@@ -117,6 +117,8 @@ typedef struct RelMapEntry
 	bool	   *text_eq;		/* compare through text (no equality operator) */
 	bool		full_match;		/* match on all columns, one row via ctid */
 	List	   *plans;			/* of ApplyPlan * */
+	char	   *raw_relmsg;		/* the Relation message as received */
+	int			raw_relmsg_len;
 	int64		n_ins;			/* counters of the open batch */
 	int64		n_upd;
 	int64		n_del;
@@ -156,6 +158,15 @@ static TimestampTz batch_last_commit_time = 0;
 static XLogRecPtr batch_keepalive_lsn = InvalidXLogRecPtr;
 
 static XLogRecPtr last_received = InvalidXLogRecPtr;
+
+/* the message being handled, raw, for the resync queue */
+static const char *current_msg = NULL;
+static int	current_msg_len = 0;
+
+/* replaying a resync queue: apply everything, to this table of this mapping */
+static bool replaying = false;
+static MirrorTable *replay_mt = NULL;
+static const char *replay_target = NULL;
 static XLogRecPtr last_flushed_reported = InvalidXLogRecPtr;
 static XLogRecPtr last_write_reported = InvalidXLogRecPtr;
 static TimestampTz last_feedback = 0;
@@ -296,8 +307,19 @@ apply_handle_relation(StringInfo s)
 	memcpy(e->remote_typmods, typmods, sizeof(int32) * rel->natts);
 	e->mt = mt;
 	e->qualname = mt ? pstrdup(quote_qualified_identifier(mt->dest_schema, mt->dest_table)) : NULL;
+	if (current_msg != NULL)
+	{
+		e->raw_relmsg = palloc(current_msg_len);
+		memcpy(e->raw_relmsg, current_msg, current_msg_len);
+		e->raw_relmsg_len = current_msg_len;
+	}
 	MemoryContextSwitchTo(old);
 	e->valid = false;
+
+	/* a table being copied again keeps its latest description for replay */
+	if (mt && !replaying && mt->resync_state && strcmp(mt->resync_state, "COPYING") == 0 &&
+		IsTransactionState())
+		apply_store_relation_message(mt);
 }
 
 /* Type message: remember the name of a source user-defined type */
@@ -383,9 +405,16 @@ relmap_build(RelMapEntry *e)
 	Oid			pkoid;
 	List	   *pkcols = NIL;
 
-	bunny_ctx_table = e->qualname;
-	nspid = get_namespace_oid(e->mt->dest_schema, true);
-	e->localrelid = OidIsValid(nspid) ? get_relname_relid(e->mt->dest_table, nspid) : InvalidOid;
+	{
+		const char *table = (replaying && e->mt == replay_mt && replay_target) ?
+		replay_target : e->mt->dest_table;
+
+		e->qualname = MemoryContextStrdup(ApplyCacheContext,
+										  quote_qualified_identifier(e->mt->dest_schema, table));
+		bunny_ctx_table = e->qualname;
+		nspid = get_namespace_oid(e->mt->dest_schema, true);
+		e->localrelid = OidIsValid(nspid) ? get_relname_relid(table, nspid) : InvalidOid;
+	}
 	if (!OidIsValid(e->localrelid))
 	{
 		bunny_error_is_permanent = true;
@@ -720,11 +749,84 @@ exec_plan(SPIPlanPtr plan, Datum *values, char *nulls)
 	return processed;
 }
 
-/* changes of a table already contained in its copy are skipped */
-static bool
-change_is_in_copy(RelMapEntry *e)
+/* what becomes of a change, given the copies of its table */
+typedef enum ChangeRoute
 {
-	return e->mt->sync_lsn != InvalidXLogRecPtr && remote_final_lsn <= e->mt->sync_lsn;
+	ROUTE_APPLY,				/* apply it */
+	ROUTE_SKIP,					/* it is in the table's copy */
+	ROUTE_QUEUE,				/* queue it for after the running copy */
+	ROUTE_APPLY_QUEUE			/* both: the old table stays live (swap) */
+} ChangeRoute;
+
+static ChangeRoute
+change_route(RelMapEntry *e)
+{
+	MirrorTable *mt = e->mt;
+
+	if (replaying)
+		return ROUTE_APPLY;
+	if (mt->resync_state != NULL && strcmp(mt->resync_state, "COPYING") == 0)
+	{
+		bool		swap = strcmp(mt->resync_strategy, "swap") == 0;
+
+		if (remote_final_lsn <= mt->sync_lsn)
+			return swap ? ROUTE_APPLY : ROUTE_SKIP;
+		return swap ? ROUTE_APPLY_QUEUE : ROUTE_QUEUE;
+	}
+	if (mt->resync_state == NULL && mt->sync_lsn != InvalidXLogRecPtr &&
+		remote_final_lsn <= mt->sync_lsn)
+		return ROUTE_SKIP;
+	return ROUTE_APPLY;
+}
+
+/* put the current message into the table's resync queue (this batch) */
+static void
+queue_change(RelMapEntry *e)
+{
+	Oid			types[4] = {INT4OID, TEXTOID, TEXTOID, BYTEAOID};
+	Datum		vals[4];
+	bytea	   *msg = palloc(VARHDRSZ + current_msg_len);
+	int			rc;
+
+	SET_VARSIZE(msg, VARHDRSZ + current_msg_len);
+	memcpy(VARDATA(msg), current_msg, current_msg_len);
+	vals[0] = Int32GetDatum(mirror->id);
+	vals[1] = CStringGetTextDatum(e->mt->source_schema);
+	vals[2] = CStringGetTextDatum(e->mt->source_table);
+	vals[3] = PointerGetDatum(msg);
+	SPI_connect();
+	rc = SPI_execute_with_args("INSERT INTO bunny.resync_queue (mirror_id, source_schema, source_table, message) "
+							   "VALUES ($1, $2, $3, $4)", 4, types, vals, NULL, false, 0);
+	SPI_finish();
+	if (rc < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not queue a change of %s", e->qualname)));
+	batch_changes++;
+}
+
+/*
+ * Route a change: true if it is to be applied now.  Queued-only changes
+ * are counted here, applied ones where they are applied.
+ */
+static bool
+route_change(RelMapEntry *e, int64 *counter)
+{
+	switch (change_route(e))
+	{
+		case ROUTE_SKIP:
+			return false;
+		case ROUTE_QUEUE:
+			queue_change(e);
+			(*counter)++;
+			return false;
+		case ROUTE_APPLY_QUEUE:
+			queue_change(e);
+			return true;
+		case ROUTE_APPLY:
+			break;
+	}
+	return true;
 }
 
 /* INSERT */
@@ -739,7 +841,7 @@ apply_handle_insert(StringInfo s)
 	char	   *nulls = palloc(n + 1);
 	char	   *present = palloc0(n + 1);
 
-	if (change_is_in_copy(e))
+	if (!route_change(e, &e->n_ins))
 		return;
 	tuple_to_datums(e, &newtup, values, nulls, present);
 	/* parameters follow the columns present, in order */
@@ -755,7 +857,8 @@ apply_handle_insert(StringInfo s)
 			}
 	}
 	exec_plan(get_plan(e, 'I', present, NULL), values, nulls);
-	e->n_ins++;
+	if (!replaying)
+		e->n_ins++;
 	batch_changes++;
 }
 
@@ -801,7 +904,7 @@ apply_handle_update(StringInfo s)
 	char	   *nulls = palloc(2 * n + 1);
 	int			k = 0;
 
-	if (change_is_in_copy(e))
+	if (!route_change(e, &e->n_upd))
 		return;
 	tuple_to_datums(e, &newtup, nv, nn, setmask);
 	for (int i = 0; i < n; i++)
@@ -821,7 +924,8 @@ apply_handle_update(StringInfo s)
 				 errmsg("row to update was not found in destination table %s", e->qualname),
 				 errdetail("The destination table has diverged from the source."),
 				 errhint("Remove the conflicting local change or resync the table; the mirror retries until then.")));
-	e->n_upd++;
+	if (!replaying)
+		e->n_upd++;
 	batch_changes++;
 }
 
@@ -838,14 +942,15 @@ apply_handle_delete(StringInfo s)
 	char	   *nulls = palloc(n + 1);
 	int			k = 0;
 
-	if (change_is_in_copy(e))
+	if (!route_change(e, &e->n_del))
 		return;
 	key_params(e, &oldtup, values, nulls, wheremask, &k);
 	if (exec_plan(get_plan(e, 'D', NULL, wheremask), values, nulls) == 0)
 		ereport(WARNING,
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("row to delete was not found in destination table %s", e->qualname)));
-	e->n_del++;
+	if (!replaying)
+		e->n_del++;
 	batch_changes++;
 }
 
@@ -860,16 +965,22 @@ apply_handle_truncate(StringInfo s)
 	ListCell   *lc;
 	int			rc;
 
+	int			n = 0;
+	int64		dummy = 0;
+
 	initStringInfo(&sql);
 	appendStringInfoString(&sql, "TRUNCATE ");
 	foreach(lc, relids)
 	{
 		RelMapEntry *e = relmap_get(lfirst_oid(lc));
 
-		if (change_is_in_copy(e))
+		/* a replay truncates only the table it replays */
+		if (replaying ? e->mt != replay_mt : !route_change(e, &dummy))
 			continue;
-		appendStringInfo(&sql, "%s%s", lc == list_head(relids) ? "" : ", ", e->qualname);
+		appendStringInfo(&sql, "%s%s", n++ ? ", " : "", e->qualname);
 	}
+	if (n == 0)
+		return;
 	if (restart_seqs)
 		appendStringInfoString(&sql, " RESTART IDENTITY");
 	SPI_connect();
@@ -933,7 +1044,11 @@ apply_handle_commit(StringInfo s)
 		apply_batch_flush();
 }
 
-/* write the batch's counters into bunny.mirror_table and bunny.mirror */
+/*
+ * Write the batch's counters into bunny.mirror and bunny.mirror_table.  The
+ * mirror row first: control functions lock it before the table rows, and
+ * taking the locks in the same order keeps the two from deadlocking.
+ */
 static void
 apply_batch_counters(void)
 {
@@ -943,7 +1058,22 @@ apply_batch_counters(void)
 	Oid			argtypes[6] = {INT4OID, TEXTOID, TEXTOID, INT8OID, INT8OID, INT8OID};
 	Datum		values[6];
 
+	hash_seq_init(&status, relmap);
+	while ((e = hash_seq_search(&status)) != NULL)
+		total += e->n_ins + e->n_upd + e->n_del;
+
 	SPI_connect();
+	{
+		Oid			t2[2] = {INT4OID, INT8OID};
+		Datum		v2[2] = {Int32GetDatum(mirror->id), Int64GetDatum(total)};
+
+		SPI_execute_with_args("UPDATE bunny.mirror "
+							  "   SET total_rows_synced = total_rows_synced + $2, "
+							  "       last_sync_time = now(), "
+							  "       error_count = 0, error_message = NULL "
+							  " WHERE id = $1",
+							  2, t2, v2, NULL, false, 0);
+	}
 	hash_seq_init(&status, relmap);
 	while ((e = hash_seq_search(&status)) != NULL)
 	{
@@ -962,22 +1092,7 @@ apply_batch_counters(void)
 							  "       last_synced_at = now() "
 							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
 							  6, argtypes, values, NULL, false, 0);
-		total += e->n_ins + e->n_upd + e->n_del;
 		e->n_ins = e->n_upd = e->n_del = 0;
-	}
-	values[0] = Int32GetDatum(mirror->id);
-	values[3] = Int64GetDatum(total);
-	argtypes[3] = INT8OID;
-	{
-		Oid			t2[2] = {INT4OID, INT8OID};
-		Datum		v2[2] = {values[0], values[3]};
-
-		SPI_execute_with_args("UPDATE bunny.mirror "
-							  "   SET total_rows_synced = total_rows_synced + $2, "
-							  "       last_sync_time = now(), "
-							  "       error_count = 0, error_message = NULL "
-							  " WHERE id = $1",
-							  2, t2, v2, NULL, false, 0);
 	}
 	SPI_finish();
 	mirror->error_count = 0;
@@ -1092,7 +1207,11 @@ send_feedback(bool force, bool request_reply)
 static void
 apply_dispatch(StringInfo s)
 {
-	char		action = pq_getmsgbyte(s);
+	char		action;
+
+	current_msg = s->data + s->cursor;
+	current_msg_len = s->len - s->cursor;
+	action = pq_getmsgbyte(s);
 
 	switch (action)
 	{
@@ -1278,6 +1397,167 @@ decide_binary_mode(void)
 	return binary;
 }
 
+/* the relation map entry of a mapped table, or NULL */
+static RelMapEntry *
+relmap_find_table(MirrorTable *mt)
+{
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
+	RelMapEntry *found = NULL;
+
+	if (relmap == NULL)
+		return NULL;
+	hash_seq_init(&status, relmap);
+	while ((e = hash_seq_search(&status)) != NULL)
+		if (e->mt != NULL && strcmp(e->mt->source_schema, mt->source_schema) == 0 &&
+			strcmp(e->mt->source_table, mt->source_table) == 0)
+			found = e;
+	return found;
+}
+
+/*
+ * Keep the table's latest Relation message in bunny.mirror_table: a queue
+ * replayed after a restart needs it before the stream sends it again.
+ * Runs in the caller's transaction.
+ */
+void
+apply_store_relation_message(MirrorTable *mt)
+{
+	RelMapEntry *e = relmap_find_table(mt);
+	Oid			types[4] = {INT4OID, TEXTOID, TEXTOID, BYTEAOID};
+	Datum		vals[4];
+	bytea	   *msg;
+
+	if (e == NULL || e->raw_relmsg == NULL)
+		return;
+	msg = palloc(VARHDRSZ + e->raw_relmsg_len);
+	SET_VARSIZE(msg, VARHDRSZ + e->raw_relmsg_len);
+	memcpy(VARDATA(msg), e->raw_relmsg, e->raw_relmsg_len);
+	vals[0] = Int32GetDatum(mirror->id);
+	vals[1] = CStringGetTextDatum(mt->source_schema);
+	vals[2] = CStringGetTextDatum(mt->source_table);
+	vals[3] = PointerGetDatum(msg);
+	SPI_connect();
+	SPI_execute_with_args("UPDATE bunny.mirror_table SET resync_relation_msg = $4 "
+						  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+						  4, types, vals, NULL, false, 0);
+	SPI_finish();
+}
+
+/* feed one raw pgoutput message to the handlers */
+static void
+dispatch_raw(const char *data, int len)
+{
+	StringInfoData s;
+
+	s.data = (char *) data;
+	s.len = len;
+	s.maxlen = -1;
+	s.cursor = 0;
+	apply_dispatch(&s);
+}
+
+/*
+ * Apply a table's resync queue, in order, to target_table (the copy of a
+ * swap) or to the table itself.  Runs in the caller's transaction; reads
+ * the queue through a cursor so that a long queue does not sit in memory.
+ */
+void
+apply_replay_queue(MirrorTable *mt, const char *target_table)
+{
+	Oid			types[3] = {INT4OID, TEXTOID, TEXTOID};
+	Datum		vals[3];
+	Portal		portal;
+	SPIPlanPtr	plan;
+	MemoryContext replaycxt = AllocSetContextCreate(CurrentMemoryContext, "bunnydb replay",
+													ALLOCSET_DEFAULT_SIZES);
+	XLogRecPtr	saved_final = remote_final_lsn;
+	RelMapEntry *e;
+
+	vals[0] = Int32GetDatum(mirror->id);
+	vals[1] = CStringGetTextDatum(mt->source_schema);
+	vals[2] = CStringGetTextDatum(mt->source_table);
+
+	replaying = true;
+	replay_mt = mt;
+	replay_target = target_table;
+	PG_TRY();
+	{
+		SPI_connect();
+		/* the description first, in case the stream has not sent it yet */
+		SPI_execute_with_args("SELECT resync_relation_msg FROM bunny.mirror_table "
+							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
+							  "   AND resync_relation_msg IS NOT NULL",
+							  3, types, vals, NULL, true, 1);
+		if (SPI_processed == 1)
+		{
+			bool		isnull;
+			bytea	   *msg = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0],
+															SPI_tuptable->tupdesc, 1, &isnull));
+			MemoryContext old = MemoryContextSwitchTo(replaycxt);
+
+			dispatch_raw(VARDATA_ANY(msg), VARSIZE_ANY_EXHDR(msg));
+			MemoryContextSwitchTo(old);
+		}
+		e = relmap_find_table(mt);
+		if (e)
+			e->valid = false;	/* rebuilt for the replay target */
+
+		plan = SPI_prepare("SELECT message FROM bunny.resync_queue "
+						   " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
+						   " ORDER BY seq", 3, types);
+		portal = SPI_cursor_open(NULL, plan, vals, NULL, true);
+		for (;;)
+		{
+			SPI_cursor_fetch(portal, true, 1000);
+			if (SPI_processed == 0)
+				break;
+			for (uint64 i = 0; i < SPI_processed; i++)
+			{
+				bool		isnull;
+				bytea	   *msg = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[i],
+																SPI_tuptable->tupdesc, 1, &isnull));
+				MemoryContext old = MemoryContextSwitchTo(replaycxt);
+
+				dispatch_raw(VARDATA_ANY(msg), VARSIZE_ANY_EXHDR(msg));
+				MemoryContextSwitchTo(old);
+				MemoryContextReset(replaycxt);
+			}
+			SPI_freetuptable(SPI_tuptable);
+			CHECK_FOR_INTERRUPTS();
+		}
+		SPI_cursor_close(portal);
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		replaying = false;
+		replay_mt = NULL;
+		replay_target = NULL;
+		remote_final_lsn = saved_final;
+		e = relmap_find_table(mt);
+		if (e)
+			e->valid = false;	/* back to the table itself */
+	}
+	PG_END_TRY();
+	MemoryContextDelete(replaycxt);
+}
+
+/* a reloaded mirror: entries point at its tables from now on */
+void
+apply_refresh_mirror(Mirror *m)
+{
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
+
+	mirror = m;
+	if (relmap == NULL)
+		return;
+	hash_seq_init(&status, relmap);
+	while ((e = hash_seq_search(&status)) != NULL)
+		e->mt = find_mirror_table(e->remoterel->nspname, e->remoterel->relname);
+}
+
 /*
  * The slot and the publication must still exist on the source.  Without the
  * slot the changes since last_lsn are gone: nothing but a resync can make
@@ -1320,6 +1600,17 @@ check_slot_and_publication(void)
 				 errhint("Recreate it on the source (CREATE PUBLICATION %s FOR TABLE ...) with the mirror's tables, then call bunny.retry_mirror('%s').",
 						 quote_identifier(mirror->publication_name), mirror->name)));
 	}
+}
+
+/* between destination transactions: control requests and resync work */
+static void
+apply_between_batches(void)
+{
+	Mirror	   *m = bunny_check_control();
+
+	if (m != NULL)
+		apply_refresh_mirror(m);
+	resync_tick(mirror);
 }
 
 /*
@@ -1394,7 +1685,7 @@ apply_stream(PGconn *source_conn, Mirror *m)
 			MemoryContextReset(ApplyMessageContext);
 
 			if (!in_remote_txn && !in_local_txn)
-				bunny_check_control();
+				apply_between_batches();
 			if (TimestampDifferenceExceeds(last_feedback, GetCurrentTimestamp(), FEEDBACK_INTERVAL_MS))
 				send_feedback(false, false);
 			continue;
@@ -1404,7 +1695,7 @@ apply_stream(PGconn *source_conn, Mirror *m)
 		if (in_local_txn && !in_remote_txn)
 			apply_batch_flush();
 		if (!in_local_txn)
-			bunny_check_control();
+			apply_between_batches();
 		send_feedback(false, false);
 
 		{

@@ -100,7 +100,8 @@ extern void bunny_request_rescan(Oid dboid);
 extern PGDLLEXPORT void bunny_mirror_worker_main(Datum arg);
 extern BunnyWorkerSlot *MySlot;
 extern bool bunny_error_is_permanent;
-extern void bunny_check_control(void);
+struct Mirror;
+extern struct Mirror *bunny_check_control(void);
 
 /* description of one mapped table, from bunny.mirror_table */
 typedef struct MirrorTable
@@ -113,6 +114,10 @@ typedef struct MirrorTable
 	List	   *exclude_columns;	/* of char * */
 	char	   *status;
 	XLogRecPtr	sync_lsn;
+	char	   *resync_strategy;	/* truncate, swap, add (update_tables) */
+	char	   *resync_state;	/* NULL, REQUESTED, COPYING */
+	char	   *copy_target;	/* table the copy goes to, if not dest_table */
+	bool		created_by_bunny;
 } MirrorTable;
 
 /* the mirror this worker runs, from bunny.mirror and bunny.peer */
@@ -129,6 +134,7 @@ typedef struct Mirror
 	char	   *origin_name;
 	char	   *incarnation;
 	bool		slot_requested;
+	bool		publication_dirty;
 	bool		do_initial_snapshot;
 	int			max_batch_size;
 	int			idle_timeout_seconds;
@@ -173,8 +179,19 @@ extern char *stream_scrub_conninfo_error(const char *msg);
 
 /* setup.c */
 extern void setup_run(PGconn *conn, Mirror *mirror);
+extern void setup_refresh_tables(PGconn *conn, Mirror *mirror);
+
+/* resync.c */
+extern void resync_tick(Mirror *m);
+extern void resync_stop(void);
+extern bool resync_active(Mirror *m);
 
 /* snapshot.c */
+typedef struct SnapshotPool SnapshotPool;
+extern SnapshotPool *snapshot_pool_start(Mirror *m, const char *snapshot_name, int nparts);
+extern int	snapshot_pool_tick(SnapshotPool *pool, Mirror *m);
+extern void snapshot_pool_wait(SnapshotPool *pool);
+extern int	snapshot_insert_parts(int32 mirror_id, const char *where_clause);
 extern void snapshot_run(Mirror *mirror, const char *snapshot_name, XLogRecPtr sync_lsn);
 extern void snapshot_recover(PGconn *conn, Mirror *mirror);
 extern PGDLLEXPORT void bunny_snapshot_worker_main(Datum arg);
@@ -183,6 +200,9 @@ extern void snapshot_sync_sequences(PGconn *conn, const char *mirror_name,
 
 /* apply.c */
 extern void apply_stream(PGconn *conn, Mirror *mirror);
+extern void apply_replay_queue(MirrorTable *mt, const char *target_table);
+extern void apply_refresh_mirror(Mirror *m);
+extern void apply_store_relation_message(MirrorTable *mt);
 
 /* error context for workers */
 extern const char *bunny_ctx_mirror;

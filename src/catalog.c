@@ -91,7 +91,8 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 			 "       coalesce((m.config->>'snapshot_max_parallel_workers')::integer, 8), "
 			 "       coalesce((m.config->>'snapshot_num_tables_in_parallel')::integer, 4), "
 			 "       coalesce((m.config->>'replicate_indexes')::boolean, true), "
-			 "       coalesce((m.config->>'replicate_foreign_keys')::boolean, true) "
+			 "       coalesce((m.config->>'replicate_foreign_keys')::boolean, true), "
+			 "       m.publication_dirty "
 			 "  FROM bunny.mirror m JOIN bunny.peer p ON p.name = m.source_peer "
 			 " WHERE m.id = $1 %s",
 			 lock_row ? "FOR KEY SHARE OF m" : "");
@@ -132,9 +133,11 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 		m->snapshot_tables_in_parallel = DatumGetInt32(SPI_getbinval(tup, desc, 18, &isnull));
 		m->replicate_indexes = DatumGetBool(SPI_getbinval(tup, desc, 19, &isnull));
 		m->replicate_foreign_keys = DatumGetBool(SPI_getbinval(tup, desc, 20, &isnull));
+		m->publication_dirty = DatumGetBool(SPI_getbinval(tup, desc, 21, &isnull));
 
 		spi_run("SELECT source_schema, source_table, destination_schema, destination_table, "
-				"       partition_key, exclude_columns::text[], status, sync_lsn "
+				"       partition_key, exclude_columns::text[], status, sync_lsn, "
+				"       resync_strategy, resync_state, copy_target_table, created_by_bunny "
 				"  FROM bunny.mirror_table WHERE mirror_id = $1 "
 				" ORDER BY source_schema, source_table",
 				1, argtypes, values, NULL, false);
@@ -171,6 +174,10 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 			t->status = spi_text(i, 7, cxt);
 			d = SPI_getbinval(tup, desc, 8, &isnull);
 			t->sync_lsn = isnull ? InvalidXLogRecPtr : DatumGetLSN(d);
+			t->resync_strategy = spi_text(i, 9, cxt);
+			t->resync_state = spi_text(i, 10, cxt);
+			t->copy_target = spi_text(i, 11, cxt);
+			t->created_by_bunny = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
 			old = MemoryContextSwitchTo(cxt);
 			m->tables = lappend(m->tables, t);
 			MemoryContextSwitchTo(old);

@@ -1283,3 +1283,90 @@ setup_run(PGconn *conn, Mirror *m)
 	replorigin_session_origin_lsn = InvalidXLogRecPtr;
 	replorigin_session_origin_timestamp = 0;
 }
+
+/*
+ * After update_tables: create what the added tables need on the destination,
+ * point the publication at the new table list, and queue the added tables
+ * for a copy (resync strategy 'add': they must be empty) that runs while the
+ * others stream on.
+ */
+void
+setup_refresh_tables(PGconn *conn, Mirror *m)
+{
+	List	   *tables = NIL;
+	ListCell   *lc;
+	int			version;
+	int			added = 0;
+
+	pgstat_report_activity(STATE_RUNNING, "bunnydb: updating the table list");
+	version = check_source(conn);
+	foreach(lc, m->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+
+		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
+		tables = lappend(tables, describe_table(conn, mt));
+	}
+	bunny_ctx_table = NULL;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	created_types = NIL;
+	foreach(lc, tables)
+	{
+		SourceTable *st = lfirst(lc);
+		ListCell   *lc2;
+
+		if (strcmp(st->mt->status, "PENDING") != 0)
+			continue;
+		bunny_ctx_table = qname(st->mt->dest_schema, st->mt->dest_table);
+		foreach(lc2, st->columns)
+		{
+			SourceColumn *col = lfirst(lc2);
+
+			if (!col->excluded)
+				ensure_type(conn, col->typid, m->name);
+		}
+		ensure_table(st, m, tables, true);
+		added++;
+	}
+	bunny_ctx_table = NULL;
+	if (added > 0)
+	{
+		Oid			types[1] = {INT4OID};
+		Datum		vals[1] = {Int32GetDatum(m->id)};
+
+		SPI_connect();
+		SPI_execute_with_args("UPDATE bunny.mirror_table "
+							  "   SET status = 'SNAPSHOT', resync_state = 'REQUESTED', "
+							  "       resync_strategy = 'add', copy_done = false "
+							  " WHERE mirror_id = $1 AND status = 'PENDING'",
+							  1, types, vals, NULL, false, 0);
+		SPI_execute_with_args("UPDATE bunny.mirror SET status = 'RESYNCING', pending_op = 'resync' "
+							  " WHERE id = $1", 1, types, vals, NULL, false, 0);
+		SPI_finish();
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	/* the publication changes before the copies take their snapshot */
+	ensure_publication(conn, m, tables, version);
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	{
+		Oid			types[1] = {INT4OID};
+		Datum		vals[1] = {Int32GetDatum(m->id)};
+
+		SPI_connect();
+		SPI_execute_with_args("UPDATE bunny.mirror SET publication_dirty = false WHERE id = $1",
+							  1, types, vals, NULL, false, 0);
+		SPI_finish();
+	}
+	bunny_log(m->name, "INFO",
+			  psprintf("publication %s now has %d table(s); %d to copy", m->publication_name,
+					   list_length(tables), added), NULL);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	XLogFlush(XactLastCommitEnd);
+}

@@ -473,7 +473,8 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
-	SPI_execute_with_args("SELECT t.destination_schema::text, t.destination_table::text, "
+	SPI_execute_with_args("SELECT t.destination_schema::text, "
+						  "       coalesce(t.copy_target_table, t.destination_table)::text, "
 						  "       t.copy_columns::text[], t.copy_binary, p.from_relation, p.predicate, "
 						  "       t.snapshot_started_at IS NULL, "
 						  "       (SELECT count(*) FROM bunny.snapshot_part q "
@@ -616,11 +617,47 @@ bunny_snapshot_worker_main(Datum arg)
 			break;
 		if (snapshot_copy_part(conn, mirror_name, my_args.mirror_id, schema, table, part_no))
 		{
+			Oid			types[3] = {INT4OID, TEXTOID, TEXTOID};
+			Datum		vals[3];
+			char	   *kind;
+
+			vals[0] = Int32GetDatum(my_args.mirror_id);
+			vals[1] = CStringGetTextDatum(schema);
+			vals[2] = CStringGetTextDatum(table);
 			StartTransactionCommand();
 			PushActiveSnapshot(GetTransactionSnapshot());
-			snapshot_finish_table(conn, mirror_name, my_args.mirror_id, schema, table, indexes);
+			kind = bunny_spi_scalar("SELECT CASE WHEN resync_state IS NULL THEN 'initial' "
+									"            WHEN resync_strategy = 'add' THEN 'add' "
+									"            ELSE 'resync' END "
+									"  FROM bunny.mirror_table "
+									" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+									3, types, vals, NULL);
+			if (kind && strcmp(kind, "initial") == 0)
+				snapshot_finish_table(conn, mirror_name, my_args.mirror_id, schema, table, indexes);
+			else if (kind && strcmp(kind, "add") == 0)
+			{
+				/* a table added by update_tables: complete it; the mirror worker switches it */
+				char	   *dest = bunny_spi_scalar("SELECT format('%I.%I', destination_schema, destination_table) "
+													"  FROM bunny.mirror_table "
+													" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+													3, types, vals, NULL);
+				char	   *ddl = bunny_spi_scalar("SELECT post_copy_ddl::text FROM bunny.mirror_table "
+												   " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+												   3, types, vals, NULL);
+				char	   *seqs = bunny_spi_scalar("SELECT sequences::text FROM bunny.mirror_table "
+													" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+													3, types, vals, NULL);
+
+				catalog_apply_ddl(mirror_name, dest, ddl, indexes);
+				snapshot_sync_sequences(conn, mirror_name, seqs);
+			}
 			PopActiveSnapshot();
 			CommitTransactionCommand();
+			/* the mirror worker looks for copied tables; tell it now */
+			LWLockAcquire(BunnyState->lock, LW_SHARED);
+			if (BunnyState->slots[my_args.slotno].latch)
+				SetLatch(BunnyState->slots[my_args.slotno].latch);
+			LWLockRelease(BunnyState->lock);
 		}
 	}
 	stream_exec_command(conn, "COMMIT");
@@ -657,6 +694,36 @@ start_snapshot_worker(Mirror *m, const char *snapshot_name)
 	if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
 		return NULL;
 	return handle;
+}
+
+/*
+ * (Re)create the parts of the tables of a mirror that match where_clause
+ * (on bunny.mirror_table t) from the plan setup stored; returns how many.
+ */
+int
+snapshot_insert_parts(int32 mirror_id, const char *where_clause)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		vals[1] = {Int32GetDatum(mirror_id)};
+	int			n;
+
+	SPI_connect();
+	SPI_execute_with_args(psprintf("DELETE FROM bunny.snapshot_part p USING bunny.mirror_table t "
+								   " WHERE p.mirror_id = $1 AND t.mirror_id = p.mirror_id "
+								   "   AND t.source_schema = p.source_schema "
+								   "   AND t.source_table = p.source_table AND (%s)", where_clause),
+						  1, types, vals, NULL, false, 0);
+	SPI_execute_with_args(psprintf("INSERT INTO bunny.snapshot_part (mirror_id, source_schema, source_table, "
+								   "                                 part_no, from_relation, predicate) "
+								   "SELECT t.mirror_id, t.source_schema, t.source_table, (p.n - 1)::int, "
+								   "       p.part->>'from', p.part->>'where' "
+								   "  FROM bunny.mirror_table t, "
+								   "       jsonb_array_elements(coalesce(t.copy_parts, '[]')) WITH ORDINALITY p(part, n) "
+								   " WHERE t.mirror_id = $1 AND (%s)", where_clause),
+						  1, types, vals, NULL, false, 0);
+	n = (int) SPI_processed;
+	SPI_finish();
+	return n;
 }
 
 /*
@@ -699,10 +766,10 @@ snapshot_prepare(Mirror *m, XLogRecPtr sync_lsn)
 	for (uint64 i = 0; i < ntables; i++)
 	{
 		bunny_ctx_table = dest[i];
-		SPI_execute(psprintf("SELECT 1 FROM %s LIMIT 1", dest[i]), true, 1);
+		SPI_execute(psprintf("SELECT 1 FROM %s LIMIT 1", dest[i]), false, 1);
 		if (SPI_processed == 0)
 			continue;
-		if (strcmp(status[i], "SNAPSHOT") == 0)
+		if (strcmp(status[i], "SNAPSHOT") == 0 || strcmp(status[i], "RESYNCING") == 0)
 		{
 			/* our own copy from an attempt that was interrupted */
 			SPI_execute(psprintf("TRUNCATE %s", dest[i]), false, 0);
@@ -717,19 +784,7 @@ snapshot_prepare(Mirror *m, XLogRecPtr sync_lsn)
 	}
 	bunny_ctx_table = NULL;
 
-	SPI_execute_with_args("DELETE FROM bunny.snapshot_part p USING bunny.mirror_table t "
-						  " WHERE p.mirror_id = $1 AND t.mirror_id = p.mirror_id "
-						  "   AND t.source_schema = p.source_schema AND t.source_table = p.source_table "
-						  "   AND t.status <> 'SYNCED'", 1, types, vals, NULL, false, 0);
-	SPI_execute_with_args("INSERT INTO bunny.snapshot_part (mirror_id, source_schema, source_table, "
-						  "                                 part_no, from_relation, predicate) "
-						  "SELECT t.mirror_id, t.source_schema, t.source_table, (p.n - 1)::int, "
-						  "       p.part->>'from', p.part->>'where' "
-						  "  FROM bunny.mirror_table t, "
-						  "       jsonb_array_elements(coalesce(t.copy_parts, '[]')) WITH ORDINALITY p(part, n) "
-						  " WHERE t.mirror_id = $1 AND t.status <> 'SYNCED'",
-						  1, types, vals, NULL, false, 0);
-	nparts = (int) SPI_processed;
+	nparts = snapshot_insert_parts(m->id, "t.status <> 'SYNCED'");
 	SPI_execute_with_args("UPDATE bunny.mirror_table "
 						  "   SET status = 'SNAPSHOT', rows_snapshotted = 0, copy_done = false, "
 						  "       snapshot_started_at = NULL, sync_lsn = $2, error_message = NULL "
@@ -780,6 +835,97 @@ snapshot_reclaim_parts(Mirror *m, List *live_pids)
 	CommitTransactionCommand();
 }
 
+/* snapshot workers copying the parts of one exported snapshot */
+struct SnapshotPool
+{
+	char	   *snapshot;
+	int			nworkers;
+	BackgroundWorkerHandle **handles;
+};
+
+/* a pool of up to snapshot_max_parallel_workers workers for nparts parts */
+SnapshotPool *
+snapshot_pool_start(Mirror *m, const char *snapshot_name, int nparts)
+{
+	SnapshotPool *pool = MemoryContextAllocZero(TopMemoryContext, sizeof(SnapshotPool));
+
+	pool->snapshot = MemoryContextStrdup(TopMemoryContext, snapshot_name);
+	pool->nworkers = Max(1, Min(m->snapshot_max_workers, nparts));
+	pool->handles = MemoryContextAllocZero(TopMemoryContext,
+										   sizeof(BackgroundWorkerHandle *) * pool->nworkers);
+	return pool;
+}
+
+/*
+ * Reap exited workers, put the parts of dead ones back, keep the pool full
+ * while there is work.  Returns the number of parts not yet DONE.
+ */
+int
+snapshot_pool_tick(SnapshotPool *pool, Mirror *m)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		vals[1] = {Int32GetDatum(m->id)};
+	List	   *live = NIL;
+	int			nlive = 0;
+	char	   *left;
+	int			nleft;
+
+	for (int i = 0; i < pool->nworkers; i++)
+	{
+		pid_t		pid;
+
+		if (pool->handles[i] == NULL)
+			continue;
+		if (GetBackgroundWorkerPid(pool->handles[i], &pid) == BGWH_STOPPED)
+		{
+			pfree(pool->handles[i]);
+			pool->handles[i] = NULL;
+			continue;
+		}
+		if (pid > 0)
+			live = lappend_int(live, pid);
+		nlive++;
+	}
+	snapshot_reclaim_parts(m, live);
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	left = bunny_spi_scalar("SELECT count(*) FILTER (WHERE status <> 'DONE')::text "
+							"  FROM bunny.snapshot_part WHERE mirror_id = $1",
+							1, types, vals, NULL);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	nleft = left ? atoi(left) : 0;
+
+	for (int i = 0; i < pool->nworkers && nlive < nleft; i++)
+	{
+		if (pool->handles[i] != NULL)
+			continue;
+		pool->handles[i] = start_snapshot_worker(m, pool->snapshot);
+		if (pool->handles[i] != NULL)
+			nlive++;
+	}
+	if (nleft > 0 && nlive == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("could not start any snapshot worker"),
+				 errhint("Increase max_worker_processes.")));
+	return nleft;
+}
+
+/* wait for the pool's workers to exit (one may still be finishing a table) */
+void
+snapshot_pool_wait(SnapshotPool *pool)
+{
+	for (int i = 0; i < pool->nworkers; i++)
+		if (pool->handles[i] != NULL)
+		{
+			(void) WaitForBackgroundWorkerShutdown(pool->handles[i]);
+			pfree(pool->handles[i]);
+			pool->handles[i] = NULL;
+		}
+}
+
 /*
  * Copy every table that is not SYNCED with the given exported snapshot,
  * using snapshot workers, then finish tables, foreign keys and sequences.
@@ -789,8 +935,7 @@ void
 snapshot_run(Mirror *m, const char *snapshot_name, XLogRecPtr sync_lsn)
 {
 	int			nparts;
-	int			nworkers;
-	BackgroundWorkerHandle **handles;
+	SnapshotPool *pool;
 	Oid			types[1] = {INT4OID};
 	Datum		vals[1] = {Int32GetDatum(m->id)};
 
@@ -800,73 +945,21 @@ snapshot_run(Mirror *m, const char *snapshot_name, XLogRecPtr sync_lsn)
 				 errmsg("the source exported no snapshot for the initial copy")));
 
 	nparts = snapshot_prepare(m, sync_lsn);
-	nworkers = Max(1, Min(m->snapshot_max_workers, nparts));
-	handles = palloc0(sizeof(BackgroundWorkerHandle *) * nworkers);
+	pool = snapshot_pool_start(m, snapshot_name, nparts);
 	bunny_log(m->name, "INFO",
 			  psprintf("initial copy started: %d part(s), up to %d worker(s), %d table(s) at a time",
-					   nparts, nworkers, m->snapshot_tables_in_parallel), NULL);
+					   nparts, pool->nworkers, m->snapshot_tables_in_parallel), NULL);
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: initial copy");
 
-	for (;;)
+	while (snapshot_pool_tick(pool, m) > 0)
 	{
-		List	   *live = NIL;
-		int			nlive = 0;
-		char	   *left;
-
-		for (int i = 0; i < nworkers; i++)
-		{
-			pid_t		pid;
-
-			if (handles[i] == NULL)
-				continue;
-			if (GetBackgroundWorkerPid(handles[i], &pid) == BGWH_STOPPED)
-			{
-				pfree(handles[i]);
-				handles[i] = NULL;
-				continue;
-			}
-			if (pid > 0)
-				live = lappend_int(live, pid);
-			nlive++;
-		}
-		snapshot_reclaim_parts(m, live);
-
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		left = bunny_spi_scalar("SELECT count(*) FILTER (WHERE status <> 'DONE')::text "
-								"  FROM bunny.snapshot_part WHERE mirror_id = $1",
-								1, types, vals, NULL);
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		if (left == NULL || strcmp(left, "0") == 0)
-			break;
-
-		/* keep the pool full while there is work */
-		for (int i = 0; i < nworkers && nlive < atoi(left); i++)
-		{
-			if (handles[i] != NULL)
-				continue;
-			handles[i] = start_snapshot_worker(m, snapshot_name);
-			if (handles[i] != NULL)
-				nlive++;
-		}
-		if (nlive == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-					 errmsg("could not start any snapshot worker"),
-					 errhint("Increase max_worker_processes.")));
-
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 1000, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
-		bunny_check_control();
+		(void) bunny_check_control();
 	}
-
-	/* wait for the workers to go (one may still be finishing a table) */
-	for (int i = 0; i < nworkers; i++)
-		if (handles[i] != NULL)
-			(void) WaitForBackgroundWorkerShutdown(handles[i]);
+	snapshot_pool_wait(pool);
 
 	/* tables whose finishing step was interrupted, then foreign keys */
 	{

@@ -57,6 +57,7 @@ static int32 my_mirror_id;
 static char *my_mirror_name;
 static PGconn *source_conn = NULL;
 static char *current_conninfo = NULL;	/* what source_conn was opened with */
+static char *current_phase = NULL;	/* the phase this run is in */
 
 /* error context callback: name mirror, table and LSN */
 void
@@ -147,17 +148,25 @@ worker_handle_error(void)
 }
 
 /*
- * Between batches: has a control function asked for something?  Pausing
- * and dropping end the run (cleanly); anything else (alter_peer, retry)
- * reconnects by ending the run and letting the launcher restart us.
+ * Between batches: has a control function asked for something?  Pausing,
+ * dropping and phase changes end the run (cleanly; the launcher starts the
+ * next one); a changed conninfo reconnects the same way.  Otherwise the
+ * freshly loaded mirror is returned, for the caller to pick up table
+ * changes (resync requests); NULL when nothing was loaded.
+ *
+ * Loaded mirrors live in a memory context of their own, deleted two loads
+ * later: the caller switches to the new one at once.
  */
-void
+Mirror *
 bunny_check_control(void)
 {
 	static TimestampTz last_check = 0;
+	static MemoryContext cxts[2] = {NULL, NULL};
+	static int	next_cxt = 0;
 	bool		pending;
 	Mirror	   *m;
 	bool		stop = false;
+	MemoryContext old;
 
 	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
 	pending = MySlot->control_pending;
@@ -167,12 +176,20 @@ bunny_check_control(void)
 	if (TimestampDifferenceExceeds(last_check, GetCurrentTimestamp(), CATALOG_RECHECK_MS))
 		pending = true;
 	if (!pending)
-		return;
+		return NULL;
 	last_check = GetCurrentTimestamp();
 
+	if (cxts[next_cxt] != NULL)
+		MemoryContextDelete(cxts[next_cxt]);
+	cxts[next_cxt] = AllocSetContextCreate(TopMemoryContext, "bunnydb mirror reload",
+										   ALLOCSET_SMALL_SIZES);
+
+	old = CurrentMemoryContext;
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
+	MemoryContextSwitchTo(cxts[next_cxt]);
 	m = catalog_load_mirror(my_mirror_id, false);
+	next_cxt = 1 - next_cxt;
 	if (m == NULL)
 		stop = true;			/* dropped */
 	else if (strcmp(m->status, "PAUSING") == 0)
@@ -185,14 +202,19 @@ bunny_check_control(void)
 		stop = true;
 	else if (current_conninfo != NULL && strcmp(m->conninfo, current_conninfo) != 0)
 		stop = true;			/* alter_peer: reconnect with the new conninfo */
+	else if (current_phase != NULL && strcmp(m->phase, current_phase) != 0)
+		stop = true;			/* set up again (resync without a slot) */
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(old);
 
 	if (stop)
 	{
+		resync_stop();
 		stream_disconnect(&source_conn);
 		proc_exit(0);
 	}
+	return m;
 }
 
 /*
@@ -361,7 +383,7 @@ worker_run(void)
 		if (m == NULL)
 			return;
 	}
-	else if (strcmp(m->status, "RUNNING") != 0)
+	else if (strcmp(m->status, "RUNNING") != 0 && strcmp(m->status, "RESYNCING") != 0)
 	{
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
@@ -371,6 +393,22 @@ worker_run(void)
 		CommitTransactionCommand();
 	}
 
+	/* tables added by update_tables, publication changes */
+	if (m->publication_dirty)
+	{
+		setup_refresh_tables(source_conn, m);
+		StartTransactionCommand();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		MemoryContextSwitchTo(workercxt);
+		m = catalog_load_mirror(my_mirror_id, false);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(workercxt);
+		if (m == NULL)
+			return;
+	}
+
+	current_phase = m->phase;
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: streaming changes");
 	apply_stream(source_conn, m);
 }

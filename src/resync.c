@@ -1,0 +1,475 @@
+/*-------------------------------------------------------------------------
+ *
+ * resync.c
+ *		Copying tables again while the mirror keeps streaming: resync_table,
+ *		resync_mirror, and tables added by update_tables.
+ *
+ * The mirror worker drives it between batches.  For the requested tables it
+ * creates a temporary slot whose exported snapshot, at position C, is the
+ * copy's consistent point, prepares the target (truncate: the table is
+ * emptied; swap: an empty <table>_resync is built LIKE the table, indexes
+ * included; add: the table must be empty) and lets snapshot workers copy
+ * into it, part by part, as for the initial copy.  The stream goes on
+ * meanwhile, for every table:
+ *
+ *	- a change of a table being copied that committed at or before C is in
+ *	  the copy: skipped (truncate, add) or applied to the old table, which
+ *	  readers still see (swap);
+ *	- a later change is queued, as the raw pgoutput message, in
+ *	  bunny.resync_queue, in the same transaction as the batch, and for swap
+ *	  also applied to the old table.
+ *
+ * When a table's copy is in, the worker replays its queue onto the copy and
+ * marks it SYNCED in one transaction; for swap it also exchanges the tables
+ * (all swapped tables of the request in one transaction), moving foreign
+ * keys that point at the table and the sequences its columns own.  The
+ * mirror's slot is never touched.  A crash loses the temporary slot and the
+ * running copies: the worker starts the copy of the unfinished tables again
+ * from a new snapshot (the queue is emptied, the new copy contains it).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "bunnydb.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/pg_lsn.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+static PGconn *snapshot_conn = NULL;	/* holds the temporary slot's snapshot */
+static SnapshotPool *pool = NULL;
+static TimestampTz last_tick = 0;
+
+#define RESYNC_TICK_MS	500
+
+/* is any table of the mirror being resynced? */
+bool
+resync_active(Mirror *m)
+{
+	ListCell   *lc;
+
+	foreach(lc, m->tables)
+		if (((MirrorTable *) lfirst(lc))->resync_state != NULL)
+			return true;
+	return false;
+}
+
+/* the worker ends: the snapshot workers follow on their own */
+void
+resync_stop(void)
+{
+	stream_disconnect(&snapshot_conn);
+	pool = NULL;
+}
+
+/* run a statement on the destination, raising on failure */
+static void
+resync_sql(const char *sql)
+{
+	int			rc;
+
+	SPI_connect();
+	rc = SPI_execute(sql, false, 0);
+	SPI_finish();
+	if (rc < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not run \"%s\" on the destination", sql)));
+}
+
+/*
+ * Lock the mirror row before any bunny.mirror_table row: control functions
+ * take them in that order, and so must we, or we deadlock with them.
+ */
+static void
+resync_lock_mirror_row(Mirror *m)
+{
+	resync_sql(psprintf("SELECT 1 FROM bunny.mirror WHERE id = %d FOR NO KEY UPDATE", m->id));
+}
+
+/* the name of a swap target: <table>_resync, within NAMEDATALEN */
+static char *
+swap_target_name(const char *table)
+{
+	char		buf[NAMEDATALEN];
+	int			keep = Min((int) strlen(table), NAMEDATALEN - 1 - 7);
+
+	snprintf(buf, sizeof(buf), "%.*s_resync", keep, table);
+	return pstrdup(buf);
+}
+
+/*
+ * Start the copy of every REQUESTED table from one new snapshot.
+ */
+static void
+resync_start(Mirror *m)
+{
+	PGresult   *res;
+	XLogRecPtr	lsn;
+	char	   *snapshot;
+	ListCell   *lc;
+	int			nparts;
+	StringInfoData names;
+
+	snapshot_conn = stream_connect(m->conninfo, psprintf("bunnydb:%s", m->name), true);
+	res = stream_exec_ok(snapshot_conn,
+						 psprintf("CREATE_REPLICATION_SLOT %s TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
+								  quote_identifier(psprintf("bunny_tmp_%d_%d", m->id, MyProcPid))),
+						 PGRES_TUPLES_OK);
+	lsn = DatumGetLSN(DirectFunctionCall1(pg_lsn_in, CStringGetDatum(PQgetvalue(res, 0, 1))));
+	snapshot = pstrdup(PQgetvalue(res, 0, 2));
+	PQclear(res);
+
+	initStringInfo(&names);
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	resync_lock_mirror_row(m);
+	foreach(lc, m->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+		char	   *dest = (char *) quote_qualified_identifier(mt->dest_schema, mt->dest_table);
+		char	   *target = NULL;
+		Oid			types[6] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, LSNOID, TEXTOID};
+		Datum		vals[6];
+		char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
+
+		if (mt->resync_state == NULL)
+			continue;
+		bunny_ctx_table = dest;
+		if (strcmp(mt->resync_strategy, "add") == 0 && strcmp(mt->resync_state, "COPYING") == 0)
+		{
+			/* our own partial copy from a run that crashed */
+			resync_sql(psprintf("TRUNCATE %s", dest));
+		}
+		else if (strcmp(mt->resync_strategy, "add") == 0)
+		{
+			char	   *rows = bunny_spi_scalar(psprintf("SELECT count(*)::text FROM (SELECT 1 FROM %s LIMIT 1) s",
+														 dest), 0, NULL, NULL, NULL);
+
+			if (rows && strcmp(rows, "0") != 0)
+			{
+				bunny_error_is_permanent = true;
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("destination table %s is not empty", dest),
+						 errdetail("A table added to a mirror is copied, and the copy never overwrites existing rows."),
+						 errhint("Empty the table, then call bunny.retry_mirror().")));
+			}
+		}
+		else if (strcmp(mt->resync_strategy, "swap") == 0)
+		{
+			target = swap_target_name(mt->dest_table);
+			resync_sql(psprintf("DROP TABLE IF EXISTS %s",
+								quote_qualified_identifier(mt->dest_schema, target)));
+			resync_sql(psprintf("CREATE TABLE %s (LIKE %s INCLUDING ALL)",
+								quote_qualified_identifier(mt->dest_schema, target), dest));
+		}
+		else
+		{
+			/* truncate; DELETE where foreign keys point at the table */
+			char	   *refs = bunny_spi_scalar(psprintf("SELECT count(*)::text FROM pg_catalog.pg_constraint "
+														 " WHERE contype = 'f' AND confrelid = %s::regclass",
+														 quote_literal_cstr(dest)), 0, NULL, NULL, NULL);
+
+			if (refs && strcmp(refs, "0") != 0)
+				resync_sql(psprintf("DELETE FROM %s", dest));
+			else
+				resync_sql(psprintf("TRUNCATE %s", dest));
+		}
+
+		vals[0] = Int32GetDatum(m->id);
+		vals[1] = CStringGetTextDatum(mt->source_schema);
+		vals[2] = CStringGetTextDatum(mt->source_table);
+		vals[3] = CStringGetTextDatum(target ? target : "");
+		if (target == NULL)
+			nulls[3] = 'n';
+		vals[4] = LSNGetDatum(lsn);
+		vals[5] = CStringGetTextDatum("");
+		SPI_connect();
+		SPI_execute_with_args("UPDATE bunny.mirror_table "
+							  "   SET resync_state = 'COPYING', copy_target_table = $4, sync_lsn = $5, "
+							  "       copy_done = false, rows_snapshotted = 0, snapshot_started_at = NULL "
+							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+							  5, types, vals, nulls, false, 0);
+		SPI_execute_with_args("DELETE FROM bunny.resync_queue "
+							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+							  3, types, vals, NULL, false, 0);
+		SPI_finish();
+
+		mt->resync_state = MemoryContextStrdup(GetMemoryChunkContext(mt), "COPYING");
+		mt->copy_target = target ? MemoryContextStrdup(GetMemoryChunkContext(mt), target) : NULL;
+		mt->sync_lsn = lsn;
+		apply_store_relation_message(mt);
+		appendStringInfo(&names, "%s%s", names.len ? ", " : "",
+						 quote_qualified_identifier(mt->source_schema, mt->source_table));
+	}
+	bunny_ctx_table = NULL;
+	nparts = snapshot_insert_parts(m->id, "t.resync_state = 'COPYING'");
+	bunny_log(m->name, "INFO",
+			  psprintf("copying %s again from a snapshot at %X/%X (%d part(s)); the stream goes on",
+					   names.data, LSN_FORMAT_ARGS(lsn), nparts), NULL);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	XLogFlush(XactLastCommitEnd);
+
+	pool = snapshot_pool_start(m, snapshot, nparts);
+	pgstat_report_activity(STATE_RUNNING, "bunnydb: streaming changes, copying tables again");
+}
+
+/*
+ * Exchange a swapped table with its copy, in the caller's transaction:
+ * foreign keys that point at the table, its own foreign keys, and the
+ * sequences its columns own move over; the old table is dropped and the
+ * copy's index names lose their _resync.
+ */
+static void
+resync_swap(MirrorTable *mt)
+{
+	const char *dest = quote_qualified_identifier(mt->dest_schema, mt->dest_table);
+	const char *copy = quote_qualified_identifier(mt->dest_schema, mt->copy_target);
+	const char *old_name = psprintf("%s_old", mt->copy_target);
+	char	   *sql;
+	uint64		n;
+	List	   *readd = NIL;
+	ListCell   *lc;
+
+	/* foreign keys from other tables to it, and its own: dropped, re-added */
+	SPI_connect();
+	SPI_execute(psprintf("SELECT format('ALTER TABLE %%s DROP CONSTRAINT %%I', c.conrelid::regclass, c.conname), "
+						 "       format('ALTER TABLE %%s ADD CONSTRAINT %%I %%s', "
+						 "              CASE WHEN c.conrelid = %s::regclass THEN %s ELSE c.conrelid::regclass::text END, "
+						 "              c.conname, pg_get_constraintdef(c.oid)) "
+						 "  FROM pg_catalog.pg_constraint c "
+						 " WHERE c.contype = 'f' "
+						 "   AND (c.confrelid = %s::regclass OR c.conrelid = %s::regclass)",
+						 quote_literal_cstr(dest), quote_literal_cstr(dest),
+						 quote_literal_cstr(dest), quote_literal_cstr(dest)), false, 0);
+	n = SPI_processed;
+	{
+		char	  **drops = palloc(sizeof(char *) * (n + 1));
+
+		for (uint64 i = 0; i < n; i++)
+		{
+			MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
+
+			drops[i] = pstrdup(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+			readd = lappend(readd, pstrdup(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2)));
+			MemoryContextSwitchTo(old);
+		}
+		for (uint64 i = 0; i < n; i++)
+			if (SPI_execute(drops[i], false, 0) < 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INTERNAL_ERROR),
+						 errmsg("could not run \"%s\"", drops[i])));
+	}
+	SPI_finish();
+
+	/* sequences owned by the old table's columns belong to the copy now */
+	sql = psprintf("DO $bunny$ DECLARE r record; BEGIN "
+				   "FOR r IN SELECT d.objid::regclass AS seq, a.attname "
+				   "           FROM pg_catalog.pg_depend d "
+				   "           JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
+				   "           JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' "
+				   "          WHERE d.refobjid = %s::regclass AND d.classid = 'pg_class'::regclass "
+				   "            AND d.deptype = 'a' AND a.attidentity = '' LOOP "
+				   "  EXECUTE format('ALTER SEQUENCE %%s OWNED BY %%s.%%I', r.seq, %s, r.attname); "
+				   "END LOOP; END $bunny$",
+				   quote_literal_cstr(dest), quote_literal_cstr(copy));
+	resync_sql(sql);
+
+	resync_sql(psprintf("ALTER TABLE %s RENAME TO %s", dest, quote_identifier(old_name)));
+	resync_sql(psprintf("ALTER TABLE %s RENAME TO %s", copy, quote_identifier(mt->dest_table)));
+	resync_sql(psprintf("DROP TABLE %s", quote_qualified_identifier(mt->dest_schema, old_name)));
+
+	/* index names: <table>_resync_pkey -> <table>_pkey */
+	sql = psprintf("DO $bunny$ DECLARE r record; BEGIN "
+				   "FOR r IN SELECT c.relname FROM pg_catalog.pg_index i "
+				   "           JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+				   "          WHERE i.indrelid = %s::regclass AND strpos(c.relname, %s) = 1 LOOP "
+				   "  EXECUTE format('ALTER INDEX %%I.%%I RENAME TO %%I', %s, r.relname, "
+				   "                 %s || substr(r.relname, %s)); "
+				   "END LOOP; END $bunny$",
+				   quote_literal_cstr(dest), quote_literal_cstr(mt->copy_target),
+				   quote_literal_cstr(mt->dest_schema), quote_literal_cstr(mt->dest_table),
+				   psprintf("%d", (int) strlen(mt->copy_target) + 1));
+	resync_sql(sql);
+
+	foreach(lc, readd)
+		resync_sql((char *) lfirst(lc));
+}
+
+/*
+ * Switch the tables whose copy is in: replay their queues, swap where asked
+ * (all swapped tables together), mark them SYNCED.  One transaction.
+ */
+static void
+resync_switch_ready(Mirror *m)
+{
+	Oid			types[1] = {INT4OID};
+	Datum		vals[1] = {Int32GetDatum(m->id)};
+	char	   *done_list;
+	bool		swap_waiting = false;
+	List	   *ready = NIL;
+	ListCell   *lc;
+	char	   *left;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	resync_lock_mirror_row(m);
+	done_list = bunny_spi_scalar("SELECT coalesce(string_agg(format('%I.%I', source_schema, source_table), ' '), '') "
+								 "  FROM bunny.mirror_table "
+								 " WHERE mirror_id = $1 AND resync_state = 'COPYING' AND copy_done",
+								 1, types, vals, NULL);
+	foreach(lc, m->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+		char	   *key = psprintf(" %s ", quote_qualified_identifier(mt->source_schema, mt->source_table));
+		bool		done;
+
+		if (mt->resync_state == NULL || strcmp(mt->resync_state, "COPYING") != 0)
+			continue;
+		done = strstr(psprintf(" %s ", done_list ? done_list : ""), key) != NULL;
+		if (strcmp(mt->resync_strategy, "swap") == 0 && !done)
+			swap_waiting = true;
+		if (done)
+			ready = lappend(ready, mt);
+	}
+
+	foreach(lc, ready)
+	{
+		MirrorTable *mt = lfirst(lc);
+		bool		swap = strcmp(mt->resync_strategy, "swap") == 0;
+		Oid			t3[3] = {INT4OID, TEXTOID, TEXTOID};
+		Datum		v3[3];
+		char	   *queued;
+		char	   *rows;
+
+		if (swap && swap_waiting)
+			continue;			/* all swaps go together */
+		v3[0] = Int32GetDatum(m->id);
+		v3[1] = CStringGetTextDatum(mt->source_schema);
+		v3[2] = CStringGetTextDatum(mt->source_table);
+		bunny_ctx_table = quote_qualified_identifier(mt->dest_schema, mt->dest_table);
+		queued = bunny_spi_scalar("SELECT count(*)::text FROM bunny.resync_queue "
+								  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+								  3, t3, v3, NULL);
+		rows = bunny_spi_scalar("SELECT rows_snapshotted::text FROM bunny.mirror_table "
+								" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+								3, t3, v3, NULL);
+		apply_replay_queue(mt, swap ? mt->copy_target : NULL);
+		if (swap)
+			resync_swap(mt);
+		/* the copy is as new as the snapshot: take the sequences over again */
+		if (mt->created_by_bunny && snapshot_conn != NULL)
+			snapshot_sync_sequences(snapshot_conn, m->name,
+									bunny_spi_scalar("SELECT sequences::text FROM bunny.mirror_table "
+													 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+													 3, t3, v3, NULL));
+		if (strcmp(mt->resync_strategy, "add") == 0 && m->replicate_foreign_keys && mt->created_by_bunny)
+			resync_sql(psprintf("SELECT bunny._apply_ddl(%s, %s::regclass, fk_ddl) FROM bunny.mirror_table "
+								" WHERE mirror_id = %d AND source_schema = %s AND source_table = %s",
+								quote_literal_cstr(m->name),
+								quote_literal_cstr(quote_qualified_identifier(mt->dest_schema, mt->dest_table)),
+								m->id, quote_literal_cstr(mt->source_schema),
+								quote_literal_cstr(mt->source_table)));
+		SPI_connect();
+		SPI_execute_with_args("DELETE FROM bunny.resync_queue "
+							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+							  3, t3, v3, NULL, false, 0);
+		SPI_execute_with_args("UPDATE bunny.mirror_table "
+							  "   SET status = 'SYNCED', resync_state = NULL, resync_strategy = NULL, "
+							  "       copy_target_table = NULL, resync_relation_msg = NULL, "
+							  "       last_synced_at = now(), error_message = NULL "
+							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+							  3, t3, v3, NULL, false, 0);
+		SPI_finish();
+		bunny_log(m->name, "INFO",
+				  psprintf("%s table %s: %s rows copied, %s queued change(s) applied",
+						   strcmp(mt->resync_strategy, "add") == 0 ? "added" : "resynced",
+						   quote_qualified_identifier(mt->source_schema, mt->source_table),
+						   rows ? rows : "0", queued ? queued : "0"),
+				  NULL);
+		mt->resync_state = NULL;
+		mt->resync_strategy = NULL;
+		mt->copy_target = NULL;
+		bunny_ctx_table = NULL;
+	}
+
+	left = bunny_spi_scalar("SELECT count(*)::text FROM bunny.mirror_table "
+							" WHERE mirror_id = $1 AND resync_state IS NOT NULL",
+							1, types, vals, NULL);
+	if (left && strcmp(left, "0") == 0)
+	{
+		resync_sql(psprintf("UPDATE bunny.mirror SET status = CASE WHEN status = 'RESYNCING' THEN 'RUNNING' ELSE status END, "
+							"       pending_op = NULL, updated_at = now() WHERE id = %d", m->id));
+		bunny_log(m->name, "INFO", "resync finished", NULL);
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
+ * Between batches: start requested copies, keep the snapshot workers going,
+ * switch the tables whose copy is in.  Cheap when nothing is going on.
+ */
+void
+resync_tick(Mirror *m)
+{
+	bool		requested = false;
+	bool		copying = false;
+	ListCell   *lc;
+
+	foreach(lc, m->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+
+		if (mt->resync_state == NULL)
+			continue;
+		if (strcmp(mt->resync_state, "REQUESTED") == 0)
+			requested = true;
+		else
+			copying = true;
+	}
+	if (!requested && !copying)
+		return;
+
+	/*
+	 * Without a running pool, start everything asked for -- including the
+	 * copies of a run that crashed, whose snapshot is gone.  With one, new
+	 * requests wait for it to finish.
+	 */
+	if (pool == NULL)
+	{
+		resync_start(m);
+		return;
+	}
+	if (!TimestampDifferenceExceeds(last_tick, GetCurrentTimestamp(), RESYNC_TICK_MS))
+		return;
+	last_tick = GetCurrentTimestamp();
+
+	(void) snapshot_pool_tick(pool, m);
+	resync_switch_ready(m);
+
+	copying = false;
+	foreach(lc, m->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+
+		if (mt->resync_state != NULL && strcmp(mt->resync_state, "COPYING") == 0)
+			copying = true;
+	}
+	if (!copying)
+	{
+		snapshot_pool_wait(pool);
+		pool = NULL;
+		stream_disconnect(&snapshot_conn);
+		pgstat_report_activity(STATE_RUNNING, "bunnydb: streaming changes");
+	}
+}
