@@ -534,7 +534,7 @@ relmap_build(RelMapEntry *e)
 	e->valid = true;
 }
 
-/* the entry for a remote relation id, built for use */
+/* the entry for a remote relation id, built for use; NULL if not mapped */
 static RelMapEntry *
 relmap_get(LogicalRepRelId remoteid)
 {
@@ -544,11 +544,13 @@ relmap_get(LogicalRepRelId remoteid)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROTOCOL_VIOLATION),
 				 errmsg("change for unknown source relation %u", remoteid)));
+	/*
+	 * Not mapped: a table update_tables removed.  The stream still carries
+	 * its changes from before the publication was changed; they are not
+	 * ours any more.
+	 */
 	if (e->mt == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("source table %s is published but not mapped by this mirror",
-						quote_qualified_identifier(e->remoterel->nspname, e->remoterel->relname))));
+		return NULL;
 	if (!e->valid)
 		relmap_build(e);
 	bunny_ctx_table = e->qualname;
@@ -836,12 +838,12 @@ apply_handle_insert(StringInfo s)
 	LogicalRepTupleData newtup;
 	LogicalRepRelId relid = logicalrep_read_insert(s, &newtup);
 	RelMapEntry *e = relmap_get(relid);
-	int			n = e->remoterel->natts;
+	int			n = e ? e->remoterel->natts : 0;
 	Datum	   *values = palloc(sizeof(Datum) * (n + 1));
 	char	   *nulls = palloc(n + 1);
 	char	   *present = palloc0(n + 1);
 
-	if (!route_change(e, &e->n_ins))
+	if (e == NULL || !route_change(e, &e->n_ins))
 		return;
 	tuple_to_datums(e, &newtup, values, nulls, present);
 	/* parameters follow the columns present, in order */
@@ -895,7 +897,7 @@ apply_handle_update(StringInfo s)
 	bool		has_old;
 	LogicalRepRelId relid = logicalrep_read_update(s, &has_old, &oldtup, &newtup);
 	RelMapEntry *e = relmap_get(relid);
-	int			n = e->remoterel->natts;
+	int			n = e ? e->remoterel->natts : 0;
 	Datum	   *nv = palloc(sizeof(Datum) * (n + 1));
 	char	   *nn = palloc(n + 1);
 	char	   *setmask = palloc0(n + 1);
@@ -904,7 +906,7 @@ apply_handle_update(StringInfo s)
 	char	   *nulls = palloc(2 * n + 1);
 	int			k = 0;
 
-	if (!route_change(e, &e->n_upd))
+	if (e == NULL || !route_change(e, &e->n_upd))
 		return;
 	tuple_to_datums(e, &newtup, nv, nn, setmask);
 	for (int i = 0; i < n; i++)
@@ -936,13 +938,13 @@ apply_handle_delete(StringInfo s)
 	LogicalRepTupleData oldtup;
 	LogicalRepRelId relid = logicalrep_read_delete(s, &oldtup);
 	RelMapEntry *e = relmap_get(relid);
-	int			n = e->remoterel->natts;
+	int			n = e ? e->remoterel->natts : 0;
 	char	   *wheremask = palloc0(n + 1);
 	Datum	   *values = palloc(sizeof(Datum) * (n + 1));
 	char	   *nulls = palloc(n + 1);
 	int			k = 0;
 
-	if (!route_change(e, &e->n_del))
+	if (e == NULL || !route_change(e, &e->n_del))
 		return;
 	key_params(e, &oldtup, values, nulls, wheremask, &k);
 	if (exec_plan(get_plan(e, 'D', NULL, wheremask), values, nulls) == 0)
@@ -975,7 +977,7 @@ apply_handle_truncate(StringInfo s)
 		RelMapEntry *e = relmap_get(lfirst_oid(lc));
 
 		/* a replay truncates only the table it replays */
-		if (replaying ? e->mt != replay_mt : !route_change(e, &dummy))
+		if (e == NULL || (replaying ? e->mt != replay_mt : !route_change(e, &dummy)))
 			continue;
 		appendStringInfo(&sql, "%s%s", n++ ? ", " : "", e->qualname);
 	}

@@ -213,7 +213,7 @@ resync_start(Mirror *m)
 	bunny_ctx_table = NULL;
 	nparts = snapshot_insert_parts(m->id, "t.resync_state = 'COPYING'");
 	bunny_log(m->name, "INFO",
-			  psprintf("copying %s again from a snapshot at %X/%X (%d part(s)); the stream goes on",
+			  psprintf("copying %s from a new snapshot at %X/%X (%d part(s)); the stream goes on",
 					   names.data, LSN_FORMAT_ARGS(lsn), nparts), NULL);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
