@@ -1593,6 +1593,48 @@ check_slot_and_publication(void)
 				 errdetail("Changes made on the source since the last applied position cannot be streamed any more."),
 				 errhint("A resync is needed: bunny.resync_mirror('%s').", mirror->name)));
 	}
+	/*
+	 * A slot held by someone else is held by a stale connection of ours (a
+	 * worker that died without the source noticing yet): free it.
+	 */
+	for (int tries = 0; slot_ok; tries++)
+	{
+		char	   *holder;
+
+		res = stream_exec_ok(conn,
+							 psprintf("SELECT active_pid FROM pg_catalog.pg_replication_slots "
+									  " WHERE slot_name = %s AND active_pid IS NOT NULL",
+									  quote_literal_cstr(mirror->slot_name)),
+							 PGRES_TUPLES_OK);
+		holder = PQntuples(res) > 0 ? pstrdup(PQgetvalue(res, 0, 0)) : NULL;
+		PQclear(res);
+		if (holder == NULL)
+			break;
+		if (tries == 0)
+		{
+			res = stream_exec(conn, psprintf("SELECT pg_catalog.pg_terminate_backend(%s)", holder));
+			if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK)
+			{
+				if (res)
+					PQclear(res);
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_IN_USE),
+						 errmsg("replication slot \"%s\" is active for PID %s", mirror->slot_name, holder),
+						 errhint("Terminate that connection on the source: SELECT pg_terminate_backend(%s);", holder)));
+			}
+			PQclear(res);
+			bunny_log(mirror->name, "WARNING",
+					  psprintf("terminated a stale connection (PID %s) that held slot %s", holder,
+							   mirror->slot_name), NULL);
+		}
+		if (tries > 50)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("replication slot \"%s\" is still active for PID %s", mirror->slot_name, holder)));
+		pg_usleep(100 * 1000L);
+		CHECK_FOR_INTERRUPTS();
+	}
+
 	if (!pub_ok)
 	{
 		bunny_error_is_permanent = true;
