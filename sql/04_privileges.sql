@@ -116,6 +116,23 @@ SELECT * FROM bunny._remote_query('host=h', 'SELECT 1') AS r(x int);
 SELECT bunny._notify(1);
 RESET ROLE;
 
+-- a non-superuser's peer must authenticate with its own password: a
+-- password-less conninfo to a server trusting this machine is refused,
+-- and so are test_peer / peer_tables through such a peer
+SELECT format('host=%s port=%s dbname=%s',
+			  split_part(current_setting('unix_socket_directories'), ',', 1),
+			  current_setting('port'), current_database()) AS self_conninfo \gset
+SELECT bunny.create_peer('trusting', :'self_conninfo', validate => false);
+SET ROLE bunny_regress_admin;
+SELECT bunny.create_peer('p_trust', :'self_conninfo', validate => true);
+SELECT count(*) FROM bunny.peers WHERE name = 'p_trust';
+SELECT ok, error FROM bunny.test_peer('trusting');
+SELECT count(*) FROM bunny.peer_tables('trusting');
+RESET ROLE;
+SELECT require_password FROM bunny.peer WHERE name = 'trusting';
+SELECT ok FROM bunny.test_peer('trusting');
+SELECT bunny.drop_peer('trusting');
+
 -- clean up
 DROP ROLE bunny_regress_plain;
 DROP ROLE bunny_regress_monitor;

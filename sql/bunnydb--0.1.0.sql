@@ -40,6 +40,9 @@ GRANT bunny_monitor TO bunny_admin;
 CREATE TABLE bunny.peer (
 	name		text PRIMARY KEY,
 	conninfo	text NOT NULL,
+	-- made by a non-superuser: connections must authenticate with the
+	-- conninfo's password (see bunny_require_password)
+	require_password boolean NOT NULL DEFAULT true,
 	created_at	timestamptz NOT NULL DEFAULT now(),
 	updated_at	timestamptz NOT NULL DEFAULT now()
 );
@@ -173,6 +176,10 @@ SELECT pg_catalog.pg_extension_config_dump('bunny.mirror_table', '');
 /* ------------------------------------------------------------------------
  * C helpers (internal; not granted to anyone)
  * ------------------------------------------------------------------------ */
+
+-- whether the role calling the API (outside SECURITY DEFINER) is a superuser
+CREATE FUNCTION bunny._caller_is_superuser() RETURNS boolean
+	LANGUAGE c AS 'MODULE_PATHNAME', 'bunny_caller_is_superuser';
 
 -- raise 22023 unless conninfo parses as a libpq connection string or URI
 CREATE FUNCTION bunny._conninfo_check(conninfo text) RETURNS void
@@ -481,6 +488,7 @@ BEGIN
 	IF coalesce(p_validate, true) THEN
 		SELECT x INTO dummy FROM bunny._remote_query(p_conninfo, 'SELECT 1') AS r(x integer);
 	END IF;
+
 END
 $$;
 
@@ -498,7 +506,8 @@ BEGIN
 	END IF;
 	PERFORM bunny._check_peer_conninfo(create_peer.conninfo, validate);
 	BEGIN
-		INSERT INTO bunny.peer (name, conninfo) VALUES (create_peer.name, create_peer.conninfo);
+		INSERT INTO bunny.peer (name, conninfo, require_password)
+		VALUES (create_peer.name, create_peer.conninfo, NOT bunny._caller_is_superuser());
 	EXCEPTION WHEN unique_violation THEN
 		RAISE EXCEPTION 'peer "%" already exists', create_peer.name USING ERRCODE = '42710';
 	END;
@@ -518,7 +527,8 @@ BEGIN
 		RAISE EXCEPTION 'peer "%" does not exist', alter_peer.name USING ERRCODE = '42704';
 	END IF;
 	PERFORM bunny._check_peer_conninfo(alter_peer.conninfo, validate);
-	UPDATE bunny.peer p SET conninfo = alter_peer.conninfo, updated_at = now()
+	UPDATE bunny.peer p SET conninfo = alter_peer.conninfo, updated_at = now(),
+		   require_password = NOT bunny._caller_is_superuser()
 	 WHERE p.name = alter_peer.name;
 	-- running workers reconnect with the new conninfo
 	FOR m IN SELECT id, mirror.name FROM bunny.mirror WHERE source_peer = alter_peer.name LOOP

@@ -369,7 +369,7 @@ source_column_default(RelMapEntry *e, const char *attname)
 	char	   *result = NULL;
 
 	/* no PG_TRY: on error the worker exits, which closes c */
-	c = stream_connect(mirror->conninfo, psprintf("bunnydb:%s", mirror->name), false);
+	c = mirror_connect(mirror, false);
 	res = stream_exec_ok(c,
 						 psprintf("SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
 								  "  FROM pg_catalog.pg_attrdef d "

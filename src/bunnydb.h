@@ -102,6 +102,7 @@ extern BunnyWorkerSlot *MySlot;
 extern bool bunny_error_is_permanent;
 struct Mirror;
 extern struct Mirror *bunny_check_control(void);
+extern PGconn *mirror_connect(struct Mirror *m, bool replication);
 
 /* description of one mapped table, from bunny.mirror_table */
 typedef struct MirrorTable
@@ -135,6 +136,7 @@ typedef struct Mirror
 	char	   *incarnation;
 	bool		slot_requested;
 	bool		publication_dirty;
+	bool		require_password;	/* the peer was made by a non-superuser */
 	bool		do_initial_snapshot;
 	int			max_batch_size;
 	int			idle_timeout_seconds;
@@ -176,6 +178,9 @@ extern void stream_start_replication(PGconn *conn, const char *slot,
 extern int	stream_receive(PGconn *conn, char **buffer, pgsocket *wait_fd);
 extern void stream_send(PGconn *conn, const char *data, int len);
 extern char *stream_scrub_conninfo_error(const char *msg);
+
+/* functions.c */
+extern void bunny_require_password(PGconn *conn, bool required);
 
 /* setup.c */
 extern void setup_run(PGconn *conn, Mirror *mirror);

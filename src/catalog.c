@@ -92,7 +92,7 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 			 "       coalesce((m.config->>'snapshot_num_tables_in_parallel')::integer, 4), "
 			 "       coalesce((m.config->>'replicate_indexes')::boolean, true), "
 			 "       coalesce((m.config->>'replicate_foreign_keys')::boolean, true), "
-			 "       m.publication_dirty "
+			 "       m.publication_dirty, p.require_password "
 			 "  FROM bunny.mirror m JOIN bunny.peer p ON p.name = m.source_peer "
 			 " WHERE m.id = $1 %s",
 			 lock_row ? "FOR KEY SHARE OF m" : "");
@@ -134,6 +134,7 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 		m->replicate_indexes = DatumGetBool(SPI_getbinval(tup, desc, 19, &isnull));
 		m->replicate_foreign_keys = DatumGetBool(SPI_getbinval(tup, desc, 20, &isnull));
 		m->publication_dirty = DatumGetBool(SPI_getbinval(tup, desc, 21, &isnull));
+		m->require_password = DatumGetBool(SPI_getbinval(tup, desc, 22, &isnull));
 
 		spi_run("SELECT source_schema, source_table, destination_schema, destination_table, "
 				"       partition_key, exclude_columns::text[], status, sync_lsn, "

@@ -26,6 +26,7 @@
 PG_FUNCTION_INFO_V1(bunny_check_preload);
 PG_FUNCTION_INFO_V1(bunny_conninfo_check);
 PG_FUNCTION_INFO_V1(bunny_mask_conninfo);
+PG_FUNCTION_INFO_V1(bunny_caller_is_superuser);
 PG_FUNCTION_INFO_V1(bunny_remote_query);
 PG_FUNCTION_INFO_V1(bunny_notify);
 PG_FUNCTION_INFO_V1(bunny_stop_worker);
@@ -133,6 +134,32 @@ bunny_mask_conninfo(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Connections for someone who is not a superuser must authenticate with the
+ * password the conninfo carries: otherwise a conninfo pointing at a server
+ * that trusts this machine would hand out the server OS user's own access
+ * (dblink's rule).  The caller is the role outside any SECURITY DEFINER
+ * function; workers check the flag bunny.peer keeps for them.
+ */
+void
+bunny_require_password(PGconn *conn, bool required)
+{
+	if (!required || PQconnectionUsedPassword(conn))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_S_R_E_PROHIBITED_SQL_STATEMENT_ATTEMPTED),
+			 errmsg("password is required"),
+			 errdetail("A peer created by a non-superuser must authenticate with a password in its connection string, and the source must ask for it."),
+			 errhint("Put password=... in the conninfo, or have a superuser create the peer.")));
+}
+
+/* is the role calling the SQL API (outside SECURITY DEFINER) a superuser? */
+Datum
+bunny_caller_is_superuser(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_BOOL(superuser_arg(GetOuterUserId()));
+}
+
+/*
  * Run one query on a plain connection and return its rows, converted with
  * the caller's column definition list.
  */
@@ -153,6 +180,7 @@ bunny_remote_query(PG_FUNCTION_ARGS)
 		AttInMetadata *attinmeta = TupleDescGetAttInMetadata(desc);
 
 		conn = stream_connect(conninfo, "bunnydb", false);
+		bunny_require_password(conn, !superuser_arg(GetOuterUserId()));
 		res = stream_exec(conn, query);
 		if (res == NULL || (PQresultStatus(res) != PGRES_TUPLES_OK &&
 							PQresultStatus(res) != PGRES_COMMAND_OK))

@@ -118,7 +118,7 @@ resync_start(Mirror *m)
 	int			nparts;
 	StringInfoData names;
 
-	snapshot_conn = stream_connect(m->conninfo, psprintf("bunnydb:%s", m->name), true);
+	snapshot_conn = mirror_connect(m, true);
 	res = stream_exec_ok(snapshot_conn,
 						 psprintf("CREATE_REPLICATION_SLOT %s TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
 								  quote_identifier(psprintf("bunny_tmp_%d_%d", m->id, MyProcPid))),

@@ -562,6 +562,7 @@ bunny_snapshot_worker_main(Datum arg)
 	PGconn	   *conn;
 	char	   *mirror_name;
 	char	   *conninfo;
+	bool		require_password;
 	int			tables_in_parallel;
 	bool		indexes;
 	ErrorContextCallback errcb;
@@ -589,6 +590,7 @@ bunny_snapshot_worker_main(Datum arg)
 			proc_exit(0);
 		mirror_name = m->name;
 		conninfo = m->conninfo;
+		require_password = m->require_password;
 		tables_in_parallel = m->snapshot_tables_in_parallel;
 		indexes = m->replicate_indexes;
 	}
@@ -601,6 +603,7 @@ bunny_snapshot_worker_main(Datum arg)
 
 	/* errors end the process; the coordinator puts our part back */
 	conn = stream_connect(conninfo, psprintf("bunnydb:%s", mirror_name), false);
+	bunny_require_password(conn, require_password);
 	stream_exec_command(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
 	stream_exec_command(conn, psprintf("SET TRANSACTION SNAPSHOT %s",
 									   quote_literal_cstr(my_args.snapshot)));
@@ -963,7 +966,7 @@ snapshot_run(Mirror *m, const char *snapshot_name, XLogRecPtr sync_lsn)
 
 	/* tables whose finishing step was interrupted, then foreign keys */
 	{
-		PGconn	   *conn = stream_connect(m->conninfo, psprintf("bunnydb:%s", m->name), false);
+		PGconn	   *conn = mirror_connect(m, false);
 		uint64		n;
 		char	  **schemas;
 		char	  **tables;
@@ -1029,7 +1032,7 @@ snapshot_recover(PGconn *conn, Mirror *m)
 	slot_lsn = DatumGetLSN(DirectFunctionCall1(pg_lsn_in, CStringGetDatum(PQgetvalue(res, 0, 0))));
 	PQclear(res);
 
-	tmp = stream_connect(m->conninfo, psprintf("bunnydb:%s", m->name), true);
+	tmp = mirror_connect(m, true);
 	res = stream_exec_ok(tmp,
 						 psprintf("CREATE_REPLICATION_SLOT %s TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
 								  quote_identifier(psprintf("bunny_tmp_%d_%d", m->id, MyProcPid))),

@@ -228,7 +228,6 @@ static void
 worker_paused_loop(Mirror *m)
 {
 	PGconn	   *volatile conn = NULL;
-	char	   *appname = psprintf("bunnydb:%s", m->name);
 
 	pgstat_report_activity(STATE_IDLE, "bunnydb: paused");
 	for (int round = 0;; round++)
@@ -262,7 +261,7 @@ worker_paused_loop(Mirror *m)
 			PGresult   *res;
 
 			if (conn == NULL)
-				conn = stream_connect(m->conninfo, appname, false);
+				conn = mirror_connect(m, false);
 			res = stream_exec_ok(conn, "SELECT pg_catalog.pg_current_wal_lsn()", PGRES_TUPLES_OK);
 			{
 				XLogRecPtr	lsn = DatumGetLSN(DirectFunctionCall1(pg_lsn_in,
@@ -296,6 +295,29 @@ worker_paused_loop(Mirror *m)
 		PQfinish(conn);
 }
 
+/*
+ * Connect to the mirror's source as bunnydb:<mirror>, holding a peer made
+ * by a non-superuser to its password.
+ */
+PGconn *
+mirror_connect(Mirror *m, bool replication)
+{
+	PGconn	   *conn = stream_connect(m->conninfo, psprintf("bunnydb:%s", m->name), replication);
+
+	PG_TRY();
+	{
+		bunny_require_password(conn, m->require_password);
+	}
+	PG_CATCH();
+	{
+		PQfinish(conn);
+		bunny_error_is_permanent = true;
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return conn;
+}
+
 /* make sure our replication origin exists and bind this session to it */
 static void
 worker_setup_origin(Mirror *m)
@@ -318,7 +340,6 @@ worker_run(void)
 {
 	Mirror	   *m;
 	MemoryContext workercxt;
-	char	   *appname;
 
 	workercxt = AllocSetContextCreate(TopMemoryContext, "bunnydb mirror",
 									  ALLOCSET_DEFAULT_SIZES);
@@ -357,10 +378,9 @@ worker_run(void)
 
 	worker_setup_origin(m);
 
-	appname = psprintf("bunnydb:%s", m->name);
 	current_conninfo = m->conninfo;
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: connecting to the source");
-	source_conn = stream_connect(m->conninfo, appname, true);
+	source_conn = mirror_connect(m, true);
 
 	if (strcmp(m->phase, "CDC") != 0)
 	{
@@ -370,7 +390,7 @@ worker_run(void)
 			setup_run(source_conn, m);
 		/* the slot's snapshot connection is spent: stream on a new one */
 		stream_disconnect(&source_conn);
-		source_conn = stream_connect(m->conninfo, appname, true);
+		source_conn = mirror_connect(m, true);
 
 		/* the copy may have set per-table start positions (sync_lsn) */
 		StartTransactionCommand();
