@@ -253,6 +253,19 @@ BEGIN
 END
 $$;
 
+-- one control operation at a time: 55006 while another is in progress
+CREATE FUNCTION bunny._check_no_pending(m bunny.mirror) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF m.pending_op IS NOT NULL THEN
+		RAISE EXCEPTION 'another operation is already in progress'
+			USING ERRCODE = '55006', DETAIL = format('Operation in progress: %s.', m.pending_op);
+	END IF;
+END
+$$;
+
 CREATE FUNCTION bunny._log(p_mirror text, p_level text, p_message text, p_details jsonb DEFAULT NULL)
 	RETURNS void
 	LANGUAGE sql
@@ -746,10 +759,7 @@ BEGIN
 	IF m.status IN ('PAUSED', 'PAUSING') THEN
 		RETURN;					-- idempotent
 	END IF;
-	IF m.pending_op IS NOT NULL THEN
-		RAISE EXCEPTION 'another operation is already in progress'
-			USING ERRCODE = '55006', DETAIL = format('Operation in progress: %s.', m.pending_op);
-	END IF;
+	PERFORM bunny._check_no_pending(m);
 	IF m.status = 'FAILED' THEN
 		-- no worker runs for a failed mirror: pause at once
 		UPDATE bunny.mirror SET status = 'PAUSED', updated_at = now() WHERE id = m.id;
@@ -771,10 +781,7 @@ DECLARE
 	m bunny.mirror;
 BEGIN
 	m := bunny._lock_mirror(resume_mirror.name);
-	IF m.pending_op IS NOT NULL THEN
-		RAISE EXCEPTION 'another operation is already in progress'
-			USING ERRCODE = '55006', DETAIL = format('Operation in progress: %s.', m.pending_op);
-	END IF;
+	PERFORM bunny._check_no_pending(m);
 	IF m.status <> 'PAUSED' THEN
 		RETURN;					-- not paused: nothing to resume
 	END IF;
@@ -795,10 +802,7 @@ DECLARE
 	m bunny.mirror;
 BEGIN
 	m := bunny._lock_mirror(retry_mirror.name);
-	IF m.pending_op IS NOT NULL THEN
-		RAISE EXCEPTION 'another operation is already in progress'
-			USING ERRCODE = '55006', DETAIL = format('Operation in progress: %s.', m.pending_op);
-	END IF;
+	PERFORM bunny._check_no_pending(m);
 	IF m.status = 'PAUSED' THEN
 		RAISE EXCEPTION 'mirror "%" is paused', m.name
 			USING ERRCODE = '55000', HINT = 'Use bunny.resume_mirror() to resume it.';
@@ -902,10 +906,7 @@ DECLARE
 	slot_ok		boolean;
 BEGIN
 	PERFORM bunny._check_strategy(strat);
-	IF m.pending_op IS NOT NULL THEN
-		RAISE EXCEPTION 'another operation is already in progress'
-			USING ERRCODE = '55006', DETAIL = format('Operation in progress: %s.', m.pending_op);
-	END IF;
+	PERFORM bunny._check_no_pending(m);
 	IF m.phase <> 'CDC' THEN
 		RAISE EXCEPTION 'mirror "%" has not finished its initial copy', m.name
 			USING ERRCODE = '55000',
@@ -1015,10 +1016,7 @@ DECLARE
 	removed	integer := 0;
 BEGIN
 	m := bunny._lock_mirror(update_tables.name);
-	IF m.pending_op IS NOT NULL THEN
-		RAISE EXCEPTION 'another operation is already in progress'
-			USING ERRCODE = '55006', DETAIL = format('Operation in progress: %s.', m.pending_op);
-	END IF;
+	PERFORM bunny._check_no_pending(m);
 	IF m.status <> 'PAUSED' THEN
 		RAISE EXCEPTION 'mirror must be paused to update tables'
 			USING ERRCODE = '55000', HINT = format('Call bunny.pause_mirror(%L) first.', m.name);
@@ -1105,10 +1103,7 @@ DECLARE
 	n		integer := 0;
 BEGIN
 	m := bunny._lock_mirror(sync_schema.name);
-	IF m.pending_op IS NOT NULL THEN
-		RAISE EXCEPTION 'another operation is already in progress'
-			USING ERRCODE = '55006', DETAIL = format('Operation in progress: %s.', m.pending_op);
-	END IF;
+	PERFORM bunny._check_no_pending(m);
 	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = m.source_peer;
 	PERFORM bunny._log(m.name, 'INFO', 'schema sync started');
 

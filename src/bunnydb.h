@@ -161,6 +161,7 @@ extern void catalog_apply_ddl(const char *mirror, const char *dest_table,
 							  const char *items_json, bool indexes);
 extern void bunny_log(const char *mirror, const char *level, const char *message,
 					  const char *details_json);
+extern void bunny_dest_exec(const char *sql);
 extern char *bunny_spi_scalar(const char *sql, int nargs, Oid *argtypes,
 							  Datum *values, const char *nulls);
 
@@ -178,6 +179,8 @@ extern void stream_start_replication(PGconn *conn, const char *slot,
 extern int	stream_receive(PGconn *conn, char **buffer, pgsocket *wait_fd);
 extern void stream_send(PGconn *conn, const char *data, int len);
 extern char *stream_scrub_conninfo_error(const char *msg);
+extern XLogRecPtr stream_create_slot(PGconn *conn, const char *name, bool temporary,
+									 bool export_snapshot, char **snapshot);
 
 /* functions.c */
 extern void bunny_require_password(PGconn *conn, bool required);

@@ -45,6 +45,15 @@ spi_text(int row, int col, MemoryContext cxt)
 	return v ? MemoryContextStrdup(cxt, v) : NULL;
 }
 
+/* run one statement on the destination, raising on failure */
+void
+bunny_dest_exec(const char *sql)
+{
+	SPI_connect();
+	spi_run(sql, 0, NULL, NULL, NULL, false);
+	SPI_finish();
+}
+
 /*
  * First column of the first row of a query as text (copied to the caller's
  * context), or NULL.

@@ -69,21 +69,6 @@ resync_stop(void)
 	pool = NULL;
 }
 
-/* run a statement on the destination, raising on failure */
-static void
-resync_sql(const char *sql)
-{
-	int			rc;
-
-	SPI_connect();
-	rc = SPI_execute(sql, false, 0);
-	SPI_finish();
-	if (rc < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not run \"%s\" on the destination", sql)));
-}
-
 /*
  * Lock the mirror row before any bunny.mirror_table row: control functions
  * take them in that order, and so must we, or we deadlock with them.
@@ -91,7 +76,7 @@ resync_sql(const char *sql)
 static void
 resync_lock_mirror_row(Mirror *m)
 {
-	resync_sql(psprintf("SELECT 1 FROM bunny.mirror WHERE id = %d FOR NO KEY UPDATE", m->id));
+	bunny_dest_exec(psprintf("SELECT 1 FROM bunny.mirror WHERE id = %d FOR NO KEY UPDATE", m->id));
 }
 
 /* the name of a swap target: <table>_resync, within NAMEDATALEN */
@@ -111,7 +96,6 @@ swap_target_name(const char *table)
 static void
 resync_start(Mirror *m)
 {
-	PGresult   *res;
 	XLogRecPtr	lsn;
 	char	   *snapshot;
 	ListCell   *lc;
@@ -119,13 +103,8 @@ resync_start(Mirror *m)
 	StringInfoData names;
 
 	snapshot_conn = mirror_connect(m, true);
-	res = stream_exec_ok(snapshot_conn,
-						 psprintf("CREATE_REPLICATION_SLOT %s TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
-								  quote_identifier(psprintf("bunny_tmp_%d_%d", m->id, MyProcPid))),
-						 PGRES_TUPLES_OK);
-	lsn = DatumGetLSN(DirectFunctionCall1(pg_lsn_in, CStringGetDatum(PQgetvalue(res, 0, 1))));
-	snapshot = pstrdup(PQgetvalue(res, 0, 2));
-	PQclear(res);
+	lsn = stream_create_slot(snapshot_conn, psprintf("bunny_tmp_%d_%d", m->id, MyProcPid),
+							 true, true, &snapshot);
 
 	initStringInfo(&names);
 	StartTransactionCommand();
@@ -146,7 +125,7 @@ resync_start(Mirror *m)
 		if (strcmp(mt->resync_strategy, "add") == 0 && strcmp(mt->resync_state, "COPYING") == 0)
 		{
 			/* our own partial copy from a run that crashed */
-			resync_sql(psprintf("TRUNCATE %s", dest));
+			bunny_dest_exec(psprintf("TRUNCATE %s", dest));
 		}
 		else if (strcmp(mt->resync_strategy, "add") == 0)
 		{
@@ -166,9 +145,9 @@ resync_start(Mirror *m)
 		else if (strcmp(mt->resync_strategy, "swap") == 0)
 		{
 			target = swap_target_name(mt->dest_table);
-			resync_sql(psprintf("DROP TABLE IF EXISTS %s",
+			bunny_dest_exec(psprintf("DROP TABLE IF EXISTS %s",
 								quote_qualified_identifier(mt->dest_schema, target)));
-			resync_sql(psprintf("CREATE TABLE %s (LIKE %s INCLUDING ALL)",
+			bunny_dest_exec(psprintf("CREATE TABLE %s (LIKE %s INCLUDING ALL)",
 								quote_qualified_identifier(mt->dest_schema, target), dest));
 		}
 		else
@@ -179,9 +158,9 @@ resync_start(Mirror *m)
 														 quote_literal_cstr(dest)), 0, NULL, NULL, NULL);
 
 			if (refs && strcmp(refs, "0") != 0)
-				resync_sql(psprintf("DELETE FROM %s", dest));
+				bunny_dest_exec(psprintf("DELETE FROM %s", dest));
 			else
-				resync_sql(psprintf("TRUNCATE %s", dest));
+				bunny_dest_exec(psprintf("TRUNCATE %s", dest));
 		}
 
 		vals[0] = Int32GetDatum(m->id);
@@ -282,11 +261,11 @@ resync_swap(MirrorTable *mt)
 				   "  EXECUTE format('ALTER SEQUENCE %%s OWNED BY %%s.%%I', r.seq, %s, r.attname); "
 				   "END LOOP; END $bunny$",
 				   quote_literal_cstr(dest), quote_literal_cstr(copy));
-	resync_sql(sql);
+	bunny_dest_exec(sql);
 
-	resync_sql(psprintf("ALTER TABLE %s RENAME TO %s", dest, quote_identifier(old_name)));
-	resync_sql(psprintf("ALTER TABLE %s RENAME TO %s", copy, quote_identifier(mt->dest_table)));
-	resync_sql(psprintf("DROP TABLE %s", quote_qualified_identifier(mt->dest_schema, old_name)));
+	bunny_dest_exec(psprintf("ALTER TABLE %s RENAME TO %s", dest, quote_identifier(old_name)));
+	bunny_dest_exec(psprintf("ALTER TABLE %s RENAME TO %s", copy, quote_identifier(mt->dest_table)));
+	bunny_dest_exec(psprintf("DROP TABLE %s", quote_qualified_identifier(mt->dest_schema, old_name)));
 
 	/* index names: <table>_resync_pkey -> <table>_pkey */
 	sql = psprintf("DO $bunny$ DECLARE r record; BEGIN "
@@ -299,10 +278,10 @@ resync_swap(MirrorTable *mt)
 				   quote_literal_cstr(dest), quote_literal_cstr(mt->copy_target),
 				   quote_literal_cstr(mt->dest_schema), quote_literal_cstr(mt->dest_table),
 				   psprintf("%d", (int) strlen(mt->copy_target) + 1));
-	resync_sql(sql);
+	bunny_dest_exec(sql);
 
 	foreach(lc, readd)
-		resync_sql((char *) lfirst(lc));
+		bunny_dest_exec((char *) lfirst(lc));
 }
 
 /*
@@ -373,7 +352,7 @@ resync_switch_ready(Mirror *m)
 													 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
 													 3, t3, v3, NULL));
 		if (strcmp(mt->resync_strategy, "add") == 0 && m->replicate_foreign_keys && mt->created_by_bunny)
-			resync_sql(psprintf("SELECT bunny._apply_ddl(%s, %s::regclass, fk_ddl) FROM bunny.mirror_table "
+			bunny_dest_exec(psprintf("SELECT bunny._apply_ddl(%s, %s::regclass, fk_ddl) FROM bunny.mirror_table "
 								" WHERE mirror_id = %d AND source_schema = %s AND source_table = %s",
 								quote_literal_cstr(m->name),
 								quote_literal_cstr(quote_qualified_identifier(mt->dest_schema, mt->dest_table)),
@@ -407,7 +386,7 @@ resync_switch_ready(Mirror *m)
 							1, types, vals, NULL);
 	if (left && strcmp(left, "0") == 0)
 	{
-		resync_sql(psprintf("UPDATE bunny.mirror SET status = CASE WHEN status = 'RESYNCING' THEN 'RUNNING' ELSE status END, "
+		bunny_dest_exec(psprintf("UPDATE bunny.mirror SET status = CASE WHEN status = 'RESYNCING' THEN 'RUNNING' ELSE status END, "
 							"       pending_op = NULL, updated_at = now() WHERE id = %d", m->id));
 		bunny_log(m->name, "INFO", "resync finished", NULL);
 	}

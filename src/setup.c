@@ -84,21 +84,7 @@ static List *created_types = NIL;
 
 static void describe_table_objects(PGconn *conn, SourceTable *st);	/* type OIDs handled in this run */
 
-/* SPI helpers for the destination side */
-static void
-dest_exec(const char *sql)
-{
-	int			rc;
-
-	SPI_connect();
-	rc = SPI_execute(sql, false, 0);
-	SPI_finish();
-	if (rc < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not run \"%s\" on the destination", sql)));
-}
-
+/* SPI helper for the destination side */
 static bool
 dest_exists(const char *sql, const char *a, const char *b)
 {
@@ -635,7 +621,7 @@ ensure_type(PGconn *conn, Oid typid, const char *mirror_name)
 
 	initStringInfo(&ddl);
 	appendStringInfo(&ddl, "CREATE SCHEMA IF NOT EXISTS %s", quote_identifier(nsp));
-	dest_exec(ddl.data);
+	bunny_dest_exec(ddl.data);
 	resetStringInfo(&ddl);
 
 	if (typtype == 'e')
@@ -692,7 +678,7 @@ ensure_type(PGconn *conn, Oid typid, const char *mirror_name)
 		foreach(lc, deps)
 			ensure_type(conn, lfirst_oid(lc), mirror_name);
 	}
-	dest_exec(ddl.data);
+	bunny_dest_exec(ddl.data);
 	bunny_log(mirror_name, "INFO", psprintf("created type %s on the destination", qname(nsp, typname)),
 			  NULL);
 }
@@ -866,7 +852,7 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 	{
 		initStringInfo(&ddl);
 		appendStringInfo(&ddl, "CREATE SCHEMA IF NOT EXISTS %s", quote_identifier(mt->dest_schema));
-		dest_exec(ddl.data);
+		bunny_dest_exec(ddl.data);
 		resetStringInfo(&ddl);
 
 		appendStringInfo(&ddl, "CREATE TABLE %s (", dest);
@@ -892,7 +878,7 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 				List	   *parts = stringToQualifiedNameList(col->serial_seq);
 				char	   *seq = (char *) qname(mt->dest_schema, strVal(llast(parts)));
 
-				dest_exec(psprintf("CREATE SEQUENCE IF NOT EXISTS %s", seq));
+				bunny_dest_exec(psprintf("CREATE SEQUENCE IF NOT EXISTS %s", seq));
 				appendStringInfo(&ddl, " DEFAULT pg_catalog.nextval(%s::pg_catalog.regclass)",
 								 quote_literal_cstr(seq));
 				appendStringInfo(&seqs, "%s{\"source\": ", seqs.len > 1 ? ", " : "");
@@ -909,7 +895,7 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 				appendStringInfoString(&ddl, " NOT NULL");
 		}
 		appendStringInfoChar(&ddl, ')');
-		dest_exec(ddl.data);
+		bunny_dest_exec(ddl.data);
 		created = true;
 
 		/* serial sequences belong to their column; identity ones are found */
@@ -922,7 +908,7 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 			{
 				List	   *parts = stringToQualifiedNameList(col->serial_seq);
 
-				dest_exec(psprintf("ALTER SEQUENCE %s OWNED BY %s.%s",
+				bunny_dest_exec(psprintf("ALTER SEQUENCE %s OWNED BY %s.%s",
 								   qname(mt->dest_schema, strVal(llast(parts))), dest,
 								   quote_identifier(col->name)));
 			}
@@ -1096,7 +1082,6 @@ static XLogRecPtr
 create_slot(PGconn *conn, Mirror *m, bool export_snapshot, char **snapshot)
 {
 	PGresult   *res;
-	XLogRecPtr	lsn;
 	bool		exists;
 
 	res = stream_exec_ok(conn,
@@ -1152,16 +1137,59 @@ create_slot(PGconn *conn, Mirror *m, bool export_snapshot, char **snapshot)
 	XLogFlush(XactLastCommitEnd);
 	m->slot_requested = true;
 
-	res = stream_exec_ok(conn,
-						 psprintf("CREATE_REPLICATION_SLOT %s LOGICAL pgoutput %s",
-								  quote_identifier(m->slot_name),
-								  export_snapshot ? "EXPORT_SNAPSHOT" : "NOEXPORT_SNAPSHOT"),
-						 PGRES_TUPLES_OK);
-	lsn = DatumGetLSN(DirectFunctionCall1(pg_lsn_in, CStringGetDatum(PQgetvalue(res, 0, 1))));
-	if (snapshot)
-		*snapshot = PQgetisnull(res, 0, 2) ? NULL : pstrdup(PQgetvalue(res, 0, 2));
-	PQclear(res);
-	return lsn;
+	return stream_create_slot(conn, m->slot_name, false, export_snapshot, snapshot);
+}
+
+/* describe every mapped table on the source */
+static List *
+describe_tables(PGconn *conn, Mirror *m)
+{
+	List	   *tables = NIL;
+	ListCell   *lc;
+
+	foreach(lc, m->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+
+		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
+		tables = lappend(tables, describe_table(conn, mt));
+	}
+	bunny_ctx_table = NULL;
+	return tables;
+}
+
+/*
+ * Create the types and tables the mapped tables need on the destination
+ * (only those still PENDING when pending_only); in the caller's
+ * transaction.  Returns how many tables it handled.
+ */
+static int
+prepare_destination(PGconn *conn, Mirror *m, List *tables, bool copy, bool pending_only)
+{
+	ListCell   *lc;
+	int			n = 0;
+
+	created_types = NIL;
+	foreach(lc, tables)
+	{
+		SourceTable *st = lfirst(lc);
+		ListCell   *lc2;
+
+		if (pending_only && strcmp(st->mt->status, "PENDING") != 0)
+			continue;
+		bunny_ctx_table = qname(st->mt->dest_schema, st->mt->dest_table);
+		foreach(lc2, st->columns)
+		{
+			SourceColumn *col = lfirst(lc2);
+
+			if (!col->excluded)
+				ensure_type(conn, col->typid, m->name);
+		}
+		ensure_table(st, m, tables, copy);
+		n++;
+	}
+	bunny_ctx_table = NULL;
+	return n;
 }
 
 /* apply foreign keys, then sequence values, of every table bunnydb created */
@@ -1205,7 +1233,6 @@ void
 setup_run(PGconn *conn, Mirror *m)
 {
 	List	   *tables = NIL;
-	ListCell   *lc;
 	int			version;
 	XLogRecPtr	start_lsn;
 	char	   *snapshot = NULL;
@@ -1220,36 +1247,12 @@ setup_run(PGconn *conn, Mirror *m)
 
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: setup");
 	version = check_source(conn);
-
-	foreach(lc, m->tables)
-	{
-		MirrorTable *mt = lfirst(lc);
-
-		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
-		tables = lappend(tables, describe_table(conn, mt));
-	}
-	bunny_ctx_table = NULL;
+	tables = describe_tables(conn, m);
 
 	/* destination: schemas, types, tables (and, without a copy, the rest) */
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	created_types = NIL;
-	foreach(lc, tables)
-	{
-		SourceTable *st = lfirst(lc);
-		ListCell   *lc2;
-
-		bunny_ctx_table = qname(st->mt->dest_schema, st->mt->dest_table);
-		foreach(lc2, st->columns)
-		{
-			SourceColumn *col = lfirst(lc2);
-
-			if (!col->excluded)
-				ensure_type(conn, col->typid, m->name);
-		}
-		ensure_table(st, m, tables, copy);
-	}
-	bunny_ctx_table = NULL;
+	prepare_destination(conn, m, tables, copy, false);
 	if (!copy)
 		setup_finish_tables_without_copy(conn, m);
 	PopActiveSnapshot();
@@ -1294,43 +1297,16 @@ void
 setup_refresh_tables(PGconn *conn, Mirror *m)
 {
 	List	   *tables = NIL;
-	ListCell   *lc;
 	int			version;
 	int			added = 0;
 
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: updating the table list");
 	version = check_source(conn);
-	foreach(lc, m->tables)
-	{
-		MirrorTable *mt = lfirst(lc);
-
-		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
-		tables = lappend(tables, describe_table(conn, mt));
-	}
-	bunny_ctx_table = NULL;
+	tables = describe_tables(conn, m);
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	created_types = NIL;
-	foreach(lc, tables)
-	{
-		SourceTable *st = lfirst(lc);
-		ListCell   *lc2;
-
-		if (strcmp(st->mt->status, "PENDING") != 0)
-			continue;
-		bunny_ctx_table = qname(st->mt->dest_schema, st->mt->dest_table);
-		foreach(lc2, st->columns)
-		{
-			SourceColumn *col = lfirst(lc2);
-
-			if (!col->excluded)
-				ensure_type(conn, col->typid, m->name);
-		}
-		ensure_table(st, m, tables, true);
-		added++;
-	}
-	bunny_ctx_table = NULL;
+	added = prepare_destination(conn, m, tables, true, true);
 	if (added > 0)
 	{
 		Oid			types[1] = {INT4OID};

@@ -1033,13 +1033,8 @@ snapshot_recover(PGconn *conn, Mirror *m)
 	PQclear(res);
 
 	tmp = mirror_connect(m, true);
-	res = stream_exec_ok(tmp,
-						 psprintf("CREATE_REPLICATION_SLOT %s TEMPORARY LOGICAL pgoutput EXPORT_SNAPSHOT",
-								  quote_identifier(psprintf("bunny_tmp_%d_%d", m->id, MyProcPid))),
-						 PGRES_TUPLES_OK);
-	tmp_lsn = DatumGetLSN(DirectFunctionCall1(pg_lsn_in, CStringGetDatum(PQgetvalue(res, 0, 1))));
-	snapshot = pstrdup(PQgetvalue(res, 0, 2));
-	PQclear(res);
+	tmp_lsn = stream_create_slot(tmp, psprintf("bunny_tmp_%d_%d", m->id, MyProcPid),
+								 true, true, &snapshot);
 	bunny_log(m->name, "INFO",
 			  psprintf("resuming the initial copy of unfinished tables from a new snapshot at %X/%X",
 					   LSN_FORMAT_ARGS(tmp_lsn)), NULL);

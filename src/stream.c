@@ -22,6 +22,7 @@
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "utils/builtins.h"
+#include "utils/pg_lsn.h"
 #include "utils/timestamp.h"
 #include "utils/wait_event.h"
 
@@ -279,6 +280,30 @@ stream_exec_command(PGconn *conn, const char *sql)
 		return;
 	}
 	stream_raise_result(conn, res);
+}
+
+/*
+ * Create a pgoutput slot (temporary: dropped with the connection); returns
+ * its consistent point and, when asked to export one, the snapshot's name,
+ * which stays valid while conn runs nothing else.
+ */
+XLogRecPtr
+stream_create_slot(PGconn *conn, const char *name, bool temporary, bool export_snapshot,
+				   char **snapshot)
+{
+	PGresult   *res;
+	XLogRecPtr	lsn;
+
+	res = stream_exec_ok(conn,
+						 psprintf("CREATE_REPLICATION_SLOT %s %sLOGICAL pgoutput %s",
+								  quote_identifier(name), temporary ? "TEMPORARY " : "",
+								  export_snapshot ? "EXPORT_SNAPSHOT" : "NOEXPORT_SNAPSHOT"),
+						 PGRES_TUPLES_OK);
+	lsn = DatumGetLSN(DirectFunctionCall1(pg_lsn_in, CStringGetDatum(PQgetvalue(res, 0, 1))));
+	if (snapshot)
+		*snapshot = PQgetisnull(res, 0, 2) ? NULL : pstrdup(PQgetvalue(res, 0, 2));
+	PQclear(res);
+	return lsn;
 }
 
 /*

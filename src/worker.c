@@ -334,6 +334,22 @@ worker_setup_origin(Mirror *m)
 	replorigin_session_origin = originid;
 }
 
+/* the mirror's catalog rows again, into cxt */
+static Mirror *
+reload_mirror(MemoryContext cxt)
+{
+	Mirror	   *m;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	MemoryContextSwitchTo(cxt);
+	m = catalog_load_mirror(my_mirror_id, false);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+	return m;
+}
+
 /* one run of the mirror: whatever phases are left, then CDC */
 static void
 worker_run(void)
@@ -393,13 +409,7 @@ worker_run(void)
 		source_conn = mirror_connect(m, true);
 
 		/* the copy may have set per-table start positions (sync_lsn) */
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		MemoryContextSwitchTo(workercxt);
-		m = catalog_load_mirror(my_mirror_id, false);
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		MemoryContextSwitchTo(workercxt);
+		m = reload_mirror(workercxt);
 		if (m == NULL)
 			return;
 	}
@@ -417,13 +427,7 @@ worker_run(void)
 	if (m->publication_dirty)
 	{
 		setup_refresh_tables(source_conn, m);
-		StartTransactionCommand();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		MemoryContextSwitchTo(workercxt);
-		m = catalog_load_mirror(my_mirror_id, false);
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		MemoryContextSwitchTo(workercxt);
+		m = reload_mirror(workercxt);
 		if (m == NULL)
 			return;
 	}
