@@ -1,0 +1,798 @@
+#!/usr/bin/env bash
+#
+# bunnydb benchmark: bunnydb against PostgreSQL's built-in logical replication
+# (CREATE PUBLICATION / CREATE SUBSCRIPTION), same machine, same run, same
+# clusters, same data.  See SPEC.md section 4 "Performance targets".
+#
+#     sudo bash bench/run.sh [--scale N] [--only copy,tpcb,bigtxn,lag] [--keep]
+#                            [--long-wait] [--dir DIR]
+#
+# Requirements: Debian 12, PostgreSQL 15 (/usr/lib/postgresql/15/bin, with
+# pgbench and the contrib module dblink), bunnydb built and installed
+# (`make install`).  Run as root; the clusters run as the `postgres` OS user.
+#
+# Layout (everything under --dir, default /tmp/bunnydb-bench, owned by postgres;
+# unix sockets only, no TCP):
+#     source cluster       port 5541, database `bench` (pgbench tables + bigt),
+#                          publication bench_pub, database `sampler` (dblink)
+#     destination cluster  port 5542, shared_preload_libraries=bunnydb
+#                          database dest_bunny   : extension, mirror `bench`
+#                          database dest_builtin : subscription bench_sub
+# Both clusters are stopped and removed on exit (unless --keep).
+#
+# Workloads (the row "copy" always runs: the others need the mirror and the
+# subscription it creates; --only selects the later workloads):
+#   copy    pgbench -i -s N (with primary keys) + empty bigt; time from
+#           create_mirror to status RUNNING, and from CREATE SUBSCRIPTION to all
+#           pg_subscription_rel rows in state 'r'.
+#   tpcb    both paused; pgbench -n -c 4 -t 20000 (80 000 TPC-B transactions);
+#           time the catch-up of each, one after the other.
+#   bigtxn  both paused; one INSERT of 1 000 000 rows into bigt; time the
+#           catch-up of each; peak memory of the bunnydb mirror worker (and,
+#           for comparison, of the built-in apply worker).
+#   lag     pgbench -n -c 8 -T 30 with both replicating live; every 0.2 s a
+#           sampler takes the source's WAL insert position and measures how
+#           long until each side has applied it; p50/p99.
+#
+# How bunnydb is waited for: by default bunny.wait_for_lsn(name, lsn, 0) is
+# polled (every 0.1 s for the catch-ups, every 2 ms in the lag sampler), the
+# same way the built-in side is polled.  A single long call
+# bunny.wait_for_lsn(name, lsn, 600000) (--long-wait) keeps a snapshot open
+# on the destination for the whole wait: that blocks HOT pruning there, and
+# bunnydb's apply then slows down on the bloating pgbench_branches/tellers,
+# i.e. the measurement itself would slow down what it measures.
+#
+# Catch-up criteria (the target LSN is pg_current_wal_insert_lsn() on the
+# source right after the workload: with synchronous_commit=off on the source
+# pg_current_wal_lsn() can be behind the last commit records):
+#   bunnydb   bunny.wait_for_lsn('bench', target, timeout) returns true
+#             (the mirror has committed everything up to target).
+#   built-in  the subscription's replication origin on the destination
+#             (pg_replication_origin_status.remote_lsn = end of the last
+#             applied source commit) >= target, OR the slot's
+#             confirmed_flush_lsn on the source >= target (needed when the
+#             source wrote unpublished WAL after the last published commit:
+#             the apply worker then confirms the position once idle).
+#
+set -euo pipefail
+
+PGBIN=/usr/lib/postgresql/15/bin
+SCALE=50
+ONLY="copy,tpcb,bigtxn,lag"
+DIR=/tmp/bunnydb-bench
+KEEP=0
+WAIT_MODE=poll             # --long-wait: one long bunny.wait_for_lsn call instead
+SRC_PORT=5541
+DST_PORT=5542
+MIRROR=bench
+SUB=bench_sub
+PUB=bench_pub
+TPCB_CLIENTS=4
+TPCB_TXNS=20000            # per client: 4 x 20 000 = 80 000
+LAG_CLIENTS=8
+LAG_SECONDS=30
+LAG_INTERVAL_MS=200
+BIGTXN_ROWS=1000000
+COPY_TIMEOUT=1800          # seconds
+CATCHUP_TIMEOUT=600        # seconds
+TABLES_JSON='["public.pgbench_accounts","public.pgbench_branches","public.pgbench_tellers","public.pgbench_history","public.bigt"]'
+
+CMDLINE="bash $0 $*"
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+usage() {
+    sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
+    exit "${1:-0}"
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --scale) SCALE=${2:?}; shift 2 ;;
+        --scale=*) SCALE=${1#*=}; shift ;;
+        --only) ONLY=${2:?}; shift 2 ;;
+        --only=*) ONLY=${1#*=}; shift ;;
+        --dir) DIR=${2:?}; shift 2 ;;
+        --dir=*) DIR=${1#*=}; shift ;;
+        --keep) KEEP=1; shift ;;
+        --long-wait) WAIT_MODE=long; shift ;;
+        -h|--help) usage 0 ;;
+        *) echo "run.sh: unknown argument: $1" >&2; usage 2 ;;
+    esac
+done
+[[ "$SCALE" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --scale must be a positive integer" >&2; exit 2; }
+for w in ${ONLY//,/ }; do
+    case "$w" in copy|tpcb|bigtxn|lag) ;; *) echo "run.sh: unknown workload in --only: $w" >&2; exit 2 ;; esac
+done
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+die() { printf '\nrun.sh: ERROR: %s\n' "$*" >&2; exit 1; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+fmt2() { awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }
+
+as_pg() { (cd / && runuser -u postgres -- env PATH="$PGBIN:/usr/bin:/bin" "$@"); }
+# q PORT DB SQL: one value (or rows), unaligned, no decoration
+q() { as_pg psql -X -qAt -v ON_ERROR_STOP=1 -h "$DIR" -p "$1" -d "$2" -c "$3"; }
+qs() { q "$SRC_PORT" "$1" "$2"; }
+qd() { q "$DST_PORT" "$1" "$2"; }
+
+SRC_CONNINFO="host=$DIR port=$SRC_PORT dbname=bench"
+DST_BUNNY_CONNINFO="host=$DIR port=$DST_PORT dbname=dest_bunny"
+DST_BUILTIN_CONNINFO="host=$DIR port=$DST_PORT dbname=dest_builtin"
+
+BG_PIDS=()
+
+stop_cluster() {
+    local d=$1
+    if [ -f "$d/postmaster.pid" ]; then
+        as_pg pg_ctl -D "$d" -m fast -w -t 60 stop >/dev/null 2>&1 \
+            || as_pg pg_ctl -D "$d" -m immediate -w -t 30 stop >/dev/null 2>&1 || true
+    fi
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    for p in "${BG_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+    wait 2>/dev/null
+    if [ "$KEEP" = 1 ]; then
+        log "--keep: clusters left running in $DIR (stop: pg_ctl -D $DIR/dst stop; pg_ctl -D $DIR/src stop)"
+    else
+        # destination first: its workers hold replication connections to the source
+        stop_cluster "$DIR/dst"
+        stop_cluster "$DIR/src"
+        rm -rf "$DIR"
+    fi
+    exit $rc
+}
+
+# ---------------------------------------------------------------------------
+# preflight
+# ---------------------------------------------------------------------------
+[ "$(id -u)" = 0 ] || die "run as root (sudo bash bench/run.sh)"
+id postgres >/dev/null 2>&1 || die "no postgres OS user (apt-get install postgresql-15)"
+for b in postgres initdb pg_ctl psql pgbench pg_dump; do
+    [ -x "$PGBIN/$b" ] || die "$PGBIN/$b not found (apt-get install postgresql-15)"
+done
+LIBDIR=$("$PGBIN/pg_config" --pkglibdir)
+SHAREDIR=$("$PGBIN/pg_config" --sharedir)
+[ -f "$LIBDIR/bunnydb.so" ] || die "$LIBDIR/bunnydb.so not found: build and install bunnydb first (make && make install)"
+[ -f "$SHAREDIR/extension/bunnydb.control" ] || die "bunnydb.control not installed"
+[ -f "$SHAREDIR/extension/dblink.control" ] || die "dblink (PostgreSQL contrib) not installed; it is part of postgresql-15"
+
+# ---------------------------------------------------------------------------
+# header
+# ---------------------------------------------------------------------------
+echo "== bunnydb benchmark =="
+echo "date:      $(date -u '+%Y-%m-%d %H:%M:%S UTC')"
+echo "command:   $CMDLINE"
+echo "machine:   $(uname -srm), nproc=$(nproc), memory=$(awk '/MemTotal/ {printf "%.1f GiB", $2/1048576}' /proc/meminfo)"
+echo "cpu:       $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
+echo "postgres:  $("$PGBIN/postgres" --version)"
+echo "bunnydb:   $LIBDIR/bunnydb.so md5=$(md5sum "$LIBDIR/bunnydb.so" | cut -c1-12) mtime=$(date -u -r "$LIBDIR/bunnydb.so" '+%Y-%m-%d %H:%M:%S UTC')"
+echo "repo:      $(git -c safe.directory='*' -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)"
+echo "wait mode: $WAIT_MODE (bunny.wait_for_lsn $([ "$WAIT_MODE" = long ] && echo "one long call" || echo "polled with timeout 0"))"
+echo "scale:     $SCALE ($((SCALE * 100000)) pgbench_accounts rows); workloads: $ONLY (copy always runs)"
+echo
+echo "NOTE: these machines are noisy (shared, few cores).  The result is the"
+echo "      ratio bunnydb/built-in measured in the same run, not the absolute times."
+echo
+
+# ---------------------------------------------------------------------------
+# clusters
+# ---------------------------------------------------------------------------
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# leftovers of an earlier run
+stop_cluster "$DIR/dst"
+stop_cluster "$DIR/src"
+rm -rf "$DIR"
+mkdir -p "$DIR"
+chown postgres:postgres "$DIR"
+chmod 700 "$DIR"
+
+for port in $SRC_PORT $DST_PORT; do
+    if [ -S "$DIR/.s.PGSQL.$port" ]; then die "a server already listens on $DIR/.s.PGSQL.$port"; fi
+done
+
+make_cluster() {   # name port extra-conf
+    local d=$DIR/$1
+    as_pg initdb -D "$d" -U postgres --auth=trust -E UTF8 --locale=C >"$DIR/initdb-$1.log" 2>&1 \
+        || { cat "$DIR/initdb-$1.log"; die "initdb $1 failed"; }
+    cat >>"$d/postgresql.conf" <<EOF
+
+# bunnydb benchmark
+listen_addresses = ''
+unix_socket_directories = '$DIR'
+port = $2
+logging_collector = off
+log_min_messages = warning
+$3
+EOF
+    as_pg pg_ctl -D "$d" -l "$DIR/$1.log" -w -t 60 start >/dev/null \
+        || { tail -30 "$DIR/$1.log"; die "could not start the $1 cluster"; }
+}
+
+log "creating clusters in $DIR"
+make_cluster src $SRC_PORT "wal_level = logical
+max_replication_slots = 20
+max_wal_senders = 20
+shared_buffers = 1GB
+max_wal_size = 8GB
+checkpoint_timeout = 30min
+synchronous_commit = off"
+make_cluster dst $DST_PORT "shared_preload_libraries = 'bunnydb'
+max_worker_processes = 40
+max_logical_replication_workers = 8
+max_sync_workers_per_subscription = 4
+shared_buffers = 1GB
+max_wal_size = 8GB
+checkpoint_timeout = 30min
+synchronous_commit = off"
+
+checkpoint_both() { qs postgres "CHECKPOINT" && qd postgres "CHECKPOINT"; }
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+log "source: pgbench -i -s $SCALE -I dtgvp, table bigt"
+qs postgres "CREATE DATABASE bench"
+qs bench "CREATE TABLE bigt (id int PRIMARY KEY, v text)"
+t0=$(now)
+as_pg pgbench -i -q -s "$SCALE" -I dtgvp -h "$DIR" -p $SRC_PORT bench >"$DIR/pgbench-init.log" 2>&1 \
+    || { tail -20 "$DIR/pgbench-init.log"; die "pgbench -i failed"; }
+# pgbench_history has no key; replica identity full lets a mirror of it
+# publish updates/deletes (pgbench itself only inserts into it)
+qs bench "ALTER TABLE pgbench_history REPLICA IDENTITY FULL"
+qs bench "ANALYZE"
+log "source ready in $(elapsed "$t0" "$(now)") s; pgbench_accounts: $(qs bench "SELECT count(*) FROM pgbench_accounts") rows, $(qs bench "SELECT pg_size_pretty(pg_total_relation_size('pgbench_accounts'))")"
+
+log "destination: dest_bunny (CREATE EXTENSION bunnydb), dest_builtin (schema from pg_dump -s)"
+qd postgres "CREATE DATABASE dest_bunny"
+qd postgres "CREATE DATABASE dest_builtin"
+qd dest_bunny "CREATE EXTENSION bunnydb"
+as_pg bash -c "pg_dump -s -t 'pgbench_*' -t bigt -h '$DIR' -p $SRC_PORT bench \
+    | psql -X -q -v ON_ERROR_STOP=1 -h '$DIR' -p $DST_PORT -d dest_builtin" >"$DIR/schema.log" 2>&1 \
+    || { cat "$DIR/schema.log"; die "could not copy the schema to dest_builtin"; }
+qs bench "CREATE PUBLICATION $PUB FOR TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bigt"
+# sampler database on the source for the lag workload (dblink to the destination)
+qs postgres "CREATE DATABASE sampler"
+qs sampler "CREATE EXTENSION dblink"
+
+# ---------------------------------------------------------------------------
+# bunnydb / built-in primitives
+# ---------------------------------------------------------------------------
+BUNNY_OK=1
+BUILTIN_OK=1
+declare -A RES      # RES[workload,bunny|builtin] = seconds or FAIL
+
+bunny_status() { qd dest_bunny "SELECT status FROM bunny.mirrors WHERE name = '$MIRROR'"; }
+
+bunny_diagnostics() {
+    echo "---- bunnydb diagnostics ----"
+    qd dest_bunny "SELECT 'status=' || status || ' phase=' || phase || ' error_count=' || error_count || E'\nerror_message: ' || coalesce(error_message, '(none)') FROM bunny.mirrors WHERE name = '$MIRROR'" || true
+    echo "-- bunny.mirror_tables:"
+    qd dest_bunny "SELECT source_table || ' ' || status || ' rows_snapshotted=' || coalesce(rows_snapshotted::text, '-') || coalesce(' error: ' || error_message, '') FROM bunny.mirror_tables WHERE mirror = '$MIRROR'" || true
+    echo "-- bunny.logs (newest 30):"
+    qd dest_bunny "SELECT created_at::time(0) || ' ' || level || ' ' || message || coalesce(' ' || details::text, '') FROM bunny.logs('$MIRROR', NULL, NULL, 30)" || true
+    echo "-- destination server log (last 20 lines):"
+    tail -20 "$DIR/dst.log" || true
+    echo "-----------------------------"
+}
+
+# wait until the bunnydb mirror reaches status $1; returns 1 on FAILED/timeout
+bunny_wait_status() {
+    local want=$1 timeout=$2 deadline st
+    deadline=$(( $(date +%s) + timeout ))
+    while :; do
+        st=$(bunny_status) || st="?"
+        [ "$st" = "$want" ] && return 0
+        if [ "$st" = FAILED ]; then echo "bunnydb mirror is FAILED (waiting for $want)"; return 1; fi
+        if [ "$(date +%s)" -ge "$deadline" ]; then echo "timeout: bunnydb mirror status $st after ${timeout}s (waiting for $want)"; return 1; fi
+        sleep 0.1
+    done
+}
+
+src_slot_inactive() {   # slot name, timeout: wait until no walsender holds it
+    local deadline=$(( $(date +%s) + $2 ))
+    while [ "$(qs postgres "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$1' AND active")" != 0 ]; do
+        [ "$(date +%s)" -ge "$deadline" ] && { echo "timeout: slot $1 still active on the source"; return 1; }
+        sleep 0.1
+    done
+}
+
+bunny_pause() {
+    qd dest_bunny "SELECT bunny.pause_mirror('$MIRROR')" >/dev/null || return 1
+    bunny_wait_status PAUSED 120 || return 1
+    src_slot_inactive "$(qd dest_bunny "SELECT slot_name FROM bunny.mirrors WHERE name = '$MIRROR'")" 60
+}
+
+builtin_pause() {
+    qd dest_builtin "ALTER SUBSCRIPTION $SUB DISABLE" || return 1
+    local deadline=$(( $(date +%s) + 60 ))
+    while [ "$(qd dest_builtin "SELECT count(*) FROM pg_stat_subscription WHERE subname = '$SUB' AND pid IS NOT NULL")" != 0 ]; do
+        [ "$(date +%s)" -ge "$deadline" ] && { echo "timeout: built-in apply worker still running"; return 1; }
+        sleep 0.1
+    done
+    src_slot_inactive "$SUB" 60
+}
+
+SUB_ORIGIN=""
+builtin_applied_lsn() {   # remote_lsn of the subscription's origin
+    qd dest_builtin "SELECT coalesce(max(remote_lsn), '0/0') FROM pg_replication_origin_status WHERE external_id = '$SUB_ORIGIN'"
+}
+
+# built-in caught up with LSN $1 (see header)
+builtin_caught_up() {
+    [ "$(qd dest_builtin "SELECT coalesce(max(remote_lsn), '0/0') >= '$1' FROM pg_replication_origin_status WHERE external_id = '$SUB_ORIGIN'")" = t ] && return 0
+    [ "$(qs postgres "SELECT coalesce(bool_or(confirmed_flush_lsn >= '$1'), false) FROM pg_replication_slots WHERE slot_name = '$SUB'")" = t ]
+}
+
+builtin_wait_lsn() {   # lsn timeout
+    local deadline=$(( $(date +%s) + $2 ))
+    while ! builtin_caught_up "$1"; do
+        [ "$(date +%s)" -ge "$deadline" ] && { echo "timeout: built-in not caught up with $1 after $2 s"; return 1; }
+        sleep 0.1
+    done
+}
+
+target_lsn() { qs postgres "SELECT pg_current_wal_insert_lsn()"; }
+
+# bunnydb caught up with LSN $1 within $2 seconds (see WAIT_MODE)
+bunny_wait_lsn() {
+    local r deadline
+    if [ "$WAIT_MODE" = long ]; then
+        r=$(qd dest_bunny "SELECT bunny.wait_for_lsn('$MIRROR', '$1', $(($2 * 1000)))") || return 1
+        [ "$r" = t ]; return
+    fi
+    deadline=$(( $(date +%s) + $2 ))
+    while :; do
+        r=$(qd dest_bunny "SELECT bunny.wait_for_lsn('$MIRROR', '$1', 0)::text || ' ' || status FROM bunny.mirrors WHERE name = '$MIRROR'") || return 1
+        case "$r" in
+            "true "*) return 0 ;;
+            *" FAILED") echo "bunnydb mirror FAILED while waiting for $1" >&2; return 1 ;;
+        esac
+        [ "$(date +%s)" -ge "$deadline" ] && { echo "timeout: bunnydb not caught up with $1 after $2 s" >&2; return 1; }
+        sleep 0.1
+    done
+}
+
+# ---- memory sampler: peak VmRSS / RssAnon of a backend, every 0.2 s --------
+# rss_sampler OUTFILE STOPFILE PORT DB PID-SQL CMDLINE-PATTERN
+rss_sampler() {
+    local out=$1 stop=$2 port=$3 db=$4 sql=$5 pat=$6 pid="" rss anon priv peak=0 peak_anon=0 peak_priv=0 n=0
+    while [ ! -e "$stop" ]; do
+        if [ -z "$pid" ] || ! tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -q -- "$pat"; then
+            pid=$(q "$port" "$db" "$sql" 2>/dev/null | head -1) || pid=""
+        fi
+        rss=""
+        if [ -n "$pid" ] && [ -r "/proc/$pid/status" ]; then
+            read -r rss anon priv < <(awk '/^VmRSS:/ {r=$2} /^RssAnon:/ {a=$2} /^RssShmem:/ {s=$2} END {print r+0, a+0, r-s}' "/proc/$pid/status" 2>/dev/null) || true
+            if [ -n "${rss:-}" ] && [ "$rss" -gt 0 ]; then
+                n=$((n + 1))
+                [ "$rss" -gt "$peak" ] && peak=$rss
+                [ "$anon" -gt "$peak_anon" ] && peak_anon=$anon
+                [ "$priv" -gt "$peak_priv" ] && peak_priv=$priv
+            fi
+        fi
+        sleep 0.2
+    done
+    echo "$peak $peak_anon $peak_priv $n" >"$out"
+}
+
+start_rss() {   # name port db sql pattern
+    rm -f "$DIR/rss-$1.stop" "$DIR/rss-$1.out"
+    rss_sampler "$DIR/rss-$1.out" "$DIR/rss-$1.stop" "$2" "$3" "$4" "$5" &
+    RSS_PID=$!
+    BG_PIDS+=("$RSS_PID")
+}
+stop_rss() {    # name pid -> sets RSS_PEAK_MB RSS_ANON_MB RSS_PRIV_MB RSS_N
+    touch "$DIR/rss-$1.stop"
+    wait "$2" 2>/dev/null || true
+    local peak anon priv n
+    read -r peak anon priv n <"$DIR/rss-$1.out" || { peak=0; anon=0; priv=0; n=0; }
+    RSS_PEAK_MB=$(awk -v k="$peak" 'BEGIN { printf "%.1f", k / 1024 }')
+    RSS_ANON_MB=$(awk -v k="$anon" 'BEGIN { printf "%.1f", k / 1024 }')
+    RSS_PRIV_MB=$(awk -v k="$priv" 'BEGIN { printf "%.1f", k / 1024 }')
+    RSS_N=$n
+}
+
+# ---------------------------------------------------------------------------
+# 1. copy
+# ---------------------------------------------------------------------------
+echo
+log "== copy: initial copy of scale $SCALE =="
+qd dest_bunny "SELECT bunny.create_peer('src', '$SRC_CONNINFO')" >/dev/null
+
+checkpoint_both
+log "bunnydb: create_mirror ... until status RUNNING"
+t0=$(now)
+if qd dest_bunny "SELECT bunny.create_mirror('$MIRROR', 'src', '$TABLES_JSON')" >/dev/null \
+   && bunny_wait_status RUNNING "$COPY_TIMEOUT"; then
+    t1=$(now)
+    RES[copy,bunny]=$(elapsed "$t0" "$t1")
+    log "bunnydb copy: ${RES[copy,bunny]} s"
+else
+    RES[copy,bunny]=FAIL
+    BUNNY_OK=0
+    bunny_diagnostics
+fi
+
+checkpoint_both
+log "built-in: CREATE SUBSCRIPTION ... until all tables are ready ('r')"
+t0=$(now)
+qd dest_builtin "CREATE SUBSCRIPTION $SUB CONNECTION '$SRC_CONNINFO' PUBLICATION $PUB WITH (copy_data = true)"
+SUB_OID=$(qd dest_builtin "SELECT oid FROM pg_subscription WHERE subname = '$SUB'")
+SUB_ORIGIN="pg_$SUB_OID"
+deadline=$(( $(date +%s) + COPY_TIMEOUT ))
+while :; do
+    st=$(qd dest_builtin "SELECT count(*) || ' ' || count(*) FILTER (WHERE srsubstate = 'r') FROM pg_subscription_rel WHERE srsubid = $SUB_OID")
+    read -r total ready <<<"$st"
+    [ "$total" -ge 5 ] && [ "$total" = "$ready" ] && break
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+        echo "timeout: built-in subscription: $ready of $total tables ready"; BUILTIN_OK=0; break
+    fi
+    sleep 0.1
+done
+if [ "$BUILTIN_OK" = 1 ]; then
+    t1=$(now)
+    RES[copy,builtin]=$(elapsed "$t0" "$t1")
+    log "built-in copy: ${RES[copy,builtin]} s"
+else
+    RES[copy,builtin]=FAIL
+fi
+
+# sanity: row counts
+for db in dest_bunny dest_builtin; do
+    log "$db: pgbench_accounts has $(qd "$db" "SELECT count(*) FROM pgbench_accounts" 2>/dev/null || echo '?') rows"
+done
+
+# ---------------------------------------------------------------------------
+# catch-up helper for tpcb and bigtxn
+# ---------------------------------------------------------------------------
+pause_both() {
+    if [ "$BUNNY_OK" = 1 ]; then
+        bunny_pause || { BUNNY_OK=0; echo "bunnydb: pause failed"; bunny_diagnostics; }
+    fi
+    if [ "$BUILTIN_OK" = 1 ]; then
+        builtin_pause || { BUILTIN_OK=0; echo "built-in: disable failed"; }
+    fi
+}
+
+# right after a catch-up (the source is quiet): the destination must already
+# have all rows of the append-only tables, else the catch-up criterion is wrong
+check_rows() {
+    local src dst
+    src=$(qs bench "SELECT (SELECT count(*) FROM pgbench_history) || '/' || (SELECT count(*) FROM bigt)")
+    dst=$(qd "$1" "SELECT (SELECT count(*) FROM pgbench_history) || '/' || (SELECT count(*) FROM bigt)")
+    if [ "$src" = "$dst" ]; then
+        log "$1: history/bigt rows $dst = source (criterion confirmed)"
+    else
+        log "$1: WARNING: history/bigt rows $dst, source $src: not all applied when the catch-up criterion held"
+        CRITERION_BAD=1
+    fi
+}
+CRITERION_BAD=0
+
+# catchup WORKLOAD LSN [rss]: resume bunnydb, time; then enable built-in, time
+catchup() {
+    local w=$1 lsn=$2 rss=${3:-} t0 t1 ok
+    if [ "$BUNNY_OK" = 1 ]; then
+        checkpoint_both
+        [ -n "$rss" ] && start_rss bunny $DST_PORT postgres \
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'bunnydb mirror $MIRROR'" "bunnydb mirror $MIRROR"
+        log "bunnydb: resume_mirror + wait_for_lsn($lsn) ($WAIT_MODE)"
+        t0=$(now)
+        ok=$(qd dest_bunny "SELECT bunny.resume_mirror('$MIRROR')" >/dev/null &&
+             bunny_wait_lsn "$lsn" "$CATCHUP_TIMEOUT" && echo t) || ok=error
+        t1=$(now)
+        if [ -n "$rss" ]; then
+            stop_rss bunny "$RSS_PID"
+            RES[$w,bunny_rss]=$RSS_PEAK_MB
+            RES[$w,bunny_anon]=$RSS_ANON_MB
+            RES[$w,bunny_priv]=$RSS_PRIV_MB
+            log "bunnydb mirror worker: peak VmRSS $RSS_PEAK_MB MB, peak VmRSS-RssShmem $RSS_PRIV_MB MB, peak RssAnon $RSS_ANON_MB MB ($RSS_N samples)"
+        fi
+        if [ "$ok" = t ]; then
+            RES[$w,bunny]=$(elapsed "$t0" "$t1")
+            log "bunnydb $w catch-up: ${RES[$w,bunny]} s"
+            check_rows dest_bunny
+            log "bunnydb: $(qd dest_bunny "SELECT 'error_count=' || error_count || ', warnings/errors logged so far: ' || (SELECT count(*) FROM bunny.mirror_logs WHERE mirror = '$MIRROR' AND level IN ('WARNING', 'ERROR')) FROM bunny.mirrors WHERE name = '$MIRROR'")"
+        else
+            RES[$w,bunny]=FAIL
+            echo "bunnydb: wait_for_lsn returned '$ok'"
+            bunny_diagnostics
+            BUNNY_OK=0
+        fi
+    else
+        RES[$w,bunny]=FAIL
+    fi
+
+    if [ "$BUILTIN_OK" = 1 ]; then
+        checkpoint_both
+        [ -n "$rss" ] && start_rss builtin $DST_PORT postgres \
+            "SELECT pid FROM pg_stat_subscription WHERE subname = '$SUB' AND relid IS NULL AND pid IS NOT NULL" "logical replication"
+        log "built-in: ENABLE + wait for origin remote_lsn or slot confirmed_flush_lsn >= $lsn"
+        t0=$(now)
+        if qd dest_builtin "ALTER SUBSCRIPTION $SUB ENABLE" && builtin_wait_lsn "$lsn" "$CATCHUP_TIMEOUT"; then
+            t1=$(now)
+            RES[$w,builtin]=$(elapsed "$t0" "$t1")
+            log "built-in $w catch-up: ${RES[$w,builtin]} s"
+            check_rows dest_builtin
+        else
+            RES[$w,builtin]=FAIL
+            BUILTIN_OK=0
+            tail -20 "$DIR/dst.log"
+        fi
+        if [ -n "$rss" ]; then
+            stop_rss builtin "$RSS_PID"
+            RES[$w,builtin_rss]=$RSS_PEAK_MB
+            RES[$w,builtin_anon]=$RSS_ANON_MB
+            RES[$w,builtin_priv]=$RSS_PRIV_MB
+            log "built-in apply worker: peak VmRSS $RSS_PEAK_MB MB, peak VmRSS-RssShmem $RSS_PRIV_MB MB, peak RssAnon $RSS_ANON_MB MB ($RSS_N samples)"
+        fi
+    else
+        RES[$w,builtin]=FAIL
+    fi
+}
+
+# ---------------------------------------------------------------------------
+# 2. tpcb
+# ---------------------------------------------------------------------------
+if want tpcb; then
+    echo
+    log "== tpcb: catch-up of $((TPCB_CLIENTS * TPCB_TXNS)) pgbench TPC-B transactions =="
+    pause_both
+    log "source: pgbench -n -c $TPCB_CLIENTS -j 2 -t $TPCB_TXNS -b tpcb-like"
+    as_pg pgbench -n -c $TPCB_CLIENTS -j 2 -t $TPCB_TXNS -b tpcb-like -h "$DIR" -p $SRC_PORT bench >"$DIR/pgbench-tpcb.log" 2>&1 \
+        || { tail -20 "$DIR/pgbench-tpcb.log"; die "pgbench failed"; }
+    log "source: $(grep -E '^tps' "$DIR/pgbench-tpcb.log" | head -1)"
+    LSN=$(target_lsn)
+    log "target LSN $LSN"
+    catchup tpcb "$LSN"
+    for db in dest_bunny dest_builtin; do
+        log "$db after tpcb: $(qd $db "SELECT string_agg(format('%s seq_scan=%s idx_scan=%s size=%s', relname, seq_scan, coalesce(idx_scan, 0), pg_size_pretty(pg_relation_size(relid))), '; ' ORDER BY relname) FROM pg_stat_user_tables WHERE relname IN ('pgbench_branches', 'pgbench_tellers', 'pgbench_accounts')")"
+    done
+fi
+
+# ---------------------------------------------------------------------------
+# 3. bigtxn
+# ---------------------------------------------------------------------------
+if want bigtxn; then
+    echo
+    log "== bigtxn: catch-up of one $BIGTXN_ROWS-row INSERT transaction =="
+    pause_both
+    t0=$(now)
+    qs bench "INSERT INTO bigt SELECT g, md5(g::text) FROM generate_series(1, $BIGTXN_ROWS) g"
+    log "source: INSERT took $(elapsed "$t0" "$(now)") s"
+    LSN=$(target_lsn)
+    log "target LSN $LSN"
+    catchup bigtxn "$LSN" rss
+fi
+
+# ---------------------------------------------------------------------------
+# 4. lag
+# ---------------------------------------------------------------------------
+# The sampler runs on the source in database `sampler`: every LAG_INTERVAL_MS
+# it takes t0 and pg_current_wal_insert_lsn(), then waits (through dblink, one
+# persistent connection to the destination) until that LSN is applied, and
+# prints the elapsed ms as a NOTICE.  It commits after every sample so that it
+# holds no snapshot on the source.
+lag_sampler_sql() {   # bunny|builtin
+    local conn wait_sql
+    if [ "$1" = bunny ]; then
+        conn=$DST_BUNNY_CONNINFO
+        if [ "$WAIT_MODE" = long ]; then
+            wait_sql="SELECT r.ok INTO ok FROM dblink('d', format('SELECT bunny.wait_for_lsn(%L, %L, 10000)', '$MIRROR', lsn)) AS r(ok boolean);"
+        else
+            wait_sql="LOOP
+            SELECT r.ok INTO ok FROM dblink('d', format('SELECT bunny.wait_for_lsn(%L, %L, 0)', '$MIRROR', lsn)) AS r(ok boolean);
+            EXIT WHEN ok OR clock_timestamp() > t0 + interval '10 s';
+            PERFORM pg_sleep(0.002);
+        END LOOP;"
+        fi
+    else
+        conn=$DST_BUILTIN_CONNINFO
+        wait_sql="LOOP
+            SELECT r.l >= lsn INTO ok FROM dblink('d', 'SELECT coalesce(max(remote_lsn), ''0/0'') FROM pg_replication_origin_status WHERE external_id = ''$SUB_ORIGIN''') AS r(l pg_lsn);
+            IF NOT ok THEN
+                SELECT coalesce(bool_or(confirmed_flush_lsn >= lsn), false) INTO ok FROM pg_replication_slots WHERE slot_name = '$SUB';
+            END IF;
+            EXIT WHEN ok OR clock_timestamp() > t0 + interval '10 s';
+            PERFORM pg_sleep(0.002);
+        END LOOP;"
+    fi
+    cat <<EOF
+DO \$\$
+DECLARE
+    t0 timestamptz;
+    lsn pg_lsn;
+    ok boolean;
+    deadline timestamptz := clock_timestamp() + interval '$((LAG_SECONDS - 1)) s';
+    next_t timestamptz := clock_timestamp();
+BEGIN
+    PERFORM dblink_connect('d', '$conn');
+    WHILE clock_timestamp() < deadline LOOP
+        t0 := clock_timestamp();
+        lsn := pg_current_wal_insert_lsn();
+        $wait_sql
+        RAISE NOTICE 'SAMPLE % %', round((extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric, 1), ok;
+        COMMIT;
+        next_t := greatest(next_t + interval '$LAG_INTERVAL_MS ms', clock_timestamp());
+        PERFORM pg_sleep(greatest(extract(epoch FROM next_t - clock_timestamp()), 0));
+    END LOOP;
+    PERFORM dblink_disconnect('d');
+END
+\$\$;
+EOF
+}
+
+# pct FILE Q: nearest-rank percentile of the numbers in FILE
+pct() { sort -n "$1" | awk -v q="$2" '{ v[NR] = $1 } END { if (NR == 0) { print "n/a"; exit } i = int(q * NR + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR; printf "%.1f", v[i] }'; }
+
+if want lag; then
+    echo
+    log "== lag: pgbench -n -c $LAG_CLIENTS -T $LAG_SECONDS with both replicating live =="
+    # make sure both run and are caught up
+    if [ "$BUNNY_OK" = 1 ]; then
+        qd dest_bunny "SELECT bunny.resume_mirror('$MIRROR')" >/dev/null
+        bunny_wait_status RUNNING 120 || { BUNNY_OK=0; bunny_diagnostics; }
+    fi
+    if [ "$BUILTIN_OK" = 1 ]; then
+        qd dest_builtin "ALTER SUBSCRIPTION $SUB ENABLE"
+    fi
+    LSN=$(target_lsn)
+    if [ "$BUNNY_OK" = 1 ] && ! bunny_wait_lsn "$LSN" "$CATCHUP_TIMEOUT"; then
+        echo "bunnydb not caught up before the lag test"; BUNNY_OK=0; bunny_diagnostics
+    fi
+    if [ "$BUILTIN_OK" = 1 ]; then builtin_wait_lsn "$LSN" "$CATCHUP_TIMEOUT" || BUILTIN_OK=0; fi
+    checkpoint_both
+
+    as_pg pgbench -n -c $LAG_CLIENTS -j 2 -T $LAG_SECONDS -b tpcb-like -h "$DIR" -p $SRC_PORT bench >"$DIR/pgbench-lag.log" 2>&1 &
+    PGB_PID=$!; BG_PIDS+=("$PGB_PID")
+    sleep 0.5
+    SAMPLERS=()
+    for who in bunny builtin; do
+        rm -f "$DIR/lag-$who.raw"
+        if { [ $who = bunny ] && [ "$BUNNY_OK" = 1 ]; } || { [ $who = builtin ] && [ "$BUILTIN_OK" = 1 ]; }; then
+            lag_sampler_sql $who >"$DIR/lag-$who.sql"
+            chown postgres "$DIR/lag-$who.sql"
+            as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p $SRC_PORT -d sampler -f "$DIR/lag-$who.sql" >"$DIR/lag-$who.raw" 2>&1 &
+            SAMPLERS+=($!); BG_PIDS+=($!)
+        fi
+    done
+    wait "$PGB_PID" || { tail -20 "$DIR/pgbench-lag.log"; echo "pgbench (lag) failed"; }
+    for p in "${SAMPLERS[@]}"; do wait "$p" || true; done
+    log "source: $(grep -E '^tps' "$DIR/pgbench-lag.log" | head -1)"
+    for who in bunny builtin; do
+        if [ -f "$DIR/lag-$who.raw" ] && grep -q 'SAMPLE' "$DIR/lag-$who.raw"; then
+            sed -n 's/.*NOTICE:  SAMPLE \([0-9.]*\) \(.*\)$/\1 \2/p' "$DIR/lag-$who.raw" >"$DIR/lag-$who.samples"
+            awk '{print $1}' "$DIR/lag-$who.samples" >"$DIR/lag-$who.ms"
+            RES[lag,${who}_n]=$(wc -l <"$DIR/lag-$who.ms")
+            RES[lag,${who}_timeouts]=$(awk '$2 != "t"' "$DIR/lag-$who.samples" | wc -l)
+            RES[lag,${who}_p50]=$(pct "$DIR/lag-$who.ms" 0.50)
+            RES[lag,${who}_p99]=$(pct "$DIR/lag-$who.ms" 0.99)
+            RES[lag,${who}_max]=$(pct "$DIR/lag-$who.ms" 1)
+            log "$who lag: ${RES[lag,${who}_n]} samples, p50 ${RES[lag,${who}_p50]} ms, p99 ${RES[lag,${who}_p99]} ms, max ${RES[lag,${who}_max]} ms, timeouts ${RES[lag,${who}_timeouts]}"
+        else
+            [ -f "$DIR/lag-$who.raw" ] && { echo "$who lag sampler output:"; tail -20 "$DIR/lag-$who.raw"; }
+            RES[lag,${who}_p50]=FAIL; RES[lag,${who}_p99]=FAIL
+        fi
+    done
+fi
+
+# ---------------------------------------------------------------------------
+# consistency check: both destinations equal the source
+# ---------------------------------------------------------------------------
+echo
+log "== consistency check =="
+CHECK_SQL="SELECT (SELECT count(*) || '/' || coalesce(sum(abalance), 0) FROM pgbench_accounts) || ' ' ||
+                  (SELECT count(*) || '/' || coalesce(sum(bbalance), 0) FROM pgbench_branches) || ' ' ||
+                  (SELECT count(*) || '/' || coalesce(sum(tbalance), 0) FROM pgbench_tellers) || ' ' ||
+                  (SELECT count(*) || '/' || coalesce(sum(delta), 0) FROM pgbench_history) || ' ' ||
+                  (SELECT count(*) || '/' || coalesce(sum(id), 0) FROM bigt)"
+[ "$BUNNY_OK" = 1 ] && { qd dest_bunny "SELECT bunny.resume_mirror('$MIRROR')" >/dev/null || true; }
+[ "$BUILTIN_OK" = 1 ] && { qd dest_builtin "ALTER SUBSCRIPTION $SUB ENABLE" || true; }
+LSN=$(target_lsn)
+CONSISTENT=1
+REF=$(qs bench "$CHECK_SQL")
+echo "source        accounts/branches/tellers/history/bigt (count/sum): $REF"
+for who in bunny builtin; do
+    if [ $who = bunny ]; then
+        db=dest_bunny
+        [ "$BUNNY_OK" = 1 ] && bunny_wait_lsn "$LSN" "$CATCHUP_TIMEOUT" || { echo "dest_bunny:   not caught up / failed"; CONSISTENT=0; continue; }
+    else
+        db=dest_builtin
+        [ "$BUILTIN_OK" = 1 ] && builtin_wait_lsn "$LSN" "$CATCHUP_TIMEOUT" || { echo "dest_builtin: not caught up / failed"; CONSISTENT=0; continue; }
+    fi
+    GOT=$(qd $db "$CHECK_SQL")
+    if [ "$GOT" = "$REF" ]; then st=OK; else st=MISMATCH; CONSISTENT=0; fi
+    printf '%-13s %s  %s\n' "$db" "$st" "$GOT"
+done
+
+# ---------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------
+ratio() {   # a b -> a/b or n/a
+    if [[ "$1" =~ ^[0-9.]+$ ]] && [[ "$2" =~ ^[0-9.]+$ ]] && awk -v b="$2" 'BEGIN { exit !(b > 0) }'; then
+        awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
+    else
+        echo n/a
+    fi
+}
+verdict() {   # value op limit -> PASS/FAIL
+    if [[ "$1" =~ ^[0-9.]+$ ]]; then
+        awk -v v="$1" -v l="$3" -v op="$2" 'BEGIN { ok = (op == "<=") ? (v <= l) : (v < l); print ok ? "PASS" : "FAIL" }'
+    else
+        echo FAIL
+    fi
+}
+
+echo
+echo "== results (scale $SCALE, nproc $(nproc)) =="
+printf '%-26s | %10s | %10s | %22s | %s\n' "workload" "bunnydb" "built-in" "ratio (bunnydb/built-in)" "target"
+printf '%s\n' "---------------------------+------------+------------+--------------------------+----------------------"
+RESULT_LINES=()
+FAILS=0
+unit() { if [[ "$1" =~ ^[0-9.]+$ ]]; then echo "$1 $2"; else echo "$1"; fi; }
+row_time() {   # workload label target
+    local w=$1 label=$2 tgt=$3 b=${RES[$1,bunny]:-FAIL} i=${RES[$1,builtin]:-FAIL} r v
+    r=$(ratio "$b" "$i")
+    v=$(verdict "$r" "<=" "$tgt")
+    [ "$v" = PASS ] || FAILS=$((FAILS + 1))
+    printf '%-26s | %10s | %10s | %24s | <= %s x built-in  %s\n' "$label" "$(unit "$b" s)" "$(unit "$i" s)" "$r" "$tgt" "$v"
+    RESULT_LINES+=("RESULT $w ratio=$r bunnydb_s=$b builtin_s=$i target=$tgt $v")
+}
+row_time copy "copy (scale $SCALE)" 0.6
+want tpcb && row_time tpcb "tpcb catch-up (80k txns)" 0.5
+want bigtxn && row_time bigtxn "bigtxn catch-up (1M rows)" 0.5
+if want bigtxn; then
+    b=${RES[bigtxn,bunny_rss]:-n/a}; i=${RES[bigtxn,builtin_rss]:-n/a}
+    v=$(verdict "$b" "<" 100); [ "$v" = PASS ] || FAILS=$((FAILS + 1))
+    printf '%-26s | %10s | %10s | %24s | < 100 MB  %s\n' "bigtxn worker peak VmRSS" "$(unit "$b" MB)" "$(unit "$i" MB)" "$(ratio "$b" "$i")" "$v"
+    p=${RES[bigtxn,bunny_priv]:-n/a}
+    vp=$(verdict "$p" "<" 100)
+    printf '%-26s | %10s | %10s | %24s | < 100 MB  %s\n' "  same, minus RssShmem" "$(unit "$p" MB)" "$(unit "${RES[bigtxn,builtin_priv]:-n/a}" MB)" "$(ratio "$p" "${RES[bigtxn,builtin_priv]:-}")" "$vp (shared_buffers excluded)"
+    printf '%-26s | %10s | %10s | %24s | (private memory, info)\n' "  RssAnon only" "$(unit "${RES[bigtxn,bunny_anon]:-n/a}" MB)" "$(unit "${RES[bigtxn,builtin_anon]:-n/a}" MB)" "$(ratio "${RES[bigtxn,bunny_anon]:-}" "${RES[bigtxn,builtin_anon]:-}")"
+    RESULT_LINES+=("RESULT bigtxn_rss bunnydb_peak_vmrss_mb=$b bunnydb_peak_noshmem_mb=$p bunnydb_peak_rssanon_mb=${RES[bigtxn,bunny_anon]:-n/a} builtin_peak_vmrss_mb=$i builtin_peak_noshmem_mb=${RES[bigtxn,builtin_priv]:-n/a} builtin_peak_rssanon_mb=${RES[bigtxn,builtin_anon]:-n/a} target=100 vmrss:$v noshmem:$vp")
+fi
+if want lag; then
+    b50=${RES[lag,bunny_p50]:-FAIL}; i50=${RES[lag,builtin_p50]:-FAIL}
+    b99=${RES[lag,bunny_p99]:-FAIL}; i99=${RES[lag,builtin_p99]:-FAIL}
+    v50=$(verdict "$b50" "<" 100); v99=$(verdict "$b99" "<" 1000)
+    [ "$v50" = PASS ] || FAILS=$((FAILS + 1)); [ "$v99" = PASS ] || FAILS=$((FAILS + 1))
+    printf '%-26s | %10s | %10s | %24s | < 100 ms  %s\n' "lag p50 (pgbench -c $LAG_CLIENTS)" "$(unit "$b50" ms)" "$(unit "$i50" ms)" "$(ratio "$b50" "$i50")" "$v50"
+    printf '%-26s | %10s | %10s | %24s | < 1000 ms  %s\n' "lag p99 (pgbench -c $LAG_CLIENTS)" "$(unit "$b99" ms)" "$(unit "$i99" ms)" "$(ratio "$b99" "$i99")" "$v99"
+    RESULT_LINES+=("RESULT lag p50_ratio=$(ratio "$b50" "$i50") p99_ratio=$(ratio "$b99" "$i99") bunnydb_p50_ms=$b50 bunnydb_p99_ms=$b99 builtin_p50_ms=$i50 builtin_p99_ms=$i99 bunnydb_samples=${RES[lag,bunny_n]:-0} builtin_samples=${RES[lag,builtin_n]:-0} bunnydb_timeouts=${RES[lag,bunny_timeouts]:-0} builtin_timeouts=${RES[lag,builtin_timeouts]:-0} target=p50<100,p99<1000 $v50/$v99")
+fi
+echo
+printf '%s\n' "${RESULT_LINES[@]}"
+echo "RESULT consistency $([ "$CONSISTENT" = 1 ] && echo OK || echo MISMATCH)"
+[ "$CRITERION_BAD" = 1 ] && echo "WARNING: a catch-up criterion held before all rows were applied (see the log above)"
+if [ "$BUNNY_OK" = 1 ] || [ "${RES[copy,bunny]:-}" != FAIL ]; then
+    echo
+    echo "bunnydb WARNING/ERROR log lines of this run (newest 10):"
+    lines=$(qd dest_bunny "SELECT '  ' || created_at::time(0) || ' ' || level || ' ' || message FROM bunny.mirror_logs WHERE mirror = '$MIRROR' AND level IN ('WARNING', 'ERROR') ORDER BY id DESC LIMIT 10" 2>/dev/null) || true
+    echo "${lines:-  (none)}"
+fi
+echo
+echo "Notes: built-in = CREATE SUBSCRIPTION with default options (streaming=off, binary=off);"
+echo "its destination tables are pre-created with indexes (pg_dump -s).  bunnydb is measured"
+echo "first, then built-in, never both at once.  Catch-up target = source pg_current_wal_insert_lsn();"
+echo "built-in caught up = origin remote_lsn or slot confirmed_flush_lsn >= target; bunnydb caught up ="
+if [ "$WAIT_MODE" = long ]; then
+    echo "one long bunny.wait_for_lsn call (--long-wait: its snapshot blocks pruning on the destination)."
+else
+    echo "bunny.wait_for_lsn(..., 0) polled like the built-in side (no snapshot held while waiting)."
+fi
+echo "Lag: one sampler per system on the source, both during the same pgbench run, each polling every 2 ms."
+echo "VmRSS includes the shared_buffers pages the worker touched (RssShmem); RssAnon is its private heap."
+echo "Reminder: noisy machine; compare ratios, not absolute times."
+
+[ "$BUNNY_OK" = 1 ] && [ "$BUILTIN_OK" = 1 ] && [ "$CONSISTENT" = 1 ] || exit 1
+exit 0
