@@ -150,6 +150,7 @@ static List *flush_positions = NIL;
 
 static bool in_remote_txn = false;
 static bool in_local_txn = false;
+static bool batch_spi = false;	/* the batch holds an SPI connection */
 static XLogRecPtr remote_final_lsn = InvalidXLogRecPtr;
 static int64 batch_changes = 0;
 static TimestampTz batch_start = 0;
@@ -733,17 +734,23 @@ get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask)
 	return plan;
 }
 
-/* run a prepared change; returns the number of rows it touched */
+/*
+ * Run a prepared change; returns the number of rows it touched.  Inside a
+ * batch the batch's SPI connection is used: connecting per row would cost
+ * two memory contexts per change.
+ */
 static uint64
 exec_plan(SPIPlanPtr plan, Datum *values, char *nulls)
 {
 	int			rc;
 	uint64		processed;
 
-	SPI_connect();
+	if (!batch_spi)
+		SPI_connect();
 	rc = SPI_execute_plan(plan, values, nulls, false, 0);
 	processed = SPI_processed;
-	SPI_finish();
+	if (!batch_spi)
+		SPI_finish();
 	if (rc < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),
@@ -1004,6 +1011,8 @@ apply_batch_begin(void)
 		return;
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	batch_spi = true;
 	in_local_txn = true;
 	batch_start = GetCurrentTimestamp();
 	batch_changes = 0;
@@ -1120,6 +1129,8 @@ apply_batch_flush(void)
 		replorigin_session_origin_lsn = batch_last_end;
 		replorigin_session_origin_timestamp = batch_last_commit_time;
 	}
+	SPI_finish();
+	batch_spi = false;
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	pgstat_report_stat(false);

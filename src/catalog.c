@@ -321,6 +321,24 @@ catalog_apply_ddl(const char *mirror, const char *dest_table, const char *items_
 	SPI_finish();
 }
 
+/*
+ * A resync that went through setup (the slot was gone) is over once setup
+ * completes: no per-table step will end it.
+ */
+void
+catalog_finish_resync(int32 mirror_id, const char *mirror_name)
+{
+	Oid			argtypes[1] = {INT4OID};
+	Datum		values[1] = {Int32GetDatum(mirror_id)};
+
+	SPI_connect();
+	spi_run("UPDATE bunny.mirror SET pending_op = NULL WHERE id = $1 AND pending_op = 'resync'",
+			1, argtypes, values, NULL, false);
+	if (SPI_processed > 0)
+		bunny_log(mirror_name, "INFO", "resync finished", NULL);
+	SPI_finish();
+}
+
 /* append a line to bunny.mirror_logs (in the caller's transaction, if any) */
 void
 bunny_log(const char *mirror, const char *level, const char *message,

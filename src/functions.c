@@ -370,6 +370,17 @@ bunny_wait_for_lsn(PG_FUNCTION_ARGS)
 	bool		result = false;
 	BunnyWorkerSlot *slot = NULL;
 
+	/*
+	 * Waiting must not hold back the cleanup of old row versions: the
+	 * caller's snapshot would keep every row the mirror updates meanwhile
+	 * from being pruned, and the mirror would slow down for as long as we
+	 * wait.  Nothing is read with that snapshot from here on (this function
+	 * looks at shared memory only, and bunny.wait_for_lsn returns right
+	 * after), so our xmin is dropped for the wait, as SnapshotResetXmin does
+	 * when no snapshot is left.
+	 */
+	MyProc->xmin = InvalidTransactionId;
+
 	for (;;)
 	{
 		XLogRecPtr	processed = InvalidXLogRecPtr;

@@ -1279,6 +1279,7 @@ setup_run(PGconn *conn, Mirror *m)
 	bunny_log(m->name, "INFO",
 			  psprintf("setup complete; streaming changes from %X/%X", LSN_FORMAT_ARGS(start_lsn)),
 			  NULL);
+	catalog_finish_resync(m->id, m->name);
 	replorigin_session_origin_lsn = start_lsn;
 	replorigin_session_origin_timestamp = GetCurrentTimestamp();
 	PopActiveSnapshot();

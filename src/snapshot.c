@@ -1048,6 +1048,7 @@ snapshot_recover(PGconn *conn, Mirror *m)
 	catalog_set_status(m->id, "RUNNING", "CDC");
 	bunny_log(m->name, "INFO",
 			  psprintf("setup complete; streaming changes from %X/%X", LSN_FORMAT_ARGS(slot_lsn)), NULL);
+	catalog_finish_resync(m->id, m->name);
 	replorigin_session_origin_lsn = slot_lsn;
 	replorigin_session_origin_timestamp = GetCurrentTimestamp();
 	PopActiveSnapshot();

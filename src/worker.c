@@ -473,6 +473,12 @@ bunny_mirror_worker_main(Datum arg)
 	SetConfigOption("application_name", psprintf("bunnydb:%s", my_mirror_name),
 					PGC_USERSET, PGC_S_OVERRIDE);
 	SetConfigOption("extra_float_digits", "3", PGC_USERSET, PGC_S_OVERRIDE);
+	/*
+	 * Rows are found by key: an index scan is always right, while plans
+	 * made when a table was small would keep scanning it sequentially as it
+	 * grows (tables without a usable index still get their scan).
+	 */
+	SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_OVERRIDE);
 	SetConfigOption("DateStyle", "ISO", PGC_USERSET, PGC_S_OVERRIDE);
 	SetConfigOption("IntervalStyle", "postgres", PGC_USERSET, PGC_S_OVERRIDE);
 
