@@ -72,6 +72,7 @@
 #include "replication/logicalproto.h"
 #include "replication/origin.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/guc.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
@@ -107,6 +108,8 @@ typedef struct RelMapEntry
 	AttrNumber *attmap;			/* remote column -> local attnum */
 	Oid		   *typid;			/* local type of each remote column */
 	int32	   *typmod;
+	int16	   *typlen;
+	bool	   *typbyval;
 	FmgrInfo   *infunc;
 	Oid		   *inioparam;
 	FmgrInfo   *recvfunc;
@@ -457,6 +460,8 @@ relmap_build(RelMapEntry *e)
 	e->attmap = palloc0(sizeof(AttrNumber) * (n + 1));
 	e->typid = palloc0(sizeof(Oid) * (n + 1));
 	e->typmod = palloc0(sizeof(int32) * (n + 1));
+	e->typlen = palloc0(sizeof(int16) * (n + 1));
+	e->typbyval = palloc0(sizeof(bool) * (n + 1));
 	e->infunc = palloc0(sizeof(FmgrInfo) * (n + 1));
 	e->inioparam = palloc0(sizeof(Oid) * (n + 1));
 	e->recvfunc = palloc0(sizeof(FmgrInfo) * (n + 1));
@@ -477,6 +482,8 @@ relmap_build(RelMapEntry *e)
 		e->attmap[i] = attnum;
 		e->typid[i] = att->atttypid;
 		e->typmod[i] = att->atttypmod;
+		e->typlen[i] = att->attlen;
+		e->typbyval[i] = att->attbyval;
 		getTypeInputInfo(att->atttypid, &infuncoid, &e->inioparam[i]);
 		fmgr_info_cxt(infuncoid, &e->infunc[i], ApplyCacheContext);
 		e->colsql[i] = MemoryContextStrdup(ApplyCacheContext, quote_identifier(r->attnames[i]));
@@ -661,13 +668,14 @@ append_where(StringInfo sql, RelMapEntry *e, const char *wheremask, int first_pa
  * identify the row (U, D).
  */
 static SPIPlanPtr
-get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask)
+get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask, int nrows)
 {
 	int			n = e->remoterel->natts;
-	char	   *key = psprintf("%c%s|%s", kind, setmask ? setmask : "", wheremask ? wheremask : "");
+	char	   *key = psprintf("%c%d:%s|%s", kind, nrows, setmask ? setmask : "",
+							   wheremask ? wheremask : "");
 	ListCell   *lc;
 	StringInfoData sql;
-	Oid		   *argtypes = palloc(sizeof(Oid) * (2 * n + 1));
+	Oid		   *argtypes = palloc(sizeof(Oid) * (Max(2, nrows) * n + 1));
 	int			nargs = 0;
 	SPIPlanPtr	plan;
 	ApplyPlan  *ap;
@@ -692,11 +700,25 @@ get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask)
 			if (setmask[i] != '1')
 				continue;
 			appendStringInfo(&sql, "%s%s", first ? "" : ", ", e->colsql[i]);
-			argtypes[nargs++] = e->typid[i];
-			appendStringInfo(&vals, "%s$%d", first ? "" : ", ", nargs);
 			first = false;
 		}
-		appendStringInfo(&sql, ") VALUES (%s)", vals.data);
+		appendStringInfoString(&sql, ") VALUES ");
+		/* nrows rows in one statement: one executor start for many rows */
+		for (int r = 0; r < nrows; r++)
+		{
+			first = true;
+			appendStringInfo(&sql, "%s(", r ? ", " : "");
+			for (int i = 0; i < n; i++)
+			{
+				if (setmask[i] != '1')
+					continue;
+				argtypes[nargs++] = e->typid[i];
+				appendStringInfo(&sql, "%s$%d", first ? "" : ", ", nargs);
+				first = false;
+			}
+			appendStringInfoChar(&sql, ')');
+		}
+		(void) vals;
 	}
 	else if (kind == 'U')
 	{
@@ -838,6 +860,73 @@ route_change(RelMapEntry *e, int64 *counter)
 	return true;
 }
 
+/*
+ * Runs of INSERTs into one table are sent as multi-row INSERTs of up to
+ * INSERT_BUFFER_ROWS rows: one executor start-up for many rows.  The buffer
+ * is flushed before any other message, so changes keep their order.
+ */
+#define INSERT_BUFFER_ROWS	100
+
+static RelMapEntry *ins_rel = NULL;
+static char *ins_mask = NULL;
+static int	ins_rows = 0;
+static int	ins_ncols = 0;
+static Datum *ins_values = NULL;
+static char *ins_nulls = NULL;
+static MemoryContext InsertBufferContext = NULL;
+
+/* send the buffered rows */
+static void
+insert_buffer_flush(void)
+{
+	if (ins_rows == 0)
+		return;
+	bunny_ctx_table = ins_rel->qualname;
+	exec_plan(get_plan(ins_rel, 'I', ins_mask, NULL, ins_rows), ins_values, ins_nulls);
+	ins_rows = 0;
+	ins_rel = NULL;
+	MemoryContextReset(InsertBufferContext);
+}
+
+/* buffer one row (the first ncols of values are the present columns) */
+static void
+insert_buffer_add(RelMapEntry *e, const char *present, Datum *values, char *nulls)
+{
+	int			n = e->remoterel->natts;
+	MemoryContext old;
+	int			k = 0;
+
+	if (ins_rel != NULL && (ins_rel != e || strcmp(ins_mask, present) != 0))
+		insert_buffer_flush();
+
+	old = MemoryContextSwitchTo(InsertBufferContext);
+	if (ins_rel == NULL)
+	{
+		ins_rel = e;
+		ins_mask = pstrdup(present);
+		ins_ncols = 0;
+		for (int i = 0; i < n; i++)
+			if (present[i] == '1')
+				ins_ncols++;
+		ins_values = palloc(sizeof(Datum) * ins_ncols * INSERT_BUFFER_ROWS);
+		ins_nulls = palloc(ins_ncols * INSERT_BUFFER_ROWS + 1);
+	}
+	for (int i = 0; i < n; i++)
+	{
+		int			at = ins_rows * ins_ncols + k;
+
+		if (present[i] != '1')
+			continue;
+		ins_nulls[at] = nulls[k];
+		ins_values[at] = nulls[k] == 'n' ? (Datum) 0 :
+			datumCopy(values[k], e->typbyval[i], e->typlen[i]);
+		k++;
+	}
+	MemoryContextSwitchTo(old);
+	if (++ins_rows == INSERT_BUFFER_ROWS)
+		insert_buffer_flush();
+}
+
 /* INSERT */
 static void
 apply_handle_insert(StringInfo s)
@@ -865,7 +954,7 @@ apply_handle_insert(StringInfo s)
 				k++;
 			}
 	}
-	exec_plan(get_plan(e, 'I', present, NULL), values, nulls);
+	insert_buffer_add(e, present, values, nulls);
 	if (!replaying)
 		e->n_ins++;
 	batch_changes++;
@@ -927,7 +1016,7 @@ apply_handle_update(StringInfo s)
 		return;					/* only unchanged TOAST: nothing to write */
 	key_params(e, has_old ? &oldtup : &newtup, values, nulls, wheremask, &k);
 
-	if (exec_plan(get_plan(e, 'U', setmask, wheremask), values, nulls) == 0)
+	if (exec_plan(get_plan(e, 'U', setmask, wheremask, 1), values, nulls) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("row to update was not found in destination table %s", e->qualname),
@@ -954,7 +1043,7 @@ apply_handle_delete(StringInfo s)
 	if (e == NULL || !route_change(e, &e->n_del))
 		return;
 	key_params(e, &oldtup, values, nulls, wheremask, &k);
-	if (exec_plan(get_plan(e, 'D', NULL, wheremask), values, nulls) == 0)
+	if (exec_plan(get_plan(e, 'D', NULL, wheremask, 1), values, nulls) == 0)
 		ereport(WARNING,
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("row to delete was not found in destination table %s", e->qualname)));
@@ -1225,6 +1314,8 @@ apply_dispatch(StringInfo s)
 	current_msg = s->data + s->cursor;
 	current_msg_len = s->len - s->cursor;
 	action = pq_getmsgbyte(s);
+	if (action != LOGICAL_REP_MSG_INSERT)
+		insert_buffer_flush();
 
 	switch (action)
 	{
@@ -1312,8 +1403,16 @@ apply_copydata(char *buf, int len)
 			{
 				bool		moved = false;
 
-				/* caught up with nothing pending: an earlier error is over */
-				if (mirror->error_count > 0)
+				/*
+				 * Caught up with nothing pending, and past where the last
+				 * run failed: that error is over.
+				 */
+				XLogRecPtr	error_lsn;
+
+				SpinLockAcquire(&MySlot->mutex);
+				error_lsn = MySlot->error_lsn;
+				SpinLockRelease(&MySlot->mutex);
+				if (mirror->error_count > 0 && end > error_lsn)
 				{
 					StartTransactionCommand();
 					PushActiveSnapshot(GetTransactionSnapshot());
@@ -1540,6 +1639,7 @@ apply_replay_queue(MirrorTable *mt, const char *target_table)
 			CHECK_FOR_INTERRUPTS();
 		}
 		SPI_cursor_close(portal);
+		insert_buffer_flush();	/* the last rows go to the replay target too */
 		SPI_finish();
 	}
 	PG_FINALLY();
@@ -1685,6 +1785,8 @@ apply_stream(PGconn *source_conn, Mirror *m)
 												ALLOCSET_DEFAULT_SIZES);
 	ApplyCacheContext = AllocSetContextCreate(TopMemoryContext, "bunnydb apply cache",
 											  ALLOCSET_DEFAULT_SIZES);
+	InsertBufferContext = AllocSetContextCreate(TopMemoryContext, "bunnydb insert buffer",
+												ALLOCSET_DEFAULT_SIZES);
 
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(LogicalRepRelId);

@@ -66,6 +66,7 @@ typedef struct BunnyWorkerSlot
 	TimestampTz oldest_pending_commit;	/* source commit time of oldest unapplied txn */
 	TimestampTz last_commit_time;	/* source commit time of last applied txn */
 	TimestampTz behind_since;	/* when the source was first seen ahead of us */
+	XLogRecPtr	error_lsn;		/* where the last failed run stopped */
 	ConditionVariable progress_cv;	/* broadcast when processed_lsn moves */
 } BunnyWorkerSlot;
 

@@ -513,6 +513,7 @@ bunny_scan_main(Datum arg)
 					slot->oldest_pending_commit = 0;
 					slot->last_commit_time = 0;
 					slot->behind_since = 0;
+					slot->error_lsn = InvalidXLogRecPtr;
 					SpinLockRelease(&slot->mutex);
 					break;
 				}

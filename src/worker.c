@@ -112,6 +112,7 @@ worker_handle_error(void)
 {
 	ErrorData  *edata;
 	bool		permanent = bunny_error_is_permanent;
+	XLogRecPtr	error_lsn = bunny_ctx_lsn;
 	StringInfoData details;
 
 	HOLD_INTERRUPTS();
@@ -144,6 +145,9 @@ worker_handle_error(void)
 	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
 	MySlot->last_exit_failed = !permanent;
 	LWLockRelease(BunnyState->lock);
+	SpinLockAcquire(&MySlot->mutex);
+	MySlot->error_lsn = Max(error_lsn, MySlot->processed_lsn);
+	SpinLockRelease(&MySlot->mutex);
 	proc_exit(1);
 }
 
