@@ -22,10 +22,14 @@
  *	after its commit.  Changes of many source transactions are applied in
  *	one destination transaction, which only ever ends at a source COMMIT:
  *	readers never see half of a source transaction.  A batch ends when
- *	max_batch_size changes are pending, when idle_timeout_seconds have
- *	passed since it began, or -- the common case when the source is not
- *	flooding us -- as soon as nothing more is waiting on the connection,
- *	which keeps latency low.
+ *	max_batch_size changes are pending, when idle_timeout_seconds (or, under
+ *	a steady load, bunny.max_batch_latency) have passed since it began, or --
+ *	the common case when the source is not flooding us -- as soon as nothing
+ *	more is waiting on the connection, which keeps latency low.
+ *
+ *	Statements.  Inside a batch one SPI connection serves every change, and
+ *	runs of INSERTs into one table go out as multi-row INSERTs of up to a
+ *	hundred rows (flushed before any other message, so order is kept).
  *
  *	Applying.  Each change becomes one execution of a prepared statement
  *	through SPI.  Statements are prepared once per relation and shape (which
@@ -1140,7 +1144,9 @@ apply_handle_commit(StringInfo s)
 
 	if (batch_changes >= mirror->max_batch_size ||
 		TimestampDifferenceExceeds(batch_start, GetCurrentTimestamp(),
-								   mirror->idle_timeout_seconds * 1000))
+								   mirror->idle_timeout_seconds * 1000) ||
+		(bunny_max_batch_latency > 0 &&
+		 TimestampDifferenceExceeds(batch_start, GetCurrentTimestamp(), bunny_max_batch_latency)))
 		apply_batch_flush();
 }
 

@@ -27,6 +27,7 @@ int			bunny_retry_backoff_min = 1000;
 int			bunny_retry_backoff_max = 60000;
 int			bunny_log_retention_days = 7;
 int			bunny_launcher_naptime = 60000;
+int			bunny_max_batch_latency = 50;
 
 BunnyShared *BunnyState = NULL;
 
@@ -123,6 +124,13 @@ _PG_init(void)
 							"Control functions wake the launcher at once; this is a safety net.",
 							&bunny_launcher_naptime,
 							60000, 1000, 3600 * 1000,
+							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomIntVariable("bunny.max_batch_latency",
+							"A batch ends at the next source commit once it is this old.",
+							"Bounds the replication lag under a steady load, when the "
+							"connection never runs dry; 0 leaves it to max_batch_size.",
+							&bunny_max_batch_latency,
+							50, 0, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("bunny");
 

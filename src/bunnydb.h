@@ -36,6 +36,7 @@ extern int	bunny_retry_backoff_min;
 extern int	bunny_retry_backoff_max;
 extern int	bunny_log_retention_days;
 extern int	bunny_launcher_naptime;
+extern int	bunny_max_batch_latency;
 
 /*
  * One slot per mirror that should run (or recently ran) in this cluster.
