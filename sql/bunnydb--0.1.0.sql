@@ -288,6 +288,11 @@ BEGIN
 	EXCEPTION WHEN OTHERS THEN
 		RAISE EXCEPTION 'invalid table name "%"', p_name USING ERRCODE = '22023';
 	END;
+	-- refuse rather than truncate: a truncated name is another table
+	IF EXISTS (SELECT 1 FROM unnest(parts) x WHERE octet_length(x) > 63) THEN
+		RAISE EXCEPTION 'table name "%" is too long', p_name
+			USING ERRCODE = '22023', DETAIL = 'Identifiers are at most 63 bytes long.';
+	END IF;
 	IF array_length(parts, 1) = 1 THEN
 		schema_name := 'public';
 		table_name := parts[1];
@@ -298,9 +303,6 @@ BEGIN
 		RAISE EXCEPTION 'invalid table name "%"', p_name
 			USING ERRCODE = '22023',
 				  HINT = 'Use "table" or "schema.table".';
-	END IF;
-	IF length(schema_name) > 63 OR length(table_name) > 63 THEN
-		RAISE EXCEPTION 'table name "%" is too long', p_name USING ERRCODE = '22023';
 	END IF;
 END
 $$;
@@ -366,7 +368,8 @@ BEGIN
 				dst := src;
 			END IF;
 			IF elem ? 'partition_key' AND jsonb_typeof(elem -> 'partition_key') <> 'null' THEN
-				IF jsonb_typeof(elem -> 'partition_key') <> 'string' OR elem ->> 'partition_key' = '' THEN
+				IF jsonb_typeof(elem -> 'partition_key') <> 'string' OR elem ->> 'partition_key' = ''
+				   OR octet_length(elem ->> 'partition_key') > 63 THEN
 					RAISE EXCEPTION '"partition_key" must be a column name' USING ERRCODE = '22023';
 				END IF;
 				partition_key := elem ->> 'partition_key';
@@ -376,7 +379,8 @@ BEGIN
 					RAISE EXCEPTION '"exclude_columns" must be an array of column names' USING ERRCODE = '22023';
 				END IF;
 				FOR col IN SELECT value FROM jsonb_array_elements(elem -> 'exclude_columns') LOOP
-					IF jsonb_typeof(col) <> 'string' OR col #>> '{}' = '' THEN
+					IF jsonb_typeof(col) <> 'string' OR col #>> '{}' = ''
+					   OR octet_length(col #>> '{}') > 63 THEN
 						RAISE EXCEPTION '"exclude_columns" must be an array of column names' USING ERRCODE = '22023';
 					END IF;
 					exclude_columns := exclude_columns || (col #>> '{}')::name;
