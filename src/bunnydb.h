@@ -199,11 +199,13 @@ extern bool resync_active(Mirror *m);
 
 /* snapshot.c */
 typedef struct SnapshotPool SnapshotPool;
-extern SnapshotPool *snapshot_pool_start(Mirror *m, const char *snapshot_name, int nparts);
+extern SnapshotPool *snapshot_pool_start(Mirror *m, PGconn *holder, const char *snapshot_name,
+										 int nparts);
 extern int	snapshot_pool_tick(SnapshotPool *pool, Mirror *m);
 extern void snapshot_pool_wait(SnapshotPool *pool);
 extern int	snapshot_insert_parts(int32 mirror_id, const char *where_clause);
-extern void snapshot_run(Mirror *mirror, const char *snapshot_name, XLogRecPtr sync_lsn);
+extern void snapshot_run(Mirror *mirror, PGconn *holder, const char *snapshot_name,
+						 XLogRecPtr sync_lsn);
 extern void snapshot_recover(PGconn *conn, Mirror *mirror);
 extern PGDLLEXPORT void bunny_snapshot_worker_main(Datum arg);
 extern void snapshot_sync_sequences(PGconn *conn, const char *mirror_name,

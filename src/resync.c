@@ -198,7 +198,7 @@ resync_start(Mirror *m)
 	CommitTransactionCommand();
 	XLogFlush(XactLastCommitEnd);
 
-	pool = snapshot_pool_start(m, snapshot, nparts);
+	pool = snapshot_pool_start(m, snapshot_conn, snapshot, nparts);
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: streaming changes, copying tables again");
 }
 

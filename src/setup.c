@@ -1268,7 +1268,7 @@ setup_run(PGconn *conn, Mirror *m)
 	if (copy)
 	{
 		/* the copy starts at the slot's consistent point: no sync_lsn */
-		snapshot_run(m, snapshot, InvalidXLogRecPtr);
+		snapshot_run(m, conn, snapshot, InvalidXLogRecPtr);
 	}
 
 	/* switch to CDC; the origin starts at the slot's consistent point */

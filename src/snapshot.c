@@ -575,6 +575,8 @@ bunny_snapshot_worker_main(Datum arg)
 	SetConfigOption("session_replication_role", "replica", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("search_path", "pg_catalog", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+	/* the indexes of a copied table are built in one go: give them room */
+	SetConfigOption("maintenance_work_mem", "256MB", PGC_SUSET, PGC_S_OVERRIDE);
 
 	{
 		Mirror	   *m;
@@ -842,17 +844,20 @@ snapshot_reclaim_parts(Mirror *m, List *live_pids)
 struct SnapshotPool
 {
 	char	   *snapshot;
+	PGconn	   *holder;			/* the connection that exported the snapshot */
 	int			nworkers;
 	BackgroundWorkerHandle **handles;
+	TimestampTz last_refill;
 };
 
 /* a pool of up to snapshot_max_parallel_workers workers for nparts parts */
 SnapshotPool *
-snapshot_pool_start(Mirror *m, const char *snapshot_name, int nparts)
+snapshot_pool_start(Mirror *m, PGconn *holder, const char *snapshot_name, int nparts)
 {
 	SnapshotPool *pool = MemoryContextAllocZero(TopMemoryContext, sizeof(SnapshotPool));
 
 	pool->snapshot = MemoryContextStrdup(TopMemoryContext, snapshot_name);
+	pool->holder = holder;
 	pool->nworkers = Max(1, Min(m->snapshot_max_workers, nparts));
 	pool->handles = MemoryContextAllocZero(TopMemoryContext,
 										   sizeof(BackgroundWorkerHandle *) * pool->nworkers);
@@ -872,6 +877,19 @@ snapshot_pool_tick(SnapshotPool *pool, Mirror *m)
 	int			nlive = 0;
 	char	   *left;
 	int			nleft;
+
+	/*
+	 * The snapshot lives as long as the connection that exported it: if the
+	 * source restarted, no worker can import it any more, and the copy must
+	 * start over from a new one (the caller's error path does that).
+	 */
+	if (pool->holder != NULL &&
+		(!PQconsumeInput(pool->holder) || PQstatus(pool->holder) == CONNECTION_BAD))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("lost the source connection that holds the copy's snapshot: %s",
+						pchomp(PQerrorMessage(pool->holder))),
+				 errdetail("The copy starts again from a new snapshot.")));
 
 	for (int i = 0; i < pool->nworkers; i++)
 	{
@@ -900,6 +918,10 @@ snapshot_pool_tick(SnapshotPool *pool, Mirror *m)
 	CommitTransactionCommand();
 	nleft = left ? atoi(left) : 0;
 
+	/* refill at most once a second: failing workers must not spin */
+	if (!TimestampDifferenceExceeds(pool->last_refill, GetCurrentTimestamp(), 1000))
+		return nleft;
+	pool->last_refill = GetCurrentTimestamp();
 	for (int i = 0; i < pool->nworkers && nlive < nleft; i++)
 	{
 		if (pool->handles[i] != NULL)
@@ -935,7 +957,7 @@ snapshot_pool_wait(SnapshotPool *pool)
  * sync_lsn is the snapshot's position when it is not the slot's own.
  */
 void
-snapshot_run(Mirror *m, const char *snapshot_name, XLogRecPtr sync_lsn)
+snapshot_run(Mirror *m, PGconn *holder, const char *snapshot_name, XLogRecPtr sync_lsn)
 {
 	int			nparts;
 	SnapshotPool *pool;
@@ -948,7 +970,7 @@ snapshot_run(Mirror *m, const char *snapshot_name, XLogRecPtr sync_lsn)
 				 errmsg("the source exported no snapshot for the initial copy")));
 
 	nparts = snapshot_prepare(m, sync_lsn);
-	pool = snapshot_pool_start(m, snapshot_name, nparts);
+	pool = snapshot_pool_start(m, holder, snapshot_name, nparts);
 	bunny_log(m->name, "INFO",
 			  psprintf("initial copy started: %d part(s), up to %d worker(s), %d table(s) at a time",
 					   nparts, pool->nworkers, m->snapshot_tables_in_parallel), NULL);
@@ -1039,7 +1061,7 @@ snapshot_recover(PGconn *conn, Mirror *m)
 			  psprintf("resuming the initial copy of unfinished tables from a new snapshot at %X/%X",
 					   LSN_FORMAT_ARGS(tmp_lsn)), NULL);
 
-	snapshot_run(m, snapshot, tmp_lsn);
+	snapshot_run(m, tmp, snapshot, tmp_lsn);
 	PQfinish(tmp);
 
 	StartTransactionCommand();
