@@ -10,7 +10,7 @@
  * blocking calls are never used for anything that waits on the network.
  *
  * PGresult and PGconn are malloc'd by libpq: results are always copied out
- * and cleared before an ereport(ERROR) can skip the PQclear.
+ * and cleared before raising an error, which would skip the PQclear.
  *
  *-------------------------------------------------------------------------
  */
