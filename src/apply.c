@@ -695,9 +695,6 @@ get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask, 
 	initStringInfo(&sql);
 	if (kind == 'I')
 	{
-		StringInfoData vals;
-
-		initStringInfo(&vals);
 		appendStringInfo(&sql, "INSERT INTO %s (", e->qualname);
 		for (int i = 0; i < n; i++)
 		{
@@ -722,7 +719,6 @@ get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask, 
 			}
 			appendStringInfoChar(&sql, ')');
 		}
-		(void) vals;
 	}
 	else if (kind == 'U')
 	{
@@ -1291,11 +1287,6 @@ send_feedback(bool force, bool request_reply)
 	if (!force && write == last_write_reported && flush == last_flushed_reported &&
 		!TimestampDifferenceExceeds(last_feedback, now, FEEDBACK_INTERVAL_MS))
 		return;
-	if (!force && flush == last_flushed_reported && write == last_write_reported)
-	{
-		/* periodic keepalive of our own */
-	}
-
 	initStringInfo(&msg);
 	pq_sendbyte(&msg, 'r');
 	pq_sendint64(&msg, write);

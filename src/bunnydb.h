@@ -95,6 +95,9 @@ extern bool bunny_loaded_at_preload(void);
 extern PGDLLEXPORT void bunny_launcher_main(Datum arg);
 extern PGDLLEXPORT void bunny_scan_main(Datum arg);
 extern void bunny_register_launcher(void);
+struct BackgroundWorker;
+extern void bunny_dynamic_worker(struct BackgroundWorker *bgw, const char *function,
+								 const char *what);
 extern BunnyWorkerSlot *bunny_find_slot(Oid dboid, int32 mirror_id);
 extern void bunny_request_rescan(Oid dboid);
 

@@ -263,8 +263,7 @@ catalog_record_error(int32 mirror_id, const char *message, bool permanent)
 	SPI_connect();
 	spi_run("UPDATE bunny.mirror SET error_message = $2, error_count = error_count + 1, "
 			"       last_error_at = now(), updated_at = now(), "
-			"       status = CASE WHEN $3 THEN 'FAILED' "
-			"                     WHEN status = 'PAUSING' THEN status ELSE status END "
+			"       status = CASE WHEN $3 THEN 'FAILED' ELSE status END "
 			" WHERE id = $1",
 			3, argtypes, values, NULL, false);
 	SPI_finish();

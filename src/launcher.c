@@ -145,22 +145,33 @@ list_databases(void)
 	return result;
 }
 
+/*
+ * Fill in a dynamic bunnydb worker that calls function, named
+ * "bunnydb <what>" in pg_stat_activity, reporting its exit to us.
+ */
+void
+bunny_dynamic_worker(BackgroundWorker *bgw, const char *function, const char *what)
+{
+	memset(bgw, 0, sizeof(*bgw));
+	bgw->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	bgw->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	bgw->bgw_restart_time = BGW_NEVER_RESTART;
+	snprintf(bgw->bgw_library_name, BGW_MAXLEN, "bunnydb");
+	snprintf(bgw->bgw_function_name, BGW_MAXLEN, "%s", function);
+	snprintf(bgw->bgw_name, BGW_MAXLEN, "bunnydb %s", what);
+	snprintf(bgw->bgw_type, BGW_MAXLEN, "bunnydb %s", what);
+	bgw->bgw_notify_pid = MyProcPid;
+}
+
 /* start a scan worker for one database */
 static bool
 start_scan_worker(Oid dboid)
 {
 	BackgroundWorker bgw;
 
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "bunnydb");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "bunny_scan_main");
+	bunny_dynamic_worker(&bgw, "bunny_scan_main", "scan");
 	snprintf(bgw.bgw_name, BGW_MAXLEN, "bunnydb scan of database %u", dboid);
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "bunnydb scan");
 	bgw.bgw_main_arg = ObjectIdGetDatum(dboid);
-	bgw.bgw_notify_pid = MyProcPid;
 
 	if (!RegisterDynamicBackgroundWorker(&bgw, &scan_handle))
 	{
@@ -182,16 +193,9 @@ start_mirror_worker(int slotno)
 	BunnyWorkerSlot *slot = &BunnyState->slots[slotno];
 	BackgroundWorker bgw;
 
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "bunnydb");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "bunny_mirror_worker_main");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "bunnydb mirror %s", slot->mirror_name);
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "bunnydb mirror %s", slot->mirror_name);
+	bunny_dynamic_worker(&bgw, "bunny_mirror_worker_main",
+						 psprintf("mirror %s", slot->mirror_name));
 	bgw.bgw_main_arg = Int32GetDatum(slotno);
-	bgw.bgw_notify_pid = MyProcPid;
 
 	if (!RegisterDynamicBackgroundWorker(&bgw, &worker_handles[slotno]))
 	{

@@ -685,15 +685,7 @@ start_snapshot_worker(Mirror *m, const char *snapshot_name)
 	args.coordinator_pid = MyProcPid;
 	strlcpy(args.snapshot, snapshot_name, sizeof(args.snapshot));
 
-	memset(&bgw, 0, sizeof(bgw));
-	bgw.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw.bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(bgw.bgw_library_name, BGW_MAXLEN, "bunnydb");
-	snprintf(bgw.bgw_function_name, BGW_MAXLEN, "bunny_snapshot_worker_main");
-	snprintf(bgw.bgw_name, BGW_MAXLEN, "bunnydb snapshot %s", m->name);
-	snprintf(bgw.bgw_type, BGW_MAXLEN, "bunnydb snapshot %s", m->name);
-	bgw.bgw_notify_pid = MyProcPid;
+	bunny_dynamic_worker(&bgw, "bunny_snapshot_worker_main", psprintf("snapshot %s", m->name));
 	StaticAssertStmt(sizeof(SnapshotWorkerArgs) <= BGW_EXTRALEN, "snapshot worker args too large");
 	memcpy(bgw.bgw_extra, &args, sizeof(args));
 	if (!RegisterDynamicBackgroundWorker(&bgw, &handle))
