@@ -23,6 +23,7 @@ use BunnyTest;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
+use IPC::Run;
 
 my ($source, $dest) = setup_pair(dest_conf => "bunny.retry_backoff_max = 2s\n");
 
@@ -86,6 +87,26 @@ ok( poll_until(
 	'lag near zero after catch-up');
 is(fingerprint($dest, 'public.acc'), fingerprint($source, 'public.acc'),
 	'rows equal after resume');
+
+# A waiting wait_for_lsn holds back no cleanup: its backend shows no xmin
+# (otherwise every row the mirror updates meanwhile would stay unpruned)
+{
+	my ($out, $err) = ('', '');
+	my $h = IPC::Run::start(
+		[ 'psql', '-X', '-A', '-t', '-d', $dest->connstr('postgres'), '-c',
+		  "SELECT bunny.wait_for_lsn('mon', 'FFFFFFFF/0', 4000)" ],
+		'>', \$out, '2>', \$err);
+	ok( poll_until(
+			sub {
+				query_value($dest,
+					"SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT bunny.wait_for_lsn(%'"
+					  . " AND state = 'active' AND backend_xmin IS NULL") eq '1';
+			},
+			3, 0.1),
+		'wait_for_lsn waits without holding an xmin');
+	$h->finish;
+	like($out, qr/^f/, 'and returns false at its timeout');
+}
 
 # ---------------------------------------------------------------------------
 # logs() and mirror_status()
