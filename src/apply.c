@@ -29,7 +29,38 @@
  *
  *	Statements.  Inside a batch one SPI connection serves every change, and
  *	runs of INSERTs into one table go out as multi-row INSERTs of up to a
- *	hundred rows (flushed before any other message, so order is kept).
+ *	hundred rows.  A run that goes on past that goes through the COPY
+ *	machinery instead (BeginCopyFrom with a data-source callback, CopyFrom):
+ *	the callback reads the following messages itself and turns each INSERT
+ *	of the run into a COPY row -- pgoutput's binary values are COPY BINARY
+ *	fields as they are -- so a bulk load costs no statement per row and
+ *	writes through CopyFrom's multi-row heap inserts and buffer ring.
+ *
+ *	Folding.  Under a steady load the same rows are updated again and again
+ *	(counters, balances, queue heads).  Within a batch an UPDATE that keeps
+ *	its row's key is merged into the pending new values of that key, and
+ *	the pending rows of a table are written as multi-row UPDATE ... FROM
+ *	(VALUES ...) statements: before any other change of that table, before
+ *	any other kind of message, and at the end of the batch.  Only the end
+ *	state of a batch is ever visible, so writing each row's last values is
+ *	the same as writing all of them -- provided nothing can tell the
+ *	difference: the table's only unique index is the key (with another one
+ *	the order of rows would matter to its checks), no trigger fires for the
+ *	worker, and equal keys arrive as equal bytes (types with canonical text
+ *	and binary forms).  Other tables are applied change by change.
+ *
+ *	Streaming.  With protocol version 2 the source sends a transaction that
+ *	outgrows logical_decoding_work_mem while it is still running, in
+ *	blocks.  Such a transaction is applied as it comes, in its own
+ *	destination transaction that commits at its STREAM COMMIT (savepoints
+ *	stand for its subtransactions, so that one can be rolled back alone),
+ *	so a large load is applied while the source is still decoding it.  This
+ *	only works while nothing else commits on the source in the meantime:
+ *	another transaction must become visible before the streamed one, which
+ *	may still abort.  Then the worker gives up on it, rolls back and starts
+ *	the stream again from its last commit without streaming, so the source
+ *	sends it again whole after its commit; streaming is tried again after a
+ *	pause that doubles each time it is given up (1 minute to 1 hour).
  *
  *	Applying.  Each change becomes one execution of a prepared statement
  *	through SPI.  Statements are prepared once per relation and shape (which
@@ -67,7 +98,14 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
+#include "commands/copy.h"
+#include "common/hashfn.h"
+#include "mb/pg_wchar.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_relation.h"
 #include "executor/spi.h"
 #include "libpq/pqformat.h"
 #include "miscadmin.h"
@@ -126,6 +164,12 @@ typedef struct RelMapEntry
 	List	   *plans;			/* of ApplyPlan * */
 	char	   *raw_relmsg;		/* the Relation message as received */
 	int			raw_relmsg_len;
+	bool		foldable;		/* UPDATEs of a key may be folded in a batch */
+	HTAB	   *fold_hash;		/* folded UPDATEs of the open batch, by key */
+	struct FoldEntry **fold_rows;	/* the same, in order of arrival */
+	int			fold_nrows;
+	int			fold_maxrows;
+	MemoryContext fold_cxt;
 	int64		n_ins;			/* counters of the open batch */
 	int64		n_upd;
 	int64		n_del;
@@ -167,6 +211,20 @@ static XLogRecPtr batch_keepalive_lsn = InvalidXLogRecPtr;
 
 static XLogRecPtr last_received = InvalidXLogRecPtr;
 
+/* streaming of large transactions (protocol version 2), see NOTES */
+#define STREAM_MAX_SUBXACTS		64
+#define STREAM_RETRY_MIN_MS		60000
+#define STREAM_RETRY_MAX_MS		3600000
+static bool streaming_on = false;	/* the stream was started with streaming */
+static bool in_stream_block = false;	/* between STREAM START and STOP */
+static TransactionId stream_xid = InvalidTransactionId; /* being applied */
+static TransactionId stream_subxids[STREAM_MAX_SUBXACTS];	/* open savepoints */
+static int	stream_nsubxids = 0;
+static TransactionId stream_change_xid = InvalidTransactionId;
+static bool stream_restart_pending = false;
+static TimestampTz streaming_retry_at = 0;
+static int	streaming_retry_ms = STREAM_RETRY_MIN_MS;
+
 /* the message being handled, raw, for the resync queue */
 static const char *current_msg = NULL;
 static int	current_msg_len = 0;
@@ -180,6 +238,9 @@ static XLogRecPtr last_write_reported = InvalidXLogRecPtr;
 static TimestampTz last_feedback = 0;
 
 static void apply_batch_flush(void);
+static void apply_copydata(char *buf, int len);
+static void send_feedback(bool force, bool request_reply);
+static void stream_give_up(const char *why);
 
 /* lappend into a given memory context */
 static List *
@@ -399,6 +460,109 @@ source_column_default(RelMapEntry *e, const char *attname)
 }
 
 /*
+ * May UPDATEs of this table be folded per key within a batch (see NOTES)?
+ * Only when writing a row's last values instead of each of them cannot be
+ * told apart: the key is the only unique index (so the order in which
+ * different rows are written cannot trip a unique check), no trigger fires
+ * for the worker and no rule rewrites the statement, and equal keys arrive
+ * as equal bytes (types whose text and binary forms are canonical).
+ */
+static bool
+fold_eligible(RelMapEntry *e, Relation rel)
+{
+	int			n = e->remoterel->natts;
+	int			nkeys = 0;
+	int			key_indexes = 0;
+	List	   *indexes;
+	ListCell   *lc;
+
+	if (e->full_match || rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rules != NULL)
+		return false;
+	if (rel->trigdesc != NULL)
+	{
+		/* the worker runs with session_replication_role = replica */
+		for (int t = 0; t < rel->trigdesc->numtriggers; t++)
+		{
+			char		enabled = rel->trigdesc->triggers[t].tgenabled;
+
+			if (enabled != TRIGGER_FIRES_ON_ORIGIN && enabled != TRIGGER_DISABLED)
+				return false;
+		}
+	}
+	for (int i = 0; i < n; i++)
+	{
+		Form_pg_attribute att;
+
+		if (!e->iskey[i])
+			continue;
+		nkeys++;
+		if (e->remoterel->atttyps[i] != e->typid[i])
+			return false;
+		att = TupleDescAttr(RelationGetDescr(rel), e->attmap[i] - 1);
+		switch (e->typid[i])
+		{
+			case INT2OID:
+			case INT4OID:
+			case INT8OID:
+			case OIDOID:
+			case UUIDOID:
+			case DATEOID:
+			case TIMESTAMPOID:
+			case TIMESTAMPTZOID:
+			case BOOLOID:
+				break;
+			case TEXTOID:
+			case VARCHAROID:
+				if (!OidIsValid(att->attcollation) ||
+					!get_collation_isdeterministic(att->attcollation))
+					return false;
+				break;
+			default:
+				return false;
+		}
+	}
+	if (nkeys == 0)
+		return false;
+
+	indexes = RelationGetIndexList(rel);
+	foreach(lc, indexes)
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+		Form_pg_index idx;
+		bool		is_key = true;
+
+		if (!HeapTupleIsValid(tup))
+			return false;
+		idx = (Form_pg_index) GETSTRUCT(tup);
+		if (!idx->indisunique && !idx->indisexclusion)
+		{
+			ReleaseSysCache(tup);
+			continue;
+		}
+		if (idx->indnkeyatts != nkeys ||
+			!heap_attisnull(tup, Anum_pg_index_indexprs, NULL) ||
+			!heap_attisnull(tup, Anum_pg_index_indpred, NULL) ||
+			idx->indisexclusion)
+			is_key = false;
+		for (int k = 0; is_key && k < idx->indnkeyatts; k++)
+		{
+			bool		found = false;
+
+			for (int i = 0; i < n; i++)
+				if (e->iskey[i] && e->attmap[i] == idx->indkey.values[k])
+					found = true;
+			is_key = found;
+		}
+		ReleaseSysCache(tup);
+		if (!is_key)
+			return false;		/* another unique index: order matters */
+		key_indexes++;
+	}
+	list_free(indexes);
+	return key_indexes > 0;
+}
+
+/*
  * Build the destination side of an entry: local columns (adding the ones
  * the source gained), input functions, and how rows are identified.
  */
@@ -542,6 +706,7 @@ relmap_build(RelMapEntry *e)
 		for (int i = 0; i < n; i++)
 			e->iskey[i] = bms_is_member(i, r->attkeys);
 	}
+	e->foldable = fold_eligible(e, rel);
 	table_close(rel, AccessShareLock);
 	e->valid = true;
 }
@@ -733,6 +898,50 @@ get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask, 
 		}
 		append_where(&sql, e, wheremask, nargs + 1, argtypes, &nargs);
 	}
+	else if (kind == 'F')
+	{
+		/*
+		 * Folded UPDATEs of nrows distinct keys in one statement: each row of
+		 * the VALUES list carries the key (wheremask) and the new values
+		 * (setmask) of one row, in column order.
+		 */
+		StringInfoData alias;
+		StringInfoData cond;
+
+		initStringInfo(&alias);
+		initStringInfo(&cond);
+		appendStringInfo(&sql, "UPDATE %s AS bunny_t SET ", e->qualname);
+		for (int i = 0; i < n; i++)
+		{
+			if (setmask[i] == '1' || wheremask[i] == '1')
+				appendStringInfo(&alias, "%sc%d", alias.len ? ", " : "", i);
+			if (wheremask[i] == '1')
+				appendStringInfo(&cond, "%sbunny_t.%s = bunny_v.c%d",
+								 cond.len ? " AND " : "", e->colsql[i], i);
+			else if (setmask[i] == '1')
+			{
+				appendStringInfo(&sql, "%s%s = bunny_v.c%d", first ? "" : ", ", e->colsql[i], i);
+				first = false;
+			}
+		}
+		appendStringInfoString(&sql, " FROM (VALUES ");
+		for (int r = 0; r < nrows; r++)
+		{
+			bool		firstcol = true;
+
+			appendStringInfo(&sql, "%s(", r ? ", " : "");
+			for (int i = 0; i < n; i++)
+			{
+				if (setmask[i] != '1' && wheremask[i] != '1')
+					continue;
+				argtypes[nargs++] = e->typid[i];
+				appendStringInfo(&sql, "%s$%d", firstcol ? "" : ", ", nargs);
+				firstcol = false;
+			}
+			appendStringInfoChar(&sql, ')');
+		}
+		appendStringInfo(&sql, ") AS bunny_v (%s) WHERE %s", alias.data, cond.data);
+	}
 	else
 	{
 		appendStringInfo(&sql, "DELETE FROM %s", e->qualname);
@@ -874,6 +1083,7 @@ static int	ins_ncols = 0;
 static Datum *ins_values = NULL;
 static char *ins_nulls = NULL;
 static MemoryContext InsertBufferContext = NULL;
+static RelMapEntry *copy_run_candidate = NULL;
 
 /* send the buffered rows */
 static void
@@ -924,7 +1134,519 @@ insert_buffer_add(RelMapEntry *e, const char *present, Datum *values, char *null
 	}
 	MemoryContextSwitchTo(old);
 	if (++ins_rows == INSERT_BUFFER_ROWS)
+	{
 		insert_buffer_flush();
+		copy_run_candidate = e; /* a long run: the next row starts COPY */
+	}
+}
+
+/*
+ * Folding UPDATEs (see NOTES).  An UPDATE that keeps its row's key is not
+ * written at once: it is merged into the pending new values of that key.
+ * Pending rows of a table are written, as multi-row UPDATEs, before any
+ * other change of that table, before any other kind of message and at the
+ * end of the batch.  Memory is bounded by FOLD_MAX_ROWS rows per table.
+ */
+#define FOLD_MAX_ROWS		10000
+#define FOLD_STMT_ROWS		100
+
+typedef struct FoldEntry
+{
+	bytea	   *key;			/* hash key: the key columns as received */
+	Datum	   *values;			/* new values of all columns, merged */
+	char	   *nulls;
+	char	   *present;		/* '1' where the value is known */
+} FoldEntry;
+
+static uint32
+fold_hash_key(const void *key, Size keysize)
+{
+	const bytea *k = *(bytea *const *) key;
+
+	return hash_bytes((const unsigned char *) VARDATA(k), VARSIZE(k) - VARHDRSZ);
+}
+
+static int
+fold_match_key(const void *a, const void *b, Size keysize)
+{
+	const bytea *x = *(bytea *const *) a;
+	const bytea *y = *(bytea *const *) b;
+
+	if (VARSIZE(x) != VARSIZE(y))
+		return 1;
+	return memcmp(VARDATA(x), VARDATA(y), VARSIZE(x) - VARHDRSZ);
+}
+
+/* the key columns of a tuple as received, or NULL if one is missing */
+static bytea *
+fold_key(RelMapEntry *e, LogicalRepTupleData *tup)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoSpaces(&buf, VARHDRSZ);
+	for (int i = 0; i < e->remoterel->natts; i++)
+	{
+		int32		len;
+
+		if (!e->iskey[i])
+			continue;
+		if (tup->colstatus[i] != LOGICALREP_COLUMN_TEXT &&
+			tup->colstatus[i] != LOGICALREP_COLUMN_BINARY)
+			return NULL;
+		len = tup->colvalues[i].len;
+		appendBinaryStringInfo(&buf, (char *) &len, sizeof(len));
+		appendBinaryStringInfo(&buf, tup->colvalues[i].data, len);
+	}
+	SET_VARSIZE(buf.data, buf.len);
+	return (bytea *) buf.data;
+}
+
+/* the rows of one shape (same columns present), from position start */
+static int
+fold_write_chunk(RelMapEntry *e, int start)
+{
+	int			n = e->remoterel->natts;
+	FoldEntry  *first = e->fold_rows[start];
+	char	   *setmask = palloc0(n + 1);
+	char	   *wheremask = palloc0(n + 1);
+	int			nrows = 0;
+	int			plan_rows = 1;
+	int			ncols = 0;
+	int			nset = 0;
+	Datum	   *values;
+	char	   *nulls;
+	int			k = 0;
+	uint64		done;
+
+	for (int i = 0; i < n; i++)
+	{
+		wheremask[i] = e->iskey[i] ? '1' : '0';
+		setmask[i] = (!e->iskey[i] && first->present[i] == '1') ? '1' : '0';
+		if (wheremask[i] == '1' || setmask[i] == '1')
+			ncols++;
+		if (setmask[i] == '1')
+			nset++;
+	}
+	while (start + nrows < e->fold_nrows && nrows < FOLD_STMT_ROWS &&
+		   strcmp(e->fold_rows[start + nrows]->present, first->present) == 0)
+		nrows++;
+	if (nset == 0)
+		return nrows;			/* only the key is known: nothing to write */
+
+	/* a few statement sizes, padded with the last row, keep plans few */
+	while (plan_rows < nrows)
+		plan_rows = Min(plan_rows * 2, FOLD_STMT_ROWS);
+	values = palloc(sizeof(Datum) * plan_rows * ncols);
+	nulls = palloc(plan_rows * ncols + 1);
+	for (int r = 0; r < plan_rows; r++)
+	{
+		FoldEntry  *fe = e->fold_rows[start + Min(r, nrows - 1)];
+
+		for (int i = 0; i < n; i++)
+		{
+			if (wheremask[i] != '1' && setmask[i] != '1')
+				continue;
+			values[k] = fe->values[i];
+			nulls[k] = fe->nulls[i];
+			k++;
+		}
+	}
+	done = exec_plan(get_plan(e, 'F', setmask, wheremask, plan_rows), values, nulls);
+	if (done != (uint64) nrows)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("%d of %d rows to update were not found in destination table %s",
+						nrows - (int) done, nrows, e->qualname),
+				 errdetail("The destination table has diverged from the source."),
+				 errhint("Remove the conflicting local change or resync the table; the mirror retries until then.")));
+	return nrows;
+}
+
+/* write the pending folded UPDATEs of one table */
+static void
+fold_flush_rel(RelMapEntry *e)
+{
+	const char *saved_table = bunny_ctx_table;
+	MemoryContext old;
+	int			at = 0;
+
+	if (e->fold_nrows == 0)
+		return;
+	bunny_ctx_table = e->qualname;
+	old = MemoryContextSwitchTo(e->fold_cxt);
+	while (at < e->fold_nrows)
+		at += fold_write_chunk(e, at);
+	MemoryContextSwitchTo(old);
+	MemoryContextReset(e->fold_cxt);
+	e->fold_hash = NULL;		/* it lived in fold_cxt */
+	e->fold_rows = NULL;
+	e->fold_nrows = 0;
+	e->fold_maxrows = 0;
+	bunny_ctx_table = saved_table;
+}
+
+/* write the pending folded UPDATEs of every table */
+static void
+fold_flush_all(void)
+{
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
+
+	hash_seq_init(&status, relmap);
+	while ((e = hash_seq_search(&status)) != NULL)
+		fold_flush_rel(e);
+}
+
+/*
+ * Fold an UPDATE into the pending rows of its table; false if it has to be
+ * applied as it comes (the caller then writes the pending rows first).
+ */
+static bool
+fold_update(RelMapEntry *e, LogicalRepTupleData *newtup)
+{
+	int			n = e->remoterel->natts;
+	bytea	   *key;
+	FoldEntry  *fe;
+	bool		found;
+	Datum	   *values;
+	char	   *nulls;
+	char	   *present;
+	MemoryContext old;
+
+	if (!e->foldable || replaying || change_route(e) != ROUTE_APPLY)
+		return false;
+	key = fold_key(e, newtup);
+	if (key == NULL)
+		return false;
+	if (e->fold_nrows >= FOLD_MAX_ROWS)
+		fold_flush_rel(e);
+
+	values = palloc(sizeof(Datum) * (n + 1));
+	nulls = palloc(n + 1);
+	present = palloc0(n + 1);
+	tuple_to_datums(e, newtup, values, nulls, present);
+
+	if (e->fold_cxt == NULL)
+		e->fold_cxt = AllocSetContextCreate(ApplyCacheContext, "bunnydb folded updates",
+											ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(e->fold_cxt);
+	if (e->fold_hash == NULL)
+	{
+		HASHCTL		ctl;
+
+		memset(&ctl, 0, sizeof(ctl));
+		ctl.keysize = sizeof(bytea *);
+		ctl.entrysize = sizeof(FoldEntry);
+		ctl.hash = fold_hash_key;
+		ctl.match = fold_match_key;
+		ctl.hcxt = e->fold_cxt;
+		e->fold_hash = hash_create("bunnydb folded updates", 256, &ctl,
+								   HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
+	}
+	fe = hash_search(e->fold_hash, &key, HASH_ENTER, &found);
+	if (!found)
+	{
+		fe->key = DatumGetByteaPCopy(PointerGetDatum(key));
+		fe->values = palloc0(sizeof(Datum) * (n + 1));
+		fe->nulls = palloc(n + 1);
+		fe->present = palloc(n + 1);
+		memset(fe->present, '0', n);
+		fe->present[n] = '\0';
+		memset(fe->nulls, ' ', n);
+		if (e->fold_nrows == e->fold_maxrows)
+		{
+			e->fold_maxrows = Max(64, e->fold_maxrows * 2);
+			e->fold_rows = e->fold_rows == NULL ?
+				palloc(sizeof(FoldEntry *) * e->fold_maxrows) :
+				repalloc(e->fold_rows, sizeof(FoldEntry *) * e->fold_maxrows);
+		}
+		e->fold_rows[e->fold_nrows++] = fe;
+	}
+	/* later values win; columns this UPDATE left unchanged keep earlier ones */
+	for (int i = 0; i < n; i++)
+	{
+		if (present[i] != '1')
+			continue;
+		if (fe->present[i] == '1' && fe->nulls[i] != 'n' && !e->typbyval[i])
+			pfree(DatumGetPointer(fe->values[i]));
+		fe->present[i] = '1';
+		fe->nulls[i] = nulls[i];
+		fe->values[i] = nulls[i] == 'n' ? (Datum) 0 :
+			datumCopy(values[i], e->typbyval[i], e->typlen[i]);
+	}
+	MemoryContextSwitchTo(old);
+	return true;
+}
+
+/*
+ * COPY runs.  Once a run of INSERTs into one table has filled the insert
+ * buffer, the rest of the run goes through the destination's COPY
+ * machinery: CopyFrom pulls rows from a data-source callback that reads the
+ * next messages from the stream and turns each INSERT straight into a COPY
+ * row (pgoutput's binary column values are COPY BINARY fields; text values
+ * only need COPY's escaping), with no per-row statement at all and
+ * CopyFrom's multi-row heap inserts through a bulk-write buffer ring.  The
+ * first message that is not such an INSERT ends the run; it is kept and
+ * handled next by the main loop.
+ */
+static RelMapEntry *copy_rel = NULL;
+static StringInfoData copy_row;
+static int	copy_row_pos = 0;
+static bool copy_run_eof = false;
+static char *stashed_buf = NULL;	/* the CopyData message that ended a run */
+static int	stashed_len = 0;
+
+/*
+ * Append an INSERT message of copy_rel as one COPY row; false (and nothing
+ * appended) if it is not an INSERT of that table in the stream's format.
+ */
+static bool
+copy_row_append(const char *msg, int len, bool has_xid, StringInfo out)
+{
+	StringInfoData s;
+	int			natts = copy_rel->remoterel->natts;
+	int			start = out->len;
+
+	s.data = (char *) msg;
+	s.len = len;
+	s.maxlen = -1;
+	s.cursor = 0;
+	if (len < 12 || pq_getmsgbyte(&s) != LOGICAL_REP_MSG_INSERT)
+		return false;
+	/* inside a streamed block every change names its (sub)transaction */
+	if (has_xid && pq_getmsgint(&s, 4) != stream_change_xid)
+		return false;
+	if (pq_getmsgint(&s, 4) != copy_rel->remoteid ||
+		pq_getmsgbyte(&s) != 'N' ||
+		pq_getmsgint(&s, 2) != (unsigned int) natts)
+		return false;
+	if (binary_mode)
+		pq_sendint16(out, natts);
+	for (int i = 0; i < natts; i++)
+	{
+		char		kind;
+		int32		vlen;
+		const char *v;
+
+		if (s.cursor >= s.len)
+			goto fail;
+		kind = pq_getmsgbyte(&s);
+		if (!binary_mode && i > 0)
+			appendStringInfoChar(out, '\t');
+		if (kind == LOGICALREP_COLUMN_NULL)
+		{
+			if (binary_mode)
+				pq_sendint32(out, -1);
+			else
+				appendStringInfoString(out, "\\N");
+			continue;
+		}
+		if (kind != (binary_mode ? LOGICALREP_COLUMN_BINARY : LOGICALREP_COLUMN_TEXT))
+			goto fail;
+		vlen = pq_getmsgint(&s, 4);
+		if (vlen < 0 || vlen > s.len - s.cursor)
+			goto fail;
+		v = pq_getmsgbytes(&s, vlen);
+		if (binary_mode)
+		{
+			pq_sendint32(out, vlen);
+			appendBinaryStringInfo(out, v, vlen);
+			continue;
+		}
+		for (int c = 0; c < vlen; c++)
+		{
+			switch (v[c])
+			{
+				case '\\':
+					appendStringInfoString(out, "\\\\");
+					break;
+				case '\n':
+					appendStringInfoString(out, "\\n");
+					break;
+				case '\r':
+					appendStringInfoString(out, "\\r");
+					break;
+				case '\t':
+					appendStringInfoString(out, "\\t");
+					break;
+				default:
+					appendStringInfoChar(out, v[c]);
+			}
+		}
+	}
+	if (s.cursor != s.len)
+		goto fail;
+	if (!binary_mode)
+		appendStringInfoChar(out, '\n');
+	return true;
+
+fail:
+	out->len = start;
+	out->data[start] = '\0';
+	return false;
+}
+
+/*
+ * The next CopyData message of the stream, waiting for it like the main
+ * loop does (interrupts, feedback to the source).
+ */
+static int
+copy_run_receive(char **buf)
+{
+	for (;;)
+	{
+		pgsocket	fd = PGINVALID_SOCKET;
+		int			len;
+		int			rc;
+
+		CHECK_FOR_INTERRUPTS();
+		len = stream_receive(conn, buf, &fd);
+		if (len > 0)
+			return len;
+		send_feedback(false, false);
+		rc = WaitLatchOrSocket(MyLatch,
+							   WL_SOCKET_READABLE | WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							   fd, IDLE_WAIT_MS, PG_WAIT_EXTENSION);
+		if (rc & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+	}
+}
+
+/* produce the next COPY row into copy_row; false at the end of the run */
+static bool
+copy_run_next_row(void)
+{
+	resetStringInfo(&copy_row);
+	copy_row_pos = 0;
+	for (;;)
+	{
+		char	   *buf;
+		int			len = copy_run_receive(&buf);
+
+		if (buf[0] == 'w' && len > 25)
+		{
+			XLogRecPtr	end;
+			StringInfoData h;
+
+			/* XLogData: start, end, send time, then the pgoutput message */
+			h.data = buf;
+			h.len = len;
+			h.maxlen = -1;
+			h.cursor = 9;
+			end = pq_getmsgint64(&h);
+			if (copy_row_append(buf + 25, len - 25, in_stream_block, &copy_row))
+			{
+				SpinLockAcquire(&MySlot->mutex);
+				if (end > MySlot->source_lsn)
+					MySlot->source_lsn = end;
+				SpinLockRelease(&MySlot->mutex);
+				PQfreemem(buf);
+				return true;
+			}
+		}
+		else if (buf[0] == 'k')
+		{
+			apply_copydata(buf, len);
+			PQfreemem(buf);
+			continue;
+		}
+		/* anything else ends the run; the main loop handles it next */
+		stashed_buf = buf;
+		stashed_len = len;
+		return false;
+	}
+}
+
+/* data-source callback of BeginCopyFrom for a COPY run */
+static int
+copy_run_read(void *outbuf, int minread, int maxread)
+{
+	int			done = 0;
+
+	while (done < minread)
+	{
+		int			n;
+
+		if (copy_row_pos >= copy_row.len)
+		{
+			if (copy_run_eof || !copy_run_next_row())
+			{
+				copy_run_eof = true;
+				break;
+			}
+		}
+		n = Min(maxread - done, copy_row.len - copy_row_pos);
+		memcpy((char *) outbuf + done, copy_row.data + copy_row_pos, n);
+		copy_row_pos += n;
+		done += n;
+	}
+	return done;
+}
+
+/*
+ * Run COPY into e's table, starting with the current INSERT message, until
+ * the stream brings something else; false if the current message cannot
+ * start a run.
+ */
+static bool
+copy_run(RelMapEntry *e)
+{
+	Relation	rel;
+	List	   *attnames = NIL;
+	List	   *options;
+	ParseState *pstate;
+	CopyFromState cstate;
+	uint64		rows;
+
+	if (copy_row.data == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(ApplyCacheContext);
+
+		initStringInfo(&copy_row);
+		MemoryContextSwitchTo(old);
+	}
+	copy_rel = e;
+	copy_row_pos = 0;
+	copy_run_eof = false;
+	resetStringInfo(&copy_row);
+	if (binary_mode)
+	{
+		appendBinaryStringInfo(&copy_row, "PGCOPY\n\377\r\n\0", 11);
+		pq_sendint32(&copy_row, 0); /* flags */
+		pq_sendint32(&copy_row, 0); /* header extension */
+	}
+	/* the current message is the first row */
+	if (!copy_row_append(current_msg, current_msg_len, false, &copy_row))
+	{
+		copy_rel = NULL;
+		copy_run_candidate = NULL;
+		return false;
+	}
+
+	rel = table_open(e->localrelid, RowExclusiveLock);
+	for (int i = 0; i < e->remoterel->natts; i++)
+		attnames = lappend(attnames, makeString(e->remoterel->attnames[i]));
+	options = list_make1(makeDefElem("format",
+									 (Node *) makeString(binary_mode ? "binary" : "text"), -1));
+	/* text values are in the database encoding already, as for SPI */
+	if (!binary_mode)
+		options = lappend(options, makeDefElem("encoding",
+											   (Node *) makeString((char *) GetDatabaseEncodingName()), -1));
+	pstate = make_parsestate(NULL);
+	(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
+	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_run_read, attnames, options);
+	rows = CopyFrom(cstate);
+	EndCopyFrom(cstate);
+	free_parsestate(pstate);
+	table_close(rel, NoLock);
+	CommandCounterIncrement();
+
+	e->n_ins += rows;
+	batch_changes += rows;
+	copy_rel = NULL;
+	copy_run_candidate = NULL;
+	return true;
 }
 
 /* INSERT */
@@ -939,7 +1661,13 @@ apply_handle_insert(StringInfo s)
 	char	   *nulls = palloc(n + 1);
 	char	   *present = palloc0(n + 1);
 
-	if (e == NULL || !route_change(e, &e->n_ins))
+	if (e == NULL)
+		return;
+	fold_flush_rel(e);
+	if (copy_run_candidate == e && !replaying && change_route(e) == ROUTE_APPLY &&
+		copy_run(e))
+		return;
+	if (!route_change(e, &e->n_ins))
 		return;
 	tuple_to_datums(e, &newtup, values, nulls, present);
 	/* parameters follow the columns present, in order */
@@ -1002,7 +1730,20 @@ apply_handle_update(StringInfo s)
 	char	   *nulls = palloc(2 * n + 1);
 	int			k = 0;
 
-	if (e == NULL || !route_change(e, &e->n_upd))
+	if (e == NULL)
+		return;
+	/* buffered INSERTs of this table may include the row */
+	if (ins_rel == e)
+		insert_buffer_flush();
+	if (!has_old && fold_update(e, &newtup))
+	{
+		e->n_upd++;
+		batch_changes++;
+		return;
+	}
+	insert_buffer_flush();
+	fold_flush_rel(e);
+	if (!route_change(e, &e->n_upd))
 		return;
 	tuple_to_datums(e, &newtup, nv, nn, setmask);
 	for (int i = 0; i < n; i++)
@@ -1040,7 +1781,10 @@ apply_handle_delete(StringInfo s)
 	char	   *nulls = palloc(n + 1);
 	int			k = 0;
 
-	if (e == NULL || !route_change(e, &e->n_del))
+	if (e == NULL)
+		return;
+	fold_flush_rel(e);
+	if (!route_change(e, &e->n_del))
 		return;
 	key_params(e, &oldtup, values, nulls, wheremask, &k);
 	if (exec_plan(get_plan(e, 'D', NULL, wheremask, 1), values, nulls) == 0)
@@ -1114,6 +1858,14 @@ apply_handle_begin(StringInfo s)
 	LogicalRepBeginData begin;
 
 	logicalrep_read_begin(s, &begin);
+	if (stream_restart_pending)
+		return;
+	if (stream_xid != InvalidTransactionId)
+	{
+		/* it must not wait for the streamed one, nor be undone with it */
+		stream_give_up("another transaction committed during it");
+		return;
+	}
 	in_remote_txn = true;
 	remote_final_lsn = begin.final_lsn;
 	bunny_ctx_lsn = begin.final_lsn;
@@ -1144,6 +1896,305 @@ apply_handle_commit(StringInfo s)
 		(bunny_max_batch_latency > 0 &&
 		 TimestampDifferenceExceeds(batch_start, GetCurrentTimestamp(), bunny_max_batch_latency)))
 		apply_batch_flush();
+}
+
+/* throw away buffered INSERTs and folded UPDATEs without writing them */
+static void
+apply_discard_pending(void)
+{
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
+
+	ins_rows = 0;
+	ins_rel = NULL;
+	MemoryContextReset(InsertBufferContext);
+	copy_run_candidate = NULL;
+	hash_seq_init(&status, relmap);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		if (e->fold_cxt != NULL)
+			MemoryContextReset(e->fold_cxt);
+		e->fold_hash = NULL;
+		e->fold_rows = NULL;
+		e->fold_nrows = e->fold_maxrows = 0;
+	}
+}
+
+/* roll back the open destination transaction and forget the batch */
+static void
+apply_batch_abort(void)
+{
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
+
+	apply_discard_pending();
+	if (IsTransactionState() || in_local_txn)
+		AbortCurrentTransaction();
+	MemoryContextSwitchTo(ApplyMessageContext);
+	batch_spi = false;
+	in_local_txn = false;
+	in_remote_txn = false;
+	in_stream_block = false;
+	stream_xid = InvalidTransactionId;
+	stream_change_xid = InvalidTransactionId;
+	stream_nsubxids = 0;
+	batch_last_end = InvalidXLogRecPtr;
+	batch_keepalive_lsn = InvalidXLogRecPtr;
+	batch_changes = 0;
+	bunny_ctx_lsn = InvalidXLogRecPtr;
+	hash_seq_init(&status, relmap);
+	while ((e = hash_seq_search(&status)) != NULL)
+		e->n_ins = e->n_upd = e->n_del = 0;
+	SpinLockAcquire(&MySlot->mutex);
+	MySlot->oldest_pending_commit = 0;
+	SpinLockRelease(&MySlot->mutex);
+}
+
+/*
+ * A streamed transaction cannot be applied as it comes (another transaction
+ * interleaves, a table is being resynced, too many savepoints): give up on
+ * it and restart the stream without streaming from the last commit, so the
+ * source sends it again whole, after its commit.  Done by the main loop
+ * once the current message is handled; until then messages are ignored.
+ */
+static void
+stream_give_up(const char *why)
+{
+	if (stream_restart_pending)
+		return;
+	stream_restart_pending = true;
+	streaming_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), streaming_retry_ms);
+	streaming_retry_ms = Min(streaming_retry_ms * 2, STREAM_RETRY_MAX_MS);
+	elog(DEBUG1, "bunnydb: not applying a streamed transaction as it comes: %s", why);
+}
+
+/* restart the stream from the last commit, with or without streaming */
+static void
+stream_restart(bool streaming)
+{
+	XLogRecPtr	startpos;
+
+	apply_batch_abort();
+	if (stashed_buf != NULL)
+		PQfreemem(stashed_buf);
+	stashed_buf = NULL;
+	stream_restart_pending = false;
+
+	conn = worker_reconnect_source(mirror);
+	startpos = replorigin_session_get_progress(false);
+	last_received = startpos;
+	streaming_on = streaming;
+	stream_start_replication(conn, mirror->slot_name, startpos, mirror->publication_name,
+							 binary_mode, streaming_on);
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	bunny_log(mirror->name, "DEBUG",
+			  psprintf("streaming again from %X/%X, %s", LSN_FORMAT_ARGS(startpos),
+					   streaming ? "applying large transactions while they run" :
+					   "large transactions after their commit"), NULL);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(ApplyMessageContext);
+}
+
+/* may the source stream large transactions to us now? */
+static bool
+streaming_wanted(void)
+{
+	return bunny_stream_large_transactions && PQserverVersion(conn) >= 140000 &&
+		GetCurrentTimestamp() >= streaming_retry_at;
+}
+
+/* is any table of the mirror being copied again? */
+static bool
+resync_running(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, mirror->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+
+		if (mt->resync_state != NULL)
+			return true;
+	}
+	return false;
+}
+
+/* STREAM START: a block of changes of a transaction in progress */
+static void
+apply_handle_stream_start(StringInfo s)
+{
+	bool		first;
+	TransactionId xid = logicalrep_read_stream_start(s, &first);
+	XLogRecPtr	committed;
+	ListCell   *lc;
+
+	if (stream_restart_pending)
+		return;
+	if (stream_xid == InvalidTransactionId)
+	{
+		if (!first)
+		{
+			stream_give_up("the stream continues a transaction whose start was not applied");
+			return;
+		}
+		if (resync_running())
+		{
+			stream_give_up("a table is being copied again");
+			return;
+		}
+
+		/*
+		 * Its commit is after the last one we applied, but not known yet;
+		 * that is enough only if every table's copy is older than that.
+		 */
+		committed = replorigin_session_get_progress(false);
+		foreach(lc, mirror->tables)
+		{
+			MirrorTable *mt = lfirst(lc);
+
+			if (mt->sync_lsn != InvalidXLogRecPtr && mt->sync_lsn >= committed)
+			{
+				stream_give_up("a table's copy is newer than the last applied commit");
+				return;
+			}
+		}
+		/* the batch so far holds whole transactions: commit it first */
+		if (in_local_txn)
+			apply_batch_flush();
+		apply_batch_begin();
+		stream_xid = xid;
+		stream_change_xid = xid;
+		stream_nsubxids = 0;
+		in_remote_txn = true;
+		/* a lower bound for the routing of changes (change_route) */
+		remote_final_lsn = committed + 1;
+		bunny_ctx_lsn = InvalidXLogRecPtr;
+	}
+	else if (xid != stream_xid)
+	{
+		stream_give_up("two large transactions run at once");
+		return;
+	}
+	in_stream_block = true;
+}
+
+/*
+ * A change inside a streamed block belongs to xid, the transaction or one
+ * of its subtransactions: each subtransaction gets a savepoint, so that its
+ * abort can be rolled back alone.  False if the change is to be ignored.
+ */
+static bool
+stream_enter_xid(TransactionId xid)
+{
+	bool		known = (xid == stream_xid);
+
+	if (stream_restart_pending)
+		return false;
+	if (xid == stream_change_xid)
+		return true;
+	/* what is pending belongs to the previous (sub)transaction's savepoint */
+	insert_buffer_flush();
+	fold_flush_all();
+	for (int i = 0; i < stream_nsubxids && !known; i++)
+		known = (stream_subxids[i] == xid);
+	if (!known)
+	{
+		MemoryContext old = CurrentMemoryContext;
+
+		if (stream_nsubxids >= STREAM_MAX_SUBXACTS)
+		{
+			stream_give_up("too many subtransactions");
+			return false;
+		}
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(old);
+		stream_subxids[stream_nsubxids++] = xid;
+	}
+	stream_change_xid = xid;
+	return true;
+}
+
+/* STREAM COMMIT: the streamed transaction committed; so does its batch */
+static void
+apply_handle_stream_commit(StringInfo s)
+{
+	LogicalRepCommitData commit;
+	TransactionId xid = logicalrep_read_stream_commit(s, &commit);
+	MemoryContext old = CurrentMemoryContext;
+
+	if (stream_restart_pending)
+		return;
+	if (xid != stream_xid)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("commit of streamed transaction %u, but %u is the one applied",
+						xid, stream_xid)));
+	insert_buffer_flush();
+	fold_flush_all();
+	while (stream_nsubxids > 0)
+	{
+		ReleaseCurrentSubTransaction();
+		stream_nsubxids--;
+	}
+	MemoryContextSwitchTo(old);
+	in_stream_block = false;
+	in_remote_txn = false;
+	stream_xid = InvalidTransactionId;
+	stream_change_xid = InvalidTransactionId;
+	batch_last_end = commit.end_lsn;
+	batch_last_commit_time = commit.committime;
+	last_received = Max(last_received, commit.end_lsn);
+	apply_batch_flush();
+	streaming_retry_ms = STREAM_RETRY_MIN_MS;
+}
+
+/* STREAM ABORT of the streamed transaction or of one of its subtransactions */
+static void
+apply_handle_stream_abort(StringInfo s)
+{
+	TransactionId xid;
+	TransactionId subxid;
+	int			level = -1;
+	int			change_level = -1;
+	MemoryContext old = CurrentMemoryContext;
+
+	logicalrep_read_stream_abort(s, &xid, &subxid);
+	if (stream_restart_pending || xid != stream_xid)
+		return;					/* nothing of it was applied */
+	if (subxid == xid)
+	{
+		apply_batch_abort();
+		return;
+	}
+	for (int i = 0; i < stream_nsubxids; i++)
+	{
+		if (stream_subxids[i] == subxid)
+			level = i;
+		if (stream_subxids[i] == stream_change_xid)
+			change_level = i;
+	}
+	if (level < 0)
+		return;					/* none of its changes came */
+
+	/*
+	 * The pending rows belong to stream_change_xid; they go with the abort
+	 * only if that is the aborted subtransaction or one inside it.
+	 */
+	if (change_level < level)
+	{
+		stream_give_up("a subtransaction aborted after changes of its parent");
+		return;
+	}
+	apply_discard_pending();
+	while (stream_nsubxids > level)
+	{
+		RollbackAndReleaseCurrentSubTransaction();
+		stream_nsubxids--;
+	}
+	MemoryContextSwitchTo(old);
+	stream_change_xid = level > 0 ? stream_subxids[level - 1] : stream_xid;
 }
 
 /*
@@ -1214,6 +2265,8 @@ apply_batch_flush(void)
 		return;
 	Assert(!in_remote_txn);
 
+	insert_buffer_flush();
+	fold_flush_all();
 	if (batch_last_end != InvalidXLogRecPtr)
 	{
 		apply_batch_counters();
@@ -1311,8 +2364,58 @@ apply_dispatch(StringInfo s)
 	current_msg = s->data + s->cursor;
 	current_msg_len = s->len - s->cursor;
 	action = pq_getmsgbyte(s);
+
+	/* the stream restarts after this message: the source sends it again */
+	if (stream_restart_pending)
+		return;
+
+	if (in_stream_block &&
+		(action == LOGICAL_REP_MSG_INSERT || action == LOGICAL_REP_MSG_UPDATE ||
+		 action == LOGICAL_REP_MSG_DELETE || action == LOGICAL_REP_MSG_TRUNCATE ||
+		 action == LOGICAL_REP_MSG_RELATION || action == LOGICAL_REP_MSG_TYPE ||
+		 action == LOGICAL_REP_MSG_MESSAGE))
+	{
+		TransactionId xid = pq_getmsgint(s, 4);
+		char	   *plain = palloc(s->len - s->cursor + 1);
+
+		/*
+		 * Inside a streamed block a change names its (sub)transaction.  The
+		 * handlers and the resync queue get the message without it.
+		 */
+		plain[0] = action;
+		memcpy(plain + 1, s->data + s->cursor, s->len - s->cursor);
+		s->data = plain;
+		s->len = s->len - s->cursor + 1;
+		s->cursor = 1;
+		current_msg = plain;
+		current_msg_len = s->len;
+		if (!stream_enter_xid(xid))
+			return;
+	}
+
+	/*
+	 * Buffered INSERTs and folded UPDATEs wait across source transactions
+	 * of the batch; DML handlers write what they must themselves, any other
+	 * message first writes everything.
+	 */
+	switch (action)
+	{
+		case LOGICAL_REP_MSG_BEGIN:
+		case LOGICAL_REP_MSG_COMMIT:
+		case LOGICAL_REP_MSG_INSERT:
+		case LOGICAL_REP_MSG_UPDATE:
+		case LOGICAL_REP_MSG_STREAM_ABORT:
+			break;
+		case LOGICAL_REP_MSG_DELETE:
+			insert_buffer_flush();
+			break;
+		default:
+			insert_buffer_flush();
+			fold_flush_all();
+			break;
+	}
 	if (action != LOGICAL_REP_MSG_INSERT)
-		insert_buffer_flush();
+		copy_run_candidate = NULL;
 
 	switch (action)
 	{
@@ -1339,6 +2442,18 @@ apply_dispatch(StringInfo s)
 			break;
 		case LOGICAL_REP_MSG_TYPE:
 			apply_handle_type(s);
+			break;
+		case LOGICAL_REP_MSG_STREAM_START:
+			apply_handle_stream_start(s);
+			break;
+		case LOGICAL_REP_MSG_STREAM_STOP:
+			in_stream_block = false;
+			break;
+		case LOGICAL_REP_MSG_STREAM_COMMIT:
+			apply_handle_stream_commit(s);
+			break;
+		case LOGICAL_REP_MSG_STREAM_ABORT:
+			apply_handle_stream_abort(s);
 			break;
 		case LOGICAL_REP_MSG_ORIGIN:
 		case LOGICAL_REP_MSG_MESSAGE:
@@ -1763,6 +2878,10 @@ apply_between_batches(void)
 	if (m != NULL)
 		apply_refresh_mirror(m);
 	resync_tick(mirror);
+
+	/* a setting changed, or the pause after giving up on a stream is over */
+	if (streaming_on != streaming_wanted())
+		stream_restart(!streaming_on);
 }
 
 /*
@@ -1809,13 +2928,16 @@ apply_stream(PGconn *source_conn, Mirror *m)
 		MySlot->processed_lsn = startpos;
 	SpinLockRelease(&MySlot->mutex);
 
-	stream_start_replication(conn, m->slot_name, startpos, m->publication_name, binary_mode);
+	streaming_on = streaming_wanted();
+	stream_start_replication(conn, m->slot_name, startpos, m->publication_name, binary_mode,
+							 streaming_on);
 	{
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		bunny_log(m->name, "DEBUG",
-				  psprintf("streaming from %X/%X (%s transfer)", LSN_FORMAT_ARGS(startpos),
-						   binary_mode ? "binary" : "text"), NULL);
+				  psprintf("streaming from %X/%X (%s transfer%s)", LSN_FORMAT_ARGS(startpos),
+						   binary_mode ? "binary" : "text",
+						   streaming_on ? ", large transactions while they run" : ""), NULL);
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 	}
@@ -1827,7 +2949,15 @@ apply_stream(PGconn *source_conn, Mirror *m)
 		int			len;
 
 		CHECK_FOR_INTERRUPTS();
-		len = stream_receive(conn, &buf, &fd);
+		if (stashed_buf != NULL)
+		{
+			/* the message that ended a COPY run */
+			buf = stashed_buf;
+			len = stashed_len;
+			stashed_buf = NULL;
+		}
+		else
+			len = stream_receive(conn, &buf, &fd);
 		if (len > 0)
 		{
 			MemoryContext old = MemoryContextSwitchTo(ApplyMessageContext);
@@ -1837,6 +2967,8 @@ apply_stream(PGconn *source_conn, Mirror *m)
 			PQfreemem(buf);
 			MemoryContextSwitchTo(old);
 			MemoryContextReset(ApplyMessageContext);
+			if (stream_restart_pending)
+				stream_restart(false);
 
 			if (!in_remote_txn && !in_local_txn)
 				apply_between_batches();

@@ -28,6 +28,7 @@ int			bunny_retry_backoff_max = 60000;
 int			bunny_log_retention_days = 7;
 int			bunny_launcher_naptime = 60000;
 int			bunny_max_batch_latency = 50;
+bool		bunny_stream_large_transactions = true;
 
 BunnyShared *BunnyState = NULL;
 
@@ -132,6 +133,13 @@ _PG_init(void)
 							&bunny_max_batch_latency,
 							50, 0, 3600 * 1000,
 							PGC_SIGHUP, GUC_UNIT_MS, NULL, NULL, NULL);
+	DefineCustomBoolVariable("bunny.stream_large_transactions",
+							 "Apply large source transactions while they are still running.",
+							 "Uses protocol version 2 streaming (sources from PostgreSQL 14 on); "
+							 "the transaction's changes become visible at its commit only.",
+							 &bunny_stream_large_transactions,
+							 true,
+							 PGC_SIGHUP, 0, NULL, NULL, NULL);
 	MarkGUCPrefixReserved("bunny");
 
 	prev_shmem_request_hook = shmem_request_hook;

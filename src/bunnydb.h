@@ -37,6 +37,7 @@ extern int	bunny_retry_backoff_max;
 extern int	bunny_log_retention_days;
 extern int	bunny_launcher_naptime;
 extern int	bunny_max_batch_latency;
+extern bool bunny_stream_large_transactions;
 
 /*
  * One slot per mirror that should run (or recently ran) in this cluster.
@@ -108,6 +109,7 @@ extern bool bunny_error_is_permanent;
 struct Mirror;
 extern struct Mirror *bunny_check_control(void);
 extern PGconn *mirror_connect(struct Mirror *m, bool replication);
+extern PGconn *worker_reconnect_source(struct Mirror *m);
 
 /* description of one mapped table, from bunny.mirror_table */
 typedef struct MirrorTable
@@ -181,7 +183,7 @@ extern void stream_raise_result(PGconn *conn, PGresult *res);
 extern void stream_disconnect(PGconn **conn);
 extern void stream_start_replication(PGconn *conn, const char *slot,
 									 XLogRecPtr startpos, const char *publication,
-									 bool binary);
+									 bool binary, bool streaming);
 extern int	stream_receive(PGconn *conn, char **buffer, pgsocket *wait_fd);
 extern void stream_send(PGconn *conn, const char *data, int len);
 extern char *stream_scrub_conninfo_error(const char *msg);

@@ -307,21 +307,24 @@ stream_create_slot(PGconn *conn, const char *name, bool temporary, bool export_s
 }
 
 /*
- * Enter the COPY BOTH stream of a logical slot.  Protocol version 1: the
- * source sends each transaction whole, after its commit.
+ * Enter the COPY BOTH stream of a logical slot.  Protocol version 1 sends
+ * each transaction whole, after its commit; with streaming, version 2 also
+ * sends large transactions in progress (see apply.c, "Streaming").
  */
 void
 stream_start_replication(PGconn *conn, const char *slot, XLogRecPtr startpos,
-						 const char *publication, bool binary)
+						 const char *publication, bool binary, bool streaming)
 {
 	char	   *sql;
 	PGresult   *res;
 
 	sql = psprintf("START_REPLICATION SLOT %s LOGICAL %X/%X "
-				   "(proto_version '1', publication_names %s%s)",
+				   "(proto_version '%d', publication_names %s%s%s)",
 				   quote_identifier(slot), LSN_FORMAT_ARGS(startpos),
+				   streaming ? 2 : 1,
 				   quote_literal_cstr(quote_identifier(publication)),
-				   binary ? ", binary 'true'" : "");
+				   binary ? ", binary 'true'" : "",
+				   streaming ? ", streaming 'on'" : "");
 	res = stream_exec_ok(conn, sql, PGRES_COPY_BOTH);
 	PQclear(res);
 }

@@ -300,6 +300,18 @@ worker_paused_loop(Mirror *m)
 }
 
 /*
+ * Replace the worker's replication connection with a new one: the apply
+ * loop restarts its stream this way when it changes protocol options.
+ */
+PGconn *
+worker_reconnect_source(Mirror *m)
+{
+	stream_disconnect(&source_conn);
+	source_conn = mirror_connect(m, true);
+	return source_conn;
+}
+
+/*
  * Connect to the mirror's source as bunnydb:<mirror>, holding a peer made
  * by a non-superuser to its password.
  */
