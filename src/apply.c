@@ -128,6 +128,7 @@
 #include "utils/typcache.h"
 
 #define FEEDBACK_INTERVAL_MS	10000
+#define STREAM_MAX_SUBXACTS		64	/* savepoints of one streamed transaction */
 #define IDLE_WAIT_MS			1000
 
 /* a prepared statement for one shape of change on one relation */
@@ -173,6 +174,7 @@ typedef struct RelMapEntry
 	int64		n_ins;			/* counters of the open batch */
 	int64		n_upd;
 	int64		n_del;
+	int64		saved_counts[STREAM_MAX_SUBXACTS][3];	/* at each savepoint */
 } RelMapEntry;
 
 /* a source type named by a Type message */
@@ -212,7 +214,6 @@ static XLogRecPtr batch_keepalive_lsn = InvalidXLogRecPtr;
 static XLogRecPtr last_received = InvalidXLogRecPtr;
 
 /* streaming of large transactions (protocol version 2), see NOTES */
-#define STREAM_MAX_SUBXACTS		64
 #define STREAM_RETRY_MIN_MS		60000
 #define STREAM_RETRY_MAX_MS		3600000
 static bool streaming_on = false;	/* the stream was started with streaming */
@@ -1927,10 +1928,12 @@ apply_batch_abort(void)
 	HASH_SEQ_STATUS status;
 	RelMapEntry *e;
 
+	MemoryContext old = CurrentMemoryContext;
+
 	apply_discard_pending();
-	if (IsTransactionState() || in_local_txn)
-		AbortCurrentTransaction();
-	MemoryContextSwitchTo(ApplyMessageContext);
+	/* with its savepoints: AbortCurrentTransaction would end only the last */
+	AbortOutOfAnyTransaction();
+	MemoryContextSwitchTo(old);
 	batch_spi = false;
 	in_local_txn = false;
 	in_remote_txn = false;
@@ -1973,6 +1976,7 @@ static void
 stream_restart(bool streaming)
 {
 	XLogRecPtr	startpos;
+	MemoryContext old = CurrentMemoryContext;
 
 	apply_batch_abort();
 	if (stashed_buf != NULL)
@@ -1994,7 +1998,7 @@ stream_restart(bool streaming)
 					   "large transactions after their commit"), NULL);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	MemoryContextSwitchTo(ApplyMessageContext);
+	MemoryContextSwitchTo(old);
 }
 
 /* may the source stream large transactions to us now? */
@@ -2034,6 +2038,9 @@ apply_handle_stream_start(StringInfo s)
 		return;
 	if (stream_xid == InvalidTransactionId)
 	{
+		/* the batch so far holds whole transactions: commit it first */
+		if (in_local_txn)
+			apply_batch_flush();
 		if (!first)
 		{
 			stream_give_up("the stream continues a transaction whose start was not applied");
@@ -2060,9 +2067,6 @@ apply_handle_stream_start(StringInfo s)
 				return;
 			}
 		}
-		/* the batch so far holds whole transactions: commit it first */
-		if (in_local_txn)
-			apply_batch_flush();
 		apply_batch_begin();
 		stream_xid = xid;
 		stream_change_xid = xid;
@@ -2089,6 +2093,8 @@ static bool
 stream_enter_xid(TransactionId xid)
 {
 	bool		known = (xid == stream_xid);
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
 
 	if (stream_restart_pending)
 		return false;
@@ -2110,6 +2116,14 @@ stream_enter_xid(TransactionId xid)
 		}
 		BeginInternalSubTransaction(NULL);
 		MemoryContextSwitchTo(old);
+		/* the counters go back to these if the subtransaction aborts */
+		hash_seq_init(&status, relmap);
+		while ((e = hash_seq_search(&status)) != NULL)
+		{
+			e->saved_counts[stream_nsubxids][0] = e->n_ins;
+			e->saved_counts[stream_nsubxids][1] = e->n_upd;
+			e->saved_counts[stream_nsubxids][2] = e->n_del;
+		}
 		stream_subxids[stream_nsubxids++] = xid;
 	}
 	stream_change_xid = xid;
@@ -2159,6 +2173,8 @@ apply_handle_stream_abort(StringInfo s)
 	int			level = -1;
 	int			change_level = -1;
 	MemoryContext old = CurrentMemoryContext;
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
 
 	logicalrep_read_stream_abort(s, &xid, &subxid);
 	if (stream_restart_pending || xid != stream_xid)
@@ -2194,6 +2210,13 @@ apply_handle_stream_abort(StringInfo s)
 		stream_nsubxids--;
 	}
 	MemoryContextSwitchTo(old);
+	hash_seq_init(&status, relmap);
+	while ((e = hash_seq_search(&status)) != NULL)
+	{
+		e->n_ins = e->saved_counts[level][0];
+		e->n_upd = e->saved_counts[level][1];
+		e->n_del = e->saved_counts[level][2];
+	}
 	stream_change_xid = level > 0 ? stream_subxids[level - 1] : stream_xid;
 }
 
