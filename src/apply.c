@@ -242,6 +242,7 @@ static void apply_batch_flush(void);
 static void apply_copydata(char *buf, int len);
 static void send_feedback(bool force, bool request_reply);
 static void stream_give_up(const char *why);
+static void check_slot_and_publication(void);
 
 /* lappend into a given memory context */
 static List *
@@ -1843,6 +1844,7 @@ apply_batch_begin(void)
 {
 	if (in_local_txn)
 		return;
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
@@ -1985,11 +1987,29 @@ stream_restart(bool streaming)
 	stream_restart_pending = false;
 
 	conn = worker_reconnect_source(mirror);
+	/* the walsender of the old connection may not have let go of the slot */
+	for (int waited = 0; waited < 10000; waited += 50)
+	{
+		PGresult   *res = stream_exec_ok(conn,
+										 psprintf("SELECT 1 FROM pg_catalog.pg_replication_slots "
+												  " WHERE slot_name = %s AND active_pid IS NOT NULL",
+												  quote_literal_cstr(mirror->slot_name)),
+										 PGRES_TUPLES_OK);
+		bool		held = PQntuples(res) > 0;
+
+		PQclear(res);
+		if (!held)
+			break;
+		pg_usleep(50 * 1000L);
+		CHECK_FOR_INTERRUPTS();
+	}
+	check_slot_and_publication();
 	startpos = replorigin_session_get_progress(false);
 	last_received = startpos;
 	streaming_on = streaming;
 	stream_start_replication(conn, mirror->slot_name, startpos, mirror->publication_name,
 							 binary_mode, streaming_on);
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	bunny_log(mirror->name, "DEBUG",
@@ -2300,6 +2320,11 @@ apply_batch_flush(void)
 	batch_spi = false;
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	/* the flush position below must never stand for work that did not commit */
+	if (IsTransactionOrTransactionBlock())
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("the destination transaction of a batch did not commit")));
 	pgstat_report_stat(false);
 	in_local_txn = false;
 
@@ -2549,6 +2574,7 @@ apply_copydata(char *buf, int len)
 				SpinLockRelease(&MySlot->mutex);
 				if (mirror->error_count > 0 && end > error_lsn)
 				{
+					SetCurrentStatementStartTimestamp();
 					StartTransactionCommand();
 					PushActiveSnapshot(GetTransactionSnapshot());
 					catalog_clear_error(mirror->id);
@@ -2608,6 +2634,7 @@ decide_binary_mode(void)
 	appendStringInfoChar(&sql, ')');
 	res = stream_exec_ok(conn, sql.data, PGRES_TUPLES_OK);
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	for (int i = 0; i < PQntuples(res) && binary; i++)
 	{
@@ -2955,6 +2982,7 @@ apply_stream(PGconn *source_conn, Mirror *m)
 	stream_start_replication(conn, m->slot_name, startpos, m->publication_name, binary_mode,
 							 streaming_on);
 	{
+		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		bunny_log(m->name, "DEBUG",

@@ -351,6 +351,7 @@ bunny_log(const char *mirror, const char *level, const char *message,
 
 	if (own_xact)
 	{
+		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 	}

@@ -107,6 +107,7 @@ resync_start(Mirror *m)
 							 true, true, &snapshot);
 
 	initStringInfo(&names);
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	resync_lock_mirror_row(m);
@@ -299,6 +300,7 @@ resync_switch_ready(Mirror *m)
 	ListCell   *lc;
 	char	   *left;
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	resync_lock_mirror_row(m);

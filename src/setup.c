@@ -1128,6 +1128,7 @@ create_slot(PGconn *conn, Mirror *m, bool export_snapshot, char **snapshot)
 	}
 
 	/* record the request durably before making it */
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_set_slot_requested(m->id);
@@ -1238,6 +1239,7 @@ setup_run(PGconn *conn, Mirror *m)
 	char	   *snapshot = NULL;
 	bool		copy = m->do_initial_snapshot;
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_set_status(m->id, "SETUP", "SETUP");
@@ -1250,6 +1252,7 @@ setup_run(PGconn *conn, Mirror *m)
 	tables = describe_tables(conn, m);
 
 	/* destination: schemas, types, tables (and, without a copy, the rest) */
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	prepare_destination(conn, m, tables, copy, false);
@@ -1272,6 +1275,7 @@ setup_run(PGconn *conn, Mirror *m)
 	}
 
 	/* switch to CDC; the origin starts at the slot's consistent point */
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_set_table_status(m->id, "SYNCED");
@@ -1305,6 +1309,7 @@ setup_refresh_tables(PGconn *conn, Mirror *m)
 	version = check_source(conn);
 	tables = describe_tables(conn, m);
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	added = prepare_destination(conn, m, tables, true, true);
@@ -1329,6 +1334,7 @@ setup_refresh_tables(PGconn *conn, Mirror *m)
 	/* the publication changes before the copies take their snapshot */
 	ensure_publication(conn, m, tables, version);
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	{

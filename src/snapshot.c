@@ -381,6 +381,7 @@ snapshot_claim_part(int32 mirror_id, int tables_in_parallel, char **schema, char
 
 	vals[0] = Int32GetDatum(mirror_id);
 	vals[1] = Int32GetDatum(tables_in_parallel);
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
@@ -470,6 +471,7 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	vals[2] = CStringGetTextDatum(table);
 	vals[3] = Int32GetDatum(part_no);
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
@@ -581,6 +583,7 @@ bunny_snapshot_worker_main(Datum arg)
 	{
 		Mirror	   *m;
 
+		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		MemoryContextSwitchTo(TopMemoryContext);
@@ -629,6 +632,7 @@ bunny_snapshot_worker_main(Datum arg)
 			vals[0] = Int32GetDatum(my_args.mirror_id);
 			vals[1] = CStringGetTextDatum(schema);
 			vals[2] = CStringGetTextDatum(table);
+			SetCurrentStatementStartTimestamp();
 			StartTransactionCommand();
 			PushActiveSnapshot(GetTransactionSnapshot());
 			kind = bunny_spi_scalar("SELECT CASE WHEN resync_state IS NULL THEN 'initial' "
@@ -744,6 +748,7 @@ snapshot_prepare(Mirror *m, XLogRecPtr sync_lsn)
 	if (sync_lsn == InvalidXLogRecPtr)
 		nulls[1] = 'n';
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_set_status(m->id, "SNAPSHOT", "SNAPSHOT");
@@ -810,6 +815,7 @@ snapshot_reclaim_parts(Mirror *m, List *live_pids)
 		appendStringInfo(&pids, ",%d", lfirst_int(lc));
 	appendStringInfoChar(&pids, '}');
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	failed = bunny_spi_scalar(psprintf("SELECT format('part %%s of %%I.%%I failed %%s times', part_no + 1, "
@@ -901,6 +907,7 @@ snapshot_pool_tick(SnapshotPool *pool, Mirror *m)
 	}
 	snapshot_reclaim_parts(m, live);
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	left = bunny_spi_scalar("SELECT count(*) FILTER (WHERE status <> 'DONE')::text "
@@ -985,6 +992,7 @@ snapshot_run(Mirror *m, PGconn *holder, const char *snapshot_name, XLogRecPtr sy
 		char	  **schemas;
 		char	  **tables;
 
+		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		SPI_connect();
@@ -1056,6 +1064,7 @@ snapshot_recover(PGconn *conn, Mirror *m)
 	snapshot_run(m, tmp, snapshot, tmp_lsn);
 	PQfinish(tmp);
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_set_table_status(m->id, "SYNCED");

@@ -135,6 +135,7 @@ worker_handle_error(void)
 		json_add(&details, "action", "the mirror is FAILED; fix the cause, then call bunny.retry_mirror()");
 	appendStringInfoChar(&details, '}');
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_record_error(my_mirror_id, edata->message, permanent);
@@ -189,6 +190,7 @@ bunny_check_control(void)
 										   ALLOCSET_SMALL_SIZES);
 
 	old = CurrentMemoryContext;
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	MemoryContextSwitchTo(cxts[next_cxt]);
@@ -249,6 +251,7 @@ worker_paused_loop(Mirror *m)
 			Mirror	   *now;
 			bool		paused;
 
+			SetCurrentStatementStartTimestamp();
 			StartTransactionCommand();
 			PushActiveSnapshot(GetTransactionSnapshot());
 			now = catalog_load_mirror(m->id, false);
@@ -340,6 +343,7 @@ worker_setup_origin(Mirror *m)
 {
 	RepOriginId originid;
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	originid = replorigin_by_name(m->origin_name, true);
 	if (originid == InvalidRepOriginId)
@@ -356,6 +360,7 @@ reload_mirror(MemoryContext cxt)
 {
 	Mirror	   *m;
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	MemoryContextSwitchTo(cxt);
@@ -376,6 +381,7 @@ worker_run(void)
 	workercxt = AllocSetContextCreate(TopMemoryContext, "bunnydb mirror",
 									  ALLOCSET_DEFAULT_SIZES);
 
+	SetCurrentStatementStartTimestamp();
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	MemoryContextSwitchTo(workercxt);
@@ -431,6 +437,7 @@ worker_run(void)
 	}
 	else if (strcmp(m->status, "RUNNING") != 0 && strcmp(m->status, "RESYNCING") != 0)
 	{
+		SetCurrentStatementStartTimestamp();
 		StartTransactionCommand();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		catalog_set_status(m->id, "RUNNING", NULL);
