@@ -533,9 +533,12 @@ while (Time::HiRes::time() < $g_deadline)
 	if (defined $g_lsn && Time::HiRes::time() >= $next_check)
 	{
 		$next_check = Time::HiRes::time() + 1;
+		# wait_for_lsn, not last_lsn: the source may write WAL after the
+		# commit (pruning, vacuum) that no later commit will ever cover
 		$last_r = query_value($dest,
-			"SELECT coalesce(last_lsn >= '$g_lsn'::pg_lsn, false) FROM bunny.mirrors WHERE name = '$mirror'",
+			"SELECT bunny.wait_for_lsn('$mirror', '$g_lsn', 0)::text",
 			timeout => 10);
+		$last_r = 't' if defined $last_r && $last_r eq 'true';
 		if (defined $last_r && $last_r eq 't')
 		{
 			$g_done = 1;
