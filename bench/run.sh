@@ -5,6 +5,7 @@
 # clusters, same data.  See SPEC.md section 4 "Performance targets".
 #
 #     sudo bash bench/run.sh [--scale N] [--only copy,tpcb,bigtxn,lag] [--keep]
+#                            [--copy-pairs 1|2]
 #                            [--long-wait] [--dir DIR]
 #
 # Requirements: Debian 12, PostgreSQL 15 (/usr/lib/postgresql/15/bin, with
@@ -24,7 +25,9 @@
 # subscription it creates; --only selects the later workloads):
 #   copy    pgbench -i -s N (with primary keys) + empty bigt; time from
 #           create_mirror to status RUNNING, and from CREATE SUBSCRIPTION to all
-#           pg_subscription_rel rows in state 'r'.
+#           pg_subscription_rel rows in state 'r'.  Two pairs: bunnydb then
+#           built-in, then (into scratch databases) built-in then bunnydb;
+#           the ratio is the sum over both pairs (--copy-pairs 1: first only).
 #   tpcb    both paused; pgbench -n -c 4 -t 20000 (80 000 TPC-B transactions);
 #           time the catch-up of each, one after the other.
 #   bigtxn  both paused; one INSERT of 1 000 000 rows into bigt; time the
@@ -75,6 +78,7 @@ LAG_INTERVAL_MS=200
 BIGTXN_ROWS=1000000
 COPY_TIMEOUT=1800          # seconds
 CATCHUP_TIMEOUT=600        # seconds
+COPY_PAIRS=2               # --copy-pairs 1: only the first (bunnydb first) pair
 TABLES_JSON='["public.pgbench_accounts","public.pgbench_branches","public.pgbench_tellers","public.pgbench_history","public.bigt"]'
 
 CMDLINE="bash $0 $*"
@@ -90,6 +94,7 @@ while [ $# -gt 0 ]; do
         --scale) SCALE=${2:?}; shift 2 ;;
         --scale=*) SCALE=${1#*=}; shift ;;
         --only) ONLY=${2:?}; shift 2 ;;
+        --copy-pairs) COPY_PAIRS=${2:?}; shift 2 ;;
         --only=*) ONLY=${1#*=}; shift ;;
         --dir) DIR=${2:?}; shift 2 ;;
         --dir=*) DIR=${1#*=}; shift ;;
@@ -111,6 +116,13 @@ want() { [[ ",$ONLY," == *",$1,"* ]]; }
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 die() { printf '\nrun.sh: ERROR: %s\n' "$*" >&2; exit 1; }
 now() { date +%s.%N; }
+ratio() {   # a b -> a/b or n/a
+    if [[ "$1" =~ ^[0-9.]+$ ]] && [[ "$2" =~ ^[0-9.]+$ ]] && awk -v b="$2" 'BEGIN { exit !(b > 0) }'; then
+        awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
+    else
+        echo n/a
+    fi
+}
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 fmt2() { awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }
 
@@ -252,13 +264,17 @@ qs bench "ALTER TABLE pgbench_history REPLICA IDENTITY FULL"
 qs bench "ANALYZE"
 log "source ready in $(elapsed "$t0" "$(now)") s; pgbench_accounts: $(qs bench "SELECT count(*) FROM pgbench_accounts") rows, $(qs bench "SELECT pg_size_pretty(pg_total_relation_size('pgbench_accounts'))")"
 
+# dest_bunny$1 with the extension, dest_builtin$1 with the source's schema
+create_dest_dbs() {
+    qd postgres "CREATE DATABASE dest_bunny$1"
+    qd postgres "CREATE DATABASE dest_builtin$1"
+    qd "dest_bunny$1" "CREATE EXTENSION bunnydb"
+    as_pg bash -c "pg_dump -s -t 'pgbench_*' -t bigt -h '$DIR' -p $SRC_PORT bench \
+        | psql -X -q -v ON_ERROR_STOP=1 -h '$DIR' -p $DST_PORT -d dest_builtin$1" >"$DIR/schema$1.log" 2>&1 \
+        || { cat "$DIR/schema$1.log"; die "could not copy the schema to dest_builtin$1"; }
+}
 log "destination: dest_bunny (CREATE EXTENSION bunnydb), dest_builtin (schema from pg_dump -s)"
-qd postgres "CREATE DATABASE dest_bunny"
-qd postgres "CREATE DATABASE dest_builtin"
-qd dest_bunny "CREATE EXTENSION bunnydb"
-as_pg bash -c "pg_dump -s -t 'pgbench_*' -t bigt -h '$DIR' -p $SRC_PORT bench \
-    | psql -X -q -v ON_ERROR_STOP=1 -h '$DIR' -p $DST_PORT -d dest_builtin" >"$DIR/schema.log" 2>&1 \
-    || { cat "$DIR/schema.log"; die "could not copy the schema to dest_builtin"; }
+create_dest_dbs ""
 qs bench "CREATE PUBLICATION $PUB FOR TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bigt"
 # sampler database on the source for the lag workload (dblink to the destination)
 qs postgres "CREATE DATABASE sampler"
@@ -451,6 +467,55 @@ fi
 for db in dest_bunny dest_builtin; do
     log "$db: pgbench_accounts has $(qd "$db" "SELECT count(*) FROM pgbench_accounts" 2>/dev/null || echo '?') rows"
 done
+
+# Second pair, in the reverse order (built-in first), into scratch databases:
+# whichever copy runs second finds the source's pages cached and the
+# destination busy writing back the first copy, so one order alone is biased.
+# The copy ratio is sum(bunnydb) / sum(built-in) over both pairs.
+if [ "$COPY_PAIRS" = 2 ] && [ "$BUNNY_OK" = 1 ] && [ "$BUILTIN_OK" = 1 ]; then
+    log "second copy pair, reverse order: built-in into dest_builtin2, then bunnydb into dest_bunny2"
+    create_dest_dbs 2
+    qd dest_bunny2 "SELECT bunny.create_peer('src', '$SRC_CONNINFO')" >/dev/null
+
+    # wait_until DB SQL VALUE WHAT: poll SQL until it returns VALUE
+    wait_until() {
+        local deadline=$(( $(date +%s) + COPY_TIMEOUT ))
+        while [ "$(qd "$1" "$2")" != "$3" ]; do
+            [ "$(date +%s)" -ge "$deadline" ] && die "timeout: $4"
+            sleep 0.1
+        done
+    }
+    # the built-in launcher starts a worker at most once per
+    # wal_retrieve_retry_interval (5 s): let that pass, untimed
+    sleep 6
+    checkpoint_both
+    t0=$(now)
+    qd dest_builtin2 "CREATE SUBSCRIPTION ${SUB}2 CONNECTION '$SRC_CONNINFO' PUBLICATION $PUB WITH (copy_data = true)"
+    wait_until dest_builtin2 "SELECT count(*) = 5 AND bool_and(srsubstate = 'r') FROM pg_subscription_rel" t \
+        "second built-in copy"
+    RES[copy,builtin2]=$(elapsed "$t0" "$(now)")
+    log "built-in copy (2nd pair): ${RES[copy,builtin2]} s"
+
+    checkpoint_both
+    t0=$(now)
+    qd dest_bunny2 "SELECT bunny.create_mirror('${MIRROR}2', 'src', '$TABLES_JSON')" >/dev/null
+    wait_until dest_bunny2 "SELECT status FROM bunny.mirrors" RUNNING "second bunnydb copy"
+    RES[copy,bunny2]=$(elapsed "$t0" "$(now)")
+    log "bunnydb copy (2nd pair): ${RES[copy,bunny2]} s"
+    for db in dest_bunny2 dest_builtin2; do
+        log "$db: pgbench_accounts has $(qd "$db" "SELECT count(*) FROM pgbench_accounts") rows"
+    done
+
+    # clean up: their slots would hold WAL back during the later workloads
+    qd dest_bunny2 "SELECT bunny.drop_mirror('${MIRROR}2')" >/dev/null
+    qd dest_builtin2 "DROP SUBSCRIPTION ${SUB}2"
+    qd postgres "DROP DATABASE dest_bunny2 WITH (FORCE)"
+    qd postgres "DROP DATABASE dest_builtin2 WITH (FORCE)"
+    log "pair 1 ratio $(ratio "${RES[copy,bunny]}" "${RES[copy,builtin]}"), pair 2 ratio $(ratio "${RES[copy,bunny2]}" "${RES[copy,builtin2]}")"
+    RES[copy,bunny]=$(awk -v a="${RES[copy,bunny]}" -v b="${RES[copy,bunny2]}" 'BEGIN { printf "%.2f", a + b }')
+    RES[copy,builtin]=$(awk -v a="${RES[copy,builtin]}" -v b="${RES[copy,builtin2]}" 'BEGIN { printf "%.2f", a + b }')
+    log "copy totals over both pairs: bunnydb ${RES[copy,bunny]} s, built-in ${RES[copy,builtin]} s"
+fi
 
 # ---------------------------------------------------------------------------
 # catch-up helper for tpcb and bigtxn
@@ -718,13 +783,6 @@ done
 # ---------------------------------------------------------------------------
 # report
 # ---------------------------------------------------------------------------
-ratio() {   # a b -> a/b or n/a
-    if [[ "$1" =~ ^[0-9.]+$ ]] && [[ "$2" =~ ^[0-9.]+$ ]] && awk -v b="$2" 'BEGIN { exit !(b > 0) }'; then
-        awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'
-    else
-        echo n/a
-    fi
-}
 verdict() {   # value op limit -> PASS/FAIL
     if [[ "$1" =~ ^[0-9.]+$ ]]; then
         awk -v v="$1" -v l="$3" -v op="$2" 'BEGIN { ok = (op == "<=") ? (v <= l) : (v < l); print ok ? "PASS" : "FAIL" }'
@@ -748,7 +806,7 @@ row_time() {   # workload label target
     printf '%-26s | %10s | %10s | %24s | <= %s x built-in  %s\n' "$label" "$(unit "$b" s)" "$(unit "$i" s)" "$r" "$tgt" "$v"
     RESULT_LINES+=("RESULT $w ratio=$r bunnydb_s=$b builtin_s=$i target=$tgt $v")
 }
-row_time copy "copy (scale $SCALE)" 0.6
+row_time copy "copy (scale $SCALE)$([ "$COPY_PAIRS" = 2 ] && echo ", 2 pairs")" 0.6
 want tpcb && row_time tpcb "tpcb catch-up (80k txns)" 0.5
 want bigtxn && row_time bigtxn "bigtxn catch-up (1M rows)" 0.5
 if want bigtxn; then
