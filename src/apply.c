@@ -1160,6 +1160,7 @@ typedef struct FoldEntry
 	char	   *present;		/* '1' where the value is known */
 } FoldEntry;
 
+/* dynahash hash function: the key is a pointer to the key bytes (bytea) */
 static uint32
 fold_hash_key(const void *key, Size keysize)
 {
@@ -1168,6 +1169,7 @@ fold_hash_key(const void *key, Size keysize)
 	return hash_bytes((const unsigned char *) VARDATA(k), VARSIZE(k) - VARHDRSZ);
 }
 
+/* dynahash match function: 0 when both keys hold the same bytes */
 static int
 fold_match_key(const void *a, const void *b, Size keysize)
 {
