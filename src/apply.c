@@ -242,7 +242,7 @@ static void apply_batch_flush(void);
 static void apply_copydata(char *buf, int len);
 static void send_feedback(bool force, bool request_reply);
 static void stream_give_up(const char *why);
-static void check_slot_and_publication(void);
+static void check_slot_and_publication(bool patient);
 
 /* lappend into a given memory context */
 static List *
@@ -1846,8 +1846,7 @@ apply_batch_begin(void)
 {
 	if (in_local_txn)
 		return;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	batch_spi = true;
@@ -1989,30 +1988,14 @@ stream_restart(bool streaming)
 	stream_restart_pending = false;
 
 	conn = worker_reconnect_source(mirror);
-	/* the walsender of the old connection may not have let go of the slot */
-	for (int waited = 0; waited < 10000; waited += 50)
-	{
-		PGresult   *res = stream_exec_ok(conn,
-										 psprintf("SELECT 1 FROM pg_catalog.pg_replication_slots "
-												  " WHERE slot_name = %s AND active_pid IS NOT NULL",
-												  quote_literal_cstr(mirror->slot_name)),
-										 PGRES_TUPLES_OK);
-		bool		held = PQntuples(res) > 0;
-
-		PQclear(res);
-		if (!held)
-			break;
-		pg_usleep(50 * 1000L);
-		CHECK_FOR_INTERRUPTS();
-	}
-	check_slot_and_publication();
+	/* the walsender of the old connection may still hold the slot */
+	check_slot_and_publication(true);
 	startpos = replorigin_session_get_progress(false);
 	last_received = startpos;
 	streaming_on = streaming;
 	stream_start_replication(conn, mirror->slot_name, startpos, mirror->publication_name,
 							 binary_mode, streaming_on);
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	bunny_log(mirror->name, "DEBUG",
 			  psprintf("streaming again from %X/%X, %s", LSN_FORMAT_ARGS(startpos),
@@ -2029,22 +2012,6 @@ streaming_wanted(void)
 {
 	return bunny_stream_large_transactions && PQserverVersion(conn) >= 140000 &&
 		GetCurrentTimestamp() >= streaming_retry_at;
-}
-
-/* is any table of the mirror being copied again? */
-static bool
-resync_running(void)
-{
-	ListCell   *lc;
-
-	foreach(lc, mirror->tables)
-	{
-		MirrorTable *mt = lfirst(lc);
-
-		if (mt->resync_state != NULL)
-			return true;
-	}
-	return false;
 }
 
 /* STREAM START: a block of changes of a transaction in progress */
@@ -2068,7 +2035,7 @@ apply_handle_stream_start(StringInfo s)
 			stream_give_up("the stream continues a transaction whose start was not applied");
 			return;
 		}
-		if (resync_running())
+		if (resync_active(mirror))
 		{
 			stream_give_up("a table is being copied again");
 			return;
@@ -2576,8 +2543,7 @@ apply_copydata(char *buf, int len)
 				SpinLockRelease(&MySlot->mutex);
 				if (mirror->error_count > 0 && end > error_lsn)
 				{
-					SetCurrentStatementStartTimestamp();
-					StartTransactionCommand();
+					bunny_start_transaction();
 					PushActiveSnapshot(GetTransactionSnapshot());
 					catalog_clear_error(mirror->id);
 					PopActiveSnapshot();
@@ -2636,8 +2602,7 @@ decide_binary_mode(void)
 	appendStringInfoChar(&sql, ')');
 	res = stream_exec_ok(conn, sql.data, PGRES_TUPLES_OK);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	for (int i = 0; i < PQntuples(res) && binary; i++)
 	{
 		MirrorTable *mt = find_mirror_table(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
@@ -2842,7 +2807,7 @@ apply_refresh_mirror(Mirror *m)
  * slot silently.
  */
 static void
-check_slot_and_publication(void)
+check_slot_and_publication(bool patient)
 {
 	PGresult   *res;
 	bool		slot_ok,
@@ -2870,7 +2835,9 @@ check_slot_and_publication(void)
 	}
 	/*
 	 * A slot held by someone else is held by a stale connection of ours (a
-	 * worker that died without the source noticing yet): free it.
+	 * worker that died without the source noticing yet): free it.  After
+	 * our own reconnect (patient) the old walsender is on its way out: give
+	 * it ten seconds before terminating it.
 	 */
 	for (int tries = 0; slot_ok; tries++)
 	{
@@ -2885,7 +2852,7 @@ check_slot_and_publication(void)
 		PQclear(res);
 		if (holder == NULL)
 			break;
-		if (tries == 0)
+		if (tries == (patient ? 100 : 0))
 		{
 			res = stream_exec(conn, psprintf("SELECT pg_catalog.pg_terminate_backend(%s)", holder));
 			if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK)
@@ -2902,7 +2869,7 @@ check_slot_and_publication(void)
 					  psprintf("terminated a stale connection (PID %s) that held slot %s", holder,
 							   mirror->slot_name), NULL);
 		}
-		if (tries > 50)
+		if (tries > (patient ? 150 : 50))
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_IN_USE),
 					 errmsg("replication slot \"%s\" is still active for PID %s", mirror->slot_name, holder)));
@@ -2970,7 +2937,7 @@ apply_stream(PGconn *source_conn, Mirror *m)
 		callback_registered = true;
 	}
 
-	check_slot_and_publication();
+	check_slot_and_publication(false);
 	binary_mode = decide_binary_mode();
 	startpos = replorigin_session_get_progress(false);
 	last_received = startpos;
@@ -2984,8 +2951,7 @@ apply_stream(PGconn *source_conn, Mirror *m)
 	stream_start_replication(conn, m->slot_name, startpos, m->publication_name, binary_mode,
 							 streaming_on);
 	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
+		bunny_start_transaction();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		bunny_log(m->name, "DEBUG",
 				  psprintf("streaming from %X/%X (%s transfer%s)", LSN_FORMAT_ARGS(startpos),

@@ -164,6 +164,7 @@ extern void catalog_set_slot_requested(int32 mirror_id);
 extern void catalog_record_error(int32 mirror_id, const char *message, bool permanent);
 extern void catalog_clear_error(int32 mirror_id);
 extern void catalog_finish_pause(int32 mirror_id);
+extern void bunny_start_transaction(void);
 extern void catalog_finish_resync(int32 mirror_id, const char *mirror_name);
 extern void catalog_apply_ddl(const char *mirror, const char *dest_table,
 							  const char *items_json, bool indexes);

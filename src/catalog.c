@@ -21,6 +21,18 @@
 #include "utils/pg_lsn.h"
 #include "utils/snapmgr.h"
 
+/*
+ * StartTransactionCommand for a worker.  A background worker has no
+ * statements to mark time, so without this every transaction of the worker
+ * would report the start time of its first one (now(), xact_start).
+ */
+void
+bunny_start_transaction(void)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+}
+
 /* run a statement, erroring with its text if SPI fails */
 static void
 spi_run(const char *sql, int nargs, Oid *argtypes, Datum *values,
@@ -351,8 +363,7 @@ bunny_log(const char *mirror, const char *level, const char *message,
 
 	if (own_xact)
 	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
+		bunny_start_transaction();
 		PushActiveSnapshot(GetTransactionSnapshot());
 	}
 	values[0] = CStringGetTextDatum(mirror);

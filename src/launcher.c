@@ -124,8 +124,7 @@ list_databases(void)
 	HeapTuple	tup;
 	MemoryContext resultcxt = CurrentMemoryContext;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	(void) GetTransactionSnapshot();
 	rel = table_open(DatabaseRelationId, AccessShareLock);
 	scan = table_beginscan_catalog(rel, 0, NULL);
@@ -437,8 +436,7 @@ bunny_scan_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: scanning for mirrors");

@@ -107,8 +107,7 @@ resync_start(Mirror *m)
 							 true, true, &snapshot);
 
 	initStringInfo(&names);
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	resync_lock_mirror_row(m);
 	foreach(lc, m->tables)
@@ -300,8 +299,7 @@ resync_switch_ready(Mirror *m)
 	ListCell   *lc;
 	char	   *left;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	resync_lock_mirror_row(m);
 	done_list = bunny_spi_scalar("SELECT coalesce(string_agg(format('%I.%I', source_schema, source_table), ' '), '') "

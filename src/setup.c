@@ -1128,8 +1128,7 @@ create_slot(PGconn *conn, Mirror *m, bool export_snapshot, char **snapshot)
 	}
 
 	/* record the request durably before making it */
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_set_slot_requested(m->id);
 	PopActiveSnapshot();
@@ -1239,8 +1238,7 @@ setup_run(PGconn *conn, Mirror *m)
 	char	   *snapshot = NULL;
 	bool		copy = m->do_initial_snapshot;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_set_status(m->id, "SETUP", "SETUP");
 	bunny_log(m->name, "INFO", "setup started", NULL);
@@ -1252,8 +1250,7 @@ setup_run(PGconn *conn, Mirror *m)
 	tables = describe_tables(conn, m);
 
 	/* destination: schemas, types, tables (and, without a copy, the rest) */
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	prepare_destination(conn, m, tables, copy, false);
 	if (!copy)
@@ -1275,8 +1272,7 @@ setup_run(PGconn *conn, Mirror *m)
 	}
 
 	/* switch to CDC; the origin starts at the slot's consistent point */
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_set_table_status(m->id, "SYNCED");
 	catalog_set_status(m->id, "RUNNING", "CDC");
@@ -1309,8 +1305,7 @@ setup_refresh_tables(PGconn *conn, Mirror *m)
 	version = check_source(conn);
 	tables = describe_tables(conn, m);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	added = prepare_destination(conn, m, tables, true, true);
 	if (added > 0)
@@ -1334,8 +1329,7 @@ setup_refresh_tables(PGconn *conn, Mirror *m)
 	/* the publication changes before the copies take their snapshot */
 	ensure_publication(conn, m, tables, version);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	{
 		Oid			types[1] = {INT4OID};

@@ -381,8 +381,7 @@ snapshot_claim_part(int32 mirror_id, int tables_in_parallel, char **schema, char
 
 	vals[0] = Int32GetDatum(mirror_id);
 	vals[1] = Int32GetDatum(tables_in_parallel);
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	SPI_execute_with_args("SELECT pg_advisory_xact_lock(hashtext('bunnydb.snapshot'), $1)",
@@ -471,8 +470,7 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	vals[2] = CStringGetTextDatum(table);
 	vals[3] = Int32GetDatum(part_no);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	SPI_execute_with_args("SELECT t.destination_schema::text, "
@@ -583,8 +581,7 @@ bunny_snapshot_worker_main(Datum arg)
 	{
 		Mirror	   *m;
 
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
+		bunny_start_transaction();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		MemoryContextSwitchTo(TopMemoryContext);
 		m = catalog_load_mirror(my_args.mirror_id, false);
@@ -632,8 +629,7 @@ bunny_snapshot_worker_main(Datum arg)
 			vals[0] = Int32GetDatum(my_args.mirror_id);
 			vals[1] = CStringGetTextDatum(schema);
 			vals[2] = CStringGetTextDatum(table);
-			SetCurrentStatementStartTimestamp();
-			StartTransactionCommand();
+			bunny_start_transaction();
 			PushActiveSnapshot(GetTransactionSnapshot());
 			kind = bunny_spi_scalar("SELECT CASE WHEN resync_state IS NULL THEN 'initial' "
 									"            WHEN resync_strategy = 'add' THEN 'add' "
@@ -748,8 +744,7 @@ snapshot_prepare(Mirror *m, XLogRecPtr sync_lsn)
 	if (sync_lsn == InvalidXLogRecPtr)
 		nulls[1] = 'n';
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_set_status(m->id, "SNAPSHOT", "SNAPSHOT");
 
@@ -815,8 +810,7 @@ snapshot_reclaim_parts(Mirror *m, List *live_pids)
 		appendStringInfo(&pids, ",%d", lfirst_int(lc));
 	appendStringInfoChar(&pids, '}');
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	failed = bunny_spi_scalar(psprintf("SELECT format('part %%s of %%I.%%I failed %%s times', part_no + 1, "
 									   "              source_schema, source_table, attempts) "
@@ -907,8 +901,7 @@ snapshot_pool_tick(SnapshotPool *pool, Mirror *m)
 	}
 	snapshot_reclaim_parts(m, live);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	left = bunny_spi_scalar("SELECT count(*) FILTER (WHERE status <> 'DONE')::text "
 							"  FROM bunny.snapshot_part WHERE mirror_id = $1",
@@ -992,8 +985,7 @@ snapshot_run(Mirror *m, PGconn *holder, const char *snapshot_name, XLogRecPtr sy
 		char	  **schemas;
 		char	  **tables;
 
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
+		bunny_start_transaction();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		SPI_connect();
 		SPI_execute_with_args("SELECT source_schema::text, source_table::text FROM bunny.mirror_table "
@@ -1064,8 +1056,7 @@ snapshot_recover(PGconn *conn, Mirror *m)
 	snapshot_run(m, tmp, snapshot, tmp_lsn);
 	PQfinish(tmp);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_set_table_status(m->id, "SYNCED");
 	catalog_set_status(m->id, "RUNNING", "CDC");

@@ -135,8 +135,7 @@ worker_handle_error(void)
 		json_add(&details, "action", "the mirror is FAILED; fix the cause, then call bunny.retry_mirror()");
 	appendStringInfoChar(&details, '}');
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_record_error(my_mirror_id, edata->message, permanent);
 	bunny_log(my_mirror_name, "ERROR", edata->message, details.data);
@@ -190,8 +189,7 @@ bunny_check_control(void)
 										   ALLOCSET_SMALL_SIZES);
 
 	old = CurrentMemoryContext;
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	MemoryContextSwitchTo(cxts[next_cxt]);
 	m = catalog_load_mirror(my_mirror_id, false);
@@ -251,8 +249,7 @@ worker_paused_loop(Mirror *m)
 			Mirror	   *now;
 			bool		paused;
 
-			SetCurrentStatementStartTimestamp();
-			StartTransactionCommand();
+			bunny_start_transaction();
 			PushActiveSnapshot(GetTransactionSnapshot());
 			now = catalog_load_mirror(m->id, false);
 			paused = now != NULL && strcmp(now->status, "PAUSED") == 0;
@@ -343,8 +340,7 @@ worker_setup_origin(Mirror *m)
 {
 	RepOriginId originid;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	originid = replorigin_by_name(m->origin_name, true);
 	if (originid == InvalidRepOriginId)
 		originid = replorigin_create(m->origin_name);
@@ -360,8 +356,7 @@ reload_mirror(MemoryContext cxt)
 {
 	Mirror	   *m;
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	MemoryContextSwitchTo(cxt);
 	m = catalog_load_mirror(my_mirror_id, false);
@@ -381,8 +376,7 @@ worker_run(void)
 	workercxt = AllocSetContextCreate(TopMemoryContext, "bunnydb mirror",
 									  ALLOCSET_DEFAULT_SIZES);
 
-	SetCurrentStatementStartTimestamp();
-	StartTransactionCommand();
+	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	MemoryContextSwitchTo(workercxt);
 	m = catalog_load_mirror(my_mirror_id, true);
@@ -437,8 +431,7 @@ worker_run(void)
 	}
 	else if (strcmp(m->status, "RUNNING") != 0 && strcmp(m->status, "RESYNCING") != 0)
 	{
-		SetCurrentStatementStartTimestamp();
-		StartTransactionCommand();
+		bunny_start_transaction();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		catalog_set_status(m->id, "RUNNING", NULL);
 		bunny_log(m->name, "INFO", "mirror running", NULL);
