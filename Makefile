@@ -14,6 +14,7 @@ OBJS = \
 	src/resync.o \
 	src/apply.o \
 	src/stream.o \
+	src/fastrecv.o \
 	src/catalog.o \
 	src/functions.o
 

@@ -776,6 +776,7 @@ tuple_to_datums(RelMapEntry *e, LogicalRepTupleData *tup, Datum *values,
 
 					getTypeBinaryInputInfo(e->typid[i], &recvoid, &e->recvioparam[i]);
 					fmgr_info_cxt(recvoid, &e->recvfunc[i], ApplyCacheContext);
+					(void) fastrecv_install(&e->recvfunc[i]);
 					e->recv_ready[i] = true;
 				}
 				/* a tuple can be converted twice (new values, then key) */
@@ -1640,6 +1641,8 @@ copy_run(RelMapEntry *e)
 	pstate = make_parsestate(NULL);
 	(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
 	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_run_read, attnames, options);
+	if (binary_mode)
+		fastrecv_install_copy(cstate, rel);
 	rows = CopyFrom(cstate);
 	EndCopyFrom(cstate);
 	free_parsestate(pstate);
@@ -2217,10 +2220,11 @@ apply_handle_stream_abort(StringInfo s)
 static void
 apply_batch_counters(void)
 {
+	static SPIPlanPtr mirror_plan = NULL;
+	static SPIPlanPtr table_plan = NULL;
 	HASH_SEQ_STATUS status;
 	RelMapEntry *e;
 	int64		total = 0;
-	Oid			argtypes[6] = {INT4OID, TEXTOID, TEXTOID, INT8OID, INT8OID, INT8OID};
 	Datum		values[6];
 
 	hash_seq_init(&status, relmap);
@@ -2228,17 +2232,39 @@ apply_batch_counters(void)
 		total += e->n_ins + e->n_upd + e->n_del;
 
 	SPI_connect();
+	/* once per batch, every batch: parse and plan them once per process */
+	if (mirror_plan == NULL)
 	{
 		Oid			t2[2] = {INT4OID, INT8OID};
-		Datum		v2[2] = {Int32GetDatum(mirror->id), Int64GetDatum(total)};
+		Oid			t6[6] = {INT4OID, TEXTOID, TEXTOID, INT8OID, INT8OID, INT8OID};
+		SPIPlanPtr	mp;
+		SPIPlanPtr	tp;
 
-		SPI_execute_with_args("UPDATE bunny.mirror "
-							  "   SET total_rows_synced = total_rows_synced + $2, "
-							  "       last_sync_time = now(), "
-							  "       error_count = 0, error_message = NULL "
-							  " WHERE id = $1",
-							  2, t2, v2, NULL, false, 0);
+		mp = SPI_prepare("UPDATE bunny.mirror "
+						 "   SET total_rows_synced = total_rows_synced + $2, "
+						 "       last_sync_time = now(), "
+						 "       error_count = 0, error_message = NULL "
+						 " WHERE id = $1", 2, t2);
+		tp = SPI_prepare("UPDATE bunny.mirror_table "
+						 "   SET rows_inserted = rows_inserted + $4, "
+						 "       rows_updated = rows_updated + $5, "
+						 "       rows_deleted = rows_deleted + $6, "
+						 "       last_synced_at = now() "
+						 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+						 6, t6);
+		if (mp == NULL || tp == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not prepare the counter updates: %s",
+							SPI_result_code_string(SPI_result))));
+		SPI_keepplan(mp);
+		SPI_keepplan(tp);
+		mirror_plan = mp;
+		table_plan = tp;
 	}
+	values[0] = Int32GetDatum(mirror->id);
+	values[1] = Int64GetDatum(total);
+	SPI_execute_plan(mirror_plan, values, NULL, false, 0);
 	hash_seq_init(&status, relmap);
 	while ((e = hash_seq_search(&status)) != NULL)
 	{
@@ -2250,13 +2276,7 @@ apply_batch_counters(void)
 		values[3] = Int64GetDatum(e->n_ins);
 		values[4] = Int64GetDatum(e->n_upd);
 		values[5] = Int64GetDatum(e->n_del);
-		SPI_execute_with_args("UPDATE bunny.mirror_table "
-							  "   SET rows_inserted = rows_inserted + $4, "
-							  "       rows_updated = rows_updated + $5, "
-							  "       rows_deleted = rows_deleted + $6, "
-							  "       last_synced_at = now() "
-							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-							  6, argtypes, values, NULL, false, 0);
+		SPI_execute_plan(table_plan, values, NULL, false, 0);
 		e->n_ins = e->n_upd = e->n_del = 0;
 	}
 	SPI_finish();

@@ -11,6 +11,7 @@
  *	snapshot.c	SNAPSHOT phase: consistent copy of existing rows
  *	apply.c		CDC phase: pgoutput stream -> SPI, batching, progress
  *	stream.c	libpq plumbing: non-blocking connect, queries, COPY BOTH
+ *	fastrecv.c	fast binary receive of plain-ASCII text values
  *	catalog.c	reading and writing the bunny.* catalog tables
  *	functions.c	SQL-callable C functions
  *
@@ -222,6 +223,13 @@ extern void apply_stream(PGconn *conn, Mirror *mirror);
 extern void apply_replay_queue(MirrorTable *mt, const char *target_table);
 extern void apply_refresh_mirror(Mirror *m);
 extern void apply_store_relation_message(MirrorTable *mt);
+
+/* fastrecv.c */
+struct FmgrInfo;
+struct CopyFromStateData;
+struct RelationData;
+extern bool fastrecv_install(struct FmgrInfo *flinfo);
+extern void fastrecv_install_copy(struct CopyFromStateData *cstate, struct RelationData *rel);
 
 /* error context for workers */
 extern const char *bunny_ctx_mirror;

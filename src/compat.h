@@ -9,6 +9,7 @@
 #ifndef BUNNYDB_COMPAT_H
 #define BUNNYDB_COMPAT_H
 
+#include "commands/copyfrom_internal.h"
 #include "replication/origin.h"
 
 #if PG_VERSION_NUM < 150000
@@ -21,5 +22,12 @@
 #else
 #define bunny_replorigin_session_setup(id) replorigin_session_setup(id)
 #endif
+
+/*
+ * The receive/input functions BeginCopyFrom set up, one per attribute of the
+ * table (dropped ones left uninitialised).  CopyFromStateData is internal to
+ * COPY: its layout may change between major versions.
+ */
+#define bunny_copy_in_functions(cstate) ((cstate)->in_functions)
 
 #endif							/* BUNNYDB_COMPAT_H */

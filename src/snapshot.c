@@ -228,6 +228,8 @@ snapshot_copy_range(PGconn *conn, const char *dest_schema, const char *dest_tabl
 	/* CopyFrom resolves its target through the range table */
 	(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
 	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, snapshot_copy_read, attnames, options);
+	if (binary)
+		fastrecv_install_copy(cstate, rel);
 	rows = CopyFrom(cstate);
 	EndCopyFrom(cstate);
 	free_parsestate(pstate);
@@ -464,19 +466,27 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	int			nparts;
 	uint64		rows;
 	char	   *src = (char *) quote_qualified_identifier(schema, table);
+	MemoryContext part_cxt;
 
 	vals[0] = Int32GetDatum(mirror_id);
 	vals[1] = CStringGetTextDatum(schema);
 	vals[2] = CStringGetTextDatum(table);
 	vals[3] = Int32GetDatum(part_no);
 
+	/*
+	 * Look the part up, and let the first part of a table announce it, in a
+	 * transaction of its own: the row lock of that UPDATE, held for the
+	 * part's whole copy, would make every other worker starting on the
+	 * same table wait for it.
+	 */
+	part_cxt = AllocSetContextCreate(TopMemoryContext, "bunnydb snapshot part",
+									 ALLOCSET_SMALL_SIZES);
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	SPI_execute_with_args("SELECT t.destination_schema::text, "
 						  "       coalesce(t.copy_target_table, t.destination_table)::text, "
 						  "       t.copy_columns::text[], t.copy_binary, p.from_relation, p.predicate, "
-						  "       t.snapshot_started_at IS NULL, "
 						  "       (SELECT count(*) FROM bunny.snapshot_part q "
 						  "         WHERE q.mirror_id = t.mirror_id AND q.source_schema = t.source_schema "
 						  "           AND q.source_table = t.source_table)::int "
@@ -489,7 +499,7 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("snapshot part %d of %s vanished", part_no, src)));
 	{
-		MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
+		MemoryContext old = MemoryContextSwitchTo(part_cxt);
 		bool		isnull;
 
 		dest_schema = pstrdup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
@@ -499,29 +509,25 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 		from = pstrdup(SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 5));
 		where = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6);
 		where = where ? pstrdup(where) : NULL;
-		first = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull));
-		nparts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 8, &isnull));
+		nparts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull));
+		bunny_ctx_table = quote_qualified_identifier(dest_schema, dest_table);
 		MemoryContextSwitchTo(old);
 	}
+	SPI_execute_with_args("UPDATE bunny.mirror_table SET snapshot_started_at = clock_timestamp() "
+						  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
+						  "   AND snapshot_started_at IS NULL", 3, types, vals, NULL, false, 0);
+	first = SPI_processed == 1;
 	SPI_finish();
-
-	bunny_ctx_table = quote_qualified_identifier(dest_schema, dest_table);
 	if (first)
-	{
-		/* only the worker whose update wins announces the table */
-		SPI_connect();
-		SPI_execute_with_args("UPDATE bunny.mirror_table SET snapshot_started_at = clock_timestamp() "
-							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
-							  "   AND snapshot_started_at IS NULL", 3, types, vals, NULL, false, 0);
-		first = SPI_processed == 1;
-		SPI_finish();
-	}
-	if (first)
-	{
 		bunny_log(mirror_name, "INFO",
 				  psprintf("copying table %s into %s (%d part%s, %s format)", src, bunny_ctx_table,
 						   nparts, nparts == 1 ? "" : "s", binary ? "binary" : "text"), NULL);
-	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+
+	/* the part's rows commit together with its DONE mark */
+	bunny_start_transaction();
+	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING,
 						   psprintf("bunnydb: copying %s part %d of %d", src, part_no + 1, nparts));
 
@@ -552,6 +558,7 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	bunny_ctx_table = NULL;
+	MemoryContextDelete(part_cxt);
 	return last;
 }
 
