@@ -562,6 +562,61 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	return last;
 }
 
+/*
+ * A part failed: record why -- in the part's row and in bunny.logs(), where
+ * the coordinator's "initial copy failed" error sends the user -- then exit;
+ * the coordinator puts the part back or gives up after a few attempts.
+ */
+static void
+snapshot_worker_handle_error(const char *mirror_name, int32 mirror_id)
+{
+	ErrorData  *edata;
+	StringInfoData details;
+	Oid			types[3] = {INT4OID, INT4OID, TEXTOID};
+	Datum		vals[3];
+	char	   *part;
+
+	HOLD_INTERRUPTS();
+	MemoryContextSwitchTo(TopMemoryContext);
+	edata = CopyErrorData();
+	EmitErrorReport();
+	FlushErrorState();
+	AbortOutOfAnyTransaction();
+	bunny_ctx_table = NULL;
+	RESUME_INTERRUPTS();
+
+	initStringInfo(&details);
+	appendStringInfoString(&details, "{\"sqlstate\": ");
+	escape_json(&details, unpack_sql_state(edata->sqlerrcode));
+	if (edata->detail)
+	{
+		appendStringInfoString(&details, ", \"detail\": ");
+		escape_json(&details, edata->detail);
+	}
+	if (edata->context)
+	{
+		appendStringInfoString(&details, ", \"context\": ");
+		escape_json(&details, edata->context);
+	}
+	appendStringInfoChar(&details, '}');
+
+	vals[0] = Int32GetDatum(mirror_id);
+	vals[1] = Int32GetDatum(MyProcPid);
+	vals[2] = CStringGetTextDatum(edata->message);
+	bunny_start_transaction();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	part = bunny_spi_scalar("UPDATE bunny.snapshot_part SET error_message = $3 "
+							" WHERE mirror_id = $1 AND worker_pid = $2 AND status = 'RUNNING' "
+							"RETURNING format('part %s of %I.%I', part_no + 1, source_schema, source_table)",
+							3, types, vals, NULL);
+	bunny_log(mirror_name, "ERROR",
+			  part ? psprintf("copying %s failed: %s", part, edata->message) : edata->message,
+			  details.data);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	proc_exit(1);
+}
+
 /* entry point of a snapshot worker */
 void
 bunny_snapshot_worker_main(Datum arg)
@@ -617,61 +672,69 @@ bunny_snapshot_worker_main(Datum arg)
 	stream_exec_command(conn, psprintf("SET TRANSACTION SNAPSHOT %s",
 									   quote_literal_cstr(my_args.snapshot)));
 
-	for (;;)
+	PG_TRY();
 	{
-		char	   *schema;
-		char	   *table;
-		int			part_no;
-
-		CHECK_FOR_INTERRUPTS();
-		check_coordinator();
-		if (!snapshot_claim_part(my_args.mirror_id, tables_in_parallel, &schema, &table, &part_no))
-			break;
-		if (snapshot_copy_part(conn, mirror_name, my_args.mirror_id, schema, table, part_no))
+		for (;;)
 		{
-			Oid			types[3] = {INT4OID, TEXTOID, TEXTOID};
-			Datum		vals[3];
-			char	   *kind;
+			char	   *schema;
+			char	   *table;
+			int			part_no;
 
-			vals[0] = Int32GetDatum(my_args.mirror_id);
-			vals[1] = CStringGetTextDatum(schema);
-			vals[2] = CStringGetTextDatum(table);
-			bunny_start_transaction();
-			PushActiveSnapshot(GetTransactionSnapshot());
-			kind = bunny_spi_scalar("SELECT CASE WHEN resync_state IS NULL THEN 'initial' "
-									"            WHEN resync_strategy = 'add' THEN 'add' "
-									"            ELSE 'resync' END "
-									"  FROM bunny.mirror_table "
-									" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-									3, types, vals, NULL);
-			if (kind && strcmp(kind, "initial") == 0)
-				snapshot_finish_table(conn, mirror_name, my_args.mirror_id, schema, table, indexes);
-			else if (kind && strcmp(kind, "add") == 0)
+			CHECK_FOR_INTERRUPTS();
+			check_coordinator();
+			if (!snapshot_claim_part(my_args.mirror_id, tables_in_parallel, &schema, &table, &part_no))
+				break;
+			if (snapshot_copy_part(conn, mirror_name, my_args.mirror_id, schema, table, part_no))
 			{
-				/* a table added by update_tables: complete it; the mirror worker switches it */
-				char	   *dest = bunny_spi_scalar("SELECT format('%I.%I', destination_schema, destination_table) "
-													"  FROM bunny.mirror_table "
-													" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-													3, types, vals, NULL);
-				char	   *ddl = bunny_spi_scalar("SELECT post_copy_ddl::text FROM bunny.mirror_table "
-												   " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-												   3, types, vals, NULL);
-				char	   *seqs = bunny_spi_scalar("SELECT sequences::text FROM bunny.mirror_table "
-													" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-													3, types, vals, NULL);
+				Oid			types[3] = {INT4OID, TEXTOID, TEXTOID};
+				Datum		vals[3];
+				char	   *kind;
 
-				catalog_apply_ddl(mirror_name, dest, ddl, indexes);
-				snapshot_sync_sequences(conn, mirror_name, seqs);
+				vals[0] = Int32GetDatum(my_args.mirror_id);
+				vals[1] = CStringGetTextDatum(schema);
+				vals[2] = CStringGetTextDatum(table);
+				bunny_start_transaction();
+				PushActiveSnapshot(GetTransactionSnapshot());
+				kind = bunny_spi_scalar("SELECT CASE WHEN resync_state IS NULL THEN 'initial' "
+										"            WHEN resync_strategy = 'add' THEN 'add' "
+										"            ELSE 'resync' END "
+										"  FROM bunny.mirror_table "
+										" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+										3, types, vals, NULL);
+				if (kind && strcmp(kind, "initial") == 0)
+					snapshot_finish_table(conn, mirror_name, my_args.mirror_id, schema, table, indexes);
+				else if (kind && strcmp(kind, "add") == 0)
+				{
+					/* a table added by update_tables: complete it; the mirror worker switches it */
+					char	   *dest = bunny_spi_scalar("SELECT format('%I.%I', destination_schema, destination_table) "
+														"  FROM bunny.mirror_table "
+														" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+														3, types, vals, NULL);
+					char	   *ddl = bunny_spi_scalar("SELECT post_copy_ddl::text FROM bunny.mirror_table "
+													   " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+													   3, types, vals, NULL);
+					char	   *seqs = bunny_spi_scalar("SELECT sequences::text FROM bunny.mirror_table "
+														" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+														3, types, vals, NULL);
+
+					catalog_apply_ddl(mirror_name, dest, ddl, indexes);
+					snapshot_sync_sequences(conn, mirror_name, seqs);
+				}
+				PopActiveSnapshot();
+				CommitTransactionCommand();
+				/* the mirror worker looks for copied tables; tell it now */
+				LWLockAcquire(BunnyState->lock, LW_SHARED);
+				if (BunnyState->slots[my_args.slotno].latch)
+					SetLatch(BunnyState->slots[my_args.slotno].latch);
+				LWLockRelease(BunnyState->lock);
 			}
-			PopActiveSnapshot();
-			CommitTransactionCommand();
-			/* the mirror worker looks for copied tables; tell it now */
-			LWLockAcquire(BunnyState->lock, LW_SHARED);
-			if (BunnyState->slots[my_args.slotno].latch)
-				SetLatch(BunnyState->slots[my_args.slotno].latch);
-			LWLockRelease(BunnyState->lock);
 		}
 	}
+	PG_CATCH();
+	{
+		snapshot_worker_handle_error(mirror_name, my_args.mirror_id);
+	}
+	PG_END_TRY();
 	stream_exec_command(conn, "COMMIT");
 	PQfinish(conn);
 	proc_exit(0);
@@ -821,6 +884,7 @@ snapshot_reclaim_parts(Mirror *m, List *live_pids)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	failed = bunny_spi_scalar(psprintf("SELECT format('part %%s of %%I.%%I failed %%s times', part_no + 1, "
 									   "              source_schema, source_table, attempts) "
+									   "       || coalesce(', last: ' || error_message, '') "
 									   "  FROM bunny.snapshot_part "
 									   " WHERE mirror_id = $1 AND status = 'RUNNING' "
 									   "   AND NOT (worker_pid = ANY ('%s'::int[])) AND attempts >= %d "

@@ -44,6 +44,7 @@ our @EXPORT = qw(
   poll_until
   query_value
   worker_pids
+  transfer_mode
 );
 
 # ---------------------------------------------------------------------------
@@ -303,6 +304,23 @@ sub source_lsn
 {
 	my ($source) = @_;
 	return $source->safe_psql('postgres', 'SELECT pg_current_wal_lsn()');
+}
+
+# The transfer mode ('binary' or 'text') mirror $name streams in, from its
+# "streaming from ..." log line; '(unknown)' if none appears within 20 s.
+sub transfer_mode
+{
+	my ($dest, $name) = @_;
+	my $r = poll_until(
+		sub {
+			my $v = query_value($dest,
+				    "SELECT CASE WHEN message LIKE '%(binary transfer%' THEN 'binary' "
+				  . "WHEN message LIKE '%(text transfer%' THEN 'text' END "
+				  . "FROM bunny.logs(" . sql_literal($name) . ", search => ' transfer', \"limit\" => 1)");
+			return (defined $v && $v ne '') ? $v : 0;
+		},
+		20);
+	return $r || '(unknown)';
 }
 
 # Calls bunny.wait_for_lsn. Returns 't', 'f', or undef if the call failed.
