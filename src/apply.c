@@ -1518,6 +1518,42 @@ copy_run_receive(char **buf)
 	}
 }
 
+/*
+ * Pass over the boundary between two blocks of the streamed transaction
+ * being applied: STREAM STOP, then STREAM START of the same transaction.
+ * A run of INSERTs in a large transaction then stays one COPY -- one
+ * bulk-insert buffer ring, not one per block.  True if msg was such a
+ * message and is done with.
+ */
+static bool
+copy_run_stream_boundary(const char *msg, int len)
+{
+	if (in_stream_block && len == 1 && msg[0] == LOGICAL_REP_MSG_STREAM_STOP)
+	{
+		in_stream_block = false;	/* what the main loop would do */
+		return true;
+	}
+	if (!in_stream_block && stream_xid != InvalidTransactionId && !stream_restart_pending &&
+		len == 6 && msg[0] == LOGICAL_REP_MSG_STREAM_START)
+	{
+		StringInfoData m;
+		TransactionId xid;
+		bool		first;
+
+		m.data = (char *) msg;
+		m.len = len;
+		m.maxlen = -1;
+		m.cursor = 1;
+		xid = logicalrep_read_stream_start(&m, &first);
+		if (xid == stream_xid && !first)
+		{
+			in_stream_block = true;
+			return true;
+		}
+	}
+	return false;
+}
+
 /* produce the next COPY row into copy_row; false at the end of the run */
 static bool
 copy_run_next_row(void)
@@ -1548,6 +1584,11 @@ copy_run_next_row(void)
 				SpinLockRelease(&MySlot->mutex);
 				PQfreemem(buf);
 				return true;
+			}
+			if (copy_run_stream_boundary(buf + 25, len - 25))
+			{
+				PQfreemem(buf);
+				continue;
 			}
 		}
 		else if (buf[0] == 'k')
