@@ -34,7 +34,9 @@
  *	the callback reads the following messages itself and turns each INSERT
  *	of the run into a COPY row -- pgoutput's binary values are COPY BINARY
  *	fields as they are -- so a bulk load costs no statement per row and
- *	writes through CopyFrom's multi-row heap inserts and buffer ring.
+ *	writes through CopyFrom's multi-row heap inserts and buffer ring.  In
+ *	a streamed transaction a run goes on across the transaction's blocks,
+ *	so a bulk load keeps one COPY and one ring of shared buffers.
  *
  *	Folding.  Under a steady load the same rows are updated again and again
  *	(counters, balances, queue heads).  Within a batch an UPDATE that keeps
