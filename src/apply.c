@@ -953,8 +953,14 @@ get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask, 
 		append_where(&sql, e, wheremask, 1, argtypes, &nargs);
 	}
 
+	/*
+	 * Always the generic plan: the statement runs again and again with new
+	 * values for the same index scans, and a custom plan (the plan cache's
+	 * choice for the first five runs, and for good when the generic plan's
+	 * estimate looks worse) would plan a 100-row statement every time.
+	 */
 	SPI_connect();
-	plan = SPI_prepare(sql.data, nargs, argtypes);
+	plan = SPI_prepare_cursor(sql.data, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
 	if (plan == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_INTERNAL_ERROR),

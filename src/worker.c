@@ -495,14 +495,6 @@ bunny_mirror_worker_main(Datum arg)
 	 * grows (tables without a usable index still get their scan).
 	 */
 	SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_OVERRIDE);
-	/*
-	 * The apply statements are prepared once and run with new parameters
-	 * for every change: a custom plan per execution (the plan cache's
-	 * default for its first five runs, and for good if the generic plan's
-	 * estimate looks worse) would plan a 100-row statement again every time
-	 * for the same index scans.
-	 */
-	SetConfigOption("plan_cache_mode", "force_generic_plan", PGC_USERSET, PGC_S_OVERRIDE);
 	SetConfigOption("DateStyle", "ISO", PGC_USERSET, PGC_S_OVERRIDE);
 	SetConfigOption("IntervalStyle", "postgres", PGC_USERSET, PGC_S_OVERRIDE);
 
