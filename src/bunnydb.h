@@ -172,6 +172,8 @@ extern void catalog_apply_ddl(const char *mirror, const char *dest_table,
 extern void bunny_log(const char *mirror, const char *level, const char *message,
 					  const char *details_json);
 extern void bunny_dest_exec(const char *sql);
+extern struct ErrorData *bunny_catch_error(void);
+extern char *bunny_error_details(struct ErrorData *edata, const char *action);
 extern char *bunny_spi_scalar(const char *sql, int nargs, Oid *argtypes,
 							  Datum *values, const char *nulls);
 

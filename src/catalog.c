@@ -15,9 +15,12 @@
 #include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/json.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/snapmgr.h"
 
@@ -383,4 +386,57 @@ bunny_log(const char *mirror, const char *level, const char *message,
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 	}
+}
+
+/*
+ * In a worker's PG_CATCH block: report the error to the server log, roll
+ * back, and return a copy of it (in TopMemoryContext) to be recorded.
+ */
+ErrorData *
+bunny_catch_error(void)
+{
+	ErrorData  *edata;
+
+	HOLD_INTERRUPTS();
+	MemoryContextSwitchTo(TopMemoryContext);
+	edata = CopyErrorData();
+	EmitErrorReport();
+	FlushErrorState();
+	AbortOutOfAnyTransaction();
+	bunny_ctx_table = NULL;
+	RESUME_INTERRUPTS();
+	return edata;
+}
+
+/* add "key": "value" to a JSON object under construction */
+static void
+json_add(StringInfo buf, const char *key, const char *value)
+{
+	if (value == NULL)
+		return;
+	if (buf->len > 1)
+		appendStringInfoString(buf, ", ");
+	escape_json(buf, key);
+	appendStringInfoString(buf, ": ");
+	escape_json(buf, value);
+}
+
+/*
+ * The details of an error logged in bunny.mirror_logs, as a JSON object:
+ * SQLSTATE, detail, hint, context, and what the user should do (if given).
+ */
+char *
+bunny_error_details(ErrorData *edata, const char *action)
+{
+	StringInfoData details;
+
+	initStringInfo(&details);
+	appendStringInfoChar(&details, '{');
+	json_add(&details, "sqlstate", unpack_sql_state(edata->sqlerrcode));
+	json_add(&details, "detail", edata->detail);
+	json_add(&details, "hint", edata->hint);
+	json_add(&details, "context", edata->context);
+	json_add(&details, "action", action);
+	appendStringInfoChar(&details, '}');
+	return details.data;
 }

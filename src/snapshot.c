@@ -570,35 +570,10 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 static void
 snapshot_worker_handle_error(const char *mirror_name, int32 mirror_id)
 {
-	ErrorData  *edata;
-	StringInfoData details;
+	ErrorData  *edata = bunny_catch_error();
 	Oid			types[3] = {INT4OID, INT4OID, TEXTOID};
 	Datum		vals[3];
 	char	   *part;
-
-	HOLD_INTERRUPTS();
-	MemoryContextSwitchTo(TopMemoryContext);
-	edata = CopyErrorData();
-	EmitErrorReport();
-	FlushErrorState();
-	AbortOutOfAnyTransaction();
-	bunny_ctx_table = NULL;
-	RESUME_INTERRUPTS();
-
-	initStringInfo(&details);
-	appendStringInfoString(&details, "{\"sqlstate\": ");
-	escape_json(&details, unpack_sql_state(edata->sqlerrcode));
-	if (edata->detail)
-	{
-		appendStringInfoString(&details, ", \"detail\": ");
-		escape_json(&details, edata->detail);
-	}
-	if (edata->context)
-	{
-		appendStringInfoString(&details, ", \"context\": ");
-		escape_json(&details, edata->context);
-	}
-	appendStringInfoChar(&details, '}');
 
 	vals[0] = Int32GetDatum(mirror_id);
 	vals[1] = Int32GetDatum(MyProcPid);
@@ -611,7 +586,7 @@ snapshot_worker_handle_error(const char *mirror_name, int32 mirror_id)
 							3, types, vals, NULL);
 	bunny_log(mirror_name, "ERROR",
 			  part ? psprintf("copying %s failed: %s", part, edata->message) : edata->message,
-			  details.data);
+			  bunny_error_details(edata, NULL));
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	proc_exit(1);

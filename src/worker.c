@@ -90,19 +90,6 @@ worker_on_exit(int code, Datum arg)
 	ConditionVariableBroadcast(&MySlot->progress_cv);
 }
 
-/* add "key": "value" to a JSON object under construction */
-static void
-json_add(StringInfo buf, const char *key, const char *value)
-{
-	if (value == NULL)
-		return;
-	if (buf->len > 1)
-		appendStringInfoString(buf, ", ");
-	escape_json(buf, key);
-	appendStringInfoString(buf, ": ");
-	escape_json(buf, value);
-}
-
 /*
  * The run failed: roll back, record the error, and exit so that the
  * launcher restarts us after the backoff.
@@ -113,32 +100,18 @@ worker_handle_error(void)
 	ErrorData  *edata;
 	bool		permanent = bunny_error_is_permanent;
 	XLogRecPtr	error_lsn = bunny_ctx_lsn;
-	StringInfoData details;
+	char	   *details;
 
-	HOLD_INTERRUPTS();
-	MemoryContextSwitchTo(TopMemoryContext);
-	edata = CopyErrorData();
-	EmitErrorReport();
-	FlushErrorState();
-	AbortOutOfAnyTransaction();
+	edata = bunny_catch_error();
 	stream_disconnect(&source_conn);
-	bunny_ctx_table = NULL;
-	RESUME_INTERRUPTS();
-
-	initStringInfo(&details);
-	appendStringInfoChar(&details, '{');
-	json_add(&details, "sqlstate", unpack_sql_state(edata->sqlerrcode));
-	json_add(&details, "detail", edata->detail);
-	json_add(&details, "hint", edata->hint);
-	json_add(&details, "context", edata->context);
-	if (permanent)
-		json_add(&details, "action", "the mirror is FAILED; fix the cause, then call bunny.retry_mirror()");
-	appendStringInfoChar(&details, '}');
+	details = bunny_error_details(edata, permanent ?
+								  "the mirror is FAILED; fix the cause, then call bunny.retry_mirror()" :
+								  NULL);
 
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_record_error(my_mirror_id, edata->message, permanent);
-	bunny_log(my_mirror_name, "ERROR", edata->message, details.data);
+	bunny_log(my_mirror_name, "ERROR", edata->message, details);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
