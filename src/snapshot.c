@@ -34,6 +34,8 @@
  */
 #include "bunnydb.h"
 
+#include <unistd.h>
+
 #include "access/table.h"
 #include "access/xact.h"
 #include "access/xlog.h"
@@ -118,14 +120,17 @@ check_coordinator(void)
 /*
  * Data-source callback of BeginCopyFrom: hand over between minread and
  * maxread bytes of the source's COPY stream; fewer than minread means the
- * end of the data.
+ * end of the data.  The source sends one CopyData message per row: once
+ * minread is met, the rows libpq has already buffered are handed over too,
+ * without waiting, so that CopyFrom refills its buffer once per many rows
+ * instead of once per row.
  */
 static int
 snapshot_copy_read(void *outbuf, int minread, int maxread)
 {
 	int			done = 0;
 
-	while (done < minread && !copy_done)
+	while (done < maxread && !copy_done)
 	{
 		if (copy_buf_pos >= copy_buf_len)
 		{
@@ -142,6 +147,8 @@ snapshot_copy_read(void *outbuf, int minread, int maxread)
 			{
 				int			rc;
 
+				if (done >= minread)
+					break;
 				rc = WaitLatchOrSocket(MyLatch,
 									   WL_EXIT_ON_PM_DEATH | WL_LATCH_SET | WL_SOCKET_READABLE |
 									   WL_TIMEOUT,
@@ -888,7 +895,25 @@ struct SnapshotPool
 	TimestampTz last_refill;
 };
 
-/* a pool of up to snapshot_max_parallel_workers workers for nparts parts */
+/*
+ * The most copy workers worth running at once on this destination: twice
+ * its CPUs.  A copy worker is CPU-bound (per row, the destination's COPY
+ * costs about three times the source's COPY TO), and all the workers of a
+ * table extend the same relation, so workers beyond that only contend: on
+ * 2 CPUs, 8 workers copied pgbench_accounts 5-10 % slower than 4.
+ */
+static int
+snapshot_worker_cap(void)
+{
+	long		ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+
+	return ncpu > 0 ? (int) Min(2 * ncpu, 64) : 64;
+}
+
+/*
+ * A pool of up to snapshot_max_parallel_workers workers for nparts parts,
+ * and no more than snapshot_worker_cap().
+ */
 SnapshotPool *
 snapshot_pool_start(Mirror *m, PGconn *holder, const char *snapshot_name, int nparts)
 {
@@ -896,7 +921,7 @@ snapshot_pool_start(Mirror *m, PGconn *holder, const char *snapshot_name, int np
 
 	pool->snapshot = MemoryContextStrdup(TopMemoryContext, snapshot_name);
 	pool->holder = holder;
-	pool->nworkers = Max(1, Min(m->snapshot_max_workers, nparts));
+	pool->nworkers = Max(1, Min(Min(m->snapshot_max_workers, nparts), snapshot_worker_cap()));
 	pool->handles = MemoryContextAllocZero(TopMemoryContext,
 										   sizeof(BackgroundWorkerHandle *) * pool->nworkers);
 	return pool;
