@@ -260,3 +260,12 @@ SELECT mirror, destination_table FROM bunny.mirror_tables WHERE mirror = 'm3b';
 -- drop_peer of a peer with mirrors: 2BP01
 SELECT bunny.drop_peer('nowhere');
 SELECT * FROM catalog_counts;
+
+-- DROP EXTENSION while mirrors exist: 55006, nothing dropped (their slots
+-- and publications on the sources would be left behind)
+\set VERBOSITY default
+DROP EXTENSION bunnydb;
+DROP EXTENSION IF EXISTS bunnydb CASCADE;
+\set VERBOSITY sqlstate
+SELECT count(*) AS bunnydb_installed FROM pg_extension WHERE extname = 'bunnydb';
+SELECT * FROM catalog_counts;

@@ -574,3 +574,10 @@ SELECT count(*) FROM bunny.peer WHERE name LIKE 'bi\_%';
 DROP TABLE bi_canary, bi_base;
 DROP PROCEDURE bi_same();
 DROP PROCEDURE bi_rebase();
+
+-- with every mirror dropped (their sources are unreachable: 01000 each),
+-- DROP EXTENSION goes through
+SELECT count(*) AS dropped FROM (SELECT bunny.drop_mirror(name) FROM bunny.mirror ORDER BY name) d;
+DROP VIEW catalog_counts;
+DROP EXTENSION bunnydb;
+SELECT count(*) AS bunnydb_installed FROM pg_extension WHERE extname = 'bunnydb';
