@@ -12,7 +12,7 @@ OBJS = \
 	src/setup.o \
 	src/snapshot.o \
 	src/resync.o \
-	src/apply.o \
+	src/apply.o src/relmap.o \
 	src/stream.o \
 	src/fastrecv.o \
 	src/catalog.o \
@@ -36,3 +36,4 @@ include $(PGXS)
 
 # PGXS does not track header dependencies
 $(OBJS): src/bunnydb.h src/compat.h
+src/apply.o src/relmap.o: src/apply_internal.h

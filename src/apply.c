@@ -2,7 +2,9 @@
  *
  * apply.c
  *		CDC phase: read the pgoutput stream of the mirror's slot and apply
- *		the changes to the destination tables.
+ *		the changes to the destination tables.  What the worker knows of
+ *		each source relation, and the statements prepared for it, are in
+ *		relmap.c.
  *
  * NOTES
  *
@@ -65,9 +67,10 @@
  *	pause that doubles each time it is given up (1 minute to 1 hour).
  *
  *	Applying.  Each change becomes one execution of a prepared statement
- *	through SPI.  Statements are prepared once per relation and shape (which
- *	columns are set, which identify the row) and kept across batches;
- *	relcache invalidation of the destination table throws them away.
+ *	through SPI.  Statements are prepared (in relmap.c) once per relation
+ *	and shape (which columns are set, which identify the row) and kept
+ *	across batches; relcache invalidation of the destination table throws
+ *	them away.
  *	UPDATEs leave out columns the source marks as unchanged TOAST, so the
  *	destination keeps its value.  Rows are identified by the replica
  *	identity columns; for REPLICA IDENTITY FULL without a primary key on
@@ -92,7 +95,7 @@
  *
  *-------------------------------------------------------------------------
  */
-#include "bunnydb.h"
+#include "apply_internal.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -130,62 +133,8 @@
 #include "utils/typcache.h"
 
 #define FEEDBACK_INTERVAL_MS	10000
-#define STREAM_MAX_SUBXACTS		64	/* savepoints of one streamed transaction */
 #define IDLE_WAIT_MS			1000
 
-/* a prepared statement for one shape of change on one relation */
-typedef struct ApplyPlan
-{
-	char	   *key;
-	SPIPlanPtr	plan;
-} ApplyPlan;
-
-/* what we know of a source relation, keyed by its remote OID */
-typedef struct RelMapEntry
-{
-	LogicalRepRelId remoteid;	/* hash key */
-	LogicalRepRelation *remoterel;
-	int32	   *remote_typmods;
-	MirrorTable *mt;
-	char	   *qualname;		/* quoted destination name */
-	bool		valid;			/* destination side below is built */
-	Oid			localrelid;
-	AttrNumber *attmap;			/* remote column -> local attnum */
-	Oid		   *typid;			/* local type of each remote column */
-	int32	   *typmod;
-	int16	   *typlen;
-	bool	   *typbyval;
-	FmgrInfo   *infunc;
-	Oid		   *inioparam;
-	FmgrInfo   *recvfunc;
-	Oid		   *recvioparam;
-	bool	   *recv_ready;
-	char	  **colsql;			/* quoted column names */
-	bool	   *iskey;			/* remote column identifies the row */
-	bool	   *text_eq;		/* compare through text (no equality operator) */
-	bool		full_match;		/* match on all columns, one row via ctid */
-	List	   *plans;			/* of ApplyPlan * */
-	char	   *raw_relmsg;		/* the Relation message as received */
-	int			raw_relmsg_len;
-	bool		foldable;		/* UPDATEs of a key may be folded in a batch */
-	HTAB	   *fold_hash;		/* folded UPDATEs of the open batch, by key */
-	struct FoldEntry **fold_rows;	/* the same, in order of arrival */
-	int			fold_nrows;
-	int			fold_maxrows;
-	MemoryContext fold_cxt;
-	int64		n_ins;			/* counters of the open batch */
-	int64		n_upd;
-	int64		n_del;
-	int64		saved_counts[STREAM_MAX_SUBXACTS][3];	/* at each savepoint */
-} RelMapEntry;
-
-/* a source type named by a Type message */
-typedef struct RemoteType
-{
-	Oid			remoteid;
-	char	   *nspname;
-	char	   *typname;
-} RemoteType;
 
 /* source end LSN of a committed batch and its local commit LSN */
 typedef struct FlushPosition
@@ -196,11 +145,8 @@ typedef struct FlushPosition
 
 static Mirror *mirror;
 static PGconn *conn;
-static bool binary_mode;
+bool		apply_binary_mode = false;
 static MemoryContext ApplyMessageContext;
-static MemoryContext ApplyCacheContext;
-static HTAB *relmap = NULL;
-static HTAB *typemap = NULL;
 static List *flush_positions = NIL;
 
 static bool in_remote_txn = false;
@@ -232,10 +178,10 @@ static int	streaming_retry_ms = STREAM_RETRY_MIN_MS;
 static const char *current_msg = NULL;
 static int	current_msg_len = 0;
 
-/* replaying a resync queue: apply everything, to this table of this mapping */
-static bool replaying = false;
-static MirrorTable *replay_mt = NULL;
-static const char *replay_target = NULL;
+/* apply_replaying a resync queue: apply everything, to this table of this mapping */
+bool		apply_replaying = false;
+MirrorTable *apply_replay_mt = NULL;
+const char *apply_replay_target = NULL;
 static XLogRecPtr last_flushed_reported = InvalidXLogRecPtr;
 static XLogRecPtr last_write_reported = InvalidXLogRecPtr;
 static TimestampTz last_feedback = 0;
@@ -245,47 +191,6 @@ static void apply_copydata(char *buf, int len);
 static void send_feedback(bool force, bool request_reply);
 static void stream_give_up(const char *why);
 static void check_slot_and_publication(bool patient);
-
-/* lappend into a given memory context */
-static List *
-list_append_in(MemoryContext cxt, List *list, void *datum)
-{
-	MemoryContext old = MemoryContextSwitchTo(cxt);
-
-	list = lappend(list, datum);
-	MemoryContextSwitchTo(old);
-	return list;
-}
-
-/* throw away the destination side of entries whose table changed */
-static void
-apply_relcache_invalidate(Datum arg, Oid relid)
-{
-	HASH_SEQ_STATUS status;
-	RelMapEntry *e;
-
-	if (relmap == NULL)
-		return;
-	hash_seq_init(&status, relmap);
-	while ((e = hash_seq_search(&status)) != NULL)
-		if (relid == InvalidOid || e->localrelid == relid)
-			e->valid = false;
-}
-
-/* drop the prepared statements of an entry */
-static void
-relmap_free_plans(RelMapEntry *e)
-{
-	ListCell   *lc;
-
-	foreach(lc, e->plans)
-	{
-		ApplyPlan  *p = lfirst(lc);
-
-		SPI_freeplan(p->plan);
-	}
-	e->plans = NIL;
-}
 
 /* the mapped table for a source schema.table */
 static MirrorTable *
@@ -334,6 +239,13 @@ parse_relation_typmods(const char *data, int len, int start)
 	return typmods;
 }
 
+/* the mirror being applied, for relmap.c */
+Mirror *
+apply_current_mirror(void)
+{
+	return mirror;
+}
+
 /* Relation message: (re)describe a source relation */
 static void
 apply_handle_relation(StringInfo s)
@@ -353,7 +265,7 @@ apply_handle_relation(StringInfo s)
 	 */
 	mt = find_mirror_table(rel->nspname, rel->relname);
 
-	e = hash_search(relmap, &rel->remoteid, HASH_ENTER, &found);
+	e = hash_search(apply_relmap, &rel->remoteid, HASH_ENTER, &found);
 	if (found)
 		relmap_free_plans(e);
 	else
@@ -390,7 +302,7 @@ apply_handle_relation(StringInfo s)
 	e->valid = false;
 
 	/* a table being copied again keeps its latest description for replay */
-	if (mt && !replaying && mt->resync_state && strcmp(mt->resync_state, "COPYING") == 0 &&
+	if (mt && !apply_replaying && mt->resync_state && strcmp(mt->resync_state, "COPYING") == 0 &&
 		IsTransactionState())
 		apply_store_relation_message(mt);
 }
@@ -404,576 +316,9 @@ apply_handle_type(StringInfo s)
 	bool		found;
 
 	logicalrep_read_typ(s, &typ);
-	t = hash_search(typemap, &typ.remoteid, HASH_ENTER, &found);
+	t = hash_search(apply_typemap, &typ.remoteid, HASH_ENTER, &found);
 	t->nspname = MemoryContextStrdup(ApplyCacheContext, typ.nspname);
 	t->typname = MemoryContextStrdup(ApplyCacheContext, typ.typname);
-}
-
-/* SQL for the type of a remote column, to add it on the destination */
-static char *
-remote_type_sql(RelMapEntry *e, int i)
-{
-	Oid			typid = e->remoterel->atttyps[i];
-	RemoteType *t;
-
-	if (typid < FirstNormalObjectId)
-		return format_type_with_typemod(typid, e->remote_typmods[i]);
-	t = hash_search(typemap, &typid, HASH_FIND, NULL);
-	if (t == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("unknown source type %u of column \"%s\"", typid,
-						e->remoterel->attnames[i])));
-	return psprintf("%s", quote_qualified_identifier(t->nspname, t->typname));
-}
-
-/*
- * The default expression of a source column, or NULL.  A column added with
- * a default fills the existing rows on the source without any WAL record
- * per row, so the destination column needs the same default to agree.
- * Asked on a short-lived plain connection: the replication connection is
- * busy streaming.
- */
-static char *
-source_column_default(RelMapEntry *e, const char *attname)
-{
-	PGconn	   *c;
-	PGresult   *res;
-	char	   *result = NULL;
-
-	/* no PG_TRY: on error the worker exits, which closes c */
-	c = mirror_connect(mirror, false);
-	res = stream_exec_ok(c,
-						 psprintf("SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
-								  "  FROM pg_catalog.pg_attrdef d "
-								  "  JOIN pg_catalog.pg_attribute a "
-								  "    ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
-								  " WHERE d.adrelid = %s::regclass AND a.attname = %s "
-								  "   AND a.attgenerated = ''",
-								  quote_literal_cstr(quote_qualified_identifier(e->remoterel->nspname,
-																			   e->remoterel->relname)),
-								  quote_literal_cstr(attname)),
-						 PGRES_TUPLES_OK);
-	/* a sequence default names an object the destination may not have */
-	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) &&
-		strstr(PQgetvalue(res, 0, 0), "nextval(") == NULL)
-		result = pstrdup(PQgetvalue(res, 0, 0));
-	PQclear(res);
-	PQfinish(c);
-	return result;
-}
-
-/*
- * May UPDATEs of this table be folded per key within a batch (see NOTES)?
- * Only when writing a row's last values instead of each of them cannot be
- * told apart: the key is the only unique index (so the order in which
- * different rows are written cannot trip a unique check), no trigger fires
- * for the worker and no rule rewrites the statement, and equal keys arrive
- * as equal bytes (types whose text and binary forms are canonical).
- */
-static bool
-fold_eligible(RelMapEntry *e, Relation rel)
-{
-	int			n = e->remoterel->natts;
-	int			nkeys = 0;
-	int			key_indexes = 0;
-	List	   *indexes;
-	ListCell   *lc;
-
-	if (e->full_match || rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rules != NULL)
-		return false;
-	if (rel->trigdesc != NULL)
-	{
-		/* the worker runs with session_replication_role = replica */
-		for (int t = 0; t < rel->trigdesc->numtriggers; t++)
-		{
-			char		enabled = rel->trigdesc->triggers[t].tgenabled;
-
-			if (enabled != TRIGGER_FIRES_ON_ORIGIN && enabled != TRIGGER_DISABLED)
-				return false;
-		}
-	}
-	for (int i = 0; i < n; i++)
-	{
-		Form_pg_attribute att;
-
-		if (!e->iskey[i])
-			continue;
-		nkeys++;
-		if (e->remoterel->atttyps[i] != e->typid[i])
-			return false;
-		att = TupleDescAttr(RelationGetDescr(rel), e->attmap[i] - 1);
-		switch (e->typid[i])
-		{
-			case INT2OID:
-			case INT4OID:
-			case INT8OID:
-			case OIDOID:
-			case UUIDOID:
-			case DATEOID:
-			case TIMESTAMPOID:
-			case TIMESTAMPTZOID:
-			case BOOLOID:
-				break;
-			case TEXTOID:
-			case VARCHAROID:
-				if (!OidIsValid(att->attcollation) ||
-					!get_collation_isdeterministic(att->attcollation))
-					return false;
-				break;
-			default:
-				return false;
-		}
-	}
-	if (nkeys == 0)
-		return false;
-
-	indexes = RelationGetIndexList(rel);
-	foreach(lc, indexes)
-	{
-		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
-		Form_pg_index idx;
-		bool		is_key = true;
-
-		if (!HeapTupleIsValid(tup))
-			return false;
-		idx = (Form_pg_index) GETSTRUCT(tup);
-		if (!idx->indisunique && !idx->indisexclusion)
-		{
-			ReleaseSysCache(tup);
-			continue;
-		}
-		if (idx->indnkeyatts != nkeys ||
-			!heap_attisnull(tup, Anum_pg_index_indexprs, NULL) ||
-			!heap_attisnull(tup, Anum_pg_index_indpred, NULL) ||
-			idx->indisexclusion)
-			is_key = false;
-		for (int k = 0; is_key && k < idx->indnkeyatts; k++)
-		{
-			bool		found = false;
-
-			for (int i = 0; i < n; i++)
-				if (e->iskey[i] && e->attmap[i] == idx->indkey.values[k])
-					found = true;
-			is_key = found;
-		}
-		ReleaseSysCache(tup);
-		if (!is_key)
-			return false;		/* another unique index: order matters */
-		key_indexes++;
-	}
-	list_free(indexes);
-	return key_indexes > 0;
-}
-
-/*
- * Build the destination side of an entry: local columns (adding the ones
- * the source gained), input functions, and how rows are identified.
- */
-static void
-relmap_build(RelMapEntry *e)
-{
-	LogicalRepRelation *r = e->remoterel;
-	Oid			nspid;
-	Relation	rel;
-	int			n = r->natts;
-	MemoryContext old;
-	Oid			pkoid;
-	List	   *pkcols = NIL;
-
-	{
-		const char *table = (replaying && e->mt == replay_mt && replay_target) ?
-		replay_target : e->mt->dest_table;
-
-		e->qualname = MemoryContextStrdup(ApplyCacheContext,
-										  quote_qualified_identifier(e->mt->dest_schema, table));
-		bunny_ctx_table = e->qualname;
-		nspid = get_namespace_oid(e->mt->dest_schema, true);
-		e->localrelid = OidIsValid(nspid) ? get_relname_relid(table, nspid) : InvalidOid;
-	}
-	if (!OidIsValid(e->localrelid))
-	{
-		bunny_error_is_permanent = true;
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("destination table %s does not exist", e->qualname),
-				 errhint("Recreate the table, then call bunny.retry_mirror().")));
-	}
-
-	/* columns the source has and we do not: add them */
-	for (int i = 0; i < n; i++)
-	{
-		if (get_attnum(e->localrelid, r->attnames[i]) != InvalidAttrNumber)
-			continue;
-		{
-			char	   *def = source_column_default(e, r->attnames[i]);
-			char	   *ddl = psprintf("ALTER TABLE %s ADD COLUMN %s %s%s%s", e->qualname,
-									   quote_identifier(r->attnames[i]), remote_type_sql(e, i),
-									   def ? " DEFAULT " : "", def ? def : "");
-			int			rc;
-
-			SPI_connect();
-			rc = SPI_execute(ddl, false, 0);
-			SPI_finish();
-			if (rc < 0)
-				ereport(ERROR,
-						(errcode(ERRCODE_INTERNAL_ERROR),
-						 errmsg("could not add column \"%s\" to %s", r->attnames[i], e->qualname)));
-			CommandCounterIncrement();
-			bunny_log(mirror->name, "INFO",
-					  psprintf("added column %s to %s (it was added on the source)",
-							   quote_identifier(r->attnames[i]), e->qualname),
-					  NULL);
-		}
-	}
-
-	relmap_free_plans(e);
-	old = MemoryContextSwitchTo(ApplyCacheContext);
-	e->attmap = palloc0(sizeof(AttrNumber) * (n + 1));
-	e->typid = palloc0(sizeof(Oid) * (n + 1));
-	e->typmod = palloc0(sizeof(int32) * (n + 1));
-	e->typlen = palloc0(sizeof(int16) * (n + 1));
-	e->typbyval = palloc0(sizeof(bool) * (n + 1));
-	e->infunc = palloc0(sizeof(FmgrInfo) * (n + 1));
-	e->inioparam = palloc0(sizeof(Oid) * (n + 1));
-	e->recvfunc = palloc0(sizeof(FmgrInfo) * (n + 1));
-	e->recvioparam = palloc0(sizeof(Oid) * (n + 1));
-	e->recv_ready = palloc0(sizeof(bool) * (n + 1));
-	e->colsql = palloc0(sizeof(char *) * (n + 1));
-	e->iskey = palloc0(sizeof(bool) * (n + 1));
-	e->text_eq = palloc0(sizeof(bool) * (n + 1));
-	MemoryContextSwitchTo(old);
-
-	rel = table_open(e->localrelid, AccessShareLock);
-	for (int i = 0; i < n; i++)
-	{
-		AttrNumber	attnum = get_attnum(e->localrelid, r->attnames[i]);
-		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
-		Oid			infuncoid;
-
-		e->attmap[i] = attnum;
-		e->typid[i] = att->atttypid;
-		e->typmod[i] = att->atttypmod;
-		e->typlen[i] = att->attlen;
-		e->typbyval[i] = att->attbyval;
-		getTypeInputInfo(att->atttypid, &infuncoid, &e->inioparam[i]);
-		fmgr_info_cxt(infuncoid, &e->infunc[i], ApplyCacheContext);
-		e->colsql[i] = MemoryContextStrdup(ApplyCacheContext, quote_identifier(r->attnames[i]));
-
-		if (binary_mode && (r->atttyps[i] >= FirstNormalObjectId || r->atttyps[i] != att->atttypid))
-			ereport(ERROR,
-					(errcode(ERRCODE_DATATYPE_MISMATCH),
-					 errmsg("column \"%s\" of %s no longer has the same built-in type on both sides",
-							r->attnames[i], e->qualname),
-					 errdetail("The stream is in binary mode; the worker reconnects in text mode.")));
-	}
-
-	/* how rows are identified */
-	e->full_match = false;
-	if (r->replident == REPLICA_IDENTITY_FULL)
-	{
-		pkoid = RelationGetPrimaryKeyIndex(rel);
-		if (OidIsValid(pkoid))
-		{
-			Relation	idx = index_open(pkoid, AccessShareLock);
-
-			for (int k = 0; k < idx->rd_index->indnkeyatts; k++)
-				pkcols = lappend_int(pkcols, idx->rd_index->indkey.values[k]);
-			index_close(idx, AccessShareLock);
-			for (int i = 0; i < n; i++)
-				if (list_member_int(pkcols, e->attmap[i]))
-					e->iskey[i] = true;
-			/* the destination key must be entirely among the columns we get */
-			{
-				int			found = 0;
-
-				for (int i = 0; i < n; i++)
-					found += e->iskey[i] ? 1 : 0;
-				if (found != list_length(pkcols))
-					pkoid = InvalidOid;
-			}
-		}
-		if (!OidIsValid(pkoid))
-		{
-			e->full_match = true;
-			for (int i = 0; i < n; i++)
-			{
-				TypeCacheEntry *tc = lookup_type_cache(e->typid[i], TYPECACHE_EQ_OPR);
-
-				e->iskey[i] = true;
-				e->text_eq[i] = !OidIsValid(tc->eq_opr);
-			}
-		}
-	}
-	else
-	{
-		for (int i = 0; i < n; i++)
-			e->iskey[i] = bms_is_member(i, r->attkeys);
-	}
-	e->foldable = fold_eligible(e, rel);
-	table_close(rel, AccessShareLock);
-	e->valid = true;
-}
-
-/* the entry for a remote relation id, built for use; NULL if not mapped */
-static RelMapEntry *
-relmap_get(LogicalRepRelId remoteid)
-{
-	RelMapEntry *e = hash_search(relmap, &remoteid, HASH_FIND, NULL);
-
-	if (e == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("change for unknown source relation %u", remoteid)));
-	/*
-	 * Not mapped: a table update_tables removed.  The stream still carries
-	 * its changes from before the publication was changed; they are not
-	 * ours any more.
-	 */
-	if (e->mt == NULL)
-		return NULL;
-	if (!e->valid)
-		relmap_build(e);
-	bunny_ctx_table = e->qualname;
-	return e;
-}
-
-/*
- * Convert a decoded tuple into parameter values; present[i] is '1' for
- * columns that carry a value (or NULL) and '0' for unchanged TOAST.
- */
-static void
-tuple_to_datums(RelMapEntry *e, LogicalRepTupleData *tup, Datum *values,
-				char *nulls, char *present)
-{
-	int			n = e->remoterel->natts;
-
-	if (tup->ncols != n)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("tuple has %d columns, the relation message announced %d",
-						tup->ncols, n)));
-	for (int i = 0; i < n; i++)
-	{
-		StringInfo	v = &tup->colvalues[i];
-
-		nulls[i] = ' ';
-		present[i] = '1';
-		values[i] = (Datum) 0;
-		switch (tup->colstatus[i])
-		{
-			case LOGICALREP_COLUMN_NULL:
-				nulls[i] = 'n';
-				break;
-			case LOGICALREP_COLUMN_UNCHANGED:
-				present[i] = '0';
-				break;
-			case LOGICALREP_COLUMN_TEXT:
-				values[i] = InputFunctionCall(&e->infunc[i], v->data, e->inioparam[i], e->typmod[i]);
-				break;
-			case LOGICALREP_COLUMN_BINARY:
-				if (!e->recv_ready[i])
-				{
-					Oid			recvoid;
-
-					getTypeBinaryInputInfo(e->typid[i], &recvoid, &e->recvioparam[i]);
-					fmgr_info_cxt(recvoid, &e->recvfunc[i], ApplyCacheContext);
-					(void) fastrecv_install(&e->recvfunc[i]);
-					e->recv_ready[i] = true;
-				}
-				/* a tuple can be converted twice (new values, then key) */
-				v->cursor = 0;
-				values[i] = ReceiveFunctionCall(&e->recvfunc[i], v, e->recvioparam[i], e->typmod[i]);
-				if (v->cursor != v->len)
-					ereport(ERROR,
-							(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-							 errmsg("incorrect binary data format in column \"%s\"",
-									e->remoterel->attnames[i])));
-				break;
-			default:
-				ereport(ERROR,
-						(errcode(ERRCODE_PROTOCOL_VIOLATION),
-						 errmsg("unknown column status '%c'", tup->colstatus[i])));
-		}
-	}
-}
-
-/* the WHERE clause identifying one row; params numbered from first_param */
-static void
-append_where(StringInfo sql, RelMapEntry *e, const char *wheremask, int first_param,
-			 Oid *argtypes, int *nargs)
-{
-	int			n = e->remoterel->natts;
-	int			p = first_param;
-	bool		first = true;
-	StringInfoData cond;
-
-	initStringInfo(&cond);
-	for (int i = 0; i < n; i++)
-	{
-		if (wheremask[i] != '1')
-			continue;
-		if (!first)
-			appendStringInfoString(&cond, " AND ");
-		if (!e->full_match)
-			appendStringInfo(&cond, "%s = $%d", e->colsql[i], p);
-		else if (e->text_eq[i])
-			appendStringInfo(&cond, "%s::text IS NOT DISTINCT FROM $%d::text", e->colsql[i], p);
-		else
-			appendStringInfo(&cond, "%s IS NOT DISTINCT FROM $%d", e->colsql[i], p);
-		argtypes[(*nargs)++] = e->typid[i];
-		p++;
-		first = false;
-	}
-	if (first)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("no column identifies the row in %s", e->qualname)));
-	if (e->full_match)
-		appendStringInfo(sql, " WHERE ctid = (SELECT ctid FROM %s WHERE %s LIMIT 1)",
-						 e->qualname, cond.data);
-	else
-		appendStringInfo(sql, " WHERE %s", cond.data);
-}
-
-/*
- * The prepared statement for a change of the given kind and shape:
- * setmask marks columns written (I, U), wheremask the columns that
- * identify the row (U, D).
- */
-static SPIPlanPtr
-get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask, int nrows)
-{
-	int			n = e->remoterel->natts;
-	char	   *key = psprintf("%c%d:%s|%s", kind, nrows, setmask ? setmask : "",
-							   wheremask ? wheremask : "");
-	ListCell   *lc;
-	StringInfoData sql;
-	Oid		   *argtypes = palloc(sizeof(Oid) * (Max(2, nrows) * n + 1));
-	int			nargs = 0;
-	SPIPlanPtr	plan;
-	ApplyPlan  *ap;
-	bool		first = true;
-
-	foreach(lc, e->plans)
-	{
-		ap = lfirst(lc);
-		if (strcmp(ap->key, key) == 0)
-			return ap->plan;
-	}
-
-	initStringInfo(&sql);
-	if (kind == 'I')
-	{
-		appendStringInfo(&sql, "INSERT INTO %s (", e->qualname);
-		for (int i = 0; i < n; i++)
-		{
-			if (setmask[i] != '1')
-				continue;
-			appendStringInfo(&sql, "%s%s", first ? "" : ", ", e->colsql[i]);
-			first = false;
-		}
-		appendStringInfoString(&sql, ") VALUES ");
-		/* nrows rows in one statement: one executor start for many rows */
-		for (int r = 0; r < nrows; r++)
-		{
-			first = true;
-			appendStringInfo(&sql, "%s(", r ? ", " : "");
-			for (int i = 0; i < n; i++)
-			{
-				if (setmask[i] != '1')
-					continue;
-				argtypes[nargs++] = e->typid[i];
-				appendStringInfo(&sql, "%s$%d", first ? "" : ", ", nargs);
-				first = false;
-			}
-			appendStringInfoChar(&sql, ')');
-		}
-	}
-	else if (kind == 'U')
-	{
-		appendStringInfo(&sql, "UPDATE %s SET ", e->qualname);
-		for (int i = 0; i < n; i++)
-		{
-			if (setmask[i] != '1')
-				continue;
-			argtypes[nargs++] = e->typid[i];
-			appendStringInfo(&sql, "%s%s = $%d", first ? "" : ", ", e->colsql[i], nargs);
-			first = false;
-		}
-		append_where(&sql, e, wheremask, nargs + 1, argtypes, &nargs);
-	}
-	else if (kind == 'F')
-	{
-		/*
-		 * Folded UPDATEs of nrows distinct keys in one statement: each row of
-		 * the VALUES list carries the key (wheremask) and the new values
-		 * (setmask) of one row, in column order.
-		 */
-		StringInfoData alias;
-		StringInfoData cond;
-
-		initStringInfo(&alias);
-		initStringInfo(&cond);
-		appendStringInfo(&sql, "UPDATE %s AS bunny_t SET ", e->qualname);
-		for (int i = 0; i < n; i++)
-		{
-			if (setmask[i] == '1' || wheremask[i] == '1')
-				appendStringInfo(&alias, "%sc%d", alias.len ? ", " : "", i);
-			if (wheremask[i] == '1')
-				appendStringInfo(&cond, "%sbunny_t.%s = bunny_v.c%d",
-								 cond.len ? " AND " : "", e->colsql[i], i);
-			else if (setmask[i] == '1')
-			{
-				appendStringInfo(&sql, "%s%s = bunny_v.c%d", first ? "" : ", ", e->colsql[i], i);
-				first = false;
-			}
-		}
-		appendStringInfoString(&sql, " FROM (VALUES ");
-		for (int r = 0; r < nrows; r++)
-		{
-			bool		firstcol = true;
-
-			appendStringInfo(&sql, "%s(", r ? ", " : "");
-			for (int i = 0; i < n; i++)
-			{
-				if (setmask[i] != '1' && wheremask[i] != '1')
-					continue;
-				argtypes[nargs++] = e->typid[i];
-				appendStringInfo(&sql, "%s$%d", firstcol ? "" : ", ", nargs);
-				firstcol = false;
-			}
-			appendStringInfoChar(&sql, ')');
-		}
-		appendStringInfo(&sql, ") AS bunny_v (%s) WHERE %s", alias.data, cond.data);
-	}
-	else
-	{
-		appendStringInfo(&sql, "DELETE FROM %s", e->qualname);
-		append_where(&sql, e, wheremask, 1, argtypes, &nargs);
-	}
-
-	/*
-	 * Always the generic plan: the statement runs again and again with new
-	 * values for the same index scans, and a custom plan (the plan cache's
-	 * choice for the first five runs, and for good when the generic plan's
-	 * estimate looks worse) would plan a 100-row statement every time.
-	 */
-	SPI_connect();
-	plan = SPI_prepare_cursor(sql.data, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
-	if (plan == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not prepare \"%s\": %s", sql.data,
-						SPI_result_code_string(SPI_result))));
-	SPI_keepplan(plan);
-	SPI_finish();
-
-	ap = MemoryContextAlloc(ApplyCacheContext, sizeof(ApplyPlan));
-	ap->key = MemoryContextStrdup(ApplyCacheContext, key);
-	ap->plan = plan;
-	e->plans = list_append_in(ApplyCacheContext, e->plans, ap);
-	return plan;
 }
 
 /*
@@ -982,7 +327,7 @@ get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask, 
  * two memory contexts per change.
  */
 static uint64
-exec_plan(SPIPlanPtr plan, Datum *values, char *nulls)
+apply_exec_plan(SPIPlanPtr plan, Datum *values, char *nulls)
 {
 	int			rc;
 	uint64		processed;
@@ -1014,7 +359,7 @@ change_route(RelMapEntry *e)
 {
 	MirrorTable *mt = e->mt;
 
-	if (replaying)
+	if (apply_replaying)
 		return ROUTE_APPLY;
 	if (mt->resync_state != NULL && strcmp(mt->resync_state, "COPYING") == 0)
 	{
@@ -1103,7 +448,7 @@ insert_buffer_flush(void)
 	if (ins_rows == 0)
 		return;
 	bunny_ctx_table = ins_rel->qualname;
-	exec_plan(get_plan(ins_rel, 'I', ins_mask, NULL, ins_rows), ins_values, ins_nulls);
+	apply_exec_plan(relmap_get_plan(ins_rel, 'I', ins_mask, NULL, ins_rows), ins_values, ins_nulls);
 	ins_rows = 0;
 	ins_rel = NULL;
 	MemoryContextReset(InsertBufferContext);
@@ -1265,7 +610,7 @@ fold_write_chunk(RelMapEntry *e, int start)
 			k++;
 		}
 	}
-	done = exec_plan(get_plan(e, 'F', setmask, wheremask, plan_rows), values, nulls);
+	done = apply_exec_plan(relmap_get_plan(e, 'F', setmask, wheremask, plan_rows), values, nulls);
 	if (done != (uint64) nrows)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
@@ -1306,7 +651,7 @@ fold_flush_all(void)
 	HASH_SEQ_STATUS status;
 	RelMapEntry *e;
 
-	hash_seq_init(&status, relmap);
+	hash_seq_init(&status, apply_relmap);
 	while ((e = hash_seq_search(&status)) != NULL)
 		fold_flush_rel(e);
 }
@@ -1327,7 +672,7 @@ fold_update(RelMapEntry *e, LogicalRepTupleData *newtup)
 	char	   *present;
 	MemoryContext old;
 
-	if (!e->foldable || replaying || change_route(e) != ROUTE_APPLY)
+	if (!e->foldable || apply_replaying || change_route(e) != ROUTE_APPLY)
 		return false;
 	key = fold_key(e, newtup);
 	if (key == NULL)
@@ -1338,7 +683,7 @@ fold_update(RelMapEntry *e, LogicalRepTupleData *newtup)
 	values = palloc(sizeof(Datum) * (n + 1));
 	nulls = palloc(n + 1);
 	present = palloc0(n + 1);
-	tuple_to_datums(e, newtup, values, nulls, present);
+	relmap_tuple_to_datums(e, newtup, values, nulls, present);
 
 	if (e->fold_cxt == NULL)
 		e->fold_cxt = AllocSetContextCreate(ApplyCacheContext, "bunnydb folded updates",
@@ -1434,7 +779,7 @@ copy_row_append(const char *msg, int len, bool has_xid, StringInfo out)
 		pq_getmsgbyte(&s) != 'N' ||
 		pq_getmsgint(&s, 2) != (unsigned int) natts)
 		return false;
-	if (binary_mode)
+	if (apply_binary_mode)
 		pq_sendint16(out, natts);
 	for (int i = 0; i < natts; i++)
 	{
@@ -1445,23 +790,23 @@ copy_row_append(const char *msg, int len, bool has_xid, StringInfo out)
 		if (s.cursor >= s.len)
 			goto fail;
 		kind = pq_getmsgbyte(&s);
-		if (!binary_mode && i > 0)
+		if (!apply_binary_mode && i > 0)
 			appendStringInfoChar(out, '\t');
 		if (kind == LOGICALREP_COLUMN_NULL)
 		{
-			if (binary_mode)
+			if (apply_binary_mode)
 				pq_sendint32(out, -1);
 			else
 				appendStringInfoString(out, "\\N");
 			continue;
 		}
-		if (kind != (binary_mode ? LOGICALREP_COLUMN_BINARY : LOGICALREP_COLUMN_TEXT))
+		if (kind != (apply_binary_mode ? LOGICALREP_COLUMN_BINARY : LOGICALREP_COLUMN_TEXT))
 			goto fail;
 		vlen = pq_getmsgint(&s, 4);
 		if (vlen < 0 || vlen > s.len - s.cursor)
 			goto fail;
 		v = pq_getmsgbytes(&s, vlen);
-		if (binary_mode)
+		if (apply_binary_mode)
 		{
 			pq_sendint32(out, vlen);
 			appendBinaryStringInfo(out, v, vlen);
@@ -1490,7 +835,7 @@ copy_row_append(const char *msg, int len, bool has_xid, StringInfo out)
 	}
 	if (s.cursor != s.len)
 		goto fail;
-	if (!binary_mode)
+	if (!apply_binary_mode)
 		appendStringInfoChar(out, '\n');
 	return true;
 
@@ -1664,7 +1009,7 @@ copy_run(RelMapEntry *e)
 	copy_row_pos = 0;
 	copy_run_eof = false;
 	resetStringInfo(&copy_row);
-	if (binary_mode)
+	if (apply_binary_mode)
 	{
 		appendBinaryStringInfo(&copy_row, "PGCOPY\n\377\r\n\0", 11);
 		pq_sendint32(&copy_row, 0); /* flags */
@@ -1682,15 +1027,15 @@ copy_run(RelMapEntry *e)
 	for (int i = 0; i < e->remoterel->natts; i++)
 		attnames = lappend(attnames, makeString(e->remoterel->attnames[i]));
 	options = list_make1(makeDefElem("format",
-									 (Node *) makeString(binary_mode ? "binary" : "text"), -1));
+									 (Node *) makeString(apply_binary_mode ? "binary" : "text"), -1));
 	/* text values are in the database encoding already, as for SPI */
-	if (!binary_mode)
+	if (!apply_binary_mode)
 		options = lappend(options, makeDefElem("encoding",
 											   (Node *) makeString((char *) GetDatabaseEncodingName()), -1));
 	pstate = make_parsestate(NULL);
 	(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
 	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_run_read, attnames, options);
-	if (binary_mode)
+	if (apply_binary_mode)
 		fastrecv_install_copy(cstate, rel);
 	rows = CopyFrom(cstate);
 	EndCopyFrom(cstate);
@@ -1720,12 +1065,12 @@ apply_handle_insert(StringInfo s)
 	if (e == NULL)
 		return;
 	fold_flush_rel(e);
-	if (copy_run_candidate == e && !replaying && change_route(e) == ROUTE_APPLY &&
+	if (copy_run_candidate == e && !apply_replaying && change_route(e) == ROUTE_APPLY &&
 		copy_run(e))
 		return;
 	if (!route_change(e, &e->n_ins))
 		return;
-	tuple_to_datums(e, &newtup, values, nulls, present);
+	relmap_tuple_to_datums(e, &newtup, values, nulls, present);
 	/* parameters follow the columns present, in order */
 	{
 		int			k = 0;
@@ -1739,7 +1084,7 @@ apply_handle_insert(StringInfo s)
 			}
 	}
 	insert_buffer_add(e, present, values, nulls);
-	if (!replaying)
+	if (!apply_replaying)
 		e->n_ins++;
 	batch_changes++;
 }
@@ -1754,7 +1099,7 @@ key_params(RelMapEntry *e, LogicalRepTupleData *keytup, Datum *values, char *nul
 	char	   *kn = palloc(n + 1);
 	char	   *kp = palloc0(n + 1);
 
-	tuple_to_datums(e, keytup, kv, kn, kp);
+	relmap_tuple_to_datums(e, keytup, kv, kn, kp);
 	for (int i = 0; i < n; i++)
 	{
 		wheremask[i] = (e->iskey[i] && kp[i] == '1') ? '1' : '0';
@@ -1801,7 +1146,7 @@ apply_handle_update(StringInfo s)
 	fold_flush_rel(e);
 	if (!route_change(e, &e->n_upd))
 		return;
-	tuple_to_datums(e, &newtup, nv, nn, setmask);
+	relmap_tuple_to_datums(e, &newtup, nv, nn, setmask);
 	for (int i = 0; i < n; i++)
 		if (setmask[i] == '1')
 		{
@@ -1813,13 +1158,13 @@ apply_handle_update(StringInfo s)
 		return;					/* only unchanged TOAST: nothing to write */
 	key_params(e, has_old ? &oldtup : &newtup, values, nulls, wheremask, &k);
 
-	if (exec_plan(get_plan(e, 'U', setmask, wheremask, 1), values, nulls) == 0)
+	if (apply_exec_plan(relmap_get_plan(e, 'U', setmask, wheremask, 1), values, nulls) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_DATA_CORRUPTED),
 				 errmsg("row to update was not found in destination table %s", e->qualname),
 				 errdetail("The destination table has diverged from the source."),
 				 errhint("Remove the conflicting local change or resync the table; the mirror retries until then.")));
-	if (!replaying)
+	if (!apply_replaying)
 		e->n_upd++;
 	batch_changes++;
 }
@@ -1843,11 +1188,11 @@ apply_handle_delete(StringInfo s)
 	if (!route_change(e, &e->n_del))
 		return;
 	key_params(e, &oldtup, values, nulls, wheremask, &k);
-	if (exec_plan(get_plan(e, 'D', NULL, wheremask, 1), values, nulls) == 0)
+	if (apply_exec_plan(relmap_get_plan(e, 'D', NULL, wheremask, 1), values, nulls) == 0)
 		ereport(WARNING,
 				(errcode(ERRCODE_NO_DATA_FOUND),
 				 errmsg("row to delete was not found in destination table %s", e->qualname)));
-	if (!replaying)
+	if (!apply_replaying)
 		e->n_del++;
 	batch_changes++;
 }
@@ -1873,7 +1218,7 @@ apply_handle_truncate(StringInfo s)
 		RelMapEntry *e = relmap_get(lfirst_oid(lc));
 
 		/* a replay truncates only the table it replays */
-		if (e == NULL || (replaying ? e->mt != replay_mt : !route_change(e, &dummy)))
+		if (e == NULL || (apply_replaying ? e->mt != apply_replay_mt : !route_change(e, &dummy)))
 			continue;
 		appendStringInfo(&sql, "%s%s", n++ ? ", " : "", e->qualname);
 	}
@@ -1965,7 +1310,7 @@ apply_discard_pending(void)
 	ins_rel = NULL;
 	MemoryContextReset(InsertBufferContext);
 	copy_run_candidate = NULL;
-	hash_seq_init(&status, relmap);
+	hash_seq_init(&status, apply_relmap);
 	while ((e = hash_seq_search(&status)) != NULL)
 	{
 		if (e->fold_cxt != NULL)
@@ -2000,7 +1345,7 @@ apply_batch_abort(void)
 	batch_keepalive_lsn = InvalidXLogRecPtr;
 	batch_changes = 0;
 	bunny_ctx_lsn = InvalidXLogRecPtr;
-	hash_seq_init(&status, relmap);
+	hash_seq_init(&status, apply_relmap);
 	while ((e = hash_seq_search(&status)) != NULL)
 		e->n_ins = e->n_upd = e->n_del = 0;
 	SpinLockAcquire(&MySlot->mutex);
@@ -2046,7 +1391,7 @@ stream_restart(bool streaming)
 	last_received = startpos;
 	streaming_on = streaming;
 	stream_start_replication(conn, mirror->slot_name, startpos, mirror->publication_name,
-							 binary_mode, streaming_on);
+							 apply_binary_mode, streaming_on);
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	bunny_log(mirror->name, "DEBUG",
@@ -2158,7 +1503,7 @@ stream_enter_xid(TransactionId xid)
 		BeginInternalSubTransaction(NULL);
 		MemoryContextSwitchTo(old);
 		/* the counters go back to these if the subtransaction aborts */
-		hash_seq_init(&status, relmap);
+		hash_seq_init(&status, apply_relmap);
 		while ((e = hash_seq_search(&status)) != NULL)
 		{
 			e->saved_counts[stream_nsubxids][0] = e->n_ins;
@@ -2251,7 +1596,7 @@ apply_handle_stream_abort(StringInfo s)
 		stream_nsubxids--;
 	}
 	MemoryContextSwitchTo(old);
-	hash_seq_init(&status, relmap);
+	hash_seq_init(&status, apply_relmap);
 	while ((e = hash_seq_search(&status)) != NULL)
 	{
 		e->n_ins = e->saved_counts[level][0];
@@ -2276,7 +1621,7 @@ apply_batch_counters(void)
 	int64		total = 0;
 	Datum		values[6];
 
-	hash_seq_init(&status, relmap);
+	hash_seq_init(&status, apply_relmap);
 	while ((e = hash_seq_search(&status)) != NULL)
 		total += e->n_ins + e->n_upd + e->n_del;
 
@@ -2314,7 +1659,7 @@ apply_batch_counters(void)
 	values[0] = Int32GetDatum(mirror->id);
 	values[1] = Int64GetDatum(total);
 	SPI_execute_plan(mirror_plan, values, NULL, false, 0);
-	hash_seq_init(&status, relmap);
+	hash_seq_init(&status, apply_relmap);
 	while ((e = hash_seq_search(&status)) != NULL)
 	{
 		if (e->n_ins == 0 && e->n_upd == 0 && e->n_del == 0)
@@ -2372,7 +1717,7 @@ apply_batch_flush(void)
 		fp = MemoryContextAlloc(ApplyCacheContext, sizeof(FlushPosition));
 		fp->local_end = XactLastCommitEnd;
 		fp->remote_end = batch_last_end;
-		flush_positions = list_append_in(ApplyCacheContext, flush_positions, fp);
+		flush_positions = apply_list_append_in(ApplyCacheContext, flush_positions, fp);
 	}
 
 	SpinLockAcquire(&MySlot->mutex);
@@ -2707,24 +2052,6 @@ decide_binary_mode(void)
 	return binary;
 }
 
-/* the relation map entry of a mapped table, or NULL */
-static RelMapEntry *
-relmap_find_table(MirrorTable *mt)
-{
-	HASH_SEQ_STATUS status;
-	RelMapEntry *e;
-	RelMapEntry *found = NULL;
-
-	if (relmap == NULL)
-		return NULL;
-	hash_seq_init(&status, relmap);
-	while ((e = hash_seq_search(&status)) != NULL)
-		if (e->mt != NULL && strcmp(e->mt->source_schema, mt->source_schema) == 0 &&
-			strcmp(e->mt->source_table, mt->source_table) == 0)
-			found = e;
-	return found;
-}
-
 /*
  * Keep the table's latest Relation message in bunny.mirror_table: a queue
  * replayed after a restart needs it before the stream sends it again.
@@ -2788,9 +2115,9 @@ apply_replay_queue(MirrorTable *mt, const char *target_table)
 	vals[1] = CStringGetTextDatum(mt->source_schema);
 	vals[2] = CStringGetTextDatum(mt->source_table);
 
-	replaying = true;
-	replay_mt = mt;
-	replay_target = target_table;
+	apply_replaying = true;
+	apply_replay_mt = mt;
+	apply_replay_target = target_table;
 	PG_TRY();
 	{
 		SPI_connect();
@@ -2842,9 +2169,9 @@ apply_replay_queue(MirrorTable *mt, const char *target_table)
 	}
 	PG_FINALLY();
 	{
-		replaying = false;
-		replay_mt = NULL;
-		replay_target = NULL;
+		apply_replaying = false;
+		apply_replay_mt = NULL;
+		apply_replay_target = NULL;
 		remote_final_lsn = saved_final;
 		e = relmap_find_table(mt);
 		if (e)
@@ -2862,9 +2189,9 @@ apply_refresh_mirror(Mirror *m)
 	RelMapEntry *e;
 
 	mirror = m;
-	if (relmap == NULL)
+	if (apply_relmap == NULL)
 		return;
-	hash_seq_init(&status, relmap);
+	hash_seq_init(&status, apply_relmap);
 	while ((e = hash_seq_search(&status)) != NULL)
 		e->mt = find_mirror_table(e->remoterel->nspname, e->remoterel->relname);
 }
@@ -2979,35 +2306,19 @@ apply_between_batches(void)
 void
 apply_stream(PGconn *source_conn, Mirror *m)
 {
-	HASHCTL		ctl;
 	XLogRecPtr	startpos;
-	static bool callback_registered = false;
 
 	mirror = m;
 	conn = source_conn;
 	ApplyMessageContext = AllocSetContextCreate(TopMemoryContext, "bunnydb apply message",
 												ALLOCSET_DEFAULT_SIZES);
-	ApplyCacheContext = AllocSetContextCreate(TopMemoryContext, "bunnydb apply cache",
-											  ALLOCSET_DEFAULT_SIZES);
 	InsertBufferContext = AllocSetContextCreate(TopMemoryContext, "bunnydb insert buffer",
 												ALLOCSET_DEFAULT_SIZES);
 
-	memset(&ctl, 0, sizeof(ctl));
-	ctl.keysize = sizeof(LogicalRepRelId);
-	ctl.entrysize = sizeof(RelMapEntry);
-	ctl.hcxt = ApplyCacheContext;
-	relmap = hash_create("bunnydb relation map", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	ctl.keysize = sizeof(Oid);
-	ctl.entrysize = sizeof(RemoteType);
-	typemap = hash_create("bunnydb type map", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
-	if (!callback_registered)
-	{
-		CacheRegisterRelcacheCallback(apply_relcache_invalidate, (Datum) 0);
-		callback_registered = true;
-	}
+	relmap_init();
 
 	check_slot_and_publication(false);
-	binary_mode = decide_binary_mode();
+	apply_binary_mode = decide_binary_mode();
 	startpos = replorigin_session_get_progress(false);
 	last_received = startpos;
 	last_flushed_reported = startpos;
@@ -3017,14 +2328,14 @@ apply_stream(PGconn *source_conn, Mirror *m)
 	SpinLockRelease(&MySlot->mutex);
 
 	streaming_on = streaming_wanted();
-	stream_start_replication(conn, m->slot_name, startpos, m->publication_name, binary_mode,
+	stream_start_replication(conn, m->slot_name, startpos, m->publication_name, apply_binary_mode,
 							 streaming_on);
 	{
 		bunny_start_transaction();
 		PushActiveSnapshot(GetTransactionSnapshot());
 		bunny_log(m->name, "DEBUG",
 				  psprintf("streaming from %X/%X (%s transfer%s)", LSN_FORMAT_ARGS(startpos),
-						   binary_mode ? "binary" : "text",
+						   apply_binary_mode ? "binary" : "text",
 						   streaming_on ? ", large transactions while they run" : ""), NULL);
 		PopActiveSnapshot();
 		CommitTransactionCommand();

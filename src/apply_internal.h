@@ -1,0 +1,99 @@
+/*-------------------------------------------------------------------------
+ *
+ * apply_internal.h
+ *		What the apply worker's files share: the relation map (relmap.c)
+ *		and the state of the stream being applied (apply.c).  Not for the
+ *		other roles.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BUNNYDB_APPLY_INTERNAL_H
+#define BUNNYDB_APPLY_INTERNAL_H
+
+#include "bunnydb.h"
+
+#include "executor/spi.h"
+#include "replication/logicalproto.h"
+#include "utils/hsearch.h"
+#include "utils/rel.h"
+
+#define STREAM_MAX_SUBXACTS		64	/* savepoints of one streamed transaction */
+
+/* a prepared statement for one shape of change on one relation */
+typedef struct ApplyPlan
+{
+	char	   *key;
+	SPIPlanPtr	plan;
+} ApplyPlan;
+
+/* what we know of a source relation, keyed by its remote OID */
+typedef struct RelMapEntry
+{
+	LogicalRepRelId remoteid;	/* hash key */
+	LogicalRepRelation *remoterel;
+	int32	   *remote_typmods;
+	MirrorTable *mt;
+	char	   *qualname;		/* quoted destination name */
+	bool		valid;			/* destination side below is built */
+	Oid			localrelid;
+	AttrNumber *attmap;			/* remote column -> local attnum */
+	Oid		   *typid;			/* local type of each remote column */
+	int32	   *typmod;
+	int16	   *typlen;
+	bool	   *typbyval;
+	FmgrInfo   *infunc;
+	Oid		   *inioparam;
+	FmgrInfo   *recvfunc;
+	Oid		   *recvioparam;
+	bool	   *recv_ready;
+	char	  **colsql;			/* quoted column names */
+	bool	   *iskey;			/* remote column identifies the row */
+	bool	   *text_eq;		/* compare through text (no equality operator) */
+	bool		full_match;		/* match on all columns, one row via ctid */
+	List	   *plans;			/* of ApplyPlan * */
+	char	   *raw_relmsg;		/* the Relation message as received */
+	int			raw_relmsg_len;
+	bool		foldable;		/* UPDATEs of a key may be folded in a batch */
+	HTAB	   *fold_hash;		/* folded UPDATEs of the open batch, by key */
+	struct FoldEntry **fold_rows;	/* the same, in order of arrival */
+	int			fold_nrows;
+	int			fold_maxrows;
+	MemoryContext fold_cxt;
+	int64		n_ins;			/* counters of the open batch */
+	int64		n_upd;
+	int64		n_del;
+	int64		saved_counts[STREAM_MAX_SUBXACTS][3];	/* at each savepoint */
+} RelMapEntry;
+
+/* a source type named by a Type message */
+typedef struct RemoteType
+{
+	Oid			remoteid;
+	char	   *nspname;
+	char	   *typname;
+} RemoteType;
+
+/* relmap.c: the relation map, its prepared statements, decoded values */
+extern HTAB *apply_relmap;		/* RelMapEntry by remote relation id */
+extern HTAB *apply_typemap;		/* RemoteType by remote type id */
+extern MemoryContext ApplyCacheContext;	/* the map, plans, flush positions */
+
+extern void relmap_init(void);
+extern void relmap_invalidate(Datum arg, Oid relid);
+extern void relmap_free_plans(RelMapEntry *e);
+extern RelMapEntry *relmap_get(LogicalRepRelId remoteid);
+extern RelMapEntry *relmap_find_table(MirrorTable *mt);
+extern void relmap_tuple_to_datums(RelMapEntry *e, LogicalRepTupleData *tup,
+								   Datum *values, char *nulls, char *present);
+extern SPIPlanPtr relmap_get_plan(RelMapEntry *e, char kind, const char *setmask,
+								  const char *wheremask, int nrows);
+extern List *apply_list_append_in(MemoryContext cxt, List *list, void *datum);
+
+/* apply.c: the stream being applied */
+extern bool apply_binary_mode;	/* pgoutput binary transfer */
+extern bool apply_replaying;	/* replaying a resync queue */
+extern MirrorTable *apply_replay_mt;	/* ... of this table */
+extern const char *apply_replay_target; /* ... into this destination table */
+extern Mirror *apply_current_mirror(void);
+
+#endif							/* BUNNYDB_APPLY_INTERNAL_H */

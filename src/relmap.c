@@ -1,0 +1,694 @@
+/*-------------------------------------------------------------------------
+ *
+ * relmap.c
+ *		The apply worker's relation map: what it knows of each source
+ *		relation the stream describes, the destination table it maps to,
+ *		and the prepared statements that apply changes to it.
+ *
+ * An entry is created by a Relation message and its destination side is
+ * built on first use: column mapping (by name), types, receive and input
+ * functions, which columns identify a row, whether UPDATEs may be folded.
+ * Columns the source has and the destination lacks are added (with the
+ * source's type and default).  Relcache invalidation of the destination
+ * table marks the entry for rebuilding; its plans are freed then.  Like
+ * the built-in worker's relation.c, but keyed to bunnydb's own catalog:
+ * logicalrep_rel_open assumes a subscription.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "apply_internal.h"
+
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_index.h"
+#include "catalog/pg_trigger.h"
+#include "catalog/pg_type.h"
+#include "libpq/pqformat.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/datum.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/relcache.h"
+#include "utils/syscache.h"
+#include "utils/typcache.h"
+
+HTAB	   *apply_relmap = NULL;
+HTAB	   *apply_typemap = NULL;
+MemoryContext ApplyCacheContext = NULL;
+
+/* create the map and the cache context, once per apply_stream() */
+void
+relmap_init(void)
+{
+	HASHCTL		ctl;
+	static bool callback_registered = false;
+
+	ApplyCacheContext = AllocSetContextCreate(TopMemoryContext, "bunnydb apply cache",
+											  ALLOCSET_DEFAULT_SIZES);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(LogicalRepRelId);
+	ctl.entrysize = sizeof(RelMapEntry);
+	ctl.hcxt = ApplyCacheContext;
+	apply_relmap = hash_create("bunnydb relation map", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ctl.keysize = sizeof(Oid);
+	ctl.entrysize = sizeof(RemoteType);
+	apply_typemap = hash_create("bunnydb type map", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(relmap_invalidate, (Datum) 0);
+		callback_registered = true;
+	}
+}
+
+/* lappend into a given memory context */
+List *
+apply_list_append_in(MemoryContext cxt, List *list, void *datum)
+{
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+
+	list = lappend(list, datum);
+	MemoryContextSwitchTo(old);
+	return list;
+}
+
+/* throw away the destination side of entries whose table changed */
+void
+relmap_invalidate(Datum arg, Oid relid)
+{
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
+
+	if (apply_relmap == NULL)
+		return;
+	hash_seq_init(&status, apply_relmap);
+	while ((e = hash_seq_search(&status)) != NULL)
+		if (relid == InvalidOid || e->localrelid == relid)
+			e->valid = false;
+}
+
+/* drop the prepared statements of an entry */
+void
+relmap_free_plans(RelMapEntry *e)
+{
+	ListCell   *lc;
+
+	foreach(lc, e->plans)
+	{
+		ApplyPlan  *p = lfirst(lc);
+
+		SPI_freeplan(p->plan);
+	}
+	e->plans = NIL;
+}
+
+/* SQL for the type of a remote column, to add it on the destination */
+static char *
+remote_type_sql(RelMapEntry *e, int i)
+{
+	Oid			typid = e->remoterel->atttyps[i];
+	RemoteType *t;
+
+	if (typid < FirstNormalObjectId)
+		return format_type_with_typemod(typid, e->remote_typmods[i]);
+	t = hash_search(apply_typemap, &typid, HASH_FIND, NULL);
+	if (t == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("unknown source type %u of column \"%s\"", typid,
+						e->remoterel->attnames[i])));
+	return psprintf("%s", quote_qualified_identifier(t->nspname, t->typname));
+}
+
+/*
+ * The default expression of a source column, or NULL.  A column added with
+ * a default fills the existing rows on the source without any WAL record
+ * per row, so the destination column needs the same default to agree.
+ * Asked on a short-lived plain connection: the replication connection is
+ * busy streaming.
+ */
+static char *
+source_column_default(RelMapEntry *e, const char *attname)
+{
+	PGconn	   *c;
+	PGresult   *res;
+	char	   *result = NULL;
+
+	/* no PG_TRY: on error the worker exits, which closes c */
+	c = mirror_connect(apply_current_mirror(), false);
+	res = stream_exec_ok(c,
+						 psprintf("SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
+								  "  FROM pg_catalog.pg_attrdef d "
+								  "  JOIN pg_catalog.pg_attribute a "
+								  "    ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
+								  " WHERE d.adrelid = %s::regclass AND a.attname = %s "
+								  "   AND a.attgenerated = ''",
+								  quote_literal_cstr(quote_qualified_identifier(e->remoterel->nspname,
+																			   e->remoterel->relname)),
+								  quote_literal_cstr(attname)),
+						 PGRES_TUPLES_OK);
+	/* a sequence default names an object the destination may not have */
+	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) &&
+		strstr(PQgetvalue(res, 0, 0), "nextval(") == NULL)
+		result = pstrdup(PQgetvalue(res, 0, 0));
+	PQclear(res);
+	PQfinish(c);
+	return result;
+}
+
+/*
+ * May UPDATEs of this table be folded per key within a batch (see NOTES)?
+ * Only when writing a row's last values instead of each of them cannot be
+ * told apart: the key is the only unique index (so the order in which
+ * different rows are written cannot trip a unique check), no trigger fires
+ * for the worker and no rule rewrites the statement, and equal keys arrive
+ * as equal bytes (types whose text and binary forms are canonical).
+ */
+static bool
+fold_eligible(RelMapEntry *e, Relation rel)
+{
+	int			n = e->remoterel->natts;
+	int			nkeys = 0;
+	int			key_indexes = 0;
+	List	   *indexes;
+	ListCell   *lc;
+
+	if (e->full_match || rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rules != NULL)
+		return false;
+	if (rel->trigdesc != NULL)
+	{
+		/* the worker runs with session_replication_role = replica */
+		for (int t = 0; t < rel->trigdesc->numtriggers; t++)
+		{
+			char		enabled = rel->trigdesc->triggers[t].tgenabled;
+
+			if (enabled != TRIGGER_FIRES_ON_ORIGIN && enabled != TRIGGER_DISABLED)
+				return false;
+		}
+	}
+	for (int i = 0; i < n; i++)
+	{
+		Form_pg_attribute att;
+
+		if (!e->iskey[i])
+			continue;
+		nkeys++;
+		if (e->remoterel->atttyps[i] != e->typid[i])
+			return false;
+		att = TupleDescAttr(RelationGetDescr(rel), e->attmap[i] - 1);
+		switch (e->typid[i])
+		{
+			case INT2OID:
+			case INT4OID:
+			case INT8OID:
+			case OIDOID:
+			case UUIDOID:
+			case DATEOID:
+			case TIMESTAMPOID:
+			case TIMESTAMPTZOID:
+			case BOOLOID:
+				break;
+			case TEXTOID:
+			case VARCHAROID:
+				if (!OidIsValid(att->attcollation) ||
+					!get_collation_isdeterministic(att->attcollation))
+					return false;
+				break;
+			default:
+				return false;
+		}
+	}
+	if (nkeys == 0)
+		return false;
+
+	indexes = RelationGetIndexList(rel);
+	foreach(lc, indexes)
+	{
+		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+		Form_pg_index idx;
+		bool		is_key = true;
+
+		if (!HeapTupleIsValid(tup))
+			return false;
+		idx = (Form_pg_index) GETSTRUCT(tup);
+		if (!idx->indisunique && !idx->indisexclusion)
+		{
+			ReleaseSysCache(tup);
+			continue;
+		}
+		if (idx->indnkeyatts != nkeys ||
+			!heap_attisnull(tup, Anum_pg_index_indexprs, NULL) ||
+			!heap_attisnull(tup, Anum_pg_index_indpred, NULL) ||
+			idx->indisexclusion)
+			is_key = false;
+		for (int k = 0; is_key && k < idx->indnkeyatts; k++)
+		{
+			bool		found = false;
+
+			for (int i = 0; i < n; i++)
+				if (e->iskey[i] && e->attmap[i] == idx->indkey.values[k])
+					found = true;
+			is_key = found;
+		}
+		ReleaseSysCache(tup);
+		if (!is_key)
+			return false;		/* another unique index: order matters */
+		key_indexes++;
+	}
+	list_free(indexes);
+	return key_indexes > 0;
+}
+
+/*
+ * Build the destination side of an entry: local columns (adding the ones
+ * the source gained), input functions, and how rows are identified.
+ */
+static void
+relmap_build(RelMapEntry *e)
+{
+	LogicalRepRelation *r = e->remoterel;
+	Oid			nspid;
+	Relation	rel;
+	int			n = r->natts;
+	MemoryContext old;
+	Oid			pkoid;
+	List	   *pkcols = NIL;
+
+	{
+		const char *table = (apply_replaying && e->mt == apply_replay_mt && apply_replay_target) ?
+		apply_replay_target : e->mt->dest_table;
+
+		e->qualname = MemoryContextStrdup(ApplyCacheContext,
+										  quote_qualified_identifier(e->mt->dest_schema, table));
+		bunny_ctx_table = e->qualname;
+		nspid = get_namespace_oid(e->mt->dest_schema, true);
+		e->localrelid = OidIsValid(nspid) ? get_relname_relid(table, nspid) : InvalidOid;
+	}
+	if (!OidIsValid(e->localrelid))
+	{
+		bunny_error_is_permanent = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("destination table %s does not exist", e->qualname),
+				 errhint("Recreate the table, then call bunny.retry_mirror().")));
+	}
+
+	/* columns the source has and we do not: add them */
+	for (int i = 0; i < n; i++)
+	{
+		if (get_attnum(e->localrelid, r->attnames[i]) != InvalidAttrNumber)
+			continue;
+		{
+			char	   *def = source_column_default(e, r->attnames[i]);
+			char	   *ddl = psprintf("ALTER TABLE %s ADD COLUMN %s %s%s%s", e->qualname,
+									   quote_identifier(r->attnames[i]), remote_type_sql(e, i),
+									   def ? " DEFAULT " : "", def ? def : "");
+			int			rc;
+
+			SPI_connect();
+			rc = SPI_execute(ddl, false, 0);
+			SPI_finish();
+			if (rc < 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INTERNAL_ERROR),
+						 errmsg("could not add column \"%s\" to %s", r->attnames[i], e->qualname)));
+			CommandCounterIncrement();
+			bunny_log(apply_current_mirror()->name, "INFO",
+					  psprintf("added column %s to %s (it was added on the source)",
+							   quote_identifier(r->attnames[i]), e->qualname),
+					  NULL);
+		}
+	}
+
+	relmap_free_plans(e);
+	old = MemoryContextSwitchTo(ApplyCacheContext);
+	e->attmap = palloc0(sizeof(AttrNumber) * (n + 1));
+	e->typid = palloc0(sizeof(Oid) * (n + 1));
+	e->typmod = palloc0(sizeof(int32) * (n + 1));
+	e->typlen = palloc0(sizeof(int16) * (n + 1));
+	e->typbyval = palloc0(sizeof(bool) * (n + 1));
+	e->infunc = palloc0(sizeof(FmgrInfo) * (n + 1));
+	e->inioparam = palloc0(sizeof(Oid) * (n + 1));
+	e->recvfunc = palloc0(sizeof(FmgrInfo) * (n + 1));
+	e->recvioparam = palloc0(sizeof(Oid) * (n + 1));
+	e->recv_ready = palloc0(sizeof(bool) * (n + 1));
+	e->colsql = palloc0(sizeof(char *) * (n + 1));
+	e->iskey = palloc0(sizeof(bool) * (n + 1));
+	e->text_eq = palloc0(sizeof(bool) * (n + 1));
+	MemoryContextSwitchTo(old);
+
+	rel = table_open(e->localrelid, AccessShareLock);
+	for (int i = 0; i < n; i++)
+	{
+		AttrNumber	attnum = get_attnum(e->localrelid, r->attnames[i]);
+		Form_pg_attribute att = TupleDescAttr(RelationGetDescr(rel), attnum - 1);
+		Oid			infuncoid;
+
+		e->attmap[i] = attnum;
+		e->typid[i] = att->atttypid;
+		e->typmod[i] = att->atttypmod;
+		e->typlen[i] = att->attlen;
+		e->typbyval[i] = att->attbyval;
+		getTypeInputInfo(att->atttypid, &infuncoid, &e->inioparam[i]);
+		fmgr_info_cxt(infuncoid, &e->infunc[i], ApplyCacheContext);
+		e->colsql[i] = MemoryContextStrdup(ApplyCacheContext, quote_identifier(r->attnames[i]));
+
+		if (apply_binary_mode && (r->atttyps[i] >= FirstNormalObjectId || r->atttyps[i] != att->atttypid))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATATYPE_MISMATCH),
+					 errmsg("column \"%s\" of %s no longer has the same built-in type on both sides",
+							r->attnames[i], e->qualname),
+					 errdetail("The stream is in binary mode; the worker reconnects in text mode.")));
+	}
+
+	/* how rows are identified */
+	e->full_match = false;
+	if (r->replident == REPLICA_IDENTITY_FULL)
+	{
+		pkoid = RelationGetPrimaryKeyIndex(rel);
+		if (OidIsValid(pkoid))
+		{
+			Relation	idx = index_open(pkoid, AccessShareLock);
+
+			for (int k = 0; k < idx->rd_index->indnkeyatts; k++)
+				pkcols = lappend_int(pkcols, idx->rd_index->indkey.values[k]);
+			index_close(idx, AccessShareLock);
+			for (int i = 0; i < n; i++)
+				if (list_member_int(pkcols, e->attmap[i]))
+					e->iskey[i] = true;
+			/* the destination key must be entirely among the columns we get */
+			{
+				int			found = 0;
+
+				for (int i = 0; i < n; i++)
+					found += e->iskey[i] ? 1 : 0;
+				if (found != list_length(pkcols))
+					pkoid = InvalidOid;
+			}
+		}
+		if (!OidIsValid(pkoid))
+		{
+			e->full_match = true;
+			for (int i = 0; i < n; i++)
+			{
+				TypeCacheEntry *tc = lookup_type_cache(e->typid[i], TYPECACHE_EQ_OPR);
+
+				e->iskey[i] = true;
+				e->text_eq[i] = !OidIsValid(tc->eq_opr);
+			}
+		}
+	}
+	else
+	{
+		for (int i = 0; i < n; i++)
+			e->iskey[i] = bms_is_member(i, r->attkeys);
+	}
+	e->foldable = fold_eligible(e, rel);
+	table_close(rel, AccessShareLock);
+	e->valid = true;
+}
+
+/* the entry for a remote relation id, built for use; NULL if not mapped */
+RelMapEntry *
+relmap_get(LogicalRepRelId remoteid)
+{
+	RelMapEntry *e = hash_search(apply_relmap, &remoteid, HASH_FIND, NULL);
+
+	if (e == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("change for unknown source relation %u", remoteid)));
+	/*
+	 * Not mapped: a table update_tables removed.  The stream still carries
+	 * its changes from before the publication was changed; they are not
+	 * ours any more.
+	 */
+	if (e->mt == NULL)
+		return NULL;
+	if (!e->valid)
+		relmap_build(e);
+	bunny_ctx_table = e->qualname;
+	return e;
+}
+
+/*
+ * Convert a decoded tuple into parameter values; present[i] is '1' for
+ * columns that carry a value (or NULL) and '0' for unchanged TOAST.
+ */
+void
+relmap_tuple_to_datums(RelMapEntry *e, LogicalRepTupleData *tup, Datum *values,
+					   char *nulls, char *present)
+{
+	int			n = e->remoterel->natts;
+
+	if (tup->ncols != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("tuple has %d columns, the relation message announced %d",
+						tup->ncols, n)));
+	for (int i = 0; i < n; i++)
+	{
+		StringInfo	v = &tup->colvalues[i];
+
+		nulls[i] = ' ';
+		present[i] = '1';
+		values[i] = (Datum) 0;
+		switch (tup->colstatus[i])
+		{
+			case LOGICALREP_COLUMN_NULL:
+				nulls[i] = 'n';
+				break;
+			case LOGICALREP_COLUMN_UNCHANGED:
+				present[i] = '0';
+				break;
+			case LOGICALREP_COLUMN_TEXT:
+				values[i] = InputFunctionCall(&e->infunc[i], v->data, e->inioparam[i], e->typmod[i]);
+				break;
+			case LOGICALREP_COLUMN_BINARY:
+				if (!e->recv_ready[i])
+				{
+					Oid			recvoid;
+
+					getTypeBinaryInputInfo(e->typid[i], &recvoid, &e->recvioparam[i]);
+					fmgr_info_cxt(recvoid, &e->recvfunc[i], ApplyCacheContext);
+					(void) fastrecv_install(&e->recvfunc[i]);
+					e->recv_ready[i] = true;
+				}
+				/* a tuple can be converted twice (new values, then key) */
+				v->cursor = 0;
+				values[i] = ReceiveFunctionCall(&e->recvfunc[i], v, e->recvioparam[i], e->typmod[i]);
+				if (v->cursor != v->len)
+					ereport(ERROR,
+							(errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+							 errmsg("incorrect binary data format in column \"%s\"",
+									e->remoterel->attnames[i])));
+				break;
+			default:
+				ereport(ERROR,
+						(errcode(ERRCODE_PROTOCOL_VIOLATION),
+						 errmsg("unknown column status '%c'", tup->colstatus[i])));
+		}
+	}
+}
+
+/* the WHERE clause identifying one row; params numbered from first_param */
+static void
+append_where(StringInfo sql, RelMapEntry *e, const char *wheremask, int first_param,
+			 Oid *argtypes, int *nargs)
+{
+	int			n = e->remoterel->natts;
+	int			p = first_param;
+	bool		first = true;
+	StringInfoData cond;
+
+	initStringInfo(&cond);
+	for (int i = 0; i < n; i++)
+	{
+		if (wheremask[i] != '1')
+			continue;
+		if (!first)
+			appendStringInfoString(&cond, " AND ");
+		if (!e->full_match)
+			appendStringInfo(&cond, "%s = $%d", e->colsql[i], p);
+		else if (e->text_eq[i])
+			appendStringInfo(&cond, "%s::text IS NOT DISTINCT FROM $%d::text", e->colsql[i], p);
+		else
+			appendStringInfo(&cond, "%s IS NOT DISTINCT FROM $%d", e->colsql[i], p);
+		argtypes[(*nargs)++] = e->typid[i];
+		p++;
+		first = false;
+	}
+	if (first)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("no column identifies the row in %s", e->qualname)));
+	if (e->full_match)
+		appendStringInfo(sql, " WHERE ctid = (SELECT ctid FROM %s WHERE %s LIMIT 1)",
+						 e->qualname, cond.data);
+	else
+		appendStringInfo(sql, " WHERE %s", cond.data);
+}
+
+/*
+ * The prepared statement for a change of the given kind and shape:
+ * setmask marks columns written (I, U), wheremask the columns that
+ * identify the row (U, D).
+ */
+SPIPlanPtr
+relmap_get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask, int nrows)
+{
+	int			n = e->remoterel->natts;
+	char	   *key = psprintf("%c%d:%s|%s", kind, nrows, setmask ? setmask : "",
+							   wheremask ? wheremask : "");
+	ListCell   *lc;
+	StringInfoData sql;
+	Oid		   *argtypes = palloc(sizeof(Oid) * (Max(2, nrows) * n + 1));
+	int			nargs = 0;
+	SPIPlanPtr	plan;
+	ApplyPlan  *ap;
+	bool		first = true;
+
+	foreach(lc, e->plans)
+	{
+		ap = lfirst(lc);
+		if (strcmp(ap->key, key) == 0)
+			return ap->plan;
+	}
+
+	initStringInfo(&sql);
+	if (kind == 'I')
+	{
+		appendStringInfo(&sql, "INSERT INTO %s (", e->qualname);
+		for (int i = 0; i < n; i++)
+		{
+			if (setmask[i] != '1')
+				continue;
+			appendStringInfo(&sql, "%s%s", first ? "" : ", ", e->colsql[i]);
+			first = false;
+		}
+		appendStringInfoString(&sql, ") VALUES ");
+		/* nrows rows in one statement: one executor start for many rows */
+		for (int r = 0; r < nrows; r++)
+		{
+			first = true;
+			appendStringInfo(&sql, "%s(", r ? ", " : "");
+			for (int i = 0; i < n; i++)
+			{
+				if (setmask[i] != '1')
+					continue;
+				argtypes[nargs++] = e->typid[i];
+				appendStringInfo(&sql, "%s$%d", first ? "" : ", ", nargs);
+				first = false;
+			}
+			appendStringInfoChar(&sql, ')');
+		}
+	}
+	else if (kind == 'U')
+	{
+		appendStringInfo(&sql, "UPDATE %s SET ", e->qualname);
+		for (int i = 0; i < n; i++)
+		{
+			if (setmask[i] != '1')
+				continue;
+			argtypes[nargs++] = e->typid[i];
+			appendStringInfo(&sql, "%s%s = $%d", first ? "" : ", ", e->colsql[i], nargs);
+			first = false;
+		}
+		append_where(&sql, e, wheremask, nargs + 1, argtypes, &nargs);
+	}
+	else if (kind == 'F')
+	{
+		/*
+		 * Folded UPDATEs of nrows distinct keys in one statement: each row of
+		 * the VALUES list carries the key (wheremask) and the new values
+		 * (setmask) of one row, in column order.
+		 */
+		StringInfoData alias;
+		StringInfoData cond;
+
+		initStringInfo(&alias);
+		initStringInfo(&cond);
+		appendStringInfo(&sql, "UPDATE %s AS bunny_t SET ", e->qualname);
+		for (int i = 0; i < n; i++)
+		{
+			if (setmask[i] == '1' || wheremask[i] == '1')
+				appendStringInfo(&alias, "%sc%d", alias.len ? ", " : "", i);
+			if (wheremask[i] == '1')
+				appendStringInfo(&cond, "%sbunny_t.%s = bunny_v.c%d",
+								 cond.len ? " AND " : "", e->colsql[i], i);
+			else if (setmask[i] == '1')
+			{
+				appendStringInfo(&sql, "%s%s = bunny_v.c%d", first ? "" : ", ", e->colsql[i], i);
+				first = false;
+			}
+		}
+		appendStringInfoString(&sql, " FROM (VALUES ");
+		for (int r = 0; r < nrows; r++)
+		{
+			bool		firstcol = true;
+
+			appendStringInfo(&sql, "%s(", r ? ", " : "");
+			for (int i = 0; i < n; i++)
+			{
+				if (setmask[i] != '1' && wheremask[i] != '1')
+					continue;
+				argtypes[nargs++] = e->typid[i];
+				appendStringInfo(&sql, "%s$%d", firstcol ? "" : ", ", nargs);
+				firstcol = false;
+			}
+			appendStringInfoChar(&sql, ')');
+		}
+		appendStringInfo(&sql, ") AS bunny_v (%s) WHERE %s", alias.data, cond.data);
+	}
+	else
+	{
+		appendStringInfo(&sql, "DELETE FROM %s", e->qualname);
+		append_where(&sql, e, wheremask, 1, argtypes, &nargs);
+	}
+
+	/*
+	 * Always the generic plan: the statement runs again and again with new
+	 * values for the same index scans, and a custom plan (the plan cache's
+	 * choice for the first five runs, and for good when the generic plan's
+	 * estimate looks worse) would plan a 100-row statement every time.
+	 */
+	SPI_connect();
+	plan = SPI_prepare_cursor(sql.data, nargs, argtypes, CURSOR_OPT_GENERIC_PLAN);
+	if (plan == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INTERNAL_ERROR),
+				 errmsg("could not prepare \"%s\": %s", sql.data,
+						SPI_result_code_string(SPI_result))));
+	SPI_keepplan(plan);
+	SPI_finish();
+
+	ap = MemoryContextAlloc(ApplyCacheContext, sizeof(ApplyPlan));
+	ap->key = MemoryContextStrdup(ApplyCacheContext, key);
+	ap->plan = plan;
+	e->plans = apply_list_append_in(ApplyCacheContext, e->plans, ap);
+	return plan;
+}
+
+/* the relation map entry of a mapped table, or NULL */
+RelMapEntry *
+relmap_find_table(MirrorTable *mt)
+{
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
+	RelMapEntry *found = NULL;
+
+	if (apply_relmap == NULL)
+		return NULL;
+	hash_seq_init(&status, apply_relmap);
+	while ((e = hash_seq_search(&status)) != NULL)
+		if (e->mt != NULL && strcmp(e->mt->source_schema, mt->source_schema) == 0 &&
+			strcmp(e->mt->source_table, mt->source_table) == 0)
+			found = e;
+	return found;
+}
+
