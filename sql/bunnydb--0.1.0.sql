@@ -908,6 +908,8 @@ DECLARE
 	strat		text := coalesce(p_strategy, m.config ->> 'resync_strategy', 'truncate');
 	ci			text;
 	slot_ok		boolean;
+	deps		text;
+	dep_tables	text;
 BEGIN
 	PERFORM bunny._check_strategy(strat);
 	PERFORM bunny._check_no_pending(m);
@@ -937,6 +939,29 @@ BEGIN
 			format('resync requested: the slot is gone, so the mirror is set up again with a new slot and every table is emptied and copied%s',
 				   CASE WHEN strat = 'swap' THEN ' (the swap strategy needs the old slot; truncate is used)' ELSE '' END));
 	ELSE
+		-- a swap drops the old table: views on it would make it fail again
+		-- and again, so say so now, before anything changes
+		IF strat = 'swap' THEN
+			SELECT string_agg(DISTINCT v.oid::regclass::text, ', '),
+				   string_agg(DISTINCT format('%I.%I', t.destination_schema, t.destination_table), ', ')
+			  INTO deps, dep_tables
+			  FROM bunny.mirror_table t
+			  JOIN pg_depend d
+				ON d.refclassid = 'pg_class'::regclass
+			   AND d.refobjid = to_regclass(format('%I.%I', t.destination_schema, t.destination_table))
+			   AND d.classid = 'pg_rewrite'::regclass
+			  JOIN pg_rewrite r ON r.oid = d.objid
+			  JOIN pg_class v ON v.oid = r.ev_class AND v.oid <> d.refobjid
+			 WHERE t.mirror_id = m.id
+			   AND format('%I.%I', t.source_schema, t.source_table) IN
+				   (SELECT jsonb_array_elements_text(p_tables));
+			IF deps IS NOT NULL THEN
+				RAISE EXCEPTION 'cannot resync % with the swap strategy: views depend on it', dep_tables
+					USING ERRCODE = '2BP01',
+						  DETAIL = format('The swap replaces the table, and %s would still use the old one.', deps),
+						  HINT = 'Use the truncate strategy, which keeps the table, or drop the views first.';
+			END IF;
+		END IF;
 		UPDATE bunny.mirror_table t
 		   SET status = 'RESYNCING', resync_strategy = strat, resync_state = 'REQUESTED',
 			   copy_done = false

@@ -468,6 +468,28 @@ my $reader = $dest->background_psql('postgres', on_error_stop => 0);
 	catch_up_compare('m1', \@m1_tables, $label);
 }
 
+# --- 1b0. a swap is refused up front while views depend on the table -------
+{
+	my $label = 'resync swap with a dependent view';
+	$dest->safe_psql('postgres', 'CREATE VIEW public.parent_v AS SELECT id FROM public.parent');
+	my $log0 = last_log_id('m1');
+	fails_with("SELECT bunny.resync_table('m1', 'public.parent', 'swap')", '2BP01',
+		qr/cannot resync public\.parent with the swap strategy: views depend on it/, "$label: resync_table");
+	fails_with("SELECT bunny.resync_mirror('m1', 'swap')", '2BP01',
+		qr/views depend on it/, "$label: resync_mirror");
+	my ($st, $out, $err) = $dest->psql('postgres',
+		"SELECT bunny.resync_table('m1', 'public.parent', 'swap')");
+	like($err, qr/DETAIL:\s+The swap replaces the table, and public\.parent_v would still use the old one/,
+		"$label: detail names the view");
+	like($err, qr/HINT:\s+Use the truncate strategy/, "$label: hint");
+	is(table_field('m1', 'public.parent', 'status'), 'SYNCED', "$label: nothing changed");
+	is(dst_value("SELECT status FROM bunny.mirrors WHERE name = 'm1'"), 'RUNNING',
+		"$label: mirror still RUNNING");
+	my @requested = log_lines('m1', $log0, 'resync requested%');
+	is(scalar(@requested), 0, "$label: no resync requested");
+	$dest->safe_psql('postgres', 'DROP VIEW public.parent_v');
+}
+
 # --- 1b. resync_table swap of a referenced table with a serial column -------
 {
 	my $label = 'resync_table swap under load';
