@@ -200,6 +200,7 @@ extern void bunny_require_password(PGconn *conn, bool required);
 /* setup.c */
 extern void setup_run(PGconn *conn, Mirror *mirror);
 extern void setup_refresh_tables(PGconn *conn, Mirror *mirror);
+extern int	setup_sync_enum_labels(Mirror *m);
 
 /* resync.c */
 extern void resync_tick(Mirror *m);

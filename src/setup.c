@@ -33,6 +33,7 @@
 #include "utils/builtins.h"
 #include "utils/json.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/regproc.h"
 #include "utils/snapmgr.h"
@@ -1346,4 +1347,146 @@ setup_refresh_tables(PGconn *conn, Mirror *m)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	XLogFlush(XactLastCommitEnd);
+}
+
+/*
+ * Enum labels the source has added since the destination type was created.
+ * Logical replication carries no DDL, and ALTER TYPE ... ADD VALUE does not
+ * even make pgoutput describe the type again, so the first row with a new
+ * label fails on the destination (22P02).  The mirror worker calls this
+ * after such a failure, outside any transaction: every enum type used by a
+ * column of the mirror's destination tables (directly, as an array or
+ * under a domain) gets the labels it lacks, in the source's order, in one
+ * transaction that commits before the retry (a label added in a
+ * transaction cannot be used in it).  Returns the number of labels added.
+ */
+int
+setup_sync_enum_labels(Mirror *m)
+{
+	PGconn	   *conn;
+	int			added = 0;
+	Oid			types[1] = {INT4OID};
+	Datum		vals[1] = {Int32GetDatum(m->id)};
+	List	   *enums = NIL;
+	ListCell   *lc;
+	MemoryContext cxt = CurrentMemoryContext;
+	MemoryContext work = AllocSetContextCreate(TopMemoryContext, "bunnydb enum labels",
+											   ALLOCSET_SMALL_SIZES);
+
+	bunny_start_transaction();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	SPI_execute_with_args("SELECT DISTINCT n.nspname::text, e.typname::text "
+						  "  FROM bunny.mirror_table mt "
+						  "  JOIN pg_catalog.pg_attribute a "
+						  "    ON a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%I.%I', "
+						  "         mt.destination_schema, mt.destination_table)) "
+						  "   AND a.attnum > 0 AND NOT a.attisdropped "
+						  "  JOIN pg_catalog.pg_type t ON t.oid = a.atttypid "
+						  "  JOIN pg_catalog.pg_type e ON e.oid = CASE "
+						  "         WHEN t.typcategory = 'A' THEN t.typelem "
+						  "         WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END "
+						  "  JOIN pg_catalog.pg_namespace n ON n.oid = e.typnamespace "
+						  " WHERE mt.mirror_id = $1 AND e.typtype = 'e'",
+						  1, types, vals, NULL, true, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(work);
+
+		enums = lappend(enums, list_make2(SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
+										  SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2)));
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	if (enums == NIL)
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(cxt);
+		MemoryContextDelete(work);
+		return 0;
+	}
+
+	conn = mirror_connect(m, false);
+	foreach(lc, enums)
+	{
+		const char *nsp = linitial(lfirst(lc));
+		const char *typ = lsecond(lfirst(lc));
+		const char *qtyp = qname(nsp, typ);
+		PGresult   *res;
+		List	   *have = NIL;
+		const char *prev = NULL;
+		int			nsrc;
+
+		res = stream_exec_ok(conn,
+							 psprintf("SELECT e.enumlabel FROM pg_catalog.pg_enum e "
+									  "  JOIN pg_catalog.pg_type t ON t.oid = e.enumtypid "
+									  "  JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace "
+									  " WHERE n.nspname = %s AND t.typname = %s "
+									  " ORDER BY e.enumsortorder",
+									  quote_literal_cstr(nsp), quote_literal_cstr(typ)),
+							 PGRES_TUPLES_OK);
+		SPI_connect();
+		SPI_execute(psprintf("SELECT enumlabel::text FROM pg_catalog.pg_enum "
+							 " WHERE enumtypid = %s::regtype", quote_literal_cstr(qtyp)),
+					true, 0);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			MemoryContext old = MemoryContextSwitchTo(work);
+
+			have = lappend(have, SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1));
+			MemoryContextSwitchTo(old);
+		}
+		SPI_finish();
+
+		nsrc = PQntuples(res);
+		for (int i = 0; i < nsrc; i++)
+		{
+			const char *label = PQgetvalue(res, i, 0);
+			bool		present = false;
+			ListCell   *hc;
+			char	   *ddl;
+
+			foreach(hc, have)
+				if (strcmp(lfirst(hc), label) == 0)
+					present = true;
+			if (present)
+			{
+				prev = label;
+				continue;
+			}
+			/* after the label before it, or before the first one we have */
+			if (prev != NULL)
+				ddl = psprintf("ALTER TYPE %s ADD VALUE IF NOT EXISTS %s AFTER %s", qtyp,
+							   quote_literal_cstr(label), quote_literal_cstr(prev));
+			else
+			{
+				const char *next = NULL;
+
+				for (int j = i + 1; j < nsrc && next == NULL; j++)
+					foreach(hc, have)
+						if (strcmp(lfirst(hc), PQgetvalue(res, j, 0)) == 0)
+							next = PQgetvalue(res, j, 0);
+				ddl = next ?
+					psprintf("ALTER TYPE %s ADD VALUE IF NOT EXISTS %s BEFORE %s", qtyp,
+							 quote_literal_cstr(label), quote_literal_cstr(next)) :
+					psprintf("ALTER TYPE %s ADD VALUE IF NOT EXISTS %s", qtyp,
+							 quote_literal_cstr(label));
+			}
+			bunny_dest_exec(ddl);
+			bunny_log(m->name, "INFO",
+					  psprintf("added label %s to enum type %s, as on the source",
+							   quote_literal_cstr(label), qtyp), NULL);
+			have = lappend(have, MemoryContextStrdup(work, label));
+			prev = label;
+			added++;
+		}
+		PQclear(res);
+	}
+	PQfinish(conn);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(cxt);
+	MemoryContextDelete(work);
+	return added;
 }

@@ -90,9 +90,50 @@ worker_on_exit(int code, Datum arg)
 	ConditionVariableBroadcast(&MySlot->progress_cv);
 }
 
+static Mirror *reload_mirror(MemoryContext cxt);
+
+/*
+ * After an invalid input value (22P02): if the source has enum labels the
+ * destination lacks, take them over (setup_sync_enum_labels); true when
+ * some were added, and retrying at once will get further.  Its own
+ * failure is only logged: the original error stands.
+ */
+static bool
+worker_sync_enum_labels(void)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile int added = 0;
+
+	PG_TRY();
+	{
+		Mirror	   *m = reload_mirror(cxt);
+
+		if (m != NULL)
+			added = setup_sync_enum_labels(m);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = bunny_catch_error();
+		bunny_start_transaction();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		bunny_log(my_mirror_name, "WARNING",
+				  psprintf("could not compare the enum labels with the source: %s", edata->message),
+				  NULL);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	PG_END_TRY();
+	MemoryContextSwitchTo(cxt);
+	return added > 0;
+}
+
 /*
  * The run failed: roll back, record the error, and exit so that the
- * launcher restarts us after the backoff.
+ * launcher restarts us after the backoff (at once when the cause was a
+ * missing enum label that is now there).
  */
 static void
 worker_handle_error(void)
@@ -101,6 +142,7 @@ worker_handle_error(void)
 	bool		permanent = bunny_error_is_permanent;
 	XLogRecPtr	error_lsn = bunny_ctx_lsn;
 	char	   *details;
+	bool		retry_now = false;
 
 	edata = bunny_catch_error();
 	stream_disconnect(&source_conn);
@@ -115,8 +157,12 @@ worker_handle_error(void)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
+	if (!permanent && edata->sqlerrcode == ERRCODE_INVALID_TEXT_REPRESENTATION &&
+		worker_sync_enum_labels())
+		retry_now = true;
+
 	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
-	MySlot->last_exit_failed = !permanent;
+	MySlot->last_exit_failed = !permanent && !retry_now;
 	LWLockRelease(BunnyState->lock);
 	SpinLockAcquire(&MySlot->mutex);
 	MySlot->error_lsn = Max(error_lsn, MySlot->processed_lsn);
