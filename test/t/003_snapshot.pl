@@ -402,7 +402,7 @@ catch_up_compare(
 
 ok( create_snap_mirror(
 		'm-schema', [ 'public.s_parent', 'public.s_child' ],
-		snapshot_num_rows_per_partition => 1000),
+		snapshot_num_rows_per_partition => 200),
 	'm-schema created');
 ok( create_snap_mirror('m-noidx', ['public.noidx'], replicate_indexes => 'false'),
 	'm-noidx created');
@@ -411,6 +411,22 @@ ok(wait_for_status($dest, 'm-noidx', 'RUNNING', 120), 'm-noidx RUNNING');
 catch_up_compare('m-schema',
 	[ [ 'public.s_parent', 'public.s_parent' ], [ 'public.s_child', 'public.s_child' ] ],
 	'schema objects');
+
+# copy workers: snapshot_max_parallel_workers (8 here), but never more than
+# the parts nor than twice the destination's CPUs
+{
+	my $ncpu = `getconf _NPROCESSORS_ONLN`;
+	chomp $ncpu;
+	my $line = query_value($dest,
+		"SELECT message FROM bunny.mirror_logs WHERE mirror = 'm-schema' "
+		  . "AND message LIKE 'initial copy started:%' ORDER BY id LIMIT 1") // '';
+	my ($parts, $workers) = $line =~ /(\d+) part\(s\), up to (\d+) worker\(s\)/;
+	my $want = 8;
+	$want = $parts if defined $parts && $parts < $want;
+	$want = 2 * $ncpu if $ncpu =~ /^\d+$/ && 2 * $ncpu < $want;
+	is($workers, $want,
+		"copy workers = min(snapshot_max_parallel_workers 8, parts, 2 x $ncpu CPUs) ($line)");
+}
 catch_up_compare('m-noidx', [ [ 'public.noidx', 'public.noidx' ] ], 'replicate_indexes false');
 
 # constraints other than foreign keys: same definitions on both sides
