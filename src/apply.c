@@ -178,7 +178,7 @@ static int	streaming_retry_ms = STREAM_RETRY_MIN_MS;
 static const char *current_msg = NULL;
 static int	current_msg_len = 0;
 
-/* apply_replaying a resync queue: apply everything, to this table of this mapping */
+/* replaying a resync queue: apply everything, to this table of this mapping */
 bool		apply_replaying = false;
 MirrorTable *apply_replay_mt = NULL;
 const char *apply_replay_target = NULL;

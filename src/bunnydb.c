@@ -119,8 +119,17 @@ bunny_check_drop_extension(DropStmt *stmt)
 		if (!OidIsValid(get_extension_oid("bunnydb", true)))
 			return;				/* IF EXISTS of a missing extension */
 
+		/*
+		 * Lock the mirror table first, for the rest of the DROP: no mirror
+		 * can be created between this check and the drop, and the
+		 * launcher's scan, which reads bunny.mirror before anything else
+		 * of ours, waits here holding nothing rather than deadlocking with
+		 * the drop's locks on the other bunny tables.
+		 */
 		SPI_connect();
-		if (SPI_execute("SELECT count(*), string_agg(format('%s', name), ', ' ORDER BY name) "
+		if (SPI_execute("LOCK TABLE bunny.mirror IN ACCESS EXCLUSIVE MODE", false, 0) != SPI_OK_UTILITY)
+			elog(ERROR, "could not lock bunny.mirror");
+		if (SPI_execute("SELECT count(*), string_agg(name, ', ' ORDER BY name) "
 						"  FROM bunny.mirror", true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read bunny.mirror");
 		nmirrors = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
