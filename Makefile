@@ -7,6 +7,7 @@ EXTENSION = bunnydb
 MODULE_big = bunnydb
 OBJS = \
 	src/bunnydb.o \
+	src/guard.o \
 	src/launcher.o \
 	src/worker.o \
 	src/setup.o \

@@ -231,6 +231,18 @@ SELECT * FROM bunny.logs('m1', 'nope');
 SELECT mirror, level, message FROM bunny.mirror_logs
  WHERE message = 'mirror created' ORDER BY id;
 
+-- log lines carry the time they were written, not their transaction's
+-- start: two lines of one transaction, 10 ms apart
+BEGIN;
+SELECT bunny._log('m1', 'DEBUG', 'timing 1');
+SELECT pg_sleep(0.01);
+SELECT bunny._log('m1', 'DEBUG', 'timing 2');
+SELECT max(created_at) FILTER (WHERE message = 'timing 2') -
+       max(created_at) FILTER (WHERE message = 'timing 1') >= interval '10 ms' AS apart,
+       max(created_at) < now() + interval '1 min' AND min(created_at) >= now() AS sane
+  FROM bunny.mirror_logs WHERE message LIKE 'timing _';
+ROLLBACK;
+
 -- drop_mirror: the source is unreachable, so it warns (SQLSTATE only:
 -- libpq's text varies) and still removes the mirror
 SELECT bunny.drop_mirror('m3');

@@ -165,7 +165,7 @@ CREATE TABLE bunny.mirror_logs (
 	level		text NOT NULL CHECK (level IN ('DEBUG', 'INFO', 'WARNING', 'ERROR')),
 	message		text NOT NULL,
 	details		jsonb,
-	created_at	timestamptz NOT NULL DEFAULT now()
+	created_at	timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE INDEX mirror_logs_mirror_created_idx ON bunny.mirror_logs (mirror, created_at);
 

@@ -2,8 +2,8 @@
  *
  * bunnydb.c
  *		Module entry point: settings, shared memory, the launcher's
- *		registration, the check that we were preloaded, and the guard
- *		against dropping the extension while mirrors exist.
+ *		registration and the check that we were preloaded.  The guards
+ *		against dropping what mirrors need are in guard.c.
  *
  * bunnydb only works when loaded through shared_preload_libraries: the
  * launcher is a static background worker and the worker slots live in
@@ -13,14 +13,10 @@
  */
 #include "bunnydb.h"
 
-#include "commands/extension.h"
-#include "executor/spi.h"
 #include "fmgr.h"
 #include "miscadmin.h"
-#include "nodes/parsenodes.h"
 #include "storage/ipc.h"
 #include "storage/shmem.h"
-#include "tcop/utility.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
@@ -41,7 +37,6 @@ BunnyShared *BunnyState = NULL;
 static bool preloaded = false;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
-static ProcessUtility_hook_type prev_process_utility_hook = NULL;
 
 /* size of BunnyShared with its slot array */
 static Size
@@ -93,78 +88,6 @@ bool
 bunny_loaded_at_preload(void)
 {
 	return preloaded;
-}
-
-/*
- * DROP EXTENSION bunnydb while mirrors exist would remove their catalog rows
- * but leave their replication slots and publications on the sources, where
- * a forgotten slot keeps WAL until the disk fills.  Refuse it, as
- * PostgreSQL refuses DROP DATABASE while subscriptions exist: drop_mirror()
- * removes both on the source (or warns when the source is unreachable).
- */
-static void
-bunny_check_drop_extension(DropStmt *stmt)
-{
-	ListCell   *lc;
-
-	foreach(lc, stmt->objects)
-	{
-		Node	   *obj = lfirst(lc);
-		int64		nmirrors;
-		char	   *names;
-		bool		isnull;
-
-		if (!IsA(obj, String) || strcmp(strVal(obj), "bunnydb") != 0)
-			continue;
-		if (!OidIsValid(get_extension_oid("bunnydb", true)))
-			return;				/* IF EXISTS of a missing extension */
-
-		/*
-		 * Lock the mirror table first, for the rest of the DROP: no mirror
-		 * can be created between this check and the drop, and the
-		 * launcher's scan, which reads bunny.mirror before anything else
-		 * of ours, waits here holding nothing rather than deadlocking with
-		 * the drop's locks on the other bunny tables.
-		 */
-		SPI_connect();
-		if (SPI_execute("LOCK TABLE bunny.mirror IN ACCESS EXCLUSIVE MODE", false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "could not lock bunny.mirror");
-		if (SPI_execute("SELECT count(*), string_agg(name, ', ' ORDER BY name) "
-						"  FROM bunny.mirror", true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read bunny.mirror");
-		nmirrors = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											   SPI_tuptable->tupdesc, 1, &isnull));
-		names = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2);
-		if (nmirrors > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_IN_USE),
-					 errmsg("cannot drop extension bunnydb while mirrors exist"),
-					 errdetail_plural("Mirror %s has a replication slot and a publication on its source, which would be left behind and keep holding WAL there.",
-									  "Mirrors %s have replication slots and publications on their sources, which would be left behind and keep holding WAL there.",
-									  nmirrors, names),
-					 errhint("Drop the mirrors first with bunny.drop_mirror(name); it removes the slot and the publication on the source, and only warns when the source is unreachable.")));
-		SPI_finish();
-		return;
-	}
-}
-
-/* utility hook: only DROP EXTENSION is looked at */
-static void
-bunny_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
-					  ProcessUtilityContext context, ParamListInfo params,
-					  QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
-{
-	Node	   *parsetree = pstmt->utilityStmt;
-
-	if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
-		bunny_check_drop_extension((DropStmt *) parsetree);
-
-	if (prev_process_utility_hook)
-		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context, params,
-								  queryEnv, dest, qc);
-	else
-		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context, params,
-								queryEnv, dest, qc);
 }
 
 void
@@ -225,8 +148,7 @@ _PG_init(void)
 	shmem_request_hook = bunny_shmem_request;
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = bunny_shmem_startup;
-	prev_process_utility_hook = ProcessUtility_hook;
-	ProcessUtility_hook = bunny_process_utility;
+	bunny_install_guards();
 
 	bunny_register_launcher();
 }

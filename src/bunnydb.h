@@ -93,6 +93,10 @@ extern BunnyShared *BunnyState;
 /* bunnydb.c */
 extern bool bunny_loaded_at_preload(void);
 
+/* guard.c */
+extern void bunny_install_guards(void);
+extern PGDLLEXPORT void bunny_dropdb_check_main(Datum arg);
+
 /* launcher.c */
 extern PGDLLEXPORT void bunny_launcher_main(Datum arg);
 extern PGDLLEXPORT void bunny_scan_main(Datum arg);

@@ -1,0 +1,129 @@
+# Copyright (c) bunnydb authors
+#
+# 013_drop_database: DROP DATABASE of a destination database that still has
+# mirrors is refused (55006, the mirrors named), because their replication
+# slots and publications would stay on the source and the slots would hold
+# WAL there.  The check reads the target database's catalog through a
+# short-lived worker, so it also holds for a FAILED mirror (no worker), for
+# DROP DATABASE ... WITH (FORCE) and for a database that no longer allows
+# connections.  Once the mirrors are dropped, DROP DATABASE goes through and
+# nothing of them is left on the source; databases without mirrors (with or
+# without the extension) are dropped as usual.  Runs in about 10 s.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use BunnyTest;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my ($source, $dest) = setup_pair(peer => '');
+
+$source->safe_psql('postgres', <<'EOS');
+CREATE TABLE t (id int PRIMARY KEY, v text);
+CREATE TABLE full_one (id int PRIMARY KEY);
+INSERT INTO t VALUES (1, 'a');
+INSERT INTO full_one VALUES (1);
+EOS
+
+# the mirrors live in database appdb, the DROP DATABASE runs from postgres
+$dest->safe_psql('postgres', 'CREATE DATABASE appdb');
+sub app { return $dest->safe_psql('appdb', $_[0]); }
+app('CREATE EXTENSION bunnydb');
+app('SELECT bunny.create_peer(' . sql_literal('src') . ', '
+	  . sql_literal($source->connstr('postgres')) . ')');
+app('CREATE TABLE t (id int PRIMARY KEY, v text)');
+app(q{SELECT bunny.create_mirror('live', 'src', '["public.t"]', do_initial_snapshot => false)});
+
+sub app_status
+{
+	my ($name) = @_;
+	return app("SELECT status FROM bunny.mirrors WHERE name = '$name'");
+}
+ok(poll_until(sub { app_status('live') eq 'RUNNING' }, 60, 0.2), 'mirror live RUNNING in appdb');
+
+# the destination already has a row of full_one: the copy is refused, the
+# mirror FAILED (a permanent error), and it has no worker
+app('CREATE TABLE full_one (id int PRIMARY KEY)');
+app('INSERT INTO full_one VALUES (42)');
+app(q{SELECT bunny.create_mirror('stuck', 'src', '["public.full_one"]')});
+ok(poll_until(sub { app_status('stuck') eq 'FAILED' }, 60, 0.2), 'mirror stuck FAILED');
+
+sub src_objects
+{
+	return $source->safe_psql('postgres',
+		"SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'bunny%') || '/' || "
+		  . "(SELECT count(*) FROM pg_publication WHERE pubname LIKE 'bunny%')");
+}
+is(src_objects(), '2/2', 'both mirrors have a slot and a publication on the source');
+
+# DROP DATABASE from another database, verbose: SQLSTATE, detail, hint
+sub drop_appdb
+{
+	my ($how) = @_;
+	my ($ret, $out, $err) = $dest->psql('postgres',
+		"\\set VERBOSITY verbose\nDROP DATABASE appdb$how");
+	return ($ret, $err);
+}
+
+my ($ret, $err) = drop_appdb('');
+isnt($ret, 0, 'DROP DATABASE refused');
+like($err, qr/ERROR:  55006: cannot drop database "appdb" while it has bunnydb mirrors/,
+	'55006 and the message');
+like($err, qr/DETAIL:  Mirrors live, stuck have replication slots and publications on their sources/,
+	'the detail names both mirrors, the FAILED one too');
+like($err, qr/HINT:  Connect to database "appdb" and drop the mirrors first with bunny.drop_mirror\(name\)/,
+	'the hint says what to do');
+
+($ret, $err) = drop_appdb(' WITH (FORCE)');
+isnt($ret, 0, 'DROP DATABASE ... WITH (FORCE) refused too');
+like($err, qr/55006: cannot drop database "appdb"/, 'same error with FORCE');
+
+# the refused drops broke nothing: the mirror still replicates
+$source->safe_psql('postgres', "INSERT INTO t VALUES (2, 'b')");
+ok(poll_until(sub { app('SELECT count(*) FROM t WHERE id = 2') eq '1' }, 60, 0.2),
+	'mirror live still applies changes after the refused drops');
+is(app_status('live'), 'RUNNING', 'mirror live still RUNNING');
+
+# a database that no longer allows connections is still checked
+$dest->safe_psql('postgres', 'ALTER DATABASE appdb ALLOW_CONNECTIONS false');
+($ret, $err) = drop_appdb('');
+isnt($ret, 0, 'refused while appdb does not allow connections');
+like($err, qr/55006: cannot drop database "appdb"/, 'same error');
+$dest->safe_psql('postgres', 'ALTER DATABASE appdb ALLOW_CONNECTIONS true');
+
+# one mirror left, the FAILED one: still refused, singular detail
+app(q{SELECT bunny.drop_mirror('live')});
+($ret, $err) = drop_appdb('');
+isnt($ret, 0, 'refused with only the FAILED mirror left');
+like($err, qr/DETAIL:  Mirror stuck has a replication slot and a publication on its source/,
+	'the detail names the FAILED mirror');
+is(src_objects(), '1/1', 'the FAILED mirror still has its slot and publication on the source');
+
+# no mirrors left: the drop goes through, nothing is left on the source
+app(q{SELECT bunny.drop_mirror('stuck')});
+($ret, $err) = drop_appdb('');
+is($ret, 0, 'DROP DATABASE goes through once the mirrors are dropped') or diag($err);
+is($dest->safe_psql('postgres', "SELECT count(*) FROM pg_database WHERE datname = 'appdb'"),
+	'0', 'appdb is gone');
+is(src_objects(), '0/0', 'no bunnydb slot or publication left on the source');
+
+# databases without mirrors drop as usual
+$dest->safe_psql('postgres', 'CREATE DATABASE with_ext');
+$dest->safe_psql('with_ext', 'CREATE EXTENSION bunnydb');
+$dest->safe_psql('postgres', 'CREATE DATABASE without_ext');
+($ret, undef, $err) = $dest->psql('postgres', 'DROP DATABASE with_ext');
+is($ret, 0, 'a database with the extension and no mirrors is dropped') or diag($err);
+($ret, undef, $err) = $dest->psql('postgres', 'DROP DATABASE without_ext');
+is($ret, 0, 'a database without the extension is dropped') or diag($err);
+($ret, undef, $err) = $dest->psql('postgres', 'DROP DATABASE IF EXISTS no_such_db');
+is($ret, 0, 'DROP DATABASE IF EXISTS of a missing database');
+like($err, qr/database "no_such_db" does not exist, skipping/, 'with the usual notice');
+($ret, undef, $err) = $dest->psql('postgres', 'DROP DATABASE no_such_db');
+like($err, qr/database "no_such_db" does not exist/, 'a missing database gets the usual error');
+
+done_testing();
