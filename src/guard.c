@@ -26,6 +26,7 @@
 #include "bunnydb.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
 #include "executor/spi.h"
@@ -220,10 +221,17 @@ guard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 {
 	Node	   *parsetree = pstmt->utilityStmt;
 
-	if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
-		guard_drop_extension((DropStmt *) parsetree);
-	else if (IsA(parsetree, DropdbStmt))
-		guard_drop_database((DropdbStmt *) parsetree);
+	/*
+	 * A standby refuses both statements anyway, and could not start the
+	 * check worker before it is promoted: let the standard error come.
+	 */
+	if (!RecoveryInProgress())
+	{
+		if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
+			guard_drop_extension((DropStmt *) parsetree);
+		else if (IsA(parsetree, DropdbStmt))
+			guard_drop_database((DropdbStmt *) parsetree);
+	}
 
 	if (prev_process_utility_hook)
 		prev_process_utility_hook(pstmt, queryString, readOnlyTree, context, params,

@@ -6,7 +6,8 @@
 # WAL there.  The check reads the target database's catalog through a
 # short-lived worker, so it also holds for a FAILED mirror (no worker), for
 # DROP DATABASE ... WITH (FORCE) and for a database that no longer allows
-# connections.  Once the mirrors are dropped, DROP DATABASE goes through and
+# connections; a standby of the destination gives its usual read-only
+# error at once.  Once the mirrors are dropped, DROP DATABASE goes through and
 # nothing of them is left on the source; databases without mirrors (with or
 # without the extension) are dropped as usual.  Runs in about 10 s.
 
@@ -95,6 +96,21 @@ $dest->safe_psql('postgres', 'ALTER DATABASE appdb ALLOW_CONNECTIONS false');
 isnt($ret, 0, 'refused while appdb does not allow connections');
 like($err, qr/55006: cannot drop database "appdb"/, 'same error');
 $dest->safe_psql('postgres', 'ALTER DATABASE appdb ALLOW_CONNECTIONS true');
+
+# a physical standby of the destination refuses DROP DATABASE as read-only
+# at once (it could not start the check worker before its promotion)
+$dest->backup('for_standby');
+my $standby = PostgreSQL::Test::Cluster->new('standby');
+$standby->init_from_backup($dest, 'for_standby', has_streaming => 1);
+$standby->start;
+$dest->wait_for_catchup($standby, 'replay');
+my ($sret, $sout, $serr, $stimed_out);
+$sret = $standby->psql('postgres', 'DROP DATABASE appdb',
+	stdout => \$sout, stderr => \$serr, timeout => 60, timed_out => \$stimed_out);
+ok(!$stimed_out, 'DROP DATABASE on a standby does not wait for a worker');
+like($serr, qr/cannot execute DROP DATABASE in a read-only transaction/,
+	'the standby gives the usual read-only error');
+$standby->stop;
 
 # one mirror left, the FAILED one: still refused, singular detail
 app(q{SELECT bunny.drop_mirror('live')});

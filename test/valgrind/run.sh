@@ -4,7 +4,8 @@
 # mirror and snapshot workers, backends), under valgrind memcheck through
 # one scenario: a parallel initial copy (text, char(n), enum and enum-array
 # columns), CDC with folded UPDATEs, deletes and a COPY run, enum labels
-# added on the source, and a refused DROP EXTENSION.  Checks that both
+# added on the source, and a refused DROP EXTENSION and DROP DATABASE (with
+# the worker that looks into the database to be dropped).  Checks that both
 # tables end equal to the source and that memcheck reported nothing beyond
 # the PostgreSQL reports in postgres.supp.  About half a minute.
 #
@@ -77,6 +78,8 @@ for t in f big; do
     [ "$(S "$q")" = "$(T "$q")" ] || fail "table $t differs from the source"
 done
 T "DROP EXTENSION bunnydb" >/dev/null 2>&1 && fail "DROP EXTENSION was not refused"
+"$B/psql" -X -qAt -h "$D" -p 5562 -d template1 -c "DROP DATABASE postgres" >/dev/null 2>&1 \
+    && fail "DROP DATABASE was not refused"
 "$B/pg_ctl" -D "$D/dst" -w -m fast stop >/dev/null
 "$B/pg_ctl" -D "$D/src" -w -m fast stop >/dev/null
 
