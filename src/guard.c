@@ -186,7 +186,7 @@ guard_drop_database(DropdbStmt *stmt)
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("could not check database \"%s\" for bunnydb mirrors", stmt->dbname),
 				 errdetail("No background worker slot was free."),
-				 errhint("Make sure the database has no mirrors left (bunny.mirrors there): their replication slots would stay on the sources.")));
+				 errhint("If the database had mirrors, their replication slots (bunny_slot_<mirror>) and publications (bunny_pub_<mirror>) are left on the sources: drop them there.")));
 		return;
 	}
 	(void) WaitForBackgroundWorkerShutdown(handle);
@@ -201,7 +201,7 @@ guard_drop_database(DropdbStmt *stmt)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not check database \"%s\" for bunnydb mirrors", stmt->dbname),
 				 errdetail("The checking worker ended without an answer; the server log has its error."),
-				 errhint("Make sure the database has no mirrors left (bunny.mirrors there): their replication slots would stay on the sources.")));
+				 errhint("If the database had mirrors, their replication slots (bunny_slot_<mirror>) and publications (bunny_pub_<mirror>) are left on the sources: drop them there.")));
 	else if (nmirrors > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_IN_USE),
