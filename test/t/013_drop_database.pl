@@ -9,7 +9,9 @@
 # connections; a standby of the destination gives its usual read-only
 # error at once.  Once the mirrors are dropped, DROP DATABASE goes through and
 # nothing of them is left on the source; databases without mirrors (with or
-# without the extension) are dropped as usual.  Runs in about 10 s.
+# without the extension) are dropped as usual.  When no worker can be
+# started for the check, DROP DATABASE warns and goes on.  Runs in about
+# 10 s.
 
 use strict;
 use warnings;
@@ -141,5 +143,29 @@ is($ret, 0, 'DROP DATABASE IF EXISTS of a missing database');
 like($err, qr/database "no_such_db" does not exist, skipping/, 'with the usual notice');
 ($ret, undef, $err) = $dest->psql('postgres', 'DROP DATABASE no_such_db');
 like($err, qr/database "no_such_db" does not exist/, 'a missing database gets the usual error');
+
+# When the check cannot be made, the drop is not blocked: a destination
+# whose only background worker slot is the launcher's cannot start the
+# check worker, so DROP DATABASE warns and goes on.  (The mirror there never
+# ran: setup needs a worker too, so nothing of it is on the source.)
+my $small = PostgreSQL::Test::Cluster->new('dest_small');
+$small->init(extra => [ '--encoding=UTF8', '--locale=C' ]);
+$small->append_conf('postgresql.conf',
+	"shared_preload_libraries = 'bunnydb'\nmax_worker_processes = 1\n");
+$small->start;
+$small->safe_psql('postgres', 'CREATE DATABASE appdb');
+$small->safe_psql('appdb', 'CREATE EXTENSION bunnydb');
+$small->safe_psql('appdb', 'SELECT bunny.create_peer(' . sql_literal('src') . ', '
+	  . sql_literal($source->connstr('postgres')) . ')');
+$small->safe_psql('appdb',
+	q{SELECT bunny.create_mirror('never_ran', 'src', '["public.t"]', do_initial_snapshot => false)});
+($ret, undef, $err) = $small->psql('postgres', "\\set VERBOSITY verbose\nDROP DATABASE appdb");
+is($ret, 0, 'without a free worker slot the drop goes through');
+like($err, qr/WARNING:  53400: could not check database "appdb" for bunnydb mirrors/,
+	'with a warning that the check could not be made (53400)');
+like($err, qr/DETAIL:  No background worker slot was free/, 'saying why');
+like($err, qr/HINT:  If the database had mirrors, their replication slots/,
+	'and what would be left on the sources');
+$small->stop;
 
 done_testing();
