@@ -2,8 +2,8 @@
  *
  * guard.c
  *		Refuse the DDL that would orphan the mirrors' objects on their
- *		sources: DROP EXTENSION bunnydb and DROP DATABASE of a database
- *		that still has mirrors.
+ *		sources: DROP EXTENSION bunnydb (also through DROP OWNED BY its
+ *		owner) and DROP DATABASE of a database that still has mirrors.
  *
  * A mirror owns a replication slot and a publication on its source.  Only
  * bunny.drop_mirror() removes them (or warns when the source cannot be
@@ -37,6 +37,7 @@
 #include "storage/dsm.h"
 #include "storage/ipc.h"
 #include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/snapmgr.h"
 
@@ -66,8 +67,38 @@ count_mirrors(char **names)
 }
 
 /*
- * DROP EXTENSION bunnydb: refuse while mirrors exist.
+ * The extension is about to be dropped (by DROP EXTENSION, or by DROP OWNED
+ * BY its owner): refuse while mirrors exist.
  */
+static void
+refuse_extension_drop_with_mirrors(void)
+{
+	int64		nmirrors;
+	char	   *names;
+
+	/*
+	 * Lock the mirror table first, for the rest of the statement: no mirror
+	 * can be created between this check and the drop, and the launcher's
+	 * scan, which reads bunny.mirror before anything else of ours, waits
+	 * here holding nothing rather than deadlocking with the drop's locks on
+	 * the other bunny tables.
+	 */
+	SPI_connect();
+	if (SPI_execute("LOCK TABLE bunny.mirror IN ACCESS EXCLUSIVE MODE", false, 0) != SPI_OK_UTILITY)
+		elog(ERROR, "could not lock bunny.mirror");
+	nmirrors = count_mirrors(&names);
+	if (nmirrors > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_IN_USE),
+				 errmsg("cannot drop extension bunnydb while mirrors exist"),
+				 errdetail_plural("Mirror %s has a replication slot and a publication on its source, which would be left behind and keep holding WAL there.",
+								  "Mirrors %s have replication slots and publications on their sources, which would be left behind and keep holding WAL there.",
+								  nmirrors, names),
+				 errhint("Drop the mirrors first with bunny.drop_mirror(name); it removes the slot and the publication on the source, and only warns when the source is unreachable.")));
+	SPI_finish();
+}
+
+/* DROP EXTENSION naming bunnydb */
 static void
 guard_drop_extension(DropStmt *stmt)
 {
@@ -76,35 +107,39 @@ guard_drop_extension(DropStmt *stmt)
 	foreach(lc, stmt->objects)
 	{
 		Node	   *obj = lfirst(lc);
-		int64		nmirrors;
-		char	   *names;
 
 		if (!IsA(obj, String) || strcmp(strVal(obj), "bunnydb") != 0)
 			continue;
-		if (!OidIsValid(get_extension_oid("bunnydb", true)))
-			return;				/* IF EXISTS of a missing extension */
+		if (OidIsValid(get_extension_oid("bunnydb", true)))
+			refuse_extension_drop_with_mirrors();
+		return;					/* else IF EXISTS of a missing extension */
+	}
+}
 
-		/*
-		 * Lock the mirror table first, for the rest of the DROP: no mirror
-		 * can be created between this check and the drop, and the
-		 * launcher's scan, which reads bunny.mirror before anything else
-		 * of ours, waits here holding nothing rather than deadlocking with
-		 * the drop's locks on the other bunny tables.
-		 */
-		SPI_connect();
-		if (SPI_execute("LOCK TABLE bunny.mirror IN ACCESS EXCLUSIVE MODE", false, 0) != SPI_OK_UTILITY)
-			elog(ERROR, "could not lock bunny.mirror");
-		nmirrors = count_mirrors(&names);
-		if (nmirrors > 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_IN_USE),
-					 errmsg("cannot drop extension bunnydb while mirrors exist"),
-					 errdetail_plural("Mirror %s has a replication slot and a publication on its source, which would be left behind and keep holding WAL there.",
-									  "Mirrors %s have replication slots and publications on their sources, which would be left behind and keep holding WAL there.",
-									  nmirrors, names),
-					 errhint("Drop the mirrors first with bunny.drop_mirror(name); it removes the slot and the publication on the source, and only warns when the source is unreachable.")));
-		SPI_finish();
+/* DROP OWNED BY a list of roles that includes the extension's owner */
+static void
+guard_drop_owned(DropOwnedStmt *stmt)
+{
+	Oid			owner;
+	bool		isnull;
+	ListCell   *lc;
+
+	if (!OidIsValid(get_extension_oid("bunnydb", true)))
 		return;
+	SPI_connect();
+	if (SPI_execute("SELECT extowner FROM pg_catalog.pg_extension WHERE extname = 'bunnydb'",
+					true, 1) != SPI_OK_SELECT || SPI_processed != 1)
+		elog(ERROR, "could not read the owner of extension bunnydb");
+	owner = DatumGetObjectId(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SPI_finish();
+
+	foreach(lc, stmt->roles)
+	{
+		if (get_rolespec_oid(lfirst(lc), true) == owner)
+		{
+			refuse_extension_drop_with_mirrors();
+			return;
+		}
 	}
 }
 
@@ -213,7 +248,7 @@ guard_drop_database(DropdbStmt *stmt)
 						 stmt->dbname)));
 }
 
-/* utility hook: only DROP EXTENSION and DROP DATABASE are looked at */
+/* utility hook: only DROP EXTENSION, DROP OWNED and DROP DATABASE are looked at */
 static void
 guard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 					  ProcessUtilityContext context, ParamListInfo params,
@@ -229,6 +264,8 @@ guard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 	{
 		if (IsA(parsetree, DropStmt) && ((DropStmt *) parsetree)->removeType == OBJECT_EXTENSION)
 			guard_drop_extension((DropStmt *) parsetree);
+		else if (IsA(parsetree, DropOwnedStmt))
+			guard_drop_owned((DropOwnedStmt *) parsetree);
 		else if (IsA(parsetree, DropdbStmt))
 			guard_drop_database((DropdbStmt *) parsetree);
 	}

@@ -9,7 +9,9 @@
 # connections; a standby of the destination gives its usual read-only
 # error at once.  Once the mirrors are dropped, DROP DATABASE goes through and
 # nothing of them is left on the source; databases without mirrors (with or
-# without the extension) are dropped as usual.  When no worker can be
+# without the extension) are dropped as usual.  DROP OWNED BY the
+# extension's owner, which drops the extension, is refused like DROP
+# EXTENSION while mirrors exist.  When no worker can be
 # started for the check, DROP DATABASE warns and goes on.  Runs in about
 # 10 s.
 
@@ -143,6 +145,38 @@ is($ret, 0, 'DROP DATABASE IF EXISTS of a missing database');
 like($err, qr/database "no_such_db" does not exist, skipping/, 'with the usual notice');
 ($ret, undef, $err) = $dest->psql('postgres', 'DROP DATABASE no_such_db');
 like($err, qr/database "no_such_db" does not exist/, 'a missing database gets the usual error');
+
+# DROP OWNED BY the extension's owner would drop the extension: refused the
+# same way while mirrors exist, and goes through once they are dropped
+$dest->safe_psql('postgres', 'CREATE ROLE ext_owner SUPERUSER LOGIN');
+$dest->safe_psql('postgres', 'CREATE DATABASE owndb');
+sub own
+{
+	return $dest->safe_psql('owndb', $_[0], extra_params => [ '-U', 'ext_owner' ]);
+}
+own('CREATE EXTENSION bunnydb');
+own('SELECT bunny.create_peer(' . sql_literal('src') . ', '
+	  . sql_literal($source->connstr('postgres')) . ')');
+own('CREATE TABLE t (id int PRIMARY KEY, v text)');
+own(q{SELECT bunny.create_mirror('owned', 'src', '["public.t"]', do_initial_snapshot => false)});
+ok(poll_until(sub { own(q{SELECT status FROM bunny.mirrors WHERE name = 'owned'}) eq 'RUNNING' }, 60, 0.2),
+	'mirror owned RUNNING, extension owned by ext_owner');
+($ret, undef, $err) = $dest->psql('owndb', "\\set VERBOSITY verbose\nDROP OWNED BY ext_owner",
+	extra_params => [ '-U', 'ext_owner' ]);
+isnt($ret, 0, 'DROP OWNED BY the extension owner refused');
+like($err, qr/ERROR:  55006: cannot drop extension bunnydb while mirrors exist/, 'with the DROP EXTENSION error');
+like($err, qr/DETAIL:  Mirror owned has a replication slot/, 'naming the mirror');
+is(own(q{SELECT count(*) FROM bunny.mirrors WHERE name = 'owned'}), '1', 'the mirror is still there');
+$dest->safe_psql('postgres', 'CREATE ROLE other_role');
+($ret, undef, $err) = $dest->psql('owndb', 'DROP OWNED BY other_role');
+is($ret, 0, 'DROP OWNED BY another role is not concerned') or diag($err);
+own(q{SELECT bunny.drop_mirror('owned')});
+($ret, undef, $err) = $dest->psql('owndb', 'DROP OWNED BY ext_owner',
+	extra_params => [ '-U', 'ext_owner' ]);
+is($ret, 0, 'DROP OWNED BY goes through once the mirror is dropped') or diag($err);
+is($dest->safe_psql('owndb', "SELECT count(*) FROM pg_extension WHERE extname = 'bunnydb'"),
+	'0', 'and it dropped the extension');
+is(src_objects(), '0/0', 'no bunnydb slot or publication left on the source');
 
 # When the check cannot be made, the drop is not blocked: a destination
 # whose only background worker slot is the launcher's cannot start the
