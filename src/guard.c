@@ -12,14 +12,15 @@
  * it keeps WAL on the source until its disk fills.  PostgreSQL refuses
  * DROP DATABASE while subscriptions exist for the same reason.
  *
- * Both checks run in a ProcessUtility hook, which every backend has since
- * the library is preloaded.  DROP EXTENSION runs in the database concerned
- * and simply reads bunny.mirror.  DROP DATABASE runs in another database:
- * bunny.mirror of the target cannot be read from there, so a short-lived
- * background worker connects to the target, counts its mirrors and reports
- * through a dynamic shared memory segment.  Reading the catalog itself
- * also catches FAILED mirrors, which have no worker, and works with
- * DROP DATABASE ... WITH (FORCE), which would terminate a running one.
+ * The checks run in a ProcessUtility hook, which every backend has since
+ * the library is preloaded.  DROP EXTENSION and DROP OWNED run in the
+ * database concerned and simply read bunny.mirror.  DROP DATABASE runs in
+ * another database, from where bunny.mirror of the target cannot be read,
+ * so a short-lived background worker connects to the target, counts its
+ * mirrors and reports through a dynamic shared memory segment.  Reading
+ * the catalog itself also catches FAILED mirrors, which have no worker,
+ * and works with DROP DATABASE ... WITH (FORCE), which would terminate a
+ * running one.
  *
  *-------------------------------------------------------------------------
  */
