@@ -910,6 +910,7 @@ DECLARE
 	slot_ok		boolean;
 	deps		text;
 	dep_tables	text;
+	dep_kinds	text;
 BEGIN
 	PERFORM bunny._check_strategy(strat);
 	PERFORM bunny._check_no_pending(m);
@@ -939,27 +940,45 @@ BEGIN
 			format('resync requested: the slot is gone, so the mirror is set up again with a new slot and every table is emptied and copied%s',
 				   CASE WHEN strat = 'swap' THEN ' (the swap strategy needs the old slot; truncate is used)' ELSE '' END));
 	ELSE
-		-- a swap drops the old table: views on it would make it fail again
-		-- and again, so say so now, before anything changes
+		-- a swap drops the old table: views on it, and functions that use
+		-- it in a SQL-standard body (BEGIN ATOMIC) or take or return its row
+		-- type, would make it fail again and again, so say so now, before
+		-- anything changes
 		IF strat = 'swap' THEN
-			SELECT string_agg(DISTINCT v.oid::regclass::text, ', '),
-				   string_agg(DISTINCT format('%I.%I', t.destination_schema, t.destination_table), ', ')
-			  INTO deps, dep_tables
-			  FROM bunny.mirror_table t
-			  JOIN pg_depend d
-				ON d.refclassid = 'pg_class'::regclass
-			   AND d.refobjid = to_regclass(format('%I.%I', t.destination_schema, t.destination_table))
-			   AND d.classid = 'pg_rewrite'::regclass
-			  JOIN pg_rewrite r ON r.oid = d.objid
-			  JOIN pg_class v ON v.oid = r.ev_class AND v.oid <> d.refobjid
-			 WHERE t.mirror_id = m.id
-			   AND format('%I.%I', t.source_schema, t.source_table) IN
-				   (SELECT jsonb_array_elements_text(p_tables));
+			WITH swapped AS (
+				SELECT to_regclass(format('%I.%I', t.destination_schema, t.destination_table)) AS rel,
+					   format('%I.%I', t.destination_schema, t.destination_table) AS tab
+				  FROM bunny.mirror_table t
+				 WHERE t.mirror_id = m.id
+				   AND format('%I.%I', t.source_schema, t.source_table) IN
+					   (SELECT jsonb_array_elements_text(p_tables))
+			), dep AS (
+				SELECT v.oid::regclass::text AS name, true AS is_view, s.tab
+				  FROM swapped s
+				  JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = s.rel
+								  AND d.classid = 'pg_rewrite'::regclass
+				  JOIN pg_rewrite r ON r.oid = d.objid
+				  JOIN pg_class v ON v.oid = r.ev_class AND v.oid <> s.rel
+				UNION ALL
+				SELECT f.oid::regprocedure::text, false, s.tab
+				  FROM swapped s
+				  JOIN pg_class c ON c.oid = s.rel
+				  JOIN pg_depend d ON ((d.refclassid = 'pg_class'::regclass AND d.refobjid = s.rel)
+									OR (d.refclassid = 'pg_type'::regclass AND d.refobjid = c.reltype))
+								  AND d.classid = 'pg_proc'::regclass
+				  JOIN pg_proc f ON f.oid = d.objid
+			)
+			SELECT string_agg(DISTINCT name, ', '), string_agg(DISTINCT tab, ', '),
+				   CASE WHEN bool_and(is_view) THEN 'views'
+						WHEN bool_or(is_view) THEN 'views and functions'
+						ELSE 'functions' END
+			  INTO deps, dep_tables, dep_kinds
+			  FROM dep;
 			IF deps IS NOT NULL THEN
-				RAISE EXCEPTION 'cannot resync % with the swap strategy: views depend on it', dep_tables
+				RAISE EXCEPTION 'cannot resync % with the swap strategy: % depend on it', dep_tables, dep_kinds
 					USING ERRCODE = '2BP01',
 						  DETAIL = format('The swap replaces the table, and %s would still use the old one.', deps),
-						  HINT = 'Use the truncate strategy, which keeps the table, or drop the views first.';
+						  HINT = format('Use the truncate strategy, which keeps the table, or drop the %s first.', dep_kinds);
 			END IF;
 		END IF;
 		UPDATE bunny.mirror_table t

@@ -468,7 +468,7 @@ my $reader = $dest->background_psql('postgres', on_error_stop => 0);
 	catch_up_compare('m1', \@m1_tables, $label);
 }
 
-# --- 1b0. a swap is refused up front while views depend on the table -------
+# --- 1b0. a swap is refused up front while views or functions depend on the table
 {
 	my $label = 'resync swap with a dependent view';
 	$dest->safe_psql('postgres', 'CREATE VIEW public.parent_v AS SELECT id FROM public.parent');
@@ -487,7 +487,31 @@ my $reader = $dest->background_psql('postgres', on_error_stop => 0);
 		"$label: mirror still RUNNING");
 	my @requested = log_lines('m1', $log0, 'resync requested%');
 	is(scalar(@requested), 0, "$label: no resync requested");
+
+	# functions whose SQL-standard body uses the table, or that take its
+	# row type, would make DROP TABLE fail just the same
+	$dest->safe_psql('postgres', <<'EOS');
+CREATE FUNCTION public.parent_count() RETURNS bigint LANGUAGE sql
+	BEGIN ATOMIC SELECT count(*) FROM public.parent; END;
+CREATE FUNCTION public.parent_id(p public.parent) RETURNS int LANGUAGE sql
+	AS 'SELECT p.id';
+EOS
+	($st, $out, $err) = $dest->psql('postgres',
+		"\\set VERBOSITY verbose\nSELECT bunny.resync_table('m1', 'public.parent', 'swap')");
+	like($err, qr/2BP01: cannot resync public\.parent with the swap strategy: views and functions depend on it/,
+		"$label: views and functions named in the message");
+	like($err, qr/DETAIL:\s+The swap replaces the table, and public\.parent_count\(\), public\.parent_id\(public\.parent\), public\.parent_v would still use the old one/,
+		"$label: detail names the BEGIN ATOMIC function, the row-type function and the view");
+	like($err, qr/HINT:\s+Use the truncate strategy, which keeps the table, or drop the views and functions first/,
+		"$label: hint for both kinds");
 	$dest->safe_psql('postgres', 'DROP VIEW public.parent_v');
+	fails_with("SELECT bunny.resync_table('m1', 'public.parent', 'swap')", '2BP01',
+		qr/cannot resync public\.parent with the swap strategy: functions depend on it/,
+		"$label: functions alone are enough");
+	$dest->safe_psql('postgres', 'DROP FUNCTION public.parent_count(); DROP FUNCTION public.parent_id(public.parent)');
+	is(table_field('m1', 'public.parent', 'status'), 'SYNCED', "$label: still nothing changed");
+	@requested = log_lines('m1', $log0, 'resync requested%');
+	is(scalar(@requested), 0, "$label: still no resync requested");
 }
 
 # --- 1b. resync_table swap of a referenced table with a serial column -------
