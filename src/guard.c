@@ -165,7 +165,7 @@ bunny_dropdb_check_main(Datum arg)
 	check = dsm_segment_address(seg);
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, BGWORKER_BYPASS_ALLOWCONN);
 
-	StartTransactionCommand();
+	bunny_start_transaction();
 	SPI_connect();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: looking for mirrors before DROP DATABASE");
