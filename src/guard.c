@@ -193,7 +193,7 @@ bunny_dropdb_check_main(Datum arg)
  * to drop.
  */
 static void
-guard_drop_database(DropdbStmt *stmt)
+guard_drop_database(DropdbStmt *stmt, bool isTopLevel)
 {
 	Oid			dboid = get_database_oid(stmt->dbname, true);
 	dsm_segment *seg;
@@ -207,6 +207,12 @@ guard_drop_database(DropdbStmt *stmt)
 	/* missing, or the current one: dropdb() reports those */
 	if (!OidIsValid(dboid) || dboid == MyDatabaseId)
 		return;
+
+	/*
+	 * The statement would fail in a transaction block anyway: give that
+	 * error first, as standard_ProcessUtility would, without a check worker.
+	 */
+	PreventInTransactionBlock(isTopLevel, "DROP DATABASE");
 
 	seg = dsm_create(sizeof(DropDatabaseCheck), 0);
 	check = dsm_segment_address(seg);
@@ -268,7 +274,8 @@ guard_process_utility(PlannedStmt *pstmt, const char *queryString, bool readOnly
 		else if (IsA(parsetree, DropOwnedStmt))
 			guard_drop_owned((DropOwnedStmt *) parsetree);
 		else if (IsA(parsetree, DropdbStmt))
-			guard_drop_database((DropdbStmt *) parsetree);
+			guard_drop_database((DropdbStmt *) parsetree,
+								context == PROCESS_UTILITY_TOPLEVEL);
 	}
 
 	if (prev_process_utility_hook)

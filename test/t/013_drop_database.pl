@@ -193,6 +193,15 @@ $small->safe_psql('appdb', 'SELECT bunny.create_peer(' . sql_literal('src') . ',
 	  . sql_literal($source->connstr('postgres')) . ')');
 $small->safe_psql('appdb',
 	q{SELECT bunny.create_mirror('never_ran', 'src', '["public.t"]', do_initial_snapshot => false)});
+# In a transaction block the statement's own error comes first, before any
+# check: no warning about a worker that could not start.
+($ret, undef, $err) = $small->psql('postgres',
+	"\\set VERBOSITY verbose\nBEGIN;\nDROP DATABASE appdb;\nCOMMIT;");
+like($err, qr/ERROR:  25001: DROP DATABASE cannot run inside a transaction block/,
+	'DROP DATABASE in a transaction block gets its usual error (25001)');
+unlike($err, qr/could not check database/, 'without trying to check the database first');
+is($small->safe_psql('postgres', "SELECT count(*) FROM pg_database WHERE datname = 'appdb'"),
+	'1', 'and the database is still there');
 ($ret, undef, $err) = $small->psql('postgres', "\\set VERBOSITY verbose\nDROP DATABASE appdb");
 is($ret, 0, 'without a free worker slot the drop goes through');
 like($err, qr/WARNING:  53400: could not check database "appdb" for bunnydb mirrors/,
