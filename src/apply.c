@@ -106,11 +106,7 @@
 #include "catalog/pg_index.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
-#include "commands/copy.h"
 #include "common/hashfn.h"
-#include "mb/pg_wchar.h"
-#include "nodes/makefuncs.h"
-#include "parser/parse_relation.h"
 #include "executor/spi.h"
 #include "libpq/pqformat.h"
 #include "miscadmin.h"
@@ -993,9 +989,6 @@ copy_run(RelMapEntry *e)
 {
 	Relation	rel;
 	List	   *attnames = NIL;
-	List	   *options;
-	ParseState *pstate;
-	CopyFromState cstate;
 	uint64		rows;
 
 	if (copy_row.data == NULL)
@@ -1026,20 +1019,7 @@ copy_run(RelMapEntry *e)
 	rel = table_open(e->localrelid, RowExclusiveLock);
 	for (int i = 0; i < e->remoterel->natts; i++)
 		attnames = lappend(attnames, makeString(e->remoterel->attnames[i]));
-	options = list_make1(makeDefElem("format",
-									 (Node *) makeString(apply_binary_mode ? "binary" : "text"), -1));
-	/* text values are in the database encoding already, as for SPI */
-	if (!apply_binary_mode)
-		options = lappend(options, makeDefElem("encoding",
-											   (Node *) makeString((char *) GetDatabaseEncodingName()), -1));
-	pstate = make_parsestate(NULL);
-	(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
-	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, copy_run_read, attnames, options);
-	if (apply_binary_mode)
-		fastrecv_install_copy(cstate, rel);
-	rows = CopyFrom(cstate);
-	EndCopyFrom(cstate);
-	free_parsestate(pstate);
+	rows = bunny_copy_from(rel, attnames, apply_binary_mode, copy_run_read);
 	table_close(rel, NoLock);
 	CommandCounterIncrement();
 

@@ -11,7 +11,7 @@
  *	snapshot.c	SNAPSHOT phase: consistent copy of existing rows
  *	apply.c		CDC phase: pgoutput stream -> SPI, batching, progress
  *	stream.c	libpq plumbing: non-blocking connect, queries, COPY BOTH
- *	fastrecv.c	fast binary receive of plain-ASCII text values
+ *	fastrecv.c	COPY from a callback; fast receive of plain-ASCII text
  *	catalog.c	reading and writing the bunny.* catalog tables
  *	functions.c	SQL-callable C functions
  *
@@ -233,10 +233,10 @@ extern void apply_store_relation_message(MirrorTable *mt);
 
 /* fastrecv.c */
 struct FmgrInfo;
-struct CopyFromStateData;
 struct RelationData;
 extern bool fastrecv_install(struct FmgrInfo *flinfo);
-extern void fastrecv_install_copy(struct CopyFromStateData *cstate, struct RelationData *rel);
+extern uint64 bunny_copy_from(struct RelationData *rel, List *attnames, bool binary,
+							  int (*read_data) (void *outbuf, int minread, int maxread));
 
 /* error context for workers */
 extern const char *bunny_ctx_mirror;

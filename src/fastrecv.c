@@ -1,8 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * fastrecv.c
- *		A faster binary receive function for text, varchar and bpchar values
- *		that are plain ASCII.
+ *		COPY into a destination table from a data-source callback, as the
+ *		initial copy and the apply's COPY runs do, with a faster binary
+ *		receive function for text, varchar and bpchar values that are
+ *		plain ASCII.
  *
  * Every text-like value the initial copy, a COPY run or a change brings in
  * goes through the type's receive function.  Those functions are general:
@@ -27,6 +29,10 @@
 #include "bunnydb.h"
 #include "compat.h"
 
+#include "commands/copy.h"
+#include "mb/pg_wchar.h"
+#include "nodes/makefuncs.h"
+#include "parser/parse_relation.h"
 #include "utils/builtins.h"
 #include "utils/rel.h"
 #include "utils/fmgroids.h"
@@ -111,7 +117,7 @@ fastrecv_install(FmgrInfo *flinfo)
  * Use bunny_textlike_recv for the text-like columns of a binary COPY into
  * rel that BeginCopyFrom set up.
  */
-void
+static void
 fastrecv_install_copy(CopyFromState cstate, Relation rel)
 {
 	TupleDesc	desc = RelationGetDescr(rel);
@@ -120,4 +126,37 @@ fastrecv_install_copy(CopyFromState cstate, Relation rel)
 	for (int i = 0; i < desc->natts; i++)
 		if (!TupleDescAttr(desc, i)->attisdropped)
 			(void) fastrecv_install(&in_functions[i]);
+}
+
+/*
+ * COPY the rows that read_data hands over (binary COPY, or text in the
+ * database encoding) into the columns attnames of rel, which the caller
+ * has opened with RowExclusiveLock; returns the number of rows.  The
+ * server's COPY machinery does the work: multi-row heap inserts through
+ * a buffer ring, index entries, constraints, triggers.
+ */
+uint64
+bunny_copy_from(Relation rel, List *attnames, bool binary, copy_data_source_cb read_data)
+{
+	List	   *options;
+	ParseState *pstate;
+	CopyFromState cstate;
+	uint64		rows;
+
+	options = list_make1(makeDefElem("format",
+									 (Node *) makeString(binary ? "binary" : "text"), -1));
+	/* text values are in the database encoding already, as for SPI */
+	if (!binary)
+		options = lappend(options, makeDefElem("encoding",
+											   (Node *) makeString((char *) GetDatabaseEncodingName()), -1));
+	pstate = make_parsestate(NULL);
+	/* CopyFrom resolves its target through the range table */
+	(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
+	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, read_data, attnames, options);
+	if (binary)
+		fastrecv_install_copy(cstate, rel);
+	rows = CopyFrom(cstate);
+	EndCopyFrom(cstate);
+	free_parsestate(pstate);
+	return rows;
 }

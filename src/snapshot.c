@@ -41,12 +41,9 @@
 #include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "commands/copy.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
-#include "parser/parse_node.h"
-#include "parser/parse_relation.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "replication/origin.h"
@@ -199,10 +196,7 @@ snapshot_copy_range(PGconn *conn, const char *dest_schema, const char *dest_tabl
 	Relation	rel;
 	StringInfoData sql;
 	List	   *attnames = NIL;
-	List	   *options;
 	ListCell   *lc;
-	ParseState *pstate;
-	CopyFromState cstate;
 	uint64		rows;
 	PGresult   *res;
 
@@ -230,16 +224,7 @@ snapshot_copy_range(PGconn *conn, const char *dest_schema, const char *dest_tabl
 	copy_buf_len = copy_buf_pos = 0;
 	copy_done = false;
 
-	options = list_make1(makeDefElem("format", (Node *) makeString(binary ? "binary" : "text"), -1));
-	pstate = make_parsestate(NULL);
-	/* CopyFrom resolves its target through the range table */
-	(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
-	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, snapshot_copy_read, attnames, options);
-	if (binary)
-		fastrecv_install_copy(cstate, rel);
-	rows = CopyFrom(cstate);
-	EndCopyFrom(cstate);
-	free_parsestate(pstate);
+	rows = bunny_copy_from(rel, attnames, binary, snapshot_copy_read);
 
 	/* drain to the end of the COPY and check how it ended */
 	while (!copy_done)
