@@ -13,7 +13,7 @@ OBJS = \
 	src/setup.o \
 	src/snapshot.o \
 	src/resync.o \
-	src/apply.o src/relmap.o \
+	src/apply.o src/relmap.o src/fold.o \
 	src/stream.o \
 	src/fastrecv.o \
 	src/catalog.o \

@@ -4,7 +4,7 @@
  *		CDC phase: read the pgoutput stream of the mirror's slot and apply
  *		the changes to the destination tables.  What the worker knows of
  *		each source relation, and the statements prepared for it, are in
- *		relmap.c.
+ *		relmap.c; folding repeated UPDATEs within a batch is in fold.c.
  *
  * NOTES
  *
@@ -40,18 +40,10 @@
  *	a streamed transaction a run goes on across the transaction's blocks,
  *	so a bulk load keeps one COPY and one ring of shared buffers.
  *
- *	Folding.  Under a steady load the same rows are updated again and again
- *	(counters, balances, queue heads).  Within a batch an UPDATE that keeps
- *	its row's key is merged into the pending new values of that key, and
- *	the pending rows of a table are written as multi-row UPDATE ... FROM
- *	(VALUES ...) statements: before any other change of that table, before
- *	any other kind of message, and at the end of the batch.  Only the end
- *	state of a batch is ever visible, so writing each row's last values is
- *	the same as writing all of them -- provided nothing can tell the
- *	difference: the table's only unique index is the key (with another one
- *	the order of rows would matter to its checks), no trigger fires for the
- *	worker, and equal keys arrive as equal bytes (types with canonical text
- *	and binary forms).  Other tables are applied change by change.
+ *	Folding.  Within a batch, UPDATEs that keep their row's key are merged
+ *	per key and written as multi-row UPDATEs where that cannot be told
+ *	apart from applying each of them (fold.c).  Other tables are applied
+ *	change by change.
  *
  *	Streaming.  With protocol version 2 the source sends a transaction that
  *	outgrows logical_decoding_work_mem while it is still running, in
@@ -103,10 +95,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/namespace.h"
-#include "catalog/pg_index.h"
-#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
-#include "common/hashfn.h"
 #include "executor/spi.h"
 #include "libpq/pqformat.h"
 #include "miscadmin.h"
@@ -322,7 +311,7 @@ apply_handle_type(StringInfo s)
  * batch the batch's SPI connection is used: connecting per row would cost
  * two memory contexts per change.
  */
-static uint64
+uint64
 apply_exec_plan(SPIPlanPtr plan, Datum *values, char *nulls)
 {
 	int			rc;
@@ -490,247 +479,6 @@ insert_buffer_add(RelMapEntry *e, const char *present, Datum *values, char *null
 		insert_buffer_flush();
 		copy_run_candidate = e; /* a long run: the next row starts COPY */
 	}
-}
-
-/*
- * Folding UPDATEs (see NOTES).  An UPDATE that keeps its row's key is not
- * written at once: it is merged into the pending new values of that key.
- * Pending rows of a table are written, as multi-row UPDATEs, before any
- * other change of that table, before any other kind of message and at the
- * end of the batch.  Memory is bounded by FOLD_MAX_ROWS rows per table.
- */
-#define FOLD_MAX_ROWS		10000
-#define FOLD_STMT_ROWS		100
-
-typedef struct FoldEntry
-{
-	bytea	   *key;			/* hash key: the key columns as received */
-	Datum	   *values;			/* new values of all columns, merged */
-	char	   *nulls;
-	char	   *present;		/* '1' where the value is known */
-} FoldEntry;
-
-/* dynahash hash function: the key is a pointer to the key bytes (bytea) */
-static uint32
-fold_hash_key(const void *key, Size keysize)
-{
-	const bytea *k = *(bytea *const *) key;
-
-	return hash_bytes((const unsigned char *) VARDATA(k), VARSIZE(k) - VARHDRSZ);
-}
-
-/* dynahash match function: 0 when both keys hold the same bytes */
-static int
-fold_match_key(const void *a, const void *b, Size keysize)
-{
-	const bytea *x = *(bytea *const *) a;
-	const bytea *y = *(bytea *const *) b;
-
-	if (VARSIZE(x) != VARSIZE(y))
-		return 1;
-	return memcmp(VARDATA(x), VARDATA(y), VARSIZE(x) - VARHDRSZ);
-}
-
-/* the key columns of a tuple as received, or NULL if one is missing */
-static bytea *
-fold_key(RelMapEntry *e, LogicalRepTupleData *tup)
-{
-	StringInfoData buf;
-
-	initStringInfo(&buf);
-	appendStringInfoSpaces(&buf, VARHDRSZ);
-	for (int i = 0; i < e->remoterel->natts; i++)
-	{
-		int32		len;
-
-		if (!e->iskey[i])
-			continue;
-		if (tup->colstatus[i] != LOGICALREP_COLUMN_TEXT &&
-			tup->colstatus[i] != LOGICALREP_COLUMN_BINARY)
-			return NULL;
-		len = tup->colvalues[i].len;
-		appendBinaryStringInfo(&buf, (char *) &len, sizeof(len));
-		appendBinaryStringInfo(&buf, tup->colvalues[i].data, len);
-	}
-	SET_VARSIZE(buf.data, buf.len);
-	return (bytea *) buf.data;
-}
-
-/* the rows of one shape (same columns present), from position start */
-static int
-fold_write_chunk(RelMapEntry *e, int start)
-{
-	int			n = e->remoterel->natts;
-	FoldEntry  *first = e->fold_rows[start];
-	char	   *setmask = palloc0(n + 1);
-	char	   *wheremask = palloc0(n + 1);
-	int			nrows = 0;
-	int			plan_rows = 1;
-	int			ncols = 0;
-	int			nset = 0;
-	Datum	   *values;
-	char	   *nulls;
-	int			k = 0;
-	uint64		done;
-
-	for (int i = 0; i < n; i++)
-	{
-		wheremask[i] = e->iskey[i] ? '1' : '0';
-		setmask[i] = (!e->iskey[i] && first->present[i] == '1') ? '1' : '0';
-		if (wheremask[i] == '1' || setmask[i] == '1')
-			ncols++;
-		if (setmask[i] == '1')
-			nset++;
-	}
-	while (start + nrows < e->fold_nrows && nrows < FOLD_STMT_ROWS &&
-		   strcmp(e->fold_rows[start + nrows]->present, first->present) == 0)
-		nrows++;
-	if (nset == 0)
-		return nrows;			/* only the key is known: nothing to write */
-
-	/* a few statement sizes, padded with the last row, keep plans few */
-	while (plan_rows < nrows)
-		plan_rows = Min(plan_rows * 2, FOLD_STMT_ROWS);
-	values = palloc(sizeof(Datum) * plan_rows * ncols);
-	nulls = palloc(plan_rows * ncols + 1);
-	for (int r = 0; r < plan_rows; r++)
-	{
-		FoldEntry  *fe = e->fold_rows[start + Min(r, nrows - 1)];
-
-		for (int i = 0; i < n; i++)
-		{
-			if (wheremask[i] != '1' && setmask[i] != '1')
-				continue;
-			values[k] = fe->values[i];
-			nulls[k] = fe->nulls[i];
-			k++;
-		}
-	}
-	done = apply_exec_plan(relmap_get_plan(e, 'F', setmask, wheremask, plan_rows), values, nulls);
-	if (done != (uint64) nrows)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("%d of %d rows to update were not found in destination table %s",
-						nrows - (int) done, nrows, e->qualname),
-				 errdetail("The destination table has diverged from the source."),
-				 errhint("Remove the conflicting local change or resync the table; the mirror retries until then.")));
-	return nrows;
-}
-
-/* write the pending folded UPDATEs of one table */
-static void
-fold_flush_rel(RelMapEntry *e)
-{
-	const char *saved_table = bunny_ctx_table;
-	MemoryContext old;
-	int			at = 0;
-
-	if (e->fold_nrows == 0)
-		return;
-	bunny_ctx_table = e->qualname;
-	old = MemoryContextSwitchTo(e->fold_cxt);
-	while (at < e->fold_nrows)
-		at += fold_write_chunk(e, at);
-	MemoryContextSwitchTo(old);
-	MemoryContextReset(e->fold_cxt);
-	e->fold_hash = NULL;		/* it lived in fold_cxt */
-	e->fold_rows = NULL;
-	e->fold_nrows = 0;
-	e->fold_maxrows = 0;
-	bunny_ctx_table = saved_table;
-}
-
-/* write the pending folded UPDATEs of every table */
-static void
-fold_flush_all(void)
-{
-	HASH_SEQ_STATUS status;
-	RelMapEntry *e;
-
-	hash_seq_init(&status, apply_relmap);
-	while ((e = hash_seq_search(&status)) != NULL)
-		fold_flush_rel(e);
-}
-
-/*
- * Fold an UPDATE into the pending rows of its table; false if it has to be
- * applied as it comes (the caller then writes the pending rows first).
- */
-static bool
-fold_update(RelMapEntry *e, LogicalRepTupleData *newtup)
-{
-	int			n = e->remoterel->natts;
-	bytea	   *key;
-	FoldEntry  *fe;
-	bool		found;
-	Datum	   *values;
-	char	   *nulls;
-	char	   *present;
-	MemoryContext old;
-
-	if (!e->foldable || apply_replaying || change_route(e) != ROUTE_APPLY)
-		return false;
-	key = fold_key(e, newtup);
-	if (key == NULL)
-		return false;
-	if (e->fold_nrows >= FOLD_MAX_ROWS)
-		fold_flush_rel(e);
-
-	values = palloc(sizeof(Datum) * (n + 1));
-	nulls = palloc(n + 1);
-	present = palloc0(n + 1);
-	relmap_tuple_to_datums(e, newtup, values, nulls, present);
-
-	if (e->fold_cxt == NULL)
-		e->fold_cxt = AllocSetContextCreate(ApplyCacheContext, "bunnydb folded updates",
-											ALLOCSET_DEFAULT_SIZES);
-	old = MemoryContextSwitchTo(e->fold_cxt);
-	if (e->fold_hash == NULL)
-	{
-		HASHCTL		ctl;
-
-		memset(&ctl, 0, sizeof(ctl));
-		ctl.keysize = sizeof(bytea *);
-		ctl.entrysize = sizeof(FoldEntry);
-		ctl.hash = fold_hash_key;
-		ctl.match = fold_match_key;
-		ctl.hcxt = e->fold_cxt;
-		e->fold_hash = hash_create("bunnydb folded updates", 256, &ctl,
-								   HASH_ELEM | HASH_FUNCTION | HASH_COMPARE | HASH_CONTEXT);
-	}
-	fe = hash_search(e->fold_hash, &key, HASH_ENTER, &found);
-	if (!found)
-	{
-		fe->key = DatumGetByteaPCopy(PointerGetDatum(key));
-		fe->values = palloc0(sizeof(Datum) * (n + 1));
-		fe->nulls = palloc(n + 1);
-		fe->present = palloc(n + 1);
-		memset(fe->present, '0', n);
-		fe->present[n] = '\0';
-		memset(fe->nulls, ' ', n);
-		if (e->fold_nrows == e->fold_maxrows)
-		{
-			e->fold_maxrows = Max(64, e->fold_maxrows * 2);
-			e->fold_rows = e->fold_rows == NULL ?
-				palloc(sizeof(FoldEntry *) * e->fold_maxrows) :
-				repalloc(e->fold_rows, sizeof(FoldEntry *) * e->fold_maxrows);
-		}
-		e->fold_rows[e->fold_nrows++] = fe;
-	}
-	/* later values win; columns this UPDATE left unchanged keep earlier ones */
-	for (int i = 0; i < n; i++)
-	{
-		if (present[i] != '1')
-			continue;
-		if (fe->present[i] == '1' && fe->nulls[i] != 'n' && !e->typbyval[i])
-			pfree(DatumGetPointer(fe->values[i]));
-		fe->present[i] = '1';
-		fe->nulls[i] = nulls[i];
-		fe->values[i] = nulls[i] == 'n' ? (Datum) 0 :
-			datumCopy(values[i], e->typbyval[i], e->typlen[i]);
-	}
-	MemoryContextSwitchTo(old);
-	return true;
 }
 
 /*
@@ -1116,7 +864,7 @@ apply_handle_update(StringInfo s)
 	/* buffered INSERTs of this table may include the row */
 	if (ins_rel == e)
 		insert_buffer_flush();
-	if (!has_old && fold_update(e, &newtup))
+	if (!has_old && change_route(e) == ROUTE_APPLY && fold_update(e, &newtup))
 	{
 		e->n_upd++;
 		batch_changes++;
@@ -1283,22 +1031,11 @@ apply_handle_commit(StringInfo s)
 static void
 apply_discard_pending(void)
 {
-	HASH_SEQ_STATUS status;
-	RelMapEntry *e;
-
 	ins_rows = 0;
 	ins_rel = NULL;
 	MemoryContextReset(InsertBufferContext);
 	copy_run_candidate = NULL;
-	hash_seq_init(&status, apply_relmap);
-	while ((e = hash_seq_search(&status)) != NULL)
-	{
-		if (e->fold_cxt != NULL)
-			MemoryContextReset(e->fold_cxt);
-		e->fold_hash = NULL;
-		e->fold_rows = NULL;
-		e->fold_nrows = e->fold_maxrows = 0;
-	}
+	fold_discard_all();
 }
 
 /* roll back the open destination transaction and forget the batch */

@@ -95,5 +95,13 @@ extern bool apply_replaying;	/* replaying a resync queue */
 extern MirrorTable *apply_replay_mt;	/* ... of this table */
 extern const char *apply_replay_target; /* ... into this destination table */
 extern Mirror *apply_current_mirror(void);
+extern uint64 apply_exec_plan(SPIPlanPtr plan, Datum *values, char *nulls);
+
+/* fold.c: folded UPDATEs of the open batch */
+extern bool fold_eligible(RelMapEntry *e, Relation rel);
+extern bool fold_update(RelMapEntry *e, LogicalRepTupleData *newtup);
+extern void fold_flush_rel(RelMapEntry *e);
+extern void fold_flush_all(void);
+extern void fold_discard_all(void);
 
 #endif							/* BUNNYDB_APPLY_INTERNAL_H */

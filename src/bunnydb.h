@@ -10,6 +10,8 @@
  *	setup.c		SETUP phase: source checks, publication, slot, destination DDL
  *	snapshot.c	SNAPSHOT phase: consistent copy of existing rows
  *	apply.c		CDC phase: pgoutput stream -> SPI, batching, progress
+ *	relmap.c	the apply's relation map and prepared statements
+ *	fold.c		folding repeated UPDATEs of a batch into multi-row UPDATEs
  *	stream.c	libpq plumbing: non-blocking connect, queries, COPY BOTH
  *	fastrecv.c	COPY from a callback; fast receive of plain-ASCII text
  *	catalog.c	reading and writing the bunny.* catalog tables

@@ -23,8 +23,6 @@
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
-#include "catalog/pg_index.h"
-#include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
 #include "libpq/pqformat.h"
 #include "mb/pg_wchar.h"
@@ -159,109 +157,6 @@ source_column_default(RelMapEntry *e, const char *attname)
 	PQclear(res);
 	PQfinish(c);
 	return result;
-}
-
-/*
- * May UPDATEs of this table be folded per key within a batch (see NOTES)?
- * Only when writing a row's last values instead of each of them cannot be
- * told apart: the key is the only unique index (so the order in which
- * different rows are written cannot trip a unique check), no trigger fires
- * for the worker and no rule rewrites the statement, and equal keys arrive
- * as equal bytes (types whose text and binary forms are canonical).
- */
-static bool
-fold_eligible(RelMapEntry *e, Relation rel)
-{
-	int			n = e->remoterel->natts;
-	int			nkeys = 0;
-	int			key_indexes = 0;
-	List	   *indexes;
-	ListCell   *lc;
-
-	if (e->full_match || rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rules != NULL)
-		return false;
-	if (rel->trigdesc != NULL)
-	{
-		/* the worker runs with session_replication_role = replica */
-		for (int t = 0; t < rel->trigdesc->numtriggers; t++)
-		{
-			char		enabled = rel->trigdesc->triggers[t].tgenabled;
-
-			if (enabled != TRIGGER_FIRES_ON_ORIGIN && enabled != TRIGGER_DISABLED)
-				return false;
-		}
-	}
-	for (int i = 0; i < n; i++)
-	{
-		Form_pg_attribute att;
-
-		if (!e->iskey[i])
-			continue;
-		nkeys++;
-		if (e->remoterel->atttyps[i] != e->typid[i])
-			return false;
-		att = TupleDescAttr(RelationGetDescr(rel), e->attmap[i] - 1);
-		switch (e->typid[i])
-		{
-			case INT2OID:
-			case INT4OID:
-			case INT8OID:
-			case OIDOID:
-			case UUIDOID:
-			case DATEOID:
-			case TIMESTAMPOID:
-			case TIMESTAMPTZOID:
-			case BOOLOID:
-				break;
-			case TEXTOID:
-			case VARCHAROID:
-				if (!OidIsValid(att->attcollation) ||
-					!get_collation_isdeterministic(att->attcollation))
-					return false;
-				break;
-			default:
-				return false;
-		}
-	}
-	if (nkeys == 0)
-		return false;
-
-	indexes = RelationGetIndexList(rel);
-	foreach(lc, indexes)
-	{
-		HeapTuple	tup = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
-		Form_pg_index idx;
-		bool		is_key = true;
-
-		if (!HeapTupleIsValid(tup))
-			return false;
-		idx = (Form_pg_index) GETSTRUCT(tup);
-		if (!idx->indisunique && !idx->indisexclusion)
-		{
-			ReleaseSysCache(tup);
-			continue;
-		}
-		if (idx->indnkeyatts != nkeys ||
-			!heap_attisnull(tup, Anum_pg_index_indexprs, NULL) ||
-			!heap_attisnull(tup, Anum_pg_index_indpred, NULL) ||
-			idx->indisexclusion)
-			is_key = false;
-		for (int k = 0; is_key && k < idx->indnkeyatts; k++)
-		{
-			bool		found = false;
-
-			for (int i = 0; i < n; i++)
-				if (e->iskey[i] && e->attmap[i] == idx->indkey.values[k])
-					found = true;
-			is_key = found;
-		}
-		ReleaseSysCache(tup);
-		if (!is_key)
-			return false;		/* another unique index: order matters */
-		key_indexes++;
-	}
-	list_free(indexes);
-	return key_indexes > 0;
 }
 
 /*
