@@ -157,6 +157,18 @@ fold_write_chunk(RelMapEntry *e, int start)
 	return nrows;
 }
 
+/* forget the pending rows of one table (they lived in its fold_cxt) */
+static void
+fold_reset_rel(RelMapEntry *e)
+{
+	if (e->fold_cxt != NULL)
+		MemoryContextReset(e->fold_cxt);
+	e->fold_hash = NULL;
+	e->fold_rows = NULL;
+	e->fold_nrows = 0;
+	e->fold_maxrows = 0;
+}
+
 /* write the pending folded UPDATEs of one table */
 void
 fold_flush_rel(RelMapEntry *e)
@@ -172,11 +184,7 @@ fold_flush_rel(RelMapEntry *e)
 	while (at < e->fold_nrows)
 		at += fold_write_chunk(e, at);
 	MemoryContextSwitchTo(old);
-	MemoryContextReset(e->fold_cxt);
-	e->fold_hash = NULL;		/* it lived in fold_cxt */
-	e->fold_rows = NULL;
-	e->fold_nrows = 0;
-	e->fold_maxrows = 0;
+	fold_reset_rel(e);
 	bunny_ctx_table = saved_table;
 }
 
@@ -385,11 +393,5 @@ fold_discard_all(void)
 
 	hash_seq_init(&status, apply_relmap);
 	while ((e = hash_seq_search(&status)) != NULL)
-	{
-		if (e->fold_cxt != NULL)
-			MemoryContextReset(e->fold_cxt);
-		e->fold_hash = NULL;
-		e->fold_rows = NULL;
-		e->fold_nrows = e->fold_maxrows = 0;
-	}
+		fold_reset_rel(e);
 }
