@@ -40,7 +40,11 @@
 #include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/snapmgr.h"
+
+/* how long the check worker waits for a lock on the mirror catalog */
+#define DROPDB_CHECK_LOCK_TIMEOUT "5s"
 
 /* what the check worker found in the database to be dropped */
 typedef struct DropDatabaseCheck
@@ -164,6 +168,15 @@ bunny_dropdb_check_main(Datum arg)
 		proc_exit(0);			/* the backend that asked has gone */
 	check = dsm_segment_address(seg);
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, BGWORKER_BYPASS_ALLOWCONN);
+
+	/*
+	 * A session there may hold a lock on bunny.mirror (an open transaction
+	 * that ran a control function, or an explicit LOCK).  Waiting for it
+	 * would hang the DROP DATABASE for as long as that session stays, even
+	 * WITH (FORCE), which would have ended it.  Give up instead: the
+	 * backend then warns that the check could not be made.
+	 */
+	SetConfigOption("lock_timeout", DROPDB_CHECK_LOCK_TIMEOUT, PGC_SUSET, PGC_S_OVERRIDE);
 
 	bunny_start_transaction();
 	SPI_connect();

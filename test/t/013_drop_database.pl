@@ -11,9 +11,10 @@
 # nothing of them is left on the source; databases without mirrors (with or
 # without the extension) are dropped as usual.  DROP OWNED BY the
 # extension's owner, which drops the extension, is refused like DROP
-# EXTENSION while mirrors exist.  When no worker can be
-# started for the check, DROP DATABASE warns and goes on.  Runs in about
-# 10 s.
+# EXTENSION while mirrors exist.  When the check cannot be made (no worker
+# can be started, or the worker fails: here it times out on a lock held on
+# the mirror catalog), DROP DATABASE warns and goes on.  Runs in about
+# 15 s.
 
 use strict;
 use warnings;
@@ -177,6 +178,34 @@ is($ret, 0, 'DROP OWNED BY goes through once the mirror is dropped') or diag($er
 is($dest->safe_psql('owndb', "SELECT count(*) FROM pg_extension WHERE extname = 'bunnydb'"),
 	'0', 'and it dropped the extension');
 is(src_objects(), '0/0', 'no bunnydb slot or publication left on the source');
+
+# A session in the database holding a lock on the mirror catalog does not
+# hang DROP DATABASE ... WITH (FORCE): the check worker gives up after its
+# lock timeout (5 s), and the drop warns that the check could not be made
+# and goes on, ending that session as FORCE does.  Without the timeout the
+# drop would wait for as long as the session keeps its transaction open.
+$dest->safe_psql('postgres', 'CREATE DATABASE lockdb');
+$dest->safe_psql('lockdb', 'CREATE EXTENSION bunnydb');
+my $holder = $dest->background_psql('lockdb', on_error_stop => 0);
+$holder->query_safe('BEGIN; LOCK TABLE bunny.mirror IN ACCESS EXCLUSIVE MODE');
+my $log_offset = -s $dest->logfile;
+my $drop_timed_out = 0;
+($ret, undef, $err) = $dest->psql('postgres',
+	"\\set VERBOSITY verbose\nDROP DATABASE lockdb WITH (FORCE)",
+	timeout => 60, timed_out => \$drop_timed_out);
+ok(!$drop_timed_out, 'a lock held on bunny.mirror does not hang DROP DATABASE ... WITH (FORCE)');
+is($ret, 0, 'the drop goes through') or diag($err);
+like($err, qr/WARNING:  XX000: could not check database "lockdb" for bunnydb mirrors/,
+	'with a warning that the check could not be made');
+like($err, qr/DETAIL:  The checking worker ended without an answer; the server log has its error/,
+	'saying that the check worker failed');
+like($err, qr/HINT:  If the database had mirrors, their replication slots/,
+	'and what would be left on the sources');
+ok($dest->log_contains(qr/canceling statement due to lock timeout/, $log_offset),
+	'the server log has the check worker\'s lock timeout');
+is($dest->safe_psql('postgres', "SELECT count(*) FROM pg_database WHERE datname = 'lockdb'"),
+	'0', 'database lockdb is gone');
+eval { $holder->quit; };
 
 # When the check cannot be made, the drop is not blocked: a destination
 # whose only background worker slot is the launcher's cannot start the
