@@ -2100,14 +2100,27 @@ apply_stream(PGconn *source_conn, Mirror *m)
 			apply_between_batches();
 		send_feedback(false, false);
 
+		/*
+		 * A batch committed within a second of the previous statistics flush
+		 * leaves its counts pending, and only the next commit would flush
+		 * them: an idle mirror's tables would show too few changes in
+		 * pg_stat_user_tables.  As PostgresMain does for an idle backend,
+		 * force them out once a wait has passed without anything to do.
+		 */
 		{
-			int			rc = WaitLatchOrSocket(MyLatch,
-											   WL_SOCKET_READABLE | WL_LATCH_SET |
-											   WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-											   fd, IDLE_WAIT_MS, PG_WAIT_EXTENSION);
+			bool		stats_held = false;
+			int			rc;
 
+			if (!in_local_txn && !IsTransactionOrTransactionBlock())
+				stats_held = pgstat_report_stat(false) > 0;
+			rc = WaitLatchOrSocket(MyLatch,
+								   WL_SOCKET_READABLE | WL_LATCH_SET |
+								   WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								   fd, IDLE_WAIT_MS, PG_WAIT_EXTENSION);
 			if (rc & WL_LATCH_SET)
 				ResetLatch(MyLatch);
+			if (stats_held && (rc & WL_TIMEOUT))
+				pgstat_report_stat(true);
 		}
 		CHECK_FOR_INTERRUPTS();
 		if (ConfigReloadPending)

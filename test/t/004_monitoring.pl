@@ -3,7 +3,8 @@
 # 004_monitoring: every figure a DBA reads from psql.
 #
 #  * bunny.mirror_tables counters after a known mix of changes, and the
-#    mirror's total_rows_synced / last_sync_time
+#    mirror's total_rows_synced / last_sync_time; pg_stat_user_tables of
+#    the destination table complete while the mirror is idle
 #  * lag_bytes / lag_seconds positive while paused with pending changes,
 #    zero after catch-up
 #  * wait_for_lsn: false at its timeout, true once applied
@@ -53,6 +54,21 @@ is(dq("SELECT last_synced_at IS NOT NULL FROM bunny.mirror_tables WHERE mirror =
 	't', 'last_synced_at set');
 is(dq("SELECT status FROM bunny.mirror_tables WHERE mirror = 'mon'"),
 	'SYNCED', 'table status SYNCED');
+
+# PostgreSQL's own statistics of the destination table follow too, also
+# for a batch committed right after another one (its counts are held back
+# for up to a second) when the mirror then goes idle
+$source->safe_psql('postgres', "INSERT INTO acc VALUES (101, 'x')");
+is(wait_for_lsn($dest, 'mon', source_lsn($source), 60000), 't', 'one more insert applied');
+$source->safe_psql('postgres', "INSERT INTO acc VALUES (102, 'y')");
+is(wait_for_lsn($dest, 'mon', source_lsn($source), 60000), 't', 'and one more, at once');
+my $stat_query = "SELECT n_tup_ins || '/' || n_tup_upd || '/' || n_tup_del
+	FROM pg_stat_user_tables WHERE relid = 'public.acc'::regclass";
+ok(poll_until(sub { query_value($dest, $stat_query) eq '12/4/3' }, 15, 0.25),
+	'pg_stat_user_tables counts every change while the mirror is idle')
+  or diag('n_tup_ins/upd/del: ' . query_value($dest, $stat_query));
+$source->safe_psql('postgres', 'DELETE FROM acc WHERE id > 100');
+is(wait_for_lsn($dest, 'mon', source_lsn($source), 60000), 't', 'the two rows removed again');
 
 # ---------------------------------------------------------------------------
 # Lag while paused, and wait_for_lsn both ways
