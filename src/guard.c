@@ -170,11 +170,13 @@ bunny_dropdb_check_main(Datum arg)
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, BGWORKER_BYPASS_ALLOWCONN);
 
 	/*
-	 * A session there may hold a lock on bunny.mirror (an open transaction
-	 * that ran a control function, or an explicit LOCK).  Waiting for it
-	 * would hang the DROP DATABASE for as long as that session stays, even
-	 * WITH (FORCE), which would have ended it.  Give up instead: the
-	 * backend then warns that the check could not be made.
+	 * A session there may hold a lock on bunny.mirror that blocks reading
+	 * it (an explicit LOCK, or ALTER, TRUNCATE or VACUUM FULL of it in a
+	 * transaction still open; control functions only take row locks, which
+	 * do not).  Waiting for it would hang the DROP DATABASE for as long as
+	 * that session stays, even WITH (FORCE), which would have ended it.
+	 * Give up instead: the backend then warns that the check could not be
+	 * made.
 	 */
 	SetConfigOption("lock_timeout", DROPDB_CHECK_LOCK_TIMEOUT, PGC_SUSET, PGC_S_OVERRIDE);
 
