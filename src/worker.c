@@ -309,8 +309,6 @@ worker_paused_loop(Mirror *m)
 		}
 		PG_END_TRY();
 
-		/* the last batch's table statistics, if still pending */
-		pgstat_report_stat(true);
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 						 5000, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);

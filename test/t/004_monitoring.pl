@@ -75,6 +75,11 @@ is(wait_for_lsn($dest, 'mon', source_lsn($source), 60000), 't', 'the two rows re
 # ---------------------------------------------------------------------------
 dq("SELECT bunny.pause_mirror('mon')");
 ok(wait_for_status($dest, 'mon', 'PAUSED', 60), 'paused');
+# the batch with the two deletes, committed just before the pause, is
+# counted too (pausing ends the streaming worker, which flushes as it exits)
+ok(poll_until(sub { query_value($dest, $stat_query) eq '12/4/5' }, 15, 0.25),
+	'pg_stat_user_tables counts every change while the mirror is paused')
+  or diag('n_tup_ins/upd/del: ' . query_value($dest, $stat_query));
 $source->safe_psql('postgres',
 	"INSERT INTO acc SELECT g, 'p' FROM generate_series(100, 2099) g");
 my $lsn = source_lsn($source);
