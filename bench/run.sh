@@ -5,12 +5,14 @@
 # clusters, same data.  See SPEC.md section 4 "Performance targets".
 #
 #     sudo bash bench/run.sh [--scale N] [--only copy,tpcb,bigtxn,lag] [--keep]
-#                            [--copy-pairs 1|2]
+#                            [--copy-pairs 1|2] [--no-pglogical]
 #                            [--long-wait] [--dir DIR]
 #
 # Requirements: Debian 12, PostgreSQL 15 (/usr/lib/postgresql/15/bin, with
 # pgbench and the contrib module dblink), bunnydb built and installed
 # (`make install`).  Run as root; the clusters run as the `postgres` OS user.
+# pglogical (apt-get install postgresql-15-pglogical), when installed, is
+# measured as a third system in the same run (--no-pglogical: leave it out).
 #
 # Layout (everything under --dir, default /tmp/bunnydb-bench, owned by postgres;
 # unix sockets only, no TCP):
@@ -19,6 +21,11 @@
 #     destination cluster  port 5542, shared_preload_libraries=bunnydb
 #                          database dest_bunny   : extension, mirror `bench`
 #                          database dest_builtin : subscription bench_sub
+#                          database dest_pglogical : pglogical subscription
+#                          bench_pgl (node bench_provider in `bench` on the
+#                          source; tables in its sets default and, for
+#                          pgbench_history, which has no key,
+#                          default_insert_only)
 # Both clusters are stopped and removed on exit (unless --keep).
 #
 # Workloads (the row "copy" always runs: the others need the mirror and the
@@ -28,6 +35,9 @@
 #           pg_subscription_rel rows in state 'r'.  Two pairs: bunnydb then
 #           built-in, then (into scratch databases) built-in then bunnydb;
 #           the ratio is the sum over both pairs (--copy-pairs 1: first only).
+#           pglogical: create_subscription until status 'replicating' and
+#           every pglogical.local_sync_status row 'r'; third in the first
+#           pair, first in the second.
 #   tpcb    both paused; pgbench -n -c 4 -t 20000 (80 000 TPC-B transactions);
 #           time the catch-up of each, one after the other.
 #   bigtxn  both paused; one INSERT of 1 000 000 rows into bigt; time the
@@ -35,7 +45,10 @@
 #           for comparison, of the built-in apply worker).
 #   lag     pgbench -n -c 8 -T 30 with both replicating live; every 0.2 s a
 #           sampler takes the source's WAL insert position and measures how
-#           long until each side has applied it; p50/p99.
+#           long until each side has applied it; p50/p99.  With pglogical a
+#           second pgbench run of the same length has bunnydb and pglogical
+#           live (built-in disabled): each comparison is between two systems
+#           that share the machine in the same way.
 #
 # How bunnydb is waited for: by default bunny.wait_for_lsn(name, lsn, 0) is
 # polled (every 0.1 s for the catch-ups, every 2 ms in the lag sampler), the
@@ -79,6 +92,8 @@ BIGTXN_ROWS=1000000
 COPY_TIMEOUT=1800          # seconds
 CATCHUP_TIMEOUT=600        # seconds
 COPY_PAIRS=2               # --copy-pairs 1: only the first (bunnydb first) pair
+PGL=auto                   # pglogical as a third system when installed
+PGL_SUB=bench_pgl
 TABLES_JSON='["public.pgbench_accounts","public.pgbench_branches","public.pgbench_tellers","public.pgbench_history","public.bigt"]'
 
 CMDLINE="bash $0 $*"
@@ -100,6 +115,7 @@ while [ $# -gt 0 ]; do
         --dir=*) DIR=${1#*=}; shift ;;
         --keep) KEEP=1; shift ;;
         --long-wait) WAIT_MODE=long; shift ;;
+        --no-pglogical) PGL=0; shift ;;
         -h|--help) usage 0 ;;
         *) echo "run.sh: unknown argument: $1" >&2; usage 2 ;;
     esac
@@ -135,6 +151,7 @@ qd() { q "$DST_PORT" "$1" "$2"; }
 SRC_CONNINFO="host=$DIR port=$SRC_PORT dbname=bench"
 DST_BUNNY_CONNINFO="host=$DIR port=$DST_PORT dbname=dest_bunny"
 DST_BUILTIN_CONNINFO="host=$DIR port=$DST_PORT dbname=dest_builtin"
+DST_PGL_CONNINFO="host=$DIR port=$DST_PORT dbname=dest_pglogical"
 
 BG_PIDS=()
 
@@ -175,6 +192,9 @@ SHAREDIR=$("$PGBIN/pg_config" --sharedir)
 [ -f "$LIBDIR/bunnydb.so" ] || die "$LIBDIR/bunnydb.so not found: build and install bunnydb first (make && make install)"
 [ -f "$SHAREDIR/extension/bunnydb.control" ] || die "bunnydb.control not installed"
 [ -f "$SHAREDIR/extension/dblink.control" ] || die "dblink (PostgreSQL contrib) not installed; it is part of postgresql-15"
+if [ "$PGL" = auto ]; then
+    if [ -f "$LIBDIR/pglogical.so" ] && [ -f "$SHAREDIR/extension/pglogical.control" ]; then PGL=1; else PGL=0; fi
+fi
 
 # ---------------------------------------------------------------------------
 # header
@@ -186,6 +206,11 @@ echo "machine:   $(uname -srm), nproc=$(nproc), memory=$(awk '/MemTotal/ {printf
 echo "cpu:       $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)"
 echo "postgres:  $("$PGBIN/postgres" --version)"
 echo "bunnydb:   $LIBDIR/bunnydb.so md5=$(md5sum "$LIBDIR/bunnydb.so" | cut -c1-12) mtime=$(date -u -r "$LIBDIR/bunnydb.so" '+%Y-%m-%d %H:%M:%S UTC')"
+if [ "$PGL" = 1 ]; then
+    echo "pglogical: $(sed -n "s/^default_version = '\(.*\)'/\1/p" "$SHAREDIR/extension/pglogical.control") ($LIBDIR/pglogical.so)"
+else
+    echo "pglogical: not measured ($([ -f "$LIBDIR/pglogical.so" ] && echo "--no-pglogical" || echo "not installed: apt-get install postgresql-15-pglogical"))"
+fi
 echo "repo:      $(git -c safe.directory='*' -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)"
 echo "wait mode: $WAIT_MODE (bunny.wait_for_lsn $([ "$WAIT_MODE" = long ] && echo "one long call" || echo "polled with timeout 0"))"
 echo "scale:     $SCALE ($((SCALE * 100000)) pgbench_accounts rows); workloads: $ONLY (copy always runs)"
@@ -231,14 +256,28 @@ EOF
 }
 
 log "creating clusters in $DIR"
+# pglogical: its output plugin must be allowed on the source (this
+# PostgreSQL build only loads the plugins that output_plugin_libraries names)
+PGL_SRC_CONF=""
+PGL_DST_PRELOAD=""
+if [ "$PGL" = 1 ]; then
+    PGL_SRC_CONF="shared_preload_libraries = 'pglogical'"
+    # (grep without -q: reading to the end spares postgres a SIGPIPE, which pipefail would report)
+    if as_pg "$PGBIN/postgres" --describe-config 2>/dev/null | grep '^output_plugin_libraries' >/dev/null; then
+        PGL_SRC_CONF="$PGL_SRC_CONF
+output_plugin_libraries = 'pgoutput, test_decoding, pglogical_output'"
+    fi
+    PGL_DST_PRELOAD=",pglogical"
+fi
 make_cluster src $SRC_PORT "wal_level = logical
+$PGL_SRC_CONF
 max_replication_slots = 20
 max_wal_senders = 20
 shared_buffers = 1GB
 max_wal_size = 8GB
 checkpoint_timeout = 30min
 synchronous_commit = off"
-make_cluster dst $DST_PORT "shared_preload_libraries = 'bunnydb'
+make_cluster dst $DST_PORT "shared_preload_libraries = 'bunnydb$PGL_DST_PRELOAD'
 max_worker_processes = 40
 max_logical_replication_workers = 8
 max_sync_workers_per_subscription = 4
@@ -248,6 +287,12 @@ checkpoint_timeout = 30min
 synchronous_commit = off"
 
 checkpoint_both() { qs postgres "CHECKPOINT" && qd postgres "CHECKPOINT"; }
+
+# settle_copy DB: VACUUM (ANALYZE) a destination database right after its
+# timed copy, untimed.  Millions of fresh rows make autovacuum pick the table
+# up within a minute, and its pass (a scan of the whole table that also
+# writes each page) would otherwise land in whichever copy is timed next.
+settle_copy() { log "$1: VACUUM (ANALYZE), untimed"; qd "$1" "VACUUM (ANALYZE)"; }
 
 # ---------------------------------------------------------------------------
 # data
@@ -264,18 +309,40 @@ qs bench "ALTER TABLE pgbench_history REPLICA IDENTITY FULL"
 qs bench "ANALYZE"
 log "source ready in $(elapsed "$t0" "$(now)") s; pgbench_accounts: $(qs bench "SELECT count(*) FROM pgbench_accounts") rows, $(qs bench "SELECT pg_size_pretty(pg_total_relation_size('pgbench_accounts'))")"
 
-# dest_bunny$1 with the extension, dest_builtin$1 with the source's schema
+# The tables' schema for the built-in and pglogical destinations, dumped
+# once before pglogical adds its TRUNCATE triggers to the source tables
+as_pg bash -c "pg_dump -s -t 'pgbench_*' -t bigt -h '$DIR' -p $SRC_PORT bench" >"$DIR/schema.sql" 2>"$DIR/schema-dump.log" \
+    || { cat "$DIR/schema-dump.log"; die "pg_dump -s of the source tables failed"; }
+chown postgres "$DIR/schema.sql"
+load_schema() {   # db
+    as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p $DST_PORT -d "$1" -f "$DIR/schema.sql" >"$DIR/schema-$1.log" 2>&1 \
+        || { cat "$DIR/schema-$1.log"; die "could not copy the schema to $1"; }
+}
+
+# dest_bunny$1 with the extension, dest_builtin$1 with the source's schema,
+# dest_pglogical$1 with the schema and a pglogical node
 create_dest_dbs() {
     qd postgres "CREATE DATABASE dest_bunny$1"
     qd postgres "CREATE DATABASE dest_builtin$1"
     qd "dest_bunny$1" "CREATE EXTENSION bunnydb"
-    as_pg bash -c "pg_dump -s -t 'pgbench_*' -t bigt -h '$DIR' -p $SRC_PORT bench \
-        | psql -X -q -v ON_ERROR_STOP=1 -h '$DIR' -p $DST_PORT -d dest_builtin$1" >"$DIR/schema$1.log" 2>&1 \
-        || { cat "$DIR/schema$1.log"; die "could not copy the schema to dest_builtin$1"; }
+    load_schema "dest_builtin$1"
+    if [ "$PGL" = 1 ]; then
+        qd postgres "CREATE DATABASE dest_pglogical$1"
+        load_schema "dest_pglogical$1"
+        qd "dest_pglogical$1" "CREATE EXTENSION pglogical"
+        qd "dest_pglogical$1" "SELECT pglogical.create_node('dest_pglogical$1', 'host=$DIR port=$DST_PORT dbname=dest_pglogical$1')" >/dev/null
+    fi
 }
-log "destination: dest_bunny (CREATE EXTENSION bunnydb), dest_builtin (schema from pg_dump -s)"
+log "destination: dest_bunny (CREATE EXTENSION bunnydb), dest_builtin (schema from pg_dump -s)$([ "$PGL" = 1 ] && echo ", dest_pglogical (schema, pglogical node)")"
 create_dest_dbs ""
 qs bench "CREATE PUBLICATION $PUB FOR TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bigt"
+if [ "$PGL" = 1 ]; then
+    log "source: pglogical node bench_provider; pgbench_history (no key) in set default_insert_only, the other tables in set default"
+    qs bench "CREATE EXTENSION pglogical"
+    qs bench "SELECT pglogical.create_node('bench_provider', '$SRC_CONNINFO')" >/dev/null
+    qs bench "SELECT pglogical.replication_set_add_table('default', t) FROM unnest('{pgbench_accounts,pgbench_branches,pgbench_tellers,bigt}'::regclass[]) t" >/dev/null
+    qs bench "SELECT pglogical.replication_set_add_table('default_insert_only', 'pgbench_history')" >/dev/null
+fi
 # sampler database on the source for the lag workload (dblink to the destination)
 qs postgres "CREATE DATABASE sampler"
 qs sampler "CREATE EXTENSION dblink"
@@ -339,25 +406,70 @@ builtin_pause() {
 }
 
 SUB_ORIGIN=""
-builtin_applied_lsn() {   # remote_lsn of the subscription's origin
-    qd dest_builtin "SELECT coalesce(max(remote_lsn), '0/0') FROM pg_replication_origin_status WHERE external_id = '$SUB_ORIGIN'"
+
+# peer_caught_up DB ORIGIN SLOT LSN: a subscription (built-in or pglogical)
+# in DB has applied up to LSN: its replication origin ORIGIN says so, or
+# (when it had nothing left to apply) its slot SLOT on the source does
+peer_caught_up() {
+    [ "$(qd "$1" "SELECT coalesce(max(remote_lsn), '0/0') >= '$4' FROM pg_replication_origin_status WHERE external_id = '$2'")" = t ] && return 0
+    [ "$(qs postgres "SELECT coalesce(bool_or(confirmed_flush_lsn >= '$4'), false) FROM pg_replication_slots WHERE slot_name = '$3'")" = t ]
 }
 
-# built-in caught up with LSN $1 (see header)
-builtin_caught_up() {
-    [ "$(qd dest_builtin "SELECT coalesce(max(remote_lsn), '0/0') >= '$1' FROM pg_replication_origin_status WHERE external_id = '$SUB_ORIGIN'")" = t ] && return 0
-    [ "$(qs postgres "SELECT coalesce(bool_or(confirmed_flush_lsn >= '$1'), false) FROM pg_replication_slots WHERE slot_name = '$SUB'")" = t ]
-}
-
-builtin_wait_lsn() {   # lsn timeout
-    local deadline=$(( $(date +%s) + $2 ))
-    while ! builtin_caught_up "$1"; do
-        [ "$(date +%s)" -ge "$deadline" ] && { echo "timeout: built-in not caught up with $1 after $2 s"; return 1; }
+# peer_wait_lsn NAME DB ORIGIN SLOT LSN TIMEOUT
+peer_wait_lsn() {
+    local deadline=$(( $(date +%s) + $6 ))
+    while ! peer_caught_up "$2" "$3" "$4" "$5"; do
+        [ "$(date +%s)" -ge "$deadline" ] && { echo "timeout: $1 not caught up with $5 after $6 s"; return 1; }
         sleep 0.1
     done
 }
 
+builtin_wait_lsn() { peer_wait_lsn built-in dest_builtin "$SUB_ORIGIN" "$SUB" "$1" "$2"; }   # lsn timeout
+builtin_resume() { qd dest_builtin "ALTER SUBSCRIPTION $SUB ENABLE"; }
+builtin_apply_pid_sql="SELECT pid FROM pg_stat_subscription WHERE subname = '$SUB' AND relid IS NULL AND pid IS NOT NULL"
+
 target_lsn() { qs postgres "SELECT pg_current_wal_insert_lsn()"; }
+
+# ---- pglogical primitives (PGL_OK=1 while it is measured and has not failed)
+PGL_OK=$PGL
+PGL_ORIGIN=""   # its slot on the source, and its replication origin here
+
+# pgl_subscribe DB SUB: subscribe DB's node to bench_provider and wait until
+# the subscription replicates with every table synchronised
+pgl_subscribe() {
+    local deadline=$(( $(date +%s) + COPY_TIMEOUT ))
+    qd "$1" "SELECT pglogical.create_subscription('$2', '$SRC_CONNINFO', '{default,default_insert_only}')" >/dev/null || return 1
+    local st down_since=""
+    while :; do
+        st=$(qd "$1" "SELECT (SELECT status FROM pglogical.show_subscription_status('$2')) || ' ' || (count(*) >= 6 AND bool_and(sync_status = 'r')) FROM pglogical.local_sync_status")
+        [ "$st" = "replicating true" ] && return 0
+        # an apply worker that keeps failing (see the server log) leaves it down
+        if [ "${st%% *}" = down ]; then
+            down_since=${down_since:-$(date +%s)}
+            [ $(( $(date +%s) - down_since )) -ge 30 ] && { echo "pglogical subscription $2 down for 30 s"; return 1; }
+        else
+            down_since=""
+        fi
+        [ "$(date +%s)" -ge "$deadline" ] && { echo "timeout: pglogical subscription $2: $st"; return 1; }
+        sleep 0.1
+    done
+}
+
+pgl_apply_pid_sql="SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'pglogical apply%' AND datname = 'dest_pglogical'"
+
+pgl_pause() {
+    qd dest_pglogical "SELECT pglogical.alter_subscription_disable('$PGL_SUB', true)" >/dev/null || return 1
+    local deadline=$(( $(date +%s) + 60 ))
+    while [ -n "$(qd postgres "$pgl_apply_pid_sql")" ]; do
+        [ "$(date +%s)" -ge "$deadline" ] && { echo "timeout: pglogical apply worker still running"; return 1; }
+        sleep 0.1
+    done
+    src_slot_inactive "$PGL_ORIGIN" 60
+}
+
+pgl_resume() { qd dest_pglogical "SELECT pglogical.alter_subscription_enable('$PGL_SUB', true)" >/dev/null; }
+
+pgl_wait_lsn() { peer_wait_lsn pglogical dest_pglogical "$PGL_ORIGIN" "$PGL_ORIGIN" "$1" "$2"; }   # lsn timeout
 
 # bunnydb caught up with LSN $1 within $2 seconds (see WAIT_MODE)
 bunny_wait_lsn() {
@@ -433,6 +545,7 @@ if qd dest_bunny "SELECT bunny.create_mirror('$MIRROR', 'src', '$TABLES_JSON')" 
     t1=$(now)
     RES[copy,bunny]=$(elapsed "$t0" "$t1")
     log "bunnydb copy: ${RES[copy,bunny]} s"
+    settle_copy dest_bunny
 else
     RES[copy,bunny]=FAIL
     BUNNY_OK=0
@@ -459,12 +572,29 @@ if [ "$BUILTIN_OK" = 1 ]; then
     t1=$(now)
     RES[copy,builtin]=$(elapsed "$t0" "$t1")
     log "built-in copy: ${RES[copy,builtin]} s"
+    settle_copy dest_builtin
 else
     RES[copy,builtin]=FAIL
 fi
 
+if [ "$PGL" = 1 ]; then
+    checkpoint_both
+    log "pglogical: create_subscription ... until replicating with all tables ready"
+    t0=$(now)
+    if pgl_subscribe dest_pglogical "$PGL_SUB"; then
+        RES[copy,pgl]=$(elapsed "$t0" "$(now)")
+        log "pglogical copy: ${RES[copy,pgl]} s"
+        settle_copy dest_pglogical
+        PGL_ORIGIN=$(qd dest_pglogical "SELECT sub_slot_name FROM pglogical.subscription WHERE sub_name = '$PGL_SUB'")
+    else
+        RES[copy,pgl]=FAIL
+        PGL_OK=0
+        tail -20 "$DIR/dst.log"
+    fi
+fi
+
 # sanity: row counts
-for db in dest_bunny dest_builtin; do
+for db in dest_bunny dest_builtin $([ "$PGL_OK" = 1 ] && echo dest_pglogical); do
     log "$db: pgbench_accounts has $(qd "$db" "SELECT count(*) FROM pgbench_accounts" 2>/dev/null || echo '?') rows"
 done
 
@@ -473,7 +603,7 @@ done
 # destination busy writing back the first copy, so one order alone is biased.
 # The copy ratio is sum(bunnydb) / sum(built-in) over both pairs.
 if [ "$COPY_PAIRS" = 2 ] && [ "$BUNNY_OK" = 1 ] && [ "$BUILTIN_OK" = 1 ]; then
-    log "second copy pair, reverse order: built-in into dest_builtin2, then bunnydb into dest_bunny2"
+    log "second copy pair, reverse order:$([ "$PGL_OK" = 1 ] && echo " pglogical into dest_pglogical2,") built-in into dest_builtin2, then bunnydb into dest_bunny2"
     create_dest_dbs 2
     qd dest_bunny2 "SELECT bunny.create_peer('src', '$SRC_CONNINFO')" >/dev/null
 
@@ -485,6 +615,19 @@ if [ "$COPY_PAIRS" = 2 ] && [ "$BUNNY_OK" = 1 ] && [ "$BUILTIN_OK" = 1 ]; then
             sleep 0.1
         done
     }
+    if [ "$PGL_OK" = 1 ]; then
+        checkpoint_both
+        t0=$(now)
+        if pgl_subscribe dest_pglogical2 "${PGL_SUB}2"; then
+            RES[copy,pgl2]=$(elapsed "$t0" "$(now)")
+            log "pglogical copy (2nd pair): ${RES[copy,pgl2]} s"
+            settle_copy dest_pglogical2
+        else
+            RES[copy,pgl2]=FAIL
+            tail -20 "$DIR/dst.log"
+        fi
+        qd dest_pglogical2 "SELECT pglogical.drop_subscription('${PGL_SUB}2')" >/dev/null || true
+    fi
     # the built-in launcher starts a worker at most once per
     # wal_retrieve_retry_interval (5 s): let that pass, untimed
     sleep 6
@@ -495,6 +638,7 @@ if [ "$COPY_PAIRS" = 2 ] && [ "$BUNNY_OK" = 1 ] && [ "$BUILTIN_OK" = 1 ]; then
         "second built-in copy"
     RES[copy,builtin2]=$(elapsed "$t0" "$(now)")
     log "built-in copy (2nd pair): ${RES[copy,builtin2]} s"
+    settle_copy dest_builtin2
 
     checkpoint_both
     t0=$(now)
@@ -502,19 +646,29 @@ if [ "$COPY_PAIRS" = 2 ] && [ "$BUNNY_OK" = 1 ] && [ "$BUILTIN_OK" = 1 ]; then
     wait_until dest_bunny2 "SELECT status FROM bunny.mirrors" RUNNING "second bunnydb copy"
     RES[copy,bunny2]=$(elapsed "$t0" "$(now)")
     log "bunnydb copy (2nd pair): ${RES[copy,bunny2]} s"
+    settle_copy dest_bunny2
     for db in dest_bunny2 dest_builtin2; do
         log "$db: pgbench_accounts has $(qd "$db" "SELECT count(*) FROM pgbench_accounts") rows"
     done
 
-    # clean up: their slots would hold WAL back during the later workloads
+    # clean up: their slots would hold WAL back during the later workloads.
+    # The databases stay (they go with the cluster): DROP DATABASE waits
+    # until every backend has absorbed a ProcSignalBarrier, and an idle
+    # pglogical 2.4 apply worker does not absorb it until its next message.
     qd dest_bunny2 "SELECT bunny.drop_mirror('${MIRROR}2')" >/dev/null
     qd dest_builtin2 "DROP SUBSCRIPTION ${SUB}2"
-    qd postgres "DROP DATABASE dest_bunny2 WITH (FORCE)"
-    qd postgres "DROP DATABASE dest_builtin2 WITH (FORCE)"
     log "pair 1 ratio $(ratio "${RES[copy,bunny]}" "${RES[copy,builtin]}"), pair 2 ratio $(ratio "${RES[copy,bunny2]}" "${RES[copy,builtin2]}")"
+    if [ "$PGL_OK" = 1 ]; then
+        log "bunnydb/pglogical: pair 1 ratio $(ratio "${RES[copy,bunny]}" "${RES[copy,pgl]}"), pair 2 ratio $(ratio "${RES[copy,bunny2]}" "${RES[copy,pgl2]:-}")"
+        if [[ "${RES[copy,pgl2]:-}" =~ ^[0-9.]+$ ]]; then
+            RES[copy,pgl]=$(awk -v a="${RES[copy,pgl]}" -v b="${RES[copy,pgl2]}" 'BEGIN { printf "%.2f", a + b }')
+        else
+            RES[copy,pgl]=FAIL
+        fi
+    fi
     RES[copy,bunny]=$(awk -v a="${RES[copy,bunny]}" -v b="${RES[copy,bunny2]}" 'BEGIN { printf "%.2f", a + b }')
     RES[copy,builtin]=$(awk -v a="${RES[copy,builtin]}" -v b="${RES[copy,builtin2]}" 'BEGIN { printf "%.2f", a + b }')
-    log "copy totals over both pairs: bunnydb ${RES[copy,bunny]} s, built-in ${RES[copy,builtin]} s"
+    log "copy totals over both pairs: bunnydb ${RES[copy,bunny]} s, built-in ${RES[copy,builtin]} s$([ "$PGL_OK" = 1 ] && echo ", pglogical ${RES[copy,pgl]} s")"
 fi
 
 # ---------------------------------------------------------------------------
@@ -526,6 +680,9 @@ pause_both() {
     fi
     if [ "$BUILTIN_OK" = 1 ]; then
         builtin_pause || { BUILTIN_OK=0; echo "built-in: disable failed"; }
+    fi
+    if [ "$PGL_OK" = 1 ]; then
+        pgl_pause || { PGL_OK=0; echo "pglogical: disable failed"; }
     fi
 }
 
@@ -579,31 +736,47 @@ catchup() {
     fi
 
     if [ "$BUILTIN_OK" = 1 ]; then
-        checkpoint_both
-        [ -n "$rss" ] && start_rss builtin $DST_PORT postgres \
-            "SELECT pid FROM pg_stat_subscription WHERE subname = '$SUB' AND relid IS NULL AND pid IS NOT NULL" "logical replication"
-        log "built-in: ENABLE + wait for origin remote_lsn or slot confirmed_flush_lsn >= $lsn"
-        t0=$(now)
-        if qd dest_builtin "ALTER SUBSCRIPTION $SUB ENABLE" && builtin_wait_lsn "$lsn" "$CATCHUP_TIMEOUT"; then
-            t1=$(now)
-            RES[$w,builtin]=$(elapsed "$t0" "$t1")
-            log "built-in $w catch-up: ${RES[$w,builtin]} s"
-            check_rows dest_builtin
-        else
-            RES[$w,builtin]=FAIL
-            BUILTIN_OK=0
-            tail -20 "$DIR/dst.log"
-        fi
-        if [ -n "$rss" ]; then
-            stop_rss builtin "$RSS_PID"
-            RES[$w,builtin_rss]=$RSS_PEAK_MB
-            RES[$w,builtin_anon]=$RSS_ANON_MB
-            RES[$w,builtin_priv]=$RSS_PRIV_MB
-            log "built-in apply worker: peak VmRSS $RSS_PEAK_MB MB, peak VmRSS-RssShmem $RSS_PRIV_MB MB, peak RssAnon $RSS_ANON_MB MB ($RSS_N samples)"
-        fi
+        peer_catchup "$w" "$lsn" "$rss" builtin built-in dest_builtin builtin_resume builtin_wait_lsn \
+            "$builtin_apply_pid_sql" "logical replication" || BUILTIN_OK=0
     else
         RES[$w,builtin]=FAIL
     fi
+
+    if [ "$PGL_OK" = 1 ]; then
+        peer_catchup "$w" "$lsn" "$rss" pgl pglogical dest_pglogical pgl_resume pgl_wait_lsn \
+            "$pgl_apply_pid_sql" "pglogical apply" || PGL_OK=0
+    elif [ "$PGL" = 1 ]; then
+        RES[$w,pgl]=FAIL
+    fi
+}
+
+# peer_catchup WORKLOAD LSN RSS KEY LABEL DB RESUME WAIT PIDSQL PROCNAME:
+# time one subscription's catch-up (RESUME, then WAIT LSN) into RES[WORKLOAD,KEY],
+# sampling its apply worker's memory when RSS is set; fails if it did not catch up
+peer_catchup() {
+    local w=$1 lsn=$2 rss=$3 key=$4 label=$5 db=$6 t0 t1 rc=0
+    checkpoint_both
+    [ -n "$rss" ] && start_rss "$key" $DST_PORT postgres "$9" "${10}"
+    log "$label: resume + wait for origin remote_lsn or slot confirmed_flush_lsn >= $lsn"
+    t0=$(now)
+    if $7 && $8 "$lsn" "$CATCHUP_TIMEOUT"; then
+        t1=$(now)
+        RES[$w,$key]=$(elapsed "$t0" "$t1")
+        log "$label $w catch-up: ${RES[$w,$key]} s"
+        check_rows "$db"
+    else
+        RES[$w,$key]=FAIL
+        rc=1
+        tail -20 "$DIR/dst.log"
+    fi
+    if [ -n "$rss" ]; then
+        stop_rss "$key" "$RSS_PID"
+        RES[$w,${key}_rss]=$RSS_PEAK_MB
+        RES[$w,${key}_anon]=$RSS_ANON_MB
+        RES[$w,${key}_priv]=$RSS_PRIV_MB
+        log "$label apply worker: peak VmRSS $RSS_PEAK_MB MB, peak VmRSS-RssShmem $RSS_PRIV_MB MB, peak RssAnon $RSS_ANON_MB MB ($RSS_N samples)"
+    fi
+    return $rc
 }
 
 # ---------------------------------------------------------------------------
@@ -620,7 +793,7 @@ if want tpcb; then
     LSN=$(target_lsn)
     log "target LSN $LSN"
     catchup tpcb "$LSN"
-    for db in dest_bunny dest_builtin; do
+    for db in dest_bunny dest_builtin $([ "$PGL_OK" = 1 ] && echo dest_pglogical); do
         log "$db after tpcb: $(qd $db "SELECT string_agg(format('%s seq_scan=%s idx_scan=%s size=%s', relname, seq_scan, coalesce(idx_scan, 0), pg_size_pretty(pg_relation_size(relid))), '; ' ORDER BY relname) FROM pg_stat_user_tables WHERE relname IN ('pgbench_branches', 'pgbench_tellers', 'pgbench_accounts')")"
     done
 fi
@@ -648,7 +821,7 @@ fi
 # persistent connection to the destination) until that LSN is applied, and
 # prints the elapsed ms as a NOTICE.  It commits after every sample so that it
 # holds no snapshot on the source.
-lag_sampler_sql() {   # bunny|builtin
+lag_sampler_sql() {   # bunny|builtin|pgl
     local conn wait_sql
     if [ "$1" = bunny ]; then
         conn=$DST_BUNNY_CONNINFO
@@ -662,11 +835,13 @@ lag_sampler_sql() {   # bunny|builtin
         END LOOP;"
         fi
     else
+        local origin=$SUB_ORIGIN slot=$SUB
         conn=$DST_BUILTIN_CONNINFO
+        [ "$1" = pgl ] && { origin=$PGL_ORIGIN; slot=$PGL_ORIGIN; conn=$DST_PGL_CONNINFO; }
         wait_sql="LOOP
-            SELECT r.l >= lsn INTO ok FROM dblink('d', 'SELECT coalesce(max(remote_lsn), ''0/0'') FROM pg_replication_origin_status WHERE external_id = ''$SUB_ORIGIN''') AS r(l pg_lsn);
+            SELECT r.l >= lsn INTO ok FROM dblink('d', 'SELECT coalesce(max(remote_lsn), ''0/0'') FROM pg_replication_origin_status WHERE external_id = ''$origin''') AS r(l pg_lsn);
             IF NOT ok THEN
-                SELECT coalesce(bool_or(confirmed_flush_lsn >= lsn), false) INTO ok FROM pg_replication_slots WHERE slot_name = '$SUB';
+                SELECT coalesce(bool_or(confirmed_flush_lsn >= lsn), false) INTO ok FROM pg_replication_slots WHERE slot_name = '$slot';
             END IF;
             EXIT WHEN ok OR clock_timestamp() > t0 + interval '10 s';
             PERFORM pg_sleep(0.002);
@@ -700,10 +875,74 @@ EOF
 # pct FILE Q: nearest-rank percentile of the numbers in FILE
 pct() { sort -n "$1" | awk -v q="$2" '{ v[NR] = $1 } END { if (NR == 0) { print "n/a"; exit } i = int(q * NR + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR; printf "%.1f", v[i] }'; }
 
+# is system $1 (bunny, builtin, pgl) still measured?
+sys_ok() {
+    case "$1" in
+        bunny) [ "$BUNNY_OK" = 1 ] ;;
+        builtin) [ "$BUILTIN_OK" = 1 ] ;;
+        pgl) [ "$PGL_OK" = 1 ] ;;
+    esac
+}
+sys_failed() {
+    case "$1" in
+        bunny) BUNNY_OK=0; bunny_diagnostics ;;
+        builtin) BUILTIN_OK=0 ;;
+        pgl) PGL_OK=0 ;;
+    esac
+}
+
+# lag_run TAG WHO...: one pgbench run with the systems WHO replicating live
+# (they must be running) and one sampler each; RES[TAG,WHO_p50] and so on
+lag_run() {
+    local tag=$1 who pgb p
+    shift
+    LSN=$(target_lsn)
+    for who in "$@"; do
+        sys_ok $who || continue
+        case $who in
+            bunny) bunny_wait_lsn "$LSN" "$CATCHUP_TIMEOUT" ;;
+            builtin) builtin_wait_lsn "$LSN" "$CATCHUP_TIMEOUT" ;;
+            pgl) pgl_wait_lsn "$LSN" "$CATCHUP_TIMEOUT" ;;
+        esac || { echo "$who not caught up before the lag test"; sys_failed $who; }
+    done
+    checkpoint_both
+
+    as_pg pgbench -n -c $LAG_CLIENTS -j 2 -T $LAG_SECONDS -b tpcb-like -h "$DIR" -p $SRC_PORT bench >"$DIR/pgbench-$tag.log" 2>&1 &
+    pgb=$!; BG_PIDS+=("$pgb")
+    sleep 0.5
+    SAMPLERS=()
+    for who in "$@"; do
+        rm -f "$DIR/$tag-$who.raw"
+        if sys_ok $who; then
+            lag_sampler_sql $who >"$DIR/$tag-$who.sql"
+            chown postgres "$DIR/$tag-$who.sql"
+            as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p $SRC_PORT -d sampler -f "$DIR/$tag-$who.sql" >"$DIR/$tag-$who.raw" 2>&1 &
+            SAMPLERS+=($!); BG_PIDS+=($!)
+        fi
+    done
+    wait "$pgb" || { tail -20 "$DIR/pgbench-$tag.log"; echo "pgbench ($tag) failed"; }
+    for p in "${SAMPLERS[@]}"; do wait "$p" || true; done
+    log "source: $(grep -E '^tps' "$DIR/pgbench-$tag.log" | head -1)"
+    for who in "$@"; do
+        if [ -f "$DIR/$tag-$who.raw" ] && grep -q 'SAMPLE' "$DIR/$tag-$who.raw"; then
+            sed -n 's/.*NOTICE:  SAMPLE \([0-9.]*\) \(.*\)$/\1 \2/p' "$DIR/$tag-$who.raw" >"$DIR/$tag-$who.samples"
+            awk '{print $1}' "$DIR/$tag-$who.samples" >"$DIR/$tag-$who.ms"
+            RES[$tag,${who}_n]=$(wc -l <"$DIR/$tag-$who.ms")
+            RES[$tag,${who}_timeouts]=$(awk '$2 != "t"' "$DIR/$tag-$who.samples" | wc -l)
+            RES[$tag,${who}_p50]=$(pct "$DIR/$tag-$who.ms" 0.50)
+            RES[$tag,${who}_p99]=$(pct "$DIR/$tag-$who.ms" 0.99)
+            RES[$tag,${who}_max]=$(pct "$DIR/$tag-$who.ms" 1)
+            log "$who lag: ${RES[$tag,${who}_n]} samples, p50 ${RES[$tag,${who}_p50]} ms, p99 ${RES[$tag,${who}_p99]} ms, max ${RES[$tag,${who}_max]} ms, timeouts ${RES[$tag,${who}_timeouts]}"
+        else
+            [ -f "$DIR/$tag-$who.raw" ] && { echo "$who lag sampler output:"; tail -20 "$DIR/$tag-$who.raw"; }
+            RES[$tag,${who}_p50]=FAIL; RES[$tag,${who}_p99]=FAIL
+        fi
+    done
+}
+
 if want lag; then
     echo
-    log "== lag: pgbench -n -c $LAG_CLIENTS -T $LAG_SECONDS with both replicating live =="
-    # make sure both run and are caught up
+    log "== lag: pgbench -n -c $LAG_CLIENTS -T $LAG_SECONDS with bunnydb and built-in replicating live =="
     if [ "$BUNNY_OK" = 1 ]; then
         qd dest_bunny "SELECT bunny.resume_mirror('$MIRROR')" >/dev/null
         bunny_wait_status RUNNING 120 || { BUNNY_OK=0; bunny_diagnostics; }
@@ -711,44 +950,19 @@ if want lag; then
     if [ "$BUILTIN_OK" = 1 ]; then
         qd dest_builtin "ALTER SUBSCRIPTION $SUB ENABLE"
     fi
-    LSN=$(target_lsn)
-    if [ "$BUNNY_OK" = 1 ] && ! bunny_wait_lsn "$LSN" "$CATCHUP_TIMEOUT"; then
-        echo "bunnydb not caught up before the lag test"; BUNNY_OK=0; bunny_diagnostics
+    if [ "$PGL_OK" = 1 ]; then
+        pgl_pause || { PGL_OK=0; echo "pglogical: disable failed"; }
     fi
-    if [ "$BUILTIN_OK" = 1 ]; then builtin_wait_lsn "$LSN" "$CATCHUP_TIMEOUT" || BUILTIN_OK=0; fi
-    checkpoint_both
-
-    as_pg pgbench -n -c $LAG_CLIENTS -j 2 -T $LAG_SECONDS -b tpcb-like -h "$DIR" -p $SRC_PORT bench >"$DIR/pgbench-lag.log" 2>&1 &
-    PGB_PID=$!; BG_PIDS+=("$PGB_PID")
-    sleep 0.5
-    SAMPLERS=()
-    for who in bunny builtin; do
-        rm -f "$DIR/lag-$who.raw"
-        if { [ $who = bunny ] && [ "$BUNNY_OK" = 1 ]; } || { [ $who = builtin ] && [ "$BUILTIN_OK" = 1 ]; }; then
-            lag_sampler_sql $who >"$DIR/lag-$who.sql"
-            chown postgres "$DIR/lag-$who.sql"
-            as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p $SRC_PORT -d sampler -f "$DIR/lag-$who.sql" >"$DIR/lag-$who.raw" 2>&1 &
-            SAMPLERS+=($!); BG_PIDS+=($!)
+    lag_run lag bunny builtin
+    if [ "$PGL_OK" = 1 ]; then
+        echo
+        log "== lag (pglogical): pgbench -n -c $LAG_CLIENTS -T $LAG_SECONDS with bunnydb and pglogical replicating live =="
+        if [ "$BUILTIN_OK" = 1 ]; then
+            builtin_pause || { BUILTIN_OK=0; echo "built-in: disable failed"; }
         fi
-    done
-    wait "$PGB_PID" || { tail -20 "$DIR/pgbench-lag.log"; echo "pgbench (lag) failed"; }
-    for p in "${SAMPLERS[@]}"; do wait "$p" || true; done
-    log "source: $(grep -E '^tps' "$DIR/pgbench-lag.log" | head -1)"
-    for who in bunny builtin; do
-        if [ -f "$DIR/lag-$who.raw" ] && grep -q 'SAMPLE' "$DIR/lag-$who.raw"; then
-            sed -n 's/.*NOTICE:  SAMPLE \([0-9.]*\) \(.*\)$/\1 \2/p' "$DIR/lag-$who.raw" >"$DIR/lag-$who.samples"
-            awk '{print $1}' "$DIR/lag-$who.samples" >"$DIR/lag-$who.ms"
-            RES[lag,${who}_n]=$(wc -l <"$DIR/lag-$who.ms")
-            RES[lag,${who}_timeouts]=$(awk '$2 != "t"' "$DIR/lag-$who.samples" | wc -l)
-            RES[lag,${who}_p50]=$(pct "$DIR/lag-$who.ms" 0.50)
-            RES[lag,${who}_p99]=$(pct "$DIR/lag-$who.ms" 0.99)
-            RES[lag,${who}_max]=$(pct "$DIR/lag-$who.ms" 1)
-            log "$who lag: ${RES[lag,${who}_n]} samples, p50 ${RES[lag,${who}_p50]} ms, p99 ${RES[lag,${who}_p99]} ms, max ${RES[lag,${who}_max]} ms, timeouts ${RES[lag,${who}_timeouts]}"
-        else
-            [ -f "$DIR/lag-$who.raw" ] && { echo "$who lag sampler output:"; tail -20 "$DIR/lag-$who.raw"; }
-            RES[lag,${who}_p50]=FAIL; RES[lag,${who}_p99]=FAIL
-        fi
-    done
+        pgl_resume || PGL_OK=0
+        lag_run lag_pgl bunny pgl
+    fi
 fi
 
 # ---------------------------------------------------------------------------
@@ -763,20 +977,31 @@ CHECK_SQL="SELECT (SELECT count(*) || '/' || coalesce(sum(abalance), 0) FROM pgb
                   (SELECT count(*) || '/' || coalesce(sum(id), 0) FROM bigt)"
 [ "$BUNNY_OK" = 1 ] && { qd dest_bunny "SELECT bunny.resume_mirror('$MIRROR')" >/dev/null || true; }
 [ "$BUILTIN_OK" = 1 ] && { qd dest_builtin "ALTER SUBSCRIPTION $SUB ENABLE" || true; }
+[ "$PGL_OK" = 1 ] && { pgl_resume || true; }
 LSN=$(target_lsn)
 CONSISTENT=1
 REF=$(qs bench "$CHECK_SQL")
 echo "source        accounts/branches/tellers/history/bigt (count/sum): $REF"
-for who in bunny builtin; do
+PGL_CONSISTENT=$PGL
+for who in bunny builtin pgl; do
     if [ $who = bunny ]; then
         db=dest_bunny
         [ "$BUNNY_OK" = 1 ] && bunny_wait_lsn "$LSN" "$CATCHUP_TIMEOUT" || { echo "dest_bunny:   not caught up / failed"; CONSISTENT=0; continue; }
-    else
+    elif [ $who = builtin ]; then
         db=dest_builtin
         [ "$BUILTIN_OK" = 1 ] && builtin_wait_lsn "$LSN" "$CATCHUP_TIMEOUT" || { echo "dest_builtin: not caught up / failed"; CONSISTENT=0; continue; }
+    else
+        [ "$PGL" = 1 ] || continue
+        db=dest_pglogical
+        [ "$PGL_OK" = 1 ] && pgl_wait_lsn "$LSN" "$CATCHUP_TIMEOUT" || { echo "dest_pglogical: not caught up / failed"; PGL_CONSISTENT=0; continue; }
     fi
     GOT=$(qd $db "$CHECK_SQL")
-    if [ "$GOT" = "$REF" ]; then st=OK; else st=MISMATCH; CONSISTENT=0; fi
+    if [ "$GOT" = "$REF" ]; then
+        st=OK
+    else
+        st=MISMATCH
+        if [ $who = pgl ]; then PGL_CONSISTENT=0; else CONSISTENT=0; fi
+    fi
     printf '%-13s %s  %s\n' "$db" "$st" "$GOT"
 done
 
@@ -828,9 +1053,33 @@ if want lag; then
     printf '%-26s | %10s | %10s | %24s | < 1000 ms  %s\n' "lag p99 (pgbench -c $LAG_CLIENTS)" "$(unit "$b99" ms)" "$(unit "$i99" ms)" "$(ratio "$b99" "$i99")" "$v99"
     RESULT_LINES+=("RESULT lag p50_ratio=$(ratio "$b50" "$i50") p99_ratio=$(ratio "$b99" "$i99") bunnydb_p50_ms=$b50 bunnydb_p99_ms=$b99 builtin_p50_ms=$i50 builtin_p99_ms=$i99 bunnydb_samples=${RES[lag,bunny_n]:-0} builtin_samples=${RES[lag,builtin_n]:-0} bunnydb_timeouts=${RES[lag,bunny_timeouts]:-0} builtin_timeouts=${RES[lag,builtin_timeouts]:-0} target=p50<100,p99<1000 $v50/$v99")
 fi
+if [ "$PGL" = 1 ]; then
+    # second table: bunnydb against pglogical, same run (no targets: the
+    # SPEC's targets are against the built-in replication)
+    echo
+    echo "== bunnydb against pglogical (same run) =="
+    printf '%-26s | %10s | %10s | %s\n' "workload" "bunnydb" "pglogical" "ratio (bunnydb/pglogical)"
+    printf '%s\n' "---------------------------+------------+------------+--------------------------"
+    row_pgl() {   # label bunnydb pglogical unit key
+        local r
+        r=$(ratio "$2" "$3")
+        printf '%-26s | %10s | %10s | %25s\n' "$1" "$(unit "$2" "$4")" "$(unit "$3" "$4")" "$r"
+        RESULT_LINES+=("RESULT pglogical_$5 ratio=$r bunnydb=$2 pglogical=$3 unit=$4")
+    }
+    row_pgl "copy (scale $SCALE)$([ "$COPY_PAIRS" = 2 ] && echo ", 2 pairs")" "${RES[copy,bunny]:-FAIL}" "${RES[copy,pgl]:-FAIL}" s copy
+    want tpcb && row_pgl "tpcb catch-up (80k txns)" "${RES[tpcb,bunny]:-FAIL}" "${RES[tpcb,pgl]:-FAIL}" s tpcb
+    want bigtxn && row_pgl "bigtxn catch-up (1M rows)" "${RES[bigtxn,bunny]:-FAIL}" "${RES[bigtxn,pgl]:-FAIL}" s bigtxn
+    want bigtxn && row_pgl "bigtxn worker peak VmRSS" "${RES[bigtxn,bunny_rss]:-n/a}" "${RES[bigtxn,pgl_rss]:-n/a}" MB bigtxn_rss
+    if want lag; then
+        row_pgl "lag p50 (pgbench -c $LAG_CLIENTS)" "${RES[lag_pgl,bunny_p50]:-FAIL}" "${RES[lag_pgl,pgl_p50]:-FAIL}" ms lag_p50
+        row_pgl "lag p99 (pgbench -c $LAG_CLIENTS)" "${RES[lag_pgl,bunny_p99]:-FAIL}" "${RES[lag_pgl,pgl_p99]:-FAIL}" ms lag_p99
+    fi
+    echo "pglogical: $([ "$PGL_OK" = 1 ] && echo "measured throughout" || echo "FAILED during the run (see the log above)"); consistency $([ "$PGL_CONSISTENT" = 1 ] && echo OK || echo MISMATCH)"
+fi
 echo
 printf '%s\n' "${RESULT_LINES[@]}"
 echo "RESULT consistency $([ "$CONSISTENT" = 1 ] && echo OK || echo MISMATCH)"
+[ "$PGL" = 1 ] && echo "RESULT pglogical_consistency $([ "$PGL_CONSISTENT" = 1 ] && echo OK || echo MISMATCH)"
 [ "$CRITERION_BAD" = 1 ] && echo "WARNING: a catch-up criterion held before all rows were applied (see the log above)"
 if [ "$BUNNY_OK" = 1 ] || [ "${RES[copy,bunny]:-}" != FAIL ]; then
     echo
@@ -849,6 +1098,10 @@ else
     echo "bunny.wait_for_lsn(..., 0) polled like the built-in side (no snapshot held while waiting)."
 fi
 echo "Lag: one sampler per system on the source, both during the same pgbench run, each polling every 2 ms."
+if [ "$PGL" = 1 ]; then
+    echo "pglogical: create_subscription with synchronize_data into pre-created tables (like built-in), measured"
+    echo "after built-in; its lag in a second pgbench run with bunnydb and pglogical live (built-in disabled)."
+fi
 echo "VmRSS includes the shared_buffers pages the worker touched (RssShmem); RssAnon is its private heap."
 echo "Reminder: noisy machine; compare ratios, not absolute times."
 
