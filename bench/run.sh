@@ -703,12 +703,13 @@ CRITERION_BAD=0
 
 # catchup WORKLOAD LSN [rss]: resume bunnydb, time; then enable built-in, time
 catchup() {
-    local w=$1 lsn=$2 rss=${3:-} t0 t1 ok
+    local w=$1 lsn=$2 rss=${3:-} t0 t1 ok log_id
     if [ "$BUNNY_OK" = 1 ]; then
         checkpoint_both
         [ -n "$rss" ] && start_rss bunny $DST_PORT postgres \
             "SELECT pid FROM pg_stat_activity WHERE backend_type = 'bunnydb mirror $MIRROR'" "bunnydb mirror $MIRROR"
         log "bunnydb: resume_mirror + wait_for_lsn($lsn) ($WAIT_MODE)"
+        log_id=$(qd dest_bunny "SELECT coalesce(max(id), 0) FROM bunny.mirror_logs")
         t0=$(now)
         ok=$(qd dest_bunny "SELECT bunny.resume_mirror('$MIRROR')" >/dev/null &&
              bunny_wait_lsn "$lsn" "$CATCHUP_TIMEOUT" && echo t) || ok=error
@@ -724,6 +725,9 @@ catchup() {
             RES[$w,bunny]=$(elapsed "$t0" "$t1")
             log "bunnydb $w catch-up: ${RES[$w,bunny]} s"
             check_rows dest_bunny
+            # whether the stream ran with streaming of large transactions, or
+            # gave it up (then a large transaction comes only after its commit)
+            log "bunnydb stream: $(qd dest_bunny "SELECT coalesce(string_agg(message, '; ' ORDER BY id), 'no new stream') FROM bunny.mirror_logs WHERE mirror = '$MIRROR' AND id > $log_id AND message LIKE 'streaming%'")"
             log "bunnydb: $(qd dest_bunny "SELECT 'error_count=' || error_count || ', warnings/errors logged so far: ' || (SELECT count(*) FROM bunny.mirror_logs WHERE mirror = '$MIRROR' AND level IN ('WARNING', 'ERROR')) FROM bunny.mirrors WHERE name = '$MIRROR'")"
         else
             RES[$w,bunny]=FAIL
