@@ -158,6 +158,7 @@ static TransactionId stream_change_xid = InvalidTransactionId;
 static bool stream_restart_pending = false;
 static TimestampTz streaming_retry_at = 0;
 static int	streaming_retry_ms = STREAM_RETRY_MIN_MS;
+static const char *stream_give_up_why = NULL;	/* for the restart's log line */
 
 /* the message being handled, raw, for the resync queue */
 static const char *current_msg = NULL;
@@ -1083,6 +1084,7 @@ stream_give_up(const char *why)
 	if (stream_restart_pending)
 		return;
 	stream_restart_pending = true;
+	stream_give_up_why = why;
 	streaming_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), streaming_retry_ms);
 	streaming_retry_ms = Min(streaming_retry_ms * 2, STREAM_RETRY_MAX_MS);
 	elog(DEBUG1, "bunnydb: not applying a streamed transaction as it comes: %s", why);
@@ -1111,10 +1113,26 @@ stream_restart(bool streaming)
 							 apply_binary_mode, streaming_on);
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	bunny_log(mirror->name, "DEBUG",
-			  psprintf("streaming again from %X/%X, %s", LSN_FORMAT_ARGS(startpos),
-					   streaming ? "applying large transactions while they run" :
-					   "large transactions after their commit"), NULL);
+	if (streaming)
+		bunny_log(mirror->name, "DEBUG",
+				  psprintf("streaming again from %X/%X, applying large transactions while they run",
+						   LSN_FORMAT_ARGS(startpos)), NULL);
+	else if (stream_give_up_why != NULL)
+	{
+		/* say why in bunny.logs: a DBA wondering why a bulk load lags */
+		long		retry_s = (TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+															   streaming_retry_at) + 999) / 1000;
+
+		bunny_log(mirror->name, "DEBUG",
+				  psprintf("streaming again from %X/%X, large transactions after their commit: "
+						   "gave up applying one as it came (%s); trying again in %ld s",
+						   LSN_FORMAT_ARGS(startpos), stream_give_up_why, retry_s), NULL);
+	}
+	else
+		bunny_log(mirror->name, "DEBUG",
+				  psprintf("streaming again from %X/%X, large transactions after their commit",
+						   LSN_FORMAT_ARGS(startpos)), NULL);
+	stream_give_up_why = NULL;
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(old);

@@ -1042,7 +1042,7 @@ sub stream_starts
 {
 	my ($m) = @_;
 	return query_value($dest,
-		"SELECT count(*) FILTER (WHERE message LIKE 'streaming again%after their commit') "
+		"SELECT count(*) FILTER (WHERE message LIKE 'streaming again%after their commit%') "
 	  . "FROM bunny.mirror_logs WHERE mirror = '$m'") // 0;
 }
 

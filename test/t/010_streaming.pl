@@ -206,7 +206,7 @@ sub gave_up_count
 {
 	my ($m, $since) = @_;
 	return log_rows($m, $since,
-		'streaming again from %large transactions after their commit');
+		'streaming again from %large transactions after their commit%');
 }
 
 sub streaming_again_count
@@ -983,6 +983,12 @@ scenario(
 		my @why = give_up_reasons($mk->{pos});
 		ok((grep { /two large transactions run at once/ } @why),
 			'6: reason: two large transactions at once (' . join('; ', @why) . ')');
+		ok( log_rows(
+				'm2', $mk->{id},
+				'streaming again from %large transactions after their commit: '
+				  . 'gave up applying one as it came (two large transactions run at once); '
+				  . 'trying again in % s') > 0,
+			'6: bunny.logs says why m2 gave up and when it tries again');
 		# the other mirrors saw the same streams (empty for them)
 		foreach my $m ('ms', 'mi')
 		{
