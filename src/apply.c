@@ -1113,25 +1113,20 @@ stream_restart(bool streaming)
 							 apply_binary_mode, streaming_on);
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (streaming)
-		bunny_log(mirror->name, "DEBUG",
-				  psprintf("streaming again from %X/%X, applying large transactions while they run",
-						   LSN_FORMAT_ARGS(startpos)), NULL);
-	else if (stream_give_up_why != NULL)
 	{
-		/* say why in bunny.logs: a DBA wondering why a bulk load lags */
-		long		retry_s = (TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
-															   streaming_retry_at) + 999) / 1000;
+		const char *why = "";
 
+		/* after giving up, say why in bunny.logs: a bulk load came late */
+		if (!streaming && stream_give_up_why != NULL)
+			why = psprintf(": gave up applying one as it came (%s); trying again in %ld s",
+						   stream_give_up_why,
+						   (TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+															streaming_retry_at) + 999) / 1000);
 		bunny_log(mirror->name, "DEBUG",
-				  psprintf("streaming again from %X/%X, large transactions after their commit: "
-						   "gave up applying one as it came (%s); trying again in %ld s",
-						   LSN_FORMAT_ARGS(startpos), stream_give_up_why, retry_s), NULL);
+				  psprintf("streaming again from %X/%X, %s%s", LSN_FORMAT_ARGS(startpos),
+						   streaming ? "applying large transactions while they run" :
+						   "large transactions after their commit", why), NULL);
 	}
-	else
-		bunny_log(mirror->name, "DEBUG",
-				  psprintf("streaming again from %X/%X, large transactions after their commit",
-						   LSN_FORMAT_ARGS(startpos)), NULL);
 	stream_give_up_why = NULL;
 	PopActiveSnapshot();
 	CommitTransactionCommand();
