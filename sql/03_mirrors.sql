@@ -243,6 +243,22 @@ SELECT max(created_at) FILTER (WHERE message = 'timing 2') -
   FROM bunny.mirror_logs WHERE message LIKE 'timing _';
 ROLLBACK;
 
+-- the DDL that completes a copied table (_apply_ddl) runs with a 10 ms
+-- deadlock_timeout, so that an autovacuum already at work on the fresh
+-- table is cancelled at once instead of after a second; afterwards the
+-- session's own value is back
+\set VERBOSITY default
+BEGIN;
+CREATE TABLE ddl_probe (a int);
+SET LOCAL deadlock_timeout = '3s';
+SELECT bunny._apply_ddl('probe', 'ddl_probe'::regclass, jsonb_build_array(jsonb_build_object(
+	'kind', 'index', 'name', 'ddl_probe_a',
+	'sql', 'DO $$BEGIN RAISE NOTICE ''deadlock_timeout during the DDL: %'', '
+		   'current_setting(''deadlock_timeout''); END$$')));
+SHOW deadlock_timeout;
+ROLLBACK;
+\set VERBOSITY sqlstate
+
 -- drop_mirror: the source is unreachable, so it warns (SQLSTATE only:
 -- libpq's text varies) and still removes the mirror
 SELECT bunny.drop_mirror('m3');

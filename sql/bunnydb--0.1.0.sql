@@ -437,7 +437,17 @@ AS $$
 DECLARE
 	item jsonb;
 	done integer := 0;
+	saved_timeout text := current_setting('deadlock_timeout');
+	may_set boolean := EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper);
 BEGIN
+	/*
+	 * Autovacuum often starts on a table that was just copied.  The DDL
+	 * below waits for it until deadlock_timeout (1 s by default), and only
+	 * then cancels it; on our own fresh table, cancel it at once.
+	 */
+	IF may_set THEN
+		PERFORM set_config('deadlock_timeout', '10ms', true);
+	END IF;
 	FOR item IN SELECT value FROM jsonb_array_elements(coalesce(p_items, '[]')) LOOP
 		IF item ->> 'kind' = 'constraint' AND EXISTS (
 				SELECT 1 FROM pg_constraint
@@ -455,6 +465,9 @@ BEGIN
 			WHEN 'index' THEN 'created index' ELSE 'added constraint' END,
 			quote_ident(item ->> 'name'), p_table), jsonb_build_object('sql', item ->> 'sql'));
 	END LOOP;
+	IF may_set THEN
+		PERFORM set_config('deadlock_timeout', saved_timeout, true);
+	END IF;
 	RETURN done;
 END
 $$;
