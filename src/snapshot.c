@@ -78,6 +78,14 @@ static int	copy_buf_len = 0;
 static int	copy_buf_pos = 0;
 static bool copy_done = false;
 
+/*
+ * What the callback waits on when the stream runs dry: latch, socket and
+ * postmaster death.  Made at the first wait of a part and freed at its end
+ * (WaitLatchOrSocket would make and free an epoll set on every wait, which
+ * happens every few rows when the destination is faster than the source).
+ */
+static WaitEventSet *copy_wait_set = NULL;
+
 /* in a snapshot worker: whose work we do */
 static SnapshotWorkerArgs my_args;
 
@@ -144,13 +152,19 @@ snapshot_copy_read(void *outbuf, int minread, int maxread)
 			{
 				int			rc;
 
+				WaitEvent	event;
+
 				if (done >= minread)
 					break;
-				rc = WaitLatchOrSocket(MyLatch,
-									   WL_EXIT_ON_PM_DEATH | WL_LATCH_SET | WL_SOCKET_READABLE |
-									   WL_TIMEOUT,
-									   PQsocket(copy_conn), 1000, PG_WAIT_EXTENSION);
-				if (rc & WL_LATCH_SET)
+				if (copy_wait_set == NULL)
+				{
+					copy_wait_set = CreateWaitEventSet(TopMemoryContext, 3);
+					AddWaitEventToSet(copy_wait_set, WL_LATCH_SET, PGINVALID_SOCKET, MyLatch, NULL);
+					AddWaitEventToSet(copy_wait_set, WL_EXIT_ON_PM_DEATH, PGINVALID_SOCKET, NULL, NULL);
+					AddWaitEventToSet(copy_wait_set, WL_SOCKET_READABLE, PQsocket(copy_conn), NULL, NULL);
+				}
+				rc = WaitEventSetWait(copy_wait_set, 1000, &event, 1, PG_WAIT_EXTENSION);
+				if (rc > 0 && (event.events & WL_LATCH_SET))
 					ResetLatch(MyLatch);
 				CHECK_FOR_INTERRUPTS();
 				check_coordinator();
@@ -223,6 +237,9 @@ snapshot_copy_range(PGconn *conn, const char *dest_schema, const char *dest_tabl
 	copy_buf = NULL;
 	copy_buf_len = copy_buf_pos = 0;
 	copy_done = false;
+	if (copy_wait_set)			/* left by a part that failed */
+		FreeWaitEventSet(copy_wait_set);
+	copy_wait_set = NULL;
 
 	rows = bunny_copy_from(rel, attnames, binary, snapshot_copy_read);
 
@@ -236,6 +253,9 @@ snapshot_copy_range(PGconn *conn, const char *dest_schema, const char *dest_tabl
 	if (copy_buf)
 		PQfreemem(copy_buf);
 	copy_buf = NULL;
+	if (copy_wait_set)
+		FreeWaitEventSet(copy_wait_set);
+	copy_wait_set = NULL;
 	res = PQgetResult(conn);
 	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
 		stream_raise_result(conn, res);
