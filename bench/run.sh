@@ -533,6 +533,18 @@ stop_rss() {    # name pid -> sets RSS_PEAK_MB RSS_ANON_MB RSS_PRIV_MB RSS_N
 # ---------------------------------------------------------------------------
 # 1. copy
 # ---------------------------------------------------------------------------
+# A new cluster has no WAL segments to recycle: the first large copy into
+# it creates and zero-fills every segment it writes (about 40 for scale 50),
+# the later copies get recycled ones.  Whichever system copied first paid
+# for that alone (on one machine its copy took 10 s in the first pair and 7 s
+# in the second).  Write and drop about 1.3 GB of WAL once, untimed, so
+# that every timed copy finds segments to recycle.
+log "destination: writing and dropping about 1.3 GB of WAL, untimed (new clusters have no WAL segments to recycle)"
+qd postgres "CREATE TABLE bench_wal_warmup AS SELECT g, repeat('x', 400) AS v FROM generate_series(1, 3000000) g"
+qd postgres "DROP TABLE bench_wal_warmup"
+qd postgres "CHECKPOINT"
+log "destination: $(qd postgres "SELECT count(*) FROM pg_ls_waldir()") WAL segments"
+
 echo
 log "== copy: initial copy of scale $SCALE =="
 qd dest_bunny "SELECT bunny.create_peer('src', '$SRC_CONNINFO')" >/dev/null
