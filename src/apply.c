@@ -119,6 +119,7 @@
 
 #define FEEDBACK_INTERVAL_MS	10000
 #define IDLE_WAIT_MS			1000
+#define FLUSH_REPORT_WAIT_MS	200 /* about wal_writer_delay */
 
 
 /* source end LSN of a committed batch and its local commit LSN */
@@ -170,6 +171,9 @@ MirrorTable *apply_replay_mt = NULL;
 const char *apply_replay_target = NULL;
 static XLogRecPtr last_flushed_reported = InvalidXLogRecPtr;
 static XLogRecPtr last_write_reported = InvalidXLogRecPtr;
+static XLogRecPtr local_flushed_upto = InvalidXLogRecPtr;	/* source end LSN
+															 * whose local commit
+															 * is on disk */
 static TimestampTz last_feedback = 0;
 
 static void apply_batch_flush(void);
@@ -1467,11 +1471,16 @@ apply_batch_flush(void)
 	bunny_ctx_lsn = InvalidXLogRecPtr;
 }
 
-/* the position up to which our local commits are flushed */
+/*
+ * The source position up to which our local commits are flushed, never
+ * less than what was reported before.  It does not change what was last
+ * reported: send_feedback compares the two to see whether it moved.
+ */
 static XLogRecPtr
 flushed_position(void)
 {
 	XLogRecPtr	local_flush = GetFlushRecPtr(NULL);
+	XLogRecPtr	flushed;
 
 	while (flush_positions != NIL)
 	{
@@ -1479,17 +1488,38 @@ flushed_position(void)
 
 		if (fp->local_end > local_flush)
 			break;
-		last_flushed_reported = Max(last_flushed_reported, fp->remote_end);
+		local_flushed_upto = Max(local_flushed_upto, fp->remote_end);
 		flush_positions = list_delete_first(flush_positions);
 		pfree(fp);
 	}
+	flushed = Max(last_flushed_reported, local_flushed_upto);
 	/* nothing of ours in flight: everything received is done */
 	if (flush_positions == NIL && !in_local_txn && !in_remote_txn)
-		return Max(last_flushed_reported, last_received);
-	return last_flushed_reported;
+		flushed = Max(flushed, last_received);
+	return flushed;
 }
 
-/* send a standby status update to the walsender */
+/* a standby status update ('r') for the walsender */
+static void
+feedback_message(StringInfo msg, XLogRecPtr write, XLogRecPtr flush, TimestampTz now,
+				 bool request_reply)
+{
+	initStringInfo(msg);
+	pq_sendbyte(msg, 'r');
+	pq_sendint64(msg, write);
+	pq_sendint64(msg, flush);
+	pq_sendint64(msg, flush);
+	pq_sendint64(msg, now);
+	pq_sendbyte(msg, request_reply ? 1 : 0);
+}
+
+/*
+ * Send a standby status update to the walsender when a position moved, at
+ * least every FEEDBACK_INTERVAL_MS, or when forced.  The flush position
+ * is what the slot keeps: a new walsender (after a pause, a reconnect, a
+ * stream restart) decodes again from the slot's restart point, which only
+ * moves as far as the flush we reported, so it must not lag behind.
+ */
 static void
 send_feedback(bool force, bool request_reply)
 {
@@ -1501,13 +1531,7 @@ send_feedback(bool force, bool request_reply)
 	if (!force && write == last_write_reported && flush == last_flushed_reported &&
 		!TimestampDifferenceExceeds(last_feedback, now, FEEDBACK_INTERVAL_MS))
 		return;
-	initStringInfo(&msg);
-	pq_sendbyte(&msg, 'r');
-	pq_sendint64(&msg, write);
-	pq_sendint64(&msg, flush);
-	pq_sendint64(&msg, flush);
-	pq_sendint64(&msg, now);
-	pq_sendbyte(&msg, request_reply ? 1 : 0);
+	feedback_message(&msg, write, flush, now, request_reply);
 	stream_send(conn, msg.data, msg.len);
 	pfree(msg.data);
 
@@ -2014,6 +2038,32 @@ check_slot_and_publication(bool patient)
 	}
 }
 
+/*
+ * The worker stops in good order (pause, a new conninfo, drop) between
+ * batches: flush our WAL and report how far we got, so that the slot does
+ * not keep an old restart point from which the next walsender would decode
+ * again what we already applied.  Best effort: the stop goes on whatever
+ * happens to the message.  live_conn is the worker's current connection.
+ */
+void
+apply_send_final_feedback(PGconn *live_conn)
+{
+	StringInfoData msg;
+	XLogRecPtr	flush;
+
+	/* only on the worker's live connection, and only if it is the stream's */
+	if (conn == NULL || conn != live_conn || PQstatus(conn) != CONNECTION_OK ||
+		in_local_txn || in_remote_txn)
+		return;
+	if (flush_positions != NIL)
+		XLogFlush(((FlushPosition *) llast(flush_positions))->local_end);
+	flush = flushed_position();
+	feedback_message(&msg, Max(last_received, flush), flush, GetCurrentTimestamp(), false);
+	if (PQputCopyData(conn, msg.data, msg.len) == 1)
+		(void) PQflush(conn);
+	pfree(msg.data);
+}
+
 /* between destination transactions: control requests and resync work */
 static void
 apply_between_batches(void)
@@ -2052,6 +2102,7 @@ apply_stream(PGconn *source_conn, Mirror *m)
 	startpos = replorigin_session_get_progress(false);
 	last_received = startpos;
 	last_flushed_reported = startpos;
+	local_flushed_upto = startpos;
 	SpinLockAcquire(&MySlot->mutex);
 	if (startpos > MySlot->processed_lsn)
 		MySlot->processed_lsn = startpos;
@@ -2126,10 +2177,16 @@ apply_stream(PGconn *source_conn, Mirror *m)
 
 			if (!in_local_txn && !IsTransactionOrTransactionBlock())
 				stats_held = pgstat_report_stat(false) > 0;
+			/*
+			 * A commit not yet on disk becomes reportable once the WAL
+			 * writer flushes it (commits are asynchronous): look again soon
+			 * rather than after a whole idle wait.
+			 */
 			rc = WaitLatchOrSocket(MyLatch,
 								   WL_SOCKET_READABLE | WL_LATCH_SET |
 								   WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								   fd, IDLE_WAIT_MS, PG_WAIT_EXTENSION);
+								   fd, flush_positions != NIL ? FLUSH_REPORT_WAIT_MS : IDLE_WAIT_MS,
+								   PG_WAIT_EXTENSION);
 			if (rc & WL_LATCH_SET)
 				ResetLatch(MyLatch);
 			if (stats_held && (rc & WL_TIMEOUT))

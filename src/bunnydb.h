@@ -229,6 +229,7 @@ extern void snapshot_sync_sequences(PGconn *conn, const char *mirror_name,
 
 /* apply.c */
 extern void apply_stream(PGconn *conn, Mirror *mirror);
+extern void apply_send_final_feedback(PGconn *live_conn);
 extern void apply_replay_queue(MirrorTable *mt, const char *target_table);
 extern void apply_refresh_mirror(Mirror *m);
 extern void apply_store_relation_message(MirrorTable *mt);

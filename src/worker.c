@@ -234,6 +234,7 @@ bunny_check_control(void)
 	if (stop)
 	{
 		resync_stop();
+		apply_send_final_feedback(source_conn);
 		stream_disconnect(&source_conn);
 		proc_exit(0);
 	}

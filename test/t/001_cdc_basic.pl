@@ -285,6 +285,35 @@ ok(wait_synced($source, $dest, 'm1', ['public.t1']),
 	'large multi-batch transaction caught up');
 compare_tables($source, $dest, ['public.t1'], 'large transaction');
 
+# The slot must soon know how far the mirror got: a new walsender (after a
+# pause or a reconnect) decodes again from the slot's restart point, which
+# moves only as far as the flush position we report.  It is reported once
+# the WAL writer has flushed the commit (not at the 10 s feedback interval),
+# and at once when the mirror is paused.
+my $applied_sql =
+	"SELECT s.remote_lsn FROM pg_replication_origin_status s "
+  . "JOIN bunny.mirror m ON s.external_id = m.origin_name WHERE m.name = 'm1'";
+my $slot_confirms = sub {
+	my ($lsn) = @_;
+	return ($source->safe_psql('postgres',
+			"SELECT confirmed_flush_lsn >= '$lsn'::pg_lsn FROM pg_replication_slots "
+			  . "WHERE slot_name = 'bunny_slot_m1'") // '') eq 't';
+};
+$source->safe_psql('postgres', "INSERT INTO t1 VALUES (50000, 'flush report', 1)");
+ok(wait_synced($source, $dest, 'm1', ['public.t1']), 'row for the flush report caught up');
+my $applied = query_value($dest, $applied_sql);
+ok(poll_until(sub { $slot_confirms->($applied) }, 3, 0.05),
+	"the slot confirms the applied commit $applied within 3 s");
+$source->safe_psql('postgres', "DELETE FROM t1 WHERE id = 50000");
+ok(wait_synced($source, $dest, 'm1', ['public.t1']), 'delete for the flush report caught up');
+$applied = query_value($dest, $applied_sql);
+$dest->safe_psql('postgres', "SELECT bunny.pause_mirror('m1')");
+ok(wait_for_status($dest, 'm1', 'PAUSED', 60), 'm1 paused');
+ok(poll_until(sub { $slot_confirms->($applied) }, 2, 0.05),
+	"after the pause, the slot confirms the last applied commit $applied");
+$dest->safe_psql('postgres', "SELECT bunny.resume_mirror('m1')");
+ok(wait_for_status($dest, 'm1', 'RUNNING', 60), 'm1 running again');
+
 is( query_value($dest,
 		'SELECT bunny.wait_for_lsn(\'m1\', \'FFFFFFFF/FFFFFF00\'::pg_lsn, 500)'),
 	'f',
