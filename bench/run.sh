@@ -716,6 +716,9 @@ CRITERION_BAD=0
 # catchup WORKLOAD LSN [rss]: resume bunnydb, time; then enable built-in, time
 catchup() {
     local w=$1 lsn=$2 rss=${3:-} t0 t1 ok log_id
+    # each system's walsender decodes from its slot's restart_lsn, not from
+    # where the stream resumes: a restart point far behind costs decoding
+    log "source slots, WAL from restart_lsn to the target: $(qs postgres "SELECT string_agg(slot_name || ' ' || pg_size_pretty('$lsn'::pg_lsn - restart_lsn), ', ' ORDER BY slot_name) FROM pg_replication_slots")"
     if [ "$BUNNY_OK" = 1 ]; then
         checkpoint_both
         [ -n "$rss" ] && start_rss bunny $DST_PORT postgres \
