@@ -80,9 +80,11 @@ static bool copy_done = false;
 
 /*
  * What the callback waits on when the stream runs dry: latch, socket and
- * postmaster death.  Made at the first wait of a part and freed at its end
- * (WaitLatchOrSocket would make and free an epoll set on every wait, which
- * happens every few rows when the destination is faster than the source).
+ * postmaster death.  Made at the first wait and kept for the process's
+ * life: a snapshot worker copies every part over one connection and exits
+ * on any error (WaitLatchOrSocket would make and free an epoll set on every
+ * wait, which happens every few rows when the destination is faster than
+ * the source).
  */
 static WaitEventSet *copy_wait_set = NULL;
 
@@ -237,9 +239,6 @@ snapshot_copy_range(PGconn *conn, const char *dest_schema, const char *dest_tabl
 	copy_buf = NULL;
 	copy_buf_len = copy_buf_pos = 0;
 	copy_done = false;
-	if (copy_wait_set)			/* left by a part that failed */
-		FreeWaitEventSet(copy_wait_set);
-	copy_wait_set = NULL;
 
 	rows = bunny_copy_from(rel, attnames, binary, snapshot_copy_read);
 
@@ -253,9 +252,6 @@ snapshot_copy_range(PGconn *conn, const char *dest_schema, const char *dest_tabl
 	if (copy_buf)
 		PQfreemem(copy_buf);
 	copy_buf = NULL;
-	if (copy_wait_set)
-		FreeWaitEventSet(copy_wait_set);
-	copy_wait_set = NULL;
 	res = PQgetResult(conn);
 	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
 		stream_raise_result(conn, res);
