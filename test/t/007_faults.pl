@@ -260,7 +260,9 @@ ANALYZE public.big;
 my $snap = 'fsnap';
 $load = start_load(30);
 # one part copied by one worker: every interrupted copy starts over, so each
-# fault has the whole copy as its window
+# fault has the whole copy as its window.  That window is short (the 2M rows
+# copy in about a second on a fast machine): the faults below come 0.05 to
+# 0.3 s after the worker appears.
 ok( create_mirror(
 		$dest, $snap, ['public.big'],
 		do_initial_snapshot => 'true',
@@ -277,7 +279,7 @@ sub snapshot_copying
 # SIGKILL of the snapshot worker during the copy
 if (snapshot_copying())
 {
-	sleep_rand(0.1, 0.6);
+	sleep_rand(0.05, 0.3);
 	my @sp = pids_of($dest, "bunnydb snapshot $snap");
 	if (@sp)
 	{
@@ -293,7 +295,7 @@ ok($faults{'snapshot worker SIGKILL'}, 'a snapshot worker was killed during the 
 my $restarted = 0;
 if (snapshot_copying())
 {
-	sleep_rand(0.1, 0.6);
+	sleep_rand(0.05, 0.3);
 	my $still = scalar(my @p = pids_of($dest, "bunnydb snapshot $snap"));
 	note("source restart while the snapshot copies (snapshot workers running: $still)");
 	$source->restart;
