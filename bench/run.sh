@@ -50,9 +50,10 @@
 #           live (built-in disabled): each comparison is between two systems
 #           that share the machine in the same way.
 #
-# How bunnydb is waited for: by default bunny.wait_for_lsn(name, lsn, 0) is
-# polled (every 0.1 s for the catch-ups, every 2 ms in the lag sampler), the
-# same way the built-in side is polled.  A single long call
+# How the timed waits wait: on the server (srv_wait), one DO block per wait
+# in database `sampler` that polls the destination through dblink every
+# 10 ms (every 2 ms in the lag sampler), the same way for every system; for
+# bunnydb it polls bunny.wait_for_lsn(name, lsn, 0).  A single long call
 # bunny.wait_for_lsn(name, lsn, 600000) (--long-wait) keeps a snapshot open
 # on the destination for the whole wait: that blocks HOT pruning there, and
 # bunnydb's apply then slows down on the bloating pgbench_branches/tellers,
@@ -356,6 +357,60 @@ declare -A RES      # RES[workload,bunny|builtin] = seconds or FAIL
 
 bunny_status() { qd dest_bunny "SELECT status FROM bunny.mirrors WHERE name = '$MIRROR'"; }
 
+# srv_wait WHAT TIMEOUT DB DEST_SQL [SRC_SQL]: wait on the server, not in the
+# shell, for every timed wait (copies and catch-ups, all systems alike).
+# One psql call runs a DO block in `sampler` on the source that holds one
+# dblink connection to destination database DB and, every 10 ms, runs
+# DEST_SQL there.  DEST_SQL returns one text value: 'ok' (done), NULL or
+# 'wait' (poll again), 'down' (poll again, but fail after 30 s of 'down' in
+# a row) or anything else (fail, with that text).  SRC_SQL, when given, is
+# a boolean query on the source that also ends the wait (a slot's confirmed
+# position).  The block commits after every poll, so it holds no snapshot
+# between polls.  A shell loop starting runuser + psql for each poll costs
+# about 40 ms of CPU per poll, a third of a core at ten polls a second,
+# taken from the systems it measures, and sees the end of a wait up to
+# 0.1 s late.
+srv_wait() {
+    local what=$1 timeout=$2 db=$3 dsql=$4 ssql=${5:-false} out
+    out=$(as_pg psql -X -qAt -v ON_ERROR_STOP=1 -h "$DIR" -p "$SRC_PORT" -d sampler 2>&1 <<EOF
+DO \$w\$
+DECLARE
+    r text;
+    down_since timestamptz;
+    deadline timestamptz := clock_timestamp() + interval '$timeout s';
+BEGIN
+    PERFORM dblink_connect('w', 'host=$DIR port=$DST_PORT dbname=$db');
+    LOOP
+        SELECT t.x INTO r FROM dblink('w', \$q\$$dsql\$q\$) AS t(x text);
+        IF r IS DISTINCT FROM 'ok' AND ($ssql) THEN
+            r := 'ok';
+        END IF;
+        EXIT WHEN r = 'ok';
+        IF r = 'down' THEN
+            down_since := coalesce(down_since, clock_timestamp());
+            IF clock_timestamp() - down_since > interval '30 s' THEN
+                RAISE EXCEPTION 'WAITFAIL % down for 30 s', '$what';
+            END IF;
+        ELSIF coalesce(r, 'wait') <> 'wait' THEN
+            RAISE EXCEPTION 'WAITFAIL %: %', '$what', r;
+        ELSE
+            down_since := NULL;
+        END IF;
+        IF clock_timestamp() > deadline THEN
+            RAISE EXCEPTION 'WAITFAIL timeout: % after % s (last value: %)', '$what', $timeout, coalesce(r, 'NULL');
+        END IF;
+        COMMIT;
+        PERFORM pg_sleep(0.01);
+    END LOOP;
+    PERFORM dblink_disconnect('w');
+END
+\$w\$;
+EOF
+) && return 0
+    printf '%s\n' "$out" | sed 's/.*WAITFAIL //' | head -5 >&2
+    return 1
+}
+
 bunny_diagnostics() {
     echo "---- bunnydb diagnostics ----"
     qd dest_bunny "SELECT 'status=' || status || ' phase=' || phase || ' error_count=' || error_count || E'\nerror_message: ' || coalesce(error_message, '(none)') FROM bunny.mirrors WHERE name = '$MIRROR'" || true
@@ -368,18 +423,13 @@ bunny_diagnostics() {
     echo "-----------------------------"
 }
 
-# wait until the bunnydb mirror reaches status $1; returns 1 on FAILED/timeout
-bunny_wait_status() {
-    local want=$1 timeout=$2 deadline st
-    deadline=$(( $(date +%s) + timeout ))
-    while :; do
-        st=$(bunny_status) || st="?"
-        [ "$st" = "$want" ] && return 0
-        if [ "$st" = FAILED ]; then echo "bunnydb mirror is FAILED (waiting for $want)"; return 1; fi
-        if [ "$(date +%s)" -ge "$deadline" ]; then echo "timeout: bunnydb mirror status $st after ${timeout}s (waiting for $want)"; return 1; fi
-        sleep 0.1
-    done
+# bunny_wait_status_in DB MIRROR WANT TIMEOUT: wait until the bunnydb mirror
+# reaches status WANT; returns 1 on FAILED/timeout
+bunny_wait_status_in() {
+    srv_wait "bunnydb mirror $2 status $3" "$4" "$1" \
+        "SELECT CASE status WHEN '$3' THEN 'ok' WHEN 'FAILED' THEN 'bunnydb mirror is FAILED (waiting for $3)' ELSE 'wait' END FROM bunny.mirrors WHERE name = '$2'"
 }
+bunny_wait_status() { bunny_wait_status_in dest_bunny "$MIRROR" "$1" "$2"; }   # want timeout
 
 src_slot_inactive() {   # slot name, timeout: wait until no walsender holds it
     local deadline=$(( $(date +%s) + $2 ))
@@ -407,21 +457,11 @@ builtin_pause() {
 
 SUB_ORIGIN=""
 
-# peer_caught_up DB ORIGIN SLOT LSN: a subscription (built-in or pglogical)
-# in DB has applied up to LSN: its replication origin ORIGIN says so, or
-# (when it had nothing left to apply) its slot SLOT on the source does
-peer_caught_up() {
-    [ "$(qd "$1" "SELECT coalesce(max(remote_lsn), '0/0') >= '$4' FROM pg_replication_origin_status WHERE external_id = '$2'")" = t ] && return 0
-    [ "$(qs postgres "SELECT coalesce(bool_or(confirmed_flush_lsn >= '$4'), false) FROM pg_replication_slots WHERE slot_name = '$3'")" = t ]
-}
-
 # peer_wait_lsn NAME DB ORIGIN SLOT LSN TIMEOUT
 peer_wait_lsn() {
-    local deadline=$(( $(date +%s) + $6 ))
-    while ! peer_caught_up "$2" "$3" "$4" "$5"; do
-        [ "$(date +%s)" -ge "$deadline" ] && { echo "timeout: $1 not caught up with $5 after $6 s"; return 1; }
-        sleep 0.1
-    done
+    srv_wait "$1 caught up with $5" "$6" "$2" \
+        "SELECT CASE WHEN coalesce(max(remote_lsn), '0/0') >= '$5' THEN 'ok' ELSE 'wait' END FROM pg_replication_origin_status WHERE external_id = '$3'" \
+        "SELECT coalesce(bool_or(confirmed_flush_lsn >= '$5'), false) FROM pg_replication_slots WHERE slot_name = '$4'"
 }
 
 builtin_wait_lsn() { peer_wait_lsn built-in dest_builtin "$SUB_ORIGIN" "$SUB" "$1" "$2"; }   # lsn timeout
@@ -437,22 +477,10 @@ PGL_ORIGIN=""   # its slot on the source, and its replication origin here
 # pgl_subscribe DB SUB: subscribe DB's node to bench_provider and wait until
 # the subscription replicates with every table synchronised
 pgl_subscribe() {
-    local deadline=$(( $(date +%s) + COPY_TIMEOUT ))
     qd "$1" "SELECT pglogical.create_subscription('$2', '$SRC_CONNINFO', '{default,default_insert_only}')" >/dev/null || return 1
-    local st down_since=""
-    while :; do
-        st=$(qd "$1" "SELECT (SELECT status FROM pglogical.show_subscription_status('$2')) || ' ' || (count(*) >= 6 AND bool_and(sync_status = 'r')) FROM pglogical.local_sync_status")
-        [ "$st" = "replicating true" ] && return 0
-        # an apply worker that keeps failing (see the server log) leaves it down
-        if [ "${st%% *}" = down ]; then
-            down_since=${down_since:-$(date +%s)}
-            [ $(( $(date +%s) - down_since )) -ge 30 ] && { echo "pglogical subscription $2 down for 30 s"; return 1; }
-        else
-            down_since=""
-        fi
-        [ "$(date +%s)" -ge "$deadline" ] && { echo "timeout: pglogical subscription $2: $st"; return 1; }
-        sleep 0.1
-    done
+    # an apply worker that keeps failing (see the server log) leaves it down
+    srv_wait "pglogical subscription $2 replicating with all tables ready" "$COPY_TIMEOUT" "$1" \
+        "SELECT CASE WHEN s.status = 'replicating' AND t.ready THEN 'ok' WHEN s.status = 'down' THEN 'down' ELSE 'wait' END FROM pglogical.show_subscription_status('$2') s, (SELECT count(*) >= 6 AND bool_and(sync_status = 'r') AS ready FROM pglogical.local_sync_status) t"
 }
 
 pgl_apply_pid_sql="SELECT pid FROM pg_stat_activity WHERE backend_type LIKE 'pglogical apply%' AND datname = 'dest_pglogical'"
@@ -478,16 +506,8 @@ bunny_wait_lsn() {
         r=$(qd dest_bunny "SELECT bunny.wait_for_lsn('$MIRROR', '$1', $(($2 * 1000)))") || return 1
         [ "$r" = t ]; return
     fi
-    deadline=$(( $(date +%s) + $2 ))
-    while :; do
-        r=$(qd dest_bunny "SELECT bunny.wait_for_lsn('$MIRROR', '$1', 0)::text || ' ' || status FROM bunny.mirrors WHERE name = '$MIRROR'") || return 1
-        case "$r" in
-            "true "*) return 0 ;;
-            *" FAILED") echo "bunnydb mirror FAILED while waiting for $1" >&2; return 1 ;;
-        esac
-        [ "$(date +%s)" -ge "$deadline" ] && { echo "timeout: bunnydb not caught up with $1 after $2 s" >&2; return 1; }
-        sleep 0.1
-    done
+    srv_wait "bunnydb caught up with $1" "$2" dest_bunny \
+        "SELECT CASE WHEN bunny.wait_for_lsn('$MIRROR', '$1', 0) THEN 'ok' WHEN status = 'FAILED' THEN 'bunnydb mirror FAILED while waiting for $1' ELSE 'wait' END FROM bunny.mirrors WHERE name = '$MIRROR'"
 }
 
 # ---- memory sampler: peak VmRSS / RssAnon of a backend, every 0.2 s --------
@@ -570,16 +590,9 @@ t0=$(now)
 qd dest_builtin "CREATE SUBSCRIPTION $SUB CONNECTION '$SRC_CONNINFO' PUBLICATION $PUB WITH (copy_data = true)"
 SUB_OID=$(qd dest_builtin "SELECT oid FROM pg_subscription WHERE subname = '$SUB'")
 SUB_ORIGIN="pg_$SUB_OID"
-deadline=$(( $(date +%s) + COPY_TIMEOUT ))
-while :; do
-    st=$(qd dest_builtin "SELECT count(*) || ' ' || count(*) FILTER (WHERE srsubstate = 'r') FROM pg_subscription_rel WHERE srsubid = $SUB_OID")
-    read -r total ready <<<"$st"
-    [ "$total" -ge 5 ] && [ "$total" = "$ready" ] && break
-    if [ "$(date +%s)" -ge "$deadline" ]; then
-        echo "timeout: built-in subscription: $ready of $total tables ready"; BUILTIN_OK=0; break
-    fi
-    sleep 0.1
-done
+srv_wait "built-in subscription with all tables ready" "$COPY_TIMEOUT" dest_builtin \
+    "SELECT CASE WHEN count(*) >= 5 AND bool_and(srsubstate = 'r') THEN 'ok' ELSE 'wait' END FROM pg_subscription_rel WHERE srsubid = $SUB_OID" \
+    || BUILTIN_OK=0
 if [ "$BUILTIN_OK" = 1 ]; then
     t1=$(now)
     RES[copy,builtin]=$(elapsed "$t0" "$t1")
@@ -619,14 +632,6 @@ if [ "$COPY_PAIRS" = 2 ] && [ "$BUNNY_OK" = 1 ] && [ "$BUILTIN_OK" = 1 ]; then
     create_dest_dbs 2
     qd dest_bunny2 "SELECT bunny.create_peer('src', '$SRC_CONNINFO')" >/dev/null
 
-    # wait_until DB SQL VALUE WHAT: poll SQL until it returns VALUE
-    wait_until() {
-        local deadline=$(( $(date +%s) + COPY_TIMEOUT ))
-        while [ "$(qd "$1" "$2")" != "$3" ]; do
-            [ "$(date +%s)" -ge "$deadline" ] && die "timeout: $4"
-            sleep 0.1
-        done
-    }
     if [ "$PGL_OK" = 1 ]; then
         checkpoint_both
         t0=$(now)
@@ -646,8 +651,9 @@ if [ "$COPY_PAIRS" = 2 ] && [ "$BUNNY_OK" = 1 ] && [ "$BUILTIN_OK" = 1 ]; then
     checkpoint_both
     t0=$(now)
     qd dest_builtin2 "CREATE SUBSCRIPTION ${SUB}2 CONNECTION '$SRC_CONNINFO' PUBLICATION $PUB WITH (copy_data = true)"
-    wait_until dest_builtin2 "SELECT count(*) = 5 AND bool_and(srsubstate = 'r') FROM pg_subscription_rel" t \
-        "second built-in copy"
+    srv_wait "second built-in copy" "$COPY_TIMEOUT" dest_builtin2 \
+        "SELECT CASE WHEN count(*) = 5 AND bool_and(srsubstate = 'r') THEN 'ok' ELSE 'wait' END FROM pg_subscription_rel" \
+        || die "second built-in copy failed"
     RES[copy,builtin2]=$(elapsed "$t0" "$(now)")
     log "built-in copy (2nd pair): ${RES[copy,builtin2]} s"
     settle_copy dest_builtin2
@@ -655,7 +661,7 @@ if [ "$COPY_PAIRS" = 2 ] && [ "$BUNNY_OK" = 1 ] && [ "$BUILTIN_OK" = 1 ]; then
     checkpoint_both
     t0=$(now)
     qd dest_bunny2 "SELECT bunny.create_mirror('${MIRROR}2', 'src', '$TABLES_JSON')" >/dev/null
-    wait_until dest_bunny2 "SELECT status FROM bunny.mirrors" RUNNING "second bunnydb copy"
+    bunny_wait_status_in dest_bunny2 "${MIRROR}2" RUNNING "$COPY_TIMEOUT" || die "second bunnydb copy failed"
     RES[copy,bunny2]=$(elapsed "$t0" "$(now)")
     log "bunnydb copy (2nd pair): ${RES[copy,bunny2]} s"
     settle_copy dest_bunny2
