@@ -239,7 +239,8 @@ struct FmgrInfo;
 struct RelationData;
 extern bool fastrecv_install(struct FmgrInfo *flinfo);
 extern uint64 bunny_copy_from(struct RelationData *rel, List *attnames, bool binary,
-							  int (*read_data) (void *outbuf, int minread, int maxread));
+							  int (*read_data) (void *outbuf, int minread, int maxread),
+							  int flush_rows);
 
 /* error context for workers */
 extern const char *bunny_ctx_mirror;

@@ -30,4 +30,16 @@
  */
 #define bunny_copy_in_functions(cstate) ((cstate)->in_functions)
 
+/*
+ * Make CopyFrom count every row of a binary COPY as row_bytes towards the
+ * size at which it writes out its buffered rows (MAX_BUFFERED_BYTES, 64 kB
+ * in PostgreSQL 15).  CopyFrom counts the length of line_buf, which
+ * only text and CSV input fill; for binary input it stays 0, and the
+ * buffer is written only every MAX_BUFFERED_TUPLES (1000) rows.  In binary
+ * mode nothing else reads line_buf (not even the error context callback),
+ * and nothing resets it.
+ */
+#define bunny_copy_set_binary_row_bytes(cstate, row_bytes) \
+	((cstate)->line_buf.len = (row_bytes))
+
 #endif							/* BUNNYDB_COMPAT_H */

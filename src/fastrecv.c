@@ -139,10 +139,13 @@ fastrecv_install_copy(CopyFromState cstate, Relation rel)
  * database encoding) into the columns attnames of rel, which the caller
  * has opened with RowExclusiveLock; returns the number of rows.  The
  * server's COPY machinery does the work: multi-row heap inserts through
- * a buffer ring, index entries, constraints, triggers.
+ * a buffer ring, index entries, constraints, triggers.  With flush_rows
+ * between 1 and 1000, a binary COPY writes out its buffered rows every
+ * flush_rows rows instead of every 1000; 0 keeps CopyFrom's own limits.
  */
 uint64
-bunny_copy_from(Relation rel, List *attnames, bool binary, copy_data_source_cb read_data)
+bunny_copy_from(Relation rel, List *attnames, bool binary, copy_data_source_cb read_data,
+				int flush_rows)
 {
 	List	   *options;
 	ParseState *pstate;
@@ -160,7 +163,11 @@ bunny_copy_from(Relation rel, List *attnames, bool binary, copy_data_source_cb r
 	(void) addRangeTableEntryForRelation(pstate, rel, RowExclusiveLock, NULL, false, false);
 	cstate = BeginCopyFrom(pstate, rel, NULL, NULL, false, read_data, attnames, options);
 	if (binary)
+	{
 		fastrecv_install_copy(cstate, rel);
+		if (flush_rows > 0)
+			bunny_copy_set_binary_row_bytes(cstate, 64 * 1024 / flush_rows);
+	}
 	rows = CopyFrom(cstate);
 	EndCopyFrom(cstate);
 	free_parsestate(pstate);

@@ -240,7 +240,7 @@ snapshot_copy_range(PGconn *conn, const char *dest_schema, const char *dest_tabl
 	copy_buf_len = copy_buf_pos = 0;
 	copy_done = false;
 
-	rows = bunny_copy_from(rel, attnames, binary, snapshot_copy_read);
+	rows = bunny_copy_from(rel, attnames, binary, snapshot_copy_read, 0);
 
 	/* drain to the end of the COPY and check how it ended */
 	while (!copy_done)

@@ -36,6 +36,9 @@
 #       * SIGKILL of the mirror worker while it COPYs a 300 000-row
 #         transaction (found in pg_stat_progress_copy), once sent whole after
 #         its commit and once streamed while it runs: no loss, no duplicates
+#       * a COPY run writes its buffered rows every 128 rows: with a
+#         streamed transaction still open, the destination table has grown
+#         by the rows the run took in (CopyFrom alone would keep up to 1000)
 #  C. bunny.mirror_tables rows_inserted / rows_updated / rows_deleted equal
 #     the committed changes, counted by the source's own pg_stat_user_tables
 #     (minus the aborted work it also counts, where the test made some).
@@ -1314,6 +1317,51 @@ foreach my $mode ('whole', 'streamed')
 		ok($streamed > 0, "B5 (streamed): the source streamed the transaction ($streamed)");
 	}
 }
+
+# ---------------------------------------------------------------------------
+# B6: a COPY run writes its buffered rows every 128 rows, not every 1000 as
+#     CopyFrom does for binary input (the walsender must not stop while the
+#     worker writes).  With a streamed transaction still open on the
+#     source, the destination heap must already hold most of the rows the
+#     COPY has taken in: its size grows although nothing is committed.  Rows
+#     of ~300 bytes: a 64 kB stream block brings over 100 of them, so the
+#     run starts in the first block (after the 100 rows of the INSERT
+#     buffer) and goes on across the blocks; about 870 rows are streamed
+#     before the commit (the last, partial block comes with it).
+# ---------------------------------------------------------------------------
+{
+	set_source_ldwm('64kB');
+	my $size0 = dst("SELECT pg_relation_size('bk')");
+	my $open = $source->background_psql('postgres');
+	$open->query_safe('BEGIN');
+	$open->query_safe(
+		"INSERT INTO bk SELECT 500, g, repeat('w', 300) FROM generate_series(1, 1000) g");
+	my $taken = 0;
+	poll_until(
+		sub {
+			my $r = query_value($dest,
+				    "SELECT p.tuples_processed FROM pg_stat_progress_copy p "
+				  . "JOIN pg_stat_activity a USING (pid) WHERE a.backend_type = 'bunnydb mirror bulk'",
+				timeout => 10);
+			$taken = $r if defined $r && $r =~ /^\d+$/;
+			return $taken >= 500 ? 1 : 0;
+		},
+		60, 0.05);
+	ok($taken >= 500, "B6: the open transaction's rows reached a COPY run ($taken rows taken in)");
+	my $grown = dst("SELECT pg_relation_size('bk')") - $size0;
+	# 100 + 384 or more rows written (about 24 a page): 160 kB or more; with
+	# a flush every 1000 rows only the 100 rows before the run (40 kB)
+	ok($grown > 120 * 1024,
+		"B6: the COPY run wrote its rows every 128 rows while the transaction was open ("
+		  . int($grown / 1024) . " kB written)");
+	$open->query_safe('COMMIT');
+	$open->quit;
+	ok(wait_synced($source, $dest, 'bulk', ['public.bk'], timeout => 120),
+		'B6: caught up after the commit');
+	is( dst("SELECT count(*) FROM bk WHERE txno = 500"), '1000',
+		'B6: all 1000 rows of the streamed transaction applied once');
+}
+
 src('ALTER SYSTEM RESET logical_decoding_work_mem');
 src('SELECT pg_reload_conf()');
 
