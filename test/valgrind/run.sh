@@ -4,7 +4,8 @@
 # mirror and snapshot workers, backends), under valgrind memcheck through
 # one scenario: a parallel initial copy (text, char(n), enum and enum-array
 # columns), CDC with folded UPDATEs, deletes and a COPY run, enum labels
-# added on the source, and a refused DROP EXTENSION and DROP DATABASE (with
+# added on the source, a COPY run in binary transfer (a second mirror, of a
+# table with built-in types only; it writes every 128 rows), and a refused DROP EXTENSION and DROP DATABASE (with
 # the worker that looks into the database to be dropped).  Checks that both
 # tables end equal to the source and that memcheck reported nothing beyond
 # the PostgreSQL reports in postgres.supp.  About half a minute.
@@ -55,13 +56,18 @@ S "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
    CREATE TABLE f (id int PRIMARY KEY, m mood, ms mood[], v text, c char(10));
    INSERT INTO f SELECT g, 'ok', '{sad}', 'v' || g, 'c' FROM generate_series(1, 3000) g;
    CREATE TABLE big (id int PRIMARY KEY, v text);
-   INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 20000) g;" || fail "source data"
+   INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
+   CREATE TABLE bin (id int PRIMARY KEY, v text, n numeric);
+   INSERT INTO bin SELECT g, md5(g::text), g / 7.0 FROM generate_series(1, 100) g;" || fail "source data"
 T "CREATE EXTENSION bunnydb" >/dev/null || fail "CREATE EXTENSION"
 T "SELECT bunny.create_peer('src', 'host=$D port=5561 dbname=postgres user=postgres')" >/dev/null
 T "SELECT bunny.create_mirror('vg', 'src', '[\"public.f\", \"public.big\"]',
                               snapshot_num_rows_per_partition => 5000)" >/dev/null || fail create_mirror
 for _ in $(seq 1 600); do [ "$(T "SELECT status FROM bunny.mirrors")" = RUNNING ] && break; sleep 1; done
 [ "$(T "SELECT status FROM bunny.mirrors")" = RUNNING ] || fail "mirror not RUNNING"
+T "SELECT bunny.create_mirror('vgbin', 'src', '[\"public.bin\"]')" >/dev/null || fail "create_mirror vgbin"
+for _ in $(seq 1 600); do [ "$(T "SELECT status FROM bunny.mirrors WHERE name = 'vgbin'")" = RUNNING ] && break; sleep 1; done
+[ "$(T "SELECT status FROM bunny.mirrors WHERE name = 'vgbin'")" = RUNNING ] || fail "mirror vgbin not RUNNING"
 
 S "ALTER TYPE mood ADD VALUE 'meh' BEFORE 'ok'; ALTER TYPE mood ADD VALUE 'zen';"
 S "BEGIN;
@@ -70,10 +76,14 @@ S "BEGIN;
    DELETE FROM f WHERE id BETWEEN 300 AND 400;
    INSERT INTO big SELECT g, 'n' FROM generate_series(20001, 21000) g;
    COMMIT;
-   UPDATE big SET v = v || 'u' WHERE id % 7 = 0;"
+   UPDATE big SET v = v || 'u' WHERE id % 7 = 0;
+   INSERT INTO bin SELECT g, md5(g::text), g / 7.0 FROM generate_series(101, 1100) g;"
 L=$(S "SELECT pg_current_wal_lsn()")
 for _ in $(seq 1 600); do [ "$(T "SELECT bunny.wait_for_lsn('vg', '$L', 0)")" = t ] && break; sleep 1; done
-for t in f big; do
+for _ in $(seq 1 600); do [ "$(T "SELECT bunny.wait_for_lsn('vgbin', '$L', 0)")" = t ] && break; sleep 1; done
+T "SELECT message FROM bunny.mirror_logs WHERE mirror = 'vgbin' AND message LIKE 'streaming from%'" | grep -q "binary transfer" \
+    || fail "mirror vgbin does not stream in binary transfer"
+for t in f big bin; do
     q="SELECT count(*) || ' ' || md5(string_agg(x::text, '' ORDER BY x::text)) FROM $t x"
     [ "$(S "$q")" = "$(T "$q")" ] || fail "table $t differs from the source"
 done
