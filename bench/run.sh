@@ -355,7 +355,6 @@ BUNNY_OK=1
 BUILTIN_OK=1
 declare -A RES      # RES[workload,bunny|builtin] = seconds or FAIL
 
-bunny_status() { qd dest_bunny "SELECT status FROM bunny.mirrors WHERE name = '$MIRROR'"; }
 
 # srv_wait WHAT TIMEOUT DB DEST_SQL [SRC_SQL]: wait on the server, not in the
 # shell, for every timed wait (copies and catch-ups, all systems alike).

@@ -31,15 +31,19 @@
 #define bunny_copy_in_functions(cstate) ((cstate)->in_functions)
 
 /*
- * Make CopyFrom count every row of a binary COPY as row_bytes towards the
- * size at which it writes out its buffered rows (MAX_BUFFERED_BYTES, 64 kB
- * in PostgreSQL 15).  CopyFrom counts the length of line_buf, which
- * only text and CSV input fill; for binary input it stays 0, and the
- * buffer is written only every MAX_BUFFERED_TUPLES (1000) rows.  In binary
- * mode nothing else reads line_buf (not even the error context callback),
- * and nothing resets it.
+ * Make a binary COPY write out its buffered rows every flush_rows rows
+ * (1 to 1000).  CopyFrom writes them at MAX_BUFFERED_TUPLES (1000) rows or
+ * MAX_BUFFERED_BYTES (65535 in PostgreSQL 15, private to copyfrom.c) of
+ * input, and counts the length of line_buf as each row's size.  Only text
+ * and CSV input fill line_buf; for binary input it stays 0, so only the
+ * 1000 rows count.  Setting it to the byte limit's share of one row makes
+ * the byte limit apply after flush_rows rows.  In binary mode nothing else
+ * reads line_buf (not even the error context callback) and nothing resets
+ * it.
  */
-#define bunny_copy_set_binary_row_bytes(cstate, row_bytes) \
-	((cstate)->line_buf.len = (row_bytes))
+#define BUNNY_COPY_MAX_BUFFERED_BYTES 65535
+#define bunny_copy_set_binary_flush_rows(cstate, flush_rows) \
+	((cstate)->line_buf.len = \
+	 (BUNNY_COPY_MAX_BUFFERED_BYTES + (flush_rows) - 1) / (flush_rows))
 
 #endif							/* BUNNYDB_COMPAT_H */

@@ -166,7 +166,7 @@ bunny_copy_from(Relation rel, List *attnames, bool binary, copy_data_source_cb r
 	{
 		fastrecv_install_copy(cstate, rel);
 		if (flush_rows > 0)
-			bunny_copy_set_binary_row_bytes(cstate, 64 * 1024 / flush_rows);
+			bunny_copy_set_binary_flush_rows(cstate, flush_rows);
 	}
 	rows = CopyFrom(cstate);
 	EndCopyFrom(cstate);

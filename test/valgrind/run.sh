@@ -5,8 +5,9 @@
 # one scenario: a parallel initial copy (text, char(n), enum and enum-array
 # columns), CDC with folded UPDATEs, deletes and a COPY run, enum labels
 # added on the source, a COPY run in binary transfer (a second mirror, of a
-# table with built-in types only; it writes every 128 rows), and a refused DROP EXTENSION and DROP DATABASE (with
-# the worker that looks into the database to be dropped).  Checks that both
+# table with built-in types only; it writes every 128 rows), and a refused
+# DROP EXTENSION and DROP DATABASE (with the worker that looks into the
+# database to be dropped).  Checks that both
 # tables end equal to the source and that memcheck reported nothing beyond
 # the PostgreSQL reports in postgres.supp.  About half a minute.
 #
