@@ -2,6 +2,8 @@
 #
 #   make && make install          build and install into the server found by pg_config
 #   make installcheck             pg_regress suite (own temp instance) + TAP suite
+#   make bench                    the benchmark against built-in logical replication
+#                                 (bench/run.sh, as root; BENCH_ARGS="--only copy" etc.)
 #
 EXTENSION = bunnydb
 MODULE_big = bunnydb
@@ -38,3 +40,8 @@ include $(PGXS)
 # PGXS does not track header dependencies
 $(OBJS): src/bunnydb.h src/compat.h
 src/apply.o src/relmap.o: src/apply_internal.h
+
+# the benchmark (bench/run.sh; see its header): needs the library installed
+.PHONY: bench
+bench:
+	bash $(srcdir)/bench/run.sh $(BENCH_ARGS)

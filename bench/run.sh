@@ -49,6 +49,19 @@
 #           second pgbench run of the same length has bunnydb and pglogical
 #           live (built-in disabled): each comparison is between two systems
 #           that share the machine in the same way.
+#   references  (not systems under test; rows under the table): what
+#           PostgreSQL itself needs on this machine.  After the copies, one
+#           binary COPY pipe (psql | psql) of pgbench_accounts into a table
+#           without indexes in a scratch database, then its primary key;
+#           compared with one built-in copy.  After the bigtxn catch-ups,
+#           pg_recvlogical draining the 1M-row transaction into /dev/null
+#           from a slot made before it, with bunnydb's options (protocol
+#           version 2, streaming, binary): the source's decoding and sending,
+#           which every subscriber waits for.  After the tpcb catch-ups
+#           (with two copy pairs), the backlog's net effect applied on the
+#           destination alone: its history rows summed into one UPDATE per
+#           table (keys in order) plus one INSERT, in one transaction, in the
+#           built-in's scratch copy of the second pair.
 #
 # How the timed waits wait: on the server (srv_wait), one DO block per wait
 # in database `sampler` that polls the destination through dblink every
@@ -688,6 +701,33 @@ if [ "$COPY_PAIRS" = 2 ] && [ "$BUNNY_OK" = 1 ] && [ "$BUILTIN_OK" = 1 ]; then
     log "copy totals over both pairs: bunnydb ${RES[copy,bunny]} s, built-in ${RES[copy,builtin]} s$([ "$PGL_OK" = 1 ] && echo ", pglogical ${RES[copy,pgl]} s")"
 fi
 
+# Reference, not a system under test: PostgreSQL's own fastest way to copy
+# the big table on this machine.  One binary COPY pipe (psql | psql) of
+# pgbench_accounts into a table without indexes, then its primary key built
+# with the snapshot workers' maintenance_work_mem: no slot, no catalog work,
+# no logical replication.  Its ratio to one built-in copy tells how far
+# below PostgreSQL's own copy speed the copy target lies on this machine.
+if [ "$BUILTIN_OK" = 1 ]; then
+    log "reference: binary COPY pipe of pgbench_accounts into a bare table of a scratch database, then its primary key"
+    qd postgres "CREATE DATABASE dest_floor"
+    qd dest_floor "CREATE TABLE pgbench_accounts (aid int NOT NULL, bid int, abalance int, filler char(84))"
+    checkpoint_both
+    t0=$(now)
+    if as_pg psql -X -qAt -v ON_ERROR_STOP=1 -h "$DIR" -p "$SRC_PORT" -d bench -c "COPY pgbench_accounts TO STDOUT (FORMAT binary)" \
+        | as_pg psql -X -qAt -v ON_ERROR_STOP=1 -h "$DIR" -p "$DST_PORT" -d dest_floor -c "COPY pgbench_accounts FROM STDIN (FORMAT binary)" \
+       && t1=$(now) \
+       && as_pg psql -X -qAt -v ON_ERROR_STOP=1 -h "$DIR" -p "$DST_PORT" -d dest_floor \
+            -c "SET maintenance_work_mem = '256MB'" -c "ALTER TABLE pgbench_accounts ADD PRIMARY KEY (aid)"; then
+        RES[copy,floor]=$(elapsed "$t0" "$(now)")
+        log "reference COPY pipe + primary key: ${RES[copy,floor]} s (COPY $(elapsed "$t0" "$t1") s)"
+    else
+        RES[copy,floor]=FAIL
+    fi
+    # DROP TABLE, not DROP DATABASE: that waits for every backend to absorb a
+    # barrier, which an idle pglogical apply worker does not (see below)
+    qd dest_floor "DROP TABLE pgbench_accounts"
+fi
+
 # ---------------------------------------------------------------------------
 # catch-up helper for tpcb and bigtxn
 # ---------------------------------------------------------------------------
@@ -820,6 +860,44 @@ if want tpcb; then
     for db in dest_bunny dest_builtin $([ "$PGL_OK" = 1 ] && echo dest_pglogical); do
         log "$db after tpcb: $(qd $db "SELECT string_agg(format('%s seq_scan=%s idx_scan=%s size=%s', relname, seq_scan, coalesce(idx_scan, 0), pg_size_pretty(pg_relation_size(relid))), '; ' ORDER BY relname) FROM pg_stat_user_tables WHERE relname IN ('pgbench_branches', 'pgbench_tellers', 'pgbench_accounts')")"
     done
+    # Reference, not a system under test: the destination alone, with every
+    # change of the backlog folded into its net effect.  In the built-in's
+    # scratch copy of the second pair (idle since its copy, its tables out of
+    # shared_buffers like the catch-ups' tables), the backlog's history rows
+    # (brought over untimed) become one UPDATE per table of the summed
+    # deltas and one INSERT of the history: the least row work any apply
+    # of this backlog can do, in one transaction.  The keys go in order
+    # (nested loop over the sorted sums): on this machine that took half
+    # the time of the planner's hash order, so it is the lower bound.  Needs
+    # the second pair.
+    if [ "$BUILTIN_OK" = 1 ] && [[ "${RES[copy,builtin2]:-}" =~ ^[0-9.]+$ ]]; then
+        log "reference: the backlog's net effect applied in one transaction (dest_builtin2)"
+        as_pg psql -X -qAt -v ON_ERROR_STOP=1 -h "$DIR" -p "$DST_PORT" -d dest_builtin -c "COPY pgbench_history TO STDOUT (FORMAT binary)" \
+            | as_pg psql -X -qAt -v ON_ERROR_STOP=1 -h "$DIR" -p "$DST_PORT" -d dest_builtin2 \
+                -c "CREATE TABLE bench_backlog (LIKE pgbench_history)" -c "COPY bench_backlog FROM STDIN (FORMAT binary)"
+        checkpoint_both
+        t0=$(now)
+        if as_pg psql -X -qAt -v ON_ERROR_STOP=1 -h "$DIR" -p "$DST_PORT" -d dest_builtin2 <<'SQL' >/dev/null
+SET jit = off;
+SET enable_hashjoin = off;
+SET enable_mergejoin = off;
+BEGIN;
+UPDATE pgbench_accounts a SET abalance = a.abalance + d.s
+  FROM (SELECT aid, sum(delta) AS s FROM bench_backlog GROUP BY aid ORDER BY aid) d WHERE a.aid = d.aid;
+UPDATE pgbench_tellers t SET tbalance = t.tbalance + d.s
+  FROM (SELECT tid, sum(delta) AS s FROM bench_backlog GROUP BY tid ORDER BY tid) d WHERE t.tid = d.tid;
+UPDATE pgbench_branches b SET bbalance = b.bbalance + d.s
+  FROM (SELECT bid, sum(delta) AS s FROM bench_backlog GROUP BY bid ORDER BY bid) d WHERE b.bid = d.bid;
+INSERT INTO pgbench_history SELECT * FROM bench_backlog;
+COMMIT;
+SQL
+        then
+            RES[tpcb,floor]=$(elapsed "$t0" "$(now)")
+            log "reference net effect: ${RES[tpcb,floor]} s"
+        else
+            RES[tpcb,floor]=FAIL
+        fi
+    fi
 fi
 
 # ---------------------------------------------------------------------------
@@ -829,12 +907,33 @@ if want bigtxn; then
     echo
     log "== bigtxn: catch-up of one $BIGTXN_ROWS-row INSERT transaction =="
     pause_both
+    # for the reference below: a slot that sees the INSERT as the systems do
+    [ "$BUNNY_OK" = 1 ] && qs bench "SELECT pg_create_logical_replication_slot('bench_floor', 'pgoutput')" >/dev/null
     t0=$(now)
     qs bench "INSERT INTO bigt SELECT g, md5(g::text) FROM generate_series(1, $BIGTXN_ROWS) g"
     log "source: INSERT took $(elapsed "$t0" "$(now)") s"
     LSN=$(target_lsn)
     log "target LSN $LSN"
     catchup bigtxn "$LSN" rss
+    # Reference, not a system under test: the source alone.  pg_recvlogical
+    # takes the transaction from a slot with the options bunnydb asks for
+    # (protocol version 2, streaming, binary, bunnydb's publication) and
+    # throws it away.  That is the decoding and sending every subscriber
+    # waits for; no apply can finish before it.
+    if [ "$BUNNY_OK" = 1 ]; then
+        checkpoint_both
+        log "reference: pg_recvlogical drains the transaction into /dev/null"
+        t0=$(now)
+        if as_pg timeout "$CATCHUP_TIMEOUT" pg_recvlogical -h "$DIR" -p "$SRC_PORT" -d bench -S bench_floor --start --endpos="$LSN" \
+            -o proto_version=2 -o streaming=on -o binary=true -o "publication_names=bunny_pub_$MIRROR" -f /dev/null; then
+            RES[bigtxn,floor]=$(elapsed "$t0" "$(now)")
+            log "reference drain: ${RES[bigtxn,floor]} s"
+        else
+            RES[bigtxn,floor]=FAIL
+        fi
+        qs bench "SELECT pg_drop_replication_slot('bench_floor')" >/dev/null \
+            || log "could not drop the reference's slot bench_floor (it holds WAL until the clusters go)"
+    fi
 fi
 
 # ---------------------------------------------------------------------------
@@ -1055,9 +1154,27 @@ row_time() {   # workload label target
     printf '%-26s | %10s | %10s | %24s | <= %s x built-in  %s\n' "$label" "$(unit "$b" s)" "$(unit "$i" s)" "$r" "$tgt" "$v"
     RESULT_LINES+=("RESULT $w ratio=$r bunnydb_s=$b builtin_s=$i target=$tgt $v")
 }
+# the references (see the header): what PostgreSQL itself needs on this
+# machine, each under its workload's row, as a ratio to the built-in
+row_floor() {   # workload label builtin-time what
+    local f=${RES[$1,floor]:-}
+    [[ "$f" =~ ^[0-9.]+$ ]] || return 0
+    printf '%-26s | %10s | %10s | %24s | reference: %s\n' "$2" "$(unit "$f" s)" "$(unit "$3" s)" "$(ratio "$f" "$3")" "$4"
+    RESULT_LINES+=("RESULT ${1}_reference ratio=$(ratio "$f" "$3") reference_s=$f builtin_s=$3")
+}
 row_time copy "copy (scale $SCALE)$([ "$COPY_PAIRS" = 2 ] && echo ", 2 pairs")" 0.6
-want tpcb && row_time tpcb "tpcb catch-up (80k txns)" 0.5
-want bigtxn && row_time bigtxn "bigtxn catch-up (1M rows)" 0.5
+if [[ "${RES[copy,floor]:-}" =~ ^[0-9.]+$ ]]; then
+    per_copy=$(awk -v t="${RES[copy,builtin]}" -v n="$([ "$COPY_PAIRS" = 2 ] && [[ "${RES[copy,builtin2]:-}" =~ ^[0-9.]+$ ]] && echo 2 || echo 1)" 'BEGIN { printf "%.2f", t / n }')
+    row_floor copy "  raw COPY pipe + PK" "$per_copy" "binary COPY of the big table, then its key (vs one built-in copy)"
+fi
+if want tpcb; then
+    row_time tpcb "tpcb catch-up (80k txns)" 0.5
+    row_floor tpcb "  net effect, dest. only" "${RES[tpcb,builtin]:-n/a}" "the backlog folded into 4 statements, keys in order, one transaction"
+fi
+if want bigtxn; then
+    row_time bigtxn "bigtxn catch-up (1M rows)" 0.5
+    row_floor bigtxn "  decoding alone" "${RES[bigtxn,builtin]:-n/a}" "the source's walsender, pg_recvlogical into /dev/null"
+fi
 if want bigtxn; then
     b=${RES[bigtxn,bunny_rss]:-n/a}; i=${RES[bigtxn,builtin_rss]:-n/a}
     v=$(verdict "$b" "<" 100); [ "$v" = PASS ] || FAILS=$((FAILS + 1))
