@@ -67,10 +67,13 @@
 # in database `sampler` that polls the destination through dblink every
 # 10 ms (every 2 ms in the lag sampler), the same way for every system; for
 # bunnydb it polls bunny.wait_for_lsn(name, lsn, 0).  A single long call
-# bunny.wait_for_lsn(name, lsn, 600000) (--long-wait) keeps a snapshot open
-# on the destination for the whole wait: that blocks HOT pruning there, and
-# bunnydb's apply then slows down on the bloating pgbench_branches/tellers,
-# i.e. the measurement itself would slow down what it measures.
+# bunny.wait_for_lsn(name, lsn, 600000) (--long-wait) waits the same way
+# users do; it drops its xmin while it sleeps, so it does not hold back HOT
+# pruning either.  A wait that keeps one snapshot for its whole length
+# must not be used for any system: the apply then slows down on the
+# bloating pgbench_branches/tellers (the built-in took 7-10 s instead of
+# 2.5 s that way, bench/RESULTS.md session 12), i.e. the measurement would
+# slow down what it measures.
 #
 # Catch-up criteria (the target LSN is pg_current_wal_insert_lsn() on the
 # source right after the workload: with synchronous_commit=off on the source
