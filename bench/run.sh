@@ -228,7 +228,7 @@ if [ "$PGL" = 1 ]; then
 else
     echo "pglogical: not measured ($([ -f "$LIBDIR/pglogical.so" ] && echo "--no-pglogical" || echo "not installed: apt-get install postgresql-15-pglogical"))"
 fi
-echo "repo:      $(git -c safe.directory='*' -C "$REPO" describe --always --dirty 2>/dev/null || echo unknown)"
+echo "repo:      $(git -c safe.directory='*' -C "$REPO" describe --always --dirty 2>/dev/null || echo "none ($REPO is not a git checkout; the bunnydb line above identifies the library)")"
 echo "wait mode: $WAIT_MODE (bunny.wait_for_lsn $([ "$WAIT_MODE" = long ] && echo "one long call" || echo "polled with timeout 0"))"
 echo "scale:     $SCALE ($((SCALE * 100000)) pgbench_accounts rows); workloads: $ONLY (copy always runs)"
 echo
