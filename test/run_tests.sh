@@ -11,13 +11,19 @@
 #      OS user and runs `make installcheck` there as `postgres`:
 #      the pg_regress suite (own temporary instance, test/regress.conf) and
 #      the TAP suite (test/t/*.pl, PostgreSQL::Test::Cluster)
-#   4. on failure prints regression.diffs and the tails of the TAP logs
-#   5. ends with one line "N passed, M failed" (pg_regress tests + TAP files)
+#   4. runs the benchmark on tiny sizes (bench/run.sh --smoke --no-pglogical,
+#      as root, about a minute): every step of the bench works and every
+#      destination matches the source; its timings are not checked
+#   5. on failure prints regression.diffs, the tails of the TAP logs and of
+#      the bench's output
+#   6. ends with one line "N passed, M failed" (pg_regress tests + TAP files
+#      + the bench smoke run)
 #
 # The exit status is non-zero on any failure.
 #
 # Environment:
 #   BUNNY_SKIP_APT=1         skip apt-get (packages already installed)
+#   BUNNY_SKIP_BENCH=1       skip the bench smoke run
 #   BUNNY_KEEP_TMP=1         keep the scratch directory even if all tests pass
 #   BUNNY_TEST_TIMEOUT=SECS  give up on `make installcheck` after SECS seconds
 #   PROVE_TESTS="test/t/001_x.pl ..."   run only these TAP files
@@ -39,6 +45,9 @@ REGRESS_FAILED=0
 TAP_PASSED=0
 TAP_FAILED=0
 TAP_FAILED_FILES=()
+BENCH_PASSED=0
+BENCH_FAILED=0
+BENCH_OUT=""
 OTHER_FAILED=0      # build / setup / harness failures
 STAGE="start"
 
@@ -52,8 +61,8 @@ warn() { printf 'run_tests.sh: %s\n' "$*" >&2; }
 on_exit() {
     local rc=$?
     set +e
-    local passed=$((REGRESS_PASSED + TAP_PASSED))
-    local failed=$((REGRESS_FAILED + TAP_FAILED + OTHER_FAILED))
+    local passed=$((REGRESS_PASSED + TAP_PASSED + BENCH_PASSED))
+    local failed=$((REGRESS_FAILED + TAP_FAILED + BENCH_FAILED + OTHER_FAILED))
 
     if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then
         # Aborted before any test could report (apt, build, copy, ...).
@@ -77,6 +86,9 @@ on_exit() {
     echo "=================================================================="
     echo "pg_regress: $REGRESS_PASSED passed, $REGRESS_FAILED failed"
     echo "TAP files:  $TAP_PASSED passed, $TAP_FAILED failed${TAP_FAILED_FILES[*]:+ (${TAP_FAILED_FILES[*]})}"
+    if [ $((BENCH_PASSED + BENCH_FAILED)) -ne 0 ]; then
+        echo "bench:      $BENCH_PASSED passed, $BENCH_FAILED failed (bench/run.sh --smoke)"
+    fi
     if [ "$OTHER_FAILED" -ne 0 ]; then
         echo "other:      $OTHER_FAILED failed (build, setup or test harness; see above)"
     fi
@@ -171,6 +183,9 @@ print_failure_details() {
     fi
     if [ "$REGRESS_FAILED" -ne 0 ]; then
         show_tail "$COPY/log/postmaster.log" 40
+    fi
+    if [ "$BENCH_FAILED" -ne 0 ]; then
+        show_tail "$BENCH_OUT" 80
     fi
     if [ "$TAP_FAILED" -ne 0 ] && [ -d "$COPY/tmp_check/log" ]; then
         local f t base shown=0
@@ -282,8 +297,29 @@ if [ "$rc" -ne 0 ]; then
     fi
 fi
 
+# ---------------------------------------------------------------------------
+# 5. The benchmark on tiny sizes, as root (it runs its clusters as postgres)
+# ---------------------------------------------------------------------------
+STAGE="bench"
+if [ "${BUNNY_SKIP_BENCH:-0}" = 1 ]; then
+    say "skipping the bench smoke run (BUNNY_SKIP_BENCH=1)"
+else
+    say "bench smoke run: bash bench/run.sh --smoke --no-pglogical"
+    BENCH_OUT=$SCRATCH/bench-smoke.out
+    rc=0
+    timeout -k 30 900 bash "$REPO/bench/run.sh" --smoke --no-pglogical \
+        --dir "$SCRATCH/bench" >"$BENCH_OUT" 2>&1 </dev/null || rc=$?
+    sed -n '/^== results/,/^RESULT consistency/p' "$BENCH_OUT"
+    if [ "$rc" -eq 0 ] && grep -q '^RESULT consistency OK' "$BENCH_OUT"; then
+        BENCH_PASSED=1
+    else
+        warn "bench/run.sh --smoke failed (exit status $rc); output: $BENCH_OUT"
+        BENCH_FAILED=1
+    fi
+fi
+
 STAGE="report"
-if [ $((REGRESS_FAILED + TAP_FAILED + OTHER_FAILED)) -ne 0 ]; then
+if [ $((REGRESS_FAILED + TAP_FAILED + BENCH_FAILED + OTHER_FAILED)) -ne 0 ]; then
     say "FAILURES"
     print_failure_details
     exit 1
