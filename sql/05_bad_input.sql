@@ -464,6 +464,10 @@ SELECT bunny.sync_schema(NULL);
 :same
 SELECT bunny.sync_schema('bi_nosuch');
 :same
+SELECT * FROM bunny.sync_sequences(NULL);
+:same
+SELECT * FROM bunny.sync_sequences('bi_nosuch');
+:same
 
 -- resync_mirror / resync_table
 SELECT bunny.resync_mirror(NULL);

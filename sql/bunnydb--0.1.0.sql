@@ -1304,6 +1304,108 @@ BEGIN
 END
 $$;
 
+/*
+ * Take over the source's sequence values for a cutover: the sequences the
+ * mapped tables' columns own on the destination (serial and identity
+ * columns, in tables bunnydb created or found) are set to what the
+ * source's sequences of the same columns have handed out, so that the
+ * destination, once it takes the writes, never hands out a value the
+ * source already did.  Logical replication does not carry sequences; the
+ * initial copy took them over once.  A sequence only ever moves forward:
+ * one the destination has already taken past the source's is left alone.
+ * setval is not transactional: a sequence set here stays set even if the
+ * caller's transaction rolls back.  One row per column with a sequence on
+ * the source.
+ */
+CREATE FUNCTION bunny.sync_sequences(name text)
+	RETURNS TABLE (destination_table text, column_name name, sequence_name text,
+				   source_value bigint, destination_value bigint, updated boolean)
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m		bunny.mirror;
+	ci		text;
+	r		record;
+	dnext	numeric;
+	d_last	bigint;
+	d_called boolean;
+	inc		bigint;
+	n_set	integer := 0;
+	n_kept	integer := 0;
+	done	jsonb := '[]';
+	missing	text;
+BEGIN
+	m := bunny._lock_mirror(sync_sequences.name);
+	PERFORM bunny._check_no_pending(m);
+	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = m.source_peer;
+	-- before any sequence is set: setval is not undone by the error
+	SELECT format('%I.%I', mt.destination_schema, mt.destination_table) INTO missing
+	  FROM bunny.mirror_table mt
+	 WHERE mt.mirror_id = m.id
+	   AND to_regclass(format('%I.%I', mt.destination_schema, mt.destination_table)) IS NULL
+	 ORDER BY 1 LIMIT 1;
+	IF missing IS NOT NULL THEN
+		RAISE EXCEPTION 'destination table % does not exist', missing USING ERRCODE = '42P01';
+	END IF;
+
+	FOR r IN
+		WITH t AS (
+			SELECT format('%I.%I', mt.source_schema, mt.source_table) AS src,
+				   format('%I.%I', mt.destination_schema, mt.destination_table) AS dest,
+				   mt.exclude_columns
+			  FROM bunny.mirror_table mt WHERE mt.mirror_id = m.id)
+		SELECT t.dest, x.attname, x.last_value
+		  FROM t JOIN bunny._remote_query(ci, format($q$
+				SET search_path = pg_catalog;
+				SELECT c.tbl, a.attname, pg_sequence_last_value(s.seq::regclass)
+				  FROM unnest(%L::text[]) c(tbl)
+				  JOIN pg_attribute a ON a.attrelid = c.tbl::regclass
+									 AND a.attnum > 0 AND NOT a.attisdropped
+				 CROSS JOIN LATERAL (SELECT pg_get_serial_sequence(c.tbl, a.attname) AS seq) s
+				 WHERE s.seq IS NOT NULL
+				$q$, (SELECT array_agg(src) FROM t))) AS x(tbl text, attname name, last_value bigint)
+			ON x.tbl = t.src
+		 WHERE NOT (x.attname = ANY (t.exclude_columns))
+		 ORDER BY t.dest, x.attname
+	LOOP
+		destination_table := r.dest;
+		column_name := r.attname;
+		source_value := r.last_value;
+		sequence_name := NULL;
+		destination_value := NULL;
+		updated := false;
+		IF EXISTS (SELECT 1 FROM pg_attribute
+					WHERE attrelid = r.dest::regclass AND attname = r.attname AND NOT attisdropped) THEN
+			sequence_name := pg_get_serial_sequence(r.dest, r.attname);
+		END IF;
+		IF sequence_name IS NOT NULL THEN
+			EXECUTE format('SELECT last_value, is_called FROM %s', sequence_name) INTO d_last, d_called;
+			SELECT seqincrement INTO inc FROM pg_sequence WHERE seqrelid = sequence_name::regclass;
+			destination_value := CASE WHEN d_called THEN d_last END;
+			-- the value the destination would hand out next
+			dnext := CASE WHEN d_called THEN d_last::numeric + inc ELSE d_last END;
+			-- NULL: the source's sequence has handed out nothing yet
+			IF r.last_value IS NOT NULL
+			   AND ((inc > 0 AND r.last_value >= dnext) OR (inc < 0 AND r.last_value <= dnext)) THEN
+				PERFORM setval(sequence_name::regclass, r.last_value, true);
+				destination_value := r.last_value;
+				updated := true;
+				n_set := n_set + 1;
+				done := done || jsonb_build_object('sequence', sequence_name, 'value', r.last_value);
+			ELSE
+				n_kept := n_kept + 1;
+			END IF;
+		END IF;
+		RETURN NEXT;
+	END LOOP;
+	PERFORM bunny._log(m.name, 'INFO',
+		format('sync_sequences: took over %s sequence value(s) from the source, left %s as they were',
+			   n_set, n_kept),
+		jsonb_build_object('set', done));
+END
+$$;
+
 CREATE FUNCTION bunny.wait_for_lsn(name text, lsn pg_lsn, timeout_ms integer DEFAULT 10000)
 	RETURNS boolean
 	LANGUAGE plpgsql SECURITY DEFINER
@@ -1440,5 +1542,6 @@ GRANT EXECUTE ON FUNCTION
 	bunny.resync_mirror(text, text),
 	bunny.resync_table(text, text, text),
 	bunny.update_tables(text, jsonb),
-	bunny.sync_schema(text)
+	bunny.sync_schema(text),
+	bunny.sync_sequences(text)
 	TO bunny_admin;

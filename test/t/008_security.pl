@@ -350,6 +350,7 @@ foreach my $q (
 	"SELECT bunny.resync_mirror('$mirror')",
 	"SELECT bunny.resync_table('$mirror', 'public.accounts')",
 	"SELECT bunny.sync_schema('$mirror')",
+	"SELECT count(*) FROM bunny.sync_sequences('$mirror')",
 	"SELECT bunny.update_tables('$mirror', '[\"public.accounts\"]')",
 	"SELECT bunny.drop_mirror('$mirror')",
 	"SELECT bunny.create_mirror('m_mon', 'srcpeer', '[\"public.y\"]')",
