@@ -1305,10 +1305,11 @@ END
 $$;
 
 /*
- * Take over the source's sequence values for a cutover: the sequences the
- * mapped tables' columns own on the destination (serial and identity
- * columns, in tables bunnydb created or found) are set to what the
- * source's sequences of the same columns have handed out, so that the
+ * Take over the source's sequence values for a cutover: the sequences of
+ * the mapped tables' columns on the destination (serial and identity
+ * columns, and sequences a column's default names with nextval(), in
+ * tables bunnydb created or found) are set to what the source's sequences
+ * of the same columns have handed out, so that the
  * destination, once it takes the writes, never hands out a value the
  * source already did.  Logical replication does not carry sequences; the
  * initial copy took them over once.  A sequence only ever moves forward:
@@ -1358,11 +1359,18 @@ BEGIN
 		SELECT t.dest, x.attname, x.last_value
 		  FROM t JOIN bunny._remote_query(ci, format($q$
 				SET search_path = pg_catalog;
-				SELECT c.tbl, a.attname, pg_sequence_last_value(s.seq::regclass)
+				SELECT c.tbl, a.attname, pg_sequence_last_value(s.seq)
 				  FROM unnest(%L::text[]) c(tbl)
 				  JOIN pg_attribute a ON a.attrelid = c.tbl::regclass
 									 AND a.attnum > 0 AND NOT a.attisdropped
-				 CROSS JOIN LATERAL (SELECT pg_get_serial_sequence(c.tbl, a.attname) AS seq) s
+				  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+				 CROSS JOIN LATERAL (SELECT coalesce(
+						pg_get_serial_sequence(c.tbl, a.attname)::regclass,
+						(SELECT dep.refobjid::regclass FROM pg_depend dep
+						   JOIN pg_class sc ON sc.oid = dep.refobjid AND sc.relkind = 'S'
+						  WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
+							AND dep.refclassid = 'pg_class'::regclass
+						  ORDER BY dep.refobjid LIMIT 1)) AS seq) s
 				 WHERE s.seq IS NOT NULL
 				$q$, (SELECT array_agg(src) FROM t))) AS x(tbl text, attname name, last_value bigint)
 			ON x.tbl = t.src
@@ -1377,7 +1385,17 @@ BEGIN
 		updated := false;
 		IF EXISTS (SELECT 1 FROM pg_attribute
 					WHERE attrelid = r.dest::regclass AND attname = r.attname AND NOT attisdropped) THEN
-			sequence_name := pg_get_serial_sequence(r.dest, r.attname);
+			-- owned by the column, or named by its default's nextval()
+			sequence_name := coalesce(pg_get_serial_sequence(r.dest, r.attname),
+				(SELECT format('%I.%I', sn.nspname, sc.relname)
+				   FROM pg_attribute a
+				   JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+				   JOIN pg_depend dep ON dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
+									 AND dep.refclassid = 'pg_class'::regclass
+				   JOIN pg_class sc ON sc.oid = dep.refobjid AND sc.relkind = 'S'
+				   JOIN pg_namespace sn ON sn.oid = sc.relnamespace
+				  WHERE a.attrelid = r.dest::regclass AND a.attname = r.attname
+				  ORDER BY sc.oid LIMIT 1));
 		END IF;
 		IF sequence_name IS NOT NULL THEN
 			EXECUTE format('SELECT last_value, is_called FROM %s', sequence_name) INTO d_last, d_called;

@@ -50,8 +50,10 @@ typedef struct SourceColumn
 	char	   *default_expr;	/* default, or NULL */
 	char		identity;		/* attidentity: '', 'a' or 'd' */
 	char	   *serial_seq;		/* owned sequence (serial/identity), qualified */
-	char	   *seq_options;	/* its CREATE SEQUENCE options, without AS */
-	char	   *seq_type;		/* its data type */
+	char	   *default_seq_schema; /* a sequence the default uses that */
+	char	   *default_seq_name;	/* no column owns (nextval('x')) */
+	char	   *seq_options;	/* CREATE SEQUENCE options of either one, */
+	char	   *seq_type;		/* without AS, and its data type */
 	bool		excluded;
 } SourceColumn;
 
@@ -228,11 +230,19 @@ describe_table(PGconn *conn, MirrorTable *mt)
 				   "       format('INCREMENT BY %%s MINVALUE %%s MAXVALUE %%s START WITH %%s CACHE %%s %%s', "
 				   "              s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache, "
 				   "              CASE WHEN s.seqcycle THEN 'CYCLE' ELSE 'NO CYCLE' END), "
-				   "       format_type(s.seqtypid, NULL) "
+				   "       format_type(s.seqtypid, NULL), ds.nspname, ds.relname "
 				   "  FROM pg_attribute a "
 				   "  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
-				   "  LEFT JOIN pg_sequence s "
-				   "    ON s.seqrelid = pg_get_serial_sequence(%s, a.attname)::regclass "
+				   /* the sequence a default's nextval() names, owned or not */
+				   "  LEFT JOIN LATERAL (SELECT sc.oid, sn.nspname, sc.relname "
+				   "                       FROM pg_depend dep "
+				   "                       JOIN pg_class sc ON sc.oid = dep.refobjid AND sc.relkind = 'S' "
+				   "                       JOIN pg_namespace sn ON sn.oid = sc.relnamespace "
+				   "                      WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid "
+				   "                        AND dep.refclassid = 'pg_class'::regclass "
+				   "                      ORDER BY sc.oid LIMIT 1) ds ON true "
+				   "  LEFT JOIN pg_sequence s ON s.seqrelid = "
+				   "       coalesce(pg_get_serial_sequence(%s, a.attname)::regclass, ds.oid) "
 				   " WHERE a.attrelid = %u AND a.attnum > 0 AND NOT a.attisdropped "
 				   " ORDER BY a.attnum", quote_literal_cstr(name), quote_literal_cstr(name),
 				   st->relid);
@@ -256,6 +266,11 @@ describe_table(PGconn *conn, MirrorTable *mt)
 			col->serial_seq = PQgetisnull(res, i, 7) ? NULL : pstrdup(PQgetvalue(res, i, 7));
 			col->seq_options = PQgetisnull(res, i, 9) ? NULL : pstrdup(PQgetvalue(res, i, 9));
 			col->seq_type = PQgetisnull(res, i, 10) ? NULL : pstrdup(PQgetvalue(res, i, 10));
+			if (col->serial_seq == NULL && !PQgetisnull(res, i, 11))
+			{
+				col->default_seq_schema = pstrdup(PQgetvalue(res, i, 11));
+				col->default_seq_name = pstrdup(PQgetvalue(res, i, 12));
+			}
 			foreach(lc, mt->exclude_columns)
 				if (strcmp((char *) lfirst(lc), col->name) == 0)
 					col->excluded = true;
@@ -833,10 +848,40 @@ copy_binary_safe(SourceTable *st)
 }
 
 /*
+ * Create a sequence (qualified name) like the source's one of the column:
+ * type, increment, bounds, start, cache and cycle.  With default options a
+ * descending sequence, or one with other bounds, could not take over the
+ * source's value.
+ */
+static void
+create_sequence_like(const char *seq, SourceColumn *col)
+{
+	bunny_dest_exec(psprintf("CREATE SEQUENCE IF NOT EXISTS %s%s%s%s%s", seq,
+							 col->seq_type ? " AS " : "",
+							 col->seq_type ? col->seq_type : "",
+							 col->seq_options ? " " : "",
+							 col->seq_options ? col->seq_options : ""));
+}
+
+/* one {"source", "dest", "column"} element of mirror_table.sequences */
+static void
+append_sequence_json(StringInfo seqs, const char *source, const char *dest,
+					 const char *column)
+{
+	appendStringInfo(seqs, "%s{\"source\": ", seqs->len > 1 ? ", " : "");
+	escape_json(seqs, source);
+	appendStringInfoString(seqs, ", \"dest\": ");
+	escape_json(seqs, dest);
+	appendStringInfoString(seqs, ", \"column\": ");
+	escape_json(seqs, column);
+	appendStringInfoChar(seqs, '}');
+}
+
+/*
  * Create the destination table unless it exists, and record in
  * bunny.mirror_table what the copy and the post-copy steps need.  A table
- * bunnydb creates gets columns, types, NOT NULL, defaults and owned
- * sequences at once; its constraints and indexes come after the copy (or
+ * bunnydb creates gets columns, types, NOT NULL, defaults and their
+ * sequences (owned by the column or not) at once; its constraints and indexes come after the copy (or
  * at once when there is no copy).  A table that already existed is the
  * user's: it is used as it is.
  */
@@ -893,24 +938,26 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 				List	   *parts = stringToQualifiedNameList(col->serial_seq);
 				char	   *seq = (char *) qname(mt->dest_schema, strVal(llast(parts)));
 
-				/*
-				 * As on the source: a descending sequence, or one with
-				 * other bounds, could not take over the source's value.
-				 */
-				bunny_dest_exec(psprintf("CREATE SEQUENCE IF NOT EXISTS %s%s%s%s%s", seq,
-										 col->seq_type ? " AS " : "",
-										 col->seq_type ? col->seq_type : "",
-										 col->seq_options ? " " : "",
-										 col->seq_options ? col->seq_options : ""));
+				create_sequence_like(seq, col);
 				appendStringInfo(&ddl, " DEFAULT pg_catalog.nextval(%s::pg_catalog.regclass)",
 								 quote_literal_cstr(seq));
-				appendStringInfo(&seqs, "%s{\"source\": ", seqs.len > 1 ? ", " : "");
-				escape_json(&seqs, col->serial_seq);
-				appendStringInfoString(&seqs, ", \"dest\": ");
-				escape_json(&seqs, seq);
-				appendStringInfoString(&seqs, ", \"column\": ");
-				escape_json(&seqs, col->name);
-				appendStringInfoChar(&seqs, '}');
+				append_sequence_json(&seqs, col->serial_seq, seq, col->name);
+			}
+			else if (col->default_seq_name && col->default_expr)
+			{
+				/*
+				 * A sequence no column owns (CREATE SEQUENCE, then DEFAULT
+				 * nextval(...)), perhaps shared by several tables: made under
+				 * its own name, so that the source's default expression,
+				 * which names it schema-qualified, works as it is.
+				 */
+				char	   *seq = (char *) qname(col->default_seq_schema, col->default_seq_name);
+
+				bunny_dest_exec(psprintf("CREATE SCHEMA IF NOT EXISTS %s",
+										 quote_identifier(col->default_seq_schema)));
+				create_sequence_like(seq, col);
+				appendStringInfo(&ddl, " DEFAULT %s", col->default_expr);
+				append_sequence_json(&seqs, seq, seq, col->name);
 			}
 			else if (col->default_expr && strstr(col->default_expr, "nextval(") == NULL)
 				appendStringInfo(&ddl, " DEFAULT %s", col->default_expr);
@@ -949,13 +996,7 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 								   2, types, vals, NULL);
 			if (seq == NULL || col->serial_seq == NULL)
 				continue;
-			appendStringInfo(&seqs, "%s{\"source\": ", seqs.len > 1 ? ", " : "");
-			escape_json(&seqs, col->serial_seq);
-			appendStringInfoString(&seqs, ", \"dest\": ");
-			escape_json(&seqs, seq);
-			appendStringInfoString(&seqs, ", \"column\": ");
-			escape_json(&seqs, col->name);
-			appendStringInfoChar(&seqs, '}');
+			append_sequence_json(&seqs, col->serial_seq, seq, col->name);
 		}
 		bunny_log(m->name, "INFO", psprintf("created destination table %s", dest), NULL);
 		fk_json = foreign_key_ddl(st, tables, m->name);

@@ -11,16 +11,19 @@
 #             bounds, cache and CYCLE, a sequence of an excluded column, one
 #             the source never used, a pre-created destination table with
 #             its own serial that is ahead of the source, one whose column
-#             has no sequence on the destination
-#  checks     the sequences the initial copy creates (made like the
-#             source's: type, bounds, direction, cache, cycle), the result rows (values, updated or not), the destination's
-#             sequences afterwards, a second call that changes nothing,
-#             the log line, the cutover recipe of the README (writes
-#             stopped, bunny.wait_for_lsn on the source's insert position,
-#             sync_sequences, INSERTs on the destination with the
-#             defaults), and the errors: NULL name (22004), unknown mirror
-#             (42704), a missing destination table (42P01) with no
-#             sequence set before it.  Runs in about 15 s.
+#             has no sequence on the destination, and sequences no column
+#             owns (DEFAULT nextval(...)): one shared by two tables, one
+#             inside a default expression
+#  checks     the sequences and defaults the initial copy creates (like
+#             the source's: type, bounds, direction, cache, cycle; shared
+#             ones under their own names), the result rows (values,
+#             updated or not), the destination's sequences afterwards, a
+#             second call that changes nothing, the log line, the cutover
+#             recipe of the README (writes stopped, bunny.wait_for_lsn on
+#             the source's insert position, sync_sequences, INSERTs on the
+#             destination with the defaults), and the errors: NULL name
+#             (22004), unknown mirror (42704), a missing destination table
+#             (42P01) with no sequence set before it.  Runs in about 15 s.
 
 use strict;
 use warnings;
@@ -61,10 +64,16 @@ CREATE TABLE s_excl (id serial PRIMARY KEY, secret serial, v text);
 CREATE TABLE s_pre (id serial PRIMARY KEY, v text);
 CREATE TABLE s_plain (id serial PRIMARY KEY, v text);
 CREATE TABLE s_unused (id serial PRIMARY KEY, v text);
+-- sequences no column owns: one shared by two tables, one inside an expression
+CREATE SEQUENCE shared_ids AS bigint START WITH 1000;
+CREATE SEQUENCE codes;
+CREATE TABLE s_sh1 (id bigint PRIMARY KEY DEFAULT nextval('shared_ids'), v text);
+CREATE TABLE s_sh2 (id bigint PRIMARY KEY DEFAULT nextval('shared_ids'),
+                    code text NOT NULL DEFAULT 'C' || nextval('codes')::text, v text);
 -- rows with explicit keys: s_unused's sequence is never called
 INSERT INTO s_unused VALUES (1, 'a'), (2, 'b');
 EOS
-number_rows('a', map { $_ => 10 } qw(s_serial s_ident s_desc s_excl s_didn s_pre s_plain));
+number_rows('a', map { $_ => 10 } qw(s_serial s_ident s_desc s_excl s_didn s_pre s_plain s_sh1 s_sh2));
 
 # two tables exist on the destination already: s_pre with a serial of its
 # own, s_plain with a plain integer key (no sequence to set)
@@ -73,7 +82,7 @@ CREATE TABLE s_pre (id serial PRIMARY KEY, v text);
 CREATE TABLE s_plain (id int PRIMARY KEY, v text);
 EOS
 
-my @tables = map { "public.$_" } qw(s_serial s_ident s_desc s_didn s_pre s_plain s_unused);
+my @tables = map { "public.$_" } qw(s_serial s_ident s_desc s_didn s_pre s_plain s_unused s_sh1 s_sh2);
 my $json = '[' . join(', ', map { "\"$_\"" } @tables)
   . ', {"source_table": "public.s_excl", "exclude_columns": ["secret"]}]';
 ok(create_mirror($dest, 'sq', $json, do_initial_snapshot => 'true'), 'mirror sq RUNNING');
@@ -91,10 +100,17 @@ my $seqdef = "SELECT string_agg(concat_ws(' ', sequencename, data_type, start_va
   . "FROM pg_sequences WHERE sequencename IN ('s_serial_id_seq', 's_ident_id_seq', "
   . "'s_ident_n_seq', 's_desc_seq', 's_didn_id_seq', 's_excl_id_seq', 's_unused_id_seq')";
 is(dst($seqdef), src($seqdef), 'created sequences as on the source, values taken over');
+$seqdef =~ s/sequencename IN \(.*\)/sequencename IN ('shared_ids', 'codes')/;
+is(dst($seqdef), src($seqdef), 'sequences no column owns: made under their names, taken over');
+my $defaults = "SELECT string_agg(c.relname || '.' || a.attname || ' ' || pg_get_expr(d.adbin, d.adrelid), "
+  . "E'\n' ORDER BY 1) FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid "
+  . "JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
+  . "WHERE c.relname IN ('s_sh1', 's_sh2')";
+is(dst($defaults), src($defaults), 'their defaults as on the source');
 
 # the source goes on numbering rows; the destination's sequences stay behind
 number_rows('b', s_serial => 25, s_ident => 5, s_desc => 7, s_didn => 3, s_excl => 3,
-	s_pre => 2, s_plain => 2);
+	s_pre => 2, s_plain => 2, s_sh1 => 4, s_sh2 => 3);
 # the destination's own s_pre sequence is ahead of the source's 12
 dst("SELECT setval('s_pre_id_seq', 100)");
 
@@ -116,6 +132,9 @@ is($rows, join("\n",
 		'public.s_plain|id|-|12|-|f',
 		'public.s_pre|id|public.s_pre_id_seq|12|100|f',
 		'public.s_serial|id|public.s_serial_id_seq|35|35|t',
+		'public.s_sh1|id|public.shared_ids|1026|1026|t',
+		'public.s_sh2|code|public.codes|13|13|t',
+		'public.s_sh2|id|public.shared_ids|1026|1026|f',
 		'public.s_unused|id|public.s_unused_id_seq|-|-|f'),
 	'one row per source column with a sequence, excluded column left out');
 
@@ -128,11 +147,11 @@ is(dst("SELECT count(*) FROM pg_class WHERE relname = 's_excl_secret_seq'"), '0'
 
 like(
 	dst("SELECT message FROM bunny.logs('sq', search => 'sync_sequences', \"limit\" => 1)"),
-	qr/took over 6 sequence value\(s\) from the source, left 2 as they were/,
+	qr/took over 8 sequence value\(s\) from the source, left 3 as they were/,
 	'log line');
 
 is(dst("SELECT string_agg(updated::text, ',') FROM bunny.sync_sequences('sq')"),
-	'false,false,false,false,false,false,false,false,false', 'second call changes nothing');
+	join(',', ('false') x 12), 'second call changes nothing');
 
 # a missing destination table fails the call before any sequence is set
 src("INSERT INTO s_serial (v) SELECT 'd' FROM generate_series(1, 4)");
@@ -159,6 +178,9 @@ is(dst("INSERT INTO s_desc (v) VALUES ('c') RETURNING id"), '-18', 'descending c
 # what the source has on disk (-29) is what is taken over: never less
 is(dst("INSERT INTO s_didn (v) VALUES ('c') RETURNING id"), '-31', 'descending identity continues');
 is(dst("INSERT INTO s_excl (v) VALUES ('c') RETURNING id"), '14', 'excluded-column table continues');
+is(dst("INSERT INTO s_sh1 (v) VALUES ('c') RETURNING id"), '1027', 'shared sequence continues');
+is(dst("INSERT INTO s_sh2 (v) VALUES ('c') RETURNING id || '/' || code"), '1028/C14',
+	'shared sequence and the one inside an expression continue');
 is(dst("SELECT count(*) FROM s_serial"), '40', 'every source row and the new one');
 
 # errors
