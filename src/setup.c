@@ -50,10 +50,10 @@ typedef struct SourceColumn
 	char	   *default_expr;	/* default, or NULL */
 	char		identity;		/* attidentity: '', 'a' or 'd' */
 	char	   *serial_seq;		/* owned sequence (serial/identity), qualified */
-	char	   *default_seq_schema; /* a sequence the default uses that */
-	char	   *default_seq_name;	/* no column owns (nextval('x')) */
-	char	   *seq_options;	/* CREATE SEQUENCE options of either one, */
-	char	   *seq_type;		/* without AS, and its data type */
+	char	   *default_seq_schema; /* schema and name of a sequence that */
+	char	   *default_seq_name;	/* the default uses and no column owns */
+	char	   *seq_options;	/* CREATE SEQUENCE options (without AS) */
+	char	   *seq_type;		/* and data type of either sequence */
 	bool		excluded;
 } SourceColumn;
 
@@ -881,9 +881,9 @@ append_sequence_json(StringInfo seqs, const char *source, const char *dest,
  * Create the destination table unless it exists, and record in
  * bunny.mirror_table what the copy and the post-copy steps need.  A table
  * bunnydb creates gets columns, types, NOT NULL, defaults and their
- * sequences (owned by the column or not) at once; its constraints and indexes come after the copy (or
- * at once when there is no copy).  A table that already existed is the
- * user's: it is used as it is.
+ * sequences (owned by the column or not) at once; its constraints and
+ * indexes come after the copy (or at once when there is no copy).  A
+ * table that already existed is the user's: it is used as it is.
  */
 static void
 ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
