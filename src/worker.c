@@ -132,8 +132,10 @@ worker_sync_enum_labels(void)
 
 /*
  * The run failed: roll back, record the error, and exit so that the
- * launcher restarts us after the backoff (at once when the cause was a
- * missing enum label that is now there).
+ * launcher restarts us after the backoff.  A value the destination could
+ * not take because the source has added enum labels since is no error of
+ * the mirror: the labels are taken over (each logged), the failure is
+ * logged as INFO only, and we are restarted at once.
  */
 static void
 worker_handle_error(void)
@@ -150,16 +152,23 @@ worker_handle_error(void)
 								  "the mirror is FAILED; fix the cause, then call bunny.retry_mirror()" :
 								  NULL);
 
-	bunny_start_transaction();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	catalog_record_error(my_mirror_id, edata->message, permanent);
-	bunny_log(my_mirror_name, "ERROR", edata->message, details);
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-
 	if (!permanent && edata->sqlerrcode == ERRCODE_INVALID_TEXT_REPRESENTATION &&
 		worker_sync_enum_labels())
 		retry_now = true;
+
+	bunny_start_transaction();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	if (retry_now)
+		bunny_log(my_mirror_name, "INFO",
+				  psprintf("applying again after taking over enum labels: %s", edata->message),
+				  details);
+	else
+	{
+		catalog_record_error(my_mirror_id, edata->message, permanent);
+		bunny_log(my_mirror_name, "ERROR", edata->message, details);
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
 
 	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
 	MySlot->last_exit_failed = !permanent && !retry_now;
