@@ -1305,18 +1305,57 @@ END
 $$;
 
 /*
+ * The query that lists, for tables given by name, each column's sequence
+ * -- owned by the column (serial, identity) or named by its default's
+ * nextval() -- and what it has handed out (NULL: nothing yet).  One text
+ * for both sides: sync_sequences runs it on the source (which has nothing
+ * of bunnydb installed) and on the destination.
+ */
+CREATE FUNCTION bunny._sequence_columns_query(tables text[]) RETURNS text
+	LANGUAGE sql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT format($q$
+		SELECT c.tbl, a.attname, s.seq::text, pg_sequence_last_value(s.seq)
+		  FROM unnest(%L::text[]) c(tbl)
+		  JOIN pg_attribute a ON a.attrelid = c.tbl::regclass
+							 AND a.attnum > 0 AND NOT a.attisdropped
+		  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+		 CROSS JOIN LATERAL (SELECT coalesce(
+				pg_get_serial_sequence(c.tbl, a.attname)::regclass,
+				(SELECT dep.refobjid::regclass FROM pg_depend dep
+				   JOIN pg_class sc ON sc.oid = dep.refobjid AND sc.relkind = 'S'
+				  WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
+					AND dep.refclassid = 'pg_class'::regclass
+				  ORDER BY dep.refobjid LIMIT 1)) AS seq) s
+		 WHERE s.seq IS NOT NULL
+		$q$, tables);
+$$;
+
+-- _sequence_columns_query run here
+CREATE FUNCTION bunny._sequence_columns(tables text[])
+	RETURNS TABLE (tbl text, attname name, seq text, last_value bigint)
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	RETURN QUERY EXECUTE bunny._sequence_columns_query(tables);
+END
+$$;
+
+/*
  * Take over the source's sequence values for a cutover: the sequences of
  * the mapped tables' columns on the destination (serial and identity
  * columns, and sequences a column's default names with nextval(), in
  * tables bunnydb created or found) are set to what the source's sequences
- * of the same columns have handed out, so that the
- * destination, once it takes the writes, never hands out a value the
- * source already did.  Logical replication does not carry sequences; the
- * initial copy took them over once.  A sequence only ever moves forward:
- * one the destination has already taken past the source's is left alone.
- * setval is not transactional: a sequence set here stays set even if the
- * caller's transaction rolls back.  One row per column with a sequence on
- * the source.
+ * of the same columns have handed out, so that the destination, once it
+ * takes the writes, never hands out a value the source already did.
+ * Logical replication does not carry sequences; the initial copy took
+ * them over once.  A sequence only ever moves forward: one the destination
+ * has already taken past the source's is left alone.  setval is not
+ * transactional: a sequence set here stays set even if the caller's
+ * transaction rolls back.  One row per column with a sequence on the
+ * source.
  */
 CREATE FUNCTION bunny.sync_sequences(name text)
 	RETURNS TABLE (destination_table text, column_name name, sequence_name text,
@@ -1356,47 +1395,23 @@ BEGIN
 				   format('%I.%I', mt.destination_schema, mt.destination_table) AS dest,
 				   mt.exclude_columns
 			  FROM bunny.mirror_table mt WHERE mt.mirror_id = m.id)
-		SELECT t.dest, x.attname, x.last_value
-		  FROM t JOIN bunny._remote_query(ci, format($q$
-				SET search_path = pg_catalog;
-				SELECT c.tbl, a.attname, pg_sequence_last_value(s.seq)
-				  FROM unnest(%L::text[]) c(tbl)
-				  JOIN pg_attribute a ON a.attrelid = c.tbl::regclass
-									 AND a.attnum > 0 AND NOT a.attisdropped
-				  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-				 CROSS JOIN LATERAL (SELECT coalesce(
-						pg_get_serial_sequence(c.tbl, a.attname)::regclass,
-						(SELECT dep.refobjid::regclass FROM pg_depend dep
-						   JOIN pg_class sc ON sc.oid = dep.refobjid AND sc.relkind = 'S'
-						  WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
-							AND dep.refclassid = 'pg_class'::regclass
-						  ORDER BY dep.refobjid LIMIT 1)) AS seq) s
-				 WHERE s.seq IS NOT NULL
-				$q$, (SELECT array_agg(src) FROM t))) AS x(tbl text, attname name, last_value bigint)
+		SELECT t.dest, x.attname, x.last_value, d.seq
+		  FROM t JOIN bunny._remote_query(ci,
+					'SET search_path = pg_catalog; '
+					|| bunny._sequence_columns_query((SELECT array_agg(src) FROM t)))
+					AS x(tbl text, attname name, seq text, last_value bigint)
 			ON x.tbl = t.src
+		  LEFT JOIN bunny._sequence_columns((SELECT array_agg(dest) FROM t)) d
+			ON d.tbl = t.dest AND d.attname = x.attname
 		 WHERE NOT (x.attname = ANY (t.exclude_columns))
 		 ORDER BY t.dest, x.attname
 	LOOP
 		destination_table := r.dest;
 		column_name := r.attname;
 		source_value := r.last_value;
-		sequence_name := NULL;
+		sequence_name := r.seq;
 		destination_value := NULL;
 		updated := false;
-		IF EXISTS (SELECT 1 FROM pg_attribute
-					WHERE attrelid = r.dest::regclass AND attname = r.attname AND NOT attisdropped) THEN
-			-- owned by the column, or named by its default's nextval()
-			sequence_name := coalesce(pg_get_serial_sequence(r.dest, r.attname),
-				(SELECT format('%I.%I', sn.nspname, sc.relname)
-				   FROM pg_attribute a
-				   JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-				   JOIN pg_depend dep ON dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid
-									 AND dep.refclassid = 'pg_class'::regclass
-				   JOIN pg_class sc ON sc.oid = dep.refobjid AND sc.relkind = 'S'
-				   JOIN pg_namespace sn ON sn.oid = sc.relnamespace
-				  WHERE a.attrelid = r.dest::regclass AND a.attname = r.attname
-				  ORDER BY sc.oid LIMIT 1));
-		END IF;
 		IF sequence_name IS NOT NULL THEN
 			EXECUTE format('SELECT last_value, is_called FROM %s', sequence_name) INTO d_last, d_called;
 			SELECT seqincrement INTO inc FROM pg_sequence WHERE seqrelid = sequence_name::regclass;

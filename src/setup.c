@@ -222,7 +222,7 @@ describe_table(PGconn *conn, MirrorTable *mt)
 				   "       CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
 				   "       CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
 				   "       a.attidentity, "
-				   "       pg_get_serial_sequence(%s, a.attname), "
+				   "       ss.seq, "
 				   "       coalesce((SELECT k.ord FROM pg_index i, "
 				   "                        unnest(i.indkey) WITH ORDINALITY k(attnum, ord) "
 				   "                  WHERE i.indrelid = a.attrelid AND i.indisprimary "
@@ -233,6 +233,7 @@ describe_table(PGconn *conn, MirrorTable *mt)
 				   "       format_type(s.seqtypid, NULL), ds.nspname, ds.relname "
 				   "  FROM pg_attribute a "
 				   "  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+				   "  CROSS JOIN LATERAL (SELECT pg_get_serial_sequence(%s, a.attname) AS seq) ss "
 				   /* the sequence a default's nextval() names, owned or not */
 				   "  LEFT JOIN LATERAL (SELECT sc.oid, sn.nspname, sc.relname "
 				   "                       FROM pg_depend dep "
@@ -242,10 +243,9 @@ describe_table(PGconn *conn, MirrorTable *mt)
 				   "                        AND dep.refclassid = 'pg_class'::regclass "
 				   "                      ORDER BY sc.oid LIMIT 1) ds ON true "
 				   "  LEFT JOIN pg_sequence s ON s.seqrelid = "
-				   "       coalesce(pg_get_serial_sequence(%s, a.attname)::regclass, ds.oid) "
+				   "       coalesce(ss.seq::regclass, ds.oid) "
 				   " WHERE a.attrelid = %u AND a.attnum > 0 AND NOT a.attisdropped "
-				   " ORDER BY a.attnum", quote_literal_cstr(name), quote_literal_cstr(name),
-				   st->relid);
+				   " ORDER BY a.attnum", quote_literal_cstr(name), st->relid);
 	res = stream_exec_ok(conn, sql, PGRES_TUPLES_OK);
 	{
 		int			n = PQntuples(res);

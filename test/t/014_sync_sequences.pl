@@ -22,8 +22,9 @@
 #             recipe of the README (writes stopped, bunny.wait_for_lsn on
 #             the source's insert position, sync_sequences, INSERTs on the
 #             destination with the defaults), and the errors: NULL name
-#             (22004), unknown mirror (42704), a missing destination table
-#             (42P01) with no sequence set before it.  Runs in about 15 s.
+#             (22004), unknown mirror (42704), another operation pending
+#             (55006), a missing destination or source table (42P01) with
+#             no sequence set before it.  Runs in about 15 s.
 
 use strict;
 use warnings;
@@ -40,6 +41,14 @@ my ($source, $dest) = setup_pair();
 
 sub src { return $source->safe_psql('postgres', $_[0]); }
 sub dst { return $dest->safe_psql('postgres', $_[0]); }
+
+# the destination's stderr of SQL that is to fail, with its SQLSTATE
+sub dst_error
+{
+	my ($ret, $out, $err) = $dest->psql('postgres', $_[0],
+		extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
+	return $err;
+}
 
 # on the source, n rows with value v into each table, numbered by its defaults
 sub number_rows
@@ -95,13 +104,19 @@ is(dst("SELECT last_value FROM s_serial_id_seq"), '10', 'copy took s_serial over
 
 # the sequences bunnydb created are made like the source's: type, bounds,
 # direction, cache, cycle (a descending one could not take over otherwise)
-my $seqdef = "SELECT string_agg(concat_ws(' ', sequencename, data_type, start_value, min_value, "
-  . "max_value, increment_by, cycle, cache_size, last_value), E'\n' ORDER BY sequencename) "
-  . "FROM pg_sequences WHERE sequencename IN ('s_serial_id_seq', 's_ident_id_seq', "
-  . "'s_ident_n_seq', 's_desc_seq', 's_didn_id_seq', 's_excl_id_seq', 's_unused_id_seq')";
-is(dst($seqdef), src($seqdef), 'created sequences as on the source, values taken over');
-$seqdef =~ s/sequencename IN \(.*\)/sequencename IN ('shared_ids', 'codes')/;
-is(dst($seqdef), src($seqdef), 'sequences no column owns: made under their names, taken over');
+# every setting of the named sequences and their values, one line each
+sub seqdef
+{
+	return "SELECT string_agg(concat_ws(' ', sequencename, data_type, start_value, min_value, "
+	  . "max_value, increment_by, cycle, cache_size, last_value), E'\n' ORDER BY sequencename) "
+	  . "FROM pg_sequences WHERE sequencename IN ("
+	  . join(', ', map { sql_literal($_) } @_) . ")";
+}
+my $q = seqdef(qw(s_serial_id_seq s_ident_id_seq s_ident_n_seq s_desc_seq s_didn_id_seq
+	s_excl_id_seq s_unused_id_seq));
+is(dst($q), src($q), 'created sequences as on the source, values taken over');
+$q = seqdef(qw(shared_ids codes));
+is(dst($q), src($q), 'sequences no column owns: made under their names, taken over');
 my $defaults = "SELECT string_agg(c.relname || '.' || a.attname || ' ' || pg_get_expr(d.adbin, d.adrelid), "
   . "E'\n' ORDER BY 1) FROM pg_attrdef d JOIN pg_class c ON c.oid = d.adrelid "
   . "JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
@@ -153,21 +168,30 @@ like(
 is(dst("SELECT string_agg(updated::text, ',') FROM bunny.sync_sequences('sq')"),
 	join(',', ('false') x 12), 'second call changes nothing');
 
+# while another operation is pending (a pause not yet carried out): 55006
+like(dst_error("BEGIN; SELECT bunny.pause_mirror('sq'); "
+		  . "SELECT * FROM bunny.sync_sequences('sq'); ROLLBACK;"), qr/55006/, 'another operation pending: 55006');
+
 # a missing destination table fails the call before any sequence is set
 src("INSERT INTO s_serial (v) SELECT 'd' FROM generate_series(1, 4)");
 $lsn = $source->safe_psql('postgres', 'SELECT pg_current_wal_insert_lsn()');
 is(wait_for_lsn($dest, 'sq', $lsn, 60000), 't', 'caught up again');
 ok(pause_sq(), 'mirror paused for the switch-over');
 dst("ALTER TABLE s_unused RENAME TO s_unused_gone");
-my ($ret, $out, $err) = $dest->psql('postgres', "SELECT * FROM bunny.sync_sequences('sq')",
-	extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
-like($err, qr/42P01/, 'missing destination table: 42P01');
+like(dst_error("SELECT * FROM bunny.sync_sequences('sq')"), qr/42P01/, 'missing destination table: 42P01');
 is(dst("SELECT last_value FROM s_serial_id_seq"), '35', 'nothing set before the error');
 dst("ALTER TABLE s_unused_gone RENAME TO s_unused");
 is(dst("SELECT string_agg(destination_table || ':' || updated, ',') "
 		  . "FROM bunny.sync_sequences('sq') WHERE updated"),
 	'public.s_serial:true', 'with the table back: only s_serial moves');
 is(dst("SELECT last_value FROM s_serial_id_seq"), '39', 's_serial at the source\'s value');
+
+# a mapped table gone on the source: the source's error (42P01), nothing set
+src("INSERT INTO s_serial (v) VALUES ('e'), ('e')");
+src("ALTER TABLE s_unused RENAME TO s_unused_gone");
+like(dst_error("SELECT * FROM bunny.sync_sequences('sq')"), qr/42P01/, 'missing source table: 42P01');
+is(dst("SELECT last_value FROM s_serial_id_seq"), '39', 'nothing set: the source\'s 41 not taken');
+src("ALTER TABLE s_unused_gone RENAME TO s_unused");
 
 # the destination takes the writes: the defaults hand out new values
 is(dst("INSERT INTO s_serial (v) VALUES ('c') RETURNING id"), '40', 'serial continues after the source');
@@ -184,12 +208,8 @@ is(dst("INSERT INTO s_sh2 (v) VALUES ('c') RETURNING id || '/' || code"), '1028/
 is(dst("SELECT count(*) FROM s_serial"), '40', 'every source row and the new one');
 
 # errors
-($ret, $out, $err) = $dest->psql('postgres', "SELECT * FROM bunny.sync_sequences(NULL)",
-	extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
-like($err, qr/22004/, 'NULL name: 22004');
-($ret, $out, $err) = $dest->psql('postgres', "SELECT * FROM bunny.sync_sequences('nosuch')",
-	extra_params => [ '-v', 'VERBOSITY=sqlstate' ]);
-like($err, qr/42704/, 'unknown mirror: 42704');
+like(dst_error("SELECT * FROM bunny.sync_sequences(NULL)"), qr/22004/, 'NULL name: 22004');
+like(dst_error("SELECT * FROM bunny.sync_sequences('nosuch')"), qr/42704/, 'unknown mirror: 42704');
 
 # the last step of the switch-over
 dst("SELECT bunny.drop_mirror('sq')");
