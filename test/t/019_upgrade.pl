@@ -1,0 +1,97 @@
+# Copyright (c) bunnydb authors
+#
+# 019_upgrade: users upgrade in place (README "Installation").  The
+# extension is installed at its first released version (0.1.0), a mirror
+# runs under a steady source write load, and ALTER EXTENSION bunnydb UPDATE
+# runs while it streams: no row is lost or duplicated, the mirror keeps
+# running, and the new version's behaviour is there (a failed mirror can be
+# paused while the operation it failed in is pending).  Every upgrade
+# script ships with a step here.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use BunnyTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+
+my ($source, $dest) = setup_pair(create_extension => 0);
+$dest->safe_psql('postgres', q{
+CREATE EXTENSION bunnydb VERSION '0.1.0';
+});
+$dest->safe_psql('postgres',
+	'SELECT bunny.create_peer(' . sql_literal('src') . ', '
+	  . sql_literal($source->connstr('postgres')) . ')');
+
+$source->safe_psql('postgres', q{
+CREATE TABLE acc (id int PRIMARY KEY, balance bigint NOT NULL, note text);
+INSERT INTO acc SELECT g, 0, 'n' || g FROM generate_series(1, 2000) g;
+CREATE TABLE hist (id bigserial PRIMARY KEY, acc int, delta int, at timestamptz DEFAULT now());
+});
+ok(create_mirror($dest, 'up', ['public.acc', 'public.hist'], do_initial_snapshot => 'true'),
+	'mirror running on 0.1.0');
+
+# a steady load: one transaction of an update and an insert every few ms
+my $load_sql = q{
+DO $$
+BEGIN
+  FOR i IN 1..1500 LOOP
+    UPDATE acc SET balance = balance + 1 WHERE id = 1 + (i * 7) % 2000;
+    INSERT INTO hist (acc, delta) VALUES (1 + (i * 7) % 2000, 1);
+    COMMIT;
+    PERFORM pg_sleep(0.002);
+  END LOOP;
+END
+$$;
+};
+my ($lout, $lerr) = ('', '');
+my $load = IPC::Run::start(
+	[ 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $source->connstr('postgres'), '-c', $load_sql ],
+	'>', \$lout, '2>', \$lerr);
+
+sleep 1;
+$dest->safe_psql('postgres', 'ALTER EXTENSION bunnydb UPDATE');
+is($dest->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'bunnydb'"),
+	'0.2.0', 'updated to 0.2.0 while the mirror streams');
+
+$load->finish;
+is($load->result(0), 0, 'the source load saw no error') or diag($lerr);
+
+ok(wait_synced($source, $dest, 'up', ['public.acc', 'public.hist']), 'caught up after the update');
+compare_tables($source, $dest, ['public.acc', 'public.hist'], 'after ALTER EXTENSION UPDATE');
+is($dest->safe_psql('postgres', 'SELECT count(*) FROM public.hist'), '1500', 'every change applied once');
+is(mirror_field($dest, 'up', 'status'), 'RUNNING', 'still running');
+
+# the new version's SQL is in place: a paused mirror can be resumed,
+# and the mirror goes on streaming
+$dest->safe_psql('postgres', "SELECT bunny.pause_mirror('up')");
+ok(wait_for_status($dest, 'up', 'PAUSED', 30), 'paused');
+$source->safe_psql('postgres', 'UPDATE acc SET note = note || \'!\' WHERE id <= 100');
+$dest->safe_psql('postgres', "SELECT bunny.resume_mirror('up')");
+ok(wait_for_status($dest, 'up', 'RUNNING', 30), 'resumed');
+ok(wait_synced($source, $dest, 'up', ['public.acc', 'public.hist']), 'caught up after resume');
+
+# a fresh install of the default version has the same catalog and functions
+# as an updated one
+my $catalog_sql = q{
+SELECT string_agg(x, E'\n' ORDER BY x) FROM (
+  SELECT format('%s(%s) %s', p.proname, pg_get_function_identity_arguments(p.oid), md5(p.prosrc)) AS x
+    FROM pg_proc p WHERE p.pronamespace = 'bunny'::regnamespace
+  UNION ALL
+  SELECT format('%s.%s %s', c.relname, a.attname, format_type(a.atttypid, a.atttypmod))
+    FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid
+   WHERE c.relnamespace = 'bunny'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped) s
+};
+my $updated = $dest->safe_psql('postgres', $catalog_sql);
+$dest->safe_psql('postgres', 'CREATE DATABASE fresh');
+$dest->safe_psql('fresh', 'CREATE EXTENSION bunnydb');
+is($dest->safe_psql('fresh', $catalog_sql), $updated,
+	'a fresh install and an updated one have the same functions and catalog');
+
+$dest->safe_psql('postgres', "SELECT bunny.drop_mirror('up')");
+$source->stop;
+$dest->stop;
+done_testing();
