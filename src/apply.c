@@ -1753,7 +1753,8 @@ apply_copydata(char *buf, int len)
 
 /*
  * Decide on binary transfer: only when every published column has the same
- * built-in type on the destination.
+ * built-in type on the destination, and the source's pgoutput knows the
+ * binary option (PostgreSQL 14 on; an older one refuses to start).
  */
 static bool
 decide_binary_mode(void)
@@ -1763,6 +1764,8 @@ decide_binary_mode(void)
 	PGresult   *res;
 	bool		binary = true;
 
+	if (PQserverVersion(conn) < 140000)
+		return false;
 	initStringInfo(&sql);
 	appendStringInfoString(&sql,
 						   "SELECT n.nspname, c.relname, a.attname, a.atttypid "

@@ -23,6 +23,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
+#include "commands/defrem.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
@@ -67,6 +68,23 @@ typedef struct SourceForeignKey
 	bool		uses_excluded;
 } SourceForeignKey;
 
+/*
+ * A constraint or index of a source table, created on the destination after
+ * the copy.  The names of primary key, unique and exclusion constraints and
+ * of indexes are relation names, unique in their schema: on the
+ * destination, where another table may hold the source's name already (a
+ * destination_table next to its source in one database), one is chosen
+ * the way PostgreSQL chooses one, when the table is created.
+ */
+typedef struct SourceObject
+{
+	const char *kind;			/* "constraint" or "index" */
+	char	   *name;
+	char	   *sql;			/* the DDL, naming the object "name" */
+	const char *label;			/* for a new name (pkey, key, excl, idx), or
+								 * NULL when the name is the table's own */
+} SourceObject;
+
 /* a source table as setup sees it */
 typedef struct SourceTable
 {
@@ -81,11 +99,18 @@ typedef struct SourceTable
 	bool		key_ranges;		/* partition_key is an integer with known bounds */
 	int64		key_min;
 	int64		key_max;
-	StringInfoData post_ddl;	/* JSON array: constraints and indexes */
+	List	   *objects;		/* of SourceObject *: constraints, indexes */
+	char	   *post_ddl;		/* the same as a JSON array, once named */
 	List	   *fks;			/* of SourceForeignKey * */
 } SourceTable;
 
 static List *created_types = NIL;
+
+/*
+ * Relation names this run of setup chose for objects created later (after
+ * the copy), as "schema oid/name": the catalog cannot tell about those yet.
+ */
+static List *names_taken = NIL;
 
 static void describe_table_objects(PGconn *conn, SourceTable *st);	/* type OIDs handled in this run */
 
@@ -155,30 +180,172 @@ check_source(PGconn *conn)
 	return version;
 }
 
-/* read a source table's definition and check that it can be replicated */
+static char *excluded_array_sql(SourceTable *st);
+
+/* what a relkind is, for messages */
+static const char *
+relkind_noun(char relkind)
+{
+	switch (relkind)
+	{
+		case 'v':
+			return "a view";
+		case 'm':
+			return "a materialized view";
+		case 'f':
+			return "a foreign table";
+		case 'S':
+			return "a sequence";
+		case 'c':
+			return "a composite type";
+		case 'i':
+		case 'I':
+			return "an index";
+		case 't':
+			return "a TOAST table";
+		default:
+			return "not a table";
+	}
+}
+
+/*
+ * Refuse a table whose publication would make the source's own writes
+ * fail.  PostgreSQL checks, at every UPDATE and DELETE of a published
+ * table, that the table (for a partitioned table: the partition the row is
+ * in, whatever the root's setting) has a replica identity, and that a
+ * publication's column list covers it.  A mirror that got this wrong would
+ * break the application on the source, so each relation the publication
+ * will cover is checked here the same way, before anything is created.
+ */
+static void
+check_replica_identities(PGconn *conn, SourceTable *st, const char *name)
+{
+	PGresult   *res;
+	char		root_replident = 'd';
+
+	/*
+	 * One row per relation whose replica identity matters, the table itself
+	 * first, then every leaf of a partitioned table: its replica identity,
+	 * whether that is usable, and an excluded column that is part of it.
+	 */
+	res = stream_exec_ok(conn,
+						 psprintf("SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
+								  "       c.relreplident, "
+								  "       CASE c.relreplident "
+								  "         WHEN 'f' THEN true WHEN 'n' THEN false "
+								  "         ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid "
+								  "                         AND CASE c.relreplident WHEN 'i' THEN i.indisreplident "
+								  "                                                 ELSE i.indisprimary END) END, "
+								  "       (SELECT min(a.attname) FROM pg_attribute a "
+								  "         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+								  "           AND a.attname = ANY (%s) "
+								  "           AND (c.relreplident = 'f' OR a.attnum IN "
+								  "                (SELECT unnest(i.indkey) FROM pg_index i WHERE i.indrelid = c.oid "
+								  "                    AND CASE c.relreplident WHEN 'i' THEN i.indisreplident "
+								  "                                            ELSE i.indisprimary END))), "
+								  "       c.oid = %u "
+								  "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+								  " WHERE c.oid = %u "
+								  "    OR c.oid IN (SELECT t.relid FROM pg_partition_tree(%u) t WHERE t.isleaf) "
+								  " ORDER BY c.oid <> %u, 1",
+								  excluded_array_sql(st), st->relid, st->relid, st->relid, st->relid),
+						 PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		const char *rel = pstrdup(PQgetvalue(res, i, 0));
+		char		replident = PQgetvalue(res, i, 1)[0];
+		bool		usable = PQgetvalue(res, i, 2)[0] == 't';
+		bool		is_self = PQgetvalue(res, i, 4)[0] == 't';
+
+		if (!usable)
+		{
+			PQclear(res);
+			PERMANENT();
+			if (is_self)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("source table %s has no primary key and no usable replica identity", name),
+						 errdetail("Updates and deletes are replicated, and they must identify the row."),
+						 errhint("Add a primary key, or run ALTER TABLE %s REPLICA IDENTITY FULL on the source.", name)));
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("partition %s of source table %s has no primary key and no usable replica identity",
+							rel, name),
+					 errdetail("PostgreSQL checks the replica identity of the partition a row is in, not the partitioned table's: "
+							   "once published, UPDATE and DELETE of rows in %s would fail on the source.", rel),
+					 errhint("Add a primary key to %s, or run ALTER TABLE %s REPLICA IDENTITY FULL on the source.",
+							 rel, rel)));
+		}
+
+		/*
+		 * The apply identifies rows as the partitioned table's Relation
+		 * message says, but the old row comes as the partition logged it:
+		 * with FULL on the root and less on a partition it would arrive
+		 * incomplete and match nothing.
+		 */
+		if (!is_self && root_replident == 'f' && replident != 'f')
+		{
+			PQclear(res);
+			PERMANENT();
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("partition %s of source table %s does not have REPLICA IDENTITY FULL like its partitioned table",
+							rel, name),
+					 errdetail("The old row of an UPDATE or DELETE is logged as the partition's replica identity says, "
+							   "and the partitioned table's REPLICA IDENTITY FULL needs all of it to find the row."),
+					 errhint("Run ALTER TABLE %s REPLICA IDENTITY FULL on the source.", rel)));
+		}
+		if (is_self)
+			root_replident = replident;
+
+		/* an excluded column must not be part of the replica identity */
+		if (!PQgetisnull(res, i, 3))
+		{
+			char	   *ex = pstrdup(PQgetvalue(res, i, 3));
+
+			PQclear(res);
+			PERMANENT();
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("column \"%s\" of source table %s is part of %s replica identity and cannot be excluded",
+							ex, name, is_self ? "its" : psprintf("partition %s's", rel)),
+					 replident == 'f' ?
+					 errdetail("With REPLICA IDENTITY FULL every column identifies a row, and PostgreSQL refuses UPDATE and DELETE "
+							   "of a published table whose column list leaves out part of its replica identity.") :
+					 errdetail("PostgreSQL refuses UPDATE and DELETE of a published table whose column list leaves out "
+							   "part of its replica identity."),
+					 errhint("Remove \"%s\" from exclude_columns, or give the table a primary key or replica identity index "
+							 "without it on the source.", ex)));
+		}
+	}
+	PQclear(res);
+}
+
+/*
+ * Read a source table's definition and check that it can be replicated
+ * without making any statement on the source fail; source_version is the
+ * source's server_version_num.
+ */
 static SourceTable *
-describe_table(PGconn *conn, MirrorTable *mt)
+describe_table(PGconn *conn, MirrorTable *mt, int source_version)
 {
 	SourceTable *st = palloc0(sizeof(SourceTable));
 	PGresult   *res;
 	char	   *sql;
-	char		replident;
-	bool		can_select,
-				has_pk,
-				has_ri_index;
+	char		relpersistence;
+	bool		can_select;
 	const char *name = qname(mt->source_schema, mt->source_table);
 	ListCell   *lc;
+	int			replicated_columns = 0;
 
 	st->mt = mt;
-	sql = psprintf("SELECT c.oid, c.relkind, c.relreplident, "
+	sql = psprintf("SELECT c.oid, c.relkind, c.relpersistence, "
 				   "       has_table_privilege(c.oid, 'SELECT'), "
 				   "       greatest(c.relpages::bigint, pg_relation_size(c.oid) / current_setting('block_size')::int), "
 				   "       CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint "
-				   "            ELSE pg_relation_size(c.oid) / 100 END, "
-				   "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), "
-				   "       EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident) "
+				   "            ELSE pg_relation_size(c.oid) / 100 END "
 				   "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-				   " WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+				   " WHERE n.nspname = %s AND c.relname = %s",
 				   quote_literal_cstr(mt->source_schema), quote_literal_cstr(mt->source_table));
 	res = stream_exec_ok(conn, sql, PGRES_TUPLES_OK);
 	if (PQntuples(res) == 0)
@@ -191,14 +358,52 @@ describe_table(PGconn *conn, MirrorTable *mt)
 	}
 	st->relid = (Oid) strtoul(PQgetvalue(res, 0, 0), NULL, 10);
 	st->relkind = PQgetvalue(res, 0, 1)[0];
-	replident = PQgetvalue(res, 0, 2)[0];
+	relpersistence = PQgetvalue(res, 0, 2)[0];
 	can_select = PQgetvalue(res, 0, 3)[0] == 't';
 	st->relpages = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
 	st->reltuples = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
-	has_pk = PQgetvalue(res, 0, 6)[0] == 't';
-	has_ri_index = PQgetvalue(res, 0, 7)[0] == 't';
 	PQclear(res);
 
+	if (st->relkind != 'r' && st->relkind != 'p')
+	{
+		PERMANENT();
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("source relation %s is %s, and only tables can be mirrored", name,
+						relkind_noun(st->relkind)),
+				 st->relkind == 'm' || st->relkind == 'v' ?
+				 errhint("Mirror the tables it is built from, and create the %s on the destination.",
+						 st->relkind == 'm' ? "materialized view" : "view") : 0));
+	}
+	if (relpersistence != 'p')
+	{
+		PERMANENT();
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source table %s is %s", name, relpersistence == 'u' ? "unlogged" : "temporary"),
+				 errdetail("Changes to unlogged and temporary tables are not written to the WAL, so logical replication cannot carry them."),
+				 errhint("Run ALTER TABLE %s SET LOGGED on the source, or leave the table out of the mirror.", name)));
+	}
+	if (st->relkind == 'p' && source_version < 130000)
+	{
+		PERMANENT();
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source table %s is partitioned, and a PostgreSQL %d source cannot publish partitioned tables",
+						name, source_version / 10000),
+				 errdetail("Publishing a partitioned table needs PostgreSQL 13 or later on the source."),
+				 errhint("Map each partition as a table of its own, or upgrade the source.")));
+	}
+	if (mt->exclude_columns != NIL && source_version < 150000)
+	{
+		PERMANENT();
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("exclude_columns of source table %s needs PostgreSQL 15 or later on the source", name),
+				 errdetail("The source runs PostgreSQL %d, which has no publication column lists.",
+						   source_version / 10000),
+				 errhint("Remove exclude_columns from the mapping, or upgrade the source.")));
+	}
 	if (!can_select)
 	{
 		PERMANENT();
@@ -207,16 +412,7 @@ describe_table(PGconn *conn, MirrorTable *mt)
 				 errmsg("permission denied for source table %s", name),
 				 errhint("Grant SELECT on the table to the peer's role on the source.")));
 	}
-	if (!(replident == 'f' || (replident == 'i' && has_ri_index) ||
-		  (replident == 'd' && has_pk)))
-	{
-		PERMANENT();
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("source table %s has no primary key and no usable replica identity", name),
-				 errdetail("Updates and deletes are replicated, and they must identify the row."),
-				 errhint("Add a primary key, or run ALTER TABLE %s REPLICA IDENTITY FULL on the source.", name)));
-	}
+	check_replica_identities(conn, st, name);
 
 	sql = psprintf("SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atttypid, "
 				   "       CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
@@ -346,6 +542,23 @@ describe_table(PGconn *conn, MirrorTable *mt)
 							mt->partition_key, name)));
 		}
 	}
+	foreach(lc, st->columns)
+	{
+		SourceColumn *col = lfirst(lc);
+
+		if (!col->excluded && !col->generated)
+			replicated_columns++;
+	}
+	if (replicated_columns == 0)
+	{
+		PERMANENT();
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source table %s has no columns to replicate", name),
+				 errdetail("Its columns are all generated or excluded, or it has none; such rows cannot be written "
+						   "or told apart on the destination."),
+				 errhint("Leave the table out of the mirror.")));
+	}
 	describe_table_objects(conn, st);
 	return st;
 }
@@ -410,8 +623,6 @@ describe_table_objects(PGconn *conn, SourceTable *st)
 	const char *dest = qname(mt->dest_schema, mt->dest_table);
 	PGresult   *res;
 
-	initStringInfo(&st->post_ddl);
-	appendStringInfoChar(&st->post_ddl, '[');
 
 	res = stream_exec_ok(conn,
 						 psprintf("SELECT c.conname, c.contype, pg_get_constraintdef(c.oid), "
@@ -446,9 +657,16 @@ describe_table_objects(PGconn *conn, SourceTable *st)
 		}
 		if (excluded)
 			continue;
-		ddl_item(&st->post_ddl, "constraint", conname,
-				 psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", dest,
-						  quote_identifier(conname), def));
+		{
+			SourceObject *o = palloc0(sizeof(SourceObject));
+
+			o->kind = "constraint";
+			o->name = pstrdup(conname);
+			o->sql = psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", dest,
+							  quote_identifier(conname), def);
+			o->label = contype == 'p' ? "pkey" : contype == 'u' ? "key" : contype == 'x' ? "excl" : NULL;
+			st->objects = lappend(st->objects, o);
+		}
 	}
 	PQclear(res);
 
@@ -479,10 +697,17 @@ describe_table_objects(PGconn *conn, SourceTable *st)
 			sql = psprintf("CREATE UNIQUE INDEX IF NOT EXISTS %s", sql + 20);
 		else if (strncmp(sql, "CREATE INDEX ", 13) == 0)
 			sql = psprintf("CREATE INDEX IF NOT EXISTS %s", sql + 13);
-		ddl_item(&st->post_ddl, "index", idxname, sql);
+		{
+			SourceObject *o = palloc0(sizeof(SourceObject));
+
+			o->kind = "index";
+			o->name = pstrdup(idxname);
+			o->sql = sql;
+			o->label = "idx";
+			st->objects = lappend(st->objects, o);
+		}
 	}
 	PQclear(res);
-	appendStringInfoChar(&st->post_ddl, ']');
 
 	if (st->relkind == 'p')
 	{
@@ -878,6 +1103,84 @@ append_sequence_json(StringInfo seqs, const char *source, const char *dest,
 }
 
 /*
+ * A name in schema nspid for a relation (a sequence, an index, or a
+ * constraint's index) that the source calls name: the source's own when it
+ * is free, else one PostgreSQL would choose for dest_table and label
+ * (ChooseRelationName: <table>_<label>, then with a number).
+ */
+static char *
+choose_relation_name(const char *name, const char *dest_table, const char *extra,
+					 const char *label, Oid nspid, bool isconstraint)
+{
+	char	   *chosen = pstrdup(name);
+
+	for (int n = 0;; n++)
+	{
+		char	   *key = psprintf("%u/%s", nspid, chosen);
+		ListCell   *lc;
+		bool		taken = OidIsValid(get_relname_relid(chosen, nspid));
+
+		foreach(lc, names_taken)
+			if (strcmp((char *) lfirst(lc), key) == 0)
+				taken = true;
+		if (!taken)
+		{
+			MemoryContext old = MemoryContextSwitchTo(TopMemoryContext);
+
+			names_taken = lappend(names_taken, pstrdup(key));
+			MemoryContextSwitchTo(old);
+			return chosen;
+		}
+		/* ChooseRelationName only knows the catalog: number past our own */
+		chosen = ChooseRelationName(dest_table, n == 0 ? extra : psprintf("%s%d", extra ? extra : "", n),
+									label, nspid, isconstraint);
+	}
+}
+
+/*
+ * The constraints and indexes of st, as the JSON array of DDL items that
+ * bunny._apply_ddl runs after the copy, each under a name free in the
+ * destination schema (nspid).
+ */
+static char *
+post_copy_ddl_json(SourceTable *st, Oid nspid)
+{
+	StringInfoData arr;
+	ListCell   *lc;
+
+	initStringInfo(&arr);
+	appendStringInfoChar(&arr, '[');
+	foreach(lc, st->objects)
+	{
+		SourceObject *o = lfirst(lc);
+		char	   *name = o->name;
+		char	   *sql = o->sql;
+
+		if (o->label != NULL)
+		{
+			name = choose_relation_name(o->name, st->mt->dest_table, NULL, o->label, nspid,
+										strcmp(o->kind, "constraint") == 0);
+			if (strcmp(name, o->name) != 0)
+			{
+				const char *from = strcmp(o->kind, "index") == 0 ?
+				psprintf(" INDEX IF NOT EXISTS %s ON ", quote_identifier(o->name)) :
+				psprintf(" ADD CONSTRAINT %s ", quote_identifier(o->name));
+				const char *to = strcmp(o->kind, "index") == 0 ?
+				psprintf(" INDEX IF NOT EXISTS %s ON ", quote_identifier(name)) :
+				psprintf(" ADD CONSTRAINT %s ", quote_identifier(name));
+
+				sql = replace_first(o->sql, from, to);
+				if (sql == NULL)
+					continue;	/* not in the form we know; leave it out */
+			}
+		}
+		ddl_item(&arr, o->kind, name, sql);
+	}
+	appendStringInfoChar(&arr, ']');
+	return arr.data;
+}
+
+/*
  * Create the destination table unless it exists, and record in
  * bunny.mirror_table what the copy and the post-copy steps need.  A table
  * bunnydb creates gets columns, types, NOT NULL, defaults and their
@@ -897,7 +1200,9 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 	bool		created = false;
 	List	   *copy_columns = NIL;
 	List	   *identity_columns = NIL;
+	List	   *serial_seqs = NIL;	/* destination names of serial sequences */
 	char	   *fk_json = "[]";
+	Oid			nspid = InvalidOid;
 
 	initStringInfo(&seqs);
 	appendStringInfoChar(&seqs, '[');
@@ -911,6 +1216,7 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 		appendStringInfo(&ddl, "CREATE SCHEMA IF NOT EXISTS %s", quote_identifier(mt->dest_schema));
 		bunny_dest_exec(ddl.data);
 		resetStringInfo(&ddl);
+		nspid = get_namespace_oid(mt->dest_schema, false);
 
 		appendStringInfo(&ddl, "CREATE TABLE %s (", dest);
 		foreach(lc, st->columns)
@@ -936,7 +1242,11 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 			else if (col->serial_seq)
 			{
 				List	   *parts = stringToQualifiedNameList(col->serial_seq);
-				char	   *seq = (char *) qname(mt->dest_schema, strVal(llast(parts)));
+				char	   *seqname = choose_relation_name(strVal(llast(parts)), mt->dest_table,
+														   col->name, "seq", nspid, false);
+				char	   *seq = (char *) qname(mt->dest_schema, seqname);
+
+				serial_seqs = lappend(serial_seqs, seqname);
 
 				create_sequence_like(seq, col);
 				appendStringInfo(&ddl, " DEFAULT pg_catalog.nextval(%s::pg_catalog.regclass)",
@@ -969,18 +1279,21 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 		created = true;
 
 		/* serial sequences belong to their column; identity ones are found */
-		foreach(lc, st->columns)
 		{
-			SourceColumn *col = lfirst(lc);
+			ListCell   *seqlc = list_head(serial_seqs);
 
-			if (col->serial_seq && !col->excluded && !col->generated &&
-				col->identity != 'a' && col->identity != 'd')
+			foreach(lc, st->columns)
 			{
-				List	   *parts = stringToQualifiedNameList(col->serial_seq);
+				SourceColumn *col = lfirst(lc);
 
-				bunny_dest_exec(psprintf("ALTER SEQUENCE %s OWNED BY %s.%s",
-								   qname(mt->dest_schema, strVal(llast(parts))), dest,
-								   quote_identifier(col->name)));
+				if (col->serial_seq && !col->excluded && !col->generated &&
+					col->identity != 'a' && col->identity != 'd')
+				{
+					bunny_dest_exec(psprintf("ALTER SEQUENCE %s OWNED BY %s.%s",
+											 qname(mt->dest_schema, (char *) lfirst(seqlc)), dest,
+											 quote_identifier(col->name)));
+					seqlc = lnext(serial_seqs, seqlc);
+				}
 			}
 		}
 		foreach(lc, identity_columns)
@@ -1000,6 +1313,7 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 		}
 		bunny_log(m->name, "INFO", psprintf("created destination table %s", dest), NULL);
 		fk_json = foreign_key_ddl(st, tables, m->name);
+		st->post_ddl = post_copy_ddl_json(st, nspid);
 	}
 	appendStringInfoChar(&seqs, ']');
 
@@ -1028,7 +1342,7 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 		vals[6] = Int64GetDatum(st->relpages);
 		vals[7] = Int64GetDatum(st->reltuples);
 		vals[8] = BoolGetDatum(created);
-		vals[9] = CStringGetTextDatum(created ? st->post_ddl.data : "[]");
+		vals[9] = CStringGetTextDatum(created ? st->post_ddl : "[]");
 		vals[10] = CStringGetTextDatum(fk_json);
 		vals[11] = CStringGetTextDatum(seqs.data);
 		vals[12] = BoolGetDatum(copy_binary_safe(st));
@@ -1048,7 +1362,7 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 
 	/* without a copy, the table is complete at once */
 	if (created && !copy)
-		catalog_apply_ddl(m->name, dest, st->post_ddl.data, m->replicate_indexes);
+		catalog_apply_ddl(m->name, dest, st->post_ddl, m->replicate_indexes);
 }
 
 /* create the publication, or check and refresh ours */
@@ -1126,9 +1440,15 @@ ensure_publication(PGconn *conn, Mirror *m, List *tables, int source_version)
 										   quote_identifier(m->publication_name), tl.data));
 	else
 	{
-		stream_exec_command(conn, psprintf("CREATE PUBLICATION %s FOR TABLE %s "
-										   "WITH (publish_via_partition_root = true)",
-										   quote_identifier(m->publication_name), tl.data));
+		/*
+		 * Changes of a partition are published as the partitioned table's
+		 * (13 on); a 12 source cannot publish partitioned tables at all,
+		 * which describe_table refused.
+		 */
+		stream_exec_command(conn, psprintf("CREATE PUBLICATION %s FOR TABLE %s%s",
+										   quote_identifier(m->publication_name), tl.data,
+										   source_version >= 130000 ?
+										   " WITH (publish_via_partition_root = true)" : ""));
 		stream_exec_command(conn, psprintf("COMMENT ON PUBLICATION %s IS %s",
 										   quote_identifier(m->publication_name),
 										   quote_literal_cstr(comment)));
@@ -1204,21 +1524,58 @@ create_slot(PGconn *conn, Mirror *m, bool export_snapshot, char **snapshot)
 	return stream_create_slot(conn, m->slot_name, false, export_snapshot, snapshot);
 }
 
-/* describe every mapped table on the source */
+/*
+ * Describe every mapped table on the source.  A partition mapped next to a
+ * partitioned table it belongs to is refused: its changes are published as
+ * the partitioned table's, so its own mapping would never see any.
+ */
 static List *
-describe_tables(PGconn *conn, Mirror *m)
+describe_tables(PGconn *conn, Mirror *m, int source_version)
 {
 	List	   *tables = NIL;
 	ListCell   *lc;
+	StringInfoData relids;
 
+	initStringInfo(&relids);
 	foreach(lc, m->tables)
 	{
 		MirrorTable *mt = lfirst(lc);
+		SourceTable *st;
 
 		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
-		tables = lappend(tables, describe_table(conn, mt));
+		st = describe_table(conn, mt, source_version);
+		tables = lappend(tables, st);
+		appendStringInfo(&relids, "%s%u", relids.len ? "," : "", st->relid);
 	}
 	bunny_ctx_table = NULL;
+
+	if (list_length(tables) > 1)
+	{
+		PGresult   *res;
+
+		res = stream_exec_ok(conn,
+							 psprintf("SELECT p.oid::regclass::text, a.oid::regclass::text "
+									  "  FROM pg_class p, LATERAL pg_partition_ancestors(p.oid) anc(relid) "
+									  "  JOIN pg_class a ON a.oid = anc.relid "
+									  " WHERE p.oid IN (%s) AND a.oid IN (%s) AND a.oid <> p.oid "
+									  " LIMIT 1", relids.data, relids.data),
+							 PGRES_TUPLES_OK);
+		if (PQntuples(res) > 0)
+		{
+			char	   *part = pstrdup(PQgetvalue(res, 0, 0));
+			char	   *parent = pstrdup(PQgetvalue(res, 0, 1));
+
+			PQclear(res);
+			PERMANENT();
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("source table %s is a partition of %s, which the mirror also maps", part, parent),
+					 errdetail("Changes of a partition are published as changes of the partitioned table, "
+							   "so the partition's own mapping would never receive any."),
+					 errhint("Map either the partitioned table or its partitions, not both.")));
+		}
+		PQclear(res);
+	}
 	return tables;
 }
 
@@ -1234,6 +1591,8 @@ prepare_destination(PGconn *conn, Mirror *m, List *tables, bool copy, bool pendi
 	int			n = 0;
 
 	created_types = NIL;
+	list_free_deep(names_taken);
+	names_taken = NIL;
 	foreach(lc, tables)
 	{
 		SourceTable *st = lfirst(lc);
@@ -1311,7 +1670,7 @@ setup_run(PGconn *conn, Mirror *m)
 
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: setup");
 	version = check_source(conn);
-	tables = describe_tables(conn, m);
+	tables = describe_tables(conn, m, version);
 
 	/* destination: schemas, types, tables (and, without a copy, the rest) */
 	bunny_start_transaction();
@@ -1367,7 +1726,7 @@ setup_refresh_tables(PGconn *conn, Mirror *m)
 
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: updating the table list");
 	version = check_source(conn);
-	tables = describe_tables(conn, m);
+	tables = describe_tables(conn, m, version);
 
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());

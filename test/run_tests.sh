@@ -5,7 +5,10 @@
 #     sudo bash test/run_tests.sh
 #
 # What it does:
-#   1. apt-get installs PostgreSQL 15, its server headers, IPC::Run, make, gcc
+#   1. apt-get installs PostgreSQL 15, its server headers, IPC::Run, make,
+#      gcc, and nodejs/npm (they fetch the source servers of PostgreSQL
+#      12 to 18 that 015_source_versions runs against, cached after the
+#      first run)
 #   2. builds and installs the extension (as root)
 #   3. copies the repository to a scratch directory owned by the `postgres`
 #      OS user and runs `make installcheck` there as `postgres`:
@@ -35,6 +38,9 @@ PG_MAJOR=15
 PGBIN=/usr/lib/postgresql/$PG_MAJOR/bin
 PG_CONFIG=$PGBIN/pg_config
 APT_PACKAGES=(postgresql-15 postgresql-server-dev-15 libipc-run-perl make gcc)
+# npm fetches the source servers; the machine's own Node.js is used when it
+# has one (a Node.js from elsewhere would conflict with Debian's npm)
+NPM_PACKAGES=(nodejs npm)
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -219,6 +225,10 @@ else
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq -o Dpkg::Use-Pty=0 "${APT_PACKAGES[@]}" >/dev/null
+    if ! command -v npm >/dev/null; then
+        say "installing packages: ${NPM_PACKAGES[*]}"
+        apt-get install -y -qq -o Dpkg::Use-Pty=0 "${NPM_PACKAGES[@]}" >/dev/null
+    fi
 fi
 
 STAGE="prerequisites"

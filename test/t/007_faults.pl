@@ -380,6 +380,7 @@ while (time() - $t_cut < 12 && $cuts < 4)
 	}
 }
 $big_insert->finish;
+is($big_insert->result(0), 0, 'the 300k-row INSERT on the source saw no error') or diag($bi_err);
 ok($cuts >= 2, "replication connection cut $cuts times around the 300k-row transaction");
 # one more cut right after the commit, while the transaction is decoded/sent
 sleep_rand(0.1, 0.5);

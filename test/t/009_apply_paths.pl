@@ -777,6 +777,7 @@ UPDATE toasty SET big = big('live'), n = 0 WHERE id % 4 = 0;
 UPDATE toasty SET n = n + 1;
 EOS
 $live->finish;
+is($live->result(0), 0, 'A12: the live load saw no error on the source') or diag($live_err);
 ok(wait_synced($source, $dest, 'fold', \@fold_tables, timeout => 120),
 	'A12: live load caught up');
 compare_tables($source, $dest, [ @fold_tables ], 'A12 after live load');
@@ -1295,7 +1296,7 @@ foreach my $mode ('whole', 'streamed')
 			},
 			120, 0.02);
 		$h->finish;
-		diag("B5: insert failed: $err") if $h->result(0);
+		is($h->result(0), 0, "B5 ($mode): the INSERT on the source saw no error") or diag("B5: insert failed: $err");
 	}
 	ok($killed_at, "B5 ($mode): the worker was killed in the middle of a COPY run ($killed_at rows in)");
 	src("INSERT INTO bk SELECT 100 + $txno, g, 'after' FROM generate_series(1, 150) g");
