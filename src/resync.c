@@ -102,6 +102,13 @@ resync_start(Mirror *m)
 	int			nparts;
 	StringInfoData names;
 
+	/* plan from the source as it is now, not as setup saw it */
+	{
+		PGconn	   *plan_conn = mirror_connect(m, false);
+
+		setup_plan_resync(plan_conn, m);
+		stream_disconnect(&plan_conn);
+	}
 	snapshot_conn = mirror_connect(m, true);
 	lsn = stream_create_slot(snapshot_conn, psprintf("bunny_tmp_%d_%d", m->id, MyProcPid),
 							 true, true, &snapshot);

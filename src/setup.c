@@ -1712,6 +1712,107 @@ setup_run(PGconn *conn, Mirror *m)
 }
 
 /*
+ * Plan the copy of the tables a resync is about to copy (again), from the source as it is now rather than as setup saw it: a
+ * partition attached since is part of the copy and a detached one is not,
+ * the parts follow the table's present size, and a column dropped on the
+ * source is not asked for.  Columns the source has gained and the
+ * destination lacks are added first (with the source's type and default),
+ * so the copy carries their values.  The checks of describe_table run
+ * again too.  Runs outside any transaction, before the resync's snapshot
+ * is taken; conn is a plain connection to the source.
+ */
+void
+setup_plan_resync(PGconn *conn, Mirror *m)
+{
+	List	   *tables = NIL;
+	ListCell   *lc;
+	int			version = check_source(conn);
+
+	foreach(lc, m->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+
+		if (mt->resync_state == NULL)
+			continue;
+		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
+		tables = lappend(tables, describe_table(conn, mt, version));
+	}
+	bunny_ctx_table = NULL;
+	if (tables == NIL)
+		return;
+
+	bunny_start_transaction();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	foreach(lc, tables)
+	{
+		SourceTable *st = lfirst(lc);
+		MirrorTable *mt = st->mt;
+		const char *dest = qname(mt->dest_schema, mt->dest_table);
+		Oid			nspid = get_namespace_oid(mt->dest_schema, true);
+		Oid			relid = OidIsValid(nspid) ? get_relname_relid(mt->dest_table, nspid) : InvalidOid;
+		List	   *copy_columns = NIL;
+		ListCell   *lc2;
+
+		bunny_ctx_table = dest;
+		if (!OidIsValid(relid))
+		{
+			PERMANENT();
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("destination table %s does not exist", dest),
+					 errhint("Recreate the table, then call bunny.retry_mirror().")));
+		}
+		foreach(lc2, st->columns)
+		{
+			SourceColumn *col = lfirst(lc2);
+
+			if (col->excluded || col->generated)
+				continue;
+			if (get_attnum(relid, col->name) == InvalidAttrNumber)
+			{
+				ensure_type(conn, col->typid, m->name);
+				bunny_dest_exec(psprintf("ALTER TABLE %s ADD COLUMN %s %s%s%s", dest,
+										 quote_identifier(col->name), col->type_sql,
+										 col->default_expr && !strstr(col->default_expr, "nextval(") ?
+										 " DEFAULT " : "",
+										 col->default_expr && !strstr(col->default_expr, "nextval(") ?
+										 col->default_expr : ""));
+				bunny_log(m->name, "INFO",
+						  psprintf("added column %s to %s before copying it again (it was added on the source)",
+								   quote_identifier(col->name), dest), NULL);
+			}
+			copy_columns = lappend(copy_columns, col->name);
+		}
+		CommandCounterIncrement();
+		{
+			Oid			types[9] = {INT4OID, TEXTOID, TEXTOID, CHAROID, TEXTARRAYOID, TEXTOID,
+			INT8OID, INT8OID, BOOLOID};
+			Datum		vals[9];
+
+			vals[0] = Int32GetDatum(m->id);
+			vals[1] = CStringGetTextDatum(mt->source_schema);
+			vals[2] = CStringGetTextDatum(mt->source_table);
+			vals[3] = CharGetDatum(st->relkind);
+			vals[4] = text_array(copy_columns);
+			vals[5] = CStringGetTextDatum(plan_parts(st, m->snapshot_rows_per_partition));
+			vals[6] = Int64GetDatum(st->relpages);
+			vals[7] = Int64GetDatum(st->reltuples);
+			vals[8] = BoolGetDatum(copy_binary_safe(st));
+			SPI_connect();
+			SPI_execute_with_args("UPDATE bunny.mirror_table "
+								  "   SET source_relkind = $4, copy_columns = $5::name[], copy_parts = $6::jsonb, "
+								  "       source_pages = $7, source_rows = $8, copy_binary = $9 "
+								  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+								  9, types, vals, NULL, false, 0);
+			SPI_finish();
+		}
+	}
+	bunny_ctx_table = NULL;
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
  * After update_tables: create what the added tables need on the destination,
  * point the publication at the new table list, and queue the added tables
  * for a copy (resync strategy 'add': they must be empty) that runs while the
