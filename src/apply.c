@@ -64,11 +64,15 @@
  *	across batches; relcache invalidation of the destination table throws
  *	them away.
  *	UPDATEs leave out columns the source marks as unchanged TOAST, so the
- *	destination keeps its value.  Rows are identified by the replica
- *	identity columns; for REPLICA IDENTITY FULL without a primary key on
- *	the destination, by all columns with IS NOT DISTINCT FROM (through text
- *	for types without equality), one row at a time via its ctid, so that of
- *	two identical rows only one is touched.  A row to update that does not
+ *	destination keeps its value.  Identity columns GENERATED ALWAYS get the
+ *	source's values, as in PostgreSQL's own apply: INSERTs say OVERRIDING
+ *	SYSTEM VALUE, and UPDATEs, which SQL does not let assign them at all,
+ *	leave them out where they identify the row and keep their value.
+ *	Rows are identified by the replica identity columns; for REPLICA
+ *	IDENTITY FULL without a primary key on the destination, by all columns
+ *	with IS NOT DISTINCT FROM (through text for types without equality),
+ *	one row at a time via its ctid, so that of two identical rows only one
+ *	is touched.  A row to update that does not
  *	exist is an error (the destination has diverged; skipping would lose
  *	data); a row to delete that does not exist is only a warning.
  *
@@ -857,6 +861,31 @@ key_params(RelMapEntry *e, LogicalRepTupleData *keytup, Datum *values, char *nul
 	wheremask[n] = '\0';
 }
 
+/*
+ * Mark with 'k' in setmask the key columns an UPDATE leaves as they were:
+ * all of them when the source sent no old key, else those whose old and
+ * new values are the same bytes.  The statement (relmap_get_plan) leaves
+ * such a column out of its SET list where SQL may not assign it.
+ */
+static void
+mark_kept_keys(RelMapEntry *e, LogicalRepTupleData *oldtup,
+			   LogicalRepTupleData *newtup, char *setmask)
+{
+	for (int i = 0; i < e->remoterel->natts; i++)
+	{
+		if (setmask[i] != '1' || !e->iskey[i])
+			continue;
+		if (oldtup != NULL &&
+			(oldtup->colstatus[i] != newtup->colstatus[i] ||
+			 oldtup->colvalues[i].len != newtup->colvalues[i].len ||
+			 (newtup->colvalues[i].len > 0 &&
+			  memcmp(oldtup->colvalues[i].data, newtup->colvalues[i].data,
+					 newtup->colvalues[i].len) != 0)))
+			continue;
+		setmask[i] = 'k';
+	}
+}
+
 /* UPDATE */
 static void
 apply_handle_update(StringInfo s)
@@ -891,8 +920,9 @@ apply_handle_update(StringInfo s)
 	if (!route_change(e, &e->n_upd))
 		return;
 	relmap_tuple_to_datums(e, &newtup, nv, nn, setmask);
+	mark_kept_keys(e, has_old ? &oldtup : NULL, &newtup, setmask);
 	for (int i = 0; i < n; i++)
-		if (setmask[i] == '1')
+		if (setmask[i] != '0')
 		{
 			values[k] = nv[i];
 			nulls[k] = nn[i];
