@@ -1743,14 +1743,17 @@ apply_copydata(char *buf, int len)
 
 				/*
 				 * Caught up with nothing pending, and past where the last
-				 * run failed: that error is over.
+				 * run failed: that error is over.  Not while tables are
+				 * being copied again, though: a failed resync step (the
+				 * swap, say) fails only after the next run has caught up,
+				 * and its error would flicker away between the attempts.
 				 */
 				XLogRecPtr	error_lsn;
 
 				SpinLockAcquire(&MySlot->mutex);
 				error_lsn = MySlot->error_lsn;
 				SpinLockRelease(&MySlot->mutex);
-				if (mirror->error_count > 0 && end > error_lsn)
+				if (mirror->error_count > 0 && end > error_lsn && !resync_active(mirror))
 				{
 					bunny_start_transaction();
 					PushActiveSnapshot(GetTransactionSnapshot());

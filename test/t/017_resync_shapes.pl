@@ -12,7 +12,11 @@
 #     column (same kind), its sequence keeps its name and does not go back
 #     (for tables bunnydb created it holds at least the source's value), the
 #     generated column stays generated and right, and nothing named
-#     <table>_resync (table or sequence) is left.
+#     <table>_resync (table or sequence) is left;
+#  2. a swap that fails and is retried (a view created on the table after
+#     the request, in the same transaction) leaves no temporary replication
+#     slot of its earlier attempts on the source, shows its error all along,
+#     and ends once the view is gone.
 
 use strict;
 use warnings;
@@ -198,6 +202,61 @@ foreach my $t (@shape_tables)
 		is(dst("SELECT count(*) FROM $t WHERE b IS DISTINCT FROM a * 2"),
 			'0', "$label: every b is a * 2");
 	}
+}
+
+# ---------------------------------------------------------------------------
+# 2. a swap that fails and is retried leaves no temporary slots behind
+# ---------------------------------------------------------------------------
+
+sub temp_slots
+{
+	return query_value($source,
+		"SELECT count(*) FROM pg_replication_slots WHERE temporary") // -1;
+}
+
+{
+	my $label = 'failing swap';
+	my $t = 'public.id_default';
+	# the request checks for views; one made right after it fails the swap
+	my ($ret, $out, $err) = $dest->psql(
+		'postgres', qq{
+BEGIN;
+SELECT bunny.resync_table('ms', '$t', 'swap');
+CREATE VIEW id_default_v AS SELECT * FROM $t;
+COMMIT;});
+	is($ret, 0, "$label: request made, a view created after it") or diag($err);
+	write_shapes($round++);
+
+	my $max_slots = 0;
+	my $errors = 0;
+	ok( poll_until(
+			sub {
+				my $c = temp_slots();
+				$max_slots = $c if $c > $max_slots;
+				$errors = mirror_field($dest, 'ms', 'error_count') // 0;
+				return $errors >= 4;
+			},
+			90, 0.1),
+		"$label: the swap fails and is retried ($errors attempts)");
+	like(mirror_field($dest, 'ms', 'error_message') // '',
+		qr/depend/, "$label: the error names the dependent view");
+	is(mirror_field($dest, 'ms', 'status'), 'RESYNCING', "$label: mirror stays RESYNCING");
+	my $now;
+	ok(poll_until(sub { $now = temp_slots(); return $now <= 1; }, 15),
+		"$label: at most the running attempt's temporary slot on the source ($now)");
+	ok($max_slots <= 2,
+		"$label: temporary slots never piled up across the attempts (at most $max_slots)");
+
+	dst('DROP VIEW id_default_v');
+	ok(wait_op_done('ms', 90), "$label: done once the view is gone");
+	ok(poll_until(sub { temp_slots() == 0 }, 15),
+		"$label: no temporary slot left on the source");
+	ok(wait_synced($source, $dest, 'ms', \@shape_tables, timeout => 60),
+		"$label: every table equal to the source");
+	is( dst("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_resync%'"),
+		'0', "$label: nothing named *_resync left");
+	is((split /\|/, seq_state($dest, $t, 'id'))[0],
+		'public.id_default_id_seq', "$label: the identity sequence has its name");
 }
 
 done_testing();
