@@ -72,9 +72,13 @@
  *	IDENTITY FULL without a primary key on the destination, by all columns
  *	with IS NOT DISTINCT FROM (through text for types without equality),
  *	one row at a time via its ctid, so that of two identical rows only one
- *	is touched.  A row to update that does not
- *	exist is an error (the destination has diverged; skipping would lose
- *	data); a row to delete that does not exist is only a warning.
+ *	is touched.  A row to update that does not exist is an error (the
+ *	destination has diverged; skipping would lose data); a row to delete
+ *	that does not exist is only a warning.  A row that a destination
+ *	BEFORE trigger firing for the worker (ENABLE REPLICA or ALWAYS) skips
+ *	by returning NULL is skipped, as in PostgreSQL's own apply: when a
+ *	statement touched fewer rows than it should have, the rows are looked
+ *	for by key to tell the two apart, so the common path costs nothing.
  *
  *	Memory.  Every message is decoded and applied in a context that is
  *	reset after the message, so nothing grows with the size of a source
@@ -886,6 +890,19 @@ mark_kept_keys(RelMapEntry *e, LogicalRepTupleData *oldtup,
 	}
 }
 
+/*
+ * Is the row identified by these key values there?  Asked only when an
+ * UPDATE or DELETE touched no row, which has two causes: the row is
+ * missing (the destination has diverged), or a BEFORE ROW trigger that
+ * fires for the worker (ENABLE REPLICA or ALWAYS) returned NULL, and
+ * PostgreSQL's own apply skips such a row as the trigger asks.
+ */
+static bool
+row_exists(RelMapEntry *e, const char *wheremask, Datum *keyvalues, char *keynulls)
+{
+	return apply_exec_plan(relmap_get_plan(e, 'E', NULL, wheremask, 1), keyvalues, keynulls) > 0;
+}
+
 /* UPDATE */
 static void
 apply_handle_update(StringInfo s)
@@ -903,6 +920,7 @@ apply_handle_update(StringInfo s)
 	Datum	   *values = palloc(sizeof(Datum) * (2 * n + 1));
 	char	   *nulls = palloc(2 * n + 1);
 	int			k = 0;
+	int			nset;
 
 	if (e == NULL)
 		return;
@@ -930,14 +948,19 @@ apply_handle_update(StringInfo s)
 		}
 	if (k == 0)
 		return;					/* only unchanged TOAST: nothing to write */
+	nset = k;
 	key_params(e, has_old ? &oldtup : &newtup, values, nulls, wheremask, &k);
 
 	if (apply_exec_plan(relmap_get_plan(e, 'U', setmask, wheremask, 1), values, nulls) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("row to update was not found in destination table %s", e->qualname),
-				 errdetail("The destination table has diverged from the source."),
-				 errhint("Remove the conflicting local change or resync the table; the mirror retries until then.")));
+	{
+		if (!row_exists(e, wheremask, values + nset, nulls + nset))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("row to update was not found in destination table %s", e->qualname),
+					 errdetail("The destination table has diverged from the source."),
+					 errhint("Remove the conflicting local change or resync the table; the mirror retries until then.")));
+		elog(DEBUG1, "a trigger skipped the update of a row of %s", e->qualname);
+	}
 	if (!apply_replaying)
 		e->n_upd++;
 	batch_changes++;
@@ -963,9 +986,14 @@ apply_handle_delete(StringInfo s)
 		return;
 	key_params(e, &oldtup, values, nulls, wheremask, &k);
 	if (apply_exec_plan(relmap_get_plan(e, 'D', NULL, wheremask, 1), values, nulls) == 0)
-		ereport(WARNING,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("row to delete was not found in destination table %s", e->qualname)));
+	{
+		if (!row_exists(e, wheremask, values, nulls))
+			ereport(WARNING,
+					(errcode(ERRCODE_NO_DATA_FOUND),
+					 errmsg("row to delete was not found in destination table %s", e->qualname)));
+		else
+			elog(DEBUG1, "a trigger skipped the deletion of a row of %s", e->qualname);
+	}
 	if (!apply_replaying)
 		e->n_del++;
 	batch_changes++;

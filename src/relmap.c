@@ -448,7 +448,8 @@ column_identity(RelMapEntry *e, int i)
 /*
  * The prepared statement for a change of the given kind and shape:
  * setmask marks columns written (I, U; 'k' for a key column an UPDATE
- * leaves as it was), wheremask the columns that identify the row (U, D).
+ * leaves as it was), wheremask the columns that identify the row (U, D,
+ * and E, which only looks for the row).
  */
 SPIPlanPtr
 relmap_get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask, int nrows)
@@ -575,6 +576,13 @@ relmap_get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wher
 			appendStringInfoChar(&sql, ')');
 		}
 		appendStringInfo(&sql, ") AS bunny_v (%s) WHERE %s", alias.data, cond.data);
+	}
+	else if (kind == 'E')
+	{
+		/* is the row there (asked when an UPDATE or DELETE touched none) */
+		appendStringInfo(&sql, "SELECT 1 FROM %s", e->qualname);
+		append_where(&sql, e, wheremask, 1, argtypes, &nargs);
+		appendStringInfoString(&sql, " LIMIT 1");
 	}
 	else
 	{

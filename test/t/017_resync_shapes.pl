@@ -16,7 +16,14 @@
 #  2. a swap that fails and is retried (a view created on the table after
 #     the request, in the same transaction) leaves no temporary replication
 #     slot of its earlier attempts on the source, shows its error all along,
-#     and ends once the view is gone.
+#     and ends once the view is gone;
+#  3. destination BEFORE UPDATE / BEFORE DELETE triggers enabled ALWAYS or
+#     REPLICA that return NULL skip the row, as PostgreSQL's own apply does,
+#     through single statements and through the REPLICA IDENTITY FULL path;
+#     BEFORE INSERT triggers skip rows in multi-row INSERTs and COPY runs;
+#     the mirror stays RUNNING with error_count 0 and nothing is reported
+#     missing -- while a row that is really missing on an UPDATE is still
+#     an error (XX001), single or folded, retried until the row is back.
 
 use strict;
 use warnings;
@@ -258,5 +265,121 @@ COMMIT;});
 	is((split /\|/, seq_state($dest, $t, 'id'))[0],
 		'public.id_default_id_seq', "$label: the identity sequence has its name");
 }
+
+# ---------------------------------------------------------------------------
+# 3. destination triggers that skip rows; rows that are really missing
+# ---------------------------------------------------------------------------
+
+my @trg_tables = qw(public.trg_always public.trg_replica public.trg_full);
+src(q{
+CREATE TABLE trg_always (id int PRIMARY KEY, v text NOT NULL);
+CREATE TABLE trg_replica (id int PRIMARY KEY, v text NOT NULL);
+CREATE TABLE trg_full (id int NOT NULL, v text NOT NULL);
+ALTER TABLE trg_full REPLICA IDENTITY FULL;
+CREATE TABLE trg_ins (id int PRIMARY KEY, v text NOT NULL);
+CREATE TABLE fold_t (id int PRIMARY KEY, n int NOT NULL);
+});
+ok(create_mirror($dest, 'mt', [ @trg_tables, 'public.trg_ins', 'public.fold_t' ]),
+	'mt created and RUNNING');
+dst(q{
+CREATE FUNCTION public.skip_marked() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+	IF TG_OP = 'DELETE' THEN
+		RETURN CASE WHEN OLD.v = 'keep' THEN NULL ELSE OLD END;
+	END IF;
+	RETURN CASE WHEN NEW.v = 'skip' THEN NULL ELSE NEW END;
+END $$;
+CREATE TRIGGER skip_ud BEFORE UPDATE OR DELETE ON trg_always
+	FOR EACH ROW EXECUTE FUNCTION public.skip_marked();
+ALTER TABLE trg_always ENABLE ALWAYS TRIGGER skip_ud;
+CREATE TRIGGER skip_ud BEFORE UPDATE OR DELETE ON trg_replica
+	FOR EACH ROW EXECUTE FUNCTION public.skip_marked();
+ALTER TABLE trg_replica ENABLE REPLICA TRIGGER skip_ud;
+CREATE TRIGGER skip_ud BEFORE UPDATE OR DELETE ON trg_full
+	FOR EACH ROW EXECUTE FUNCTION public.skip_marked();
+ALTER TABLE trg_full ENABLE ALWAYS TRIGGER skip_ud;
+CREATE TRIGGER skip_i BEFORE INSERT ON trg_ins
+	FOR EACH ROW EXECUTE FUNCTION public.skip_marked();
+ALTER TABLE trg_ins ENABLE ALWAYS TRIGGER skip_i;
+});
+
+foreach my $t (@trg_tables)
+{
+	src("INSERT INTO $t SELECT g, 'a' FROM generate_series(1, 100) g");
+	# the trigger skips 1-10 (NEW.v = 'skip') and lets the others through
+	src(qq{
+BEGIN;
+UPDATE $t SET v = 'skip' WHERE id BETWEEN 1 AND 10;
+UPDATE $t SET v = 'b' WHERE id BETWEEN 11 AND 20;
+UPDATE $t SET v = 'keep' WHERE id BETWEEN 21 AND 30;
+COMMIT;});
+	# it keeps 21-30 (OLD.v = 'keep') and lets 31-40 go
+	src("DELETE FROM $t WHERE id BETWEEN 21 AND 40");
+	src("UPDATE $t SET v = 'c' WHERE id BETWEEN 41 AND 50");
+}
+# one transaction: a multi-row INSERT, then a COPY run
+src(q{INSERT INTO trg_ins SELECT g, CASE WHEN g % 7 = 0 THEN 'skip' ELSE 'x' END
+        FROM generate_series(1, 1000) g});
+src(q{INSERT INTO fold_t SELECT g, 0 FROM generate_series(1, 100) g});
+
+is(wait_for_lsn($dest, 'mt', source_lsn($source), 60000) // '(error)',
+	't', 'triggers: the mirror got past every change');
+foreach my $t (@trg_tables)
+{
+	is( dst("SELECT string_agg(format('%s:%s-%s:%s', v, lo, hi, n), ',' ORDER BY lo) "
+			  . "FROM (SELECT v, min(id) lo, max(id) hi, count(*) n FROM $t GROUP BY v) s"),
+		'a:1-100:60,b:11-20:10,keep:21-30:10,c:41-50:10',
+		"triggers: $t: rows the trigger skipped are untouched, the others applied");
+}
+is(dst("SELECT count(*) || '|' || count(*) FILTER (WHERE id % 7 = 0) FROM trg_ins"),
+	'858|0', 'triggers: trg_ins: the inserts the trigger skipped are not there, the others are');
+is(mirror_state($dest, 'mt') =~ /status=RUNNING \| .*error_count=0/ ? 1 : 0,
+	1, 'triggers: mirror RUNNING with error_count 0') or diag(mirror_state($dest, 'mt'));
+unlike(slurp_file($dest->logfile),
+	qr/row to (update|delete) was not found in destination table public\.trg_/,
+	'triggers: no row reported missing');
+
+# a row that is really missing on an UPDATE is still an error
+sub error_sqlstate
+{
+	return query_value($dest,
+		"SELECT details->>'sqlstate' FROM bunny.mirror_logs WHERE mirror = 'mt' "
+		  . "AND level = 'ERROR' ORDER BY id DESC LIMIT 1") // '';
+}
+
+sub missing_row_errors
+{
+	my ($label, $delete_sql, $update_sql, $msg_re, $restore_sql) = @_;
+	dst($delete_sql);
+	src($update_sql);
+	ok( poll_until(sub { (mirror_field($dest, 'mt', 'error_count') // 0) >= 2 }, 60),
+		"$label: the apply fails and retries");
+	like(mirror_field($dest, 'mt', 'error_message') // '', $msg_re, "$label: error message");
+	is(error_sqlstate(), 'XX001', "$label: SQLSTATE XX001");
+	dst($restore_sql);
+	is(wait_for_lsn($dest, 'mt', source_lsn($source), 60000) // '(error)',
+		't', "$label: applied once the row is back");
+	ok(poll_until(sub { (mirror_field($dest, 'mt', 'error_count') // '') eq '0' }, 30),
+		"$label: error_count back to 0");
+	return;
+}
+
+missing_row_errors(
+	'missing row, single UPDATE',
+	'DELETE FROM trg_always WHERE id = 60',
+	"UPDATE trg_always SET v = 'd' WHERE id = 60",
+	qr/^row to update was not found in destination table public\.trg_always$/,
+	"INSERT INTO trg_always VALUES (60, 'a')");
+is(dst('SELECT v FROM trg_always WHERE id = 60'), 'd', 'missing row, single UPDATE: the update is in');
+
+missing_row_errors(
+	'missing row, folded UPDATEs',
+	'DELETE FROM fold_t WHERE id = 5',
+	'BEGIN; UPDATE fold_t SET n = n + 1 WHERE id <= 10; '
+	  . 'UPDATE fold_t SET n = n + 1 WHERE id <= 10; COMMIT;',
+	qr/^1 of 10 rows to update were not found in destination table public\.fold_t$/,
+	'INSERT INTO fold_t VALUES (5, 0)');
+ok(wait_synced($source, $dest, 'mt', ['public.fold_t'], timeout => 30),
+	'missing row, folded UPDATEs: fold_t equal to the source');
 
 done_testing();
