@@ -64,13 +64,21 @@
  *	across batches; relcache invalidation of the destination table throws
  *	them away.
  *	UPDATEs leave out columns the source marks as unchanged TOAST, so the
- *	destination keeps its value.  Rows are identified by the replica
- *	identity columns; for REPLICA IDENTITY FULL without a primary key on
- *	the destination, by all columns with IS NOT DISTINCT FROM (through text
- *	for types without equality), one row at a time via its ctid, so that of
- *	two identical rows only one is touched.  A row to update that does not
- *	exist is an error (the destination has diverged; skipping would lose
- *	data); a row to delete that does not exist is only a warning.
+ *	destination keeps its value.  Identity columns GENERATED ALWAYS get the
+ *	source's values, as in PostgreSQL's own apply: INSERTs say OVERRIDING
+ *	SYSTEM VALUE, and UPDATEs, which SQL does not let assign them at all,
+ *	leave them out where they identify the row and keep their value.
+ *	Rows are identified by the replica identity columns; for REPLICA
+ *	IDENTITY FULL without a primary key on the destination, by all columns
+ *	with IS NOT DISTINCT FROM (through text for types without equality),
+ *	one row at a time via its ctid, so that of two identical rows only one
+ *	is touched.  A row to update that does not exist is an error (the
+ *	destination has diverged; skipping would lose data); a row to delete
+ *	that does not exist is only a warning.  A row that a destination
+ *	BEFORE trigger firing for the worker (ENABLE REPLICA or ALWAYS) skips
+ *	by returning NULL is skipped, as in PostgreSQL's own apply: when a
+ *	statement touched fewer rows than it should have, the rows are looked
+ *	for by key to tell the two apart, so the common path costs nothing.
  *
  *	Memory.  Every message is decoded and applied in a context that is
  *	reset after the message, so nothing grows with the size of a source
@@ -857,6 +865,44 @@ key_params(RelMapEntry *e, LogicalRepTupleData *keytup, Datum *values, char *nul
 	wheremask[n] = '\0';
 }
 
+/*
+ * Mark with 'k' in setmask the key columns an UPDATE leaves as they were:
+ * all of them when the source sent no old key, else those whose old and
+ * new values are the same bytes.  The statement (relmap_get_plan) leaves
+ * such a column out of its SET list where SQL may not assign it.
+ */
+static void
+mark_kept_keys(RelMapEntry *e, LogicalRepTupleData *oldtup,
+			   LogicalRepTupleData *newtup, char *setmask)
+{
+	for (int i = 0; i < e->remoterel->natts; i++)
+	{
+		if (setmask[i] != '1' || !e->iskey[i])
+			continue;
+		if (oldtup != NULL &&
+			(oldtup->colstatus[i] != newtup->colstatus[i] ||
+			 oldtup->colvalues[i].len != newtup->colvalues[i].len ||
+			 (newtup->colvalues[i].len > 0 &&
+			  memcmp(oldtup->colvalues[i].data, newtup->colvalues[i].data,
+					 newtup->colvalues[i].len) != 0)))
+			continue;
+		setmask[i] = 'k';
+	}
+}
+
+/*
+ * Is the row identified by these key values there?  Asked only when an
+ * UPDATE or DELETE touched no row, which has two causes: the row is
+ * missing (the destination has diverged), or a BEFORE ROW trigger that
+ * fires for the worker (ENABLE REPLICA or ALWAYS) returned NULL, and
+ * PostgreSQL's own apply skips such a row as the trigger asks.
+ */
+static bool
+row_exists(RelMapEntry *e, const char *wheremask, Datum *keyvalues, char *keynulls)
+{
+	return apply_exec_plan(relmap_get_plan(e, 'E', NULL, wheremask, 1), keyvalues, keynulls) > 0;
+}
+
 /* UPDATE */
 static void
 apply_handle_update(StringInfo s)
@@ -874,6 +920,7 @@ apply_handle_update(StringInfo s)
 	Datum	   *values = palloc(sizeof(Datum) * (2 * n + 1));
 	char	   *nulls = palloc(2 * n + 1);
 	int			k = 0;
+	int			nset;
 
 	if (e == NULL)
 		return;
@@ -891,8 +938,9 @@ apply_handle_update(StringInfo s)
 	if (!route_change(e, &e->n_upd))
 		return;
 	relmap_tuple_to_datums(e, &newtup, nv, nn, setmask);
+	mark_kept_keys(e, has_old ? &oldtup : NULL, &newtup, setmask);
 	for (int i = 0; i < n; i++)
-		if (setmask[i] == '1')
+		if (setmask[i] != '0')
 		{
 			values[k] = nv[i];
 			nulls[k] = nn[i];
@@ -900,14 +948,19 @@ apply_handle_update(StringInfo s)
 		}
 	if (k == 0)
 		return;					/* only unchanged TOAST: nothing to write */
+	nset = k;
 	key_params(e, has_old ? &oldtup : &newtup, values, nulls, wheremask, &k);
 
 	if (apply_exec_plan(relmap_get_plan(e, 'U', setmask, wheremask, 1), values, nulls) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_DATA_CORRUPTED),
-				 errmsg("row to update was not found in destination table %s", e->qualname),
-				 errdetail("The destination table has diverged from the source."),
-				 errhint("Remove the conflicting local change or resync the table; the mirror retries until then.")));
+	{
+		if (!row_exists(e, wheremask, values + nset, nulls + nset))
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("row to update was not found in destination table %s", e->qualname),
+					 errdetail("The destination table has diverged from the source."),
+					 errhint("Remove the conflicting local change or resync the table; the mirror retries until then.")));
+		elog(DEBUG1, "a trigger skipped the update of a row of %s", e->qualname);
+	}
 	if (!apply_replaying)
 		e->n_upd++;
 	batch_changes++;
@@ -933,9 +986,14 @@ apply_handle_delete(StringInfo s)
 		return;
 	key_params(e, &oldtup, values, nulls, wheremask, &k);
 	if (apply_exec_plan(relmap_get_plan(e, 'D', NULL, wheremask, 1), values, nulls) == 0)
-		ereport(WARNING,
-				(errcode(ERRCODE_NO_DATA_FOUND),
-				 errmsg("row to delete was not found in destination table %s", e->qualname)));
+	{
+		if (!row_exists(e, wheremask, values, nulls))
+			ereport(WARNING,
+					(errcode(ERRCODE_NO_DATA_FOUND),
+					 errmsg("row to delete was not found in destination table %s", e->qualname)));
+		else
+			elog(DEBUG1, "a trigger skipped the deletion of a row of %s", e->qualname);
+	}
 	if (!apply_replaying)
 		e->n_del++;
 	batch_changes++;
@@ -1713,14 +1771,17 @@ apply_copydata(char *buf, int len)
 
 				/*
 				 * Caught up with nothing pending, and past where the last
-				 * run failed: that error is over.
+				 * run failed: that error is over.  Not while tables are
+				 * being copied again, though: a failed resync step (the
+				 * swap, say) fails only after the next run has caught up,
+				 * and its error would flicker away between the attempts.
 				 */
 				XLogRecPtr	error_lsn;
 
 				SpinLockAcquire(&MySlot->mutex);
 				error_lsn = MySlot->error_lsn;
 				SpinLockRelease(&MySlot->mutex);
-				if (mirror->error_count > 0 && end > error_lsn)
+				if (mirror->error_count > 0 && end > error_lsn && !resync_active(mirror))
 				{
 					bunny_start_transaction();
 					PushActiveSnapshot(GetTransactionSnapshot());

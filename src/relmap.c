@@ -429,10 +429,27 @@ append_where(StringInfo sql, RelMapEntry *e, const char *wheremask, int first_pa
 		appendStringInfo(sql, " WHERE %s", cond.data);
 }
 
+/* attidentity of the destination column of remote column i */
+static char
+column_identity(RelMapEntry *e, int i)
+{
+	HeapTuple	tup = SearchSysCache2(ATTNUM, ObjectIdGetDatum(e->localrelid),
+									  Int16GetDatum(e->attmap[i]));
+	char		result = '\0';
+
+	if (HeapTupleIsValid(tup))
+	{
+		result = ((Form_pg_attribute) GETSTRUCT(tup))->attidentity;
+		ReleaseSysCache(tup);
+	}
+	return result;
+}
+
 /*
  * The prepared statement for a change of the given kind and shape:
- * setmask marks columns written (I, U), wheremask the columns that
- * identify the row (U, D).
+ * setmask marks columns written (I, U; 'k' for a key column an UPDATE
+ * leaves as it was), wheremask the columns that identify the row (U, D,
+ * and E, which only looks for the row).
  */
 SPIPlanPtr
 relmap_get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wheremask, int nrows)
@@ -458,6 +475,8 @@ relmap_get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wher
 	initStringInfo(&sql);
 	if (kind == 'I')
 	{
+		bool		overriding = false;
+
 		appendStringInfo(&sql, "INSERT INTO %s (", e->qualname);
 		for (int i = 0; i < n; i++)
 		{
@@ -465,8 +484,11 @@ relmap_get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wher
 				continue;
 			appendStringInfo(&sql, "%s%s", first ? "" : ", ", e->colsql[i]);
 			first = false;
+			if (column_identity(e, i) == ATTRIBUTE_IDENTITY_ALWAYS)
+				overriding = true;
 		}
-		appendStringInfoString(&sql, ") VALUES ");
+		/* the source's values, as PostgreSQL's own apply writes them */
+		appendStringInfo(&sql, ")%s VALUES ", overriding ? " OVERRIDING SYSTEM VALUE" : "");
 		/* nrows rows in one statement: one executor start for many rows */
 		for (int r = 0; r < nrows; r++)
 		{
@@ -488,11 +510,26 @@ relmap_get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wher
 		appendStringInfo(&sql, "UPDATE %s SET ", e->qualname);
 		for (int i = 0; i < n; i++)
 		{
-			if (setmask[i] != '1')
+			if (setmask[i] == '0')
 				continue;
 			argtypes[nargs++] = e->typid[i];
+
+			/*
+			 * UPDATE may not assign an identity column GENERATED ALWAYS, not
+			 * even its own value (PostgreSQL's apply writes tuples without
+			 * that check).  A key column that keeps its value ('k') is held
+			 * by the WHERE clause anyway: its parameter goes unused.
+			 */
+			if (setmask[i] == 'k' && column_identity(e, i) == ATTRIBUTE_IDENTITY_ALWAYS)
+				continue;
 			appendStringInfo(&sql, "%s%s = $%d", first ? "" : ", ", e->colsql[i], nargs);
 			first = false;
+		}
+		/* nothing else to set: the row still has to be there */
+		if (first)
+		{
+			resetStringInfo(&sql);
+			appendStringInfo(&sql, "SELECT 1 FROM %s", e->qualname);
 		}
 		append_where(&sql, e, wheremask, nargs + 1, argtypes, &nargs);
 	}
@@ -539,6 +576,13 @@ relmap_get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wher
 			appendStringInfoChar(&sql, ')');
 		}
 		appendStringInfo(&sql, ") AS bunny_v (%s) WHERE %s", alias.data, cond.data);
+	}
+	else if (kind == 'E')
+	{
+		/* is the row there (asked when an UPDATE or DELETE touched none) */
+		appendStringInfo(&sql, "SELECT 1 FROM %s", e->qualname);
+		append_where(&sql, e, wheremask, 1, argtypes, &nargs);
+		appendStringInfoString(&sql, " LIMIT 1");
 	}
 	else
 	{

@@ -212,8 +212,9 @@ resync_start(Mirror *m)
 /*
  * Exchange a swapped table with its copy, in the caller's transaction:
  * foreign keys that point at the table, its own foreign keys, and the
- * sequences its columns own move over; the old table is dropped and the
- * copy's index names lose their _resync.
+ * sequences its columns own move over (identity sequences: their position
+ * and name); the old table is dropped and the copy's index and sequence
+ * names lose their _resync.
  */
 static void
 resync_swap(MirrorTable *mt)
@@ -224,6 +225,8 @@ resync_swap(MirrorTable *mt)
 	char	   *sql;
 	uint64		n;
 	List	   *readd = NIL;
+	List	   *setval_sql = NIL;
+	List	   *renames = NIL;
 	ListCell   *lc;
 
 	/* foreign keys from other tables to it, and its own: dropped, re-added */
@@ -270,9 +273,56 @@ resync_swap(MirrorTable *mt)
 				   quote_literal_cstr(dest), quote_literal_cstr(copy));
 	bunny_dest_exec(sql);
 
+	/*
+	 * Identity sequences cannot change hands: LIKE ... INCLUDING IDENTITY
+	 * gave the copy's identity columns sequences of their own
+	 * (<table>_resync_<column>_seq), and the old ones are dropped with the
+	 * old table.  The copy's sequences take over the old ones' position now
+	 * and their names once the old table is gone, so the column numbers on
+	 * from where it was and mirror_table.sequences still names its sequence.
+	 * Both are looked up in the catalog, not by their usual names.
+	 */
+	SPI_connect();
+	SPI_execute(psprintf("SELECT pg_catalog.pg_get_serial_sequence(%s, a.attname), s.relname, "
+						 "       pg_catalog.pg_sequence_last_value(s.oid) "
+						 "  FROM pg_catalog.pg_attribute a "
+						 "  JOIN pg_catalog.pg_class s "
+						 "    ON s.oid = pg_catalog.pg_get_serial_sequence(%s, a.attname)::regclass "
+						 " WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+						 "   AND a.attidentity <> ''",
+						 quote_literal_cstr(copy), quote_literal_cstr(dest),
+						 quote_literal_cstr(dest)), false, 0);
+	n = SPI_processed;
+	for (uint64 i = 0; i < n; i++)
+	{
+		MemoryContext old = MemoryContextSwitchTo(CurTransactionContext);
+		char	   *new_seq = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		char	   *old_seq_name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		char	   *last = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 3);
+
+		if (new_seq == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("identity column of %s has no sequence", copy)));
+		/* NULL: the old sequence never handed out a value, nor has the new */
+		if (last != NULL)
+			setval_sql = lappend(setval_sql,
+								 psprintf("SELECT pg_catalog.setval(%s, %s, true)",
+										  quote_literal_cstr(new_seq), last));
+		renames = lappend(renames,
+						  psprintf("ALTER SEQUENCE %s RENAME TO %s", new_seq,
+								   quote_identifier(old_seq_name)));
+		MemoryContextSwitchTo(old);
+	}
+	SPI_finish();
+	foreach(lc, setval_sql)
+		bunny_dest_exec((char *) lfirst(lc));
+
 	bunny_dest_exec(psprintf("ALTER TABLE %s RENAME TO %s", dest, quote_identifier(old_name)));
 	bunny_dest_exec(psprintf("ALTER TABLE %s RENAME TO %s", copy, quote_identifier(mt->dest_table)));
 	bunny_dest_exec(psprintf("DROP TABLE %s", quote_qualified_identifier(mt->dest_schema, old_name)));
+	foreach(lc, renames)
+		bunny_dest_exec((char *) lfirst(lc));
 
 	/* index names: <table>_resync_pkey -> <table>_pkey */
 	sql = psprintf("DO $bunny$ DECLARE r record; BEGIN "
@@ -352,12 +402,32 @@ resync_switch_ready(Mirror *m)
 		apply_replay_queue(mt, swap ? mt->copy_target : NULL);
 		if (swap)
 			resync_swap(mt);
-		/* the copy is as new as the snapshot: take the sequences over again */
+		/*
+		 * The copy is as new as the snapshot: take the sequences over again.
+		 * A column's own sequence (serial, identity) is the one the catalog
+		 * names now, whatever was recorded when the table was created.
+		 */
 		if (mt->created_by_bunny && snapshot_conn != NULL)
+		{
+			Oid			t4[4] = {INT4OID, TEXTOID, TEXTOID, TEXTOID};
+			Datum		v4[4] = {v3[0], v3[1], v3[2],
+			CStringGetTextDatum(quote_qualified_identifier(mt->dest_schema, mt->dest_table))};
+
 			snapshot_sync_sequences(snapshot_conn, m->name,
-									bunny_spi_scalar("SELECT sequences::text FROM bunny.mirror_table "
-													 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-													 3, t3, v3, NULL));
+									bunny_spi_scalar("SELECT coalesce(jsonb_agg(CASE WHEN o.seq IS NULL THEN s.e "
+													 "         ELSE jsonb_set(s.e, '{dest}', to_jsonb(o.seq)) END ORDER BY s.n), "
+													 "       '[]')::text "
+													 "  FROM bunny.mirror_table mt "
+													 " CROSS JOIN LATERAL jsonb_array_elements(mt.sequences) "
+													 "       WITH ORDINALITY s(e, n) "
+													 "  LEFT JOIN LATERAL (SELECT pg_catalog.pg_get_serial_sequence($4, a.attname) AS seq "
+													 "                       FROM pg_catalog.pg_attribute a "
+													 "                      WHERE a.attrelid = $4::regclass "
+													 "                        AND a.attname = s.e->>'column' "
+													 "                        AND a.attnum > 0 AND NOT a.attisdropped) o ON true "
+													 " WHERE mt.mirror_id = $1 AND mt.source_schema = $2 AND mt.source_table = $3",
+													 4, t4, v4, NULL));
+		}
 		if (strcmp(mt->resync_strategy, "add") == 0 && m->replicate_foreign_keys && mt->created_by_bunny)
 			bunny_dest_exec(psprintf("SELECT bunny._apply_ddl(%s, %s::regclass, fk_ddl) FROM bunny.mirror_table "
 								" WHERE mirror_id = %d AND source_schema = %s AND source_table = %s",
