@@ -39,7 +39,7 @@ include $(PGXS)
 
 # PGXS does not track header dependencies
 $(OBJS): src/bunnydb.h src/compat.h
-src/apply.o src/relmap.o: src/apply_internal.h
+src/apply.o src/relmap.o src/fold.o: src/apply_internal.h
 
 # the benchmark (bench/run.sh; see its header): needs the library installed
 .PHONY: bench

@@ -276,18 +276,50 @@ apply_handle_relation(StringInfo s)
 	e->remoterel->remoteid = rel->remoteid;
 	e->remoterel->nspname = pstrdup(rel->nspname);
 	e->remoterel->relname = pstrdup(rel->relname);
-	e->remoterel->natts = rel->natts;
 	e->remoterel->attnames = palloc(sizeof(char *) * (rel->natts + 1));
 	e->remoterel->atttyps = palloc(sizeof(Oid) * (rel->natts + 1));
-	for (int i = 0; i < rel->natts; i++)
+	e->remote_typmods = palloc(sizeof(int32) * (rel->natts + 1));
+	e->remoterel->attkeys = NULL;
+	e->remote_skip = NULL;
+	e->remote_natts_sent = rel->natts;
+
+	/*
+	 * A source without publication column lists (before 15) sends the
+	 * excluded columns too: they are left out here, so that everything
+	 * after this sees the columns a column list would have sent.
+	 */
+	if (mt != NULL && mt->exclude_columns != NIL)
 	{
-		e->remoterel->attnames[i] = pstrdup(rel->attnames[i]);
-		e->remoterel->atttyps[i] = rel->atttyps[i];
+		for (int i = 0; i < rel->natts; i++)
+		{
+			ListCell   *lc;
+
+			foreach(lc, mt->exclude_columns)
+				if (strcmp((char *) lfirst(lc), rel->attnames[i]) == 0)
+				{
+					if (e->remote_skip == NULL)
+						e->remote_skip = palloc0(sizeof(bool) * rel->natts);
+					e->remote_skip[i] = true;
+				}
+		}
+	}
+	{
+		int			k = 0;
+
+		for (int i = 0; i < rel->natts; i++)
+		{
+			if (e->remote_skip && e->remote_skip[i])
+				continue;
+			e->remoterel->attnames[k] = pstrdup(rel->attnames[i]);
+			e->remoterel->atttyps[k] = rel->atttyps[i];
+			e->remote_typmods[k] = typmods[i];
+			if (bms_is_member(i, rel->attkeys))
+				e->remoterel->attkeys = bms_add_member(e->remoterel->attkeys, k);
+			k++;
+		}
+		e->remoterel->natts = k;
 	}
 	e->remoterel->replident = rel->replident;
-	e->remoterel->attkeys = bms_copy(rel->attkeys);
-	e->remote_typmods = palloc(sizeof(int32) * (rel->natts + 1));
-	memcpy(e->remote_typmods, typmods, sizeof(int32) * rel->natts);
 	e->mt = mt;
 	e->qualname = mt ? pstrdup(quote_qualified_identifier(mt->dest_schema, mt->dest_table)) : NULL;
 	if (current_msg != NULL)
@@ -532,7 +564,9 @@ copy_row_append(const char *msg, int len, bool has_xid, StringInfo out)
 {
 	StringInfoData s;
 	int			natts = copy_rel->remoterel->natts;
+	int			natts_sent = copy_rel->remote_natts_sent;
 	int			start = out->len;
+	int			written = 0;
 
 	s.data = (char *) msg;
 	s.len = len;
@@ -545,21 +579,35 @@ copy_row_append(const char *msg, int len, bool has_xid, StringInfo out)
 		return false;
 	if (pq_getmsgint(&s, 4) != copy_rel->remoteid ||
 		pq_getmsgbyte(&s) != 'N' ||
-		pq_getmsgint(&s, 2) != (unsigned int) natts)
+		pq_getmsgint(&s, 2) != (unsigned int) natts_sent)
 		return false;
 	if (apply_binary_mode)
 		pq_sendint16(out, natts);
-	for (int i = 0; i < natts; i++)
+	for (int i = 0; i < natts_sent; i++)
 	{
+		/* an excluded column a source before 15 sent: read past it */
+		bool		skip = copy_rel->remote_skip && copy_rel->remote_skip[i];
 		char		kind;
-		int32		vlen;
-		const char *v;
+		int32		vlen = 0;
+		const char *v = NULL;
 
 		if (s.cursor >= s.len)
 			goto fail;
 		kind = pq_getmsgbyte(&s);
-		if (!apply_binary_mode && i > 0)
+		if (kind != LOGICALREP_COLUMN_NULL)
+		{
+			if (kind != (apply_binary_mode ? LOGICALREP_COLUMN_BINARY : LOGICALREP_COLUMN_TEXT))
+				goto fail;
+			vlen = pq_getmsgint(&s, 4);
+			if (vlen < 0 || vlen > s.len - s.cursor)
+				goto fail;
+			v = pq_getmsgbytes(&s, vlen);
+		}
+		if (skip)
+			continue;
+		if (!apply_binary_mode && written > 0)
 			appendStringInfoChar(out, '\t');
+		written++;
 		if (kind == LOGICALREP_COLUMN_NULL)
 		{
 			if (apply_binary_mode)
@@ -568,12 +616,6 @@ copy_row_append(const char *msg, int len, bool has_xid, StringInfo out)
 				appendStringInfoString(out, "\\N");
 			continue;
 		}
-		if (kind != (apply_binary_mode ? LOGICALREP_COLUMN_BINARY : LOGICALREP_COLUMN_TEXT))
-			goto fail;
-		vlen = pq_getmsgint(&s, 4);
-		if (vlen < 0 || vlen > s.len - s.cursor)
-			goto fail;
-		v = pq_getmsgbytes(&s, vlen);
 		if (apply_binary_mode)
 		{
 			pq_sendint32(out, vlen);
@@ -814,6 +856,8 @@ apply_handle_insert(StringInfo s)
 	char	   *nulls = palloc(n + 1);
 	char	   *present = palloc0(n + 1);
 
+	relmap_strip_excluded(e, &newtup);
+
 	if (e == NULL)
 		return;
 	fold_flush_rel(e);
@@ -922,6 +966,10 @@ apply_handle_update(StringInfo s)
 	int			k = 0;
 	int			nset;
 
+	relmap_strip_excluded(e, &newtup);
+	if (has_old)
+		relmap_strip_excluded(e, &oldtup);
+
 	if (e == NULL)
 		return;
 	/* buffered INSERTs of this table may include the row */
@@ -978,6 +1026,8 @@ apply_handle_delete(StringInfo s)
 	Datum	   *values = palloc(sizeof(Datum) * (n + 1));
 	char	   *nulls = palloc(n + 1);
 	int			k = 0;
+
+	relmap_strip_excluded(e, &oldtup);
 
 	if (e == NULL)
 		return;

@@ -32,6 +32,10 @@ typedef struct RelMapEntry
 	LogicalRepRelId remoteid;	/* hash key */
 	LogicalRepRelation *remoterel;
 	int32	   *remote_typmods;
+	bool	   *remote_skip;	/* per column sent: an excluded column that a
+								 * source without column lists sent anyway;
+								 * NULL when none */
+	int			remote_natts_sent;	/* columns in the source's tuples */
 	MirrorTable *mt;
 	char	   *qualname;		/* quoted destination name */
 	bool		valid;			/* destination side below is built */
@@ -82,6 +86,7 @@ extern void relmap_init(void);
 extern void relmap_invalidate(Datum arg, Oid relid);
 extern void relmap_free_plans(RelMapEntry *e);
 extern RelMapEntry *relmap_get(LogicalRepRelId remoteid);
+extern void relmap_strip_excluded(RelMapEntry *e, LogicalRepTupleData *tup);
 extern RelMapEntry *relmap_find_table(MirrorTable *mt);
 extern void relmap_tuple_to_datums(RelMapEntry *e, LogicalRepTupleData *tup,
 								   Datum *values, char *nulls, char *present);

@@ -308,6 +308,35 @@ relmap_build(RelMapEntry *e)
 	e->valid = true;
 }
 
+/*
+ * Leave out of a tuple the excluded columns a source without publication
+ * column lists (before 15) sent, in place, so that it matches the entry's
+ * remote relation (see apply_handle_relation).  e may be NULL (a table not
+ * mapped any more).
+ */
+void
+relmap_strip_excluded(RelMapEntry *e, LogicalRepTupleData *tup)
+{
+	int			k = 0;
+
+	if (e == NULL || e->remote_skip == NULL)
+		return;
+	if (tup->ncols != e->remote_natts_sent)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("a change of %s has %d columns, its Relation message %d",
+						e->qualname, tup->ncols, e->remote_natts_sent)));
+	for (int i = 0; i < tup->ncols; i++)
+	{
+		if (e->remote_skip[i])
+			continue;
+		tup->colvalues[k] = tup->colvalues[i];
+		tup->colstatus[k] = tup->colstatus[i];
+		k++;
+	}
+	tup->ncols = k;
+}
+
 /* the entry for a remote relation id, built for use; NULL if not mapped */
 RelMapEntry *
 relmap_get(LogicalRepRelId remoteid)

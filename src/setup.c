@@ -394,16 +394,6 @@ describe_table(PGconn *conn, MirrorTable *mt, int source_version)
 				 errdetail("Publishing a partitioned table needs PostgreSQL 13 or later on the source."),
 				 errhint("Map each partition as a table of its own, or upgrade the source.")));
 	}
-	if (mt->exclude_columns != NIL && source_version < 150000)
-	{
-		PERMANENT();
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("exclude_columns of source table %s needs PostgreSQL 15 or later on the source", name),
-				 errdetail("The source runs PostgreSQL %d, which has no publication column lists.",
-						   source_version / 10000),
-				 errhint("Remove exclude_columns from the mapping, or upgrade the source.")));
-	}
 	if (!can_select)
 	{
 		PERMANENT();
@@ -1390,17 +1380,14 @@ ensure_publication(PGconn *conn, Mirror *m, List *tables, int source_version)
 		appendStringInfo(&tl, "%s%s%s", tl.len ? ", " : "",
 						 st->relkind == 'r' ? "ONLY " : "",
 						 qname(st->mt->source_schema, st->mt->source_table));
-		if (has_excluded)
+		/*
+		 * Before 15 there are no column lists: the source sends the excluded
+		 * columns too, and the apply leaves them out (apply_handle_relation).
+		 */
+		if (has_excluded && source_version >= 150000)
 		{
 			bool		first = true;
 
-			if (source_version < 150000)
-			{
-				PERMANENT();
-				ereport(ERROR,
-						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-						 errmsg("exclude_columns needs a source running PostgreSQL 15 or later")));
-			}
 			appendStringInfoString(&tl, " (");
 			foreach(lc2, st->columns)
 			{
