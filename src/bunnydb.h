@@ -207,6 +207,7 @@ extern void bunny_require_password(PGconn *conn, bool required);
 extern void setup_run(PGconn *conn, Mirror *mirror);
 extern void setup_refresh_tables(PGconn *conn, Mirror *mirror);
 extern void setup_plan_resync(PGconn *conn, Mirror *mirror);
+extern void setup_check_source(PGconn *conn, Mirror *mirror);
 extern int	setup_sync_enum_labels(Mirror *m);
 
 /* resync.c */

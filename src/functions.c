@@ -20,6 +20,7 @@
 #include "utils/builtins.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 #include "utils/tuplestore.h"
 
@@ -28,6 +29,7 @@ PG_FUNCTION_INFO_V1(bunny_conninfo_check);
 PG_FUNCTION_INFO_V1(bunny_mask_conninfo);
 PG_FUNCTION_INFO_V1(bunny_caller_is_superuser);
 PG_FUNCTION_INFO_V1(bunny_remote_query);
+PG_FUNCTION_INFO_V1(bunny_check_source_tables);
 PG_FUNCTION_INFO_V1(bunny_notify);
 PG_FUNCTION_INFO_V1(bunny_stop_worker);
 PG_FUNCTION_INFO_V1(bunny_wait_for_lsn);
@@ -221,6 +223,73 @@ bunny_remote_query(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 	return (Datum) 0;
+}
+
+/* setup's checks of the source on conn, which is closed afterwards */
+static void
+check_source_and_close(PGconn *conn, Mirror *m)
+{
+	PG_TRY();
+	{
+		setup_check_source(conn, m);
+	}
+	PG_CATCH();
+	{
+		PQfinish(conn);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	PQfinish(conn);
+}
+
+/*
+ * bunny._check_source_tables(mirror_id): run setup's checks of the source
+ * and its tables for a mirror whose catalog rows this transaction wrote
+ * (create_mirror, update_tables), so that an error reaches the caller and
+ * nothing is created.  A source that cannot be reached now is no error
+ * here: the mirror's worker connects, retries and reports it.
+ */
+Datum
+bunny_check_source_tables(PG_FUNCTION_ARGS)
+{
+	int32		mirror_id = PG_GETARG_INT32(0);
+	Mirror	   *m = catalog_load_mirror(mirror_id, false);
+	PGconn	   *volatile conn = NULL;
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
+
+	if (m == NULL)
+		PG_RETURN_VOID();
+
+	/* connecting may fail: in a subtransaction, so that we can go on */
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
+	PG_TRY();
+	{
+		conn = mirror_connect(m, false);
+		ReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ereport(DEBUG1,
+				(errmsg_internal("bunnydb: not checking the source of mirror \"%s\" now: %s",
+								 m->name, edata->message)));
+		PG_RETURN_VOID();
+	}
+	PG_END_TRY();
+
+	check_source_and_close(conn, m);
+	PG_RETURN_VOID();
 }
 
 /*

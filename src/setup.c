@@ -324,10 +324,11 @@ check_replica_identities(PGconn *conn, SourceTable *st, const char *name)
 /*
  * Read a source table's definition and check that it can be replicated
  * without making any statement on the source fail; source_version is the
- * source's server_version_num.
+ * source's server_version_num.  Without plan, what only the copy's plan
+ * needs (the partition key's bounds, a scan of the table) is not asked.
  */
 static SourceTable *
-describe_table(PGconn *conn, MirrorTable *mt, int source_version)
+describe_table(PGconn *conn, MirrorTable *mt, int source_version, bool plan)
 {
 	SourceTable *st = palloc0(sizeof(SourceTable));
 	PGresult   *res;
@@ -354,7 +355,9 @@ describe_table(PGconn *conn, MirrorTable *mt, int source_version)
 		PERMANENT();
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("source table %s does not exist", name)));
+				 errmsg("source table %s does not exist", name),
+				 errhint("Check the mapping: an unquoted name is folded to lower case and means schema public "
+						 "when unqualified.  Or create the table on the source.")));
 	}
 	st->relid = (Oid) strtoul(PQgetvalue(res, 0, 0), NULL, 10);
 	st->relkind = PQgetvalue(res, 0, 1)[0];
@@ -507,7 +510,7 @@ describe_table(PGconn *conn, MirrorTable *mt, int source_version)
 
 				found = true;
 				/* integer keys split into ranges; others fall back to blocks */
-				if (col->typid == INT2OID || col->typid == INT4OID || col->typid == INT8OID)
+				if (plan && (col->typid == INT2OID || col->typid == INT4OID || col->typid == INT8OID))
 				{
 					res = stream_exec_ok(conn,
 										 psprintf("SELECT min(%s)::int8, max(%s)::int8 FROM %s",
@@ -1517,7 +1520,7 @@ create_slot(PGconn *conn, Mirror *m, bool export_snapshot, char **snapshot)
  * the partitioned table's, so its own mapping would never see any.
  */
 static List *
-describe_tables(PGconn *conn, Mirror *m, int source_version)
+describe_tables(PGconn *conn, Mirror *m, int source_version, bool plan)
 {
 	List	   *tables = NIL;
 	ListCell   *lc;
@@ -1530,7 +1533,7 @@ describe_tables(PGconn *conn, Mirror *m, int source_version)
 		SourceTable *st;
 
 		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
-		st = describe_table(conn, mt, source_version);
+		st = describe_table(conn, mt, source_version, plan);
 		tables = lappend(tables, st);
 		appendStringInfo(&relids, "%s%u", relids.len ? "," : "", st->relid);
 	}
@@ -1657,7 +1660,7 @@ setup_run(PGconn *conn, Mirror *m)
 
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: setup");
 	version = check_source(conn);
-	tables = describe_tables(conn, m, version);
+	tables = describe_tables(conn, m, version, true);
 
 	/* destination: schemas, types, tables (and, without a copy, the rest) */
 	bunny_start_transaction();
@@ -1699,6 +1702,21 @@ setup_run(PGconn *conn, Mirror *m)
 }
 
 /*
+ * The checks of setup, run by create_mirror and update_tables before they
+ * commit, so that what the source cannot carry, or would make the source's
+ * own statements fail, is refused at once with nothing created (the
+ * caller's transaction rolls back).  conn is a plain connection to the
+ * source.  The worker runs the same checks again when it sets up.
+ */
+void
+setup_check_source(PGconn *conn, Mirror *m)
+{
+	int			version = check_source(conn);
+
+	(void) describe_tables(conn, m, version, false);
+}
+
+/*
  * Plan the copy of the tables a resync is about to copy (again), from the source as it is now rather than as setup saw it: a
  * partition attached since is part of the copy and a detached one is not,
  * the parts follow the table's present size, and a column dropped on the
@@ -1722,7 +1740,7 @@ setup_plan_resync(PGconn *conn, Mirror *m)
 		if (mt->resync_state == NULL)
 			continue;
 		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
-		tables = lappend(tables, describe_table(conn, mt, version));
+		tables = lappend(tables, describe_table(conn, mt, version, true));
 	}
 	bunny_ctx_table = NULL;
 	if (tables == NIL)
@@ -1814,7 +1832,7 @@ setup_refresh_tables(PGconn *conn, Mirror *m)
 
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: updating the table list");
 	version = check_source(conn);
-	tables = describe_tables(conn, m, version);
+	tables = describe_tables(conn, m, version, true);
 
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());

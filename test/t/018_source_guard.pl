@@ -2,10 +2,11 @@
 #
 # 018_source_guard: a mirror never makes a statement on the source fail,
 # and shapes it cannot carry are refused up front (README "Requirements",
-# "Table mappings").  For each refused mapping the mirror goes to FAILED
-# with an error naming the table (not a retry loop), nothing is created on
-# the source (no publication, no slot) or the destination, and the
-# application's UPDATE and DELETE on the source still work.
+# "Table mappings").  create_mirror and update_tables refuse each such
+# mapping at once, with the SQLSTATE, an error naming the table and a hint;
+# nothing is created on the source (no publication, no slot) or the
+# destination, and the application's UPDATE and DELETE on the source still
+# work.  An unreachable source is left to the worker.
 #
 # Also: destination object names that collide with existing relations
 # (destination_table next to a table holding the source's constraint,
@@ -84,58 +85,88 @@ sub nothing_created
 	}
 }
 
-# create a mirror that must fail; check the error, then drop it
+# create_mirror must refuse at once: the error, and nothing left anywhere
 sub refused
 {
-	my ($name, $json, $pattern, $dest_tables, $label) = @_;
-	ok(create_mirror($dest, $name, $json, wait => 0), "$label: create_mirror accepted the call");
-	ok(wait_for_status($dest, $name, 'FAILED', 60), "$label: mirror goes to FAILED, not a retry loop");
-	like(mirror_field($dest, $name, 'error_message'), $pattern, "$label: error names the cause");
+	my ($name, $json, $pattern, $dest_tables, $label, $sqlstate) = @_;
+	my ($ret, $out, $err) = $dest->psql('postgres',
+		"\\set VERBOSITY verbose\nSELECT bunny.create_mirror('$name', 'src', '$json')");
+	isnt($ret, 0, "$label: create_mirror refuses");
+	like($err, $pattern, "$label: the error names the table and the cause");
+	like($err, qr/ERROR:  $sqlstate:/, "$label: SQLSTATE $sqlstate") if $sqlstate;
+	like($err, qr/HINT:  /, "$label: with a hint") unless $label =~ /without columns|partition next to/;
+	is($dest->safe_psql('postgres', "SELECT count(*) FROM bunny.mirror WHERE name = '$name'"),
+		'0', "$label: no mirror is left in the catalog");
 	nothing_created($name, $dest_tables, $label);
 	source_writes_work($label);
-	$dest->safe_psql('postgres', "SELECT bunny.drop_mirror('$name')");
 }
 
 source_writes_work('before any mirror');
 
 refused('g1', '["public.p"]',
 	qr/partition public\.p1 of source table public\.p has no primary key and no usable replica identity/,
-	['public.p'], 'partition without replica identity');
+	['public.p'], 'partition without replica identity', '55000');
 refused('g2', '[{"source_table": "public.full_t", "exclude_columns": ["c"]}]',
 	qr/column "c" of source table public\.full_t is part of its replica identity and cannot be excluded/,
-	['public.full_t'], 'excluded column of REPLICA IDENTITY FULL');
+	['public.full_t'], 'excluded column of REPLICA IDENTITY FULL', '22023');
 refused('g3', '[{"source_table": "public.ri_idx", "exclude_columns": ["c"]}]',
 	qr/column "c" of source table public\.ri_idx is part of its replica identity/,
-	['public.ri_idx'], 'excluded column of the replica identity index');
+	['public.ri_idx'], 'excluded column of the replica identity index', '22023');
 refused('g4', '["public.unlogged_t"]',
 	qr/source table public\.unlogged_t is unlogged/,
-	['public.unlogged_t'], 'unlogged table');
+	['public.unlogged_t'], 'unlogged table', '0A000');
 refused('g5', '["public.mv"]',
 	qr/source relation public\.mv is a materialized view, and only tables can be mirrored/,
-	['public.mv'], 'materialized view');
+	['public.mv'], 'materialized view', '42809');
 refused('g6', '["public.no_cols"]',
 	qr/source table public\.no_cols has no columns to replicate/,
-	['public.no_cols'], 'table without columns');
+	['public.no_cols'], 'table without columns', '0A000');
 refused('g7', '["public.q", "public.q1"]',
 	qr/source table public\.q1 is a partition of public\.q, which the mirror also maps/,
-	['public.q', 'public.q1'], 'partition next to its partitioned table');
+	['public.q', 'public.q1'], 'partition next to its partitioned table', '22023');
+refused('g9', '["public.no_such_table"]',
+	qr/source table public\.no_such_table does not exist/,
+	['public.no_such_table'], 'missing table', '42P01');
 
-# the hint of the partition case names the fix
+# the hint names the fix; once the source is fixed the same call works
 {
-	ok(create_mirror($dest, 'g8', '["public.p"]', wait => 0, do_initial_snapshot => 'true'), 'g8 created');
-	ok(wait_for_status($dest, 'g8', 'FAILED', 60), 'g8 FAILED');
-	my $logs = $dest->safe_psql('postgres',
-		"SELECT string_agg(coalesce(details::text, ''), ' ') FROM bunny.mirror_logs WHERE mirror = 'g8'");
-	like($logs, qr/REPLICA IDENTITY FULL/, 'the logged error carries the fix');
-	# fixing the source and retrying gets the mirror running
+	my ($ret, $out, $err) = $dest->psql('postgres',
+		q{SELECT bunny.create_mirror('g8', 'src', '["public.p"]', do_initial_snapshot => true)});
+	like($err, qr/HINT:  .*ALTER TABLE public\.p1 REPLICA IDENTITY FULL/, 'the hint carries the fix');
 	$source->safe_psql('postgres', 'ALTER TABLE p1 REPLICA IDENTITY FULL');
-	$dest->safe_psql('postgres', "SELECT bunny.retry_mirror('g8')");
-	ok(wait_for_status($dest, 'g8', 'RUNNING', 60), 'after the fix and a retry the mirror runs');
+	ok(create_mirror($dest, 'g8', '["public.p"]', do_initial_snapshot => 'true'),
+		'after the fix the mirror is created and runs');
 	$source->safe_psql('postgres', "UPDATE p SET b = 'changed' WHERE a = 1; DELETE FROM p WHERE a = 2");
 	ok(wait_synced($source, $dest, 'g8', ['public.p']), 'g8 caught up');
 	compare_tables($source, $dest, ['public.p'], 'partitioned table with FULL identity');
 	$dest->safe_psql('postgres', "SELECT bunny.drop_mirror('g8')");
 }
+
+# a source that cannot be reached now is no reason to refuse: the worker
+# reports it and retries
+$dest->safe_psql('postgres',
+	"SELECT bunny.create_peer('down', 'host=127.0.0.1 port=1 dbname=postgres', validate => false)");
+ok(create_mirror($dest, 'later', '["public.p"]', peer => 'down', wait => 0),
+	'create_mirror with an unreachable source is accepted');
+ok(poll_until(sub { (mirror_field($dest, 'later', 'error_message') // '') =~ /could not connect/ }, 60),
+	'the worker reports the unreachable source');
+$dest->safe_psql('postgres', "SELECT bunny.drop_mirror('later')");
+
+# the same checks in update_tables: nothing changes
+ok(create_mirror($dest, 'ut', ['public.base_t']), 'ut running');
+$dest->safe_psql('postgres', "SELECT bunny.pause_mirror('ut')");
+ok(wait_for_status($dest, 'ut', 'PAUSED', 30), 'ut paused');
+{
+	my ($ret, $out, $err) = $dest->psql('postgres',
+		q{SELECT bunny.update_tables('ut', '["public.base_t", "public.unlogged_t"]')});
+	like($err, qr/source table public\.unlogged_t is unlogged/, 'update_tables refuses an unlogged table');
+	is($dest->safe_psql('postgres',
+			"SELECT string_agg(source_table, ',') FROM bunny.mirror_table t JOIN bunny.mirror m ON m.id = t.mirror_id WHERE m.name = 'ut'"),
+		'base_t', 'the table list is unchanged');
+}
+$dest->safe_psql('postgres', "SELECT bunny.resume_mirror('ut')");
+ok(wait_for_status($dest, 'ut', 'RUNNING', 30), 'ut runs on');
+$dest->safe_psql('postgres', "SELECT bunny.drop_mirror('ut')");
 
 # ---------------------------------------------------------------------------
 # Destination names that are taken: a destination_table next to a table
