@@ -414,7 +414,7 @@ sub run_version
 	}
 	$c{dest}->stop;
 	$c{source}->stop;
-	note(sprintf('%s: done in %.1f s (RUNNING after %.1f s)',
+	note(sprintf('%s: done in %.1f s (status after the initial copy known after %.1f s)',
 			$c{L}, time() - $c{t0}, $c{running_at} // -1));
 	return;
 }
