@@ -6,6 +6,7 @@
 #   use FindBin; use lib "$FindBin::RealBin/../perl"; use BunnyTest;
 #
 #   my ($source, $dest) = setup_pair();
+#   my ($source, $dest) = setup_pair(source_major => 12);   # see setup_pair
 #   create_mirror($dest, 'm1', ['public.t1', '"My Schema"."Mixed Case"'],
 #                 do_initial_snapshot => 'false');
 #   ... write on $source ...
@@ -20,7 +21,11 @@ package BunnyTest;
 use strict;
 use warnings;
 
+use Cwd qw(abs_path);
 use Exporter 'import';
+use File::Basename qw(dirname);
+use File::Path qw(make_path);
+use IPC::Run;
 use Time::HiRes qw(usleep time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -28,6 +33,8 @@ use Test::More;
 
 our @EXPORT = qw(
   setup_pair
+  source_install_path
+  client_major
   create_mirror
   tables_json
   sql_literal
@@ -113,6 +120,89 @@ sub poll_until
 # Cluster setup
 # ---------------------------------------------------------------------------
 
+# Directory of the first psql in PATH: the client programs (psql, pgbench,
+# ...) of the PostgreSQL the tests run with, i.e. the destination's.
+sub _client_bindir
+{
+	foreach my $d (split /:/, $ENV{PATH} // '')
+	{
+		return $d if $d ne '' && -x "$d/psql" && !-d "$d/psql";
+	}
+	die('no psql in PATH');
+}
+
+# Major version of the PostgreSQL in PATH (the destination's: 15).
+sub client_major
+{
+	my $bindir = _client_bindir();
+	my $v = `"$bindir/psql" --version`;
+	die("$bindir/psql --version failed") if $? != 0;
+	$v =~ /\b(\d+)(?:\.\d+)?/ or die("cannot parse psql --version: $v");
+	return $1;
+}
+
+# source_install_path($major) -> the server install directory of PostgreSQL
+# $major (what setup_pair's source_install_path takes), or undef for the
+# major of the PostgreSQL in PATH (the system's, which every other test
+# uses). Other majors come from test/pg_sources.sh (its cache, downloading
+# on first use); a failure of the script dies.
+sub source_install_path
+{
+	my ($major) = @_;
+	return undef if $major eq client_major();
+	my $script = abs_path(dirname(abs_path(__FILE__)) . '/../pg_sources.sh');
+	my ($out, $err) = ('', '');
+	my $ok = IPC::Run::run([ 'bash', $script, $major ], '<', \undef, '>', \$out, '2>', \$err);
+	die("test/pg_sources.sh $major failed (exit status " . ($? >> 8) . "):\n$err")
+	  unless $ok;
+	note($err) if $err ne '';
+	my @lines = split /\n/, $out;
+	die("test/pg_sources.sh $major printed no directory")
+	  unless @lines && -d $lines[-1];
+	return $lines[-1];
+}
+
+# The install_path to give PostgreSQL::Test::Cluster for the server install
+# $dir. A complete install (with psql and pg_config) is used as it is. The
+# npm server builds of test/pg_sources.sh have no psql, which the Cluster
+# runs as <install_path>/bin/psql: they get an overlay under tmp_check whose
+# bin/ links to their server programs and, for the missing client programs,
+# to those of the PostgreSQL in PATH (which talk to servers of every major
+# the tests use). The overlay has no lib/, so the client programs keep their
+# own libpq; the server programs find their libraries through their
+# RUNPATH ($ORIGIN/../lib), symlinks being resolved.
+sub _install_path_for
+{
+	my ($dir) = @_;
+	$dir = abs_path($dir);
+	die("install directory not found: $dir") unless -d "$dir/bin";
+	return $dir if -x "$dir/bin/psql" && -x "$dir/bin/pg_config";
+
+	(my $tag = $dir) =~ s{[^A-Za-z0-9]+}{_}g;
+	my $overlay = "$PostgreSQL::Test::Utils::tmp_check/install$tag";
+	return $overlay if -d "$overlay/bin";
+	my $client = _client_bindir();
+	make_path("$overlay/bin");
+	opendir(my $dh, "$dir/bin") or die("cannot read $dir/bin: $!");
+	my %have;
+	foreach my $f (grep { !/^\./ } readdir $dh)
+	{
+		symlink("$dir/bin/$f", "$overlay/bin/$f")
+		  or die("symlink $overlay/bin/$f: $!");
+		$have{$f} = 1;
+	}
+	closedir $dh;
+	foreach my $f (qw(psql pgbench pg_recvlogical pg_dump pg_isready))
+	{
+		next if $have{$f} || !-x "$client/$f";
+		symlink("$client/$f", "$overlay/bin/$f")
+		  or die("symlink $overlay/bin/$f: $!");
+	}
+	die("$dir/bin has no pg_config (PostgreSQL::Test::Cluster needs one)")
+	  unless $have{pg_config};
+	return $overlay;
+}
+
 # setup_pair(%opts) -> ($source, $dest)
 #
 # Options:
@@ -120,6 +210,13 @@ sub poll_until
 #   dest_conf   => extra postgresql.conf text for the destination
 #   peer        => name of the peer to create (default 'src'); undef/'' = none
 #   create_extension => 0 to skip CREATE EXTENSION (default 1)
+#   source_name / dest_name => cluster names (default 'source' / 'dest')
+#   source_major => N: the source runs PostgreSQL N (see source_install_path;
+#                   the major in PATH means the system's install)
+#   source_install_path => DIR: the source runs the server installed in DIR
+#                   (bin/ with postgres, initdb, pg_ctl and pg_config; psql
+#                   and other client programs are taken from PATH if absent)
+# The destination always runs the PostgreSQL in PATH, with bunnydb.
 sub setup_pair
 {
 	my (%opts) = @_;
@@ -127,7 +224,12 @@ sub setup_pair
 	my $create_ext =
 	  exists $opts{create_extension} ? $opts{create_extension} : 1;
 
-	my $source = PostgreSQL::Test::Cluster->new($opts{source_name} // 'source');
+	my $inst = $opts{source_install_path};
+	$inst = source_install_path($opts{source_major})
+	  if !defined $inst && defined $opts{source_major};
+	my @inst_arg = defined $inst ? (install_path => _install_path_for($inst)) : ();
+	my $source = PostgreSQL::Test::Cluster->new($opts{source_name} // 'source',
+		@inst_arg);
 	$source->init(
 		allows_streaming => 'logical',
 		extra => [ '--encoding=UTF8', '--locale=C' ]);
