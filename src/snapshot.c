@@ -622,6 +622,8 @@ bunny_snapshot_worker_main(Datum arg)
 	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
 	/* the indexes of a copied table are built in one go: give them room */
 	SetConfigOption("maintenance_work_mem", "256MB", PGC_SUSET, PGC_S_OVERRIDE);
+	/* the copy's own statements are small; JIT never pays for them */
+	SetConfigOption("jit", "off", PGC_USERSET, PGC_S_OVERRIDE);
 
 	{
 		Mirror	   *m;

@@ -524,6 +524,14 @@ bunny_mirror_worker_main(Datum arg)
 	 * grows (tables without a usable index still get their scan).
 	 */
 	SetConfigOption("enable_seqscan", "off", PGC_USERSET, PGC_S_OVERRIDE);
+
+	/*
+	 * With enable_seqscan off, the scan of a table without a usable index
+	 * (REPLICA IDENTITY FULL) is costed at 1e10, far above jit_above_cost:
+	 * every such UPDATE and DELETE was JIT-compiled, 50 ms a row.  The
+	 * apply's statements are small; JIT never pays for them.
+	 */
+	SetConfigOption("jit", "off", PGC_USERSET, PGC_S_OVERRIDE);
 	SetConfigOption("DateStyle", "ISO", PGC_USERSET, PGC_S_OVERRIDE);
 	SetConfigOption("IntervalStyle", "postgres", PGC_USERSET, PGC_S_OVERRIDE);
 
