@@ -33,11 +33,15 @@
 
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/defrem.h"
 #include "executor/spi.h"
+#include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/snapmgr.h"
@@ -79,12 +83,17 @@ resync_lock_mirror_row(Mirror *m)
 	bunny_dest_exec(psprintf("SELECT 1 FROM bunny.mirror WHERE id = %d FOR NO KEY UPDATE", m->id));
 }
 
-/* the name of a swap target: <table>_resync, within NAMEDATALEN */
+/*
+ * The name of a swap target: <table>_resync.  The table's name is cut (at a
+ * character boundary) so that <table>_resync_old, the live table's name
+ * during the exchange, fits in NAMEDATALEN too: else both would be cut to
+ * the same 63 bytes.
+ */
 static char *
 swap_target_name(const char *table)
 {
 	char		buf[NAMEDATALEN];
-	int			keep = Min((int) strlen(table), NAMEDATALEN - 1 - 7);
+	int			keep = pg_mbcliplen(table, strlen(table), NAMEDATALEN - 1 - strlen("_resync_old"));
 
 	snprintf(buf, sizeof(buf), "%.*s_resync", keep, table);
 	return pstrdup(buf);
@@ -324,18 +333,46 @@ resync_swap(MirrorTable *mt)
 	foreach(lc, renames)
 		bunny_dest_exec((char *) lfirst(lc));
 
-	/* index names: <table>_resync_pkey -> <table>_pkey */
-	sql = psprintf("DO $bunny$ DECLARE r record; BEGIN "
-				   "FOR r IN SELECT c.relname FROM pg_catalog.pg_index i "
-				   "           JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
-				   "          WHERE i.indrelid = %s::regclass AND strpos(c.relname, %s) = 1 LOOP "
-				   "  EXECUTE format('ALTER INDEX %%I.%%I RENAME TO %%I', %s, r.relname, "
-				   "                 %s || substr(r.relname, %s)); "
-				   "END LOOP; END $bunny$",
-				   quote_literal_cstr(dest), quote_literal_cstr(mt->copy_target),
-				   quote_literal_cstr(mt->dest_schema), quote_literal_cstr(mt->dest_table),
-				   psprintf("%d", (int) strlen(mt->copy_target) + 1));
-	bunny_dest_exec(sql);
+	/*
+	 * Index names: <table>_resync_pkey -> <table>_pkey, made the way
+	 * PostgreSQL makes index names (makeObjectName clips the table's part
+	 * of a long name, not the suffix), and numbered like ChooseRelationName
+	 * when the name is taken.
+	 */
+	{
+		Oid			nspid = get_namespace_oid(mt->dest_schema, false);
+		Oid			types[1] = {TEXTOID};
+		Datum		vals[1] = {CStringGetTextDatum(dest)};
+		List	   *indexes = NIL;
+		size_t		prefix = strlen(mt->copy_target) + 1;
+
+		SPI_connect();
+		SPI_execute_with_args("SELECT c.relname::text FROM pg_catalog.pg_index i "
+							  "  JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
+							  " WHERE i.indrelid = $1::regclass ORDER BY 1",
+							  1, types, vals, NULL, true, 0);
+		for (uint64 i = 0; i < SPI_processed; i++)
+		{
+			char	   *relname = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+
+			if (strncmp(relname, mt->copy_target, prefix - 1) == 0 && relname[prefix - 1] == '_' &&
+				relname[prefix] != '\0')
+				indexes = lappend(indexes, MemoryContextStrdup(TopTransactionContext, relname));
+		}
+		SPI_finish();
+		foreach(lc, indexes)
+		{
+			char	   *relname = lfirst(lc);
+			const char *label = relname + prefix;
+			char	   *newname = makeObjectName(mt->dest_table, NULL, label);
+
+			if (OidIsValid(get_relname_relid(newname, nspid)))
+				newname = ChooseRelationName(mt->dest_table, NULL, label, nspid, false);
+			bunny_dest_exec(psprintf("ALTER INDEX %s RENAME TO %s",
+									 quote_qualified_identifier(mt->dest_schema, relname),
+									 quote_identifier(newname)));
+		}
+	}
 
 	foreach(lc, readd)
 		bunny_dest_exec((char *) lfirst(lc));
