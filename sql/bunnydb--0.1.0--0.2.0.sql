@@ -8,6 +8,8 @@
  *		before they commit (bunny._check_source_tables), so that what the
  *		mirror could not carry, or what would make the source's own
  *		statements fail, is refused at once with nothing created.
+ *		sync_schema keeps collations, adds stored generated columns as
+ *		generated, and drops only columns that came from the source.
  */
 
 \echo Use "ALTER EXTENSION bunnydb UPDATE TO '0.2.0'" to load this file. \quit
@@ -284,6 +286,199 @@ BEGIN
 		PERFORM bunny._check_source_tables(m.id);
 	END IF;
 	DROP TABLE bunny_new_mappings;
+	PERFORM bunny._notify(m.id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bunny.sync_schema(name text) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m		bunny.mirror;
+	ci		text;
+	t		record;
+	c		record;
+	ix		record;
+	dest	text;
+	src		text;
+	ddl		text;
+	n		integer := 0;
+BEGIN
+	m := bunny._lock_mirror(sync_schema.name);
+	PERFORM bunny._check_no_pending(m);
+	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = m.source_peer;
+	PERFORM bunny._log(m.name, 'INFO', 'schema sync started');
+
+	FOR t IN SELECT * FROM bunny.mirror_table WHERE mirror_id = m.id
+			  ORDER BY source_schema, source_table LOOP
+		src := format('%I.%I', t.source_schema, t.source_table);
+		dest := format('%I.%I', t.destination_schema, t.destination_table);
+		IF to_regclass(dest) IS NULL THEN
+			RAISE EXCEPTION 'destination table % does not exist', dest USING ERRCODE = '42P01';
+		END IF;
+
+		CREATE TEMP TABLE bunny_src_cols ON COMMIT DROP AS
+		SELECT * FROM bunny._remote_query(ci, format($q$
+			SET search_path = pg_catalog;
+			SELECT a.attname,
+				   format_type(a.atttypid, a.atttypmod) ||
+				   coalesce((SELECT ' COLLATE ' || quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
+							   FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
+							  WHERE co.oid = a.attcollation
+								AND a.attcollation <> (SELECT typcollation FROM pg_type WHERE oid = a.atttypid)), ''),
+				   a.attnotnull,
+				   CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END,
+				   CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END
+			  FROM pg_attribute a
+			  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+			 WHERE a.attrelid = %L::regclass AND a.attnum > 0 AND NOT a.attisdropped
+			$q$, src)) AS r(attname name, type text, nn boolean, def text, gen text)
+		 WHERE NOT (r.attname = ANY (t.exclude_columns));
+
+		IF NOT EXISTS (SELECT 1 FROM bunny_src_cols) THEN
+			RAISE EXCEPTION 'source table % has no columns or does not exist', src USING ERRCODE = '42P01';
+		END IF;
+
+		-- the destination as it is
+		CREATE TEMP TABLE bunny_dst_cols ON COMMIT DROP AS
+		SELECT a.attname,
+			   format_type(a.atttypid, a.atttypmod) ||
+			   coalesce((SELECT ' COLLATE ' || quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
+						   FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
+						  WHERE co.oid = a.attcollation
+							AND a.attcollation <> (SELECT typcollation FROM pg_type WHERE oid = a.atttypid)), '') AS type,
+			   a.attnotnull AS nn,
+			   CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END AS def,
+			   a.attgenerated <> '' AS generated
+		  FROM pg_attribute a
+		  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+		 WHERE a.attrelid = dest::regclass AND a.attnum > 0 AND NOT a.attisdropped;
+
+		FOR c IN SELECT s.*, d.type AS dtype, d.nn AS dnn, d.def AS ddef,
+						d.attname IS NULL AS missing, coalesce(d.generated, false) AS dgenerated
+				   FROM bunny_src_cols s LEFT JOIN bunny_dst_cols d USING (attname) LOOP
+			IF c.missing AND c.gen IS NOT NULL THEN
+				-- a stored generated column: computed here, never written by the apply
+				ddl := format('ALTER TABLE %s ADD COLUMN %I %s GENERATED ALWAYS AS (%s) STORED',
+							  dest, c.attname, c.type, c.gen);
+				EXECUTE ddl;
+				PERFORM bunny._log(m.name, 'INFO', format('sync_schema: added generated column %I to %s', c.attname, dest),
+								   jsonb_build_object('sql', ddl));
+				n := n + 1;
+				CONTINUE;
+			END IF;
+			CONTINUE WHEN c.gen IS NOT NULL OR c.dgenerated;
+			IF c.missing THEN
+				ddl := format('ALTER TABLE %s ADD COLUMN %I %s', dest, c.attname, c.type);
+				IF c.def IS NOT NULL AND c.def NOT LIKE '%nextval(%' THEN
+					ddl := ddl || ' DEFAULT ' || c.def;
+				END IF;
+				EXECUTE ddl;
+				PERFORM bunny._log(m.name, 'INFO', format('sync_schema: added column %I to %s', c.attname, dest),
+								   jsonb_build_object('sql', ddl));
+				n := n + 1;
+				IF c.nn AND NOT EXISTS (SELECT 1 FROM pg_attribute
+											  WHERE attrelid = dest::regclass AND attname = c.attname
+												AND attnotnull) THEN
+					BEGIN
+						ddl := format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', dest, c.attname);
+						EXECUTE ddl;
+						PERFORM bunny._log(m.name, 'INFO', format('sync_schema: %s', ddl), jsonb_build_object('sql', ddl));
+					EXCEPTION WHEN not_null_violation THEN
+						PERFORM bunny._log(m.name, 'WARNING',
+							format('sync_schema: column %I of %s stays nullable: it holds NULLs', c.attname, dest));
+					END;
+				END IF;
+				CONTINUE;
+			END IF;
+			IF c.type IS DISTINCT FROM c.dtype THEN
+				ddl := format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING %I::%s',
+							  dest, c.attname, c.type, c.attname,
+							  regexp_replace(c.type, ' COLLATE .*$', ''));
+				EXECUTE ddl;
+				PERFORM bunny._log(m.name, 'INFO', format('sync_schema: column %I of %s is now %s', c.attname, dest, c.type),
+								   jsonb_build_object('sql', ddl));
+				n := n + 1;
+			END IF;
+			IF c.def IS DISTINCT FROM c.ddef
+			   AND coalesce(c.def, '') NOT LIKE '%nextval(%' AND coalesce(c.ddef, '') NOT LIKE '%nextval(%' THEN
+				IF c.def IS NULL THEN
+					ddl := format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', dest, c.attname);
+				ELSE
+					ddl := format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', dest, c.attname, c.def);
+				END IF;
+				EXECUTE ddl;
+				PERFORM bunny._log(m.name, 'INFO', format('sync_schema: %s', ddl), jsonb_build_object('sql', ddl));
+				n := n + 1;
+			END IF;
+			IF c.nn IS DISTINCT FROM c.dnn THEN
+				ddl := format('ALTER TABLE %s ALTER COLUMN %I %s NOT NULL', dest, c.attname,
+							  CASE WHEN c.nn THEN 'SET' ELSE 'DROP' END);
+				BEGIN
+					EXECUTE ddl;
+					PERFORM bunny._log(m.name, 'INFO', format('sync_schema: %s', ddl), jsonb_build_object('sql', ddl));
+					n := n + 1;
+				EXCEPTION WHEN not_null_violation OR invalid_table_definition THEN
+					PERFORM bunny._log(m.name, 'WARNING', format('sync_schema: could not run %s: %s', ddl, SQLERRM));
+				END;
+			END IF;
+		END LOOP;
+
+		-- columns the source no longer has: only those that came from it (the
+		-- columns the copy was last planned with); a column the destination
+		-- table has of its own stays
+		FOR c IN SELECT d.attname FROM bunny_dst_cols d
+				  WHERE NOT EXISTS (SELECT 1 FROM bunny_src_cols s WHERE s.attname = d.attname)
+					AND NOT (d.attname = ANY (t.exclude_columns))
+					AND d.attname = ANY (coalesce(t.copy_columns, '{}')) LOOP
+			ddl := format('ALTER TABLE %s DROP COLUMN %I', dest, c.attname);
+			EXECUTE ddl;
+			PERFORM bunny._log(m.name, 'INFO', format('sync_schema: dropped column %I of %s (gone on the source)', c.attname, dest),
+							   jsonb_build_object('sql', ddl));
+			n := n + 1;
+		END LOOP;
+
+		-- indexes the destination lacks (by name), unless they use excluded columns
+		FOR ix IN SELECT * FROM bunny._remote_query(ci, format($q$
+				SET search_path = pg_catalog;
+				SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisprimary,
+					   ARRAY(SELECT attname FROM pg_attribute
+							  WHERE attrelid = i.indrelid AND attnum = ANY (i.indkey))::text[]
+				  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+				 WHERE i.indrelid = %L::regclass
+				$q$, src)) AS r(idxname name, def text, isprimary boolean, cols text[]) LOOP
+			CONTINUE WHEN ix.cols && t.exclude_columns::text[];
+			CONTINUE WHEN EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+								   WHERE i.indrelid = dest::regclass
+									 AND (ic.relname = ix.idxname OR (ix.isprimary AND i.indisprimary)));
+			IF ix.isprimary THEN
+				ddl := format('ALTER TABLE %s ADD PRIMARY KEY (%s)', dest,
+							  (SELECT string_agg(quote_ident(x), ', ') FROM unnest(ix.cols) x));
+			ELSE
+				ddl := regexp_replace(ix.def, ' ON (ONLY )?\S+ USING ', ' ON ' || dest || ' USING ');
+				ddl := regexp_replace(ddl, '^CREATE (UNIQUE )?INDEX ', 'CREATE \1INDEX IF NOT EXISTS ');
+			END IF;
+			EXECUTE ddl;
+			PERFORM bunny._log(m.name, 'INFO', format('sync_schema: created index %I on %s', ix.idxname, dest),
+							   jsonb_build_object('sql', ddl));
+			n := n + 1;
+		END LOOP;
+
+		-- the source's columns now present here, as a copy would read them
+		UPDATE bunny.mirror_table mt
+		   SET copy_columns = ARRAY(SELECT s.attname FROM bunny_src_cols s
+									 WHERE s.gen IS NULL
+									   AND EXISTS (SELECT 1 FROM pg_attribute a
+												   WHERE a.attrelid = dest::regclass AND a.attname = s.attname
+													 AND NOT a.attisdropped AND a.attgenerated = ''))
+		 WHERE mt.mirror_id = m.id AND mt.source_schema = t.source_schema
+		   AND mt.source_table = t.source_table;
+
+		DROP TABLE bunny_src_cols;
+		DROP TABLE bunny_dst_cols;
+	END LOOP;
+	PERFORM bunny._log(m.name, 'INFO', format('schema sync finished: %s change(s)', n));
 	PERFORM bunny._notify(m.id);
 END
 $$;

@@ -44,7 +44,8 @@
 typedef struct SourceColumn
 {
 	char	   *name;
-	char	   *type_sql;		/* format_type(), schema-qualified */
+	char	   *type_sql;		/* format_type(), schema-qualified, with
+								 * COLLATE when not the type's own */
 	bool		notnull;
 	Oid			typid;
 	char	   *generated;		/* expression of a generated column, or NULL */
@@ -407,7 +408,12 @@ describe_table(PGconn *conn, MirrorTable *mt, int source_version, bool plan)
 	}
 	check_replica_identities(conn, st, name);
 
-	sql = psprintf("SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.atttypid, "
+	sql = psprintf("SELECT a.attname, format_type(a.atttypid, a.atttypmod) || "
+				   "       coalesce((SELECT ' COLLATE ' || quote_ident(cn.nspname) || '.' || quote_ident(co.collname) "
+				   "                   FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace "
+				   "                  WHERE co.oid = a.attcollation "
+				   "                    AND a.attcollation <> (SELECT typcollation FROM pg_type WHERE oid = a.atttypid)), ''), "
+				   "       a.attnotnull, a.atttypid, "
 				   "       CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
 				   "       CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
 				   "       a.attidentity, "
