@@ -29,6 +29,10 @@
 #   BUNNY_SKIP_BENCH=1       skip the bench smoke run
 #   BUNNY_KEEP_TMP=1         keep the scratch directory even if all tests pass
 #   BUNNY_TEST_TIMEOUT=SECS  give up on `make installcheck` after SECS seconds
+#   BUNNY_SOURCE_VERSIONS="12 18"  source majors 015_source_versions runs
+#                            against (default: 12 to 18)
+#   BUNNY_PG_CACHE=DIR       where test/pg_sources.sh caches the source
+#                            servers (default /var/cache/bunnydb-test)
 #   PROVE_TESTS="test/t/001_x.pl ..."   run only these TAP files
 #   PROVE_FLAGS="-v"         extra flags for prove
 #
@@ -256,6 +260,20 @@ make -C "$REPO" PG_CONFIG="$PG_CONFIG" -j"$(nproc)"
 STAGE="install"
 say "installing bunnydb into $("$PG_CONFIG" --pkglibdir)"
 make -C "$REPO" PG_CONFIG="$PG_CONFIG" install
+
+# ---------------------------------------------------------------------------
+# 2b. Source servers of the other majors, for 015_source_versions (as root:
+#     the tests run as postgres, which cannot write the cache)
+# ---------------------------------------------------------------------------
+STAGE="source servers"
+SOURCE_MAJORS=()
+for v in ${BUNNY_SOURCE_VERSIONS:-12 13 14 15 16 17 18}; do
+    [ "$v" = "$PG_MAJOR" ] || SOURCE_MAJORS+=("$v")
+done
+if [ "${#SOURCE_MAJORS[@]}" -gt 0 ]; then
+    say "fetching source servers of PostgreSQL ${SOURCE_MAJORS[*]} (cached in ${BUNNY_PG_CACHE:-/var/cache/bunnydb-test})"
+    bash "$REPO/test/pg_sources.sh" "${SOURCE_MAJORS[@]}" >/dev/null
+fi
 
 # ---------------------------------------------------------------------------
 # 3. Scratch copy owned by postgres
