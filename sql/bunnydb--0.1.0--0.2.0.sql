@@ -10,19 +10,26 @@
  *		statements fail, is refused at once with nothing created.
  *		sync_schema keeps collations, adds stored generated columns as
  *		generated, and drops only columns that came from the source.
+ *		A resync under way, even one failing again and again, no longer
+ *		keeps out pause_mirror, retry_mirror or a new resync of the same
+ *		tables (which replaces it).
  */
 
 \echo Use "ALTER EXTENSION bunnydb UPDATE TO '0.2.0'" to load this file. \quit
 
 -- The status a failed or paused mirror goes back to: where its phase is,
 -- or RESYNCING when it stopped in a resync (or a copy of tables added by
--- update_tables), which then goes on.
+-- update_tables), which then goes on.  A pause in the middle of a resync
+-- clears pending_op; the tables still being copied say so.
 CREATE FUNCTION bunny._status_after_failure(m bunny.mirror) RETURNS text
 	LANGUAGE sql STABLE
 	SET search_path = pg_catalog, pg_temp
 AS $$
 	SELECT CASE
-		WHEN m.phase = 'CDC' AND m.pending_op = 'resync' THEN 'RESYNCING'
+		WHEN m.phase = 'CDC' AND (m.pending_op = 'resync' OR
+								  EXISTS (SELECT 1 FROM bunny.mirror_table t
+										   WHERE t.mirror_id = m.id AND t.resync_state IS NOT NULL))
+			THEN 'RESYNCING'
 		WHEN m.phase = 'CDC' THEN 'RUNNING'
 		WHEN m.phase = 'SNAPSHOT' THEN 'SNAPSHOT'
 		ELSE 'CREATED' END;
@@ -47,7 +54,11 @@ BEGIN
 		UPDATE bunny.mirror SET status = 'PAUSED', updated_at = now() WHERE id = m.id;
 		PERFORM bunny._log(m.name, 'INFO', 'mirror paused');
 	ELSE
-		PERFORM bunny._check_no_pending(m);
+		-- a resync (perhaps one failing again and again) does not keep a
+		-- pause out: the worker stops, and the resync goes on after resume
+		IF m.pending_op IS DISTINCT FROM 'resync' THEN
+			PERFORM bunny._check_no_pending(m);
+		END IF;
 		UPDATE bunny.mirror SET status = 'PAUSING', pending_op = 'pause', updated_at = now()
 		 WHERE id = m.id;
 		PERFORM bunny._log(m.name, 'INFO', 'pause requested');
@@ -68,9 +79,12 @@ BEGIN
 		PERFORM bunny._check_no_pending(m);
 		RETURN;					-- not paused: nothing to resume
 	END IF;
-	-- a paused mirror's only pending operation is one it failed in
+	-- a paused mirror's only pending operation is one it failed or was
+	-- paused in: it goes on
 	UPDATE bunny.mirror
 	   SET status = bunny._status_after_failure(m),
+		   pending_op = CASE WHEN bunny._status_after_failure(m) = 'RESYNCING' THEN 'resync'
+							 ELSE pending_op END,
 		   error_count = 0, updated_at = now()
 	 WHERE id = m.id;
 	PERFORM bunny._log(m.name, 'INFO', 'mirror resumed');
@@ -86,8 +100,9 @@ DECLARE
 	m bunny.mirror;
 BEGIN
 	m := bunny._lock_mirror(retry_mirror.name);
-	-- a failed mirror keeps the operation it failed in: retrying goes on with it
-	IF m.status <> 'FAILED' THEN
+	-- a failed mirror keeps the operation it failed in, and a resync may be
+	-- retrying: retrying goes on with it (at once)
+	IF m.status <> 'FAILED' AND m.pending_op IS DISTINCT FROM 'resync' THEN
 		PERFORM bunny._check_no_pending(m);
 	END IF;
 	IF m.status = 'PAUSED' THEN
@@ -479,6 +494,132 @@ BEGIN
 		DROP TABLE bunny_dst_cols;
 	END LOOP;
 	PERFORM bunny._log(m.name, 'INFO', format('schema sync finished: %s change(s)', n));
+	PERFORM bunny._notify(m.id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bunny._request_resync(m bunny.mirror, p_tables jsonb, p_strategy text)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	strat		text := coalesce(p_strategy, m.config ->> 'resync_strategy', 'truncate');
+	ci			text;
+	slot_ok		boolean;
+	deps		text;
+	dep_tables	text;
+	dep_kinds	text;
+	tgt			record;
+BEGIN
+	PERFORM bunny._check_strategy(strat);
+	IF m.pending_op IS DISTINCT FROM 'resync' THEN
+		PERFORM bunny._check_no_pending(m);
+	END IF;
+	IF m.phase <> 'CDC' THEN
+		RAISE EXCEPTION 'mirror "%" has not finished its initial copy', m.name
+			USING ERRCODE = '55000',
+				  HINT = 'A mirror in its initial copy copies its tables anyway; wait until it is RUNNING.';
+	END IF;
+
+	-- without its slot the mirror can only start over
+	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = m.source_peer;
+	SELECT r.x INTO slot_ok
+	  FROM bunny._remote_query(ci, format(
+			'SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = %L)',
+			m.slot_name)) AS r(x boolean);
+
+	IF NOT slot_ok THEN
+		UPDATE bunny.mirror_table
+		   SET status = 'RESYNCING', resync_strategy = 'truncate', resync_state = NULL,
+			   copy_done = false
+		 WHERE mirror_id = m.id;
+		UPDATE bunny.mirror
+		   SET status = 'CREATED', phase = 'SETUP', slot_requested = false,
+			   pending_op = 'resync', error_message = NULL, error_count = 0, updated_at = now()
+		 WHERE id = m.id;
+		PERFORM bunny._log(m.name, 'INFO',
+			format('resync requested: the slot is gone, so the mirror is set up again with a new slot and every table is emptied and copied%s',
+				   CASE WHEN strat = 'swap' THEN ' (the swap strategy needs the old slot; truncate is used)' ELSE '' END));
+	ELSE
+		-- a swap drops the old table: views on it, and functions that use
+		-- it in a SQL-standard body (BEGIN ATOMIC) or take or return its row
+		-- type, would make it fail again and again, so say so now, before
+		-- anything changes
+		IF strat = 'swap' THEN
+			WITH swapped AS (
+				SELECT to_regclass(format('%I.%I', t.destination_schema, t.destination_table)) AS rel,
+					   format('%I.%I', t.destination_schema, t.destination_table) AS tab
+				  FROM bunny.mirror_table t
+				 WHERE t.mirror_id = m.id
+				   AND format('%I.%I', t.source_schema, t.source_table) IN
+					   (SELECT jsonb_array_elements_text(p_tables))
+			), dep AS (
+				SELECT v.oid::regclass::text AS name, true AS is_view, s.tab
+				  FROM swapped s
+				  JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = s.rel
+								  AND d.classid = 'pg_rewrite'::regclass
+				  JOIN pg_rewrite r ON r.oid = d.objid
+				  JOIN pg_class v ON v.oid = r.ev_class AND v.oid <> s.rel
+				UNION ALL
+				SELECT f.oid::regprocedure::text, false, s.tab
+				  FROM swapped s
+				  JOIN pg_class c ON c.oid = s.rel
+				  JOIN pg_depend d ON ((d.refclassid = 'pg_class'::regclass AND d.refobjid = s.rel)
+									OR (d.refclassid = 'pg_type'::regclass AND d.refobjid = c.reltype))
+								  AND d.classid = 'pg_proc'::regclass
+				  JOIN pg_proc f ON f.oid = d.objid
+			)
+			SELECT string_agg(DISTINCT name, ', '), string_agg(DISTINCT tab, ', '),
+				   CASE WHEN bool_and(is_view) THEN 'views'
+						WHEN bool_or(is_view) THEN 'views and functions'
+						ELSE 'functions' END
+			  INTO deps, dep_tables, dep_kinds
+			  FROM dep;
+			IF deps IS NOT NULL THEN
+				RAISE EXCEPTION 'cannot resync % with the swap strategy: % depend on it', dep_tables, dep_kinds
+					USING ERRCODE = '2BP01',
+						  DETAIL = format('The swap replaces the table, and %s would still use the old one.', deps),
+						  HINT = format('Use the truncate strategy, which keeps the table, or drop the %s first.', dep_kinds);
+			END IF;
+		END IF;
+		-- A resync already under way (perhaps failing again and again) is
+		-- replaced for these tables: the worker is stopped (it waits for
+		-- our row lock before it starts again), a swap's half-built copy is
+		-- dropped, and the tables are requested anew; the other tables'
+		-- copies go on when the worker is back.
+		IF m.pending_op = 'resync' THEN
+			IF NOT bunny._stop_worker(m.id, 30000) THEN
+				RAISE EXCEPTION 'could not stop the worker of mirror "%"', m.name
+					USING ERRCODE = '55006', HINT = 'Try again.';
+			END IF;
+			FOR tgt IN SELECT t.destination_schema, t.copy_target_table FROM bunny.mirror_table t
+					  WHERE t.mirror_id = m.id AND t.copy_target_table IS NOT NULL
+						AND format('%I.%I', t.source_schema, t.source_table) IN
+							(SELECT jsonb_array_elements_text(p_tables)) LOOP
+				EXECUTE format('DROP TABLE IF EXISTS %I.%I', tgt.destination_schema, tgt.copy_target_table);
+			END LOOP;
+			UPDATE bunny.mirror_table t
+			   SET copy_target_table = NULL
+			 WHERE t.mirror_id = m.id
+			   AND format('%I.%I', t.source_schema, t.source_table) IN
+				   (SELECT jsonb_array_elements_text(p_tables));
+			PERFORM bunny._log(m.name, 'INFO', 'the resync under way is replaced for the tables requested now',
+							   jsonb_build_object('tables', p_tables));
+		END IF;
+		UPDATE bunny.mirror_table t
+		   SET status = 'RESYNCING', resync_strategy = strat, resync_state = 'REQUESTED',
+			   copy_done = false
+		 WHERE t.mirror_id = m.id
+		   AND format('%I.%I', t.source_schema, t.source_table) IN
+			   (SELECT jsonb_array_elements_text(p_tables));
+		UPDATE bunny.mirror
+		   SET status = CASE WHEN status IN ('RUNNING', 'FAILED', 'CREATED') THEN 'RESYNCING' ELSE status END,
+			   pending_op = 'resync', error_message = NULL, updated_at = now()
+		 WHERE id = m.id;
+		PERFORM bunny._log(m.name, 'INFO', format('resync requested (%s)', strat),
+						   jsonb_build_object('tables', p_tables, 'strategy', strat));
+	END IF;
 	PERFORM bunny._notify(m.id);
 END
 $$;

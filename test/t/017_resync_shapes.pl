@@ -16,7 +16,8 @@
 #  2. a swap that fails and is retried (a view created on the table after
 #     the request, in the same transaction) leaves no temporary replication
 #     slot of its earlier attempts on the source, shows its error all along,
-#     and ends once the view is gone;
+#     and ends once the view is gone; while such a swap loops, pause,
+#     resume and retry work and a truncate resync of the table replaces it;
 #  3. destination BEFORE UPDATE / BEFORE DELETE triggers enabled ALWAYS or
 #     REPLICA that return NULL skip the row, as PostgreSQL's own apply does,
 #     through single statements and through the REPLICA IDENTITY FULL path;
@@ -264,6 +265,52 @@ COMMIT;});
 		'0', "$label: nothing named *_resync left");
 	is((split /\|/, seq_state($dest, $t, 'id'))[0],
 		'public.id_default_id_seq', "$label: the identity sequence has its name");
+}
+
+# ---------------------------------------------------------------------------
+# 2b. a failing swap does not wedge the mirror: pause, resume and retry
+#     work while it loops, and a new resync of the table replaces it
+# ---------------------------------------------------------------------------
+{
+	my $label = 'escaping a failing swap';
+	my $t = 'public.id_default';
+	my ($ret, $out, $err) = $dest->psql(
+		'postgres', qq{
+BEGIN;
+SELECT bunny.resync_table('ms', '$t', 'swap');
+CREATE VIEW id_default_v AS SELECT * FROM $t;
+COMMIT;});
+	is($ret, 0, "$label: request made, a view created after it") or diag($err);
+	ok(poll_until(sub { (mirror_field($dest, 'ms', 'error_count') // 0) >= 2 }, 90, 0.1),
+		"$label: the swap fails again and again");
+
+	($ret, $out, $err) = $dest->psql('postgres', "SELECT bunny.pause_mirror('ms')");
+	is($ret, 0, "$label: pause_mirror is not refused") or diag($err);
+	ok(wait_for_status($dest, 'ms', 'PAUSED', 60), "$label: the mirror pauses");
+	ok(poll_until(sub { temp_slots() == 0 }, 30), "$label: paused, no temporary slot on the source");
+	write_shapes($round++);
+
+	($ret, $out, $err) = $dest->psql('postgres', "SELECT bunny.resume_mirror('ms')");
+	is($ret, 0, "$label: resume_mirror works") or diag($err);
+	is(dst("SELECT status || '|' || coalesce(pending_op, '-') FROM bunny.mirror WHERE name = 'ms'"),
+		'RESYNCING|resync', "$label: resumed into the resync it was paused in");
+	($ret, $out, $err) = $dest->psql('postgres', "SELECT bunny.retry_mirror('ms')");
+	is($ret, 0, "$label: retry_mirror is not refused while the resync retries") or diag($err);
+	ok(poll_until(sub { (mirror_field($dest, 'ms', 'error_message') // '') =~ /depend/ }, 60, 0.1),
+		"$label: the swap is failing again");
+
+	# a truncate resync of the same table replaces the failing swap
+	($ret, $out, $err) = $dest->psql('postgres', "SELECT bunny.resync_table('ms', '$t', 'truncate')");
+	is($ret, 0, "$label: a new resync of the table is accepted") or diag($err);
+	ok(wait_op_done('ms', 90), "$label: the new resync finishes");
+	ok(poll_until(sub { temp_slots() == 0 }, 15), "$label: no temporary slot left on the source");
+	ok(wait_synced($source, $dest, 'ms', \@shape_tables, timeout => 60),
+		"$label: every table equal to the source");
+	is(dst("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_resync%'"),
+		'0', "$label: nothing named *_resync left");
+	is(dst("SELECT count(*) FROM id_default_v") ne '', 1, "$label: the view still works");
+	is(mirror_field($dest, 'ms', 'error_count'), '0', "$label: no error left");
+	dst('DROP VIEW id_default_v');
 }
 
 # ---------------------------------------------------------------------------
