@@ -319,10 +319,42 @@ DECLARE
 	src		text;
 	ddl		text;
 	n		integer := 0;
+	src_lsn	pg_lsn;
+	caught_up boolean := true;
+	new_published boolean := false;
 BEGIN
+	IF sync_schema.name IS NULL THEN
+		RAISE EXCEPTION 'mirror name must not be null' USING ERRCODE = '22004';
+	END IF;
+	SELECT * INTO m FROM bunny.mirror WHERE mirror.name = sync_schema.name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'mirror "%" does not exist', sync_schema.name USING ERRCODE = '42704';
+	END IF;
+	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = m.source_peer;
+
+	-- Changes already committed on the source may still carry a column
+	-- the source has dropped since; dropped here first, the worker would
+	-- add it back.  So wait (without holding the mirror row, which the
+	-- worker needs at every commit) until the mirror has applied what the
+	-- source had committed; if it cannot within a minute, columns are not
+	-- dropped this time.
+	IF m.status = 'RUNNING' THEN
+		SELECT r.x INTO src_lsn
+		  FROM bunny._remote_query(ci, 'SELECT pg_catalog.pg_current_wal_lsn()') AS r(x pg_lsn);
+		caught_up := bunny._wait_for_lsn(m.id, src_lsn, 60000);
+	ELSE
+		caught_up := m.status = 'PAUSED';
+	END IF;
+
 	m := bunny._lock_mirror(sync_schema.name);
 	PERFORM bunny._check_no_pending(m);
-	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = m.source_peer;
+	-- The worker applies changes to these tables while we alter them, and
+	-- takes its locks in the other order (a table, then the mirror row at
+	-- commit): stop it; it waits for our row lock before it starts again.
+	IF NOT bunny._stop_worker(m.id, 30000) THEN
+		RAISE EXCEPTION 'could not stop the worker of mirror "%"', m.name
+			USING ERRCODE = '55006', HINT = 'Try again.';
+	END IF;
 	PERFORM bunny._log(m.name, 'INFO', 'schema sync started');
 
 	FOR t IN SELECT * FROM bunny.mirror_table WHERE mirror_id = m.id
@@ -393,6 +425,13 @@ BEGIN
 				PERFORM bunny._log(m.name, 'INFO', format('sync_schema: added column %I to %s', c.attname, dest),
 								   jsonb_build_object('sql', ddl));
 				n := n + 1;
+				IF cardinality(t.exclude_columns) > 0 THEN
+					-- the publication's column list must take it in
+					new_published := true;
+					PERFORM bunny._log(m.name, 'WARNING',
+						format('sync_schema: column %I of %s is replicated from now on; rows changed on the source since it was added there may lack its value: run bunny.resync_table(%L, %L) to copy them',
+							   c.attname, dest, m.name, src));
+				END IF;
 				IF c.nn AND NOT EXISTS (SELECT 1 FROM pg_attribute
 											  WHERE attrelid = dest::regclass AND attname = c.attname
 												AND attnotnull) THEN
@@ -447,6 +486,12 @@ BEGIN
 				  WHERE NOT EXISTS (SELECT 1 FROM bunny_src_cols s WHERE s.attname = d.attname)
 					AND NOT (d.attname = ANY (t.exclude_columns))
 					AND d.attname = ANY (coalesce(t.copy_columns, '{}')) LOOP
+			IF NOT caught_up THEN
+				PERFORM bunny._log(m.name, 'WARNING',
+					format('sync_schema: column %I of %s is not dropped yet: the mirror has not applied everything the source committed before; call bunny.sync_schema(%L) again once it has caught up',
+						   c.attname, dest, m.name));
+				CONTINUE;
+			END IF;
 			ddl := format('ALTER TABLE %s DROP COLUMN %I', dest, c.attname);
 			EXECUTE ddl;
 			PERFORM bunny._log(m.name, 'INFO', format('sync_schema: dropped column %I of %s (gone on the source)', c.attname, dest),
@@ -471,7 +516,10 @@ BEGIN
 				ddl := format('ALTER TABLE %s ADD PRIMARY KEY (%s)', dest,
 							  (SELECT string_agg(quote_ident(x), ', ') FROM unnest(ix.cols) x));
 			ELSE
-				ddl := regexp_replace(ix.def, ' ON (ONLY )?\S+ USING ', ' ON ' || dest || ' USING ');
+				-- pg_get_indexdef names the table as format('%I.%I') does
+				ddl := replace(replace(ix.def, ' ON ONLY ' || src || ' USING ', ' ON ' || dest || ' USING '),
+							   ' ON ' || src || ' USING ', ' ON ' || dest || ' USING ');
+				CONTINUE WHEN position(' ON ' || dest || ' USING ' IN ddl) = 0;
 				ddl := regexp_replace(ddl, '^CREATE (UNIQUE )?INDEX ', 'CREATE \1INDEX IF NOT EXISTS ');
 			END IF;
 			EXECUTE ddl;
@@ -493,6 +541,9 @@ BEGIN
 		DROP TABLE bunny_src_cols;
 		DROP TABLE bunny_dst_cols;
 	END LOOP;
+	IF new_published THEN
+		UPDATE bunny.mirror SET publication_dirty = true WHERE id = m.id;
+	END IF;
 	PERFORM bunny._log(m.name, 'INFO', format('schema sync finished: %s change(s)', n));
 	PERFORM bunny._notify(m.id);
 END

@@ -1739,6 +1739,13 @@ setup_plan_resync(PGconn *conn, Mirror *m)
 	ListCell   *lc;
 	int			version = check_source(conn);
 
+	/*
+	 * Labels the source added to an enum since the types were made would
+	 * fail the copy (the stream takes them over on the first failure, a
+	 * COPY part only fails three times).
+	 */
+	setup_sync_enum_labels(m);
+
 	foreach(lc, m->tables)
 	{
 		MirrorTable *mt = lfirst(lc);

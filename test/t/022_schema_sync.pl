@@ -1,0 +1,144 @@
+# Copyright (c) bunnydb authors
+#
+# 022_schema_sync: sync_schema and resyncs after the source's schema
+# changed (README "Operations": Schema, Resync).
+#  1. a column added on the source of a table with exclude_columns: after
+#     sync_schema the publication's column list takes it in, and its values
+#     arrive; the excluded column stays out;
+#  2. an index on a table whose names hold spaces, dots and quotes, mapped
+#     to another destination name: sync_schema creates it on the
+#     destination table;
+#  3. a column dropped on the source while the mirror still has changes
+#     carrying it to apply: sync_schema waits for them, then drops it, and
+#     a REPLICA IDENTITY FULL table keeps matching its rows;
+#  4. an enum label added on the source, then a resync copying rows that
+#     use it (the labels are taken over before the copy);
+#  5. sync_schema while the worker applies a steady load to the same
+#     tables: no deadlock, nothing lost.
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use BunnyTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use IPC::Run;
+
+my ($source, $dest) = setup_pair();
+sub src { return $source->safe_psql('postgres', $_[0]); }
+sub dst { return $dest->safe_psql('postgres', $_[0]); }
+
+src(q{
+CREATE TYPE mood AS ENUM ('sad', 'ok');
+CREATE TABLE ex (id int PRIMARY KEY, keep text, secret text);
+INSERT INTO ex SELECT g, 'k' || g, 's' || g FROM generate_series(1, 100) g;
+CREATE SCHEMA "Odd. ""Schema""";
+CREATE TABLE "Odd. ""Schema"""."my table" (id int PRIMARY KEY, "a b" int);
+INSERT INTO "Odd. ""Schema"""."my table" SELECT g, g FROM generate_series(1, 50) g;
+CREATE TABLE fullt (a int, b text, c text);
+ALTER TABLE fullt REPLICA IDENTITY FULL;
+INSERT INTO fullt SELECT g, 'b' || g, 'c' || g FROM generate_series(1, 200) g;
+CREATE TABLE moods (id int PRIMARY KEY, m mood);
+INSERT INTO moods SELECT g, 'ok' FROM generate_series(1, 20) g;
+});
+
+my $mapping = q{[
+ {"source_table": "public.ex", "exclude_columns": ["secret"]},
+ {"source_table": "\"Odd. \"\"Schema\"\"\".\"my table\"", "destination_table": "public.odd_copy"},
+ "public.fullt", "public.moods"]};
+ok(create_mirror($dest, 'ss', $mapping, do_initial_snapshot => 'true'), 'mirror running');
+my @plain = ('public.fullt', 'public.moods');
+ok(wait_synced($source, $dest, 'ss', \@plain), 'caught up');
+
+# 1. a new column of a table with a column list
+src("ALTER TABLE ex ADD COLUMN extra int DEFAULT 0");
+dst("SELECT bunny.sync_schema('ss')");
+ok(wait_for_status($dest, 'ss', 'RUNNING', 60), 'running after sync_schema');
+ok(poll_until(sub {
+			src("UPDATE ex SET extra = id WHERE id <= 10");
+			sleep 1;
+			dst("SELECT count(*) FROM ex WHERE extra = id AND id <= 10") eq '10'
+		}, 60),
+	'values of the new column arrive once sync_schema took it into the publication');
+is(dst("SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.ex'::regclass AND attname = 'secret'"),
+	'0', 'the excluded column stays out');
+like(dst("SELECT string_agg(message, ' ') FROM bunny.logs('ss', 'WARNING')"),
+	qr/column extra of public\.ex is replicated from now on/, 'sync_schema says rows changed before may lack it');
+
+# 2. an index on names with spaces, dots and quotes
+src(q{CREATE INDEX "odd idx" ON "Odd. ""Schema"""."my table" ("a b")});
+dst("SELECT bunny.sync_schema('ss')");
+is(dst(q{SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+          WHERE i.indrelid = 'public.odd_copy'::regclass AND c.relname = 'odd idx'}),
+	'1', 'sync_schema created the index on the destination table');
+
+# 3. a column dropped on the source with a backlog that still carries it
+dst("SELECT bunny.pause_mirror('ss')");
+ok(wait_for_status($dest, 'ss', 'PAUSED', 30), 'paused to build a backlog');
+src("UPDATE fullt SET c = c || '!' WHERE a <= 50");
+src("ALTER TABLE fullt DROP COLUMN c");
+src("UPDATE fullt SET b = b || '?' WHERE a > 150");
+dst("SELECT bunny.resume_mirror('ss')");
+dst("SELECT bunny.sync_schema('ss')");
+ok(wait_synced($source, $dest, 'ss', \@plain), 'caught up after the drop');
+compare_tables($source, $dest, ['public.fullt'], 'after a drop with a backlog');
+is(dst("SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.fullt'::regclass AND attname = 'c' AND NOT attisdropped"),
+	'0', 'the column is gone on the destination');
+src("UPDATE fullt SET b = 'again' WHERE a <= 20; DELETE FROM fullt WHERE a BETWEEN 21 AND 30");
+ok(wait_synced($source, $dest, 'ss', \@plain), 'REPLICA IDENTITY FULL rows still match');
+compare_tables($source, $dest, ['public.fullt'], 'after updates by full identity');
+
+# 4. an enum label added on the source, then a resync copying it
+src("ALTER TYPE mood ADD VALUE 'glad'");
+src("UPDATE moods SET m = 'glad' WHERE id <= 5");
+ok(wait_synced($source, $dest, 'ss', \@plain), 'the stream takes over the label');
+src("ALTER TYPE mood ADD VALUE 'meh'");
+src("UPDATE moods SET m = 'meh' WHERE id > 15");
+dst("SELECT bunny.pause_mirror('ss')");
+ok(wait_for_status($dest, 'ss', 'PAUSED', 30), 'paused');
+dst("SELECT bunny.resume_mirror('ss')");
+dst("SELECT bunny.resync_table('ss', 'public.moods', 'truncate')");
+ok(poll_until(sub { dst("SELECT status || coalesce(pending_op, '-') FROM bunny.mirror WHERE name = 'ss'") eq 'RUNNING-' }, 90),
+	'the resync copying a new label finishes');
+compare_tables($source, $dest, ['public.moods'], 'after the resync with a new label');
+is(dst("SELECT count(*) FROM bunny.logs('ss', 'ERROR') WHERE message LIKE '%invalid input value for enum%'"),
+	'0', 'the copy never failed on the label');
+
+# 5. sync_schema under a steady load on the same tables
+my $load_sql = q{
+DO $$
+BEGIN
+  FOR i IN 1..400 LOOP
+    UPDATE fullt SET b = 'l' || i WHERE a = 31 + i % 100;
+    UPDATE moods SET m = 'ok' WHERE id = 1 + i % 20;
+    COMMIT;
+    PERFORM pg_sleep(0.005);
+  END LOOP;
+END
+$$;
+};
+my ($lout, $lerr) = ('', '');
+my $load = IPC::Run::start(
+	[ 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $source->connstr('postgres'), '-c', $load_sql ],
+	'>', \$lout, '2>', \$lerr);
+my $sync_errors = 0;
+for my $i (1 .. 5)
+{
+	src("ALTER TABLE moods ADD COLUMN x$i int DEFAULT $i");
+	my ($ret, $out, $err) = $dest->psql('postgres', "SELECT bunny.sync_schema('ss')");
+	$sync_errors++ if $ret != 0;
+	diag("sync_schema: $err") if $ret != 0;
+}
+$load->finish;
+is($load->result(0), 0, 'the source load saw no error') or diag($lerr);
+is($sync_errors, 0, 'sync_schema never failed (no deadlock with the worker)');
+ok(wait_synced($source, $dest, 'ss', \@plain), 'caught up after the load');
+compare_tables($source, $dest, \@plain, 'after sync_schema under load');
+is(mirror_field($dest, 'ss', 'status'), 'RUNNING', 'running');
+
+$dest->safe_psql('postgres', "SELECT bunny.drop_mirror('ss')");
+$source->stop;
+$dest->stop;
+done_testing();
