@@ -959,17 +959,20 @@ snapshot_pool_tick(SnapshotPool *pool, Mirror *m)
 
 	for (int i = 0; i < pool->nworkers; i++)
 	{
-		pid_t		pid;
+		pid_t		pid = 0;
+		BgwHandleStatus status;
 
 		if (pool->handles[i] == NULL)
 			continue;
-		if (GetBackgroundWorkerPid(pool->handles[i], &pid) == BGWH_STOPPED)
+		status = GetBackgroundWorkerPid(pool->handles[i], &pid);
+		if (status == BGWH_STOPPED)
 		{
 			pfree(pool->handles[i]);
 			pool->handles[i] = NULL;
 			continue;
 		}
-		if (pid > 0)
+		/* a worker not yet started has no pid (and sets none) */
+		if (status == BGWH_STARTED && pid > 0)
 			live = lappend_int(live, pid);
 		nlive++;
 	}
