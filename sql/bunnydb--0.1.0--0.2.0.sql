@@ -12,7 +12,8 @@
  *		generated, and drops only columns that came from the source.
  *		A resync under way, even one failing again and again, no longer
  *		keeps out pause_mirror, retry_mirror or a new resync of the same
- *		tables (which replaces it).
+ *		tables (which replaces it).  drop_mirror drops a swap's half-built
+ *		<table>_resync.
  */
 
 \echo Use "ALTER EXTENSION bunnydb UPDATE TO '0.2.0'" to load this file. \quit
@@ -674,3 +675,81 @@ BEGIN
 	PERFORM bunny._notify(m.id);
 END
 $$;
+
+CREATE OR REPLACE FUNCTION bunny.drop_mirror(name text) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+	m		bunny.mirror;
+	ci		text;
+	slot	text;
+	pub		text;
+	t		record;
+BEGIN
+	IF drop_mirror.name IS NULL THEN
+		RAISE EXCEPTION 'mirror name must not be null' USING ERRCODE = '22004';
+	END IF;
+	-- waits for a running control operation rather than failing: dropping
+	-- always wins
+	SELECT * INTO m FROM bunny.mirror WHERE mirror.name = drop_mirror.name FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'mirror "%" does not exist', drop_mirror.name USING ERRCODE = '42704';
+	END IF;
+
+	-- The worker blocks on our row lock before it could start again, so
+	-- once it is gone it stays gone until we commit.
+	IF NOT bunny._stop_worker(m.id, 30000) THEN
+		RAISE EXCEPTION 'could not stop the worker of mirror "%"', m.name
+			USING ERRCODE = '55006', HINT = 'Try again.';
+	END IF;
+
+	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = m.source_peer;
+	slot := quote_literal(m.slot_name);
+	pub := quote_ident(m.publication_name);
+	BEGIN
+		PERFORM 1 FROM bunny._remote_query(ci, format($q$
+			DO $bunny$
+			DECLARE
+				tries integer := 0;
+			BEGIN
+				LOOP
+					PERFORM pg_catalog.pg_terminate_backend(active_pid)
+					   FROM pg_catalog.pg_replication_slots
+					  WHERE slot_name = %1$s AND active_pid IS NOT NULL;
+					BEGIN
+						PERFORM pg_catalog.pg_drop_replication_slot(slot_name)
+						   FROM pg_catalog.pg_replication_slots WHERE slot_name = %1$s;
+						EXIT;
+					EXCEPTION WHEN object_in_use THEN
+						tries := tries + 1;
+						IF tries > 100 THEN
+							RAISE;
+						END IF;
+						PERFORM pg_catalog.pg_sleep(0.1);
+					END;
+				END LOOP;
+			END
+			$bunny$
+			$q$, slot)) AS r(x int);
+		PERFORM 1 FROM bunny._remote_query(ci, format('DROP PUBLICATION IF EXISTS %s', pub)) AS r(x int);
+	EXCEPTION WHEN OTHERS THEN
+		RAISE WARNING 'could not drop replication slot % and publication % on the source: %',
+			m.slot_name, m.publication_name, SQLERRM
+			USING HINT = 'Drop them on the source by hand; an unused slot keeps WAL from being removed.';
+	END;
+
+	IF EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = m.origin_name) THEN
+		PERFORM pg_replication_origin_drop(m.origin_name);
+	END IF;
+	-- the half-built copies of a swap under way (<table>_resync, with the
+	-- sequences their columns own) are ours: nothing stays behind
+	FOR t IN SELECT destination_schema, copy_target_table FROM bunny.mirror_table
+			  WHERE mirror_id = m.id AND copy_target_table IS NOT NULL LOOP
+		EXECUTE format('DROP TABLE IF EXISTS %I.%I', t.destination_schema, t.copy_target_table);
+	END LOOP;
+	DELETE FROM bunny.mirror WHERE id = m.id;
+	PERFORM bunny._log(m.name, 'INFO', 'mirror dropped');
+	PERFORM bunny._notify(m.id);
+END
+$fn$;

@@ -14,7 +14,8 @@
 #  4. an enum label added on the source, then a resync copying rows that
 #     use it (the labels are taken over before the copy);
 #  5. sync_schema while the worker applies a steady load to the same
-#     tables: no deadlock, nothing lost.
+#     tables: no deadlock, nothing lost;
+#  6. drop_mirror during a swap that keeps failing leaves no <table>_resync.
 
 use strict;
 use warnings;
@@ -138,7 +139,26 @@ ok(wait_synced($source, $dest, 'ss', \@plain), 'caught up after the load');
 compare_tables($source, $dest, \@plain, 'after sync_schema under load');
 is(mirror_field($dest, 'ss', 'status'), 'RUNNING', 'running');
 
-$dest->safe_psql('postgres', "SELECT bunny.drop_mirror('ss')");
+# 6. drop_mirror in the middle of a swap that keeps failing leaves no
+#    half-built copy behind
+{
+	my ($ret, $out, $err) = $dest->psql('postgres', q{
+BEGIN;
+SELECT bunny.resync_table('ss', 'public.moods', 'swap');
+CREATE VIEW moods_v AS SELECT * FROM public.moods;
+COMMIT;});
+	is($ret, 0, 'a swap that will fail is requested') or diag($err);
+	ok(poll_until(sub { dst("SELECT count(*) FROM pg_class WHERE relname = 'moods_resync'") eq '1' }, 60, 0.1),
+		'its copy table exists');
+	ok(poll_until(sub { (mirror_field($dest, 'ss', 'error_count') // 0) >= 1 }, 60, 0.1),
+		'the swap fails');
+	dst("SELECT bunny.drop_mirror('ss')");
+	is(dst("SELECT count(*) FROM pg_class WHERE relname LIKE 'moods\\_resync%'"), '0',
+		'drop_mirror left no moods_resync (nor its sequences or indexes)');
+	is($source->safe_psql('postgres', "SELECT count(*) FROM pg_replication_slots"), '0',
+		'and no slot on the source');
+}
+
 $source->stop;
 $dest->stop;
 done_testing();
