@@ -323,6 +323,7 @@ DECLARE
 	src_lsn	pg_lsn;
 	caught_up boolean := true;
 	new_published boolean := false;
+	recopy	jsonb := '[]';
 BEGIN
 	IF sync_schema.name IS NULL THEN
 		RAISE EXCEPTION 'mirror name must not be null' USING ERRCODE = '22004';
@@ -427,11 +428,17 @@ BEGIN
 								   jsonb_build_object('sql', ddl));
 				n := n + 1;
 				IF cardinality(t.exclude_columns) > 0 THEN
-					-- the publication's column list must take it in
+					-- The publication's column list must take it in, and
+					-- rows changed on the source since it was added there
+					-- came without its value: the table is copied again
+					-- once the publication has it.
 					new_published := true;
-					PERFORM bunny._log(m.name, 'WARNING',
-						format('sync_schema: column %I of %s is replicated from now on; rows changed on the source since it was added there may lack its value: run bunny.resync_table(%L, %L) to copy them',
-							   c.attname, dest, m.name, src));
+					IF NOT recopy ? src THEN
+						recopy := recopy || to_jsonb(src);
+					END IF;
+					PERFORM bunny._log(m.name, 'INFO',
+						format('sync_schema: column %I of %s joins the publication''s column list; the table is copied again so that every row has its value',
+							   c.attname, dest));
 				END IF;
 				IF c.nn AND NOT EXISTS (SELECT 1 FROM pg_attribute
 											  WHERE attrelid = dest::regclass AND attname = c.attname
@@ -543,7 +550,11 @@ BEGIN
 		DROP TABLE bunny_dst_cols;
 	END LOOP;
 	IF new_published THEN
+		-- the worker, stopped above, refreshes the publication when it
+		-- starts again, before the resync takes its snapshot
 		UPDATE bunny.mirror SET publication_dirty = true WHERE id = m.id;
+		SELECT * INTO m FROM bunny.mirror WHERE id = m.id;
+		PERFORM bunny._request_resync(m, recopy, NULL);
 	END IF;
 	PERFORM bunny._log(m.name, 'INFO', format('schema sync finished: %s change(s)', n));
 	PERFORM bunny._notify(m.id);
