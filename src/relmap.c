@@ -220,6 +220,52 @@ relmap_build(RelMapEntry *e)
 		}
 	}
 
+	/*
+	 * A NOT NULL column without a default of a table bunnydb made, that the
+	 * source no longer sends (dropped there), would fail every INSERT until
+	 * sync_schema drops it: it is made nullable now.  A table the user made
+	 * is left as it is.
+	 */
+	if (e->mt->created_by_bunny)
+	{
+		Relation	rel = table_open(e->localrelid, AccessShareLock);
+		TupleDesc	desc = RelationGetDescr(rel);
+		List	   *relax = NIL;
+		ListCell   *lc;
+
+		for (int a = 0; a < desc->natts; a++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, a);
+			bool		sent = false;
+
+			if (att->attisdropped || !att->attnotnull || att->atthasdef ||
+				att->attgenerated != '\0' || att->attidentity != '\0')
+				continue;
+			for (int i = 0; i < n && !sent; i++)
+				sent = strcmp(NameStr(att->attname), r->attnames[i]) == 0;
+			if (!sent)
+				relax = lappend(relax, pstrdup(NameStr(att->attname)));
+		}
+		table_close(rel, AccessShareLock);
+		foreach(lc, relax)
+		{
+			char	   *col = lfirst(lc);
+
+			SPI_connect();
+			if (SPI_execute(psprintf("ALTER TABLE %s ALTER COLUMN %s DROP NOT NULL",
+									 e->qualname, quote_identifier(col)), false, 0) < 0)
+				ereport(ERROR,
+						(errcode(ERRCODE_INTERNAL_ERROR),
+						 errmsg("could not drop NOT NULL of column \"%s\" of %s", col, e->qualname)));
+			SPI_finish();
+			CommandCounterIncrement();
+			bunny_log(apply_current_mirror()->name, "INFO",
+					  psprintf("column %s of %s is nullable now: the source no longer sends it "
+							   "(bunny.sync_schema() drops it)", quote_identifier(col), e->qualname),
+					  NULL);
+		}
+	}
+
 	relmap_free_plans(e);
 	old = MemoryContextSwitchTo(ApplyCacheContext);
 	e->attmap = palloc0(sizeof(AttrNumber) * (n + 1));

@@ -16,6 +16,7 @@
 #     use it (the labels are taken over before the copy);
 #  5. sync_schema while the worker applies a steady load to the same
 #     tables: no deadlock, nothing lost;
+#  5b. a NOT NULL column dropped on the source does not stop the inserts;
 #  6. drop_mirror during a swap that keeps failing leaves no <table>_resync.
 
 use strict;
@@ -145,6 +146,21 @@ is($sync_errors, 0, 'sync_schema never failed (no deadlock with the worker)');
 ok(wait_synced($source, $dest, 'ss', \@plain), 'caught up after the load');
 compare_tables($source, $dest, \@plain, 'after sync_schema under load');
 is(mirror_field($dest, 'ss', 'status'), 'RUNNING', 'running');
+
+# 5b. a NOT NULL column dropped on the source: inserts go on before any
+#     sync_schema (the column is made nullable on a table bunnydb made)
+src("ALTER TABLE moods ADD COLUMN must text NOT NULL DEFAULT 'x'");
+dst("SELECT bunny.sync_schema('ss')");
+dst("ALTER TABLE moods ALTER COLUMN must DROP DEFAULT");
+src("ALTER TABLE moods DROP COLUMN must");
+src("INSERT INTO moods (id, m) VALUES (1001, 'ok'), (1002, 'sad')");
+ok(poll_until(sub { dst("SELECT count(*) FROM moods WHERE id > 1000") eq '2' }, 60),
+	'inserts after dropping a NOT NULL column go on');
+dst("SELECT bunny.sync_schema('ss')");
+ok(wait_synced($source, $dest, 'ss', \@plain), 'equal once sync_schema dropped the column');
+like(dst("SELECT string_agg(message, ' ') FROM bunny.logs('ss', 'INFO')"),
+	qr/column must of public\.moods is nullable now/, 'the worker says so');
+is(mirror_field($dest, 'ss', 'error_count'), '0', 'without an error');
 
 # 6. drop_mirror in the middle of a swap that keeps failing leaves no
 #    half-built copy behind
