@@ -147,6 +147,18 @@ our %KNOWN_BUG_SWITCHES = (
 	# assuming the name has none, and creates the index on the source's
 	# name)
 	sync_schema_index_names => 0,
+	# sync_schema dropping a column while the mirror still has changes
+	# to apply that carry it (the worker adds the column back, and rows
+	# of a REPLICA IDENTITY FULL table are not found any more)
+	sync_schema_backlog => 0,
+	# a resync or an added table copying rows whose enum label was added
+	# on the source after the mirror was set up (the copy fails 3 times)
+	enum_label_copy => 0,
+	# sync_schema while the worker applies changes to the same table can
+	# deadlock with it (bunny.mirror row, then the table; the worker the
+	# other way round); while off, a sync_schema that dies of a deadlock
+	# is retried (and logged) instead of failing the run
+	sync_schema_deadlock => 0,
 );
 
 # Every feature the fixed seeds of 016_fuzz must cover between them.
@@ -1448,11 +1460,21 @@ sub swap_ok
 	return !grep { $g->{tables}{$_}{has_identity} } @ids;
 }
 
+# before a sync_schema that drops a column, the mirror must have applied
+# the changes that still carry it
+sub must_catch_up
+{
+	my ($g) = @_;
+	return !$g->{sw}{sync_schema_backlog} && grep { $_ eq 'drop' } @{ $g->{pending_ddl} // [] };
+}
+
 sub resync_ok
 {
 	my ($g, $id) = @_;
-	return 1 if $g->{sw}{resync_after_ddl};
-	return !$g->{tables}{$id}{ddl_since_setup};
+	my $t = $g->{tables}{$id};
+	return 0 if $t->{ddl_since_setup} && !$g->{sw}{resync_after_ddl};
+	return 0 if $g->{enum}{added} && !$g->{sw}{enum_label_copy} && grep { ($_->{type} // '') eq 'enum' } @{ $t->{cols} };
+	return 1;
 }
 
 sub mapping_json
@@ -1501,7 +1523,8 @@ sub op_feasible
 	return !$paused && grep { $g->swap_ok($_) } @resyncable if $kind eq 'resync_table_swap';
 	return !$paused && $all_resyncable if $kind eq 'resync_mirror_truncate';
 	return !$paused && $all_resyncable && $g->swap_ok($g->mapped_ids) if $kind eq 'resync_mirror_swap';
-	return scalar(grep { !$g->{mapped}{$_} && !$g->{tables}{$_}{special} } @{ $g->{order} }) if $kind eq 'update_tables_add';
+	return scalar(grep { !$g->{mapped}{$_} && !$g->{tables}{$_}{special} && $g->resync_ok($_) } @{ $g->{order} })
+	  if $kind eq 'update_tables_add';
 	return @mapped > 3 if $kind eq 'update_tables_remove';
 	return !$paused && scalar($g->ddl_candidates('add')) if $kind eq 'ddl_add_column';
 	return !$paused && scalar($g->ddl_candidates('drop')) if $kind eq 'ddl_drop_column';
@@ -1680,14 +1703,21 @@ sub generate_plan
 		# once it runs (tables added later are copied anyway)
 		my $before = $snapshot || $t->{reserved};
 		my $target = $before ? \@init_pre : \@init_post;
-		if ($t->{dropped})
+		if ($t->{dropped} && $before)
 		{
+			# rows written with the column, then without it
 			my ($half) = int($n / 2);
 			push @$target, $g->initial_rows($t, $half);
 			push @$target, "UPDATE $t->{qname} SET " . qi($t->{dropped}) . " = repeat('gone', 3)";
 			push @$target, "ALTER TABLE $t->{qname} DROP COLUMN " . qi($t->{dropped});
-			$t->{ddl_since_setup} = 1 unless $before;
 			push @$target, $g->initial_rows($t, $n - $half);
+			$g->cover('dropped_column');
+		}
+		elsif ($t->{dropped})
+		{
+			# dropped before the mirror exists; the rows come later
+			push @init_pre, "ALTER TABLE $t->{qname} DROP COLUMN " . qi($t->{dropped});
+			push @$target, $g->initial_rows($t, $n);
 			$g->cover('dropped_column');
 		}
 		else
@@ -1772,8 +1802,9 @@ sub generate_plan
 		}
 		# sync_schema after DDL
 		my $op;
-		if ($g->{pending_sync} && $g->{pending_sync} <= $i)
+		if ($g->{pending_sync} && $g->{pending_sync} <= $i && !($g->{paused} && $g->must_catch_up))
 		{
+			push @{ $st->{actions} }, { at => $at, kind => 'catch_up' } if $g->must_catch_up;
 			push @{ $st->{actions} }, { at => $at, kind => 'sync_schema' };
 			$g->cover(map { "op_sync_schema_${_}_column" } @{ $g->{pending_ddl} });
 			$g->{pending_sync} = 0;
@@ -1839,7 +1870,7 @@ sub generate_plan
 				my (@add, @remove, @empty);
 				if ($op eq 'update_tables_add')
 				{
-					my @cand = grep { !$g->{mapped}{$_} && !$g->{tables}{$_}{special} } @{ $g->{order} };
+					my @cand = grep { !$g->{mapped}{$_} && !$g->{tables}{$_}{special} && $g->resync_ok($_) } @{ $g->{order} };
 					@add = ($RO->pick(@cand));
 					# a table removed earlier: its destination table is
 					# emptied first (added tables must be empty)
@@ -1874,11 +1905,14 @@ sub generate_plan
 				my ($t, $sql) = $g->ddl_sql($what);
 				if ($sql)
 				{
+					# not while a copy runs: it would copy the old columns
+					push @{ $st->{pre} }, { kind => 'wait_idle' } unless $g->{sw}{resync_after_ddl};
 					push @{ $st->{pre} }, { kind => 'src_sql', label => "DDL: $what column", sql => [$sql] };
 					$g->{pending_sync} = $i + $RO->range(0, 1);
 					push @{ $g->{pending_ddl} }, $what;
 					if ($g->{pending_sync} == $i)
 					{
+						push @{ $st->{actions} }, { at => $at, kind => 'catch_up' } if $g->must_catch_up;
 						push @{ $st->{actions} }, { at => $at, kind => 'sync_schema' };
 						$g->cover("op_sync_schema_${what}_column");
 						$g->{pending_sync} = 0;
@@ -1944,6 +1978,7 @@ sub generate_plan
 	push @final, { kind => 'wait_idle' };
 	if ($g->{pending_sync})
 	{
+		push @final, { kind => 'catch_up' } if $g->must_catch_up;
 		push @final, { kind => 'sync_schema' };
 		$g->cover(map { "op_sync_schema_${_}_column" } @{ $g->{pending_ddl} });
 	}
@@ -2027,6 +2062,7 @@ sub action_text
 		return "update_tables(add: @{ $a->{add} }; remove: @{ $a->{remove} }; empty on the destination first: @{ $a->{empty} }) $a->{mapping}";
 	}
 	return 'checkpoint: catch up and compare tables ' . join(' ', @{ $a->{tables} }) if $k eq 'checkpoint';
+	return 'catch_up: wait_for_lsn up to the source\'s current position' if $k eq 'catch_up';
 	return $k;
 }
 

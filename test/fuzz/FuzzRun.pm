@@ -83,6 +83,7 @@ sub write_plan_files
 	my $seedcmd = "test/fuzz/run.pl --seed $plan->{seed}" . (@en ? ' --enable ' . join(',', @en) : '');
 	my $repo = $ENV{BUNNY_FUZZ_REPO} // Cwd::getcwd();
 	my $path = $ENV{PATH};
+	my $pgr = $ENV{PG_REGRESS} // '';
 	my $lib = join(':', grep { m{^/} } @INC[ 0 .. 3 ]);
 	spew(
 		"$dir/replay.sh", <<"EOS");
@@ -94,7 +95,7 @@ sub write_plan_files
 set -e
 T=\${TESTDIR:-/tmp/bunnyfuzz-replay-$plan->{seed}}
 mkdir -p "\$T"
-CMD="cd '$repo' && TESTDIR='\$T' PATH='$path' PGCLIENTENCODING=UTF8 perl -I '$repo/test/fuzz' -I '$repo/test/perl' -I /usr/lib/postgresql/15/lib/pgxs/src/test/perl test/fuzz/run.pl --plan '$dir/plan.json' --keep"
+CMD="cd '$repo' && TESTDIR='\$T' PATH='$path' PG_REGRESS='$pgr' PGCLIENTENCODING=UTF8 perl -I '$repo/test/fuzz' -I '$repo/test/perl' -I /usr/lib/postgresql/15/lib/pgxs/src/test/perl test/fuzz/run.pl --plan '$dir/plan.json' --keep"
 if [ "\$(id -u)" = 0 ]; then chown postgres "\$T"; exec runuser -u postgres -- sh -c "\$CMD"; else exec sh -c "\$CMD"; fi
 EOS
 	chmod 0755, "$dir/replay.sh";
@@ -261,12 +262,12 @@ sub pids_of
 # for one to appear)
 sub kill_type
 {
-	my ($ctx, $fault, $backend_type, $wait) = @_;
+	my ($ctx, $fault, $backend_type, $wait, $every) = @_;
 	my @p;
 	my $end = time() + $wait;
 	while (!(@p = $ctx->pids_of($backend_type)) && time() < $end)
 	{
-		usleep(50_000);
+		usleep(int(($every // 0.05) * 1_000_000));
 	}
 	if (!@p)
 	{
@@ -305,6 +306,14 @@ sub act
 	elsif ($k eq 'wait_idle')
 	{
 		$ctx->wait_idle;
+	}
+	elsif ($k eq 'catch_up')
+	{
+		my ($ok, $lsn) = $ctx->src('SELECT pg_current_wal_lsn()');
+		my ($ok2, $w) = $ctx->dst("SELECT bunny.wait_for_lsn($m, '$lsn', 90000)", timeout => 150);
+		$ctx->event("catch_up: wait_for_lsn($lsn) = " . ($ok2 ? $w : 'error'));
+		$ctx->fail_run("catch_up: the mirror did not apply everything up to $lsn within 90 s: " . ($ctx->mstate // {})->{text})
+		  unless $ok2 && $w eq 't';
 	}
 	elsif ($k eq 'pause')
 	{
@@ -350,7 +359,20 @@ sub act
 	elsif ($k eq 'sync_schema')
 	{
 		$ctx->wait_idle or return;
-		$ctx->must($ctx->{dst}, "SELECT bunny.sync_schema($m)", 'sync_schema');
+		my $sql = "SELECT bunny.sync_schema($m)";
+		for my $try (1 .. 5)
+		{
+			my ($ok, $out, $err) = $ctx->dst($sql);
+			last if $ok;
+			if ($err =~ /deadlock detected/ && !$plan->{switches}{sync_schema_deadlock} && $try < 5)
+			{
+				$ctx->event("sync_schema died of a deadlock with the worker (known: switch sync_schema_deadlock); again");
+				$ctx->{hits}{sync_schema_deadlock}++;
+				next;
+			}
+			$ctx->fail_run("sync_schema failed:\n$err");
+			last;
+		}
 	}
 	elsif ($k eq 'retry_mirror')
 	{
@@ -377,7 +399,7 @@ sub act
 	}
 	elsif ($k eq 'kill_snapshot')
 	{
-		$ctx->kill_type($k, "bunnydb snapshot $ctx->{m}", 10);
+		$ctx->kill_type($k, "bunnydb snapshot $ctx->{m}", 10, 0.02);
 	}
 	elsif ($k eq 'dest_restart')
 	{
