@@ -159,6 +159,10 @@ our %KNOWN_BUG_SWITCHES = (
 	# other way round); while off, a sync_schema that dies of a deadlock
 	# is retried (and logged) instead of failing the run
 	sync_schema_deadlock => 0,
+	# DROP COLUMN on the source of a NOT NULL column: the destination
+	# keeps the column NOT NULL and every later INSERT fails there until
+	# sync_schema runs
+	drop_not_null_column => 0,
 );
 
 # Every feature the fixed seeds of 016_fuzz must cover between them.
@@ -737,7 +741,7 @@ sub make_table
 	my @payload;
 	foreach (1 .. $npay)
 	{
-		my $ty = shift @{ $g->{type_queue} } // $R->pick(keys %{ $g->{types} });
+		my $ty = shift @{ $g->{type_queue} } // $R->pick(sort keys %{ $g->{types} });
 		push @payload, $ty;
 	}
 	foreach my $ty (@payload)
@@ -1156,7 +1160,7 @@ sub stmt_update_many
 	my $c = $R->pick(@pay);
 	my $e = $g->{types}{ $c->{type} }{expr}->('length(' . qi($t->{handle}[0]) . '::text) + ' . $R->range(1, 1000), $R);
 	$g->cover('wl_update');
-	return "UPDATE $t->{qname} SET " . qi($c->{name}) . " = $e WHERE " . handles_pred($t, keys %hs);
+	return "UPDATE $t->{qname} SET " . qi($c->{name}) . " = $e WHERE " . handles_pred($t, sort keys %hs);
 }
 
 # an UPDATE that changes the row's key (or, without key, its handle)
@@ -1465,7 +1469,8 @@ sub swap_ok
 sub must_catch_up
 {
 	my ($g) = @_;
-	return !$g->{sw}{sync_schema_backlog} && grep { $_ eq 'drop' } @{ $g->{pending_ddl} // [] };
+	return 0 if $g->{sw}{sync_schema_backlog} || $g->{pending_drop_nn};
+	return scalar grep { $_ eq 'drop' } @{ $g->{pending_ddl} // [] };
 }
 
 sub resync_ok
@@ -1549,7 +1554,10 @@ sub ddl_candidates
 		next if @{ $t->{exclude} } && $what eq 'drop';
 		if ($what eq 'drop')
 		{
-			next unless grep { $_->{role} eq 'payload' && !$_->{generated_ref} && !$_->{excluded} } @{ $t->{cols} };
+			next unless grep {
+				$_->{role} eq 'payload' && !$_->{generated_ref} && !$_->{excluded}
+				  && (!$_->{notnull} || $g->{sw}{drop_not_null_column})
+			} @{ $t->{cols} };
 		}
 		push @c, $id;
 	}
@@ -1590,7 +1598,11 @@ sub ddl_sql
 			  . ($notnull ? ' NOT NULL' : ''));
 	}
 	my @cand = grep { $_->{role} eq 'payload' && !$_->{generated_ref} && !$_->{excluded} } @{ $t->{cols} };
+	@cand = grep { !$_->{notnull} } @cand unless $g->{sw}{drop_not_null_column};
 	my $c = $R->pick(@cand);
+	# the mirror stops at the next INSERT until sync_schema: no catching
+	# up first
+	$g->{pending_drop_nn} = 1 if $c->{notnull};
 	@{ $t->{cols} } = grep { $_ != $c } @{ $t->{cols} };
 	$t->{ddl_since_setup} = 1;
 	return ($t, "ALTER TABLE $t->{qname} DROP COLUMN " . qi($c->{name}));
@@ -1630,8 +1642,11 @@ sub generate_plan
 	$g->create_types;
 	my @tq = $RS->shuffle(sort keys %{ $g->{types} });
 	$g->{type_queue} = \@tq;
-	my @kinds = $RS->shuffle(@KEY_KINDS);
-	@kinds = @kinds[ 0 .. $RS->range(5, 8) ];
+	# identity tables keep a seed from swapping them (switch
+	# identity_swap): only some seeds have them
+	my @kinds = $RS->shuffle(grep { !/identity/ } @KEY_KINDS);
+	@kinds = @kinds[ 0 .. $RS->range(4, 6) ];
+	push @kinds, grep { $RS->chance(0.5) } 'identity_always', 'identity_by_default';
 	# partitioned tables: range (int key), hash (bigint), list (composite)
 	my @parts = $RS->shuffle([ 'pk_int', 'range' ], [ 'pk_bigint', 'hash' ], [ 'pk_composite', 'list' ]);
 	@parts = @parts[ 0 .. $RS->range(0, 1) ];
@@ -1809,6 +1824,7 @@ sub generate_plan
 			$g->cover(map { "op_sync_schema_${_}_column" } @{ $g->{pending_ddl} });
 			$g->{pending_sync} = 0;
 			$g->{pending_ddl} = [];
+			$g->{pending_drop_nn} = 0;
 			$at += $RO->real(0.2, 0.6);
 		}
 		elsif ($i < $nsteps)
@@ -1917,6 +1933,7 @@ sub generate_plan
 						$g->cover("op_sync_schema_${what}_column");
 						$g->{pending_sync} = 0;
 						$g->{pending_ddl} = [];
+						$g->{pending_drop_nn} = 0;
 					}
 				}
 			}
