@@ -548,6 +548,29 @@ sub cover
 	return;
 }
 
+# With a switch on, what it lets through is recorded as the feature
+# switch_<name>: run.pl --coverage --enable <name> shows the seeds that
+# exercise it.
+sub risk
+{
+	my ($g, $sw, $cond) = @_;
+	$g->cover("switch_$sw") if $cond && $g->{sw}{$sw};
+	return;
+}
+
+# what copying these tables again risks
+sub copy_risks
+{
+	my ($g, @ids) = @_;
+	foreach my $id (@ids)
+	{
+		my $t = $g->{tables}{$id};
+		$g->risk('resync_after_ddl', $t->{ddl_since_setup});
+		$g->risk('enum_label_copy', $g->{enum}{added} && grep { ($_->{type} // '') eq 'enum' } @{ $t->{cols} });
+	}
+	return;
+}
+
 sub name_features
 {
 	my ($g, @names) = @_;
@@ -910,6 +933,7 @@ sub make_table
 		{
 			@$t{qw(dst_schema dst_name)} = ($ds, $dn);
 			$g->cover('renamed_destination');
+			$g->risk('sync_schema_index_names', "$schema$name" =~ /\s/);
 		}
 	}
 	$g->{dst_names}{"$t->{dst_schema}\0$t->{dst_name}"} = 1;
@@ -1380,7 +1404,7 @@ sub session_chunk
 			if ($t->{leaves} && $g->{sw}{partition_truncate} && $R->chance(0.5))
 			{
 				$target = $R->pick(@{ $t->{leaves} });
-				$g->cover('wl_partition_truncate');
+				$g->cover('wl_partition_truncate', 'switch_partition_truncate');
 			}
 			$g->model_clear($t);
 			if ($R->chance(0.5) && !$t->{special})
@@ -1531,8 +1555,10 @@ sub op_feasible
 	return scalar(grep { !$g->{mapped}{$_} && !$g->{tables}{$_}{special} && $g->resync_ok($_) } @{ $g->{order} })
 	  if $kind eq 'update_tables_add';
 	return @mapped > 3 if $kind eq 'update_tables_remove';
-	return !$paused && scalar($g->ddl_candidates('add')) if $kind eq 'ddl_add_column';
-	return !$paused && scalar($g->ddl_candidates('drop')) if $kind eq 'ddl_drop_column';
+	# a paused mirror has a backlog for sync_schema to race with
+	my $ddl_ok = !$paused || $g->{sw}{sync_schema_backlog};
+	return $ddl_ok && scalar($g->ddl_candidates('add')) if $kind eq 'ddl_add_column';
+	return $ddl_ok && scalar($g->ddl_candidates('drop')) if $kind eq 'ddl_drop_column';
 	return !$paused if $kind eq 'retry_mirror';
 	return $g->{enum}{added} < 3 if $kind eq 'enum_add_value';
 	return 1 if $kind eq 'multi_table_truncate';
@@ -1594,6 +1620,7 @@ sub ddl_sql
 		push @{ $t->{cols} }, { name => $name, type => $tymap{$ty}, sql => $ty, role => 'payload', notnull => $notnull, added => 1 };
 		$t->{ddl_since_setup} = 1;
 		$g->name_features($name);
+		$g->risk('add_column_excluded', scalar @{ $t->{exclude} });
 		return ($t, "ALTER TABLE $t->{qname} ADD COLUMN " . qi($name) . " $ty" . (defined $def ? " DEFAULT $def" : '')
 			  . ($notnull ? ' NOT NULL' : ''));
 	}
@@ -1603,6 +1630,7 @@ sub ddl_sql
 	# the mirror stops at the next INSERT until sync_schema: no catching
 	# up first
 	$g->{pending_drop_nn} = 1 if $c->{notnull};
+	$g->risk('drop_not_null_column', $c->{notnull});
 	@{ $t->{cols} } = grep { $_ != $c } @{ $t->{cols} };
 	$t->{ddl_since_setup} = 1;
 	return ($t, "ALTER TABLE $t->{qname} DROP COLUMN " . qi($c->{name}));
@@ -1677,7 +1705,7 @@ sub generate_plan
 	{
 		push @tables, $g->make_table('none', special => 'nocols');
 		push @{ $g->{schema_sql} }, "ALTER TABLE $tables[-1]{qname} REPLICA IDENTITY FULL";
-		$g->cover('no_column_table');
+		$g->cover('no_column_table', 'switch_no_column_table');
 	}
 	my @dest_pre;
 	if ($sw{replica_trigger_null})
@@ -1696,7 +1724,7 @@ sub generate_plan
 		  "CREATE TRIGGER skip_flagged BEFORE UPDATE ON $t->{qname} FOR EACH ROW EXECUTE FUNCTION public.skip_flagged()",
 		  "ALTER TABLE $t->{qname} ENABLE REPLICA TRIGGER skip_flagged";
 		push @tables, $t;
-		$g->cover('replica_trigger_null');
+		$g->cover('replica_trigger_null', 'switch_replica_trigger_null');
 	}
 	# partition_key for the parallel copy, on some integer keys
 	foreach my $t (@tables)
@@ -1808,6 +1836,23 @@ sub generate_plan
 		my $copying;
 		my $paused_at_start = $g->{paused};
 
+		# (switch sync_schema_backlog) a column dropped on the source and
+		# on the destination while the paused mirror has changes that
+		# still carry it
+		if (($g->{backlog_drop_at} // 0) == $i)
+		{
+			delete $g->{backlog_drop_at};
+			my ($t, $sql) = $g->ddl_sql('drop');
+			if ($sql)
+			{
+				push @{ $st->{pre} }, { kind => 'src_sql', label => 'DDL: drop column (mirror paused)', sql => [$sql] };
+				push @{ $st->{actions} }, { at => $at, kind => 'sync_schema' };
+				$g->cover('op_sync_schema_drop_column');
+				$g->risk('sync_schema_backlog', 1);
+				$g->{pending_drop_nn} = 0;
+				$at += $RO->real(0.2, 0.6);
+			}
+		}
 		# resume a paused mirror, while the sessions run
 		if ($g->{paused} && $resume_at == $i)
 		{
@@ -1821,6 +1866,7 @@ sub generate_plan
 		{
 			push @{ $st->{actions} }, { at => $at, kind => 'catch_up' } if $g->must_catch_up;
 			push @{ $st->{actions} }, { at => $at, kind => 'sync_schema' };
+			$g->risk('sync_schema_backlog', $g->{paused} && grep { $_ eq 'drop' } @{ $g->{pending_ddl} });
 			$g->cover(map { "op_sync_schema_${_}_column" } @{ $g->{pending_ddl} });
 			$g->{pending_sync} = 0;
 			$g->{pending_ddl} = [];
@@ -1850,6 +1896,11 @@ sub generate_plan
 				push @{ $st->{actions} }, { at => $at, kind => 'pause' };
 				$g->{paused} = 1;
 				$resume_at = $i + $RO->range(0, 1);
+				if ($g->{sw}{sync_schema_backlog} && !$g->{pending_sync} && $g->ddl_candidates('drop'))
+				{
+					$resume_at = $i + 1;
+					$g->{backlog_drop_at} = $i + 1;
+				}
 				if ($resume_at == $i)
 				{
 					push @{ $st->{actions} }, { at => $at + $RO->real(0.5, 1.5), kind => 'resume' };
@@ -1870,6 +1921,8 @@ sub generate_plan
 				$arg = undef if $strat eq $g->{resync_default} && $RO->chance(0.3);
 				push @{ $st->{actions} }, { at => $at, kind => 'resync_table', table => $id, name => $name, strategy => $arg };
 				$g->cover("op_resync_table_$strat");
+				$g->copy_risks($id);
+				$g->risk('identity_swap', $strat eq 'swap' && $t->{has_identity});
 				$copying = 1;
 			}
 			elsif ($op =~ /^resync_mirror_(\w+)/)
@@ -1879,6 +1932,8 @@ sub generate_plan
 				$arg = undef if $strat eq $g->{resync_default} && $RO->chance(0.3);
 				push @{ $st->{actions} }, { at => $at, kind => 'resync_mirror', strategy => $arg };
 				$g->cover("op_resync_mirror_$strat");
+				$g->copy_risks($g->mapped_ids);
+				$g->risk('identity_swap', $strat eq 'swap' && grep { $g->{tables}{$_}{has_identity} } $g->mapped_ids);
 				$copying = 1;
 			}
 			elsif ($op eq 'update_tables_add' || $op eq 'update_tables_remove')
@@ -1892,6 +1947,7 @@ sub generate_plan
 					# emptied first (added tables must be empty)
 					@empty = grep { $g->{tables}{$_}{was_mapped} } @add;
 					$g->cover('op_update_tables_add');
+					$g->copy_risks(@add);
 					$copying = 1;
 				}
 				else
@@ -1930,6 +1986,7 @@ sub generate_plan
 					{
 						push @{ $st->{actions} }, { at => $at, kind => 'catch_up' } if $g->must_catch_up;
 						push @{ $st->{actions} }, { at => $at, kind => 'sync_schema' };
+						$g->risk('sync_schema_backlog', $g->{paused} && $what eq 'drop');
 						$g->cover("op_sync_schema_${what}_column");
 						$g->{pending_sync} = 0;
 						$g->{pending_ddl} = [];

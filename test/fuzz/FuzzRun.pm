@@ -36,6 +36,7 @@ use warnings;
 use Cwd ();
 use Exporter 'import';
 use File::Path qw(make_path remove_tree);
+use File::Spec;
 use IPC::Run;
 use JSON::PP;
 use POSIX qw(strftime);
@@ -77,6 +78,7 @@ sub write_plan_files
 {
 	my ($plan, $dir) = @_;
 	make_path($dir);
+	$dir = File::Spec->rel2abs($dir);
 	spew("$dir/plan.json", $JSON->encode($plan));
 	spew("$dir/plan.sql", plan_text($plan));
 	my @en = grep { $plan->{switches}{$_} } sort keys %{ $plan->{switches} };
@@ -84,7 +86,6 @@ sub write_plan_files
 	my $repo = $ENV{BUNNY_FUZZ_REPO} // Cwd::getcwd();
 	my $path = $ENV{PATH};
 	my $pgr = $ENV{PG_REGRESS} // '';
-	my $lib = join(':', grep { m{^/} } @INC[ 0 .. 3 ]);
 	spew(
 		"$dir/replay.sh", <<"EOS");
 #!/bin/sh
@@ -262,12 +263,17 @@ sub pids_of
 # for one to appear)
 sub kill_type
 {
-	my ($ctx, $fault, $backend_type, $wait, $every) = @_;
+	my ($ctx, $fault, $backend_type, $wait, $every, $then) = @_;
 	my @p;
 	my $end = time() + $wait;
 	while (!(@p = $ctx->pids_of($backend_type)) && time() < $end)
 	{
 		usleep(int(($every // 0.05) * 1_000_000));
+	}
+	if (@p && $then)
+	{
+		usleep(int($then * 1_000_000));
+		@p = $ctx->pids_of($backend_type);
 	}
 	if (!@p)
 	{
@@ -399,7 +405,10 @@ sub act
 	}
 	elsif ($k eq 'kill_snapshot')
 	{
-		$ctx->kill_type($k, "bunnydb snapshot $ctx->{m}", 10, 0.02);
+		# a copy can be over in a second: look from the moment the
+		# operation is in, then let the copy run a little (how long
+		# comes from the plan's offset)
+		$ctx->kill_type($k, "bunnydb snapshot $ctx->{m}", 10, 0.02, $a->{at} - int($a->{at} / 0.3) * 0.3);
 	}
 	elsif ($k eq 'dest_restart')
 	{
@@ -757,6 +766,16 @@ sub report
 	push @r, '', 'source server log (filtered, last 30 lines):',
 	  log_excerpt($ctx->{src}->logfile, qr/ERROR|FATAL|PANIC|TRAP|terminated|walsender|replication/, 30);
 	push @r, '', "full logs: " . $ctx->{dst}->logfile . ' and ' . $ctx->{src}->logfile;
+
+	# the key lines, for the test's own output
+	($ok, $out) = eval { $ctx->dst(
+		"SELECT string_agg(format('%s %s', level, left(message, 300)), E'\\n' ORDER BY id) "
+		  . 'FROM (SELECT * FROM bunny.mirror_logs WHERE mirror = ' . lit($ctx->{m})
+		  . " AND level IN ('ERROR', 'WARNING') ORDER BY id DESC LIMIT 8) s", retry => 5) };
+	$ctx->{excerpt} = join("\n", 'mirror: ' . ($st ? $st->{text} : '(unavailable)'),
+		'last errors of bunny.mirror_logs:', ($ok && $out ne '' ? $out : '(none)'),
+		'destination server log (last 12 errors):',
+		log_excerpt($ctx->{dst}->logfile, qr/ERROR|FATAL|PANIC|TRAP|terminated by signal/, 12));
 	return join("\n", @r) . "\n";
 }
 
@@ -849,7 +868,7 @@ sub run_plan
 		foreach my $a (@{ $st->{actions} })
 		{
 			my $wait = $t1 + $a->{at} - time();
-			usleep(int($wait * 1_000_000)) if $wait > 0;
+			usleep(int($wait * 1_000_000)) if $wait > 0 && $a->{kind} ne 'kill_snapshot';
 			$ctx->act($a);
 			last if $ctx->failed;
 		}
@@ -904,6 +923,7 @@ sub run_plan
 		ok => $ok, seed => $plan->{seed}, secs => $secs, failures => $ctx->{failures},
 		hits => $ctx->{hits}, misses => $ctx->{misses}, dir => $ctx->{dir}, replay => $ctx->{replay_cmd},
 		rows_compared => $ctx->{rows_compared}, checkpoints => $ctx->{checkpoints} // 0,
+		excerpt => $ctx->{excerpt} // '',
 		events => $ctx->{events},
 	};
 }

@@ -113,6 +113,7 @@ sub one
 	{
 		diag("seed $r->{seed} FAILED:\n" . join("\n", @{ $r->{failures} }));
 		diag("replay: $r->{replay}   (exact plan: $r->{dir}/replay.sh)");
+		diag("key log lines:\n$r->{excerpt}") if $r->{excerpt};
 		diag("report: $r->{dir}/report.txt");
 	}
 	return $r;
