@@ -28,7 +28,7 @@
 # a rolled-back savepoint) simply changes nothing.
 #
 # Generation of features that hit known product bugs is behind the
-# switches in %KNOWN_BUG_SWITCHES (off by default).
+# switches in %KNOWN_BUG_SWITCHES (on once fixed).
 
 package FuzzRng;
 
@@ -122,47 +122,44 @@ use Exporter 'import';
 our @EXPORT_OK = qw(generate_plan plan_text qi qn lit %KNOWN_BUG_SWITCHES
   @ALL_FEATURES);
 
-# Known product bugs, being fixed elsewhere.  While a switch is 0 the
-# generator never produces what triggers the bug; flip it to 1 (or pass
-# run.pl --enable NAME) once the fix is in.
+# Generation switches for what once broke the product.  On (1): fixed,
+# so the seeds keep it covered; off (0): what bunnydb refuses or documents
+# as a limitation, which a seed must not generate.  run.pl --enable NAME
+# (or BUNNY_FUZZ_ENABLE for 016_fuzz) turns one on.
 our %KNOWN_BUG_SWITCHES = (
 	# resync_table / resync_mirror with 'swap' of a table with an identity
-	# column
-	identity_swap => 0,
+	# column (fixed: the swap carries identity sequences over)
+	identity_swap => 1,
 	# TRUNCATE of a single leaf partition of a table mirrored through its
-	# root (not replicated)
+	# root: PostgreSQL does not publish it (README Limitations)
 	partition_truncate => 0,
-	# a table without columns (the mirror stalls)
+	# a table without columns: create_mirror refuses it (018_source_guard)
 	no_column_table => 0,
 	# an ENABLE REPLICA BEFORE UPDATE trigger on the destination that
-	# returns NULL (the mirror stalls)
-	replica_trigger_null => 0,
+	# returns NULL (fixed: the row is skipped, as PostgreSQL does)
+	replica_trigger_null => 1,
 	# ALTER TABLE ADD COLUMN on the source of a table with exclude_columns
-	add_column_excluded => 0,
-	# resync_table / resync_mirror of a table whose columns changed on the
-	# source after the mirror was set up (the copy uses the old column list)
-	resync_after_ddl => 0,
-	# a renamed destination of a source table whose schema or table name
-	# holds whitespace (sync_schema rewrites the source's index definition
-	# assuming the name has none, and creates the index on the source's
-	# name)
-	sync_schema_index_names => 0,
-	# sync_schema dropping a column while the mirror still has changes
-	# to apply that carry it (the worker adds the column back, and rows
-	# of a REPLICA IDENTITY FULL table are not found any more)
-	sync_schema_backlog => 0,
+	# (fixed: sync_schema widens the column list and copies the table)
+	add_column_excluded => 1,
+	# resync of a table whose columns changed on the source after the
+	# mirror was set up (fixed: a resync plans from the source as it is)
+	resync_after_ddl => 1,
+	# a renamed destination of a source table whose names hold whitespace
+	# (fixed: sync_schema rewrites index definitions by exact names)
+	sync_schema_index_names => 1,
+	# sync_schema dropping a column while the mirror still has changes to
+	# apply that carry it (fixed: sync_schema waits for the backlog)
+	sync_schema_backlog => 1,
 	# a resync or an added table copying rows whose enum label was added
-	# on the source after the mirror was set up (the copy fails 3 times)
-	enum_label_copy => 0,
-	# sync_schema while the worker applies changes to the same table can
-	# deadlock with it (bunny.mirror row, then the table; the worker the
-	# other way round); while off, a sync_schema that dies of a deadlock
-	# is retried (and logged) instead of failing the run
-	sync_schema_deadlock => 0,
-	# DROP COLUMN on the source of a NOT NULL column: the destination
-	# keeps the column NOT NULL and every later INSERT fails there until
-	# sync_schema runs
-	drop_not_null_column => 0,
+	# on the source after setup (fixed: labels are taken over first)
+	enum_label_copy => 1,
+	# sync_schema while the worker applies changes to the same table
+	# (fixed: sync_schema stops the worker); while off, a sync_schema that
+	# dies of a deadlock is retried (and logged) instead of failing the run
+	sync_schema_deadlock => 1,
+	# DROP COLUMN on the source of a NOT NULL column (fixed: the worker
+	# makes it nullable on tables it created)
+	drop_not_null_column => 1,
 );
 
 # Every feature the fixed seeds of 016_fuzz must cover between them.
