@@ -340,12 +340,14 @@ BEGIN
 	-- worker needs at every commit) until the mirror has applied what the
 	-- source had committed; if it cannot within a minute, columns are not
 	-- dropped this time.
+	-- A mirror that is not running (paused, failed) applies nothing: its
+	-- backlog may carry the column, so it is not dropped this time.
 	IF m.status = 'RUNNING' THEN
 		SELECT r.x INTO src_lsn
 		  FROM bunny._remote_query(ci, 'SELECT pg_catalog.pg_current_wal_lsn()') AS r(x pg_lsn);
 		caught_up := bunny._wait_for_lsn(m.id, src_lsn, 60000);
 	ELSE
-		caught_up := m.status = 'PAUSED';
+		caught_up := false;
 	END IF;
 
 	m := bunny._lock_mirror(sync_schema.name);
@@ -496,7 +498,7 @@ BEGIN
 					AND d.attname = ANY (coalesce(t.copy_columns, '{}')) LOOP
 			IF NOT caught_up THEN
 				PERFORM bunny._log(m.name, 'WARNING',
-					format('sync_schema: column %I of %s is not dropped yet: the mirror has not applied everything the source committed before; call bunny.sync_schema(%L) again once it has caught up',
+					format('sync_schema: column %I of %s is not dropped yet: the mirror has not applied everything the source committed before (or is not running); call bunny.sync_schema(%L) again once it runs and has caught up',
 						   c.attname, dest, m.name));
 				CONTINUE;
 			END IF;
