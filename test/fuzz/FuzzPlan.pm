@@ -163,6 +163,10 @@ our %KNOWN_BUG_SWITCHES = (
 	# keeps the column NOT NULL and every later INSERT fails there until
 	# sync_schema runs
 	drop_not_null_column => 0,
+	# a swap resync of a table whose destination name has 56 bytes or
+	# more: the old table is renamed to <name>_resync_old, which
+	# PostgreSQL cuts to 63 bytes -- the name of the copy
+	long_name_swap => 0,
 );
 
 # Every feature the fixed seeds of 016_fuzz must cover between them.
@@ -1484,8 +1488,21 @@ sub mapped_ids
 sub swap_ok
 {
 	my ($g, @ids) = @_;
-	return 1 if $g->{sw}{identity_swap};
-	return !grep { $g->{tables}{$_}{has_identity} } @ids;
+	foreach my $id (@ids)
+	{
+		my $t = $g->{tables}{$id};
+		return 0 if $t->{has_identity} && !$g->{sw}{identity_swap};
+		return 0 if long_for_swap($t) && !$g->{sw}{long_name_swap};
+	}
+	return 1;
+}
+
+# a destination name of 56 bytes or more: its <name>_resync fills the 63
+# bytes, and <that>_old is cut back to the same name
+sub long_for_swap
+{
+	my ($t) = @_;
+	return length($t->{dst_name}) >= 56;
 }
 
 # before a sync_schema that drops a column, the mirror must have applied
@@ -1886,7 +1903,7 @@ sub generate_plan
 			@todo_ops = grep { $_ ne $op } @todo_ops;
 			my $before_copy = $op =~ /^resync|update_tables/;
 			# compare before a resync could heal a difference
-			if ($before_copy && !$paused_at_start && !$g->{pending_sync} && $checkpoints < 2)
+			if ($before_copy && !$paused_at_start && !$g->{pending_sync} && $checkpoints < 4)
 			{
 				push @{ $st->{pre} }, { kind => 'checkpoint', tables => [ $g->mapped_ids ] };
 				$checkpoints++;
@@ -1923,6 +1940,7 @@ sub generate_plan
 				$g->cover("op_resync_table_$strat");
 				$g->copy_risks($id);
 				$g->risk('identity_swap', $strat eq 'swap' && $t->{has_identity});
+				$g->risk('long_name_swap', $strat eq 'swap' && long_for_swap($t));
 				$copying = 1;
 			}
 			elsif ($op =~ /^resync_mirror_(\w+)/)
@@ -1934,6 +1952,7 @@ sub generate_plan
 				$g->cover("op_resync_mirror_$strat");
 				$g->copy_risks($g->mapped_ids);
 				$g->risk('identity_swap', $strat eq 'swap' && grep { $g->{tables}{$_}{has_identity} } $g->mapped_ids);
+				$g->risk('long_name_swap', $strat eq 'swap' && grep { long_for_swap($g->{tables}{$_}) } $g->mapped_ids);
 				$copying = 1;
 			}
 			elsif ($op eq 'update_tables_add' || $op eq 'update_tables_remove')
