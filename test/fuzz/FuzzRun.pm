@@ -39,7 +39,6 @@ use File::Path qw(make_path remove_tree);
 use File::Spec;
 use IPC::Run;
 use JSON::PP;
-use POSIX qw(strftime);
 use Time::HiRes qw(time usleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
