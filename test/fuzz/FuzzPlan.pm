@@ -160,6 +160,9 @@ our %KNOWN_BUG_SWITCHES = (
 	# DROP COLUMN on the source of a NOT NULL column (fixed: the worker
 	# makes it nullable on tables it created)
 	drop_not_null_column => 1,
+	# a swap resync of a table whose destination name has 56 bytes or
+	# more (fixed: the copy's and the old table's names fit)
+	long_name_swap => 1,
 );
 
 # Every feature the fixed seeds of 016_fuzz must cover between them.
@@ -1481,8 +1484,21 @@ sub mapped_ids
 sub swap_ok
 {
 	my ($g, @ids) = @_;
-	return 1 if $g->{sw}{identity_swap};
-	return !grep { $g->{tables}{$_}{has_identity} } @ids;
+	foreach my $id (@ids)
+	{
+		my $t = $g->{tables}{$id};
+		return 0 if $t->{has_identity} && !$g->{sw}{identity_swap};
+		return 0 if long_for_swap($t) && !$g->{sw}{long_name_swap};
+	}
+	return 1;
+}
+
+# a destination name of 56 bytes or more: its <name>_resync fills the 63
+# bytes, and <that>_old is cut back to the same name
+sub long_for_swap
+{
+	my ($t) = @_;
+	return length($t->{dst_name}) >= 56;
 }
 
 # before a sync_schema that drops a column, the mirror must have applied
@@ -1883,7 +1899,7 @@ sub generate_plan
 			@todo_ops = grep { $_ ne $op } @todo_ops;
 			my $before_copy = $op =~ /^resync|update_tables/;
 			# compare before a resync could heal a difference
-			if ($before_copy && !$paused_at_start && !$g->{pending_sync} && $checkpoints < 2)
+			if ($before_copy && !$paused_at_start && !$g->{pending_sync} && $checkpoints < 4)
 			{
 				push @{ $st->{pre} }, { kind => 'checkpoint', tables => [ $g->mapped_ids ] };
 				$checkpoints++;
@@ -1920,6 +1936,7 @@ sub generate_plan
 				$g->cover("op_resync_table_$strat");
 				$g->copy_risks($id);
 				$g->risk('identity_swap', $strat eq 'swap' && $t->{has_identity});
+				$g->risk('long_name_swap', $strat eq 'swap' && long_for_swap($t));
 				$copying = 1;
 			}
 			elsif ($op =~ /^resync_mirror_(\w+)/)
@@ -1931,6 +1948,7 @@ sub generate_plan
 				$g->cover("op_resync_mirror_$strat");
 				$g->copy_risks($g->mapped_ids);
 				$g->risk('identity_swap', $strat eq 'swap' && grep { $g->{tables}{$_}{has_identity} } $g->mapped_ids);
+				$g->risk('long_name_swap', $strat eq 'swap' && grep { long_for_swap($g->{tables}{$_}) } $g->mapped_ids);
 				$copying = 1;
 			}
 			elsif ($op eq 'update_tables_add' || $op eq 'update_tables_remove')

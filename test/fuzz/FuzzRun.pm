@@ -39,7 +39,6 @@ use File::Path qw(make_path remove_tree);
 use File::Spec;
 use IPC::Run;
 use JSON::PP;
-use POSIX qw(strftime);
 use Time::HiRes qw(time usleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -249,39 +248,37 @@ sub wait_idle
 		});
 }
 
+# pids of the processes of a backend_type, waiting up to $wait seconds
+# for one to appear: polled on the server every 2 ms, since a copy may be
+# over in a few tens of milliseconds
 sub pids_of
 {
-	my ($ctx, $backend_type) = @_;
+	my ($ctx, $backend_type, $wait) = @_;
 	my ($ok, $out) = $ctx->dst(
-		'SELECT string_agg(pid::text, \',\') FROM pg_stat_activity WHERE backend_type = ' . lit($backend_type),
-		retry => 20);
+		'SELECT public.fuzz_wait_backend(' . lit($backend_type) . ', ' . ($wait // 0) . ')',
+		retry => 20, timeout => ($wait // 0) + 60);
 	return () unless $ok && $out ne '';
 	return split /,/, $out;
 }
 
-# SIGKILL the processes of a backend_type (polling up to $wait seconds
-# for one to appear)
+# SIGKILL the processes of a backend_type (waiting up to $wait seconds
+# for one to appear, then $then seconds more)
 sub kill_type
 {
-	my ($ctx, $fault, $backend_type, $wait, $every, $then) = @_;
-	my @p;
-	my $end = time() + $wait;
-	while (!(@p = $ctx->pids_of($backend_type)) && time() < $end)
-	{
-		usleep(int(($every // 0.05) * 1_000_000));
-	}
+	my ($ctx, $fault, $backend_type, $wait, $then) = @_;
+	my @p = $ctx->pids_of($backend_type, $wait);
 	if (@p && $then)
 	{
 		usleep(int($then * 1_000_000));
 		@p = $ctx->pids_of($backend_type);
 	}
-	if (!@p)
+	my $n = @p ? kill('KILL', @p) : 0;
+	if (!$n)
 	{
 		$ctx->{misses}{$fault}++;
 		$ctx->event("$fault: no '$backend_type' process found (missed)");
 		return;
 	}
-	kill 'KILL', @p;
 	$ctx->{killed}{$_} = 1 for @p;
 	$ctx->{hits}{$fault}++;
 	$ctx->event("$fault: SIGKILL '$backend_type' pid(s) @p");
@@ -408,7 +405,7 @@ sub act
 		# a copy can be over in a second: look from the moment the
 		# operation is in, then let the copy run a little (how long
 		# comes from the plan's offset)
-		$ctx->kill_type($k, "bunnydb snapshot $ctx->{m}", 10, 0.02, $a->{at} - int($a->{at} / 0.3) * 0.3);
+		$ctx->kill_type($k, "bunnydb snapshot $ctx->{m}", 10, $a->{at} - int($a->{at} / 0.1) * 0.1);
 	}
 	elsif ($k eq 'dest_restart')
 	{
@@ -823,6 +820,23 @@ bunny.retry_backoff_max = '2s'
 	@$ctx{qw(src dst)} = ($src, $dst);
 	$ctx->must($dst, 'CREATE EXTENSION bunnydb', 'CREATE EXTENSION') // return 0;
 	$ctx->must($dst, "SELECT bunny.create_peer('src', " . lit($src->connstr('postgres')) . ')', 'create_peer') // return 0;
+	$ctx->must($dst, q{
+CREATE FUNCTION public.fuzz_wait_backend(btype text, secs float8) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+	r text;
+	t0 timestamptz := clock_timestamp();
+BEGIN
+	LOOP
+		PERFORM pg_stat_clear_snapshot();
+		SELECT string_agg(pid::text, ',') INTO r FROM pg_stat_activity WHERE backend_type = btype;
+		IF r IS NOT NULL OR clock_timestamp() - t0 > secs * interval '1 second' THEN
+			RETURN r;
+		END IF;
+		PERFORM pg_sleep(0.002);
+	END LOOP;
+END
+$$}, 'the helper function fuzz_wait_backend') // return 0;
 	return 1;
 }
 
