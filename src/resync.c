@@ -444,13 +444,19 @@ resync_switch_ready(Mirror *m)
 		 * A column's own sequence (serial, identity) is the one the catalog
 		 * names now, whatever was recorded when the table was created.
 		 */
-		if (mt->created_by_bunny && snapshot_conn != NULL)
+		if (mt->created_by_bunny)
 		{
 			Oid			t4[4] = {INT4OID, TEXTOID, TEXTOID, TEXTOID};
 			Datum		v4[4] = {v3[0], v3[1], v3[2],
 			CStringGetTextDatum(quote_qualified_identifier(mt->dest_schema, mt->dest_table))};
+			/*
+			 * Not on snapshot_conn: a query there ends the snapshot it
+			 * exported, and a snapshot worker started later for another
+			 * table of this resync could not import it any more.
+			 */
+			PGconn	   *seq_conn = mirror_connect(m, false);
 
-			snapshot_sync_sequences(snapshot_conn, m->name,
+			snapshot_sync_sequences(seq_conn, m->name,
 									bunny_spi_scalar("SELECT coalesce(jsonb_agg(CASE WHEN o.seq IS NULL THEN s.e "
 													 "         ELSE jsonb_set(s.e, '{dest}', to_jsonb(o.seq)) END ORDER BY s.n), "
 													 "       '[]')::text "
@@ -464,6 +470,7 @@ resync_switch_ready(Mirror *m)
 													 "                        AND a.attnum > 0 AND NOT a.attisdropped) o ON true "
 													 " WHERE mt.mirror_id = $1 AND mt.source_schema = $2 AND mt.source_table = $3",
 													 4, t4, v4, NULL));
+			stream_disconnect(&seq_conn);
 		}
 		if (strcmp(mt->resync_strategy, "add") == 0 && m->replicate_foreign_keys && mt->created_by_bunny)
 			bunny_dest_exec(psprintf("SELECT bunny._apply_ddl(%s, %s::regclass, fk_ddl) FROM bunny.mirror_table "

@@ -17,7 +17,9 @@
 #  5. sync_schema while the worker applies a steady load to the same
 #     tables: no deadlock, nothing lost;
 #  5b. a NOT NULL column dropped on the source does not stop the inserts;
-#  6. drop_mirror during a swap that keeps failing leaves no <table>_resync.
+#  6. drop_mirror during a swap that keeps failing leaves no <table>_resync;
+#  7. a snapshot worker replaced after another table of the same resync
+#     finished can still import the resync's snapshot.
 
 use strict;
 use warnings;
@@ -181,6 +183,36 @@ COMMIT;});
 	is($source->safe_psql('postgres', "SELECT count(*) FROM pg_replication_slots"), '0',
 		'and no slot on the source');
 }
+
+# 7. a snapshot worker that ends after another table of the same resync
+#    finished (and had its sequences taken over) is replaced, and the new
+#    one can still import the resync's snapshot
+src(q{
+CREATE TABLE aseq (id serial PRIMARY KEY, v text);
+INSERT INTO aseq (v) SELECT 'a' FROM generate_series(1, 10);
+CREATE TABLE zbig (id int PRIMARY KEY, v text);
+INSERT INTO zbig SELECT g, 'b' FROM generate_series(1, 3000000) g;
+ANALYZE zbig;
+});
+ok(create_mirror($dest, 'rs', ['public.aseq', 'public.zbig'], do_initial_snapshot => 'true',
+		snapshot_num_rows_per_partition => 100000, snapshot_max_parallel_workers => 1,
+		timeout => 120), 'mirror rs running');
+dst("SELECT bunny.resync_mirror('rs', 'truncate')");
+ok(poll_until(sub {
+			dst(q{SELECT (SELECT t.resync_state IS NULL FROM bunny.mirror_table t JOIN bunny.mirror m ON m.id = t.mirror_id
+                           WHERE m.name = 'rs' AND t.source_table = 'aseq')
+                     AND EXISTS (SELECT 1 FROM pg_stat_activity WHERE backend_type LIKE 'bunnydb snapshot%')}) eq 't'
+		}, 60, 0.02),
+	'the small table of the resync is done while the big one is still copied');
+my $killed = dst(q{SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+                    WHERE backend_type LIKE 'bunnydb snapshot%'});
+is($killed, '1', 'the snapshot worker is ended');
+ok(poll_until(sub { dst("SELECT status || coalesce(pending_op, '-') FROM bunny.mirror WHERE name = 'rs'") eq 'RUNNING-' }, 90),
+	'the resync finishes with a new snapshot worker');
+compare_tables($source, $dest, ['public.aseq', 'public.zbig'], 'after the resync');
+is(dst("SELECT count(*) FROM bunny.logs('rs', 'ERROR') WHERE message LIKE '%snapshot identifier%'"),
+	'0', 'no snapshot worker failed to import the snapshot');
+dst("SELECT bunny.drop_mirror('rs')");
 
 $source->stop;
 $dest->stop;
