@@ -9,7 +9,8 @@
  *		mirror could not carry, or what would make the source's own
  *		statements fail, is refused at once with nothing created.
  *		sync_schema keeps collations, adds stored generated columns as
- *		generated, and drops only columns that came from the source.
+ *		generated, drops only columns that came from the source, and
+ *		creates secondary indexes only with replicate_indexes.
  *		A resync under way, even one failing again and again, no longer
  *		keeps out pause_mirror, retry_mirror or a new resync of the same
  *		tables (which replaces it).  drop_mirror drops a swap's half-built
@@ -519,6 +520,9 @@ BEGIN
 				 WHERE i.indrelid = %L::regclass
 				$q$, src)) AS r(idxname name, def text, isprimary boolean, cols text[]) LOOP
 			CONTINUE WHEN ix.cols && t.exclude_columns::text[];
+			-- secondary indexes only when the mirror replicates them
+			CONTINUE WHEN NOT ix.isprimary
+					  AND NOT coalesce((m.config ->> 'replicate_indexes')::boolean, true);
 			CONTINUE WHEN EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
 								   WHERE i.indrelid = dest::regclass
 									 AND (ic.relname = ix.idxname OR (ix.isprimary AND i.indisprimary)));
@@ -538,13 +542,21 @@ BEGIN
 			n := n + 1;
 		END LOOP;
 
-		-- the source's columns now present here, as a copy would read them
+		-- the source's columns now present here, as a copy would read them;
+		-- while drops wait, the columns still to drop stay known as the
+		-- source's, or a later call would take them for our own
 		UPDATE bunny.mirror_table mt
 		   SET copy_columns = ARRAY(SELECT s.attname FROM bunny_src_cols s
 									 WHERE s.gen IS NULL
 									   AND EXISTS (SELECT 1 FROM pg_attribute a
 												   WHERE a.attrelid = dest::regclass AND a.attname = s.attname
-													 AND NOT a.attisdropped AND a.attgenerated = ''))
+													 AND NOT a.attisdropped AND a.attgenerated = '')
+									UNION
+									SELECT k FROM unnest(coalesce(t.copy_columns, '{}')) k
+									 WHERE NOT caught_up
+									   AND EXISTS (SELECT 1 FROM pg_attribute a
+												   WHERE a.attrelid = dest::regclass AND a.attname = k
+													 AND NOT a.attisdropped))
 		 WHERE mt.mirror_id = m.id AND mt.source_schema = t.source_schema
 		   AND mt.source_table = t.source_table;
 

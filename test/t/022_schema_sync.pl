@@ -9,6 +9,8 @@
 #  2. an index on a table whose names hold spaces, dots and quotes, mapped
 #     to another destination name: sync_schema creates it on the
 #     destination table;
+#  2b. replicate_indexes => false: sync_schema adds no secondary index;
+#  2c. sync_schema of a paused mirror drops no column;
 #  3. a column dropped on the source while the mirror still has changes
 #     carrying it to apply: sync_schema waits for them, then drops it, and
 #     a REPLICA IDENTITY FULL table keeps matching its rows;
@@ -46,13 +48,15 @@ CREATE TABLE fullt (a int, b text, c text);
 ALTER TABLE fullt REPLICA IDENTITY FULL;
 INSERT INTO fullt SELECT g, 'b' || g, 'c' || g FROM generate_series(1, 200) g;
 CREATE TABLE moods (id int PRIMARY KEY, m mood);
+CREATE TABLE dropme (id int PRIMARY KEY, gone text);
+INSERT INTO dropme SELECT g, 'g' FROM generate_series(1, 10) g;
 INSERT INTO moods SELECT g, 'ok' FROM generate_series(1, 20) g;
 });
 
 my $mapping = q{[
  {"source_table": "public.ex", "exclude_columns": ["secret"]},
  {"source_table": "\"Odd. \"\"Schema\"\"\".\"my table\"", "destination_table": "public.odd_copy"},
- "public.fullt", "public.moods"]};
+ "public.fullt", "public.moods", "public.dropme"]};
 ok(create_mirror($dest, 'ss', $mapping, do_initial_snapshot => 'true'), 'mirror running');
 my @plain = ('public.fullt', 'public.moods');
 ok(wait_synced($source, $dest, 'ss', \@plain), 'caught up');
@@ -84,6 +88,33 @@ dst("SELECT bunny.sync_schema('ss')");
 is(dst(q{SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
           WHERE i.indrelid = 'public.odd_copy'::regclass AND c.relname = 'odd idx'}),
 	'1', 'sync_schema created the index on the destination table');
+
+# 2b. with replicate_indexes => false, sync_schema creates no secondary index
+src(q{CREATE TABLE noidx (id int PRIMARY KEY, v int); CREATE INDEX noidx_v ON noidx (v)});
+ok(create_mirror($dest, 'ni', ['public.noidx'], replicate_indexes => 'false'), 'mirror ni running');
+src(q{CREATE INDEX noidx_v2 ON noidx (v, id)});
+dst("SELECT bunny.sync_schema('ni')");
+is(dst("SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+         WHERE i.indrelid = 'public.noidx'::regclass"),
+	'noidx_pkey', 'sync_schema created no secondary index');
+dst("SELECT bunny.drop_mirror('ni')");
+
+# 2c. sync_schema of a paused mirror drops no column: its backlog may
+#     still carry it
+dst("SELECT bunny.pause_mirror('ss')");
+ok(wait_for_status($dest, 'ss', 'PAUSED', 30), 'paused');
+src("ALTER TABLE dropme DROP COLUMN gone");
+dst("SELECT bunny.sync_schema('ss')");
+is(dst("SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.dropme'::regclass AND attname = 'gone' AND NOT attisdropped"),
+	'1', 'a paused mirror keeps the column');
+like(dst("SELECT string_agg(message, ' ') FROM bunny.logs('ss', 'WARNING')"),
+	qr/column gone of public\.dropme is not dropped yet/, 'and says why');
+dst("SELECT bunny.resume_mirror('ss')");
+ok(wait_for_status($dest, 'ss', 'RUNNING', 30), 'resumed');
+is(wait_for_lsn($dest, 'ss', source_lsn($source)), 't', 'caught up');
+dst("SELECT bunny.sync_schema('ss')");
+is(dst("SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.dropme'::regclass AND attname = 'gone' AND NOT attisdropped"),
+	'0', 'running and caught up, sync_schema drops it');
 
 # 3. a column dropped on the source with a backlog that still carries it
 dst("SELECT bunny.pause_mirror('ss')");
