@@ -1102,6 +1102,37 @@ append_sequence_json(StringInfo seqs, const char *source, const char *dest,
 }
 
 /*
+ * Record in bunny.mirror_table what the copy of st reads and how it is
+ * split: the source's kind, the columns, the parts, the size estimates and
+ * whether binary COPY is safe.  Setup records it when it prepares a table,
+ * and a resync again from the source as it is then.
+ */
+static void
+record_copy_plan(SourceTable *st, Mirror *m, List *copy_columns)
+{
+	Oid			types[9] = {INT4OID, TEXTOID, TEXTOID, CHAROID, TEXTARRAYOID, TEXTOID,
+	INT8OID, INT8OID, BOOLOID};
+	Datum		vals[9];
+
+	vals[0] = Int32GetDatum(m->id);
+	vals[1] = CStringGetTextDatum(st->mt->source_schema);
+	vals[2] = CStringGetTextDatum(st->mt->source_table);
+	vals[3] = CharGetDatum(st->relkind);
+	vals[4] = text_array(copy_columns);
+	vals[5] = CStringGetTextDatum(plan_parts(st, m->snapshot_rows_per_partition));
+	vals[6] = Int64GetDatum(st->relpages);
+	vals[7] = Int64GetDatum(st->reltuples);
+	vals[8] = BoolGetDatum(copy_binary_safe(st));
+	SPI_connect();
+	SPI_execute_with_args("UPDATE bunny.mirror_table "
+						  "   SET source_relkind = $4, copy_columns = $5::name[], copy_parts = $6::jsonb, "
+						  "       source_pages = $7, source_rows = $8, copy_binary = $9 "
+						  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+						  9, types, vals, NULL, false, 0);
+	SPI_finish();
+}
+
+/*
  * A name in schema nspid for a relation (a sequence, an index, or a
  * constraint's index) that the source calls name: the source's own when it
  * is free, else one PostgreSQL would choose for dest_table and label
@@ -1324,38 +1355,27 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 			copy_columns = lappend(copy_columns, col->name);
 	}
 
+	CommandCounterIncrement();
+	record_copy_plan(st, m, copy_columns);
 	{
-		Oid			types[13] = {INT4OID, TEXTOID, TEXTOID, CHAROID, TEXTARRAYOID, TEXTOID,
-		INT8OID, INT8OID, BOOLOID, TEXTOID, TEXTOID, TEXTOID, BOOLOID};
-		Datum		vals[13];
-		char		nulls[13];
+		Oid			types[7] = {INT4OID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID};
+		Datum		vals[7];
 
-		memset(nulls, ' ', sizeof(nulls));
 		vals[0] = Int32GetDatum(m->id);
 		vals[1] = CStringGetTextDatum(mt->source_schema);
 		vals[2] = CStringGetTextDatum(mt->source_table);
-		vals[3] = CharGetDatum(st->relkind);
-		vals[4] = text_array(copy_columns);
-		CommandCounterIncrement();
-		vals[5] = CStringGetTextDatum(plan_parts(st, m->snapshot_rows_per_partition));
-		vals[6] = Int64GetDatum(st->relpages);
-		vals[7] = Int64GetDatum(st->reltuples);
-		vals[8] = BoolGetDatum(created);
-		vals[9] = CStringGetTextDatum(created ? st->post_ddl : "[]");
-		vals[10] = CStringGetTextDatum(fk_json);
-		vals[11] = CStringGetTextDatum(seqs.data);
-		vals[12] = BoolGetDatum(copy_binary_safe(st));
+		vals[3] = BoolGetDatum(created);
+		vals[4] = CStringGetTextDatum(created ? st->post_ddl : "[]");
+		vals[5] = CStringGetTextDatum(fk_json);
+		vals[6] = CStringGetTextDatum(seqs.data);
 		SPI_connect();
 		SPI_execute_with_args("UPDATE bunny.mirror_table "
-							  "   SET source_relkind = $4, copy_columns = $5::name[], copy_parts = $6::jsonb, "
-							  "       copy_binary = $13, "
-							  "       source_pages = $7, source_rows = $8, "
-							  "       created_by_bunny = created_by_bunny OR $9, "
-							  "       post_copy_ddl = CASE WHEN $9 THEN $10::jsonb ELSE post_copy_ddl END, "
-							  "       fk_ddl = CASE WHEN $9 THEN $11::jsonb ELSE fk_ddl END, "
-							  "       sequences = CASE WHEN $9 THEN $12::jsonb ELSE sequences END "
+							  "   SET created_by_bunny = created_by_bunny OR $4, "
+							  "       post_copy_ddl = CASE WHEN $4 THEN $5::jsonb ELSE post_copy_ddl END, "
+							  "       fk_ddl = CASE WHEN $4 THEN $6::jsonb ELSE fk_ddl END, "
+							  "       sequences = CASE WHEN $4 THEN $7::jsonb ELSE sequences END "
 							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-							  13, types, vals, nulls, false, 0);
+							  7, types, vals, NULL, false, 0);
 		SPI_finish();
 	}
 
@@ -1802,28 +1822,7 @@ setup_plan_resync(PGconn *conn, Mirror *m)
 			copy_columns = lappend(copy_columns, col->name);
 		}
 		CommandCounterIncrement();
-		{
-			Oid			types[9] = {INT4OID, TEXTOID, TEXTOID, CHAROID, TEXTARRAYOID, TEXTOID,
-			INT8OID, INT8OID, BOOLOID};
-			Datum		vals[9];
-
-			vals[0] = Int32GetDatum(m->id);
-			vals[1] = CStringGetTextDatum(mt->source_schema);
-			vals[2] = CStringGetTextDatum(mt->source_table);
-			vals[3] = CharGetDatum(st->relkind);
-			vals[4] = text_array(copy_columns);
-			vals[5] = CStringGetTextDatum(plan_parts(st, m->snapshot_rows_per_partition));
-			vals[6] = Int64GetDatum(st->relpages);
-			vals[7] = Int64GetDatum(st->reltuples);
-			vals[8] = BoolGetDatum(copy_binary_safe(st));
-			SPI_connect();
-			SPI_execute_with_args("UPDATE bunny.mirror_table "
-								  "   SET source_relkind = $4, copy_columns = $5::name[], copy_parts = $6::jsonb, "
-								  "       source_pages = $7, source_rows = $8, copy_binary = $9 "
-								  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-								  9, types, vals, NULL, false, 0);
-			SPI_finish();
-		}
+		record_copy_plan(st, m, copy_columns);
 	}
 	bunny_ctx_table = NULL;
 	PopActiveSnapshot();
