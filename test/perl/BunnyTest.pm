@@ -52,6 +52,8 @@ our @EXPORT = qw(
   query_value
   worker_pids
   transfer_mode
+  start_source_load
+  finish_source_load
 );
 
 # ---------------------------------------------------------------------------
@@ -564,6 +566,34 @@ sub compare_tables
 		$rows += (split /\|/, $s)[0] if defined $s;
 	}
 	return $rows;
+}
+
+# ---------------------------------------------------------------------------
+# Source workloads
+# ---------------------------------------------------------------------------
+
+# start_source_load($node, $sql): run $sql on $node in a psql of its own,
+# in the background, stopping at the first error.  Returns a handle for
+# finish_source_load.
+sub start_source_load
+{
+	my ($node, $sql) = @_;
+	my %run = (out => '', err => '');
+	$run{h} = IPC::Run::start(
+		[ 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres'), '-c', $sql ],
+		'>', \$run{out}, '2>', \$run{err});
+	return \%run;
+}
+
+# finish_source_load($handle, $label): wait for the load to end; one
+# check that it saw no error (a source workload must never fail).
+sub finish_source_load
+{
+	my ($run, $label) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	$run->{h}->finish;
+	return is($run->{h}->result(0), 0, "$label: the source load saw no error")
+	  || diag($run->{err});
 }
 
 1;

@@ -222,10 +222,12 @@ sub temp_slots
 		"SELECT count(*) FROM pg_replication_slots WHERE temporary") // -1;
 }
 
+# Request a swap of table $t of mirror ms that keeps failing: the request
+# checks for views, and one made in the same transaction, right after it,
+# fails every attempt.
+sub request_failing_swap
 {
-	my $label = 'failing swap';
-	my $t = 'public.id_default';
-	# the request checks for views; one made right after it fails the swap
+	my ($label, $t) = @_;
 	my ($ret, $out, $err) = $dest->psql(
 		'postgres', qq{
 BEGIN;
@@ -233,6 +235,13 @@ SELECT bunny.resync_table('ms', '$t', 'swap');
 CREATE VIEW id_default_v AS SELECT * FROM $t;
 COMMIT;});
 	is($ret, 0, "$label: request made, a view created after it") or diag($err);
+	return;
+}
+
+{
+	my $label = 'failing swap';
+	my $t = 'public.id_default';
+	request_failing_swap($label, $t);
 	write_shapes($round++);
 
 	my $max_slots = 0;
@@ -274,13 +283,8 @@ COMMIT;});
 {
 	my $label = 'escaping a failing swap';
 	my $t = 'public.id_default';
-	my ($ret, $out, $err) = $dest->psql(
-		'postgres', qq{
-BEGIN;
-SELECT bunny.resync_table('ms', '$t', 'swap');
-CREATE VIEW id_default_v AS SELECT * FROM $t;
-COMMIT;});
-	is($ret, 0, "$label: request made, a view created after it") or diag($err);
+	my ($ret, $out, $err);
+	request_failing_swap($label, $t);
 	ok(poll_until(sub { (mirror_field($dest, 'ms', 'error_count') // 0) >= 2 }, 90, 0.1),
 		"$label: the swap fails again and again");
 

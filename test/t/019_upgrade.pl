@@ -16,7 +16,6 @@ use lib "$FindBin::RealBin/../perl";
 use BunnyTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run;
 
 my ($source, $dest) = setup_pair(create_extension => 0);
 $dest->safe_psql('postgres', q{
@@ -47,18 +46,14 @@ BEGIN
 END
 $$;
 };
-my ($lout, $lerr) = ('', '');
-my $load = IPC::Run::start(
-	[ 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $source->connstr('postgres'), '-c', $load_sql ],
-	'>', \$lout, '2>', \$lerr);
+my $load = start_source_load($source, $load_sql);
 
 sleep 1;
 $dest->safe_psql('postgres', 'ALTER EXTENSION bunnydb UPDATE');
 is($dest->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'bunnydb'"),
 	'0.2.0', 'updated to 0.2.0 while the mirror streams');
 
-$load->finish;
-is($load->result(0), 0, 'the source load saw no error') or diag($lerr);
+finish_source_load($load, 'upgrade');
 
 ok(wait_synced($source, $dest, 'up', ['public.acc', 'public.hist']), 'caught up after the update');
 compare_tables($source, $dest, ['public.acc', 'public.hist'], 'after ALTER EXTENSION UPDATE');

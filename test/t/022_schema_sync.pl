@@ -31,7 +31,6 @@ use lib "$FindBin::RealBin/../perl";
 use BunnyTest;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IPC::Run;
 
 my ($source, $dest) = setup_pair();
 sub src { return $source->safe_psql('postgres', $_[0]); }
@@ -161,10 +160,7 @@ BEGIN
 END
 $$;
 };
-my ($lout, $lerr) = ('', '');
-my $load = IPC::Run::start(
-	[ 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $source->connstr('postgres'), '-c', $load_sql ],
-	'>', \$lout, '2>', \$lerr);
+my $load = start_source_load($source, $load_sql);
 my $sync_errors = 0;
 for my $i (1 .. 5)
 {
@@ -173,8 +169,7 @@ for my $i (1 .. 5)
 	$sync_errors++ if $ret != 0;
 	diag("sync_schema: $err") if $ret != 0;
 }
-$load->finish;
-is($load->result(0), 0, 'the source load saw no error') or diag($lerr);
+finish_source_load($load, 'sync_schema under load');
 is($sync_errors, 0, 'sync_schema never failed (no deadlock with the worker)');
 ok(wait_synced($source, $dest, 'ss', \@plain), 'caught up after the load');
 compare_tables($source, $dest, \@plain, 'after sync_schema under load');
