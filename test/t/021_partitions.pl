@@ -9,7 +9,8 @@
 # TRUNCATE of the partitioned table, a partition attached and detached on
 # the source, and resync_table truncate and swap.  A TRUNCATE of a single
 # partition is not published by PostgreSQL (documented); a resync repairs
-# it.  A resync plans its copy from the source as it is then (partitions
+# it.  Mapped partition by partition into a tree made on the destination,
+# a TRUNCATE of one partition is replicated.  A resync plans its copy from the source as it is then (partitions
 # attached or detached, columns dropped or added since the mirror was
 # created).
 
@@ -144,6 +145,51 @@ compare_tables($source, $dest, \@tables, 'after a resync with a new source colum
 is(mirror_field($dest, 'parts', 'error_count'), '0', 'still no errors');
 
 $dest->safe_psql('postgres', "SELECT bunny.drop_mirror('parts')");
+
+# Mapped partition by partition (the root not mapped), into the same tree
+# made on the destination beforehand: each partition is published as
+# itself, so a TRUNCATE of one partition is replicated; a partition created
+# later is added with update_tables (README, Table mappings).
+$source->safe_psql('postgres', q{
+CREATE TABLE lp (id int, k text, v text, PRIMARY KEY (id, k)) PARTITION BY LIST (k);
+CREATE TABLE lp_a PARTITION OF lp FOR VALUES IN ('a');
+CREATE TABLE lp_b PARTITION OF lp FOR VALUES IN ('b');
+INSERT INTO lp SELECT g, (ARRAY['a', 'b'])[1 + g % 2], 'v' || g FROM generate_series(1, 1000) g;
+});
+$dest->safe_psql('postgres', q{
+CREATE TABLE lp (id int, k text, v text, PRIMARY KEY (id, k)) PARTITION BY LIST (k);
+CREATE TABLE lp_a PARTITION OF lp FOR VALUES IN ('a');
+CREATE TABLE lp_b PARTITION OF lp FOR VALUES IN ('b');
+});
+my @leaves = ('public.lp_a', 'public.lp_b');
+ok(create_mirror($dest, 'leaves', \@leaves, do_initial_snapshot => 'true'), 'partitions mapped one by one');
+compare_tables($source, $dest, ['public.lp'], 'partitions mapped one by one, after the copy');
+$source->safe_psql('postgres', q{
+UPDATE lp SET k = 'b' WHERE id <= 20 AND k = 'a';     -- moves rows from lp_a to lp_b
+UPDATE lp SET v = v || '!' WHERE id % 7 = 0;
+DELETE FROM lp WHERE id % 11 = 0;
+TRUNCATE lp_a;
+INSERT INTO lp VALUES (2001, 'a', 'after the partition truncate');
+});
+ok(wait_synced($source, $dest, 'leaves', ['public.lp']), 'caught up after a partition TRUNCATE');
+compare_tables($source, $dest, ['public.lp'], 'a TRUNCATE of a partition mapped on its own');
+is($dest->safe_psql('postgres', "SELECT count(*) FROM lp_a"), '1', 'the truncated partition holds only the new row');
+
+$source->safe_psql('postgres', q{
+CREATE TABLE lp_c PARTITION OF lp FOR VALUES IN ('c');
+INSERT INTO lp SELECT g, 'c', 'c' || g FROM generate_series(3001, 3100) g;
+});
+$dest->safe_psql('postgres', "CREATE TABLE lp_c PARTITION OF lp FOR VALUES IN ('c')");
+$dest->safe_psql('postgres', "SELECT bunny.pause_mirror('leaves')");
+ok(wait_for_status($dest, 'leaves', 'PAUSED', 60), 'paused');
+$dest->safe_psql('postgres',
+	q{SELECT bunny.update_tables('leaves', '["public.lp_a", "public.lp_b", "public.lp_c"]')});
+$dest->safe_psql('postgres', "SELECT bunny.resume_mirror('leaves')");
+ok(wait_synced($source, $dest, 'leaves', ['public.lp']), 'a partition created later, added with update_tables');
+compare_tables($source, $dest, ['public.lp'], 'after update_tables added the new partition');
+is(mirror_field($dest, 'leaves', 'error_count'), '0', 'no errors in the partition-by-partition mirror');
+$dest->safe_psql('postgres', "SELECT bunny.drop_mirror('leaves')");
+
 $source->stop;
 $dest->stop;
 done_testing();
