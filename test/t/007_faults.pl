@@ -1,7 +1,8 @@
 
 # Copyright (c) bunnydb authors
 #
-# 007_faults: SPEC 3.3 / 3.5 under a continuous write load on the source
+# 007_faults: the crash-safety and nothing-skipped promises of README
+# "Guarantees" under a continuous write load on the source
 # (background pgbench: updates of a counter row and accounts, inserts and
 # deletes of events, an insert-only history table without key, an
 # insert-only table with a sequence key), faults injected at random moments:
