@@ -12,6 +12,11 @@
 #   ... write on $source ...
 #   ok(wait_synced($source, $dest, 'm1', \@tables), 'caught up');
 #   compare_tables($source, $dest, \@tables, 'after step');
+#   src('INSERT INTO t1 VALUES (1)');   # safe_psql on the last setup_pair's
+#   dst('SELECT count(*) FROM t1');     # source / destination, database postgres
+#
+# What a test file needs twice or more belongs here, once, documented where
+# it is defined; a helper used by one file stays in that file.
 #
 # Table names are always passed in SQL syntax, quoted where needed
 # (e.g. '"My Schema"."Mixed Case"'); they are put verbatim into queries.
@@ -54,7 +59,16 @@ our @EXPORT = qw(
   transfer_mode
   start_source_load
   finish_source_load
+  src
+  dst
+  table_field
+  log_lines
+  catch_up_compare
 );
+
+# On request only: 015_source_versions still has a copy of its own, and an
+# imported sub that a file defines again draws a "redefined" warning.
+our @EXPORT_OK = qw(sql_error);
 
 # ---------------------------------------------------------------------------
 # Small utilities
@@ -116,6 +130,19 @@ sub poll_until
 		return 0 if time() > $deadline;
 		usleep(int($interval * 1_000_000));
 	}
+}
+
+# Run $sql on database postgres of $node; return (SQLSTATE, message) of its
+# error, or ('', '') when it succeeded.  ('?????', stderr) when psql failed
+# without an ERROR line (server gone, ...).
+sub sql_error
+{
+	my ($node, $sql) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres',
+		"\\set VERBOSITY verbose\n$sql", on_error_stop => 1);
+	return ('', '') if $ret == 0;
+	return ($1, $2) if $err =~ /ERROR:\s+([0-9A-Z]{5}):\s+([^\n]*)/;
+	return ('?????', $err);
 }
 
 # ---------------------------------------------------------------------------
@@ -205,6 +232,9 @@ sub _install_path_for
 	return $overlay;
 }
 
+# The pair of the last setup_pair(), for src() and dst().
+my ($pair_source, $pair_dest);
+
 # setup_pair(%opts) -> ($source, $dest)
 #
 # Options:
@@ -277,7 +307,23 @@ log_min_messages = info
 		}
 	}
 
+	($pair_source, $pair_dest) = ($source, $dest);
 	return ($source, $dest);
+}
+
+# src($sql) / dst($sql): safe_psql on database postgres of the source /
+# the destination that the last setup_pair() returned: stdout, dies on any
+# error.  Every test file with one pair wants these one-liners.
+sub src
+{
+	die('src() called before setup_pair()') unless $pair_source;
+	return $pair_source->safe_psql('postgres', $_[0]);
+}
+
+sub dst
+{
+	die('dst() called before setup_pair()') unless $pair_dest;
+	return $pair_dest->safe_psql('postgres', $_[0]);
 }
 
 # ---------------------------------------------------------------------------
@@ -329,6 +375,35 @@ sub mirror_field
 	my ($dest, $name, $field) = @_;
 	return query_value($dest,
 		"SELECT $field FROM bunny.mirrors WHERE name = " . sql_literal($name));
+}
+
+# Value of one column of bunny.mirror_tables for source table $src (as
+# stored there, e.g. 'public.t1') of a mirror, or undef.
+sub table_field
+{
+	my ($dest, $name, $src, $field) = @_;
+	return query_value($dest,
+		    "SELECT $field FROM bunny.mirror_tables WHERE mirror = "
+		  . sql_literal($name)
+		  . " AND source_table = "
+		  . sql_literal($src));
+}
+
+# log_lines($dest, $mirror, $after_id, $like): the messages of
+# bunny.mirror_logs of a mirror with an id above $after_id (0: all) that
+# match the LIKE pattern $like, oldest first.
+sub log_lines
+{
+	my ($dest, $name, $after, $like) = @_;
+	my $r = query_value($dest,
+		    "SELECT string_agg(message, E'\\n' ORDER BY id) FROM bunny.mirror_logs "
+		  . "WHERE mirror = "
+		  . sql_literal($name)
+		  . " AND id > " . ($after + 0)
+		  . " AND message LIKE "
+		  . sql_literal($like));
+	return () unless defined $r && $r ne '';
+	return split /\n/, $r;
 }
 
 # One-line human readable state of a mirror.
@@ -566,6 +641,64 @@ sub compare_tables
 		$rows += (split /\|/, $s)[0] if defined $s;
 	}
 	return $rows;
+}
+
+# catch_up_compare($source, $dest, $mirror, \@tables, $label, %opts)
+#
+# One is() that bunny.wait_for_lsn(the source's current LSN) returns true,
+# then one is() per table on the fingerprints.  An element of @tables is a
+# table name (the same on both sides) or a pair [source relation,
+# destination relation]; a relation may be a subquery, e.g.
+# '(SELECT id, a FROM public.t)'.  A late apply gets 20 s before a
+# difference is reported.
+#
+# %opts: exact => 1 adds one ok() that the data was equal at the first
+# comparison after wait_for_lsn returned (what wait_for_lsn promises).
+sub catch_up_compare
+{
+	my ($source, $dest, $mirror, $tables, $label, %opts) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my @pairs = map { ref($_) ? $_ : [ $_, $_ ] } @$tables;
+	my $lsn = source_lsn($source);
+	is(wait_for_lsn($dest, $mirror, $lsn, 60000) // '(error)',
+		't', "$label: wait_for_lsn('$lsn') returned true");
+
+	my %fp;
+	my $round = 0;
+	my $first_ok;
+	my $t0 = time();
+	poll_until(
+		sub {
+			my $same = 1;
+			foreach my $p (@pairs)
+			{
+				my $s = fingerprint($source, $p->[0]) // '(query failed on source)';
+				my $d = fingerprint($dest, $p->[1]) // '(query failed on destination)';
+				$fp{ $p->[0] } = [ $s, $d ];
+				$same = 0 if $s ne $d;
+			}
+			$round++;
+			if (!defined $first_ok)
+			{
+				$first_ok = $same;
+				diag("$label: first comparison after wait_for_lsn differs: "
+					  . join('; ', map { "$_ source=$fp{$_}[0] dest=$fp{$_}[1]" }
+						  grep { $fp{$_}[0] ne $fp{$_}[1] } sort keys %fp))
+				  if !$same && $opts{exact};
+			}
+			return $same;
+		},
+		20, 0.5);
+	note(sprintf('%s: %d comparison round(s) in %.1f s', $label, $round, time() - $t0));
+	ok($first_ok, "$label: data equal as soon as wait_for_lsn returned")
+	  if $opts{exact};
+	foreach my $p (@pairs)
+	{
+		my $what = $p->[0] eq $p->[1] ? "$p->[0] identical on destination"
+		  : "$p->[1] on destination equals $p->[0] on source";
+		is($fp{ $p->[0] }[1], $fp{ $p->[0] }[0], "$label: $what");
+	}
+	return;
 }
 
 # ---------------------------------------------------------------------------
