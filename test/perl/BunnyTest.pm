@@ -58,7 +58,11 @@ our @EXPORT = qw(
   worker_pids
   transfer_mode
   start_source_load
+  start_pgbench_load
   finish_source_load
+  transfer_tables_sql
+  transfer_script
+  check_transfer_phase
   src
   dst
   table_field
@@ -711,22 +715,164 @@ sub catch_up_compare
 sub start_source_load
 {
 	my ($node, $sql) = @_;
-	my %run = (out => '', err => '');
+	my %run = (out => '', err => '', started => time());
 	$run{h} = IPC::Run::start(
 		[ 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres'), '-c', $sql ],
 		'>', \$run{out}, '2>', \$run{err});
 	return \%run;
 }
 
-# finish_source_load($handle, $label): wait for the load to end; one
+# start_pgbench_load($node, %opts): pgbench in the background on database
+# postgres of $node.  Returns a handle for finish_source_load; its
+# {started} is the time() it started.
+#   scripts => [ $text, ... ] or [ [ $text, $weight ], ... ]: the pgbench
+#              scripts (-f), written to files here
+#   secs    => how long it runs (-T)
+#   rate    => transactions per second over all clients (-R); default: as
+#              fast as it can
+#   clients => clients and threads (-c, -j); default 2
+sub start_pgbench_load
+{
+	my ($node, %opts) = @_;
+	my $clients = $opts{clients} // 2;
+	my @cmd = ('pgbench', '-n', '-c', $clients, '-j', $clients, '-T', $opts{secs});
+	push @cmd, '-R', $opts{rate} if $opts{rate};
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	my $i = 0;
+	foreach my $s (@{ $opts{scripts} })
+	{
+		my ($text, $weight) = ref($s) ? @$s : ($s);
+		my $file = "$dir/script" . $i++ . '.sql';
+		PostgreSQL::Test::Utils::append_to_file($file, $text);
+		push @cmd, '-f', defined $weight ? "$file\@$weight" : $file;
+	}
+	push @cmd, '-h', $node->host, '-p', $node->port, 'postgres';
+	my %run = (out => '', err => '', started => time());
+	$run{h} = IPC::Run::start(\@cmd, '<', \undef, '>', \$run{out}, '2>', \$run{err});
+	return \%run;
+}
+
+# finish_source_load($handle, $label, %opts): wait for the load to end; one
 # check that it saw no error (a source workload must never fail).
+#   may_fail => 1: no check, only a note of its exit status, for a load that
+#                  a fault of the source itself cut short (restart, stop) or
+#                  that the test killed
+#   min_transactions => N: one more check, that a pgbench load committed
+#                  more than N transactions
+# Returns the number of transactions a pgbench load reports as processed
+# (0 for a psql load).
 sub finish_source_load
 {
-	my ($run, $label) = @_;
+	my ($run, $label, %opts) = @_;
 	local $Test::Builder::Level = $Test::Builder::Level + 1;
 	$run->{h}->finish;
-	return is($run->{h}->result(0), 0, "$label: the source load saw no error")
-	  || diag($run->{err});
+	my $rc = $run->{h}->result(0);
+	my ($tx) = $run->{out} =~ /number of transactions actually processed: (\d+)/;
+	$tx //= 0;
+	if ($opts{may_fail})
+	{
+		note("$label: the source load ended with exit status $rc ($tx transactions)");
+	}
+	else
+	{
+		is($rc, 0, "$label: the source load saw no error")
+		  or diag($run->{err});
+	}
+	if (defined $opts{min_transactions})
+	{
+		ok($tx > $opts{min_transactions},
+			"$label: the source load committed transactions ($tx)");
+	}
+	return $tx;
+}
+
+# ---------------------------------------------------------------------------
+# The transfer workload (002_crash_safety, 007_faults)
+# ---------------------------------------------------------------------------
+#
+# A load whose invariants show a source transaction applied by half or
+# twice: every transaction bumps the one counter row, moves an amount
+# between two of 1000 accounts (so the balances sum to 0), inserts one
+# history row carrying the counter's new value (txno) and one event, and
+# deletes an older event.  history has no key (REPLICA IDENTITY FULL), so a
+# transaction applied twice shows as a txno twice.
+
+# The workload's tables (public.counter, accounts, events, history), empty:
+# the counter row (1, 0) and accounts 1 to 1000 are the test's to insert.
+sub transfer_tables_sql
+{
+	return q{
+CREATE TABLE public.counter (id int PRIMARY KEY, n bigint NOT NULL);
+CREATE TABLE public.accounts (id int PRIMARY KEY, balance bigint NOT NULL,
+                              version int NOT NULL DEFAULT 0, note text);
+CREATE TABLE public.events (id bigserial PRIMARY KEY, k text NOT NULL UNIQUE,
+                            client int, payload text);
+CREATE TABLE public.history (client int, aid int, delta int, txno bigint,
+                             ts timestamptz);
+ALTER TABLE public.history REPLICA IDENTITY FULL;
+};
+}
+
+# transfer_script(extra => $sql): the pgbench script of one transfer
+# (start_pgbench_load's scripts).  $sql, if given, runs in the transaction
+# after the history row (:n is the transaction's txno, :p a random 1 to 4).
+# The counter row's update comes first in every transaction, which also
+# serializes them and keeps the DELETE of events deterministic.
+sub transfer_script
+{
+	my (%opts) = @_;
+	my $extra = $opts{extra} // '';
+	$extra .= "\n" if $extra ne '' && $extra !~ /\n\z/;
+	return q{
+\set aid random(1, 1000)
+\set bid random(1, 1000)
+\set delta random(-500, 500)
+\set p random(1, 4)
+BEGIN;
+UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n \gset
+UPDATE accounts SET balance = balance - :delta, version = version + 1, note = md5(:n::text) WHERE id = :aid;
+UPDATE accounts SET balance = balance + :delta, version = version + 1 WHERE id = :bid;
+INSERT INTO history (client, aid, delta, txno, ts) VALUES (:client_id, :aid, :delta, :n, clock_timestamp());
+} . $extra . q{INSERT INTO events (k, client, payload) VALUES ('k' || :n, :client_id, repeat(md5(:n::text), 1 + :p * 5));
+DELETE FROM events WHERE id = (SELECT max(id) FROM events) - :p;
+COMMIT;
+};
+}
+
+# check_transfer_phase($source, $dest, $mirror, \@tables, $label, \%stats)
+#
+# After a phase of faults under the transfer load: one ok() that the
+# destination caught up (wait_synced, 120 s), one is() per table on the
+# fingerprints and, when public.history is among @tables, one is() that no
+# txno was applied twice.  Adds the source rows compared to
+# $stats{rows} and the failed comparisons to $stats{differences}.
+# Returns whether the destination caught up.
+sub check_transfer_phase
+{
+	my ($source, $dest, $mirror, $tables, $label, $stats) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	$stats //= {};
+	$stats->{$_} //= 0 foreach qw(rows differences);
+	my $ok = wait_synced($source, $dest, $mirror, $tables, timeout => 120);
+	ok($ok, "$label: destination caught up");
+	foreach my $t (@$tables)
+	{
+		my $s = fingerprint($source, $t);
+		my $d = fingerprint($dest, $t);
+		$stats->{differences}++ if !defined $s || !defined $d || $s ne $d;
+		is($d // '(query failed on destination)',
+			$s // '(query failed on source)',
+			"$label: $t identical");
+		$stats->{rows} += (split /\|/, $s)[0] if defined $s;
+	}
+	if (grep { $_ eq 'public.history' } @$tables)
+	{
+		my $dup = query_value($dest,
+			'SELECT count(*) FROM (SELECT txno FROM history GROUP BY txno HAVING count(*) > 1) s');
+		is($dup, '0', "$label: no duplicated history rows");
+		$stats->{differences}++ if ($dup // '') ne '0';
+	}
+	return $ok;
 }
 
 1;

@@ -39,7 +39,6 @@ use FindBin;
 use lib "$FindBin::RealBin/../perl";
 use BunnyTest qw(:DEFAULT sql_error);
 
-use IPC::Run;
 use Time::HiRes qw(usleep time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -114,33 +113,7 @@ sub pub_tables
 		  . sql_literal(pub_name_of($mirror)));
 }
 
-# background pgbench on the source
-sub start_load
-{
-	my ($script, $secs, $rate) = @_;
-	my ($out, $err) = ('', '');
-	my @cmd = ('pgbench', '-n', '-c', '2', '-j', '2', '-T', $secs);
-	push @cmd, '-R', $rate if $rate;
-	push @cmd, '-f', $script, '-h', $source->host, '-p', $source->port, 'postgres';
-	my $h = IPC::Run::start(\@cmd, '<', \undef, '>', \$out, '2>', \$err);
-	return { h => $h, out => \$out, err => \$err, started => time() };
-}
-
 sub load_running { my ($l) = @_; return $l->{h}->pumpable ? 1 : 0; }
-
-sub finish_load
-{
-	my ($load, $label) = @_;
-	local $Test::Builder::Level = $Test::Builder::Level + 1;
-	$load->{h}->finish;
-	my $rc = $load->{h}->result(0);
-	my ($tx) = ${ $load->{out} } =~ /number of transactions actually processed: (\d+)/;
-	$tx //= 0;
-	is($rc, 0, "$label: pgbench ran without error")
-	  or diag("pgbench stderr:\n${ $load->{err} }");
-	ok($tx > 50, "$label: pgbench committed transactions ($tx)");
-	return $tx;
-}
 
 # Wait until the mirror is RUNNING, has no pending operation and every table
 # is SYNCED. Meanwhile: check on the source that the mirror's slot exists,
@@ -289,12 +262,8 @@ INSERT INTO ssx SELECT g, 's' || g, 'v' || g FROM generate_series(1, 1000) g;
 ANALYZE;
 });
 
-my $dir = PostgreSQL::Test::Utils::tempdir();
-
 # load on every table of m1; parents are never deleted (foreign key)
-my $load1 = "$dir/load1.sql";
-PostgreSQL::Test::Utils::append_to_file(
-	$load1, q{
+my $load1 = q{
 \set a random(1, 150000)
 \set s random(1, 100000)
 \set p random(1, 60000)
@@ -313,12 +282,10 @@ UPDATE parent SET v = v + 1 WHERE id = :p;
 UPDATE child SET n = n + 1, parent_id = :p WHERE id = :c;
 COMMIT;
 DELETE FROM child WHERE id = :c + 11;
-});
+};
 
 # load of m2: u_keep rows with id > 50000 are never touched
-my $load2 = "$dir/load2.sql";
-PostgreSQL::Test::Utils::append_to_file(
-	$load2, q{
+my $load2 = q{
 \set k random(1, 49000)
 \set r random(1, 20000)
 \set a random(1, 80000)
@@ -331,17 +298,15 @@ INSERT INTO u_rem VALUES (:n, 0) ON CONFLICT (id) DO NOTHING;
 UPDATE u_add SET v = v + 1 WHERE id = :a;
 DELETE FROM u_add WHERE id = :a + 2;
 INSERT INTO u_add VALUES (:n, 0, 'ins') ON CONFLICT (id) DO NOTHING;
-});
+};
 
-my $load3 = "$dir/load3.sql";
-PostgreSQL::Test::Utils::append_to_file(
-	$load3, q{
+my $load3 = q{
 \set a random(1, 50000)
 \set n random(1000001, 2000000000)
 UPDATE s_a SET v = v + 1 WHERE id = :a;
 DELETE FROM s_a WHERE id = :a + 1;
 INSERT INTO s_b VALUES (:n, 'ins') ON CONFLICT (id) DO UPDATE SET v = 'upd';
-});
+};
 
 my @m1_tables = qw(public.t_trunc public.parent public.child public.t_swap);
 
@@ -375,7 +340,7 @@ my $reader = $dest->background_psql('postgres', on_error_stop => 0);
 	my $log0 = last_log_id('m1');
 	my $oid_before = dst("SELECT 'public.t_trunc'::regclass::oid");
 	my $swap_changes0 = changes_applied('m1', 'public.t_swap');
-	my $load = start_load($load1, 12, 300);
+	my $load = start_pgbench_load($source, scripts => [$load1], secs => 12, rate => 300);
 	usleep(1_500_000);
 
 	succeeds("SELECT bunny.resync_table('m1', 'public.t_trunc', 'truncate')",
@@ -395,7 +360,7 @@ my $reader = $dest->background_psql('postgres', on_error_stop => 0);
 	note("$label: pgbench still running when the resync finished: $running");
 	ok(changes_applied('m1', 'public.t_swap') > $swap_changes0,
 		"$label: CDC went on for the other tables");
-	finish_load($load, $label);
+	finish_source_load($load, $label, min_transactions => 50);
 
 	ok(scalar(log_lines($dest, 'm1', $log0, 'resync requested (truncate)%')),
 		"$label: log 'resync requested (truncate)'");
@@ -464,7 +429,7 @@ EOS
 	my $label = 'resync_table swap under load';
 	my $log0 = last_log_id('m1');
 	my $oid_before = dst("SELECT 'public.parent'::regclass::oid");
-	my $load = start_load($load1, 12, 300);
+	my $load = start_pgbench_load($source, scripts => [$load1], secs => 12, rate => 300);
 	usleep(1_500_000);
 
 	succeeds("SELECT bunny.resync_table('m1', 'public.parent', 'swap')",
@@ -481,7 +446,7 @@ EOS
 	is($w->{reader_errors}, 0, "$label: reader queries never failed")
 	  or diag($w->{last_reader_error});
 	note("$label: pgbench still running when the resync finished: " . load_running($load));
-	finish_load($load, $label);
+	finish_source_load($load, $label, min_transactions => 50);
 
 	ok(scalar(log_lines($dest, 'm1', $log0, 'resync requested (swap)%')),
 		"$label: log 'resync requested (swap)'");
@@ -526,7 +491,7 @@ EOS
 	my $label = 'resync_mirror swap under load';
 	my $log0 = last_log_id('m1');
 	my %oid_before = map { $_ => dst("SELECT '$_'::regclass::oid") } @m1_tables;
-	my $load = start_load($load1, 14, 300);
+	my $load = start_pgbench_load($source, scripts => [$load1], secs => 14, rate => 300);
 	usleep(1_500_000);
 
 	succeeds("SELECT bunny.resync_mirror('m1', 'swap')", "$label: request accepted");
@@ -545,7 +510,7 @@ EOS
 	is($w->{reader_errors}, 0, "$label: reader queries never failed")
 	  or diag($w->{last_reader_error});
 	note("$label: pgbench still running when the resync finished: " . load_running($load));
-	finish_load($load, $label);
+	finish_source_load($load, $label, min_transactions => 50);
 
 	foreach my $t (@m1_tables)
 	{
@@ -644,7 +609,7 @@ EOS
 	is($snap0, '100000', "$label: u_keep rows_snapshotted after the initial copy");
 	is(pub_tables('m2'), 'public.u_keep,public.u_rem', "$label: publication before");
 
-	my $load = start_load($load2, 14, 300);
+	my $load = start_pgbench_load($source, scripts => [$load2], secs => 14, rate => 300);
 	usleep(1_500_000);
 
 	succeeds("SELECT bunny.pause_mirror('m2')", "$label: pause");
@@ -675,7 +640,7 @@ EOS
 		"$label: publication on the source now has u_add and u_keep only")
 	  or diag('publication tables: ' . (pub_tables('m2') // '(error)'));
 	note("$label: pgbench still running when the added table was in: " . load_running($load));
-	finish_load($load, $label);
+	finish_source_load($load, $label, min_transactions => 50);
 
 	# a change of the removed table after the load
 	src("INSERT INTO u_rem VALUES (-1, -1); UPDATE u_rem SET v = -5 WHERE id = 1;");
@@ -761,7 +726,7 @@ EOS
 	is(slot_exists('m3'), '0', "$label: still no slot on the source");
 
 	my $log0 = last_log_id('m3');
-	my $load = start_load($load3, 8, 200);
+	my $load = start_pgbench_load($source, scripts => [$load3], secs => 8, rate => 200);
 	usleep(1_000_000);
 	succeeds("SELECT bunny.resync_mirror('m3')", "$label: resync_mirror accepted");
 	my $w = watch_resync('m3', timeout => 120, op_grace => 15);
@@ -770,7 +735,7 @@ EOS
 	  or diag("$label: pending_op still '" . ($w->{op_stuck} // '?')
 		  . "' 15s after the mirror was RUNNING with every table SYNCED");
 	is(slot_exists('m3'), '1', "$label: a new slot bunny_slot_m3 exists");
-	finish_load($load, $label);
+	finish_source_load($load, $label, min_transactions => 50);
 	ok(scalar(log_lines($dest, 'm3', $log0, 'resync finished')), "$label: log 'resync finished'");
 	# the mirror takes control operations again
 	if (succeeds("SELECT bunny.pause_mirror('m3')", "$label: pause_mirror accepted afterwards"))
@@ -896,7 +861,7 @@ UPDATE ssx SET v = 'x' || id WHERE id <= 10;});
 			timeout => 60),
 		"$label: m5 created and RUNNING");
 	my $log0 = last_log_id('m5');
-	my $load = start_load($load1, 6, 300);
+	my $load = start_pgbench_load($source, scripts => [$load1], secs => 6, rate => 300);
 	succeeds("SELECT bunny.resync_mirror('m5', 'truncate')", "$label: resync_mirror started");
 	ok( poll_until(
 			sub {
@@ -941,7 +906,7 @@ UPDATE ssx SET v = 'x' || id WHERE id <= 10;});
 	  or diag(query_value($source, 'SELECT slot_name, temporary, active_pid FROM pg_replication_slots'));
 	is(query_value($dest, "SELECT to_regclass('public.big') IS NOT NULL"),
 		't', "$label: destination table stays");
-	$load->{h}->finish;
+	finish_source_load($load, $label);
 
 	# the other mirrors are not affected
 	is(mirror_field($dest, 'm1', 'status'), 'RUNNING', "$label: m1 still RUNNING");
