@@ -1,9 +1,24 @@
 # bunnydb: PGXS build.
 #
-#   make && make install          build and install into the server found by pg_config
-#   make installcheck             pg_regress suite (own temp instance) + TAP suite
-#   make bench                    the benchmark against built-in logical replication
-#                                 (bench/run.sh, as root; BENCH_ARGS="--only copy" etc.)
+#   make && make install     build and install into the server found by pg_config
+#   make installcheck        PGXS's: pg_regress (sql/*.sql against expected/)
+#                            on the RUNNING server, then the TAP suite
+#                            (test/t/*.pl; each file starts clusters of its own)
+#   make regresscheck        pg_regress on a temporary instance of its own,
+#                            configured by test/regress.conf
+#   make tapcheck            the TAP suite alone (PROVE_TESTS=test/t/001_x.pl
+#                            for some files, PROVE_FLAGS=-v)
+#   make bench               the benchmark against built-in logical replication
+#                            (bench/run.sh, as root; BENCH_ARGS="--only copy" etc.)
+#
+# `make installcheck` connects as psql does (PGHOST, PGPORT, PGUSER) and
+# needs a superuser and a server started with the settings of
+# test/regress.conf: shared_preload_libraries = 'bunnydb' (the launcher and
+# the workers are background workers registered at server start),
+# wal_level = logical, and worker, slot and walsender limits as large.  It
+# creates the database contrib_regression and the roles bunny_admin and
+# bunny_monitor there.  test/run_tests.sh, the whole suite, runs
+# `make regresscheck` and `make tapcheck` instead, as separate steps.
 #
 EXTENSION = bunnydb
 MODULE_big = bunnydb
@@ -24,7 +39,7 @@ OBJS = \
 DATA = $(wildcard sql/bunnydb--*.sql)
 
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(filter-out sql/bunnydb--%,$(wildcard sql/*.sql))))
-REGRESS_OPTS = --temp-config=$(srcdir)/test/regress.conf --temp-instance=$(CURDIR)/tmp_regress --inputdir=$(srcdir)
+EXTRA_CLEAN = tmp_regress
 
 TAP_TESTS = 1
 PROVE_TESTS = test/t/*.pl
@@ -45,3 +60,21 @@ src/apply.o src/relmap.o src/fold.o: src/apply_internal.h
 .PHONY: bench
 bench:
 	bash $(srcdir)/bench/run.sh $(BENCH_ARGS)
+
+# pg_regress on a temporary instance: a plain `make installcheck` cannot
+# configure the server it is given (shared_preload_libraries needs a
+# restart), and PGXS's own `make check` is refused for an extension built
+# outside the source tree, which has no temporary install of the server.
+# So this target starts the installed server (pg_config's bindir, where
+# `make install` put bunnydb) on a scratch data directory with
+# test/regress.conf, runs the same tests and stops it.
+.PHONY: regresscheck
+regresscheck:
+	$(pg_regress_installcheck) --temp-instance=$(CURDIR)/tmp_regress \
+		--temp-config=$(srcdir)/test/regress.conf $(REGRESS_OPTS) $(REGRESS)
+
+# The TAP half of installcheck on its own, so that a pg_regress failure does
+# not hide the TAP results (installcheck stops at the first failing half).
+.PHONY: tapcheck
+tapcheck:
+	$(prove_installcheck)

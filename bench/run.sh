@@ -2,7 +2,7 @@
 #
 # bunnydb benchmark: bunnydb against PostgreSQL's built-in logical replication
 # (CREATE PUBLICATION / CREATE SUBSCRIPTION), same machine, same run, same
-# clusters, same data.  See SPEC.md section 4 "Performance targets".
+# clusters, same data.  The targets are in the README, section "Performance".
 #
 #     sudo bash bench/run.sh [--scale N] [--only copy,tpcb,bigtxn,lag] [--keep]
 #                            [--copy-pairs 1|2] [--no-pglogical]
@@ -1217,7 +1217,7 @@ if want lag; then
 fi
 if [ "$PGL" = 1 ]; then
     # second table: bunnydb against pglogical, same run (no targets: the
-    # SPEC's targets are against the built-in replication)
+    # README's targets are against the built-in replication)
     echo
     echo "== bunnydb against pglogical (same run) =="
     printf '%-26s | %10s | %10s | %s\n' "workload" "bunnydb" "pglogical" "ratio (bunnydb/pglogical)"

@@ -7,13 +7,13 @@ CREATE EXTENSION bunnydb;
 SELECT extname, extversion, extnamespace::regnamespace AS schema, extrelocatable
   FROM pg_extension WHERE extname = 'bunnydb';
 
--- the roles of SPEC 2.5
+-- the roles of README "Roles and privileges"
 SELECT rolname, rolcanlogin, rolsuper
   FROM pg_roles WHERE rolname IN ('bunny_admin', 'bunny_monitor') ORDER BY 1;
 -- bunny_admin is a member of bunny_monitor
 SELECT pg_has_role('bunny_admin', 'bunny_monitor', 'MEMBER') AS admin_is_monitor;
 
--- public API functions (SPEC 2.1, 2.2, 2.4): name, arguments, result
+-- public API functions (README "SQL API reference"): name, arguments, result
 SELECT p.proname, pg_get_function_arguments(p.oid) AS arguments,
        pg_get_function_result(p.oid) AS result
   FROM pg_proc p
@@ -33,7 +33,7 @@ SELECT c.relname, c.relkind
  WHERE c.relnamespace = 'bunny'::regnamespace AND c.relkind IN ('r', 'v', 'p')
  ORDER BY 1;
 
--- columns of the monitoring relations (SPEC 2.1, 2.4)
+-- columns of the monitoring relations (README "SQL API reference", "Monitoring")
 SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) AS type
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
  WHERE c.relnamespace = 'bunny'::regnamespace
@@ -41,7 +41,7 @@ SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) AS t
    AND a.attnum > 0 AND NOT a.attisdropped
  ORDER BY c.relname, a.attnum;
 
--- settings (SPEC 2.5)
+-- settings (README "Settings")
 SELECT name, vartype, context
   FROM pg_settings WHERE name LIKE 'bunny.%' ORDER BY 1;
 

@@ -1,5 +1,5 @@
 --
--- 02_peers: SPEC 2.1
+-- 02_peers: README "SQL API reference", "Peers"
 --
 \set VERBOSITY sqlstate
 
@@ -123,7 +123,7 @@ SELECT conninfo = :'self_conninfo' || ' application_name=bunny_regress' AS chang
 SELECT bunny.alter_peer('self', :'self_conninfo', validate => false);
 SELECT conninfo = :'self_conninfo' AS changed_back FROM bunny.peers WHERE name = 'self';
 
--- passwords are masked in bunny.peers (SPEC 2.1)
+-- passwords are masked in bunny.peers (README "Guarantees": secrets stay secret)
 SELECT bunny.create_peer('pw1', 'host=x password=secret dbname=y', validate => false);
 SELECT bunny.create_peer('pw2', 'host=x password=''se cret'' dbname=y', validate => false);
 SELECT bunny.create_peer('pw3', 'postgresql://u:secret@h/db', validate => false);

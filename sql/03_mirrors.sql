@@ -1,5 +1,5 @@
 --
--- 03_mirrors: SPEC 2.2 and 2.4
+-- 03_mirrors: README "SQL API reference", "Mirrors" and "Monitoring"
 --
 -- Mirrors here use peer "nowhere" (unreachable, never validated): their
 -- workers fail in the background.  Nothing below depends on worker state.

@@ -1,5 +1,5 @@
 --
--- 04_privileges: SPEC 2.5 (PUBLIC: nothing; bunny_monitor reads; bunny_admin acts)
+-- 04_privileges: README "Roles and privileges" (PUBLIC: nothing; bunny_monitor reads; bunny_admin acts)
 --
 \set VERBOSITY sqlstate
 

@@ -1,9 +1,10 @@
 --
--- 05_bad_input: every SQL function of SPEC 2.1, 2.2 and 2.4 called with bad
--- input: wrong types, NULLs, unknown names, malformed JSON, options out of
--- range, hostile names.  Each failure must carry the SPEC's SQLSTATE and
--- leave bunny.peer, bunny.mirror and bunny.mirror_table as they were
--- (checked by :same after every failing call).
+-- 05_bad_input: every SQL function of README "SQL API reference" called
+-- with bad input: wrong types, NULLs, unknown names, malformed JSON, options
+-- out of range, hostile names.  Each failure must carry the SQLSTATE listed
+-- under README "Error codes" and leave bunny.peer, bunny.mirror and
+-- bunny.mirror_table as they were (checked by :same after every failing
+-- call).
 --
 -- Runs after 01-04 or on its own (REGRESS=05_bad_input): it creates the
 -- extension if needed and only uses objects whose names start with bi_.
@@ -48,7 +49,7 @@ SELECT bunny.create_mirror('bi_m', 'bi_nowhere', '["bi_src.t1"]');
 CALL bi_rebase();
 
 ------------------------------------------------------------------------------
--- create_peer / alter_peer / drop_peer / test_peer / peer_tables (SPEC 2.1)
+-- create_peer / alter_peer / drop_peer / test_peer / peer_tables (README "Peers")
 ------------------------------------------------------------------------------
 
 -- wrong types and arity: resolved at parse time (42883 / 22P02)
@@ -161,7 +162,7 @@ SELECT bunny.drop_peer('bi_x''; DROP TABLE bi_canary; --'),
 SELECT count(*) AS canary FROM bi_canary;
 
 ------------------------------------------------------------------------------
--- create_mirror (SPEC 2.2)
+-- create_mirror (README "Mirrors")
 ------------------------------------------------------------------------------
 
 -- wrong types and arity: parse-time errors
@@ -429,7 +430,7 @@ ROLLBACK;
 SELECT count(*) AS canary FROM bi_canary;
 
 ------------------------------------------------------------------------------
--- control functions (SPEC 2.2): NULL name 22004, unknown 42704
+-- control functions (README "Mirrors"): NULL name 22004, unknown 42704
 ------------------------------------------------------------------------------
 
 SELECT bunny.pause_mirror(NULL);
@@ -520,7 +521,7 @@ SELECT bunny.update_tables('bi_m', '["bi_src.t1"]', 'extra');
 :same
 
 ------------------------------------------------------------------------------
--- wait_for_lsn, logs, mirror_status (SPEC 2.2, 2.4)
+-- wait_for_lsn, logs, mirror_status (README "Mirrors", "Monitoring")
 ------------------------------------------------------------------------------
 
 SELECT bunny.wait_for_lsn('bi_nosuch', '0/1', 0);

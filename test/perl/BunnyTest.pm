@@ -12,6 +12,11 @@
 #   ... write on $source ...
 #   ok(wait_synced($source, $dest, 'm1', \@tables), 'caught up');
 #   compare_tables($source, $dest, \@tables, 'after step');
+#   src('INSERT INTO t1 VALUES (1)');   # safe_psql on the last setup_pair's
+#   dst('SELECT count(*) FROM t1');     # source / destination, database postgres
+#
+# What a test file needs twice or more belongs here, once, documented where
+# it is defined; a helper used by one file stays in that file.
 #
 # Table names are always passed in SQL syntax, quoted where needed
 # (e.g. '"My Schema"."Mixed Case"'); they are put verbatim into queries.
@@ -53,8 +58,21 @@ our @EXPORT = qw(
   worker_pids
   transfer_mode
   start_source_load
+  start_pgbench_load
   finish_source_load
+  transfer_tables_sql
+  transfer_script
+  check_transfer_phase
+  src
+  dst
+  table_field
+  log_lines
+  catch_up_compare
 );
+
+# On request only: 015_source_versions still has a copy of its own, and an
+# imported sub that a file defines again draws a "redefined" warning.
+our @EXPORT_OK = qw(sql_error);
 
 # ---------------------------------------------------------------------------
 # Small utilities
@@ -116,6 +134,19 @@ sub poll_until
 		return 0 if time() > $deadline;
 		usleep(int($interval * 1_000_000));
 	}
+}
+
+# Run $sql on database postgres of $node; return (SQLSTATE, message) of its
+# error, or ('', '') when it succeeded.  ('?????', stderr) when psql failed
+# without an ERROR line (server gone, ...).
+sub sql_error
+{
+	my ($node, $sql) = @_;
+	my ($ret, $out, $err) = $node->psql('postgres',
+		"\\set VERBOSITY verbose\n$sql", on_error_stop => 1);
+	return ('', '') if $ret == 0;
+	return ($1, $2) if $err =~ /ERROR:\s+([0-9A-Z]{5}):\s+([^\n]*)/;
+	return ('?????', $err);
 }
 
 # ---------------------------------------------------------------------------
@@ -205,6 +236,9 @@ sub _install_path_for
 	return $overlay;
 }
 
+# The pair of the last setup_pair(), for src() and dst().
+my ($pair_source, $pair_dest);
+
 # setup_pair(%opts) -> ($source, $dest)
 #
 # Options:
@@ -277,7 +311,23 @@ log_min_messages = info
 		}
 	}
 
+	($pair_source, $pair_dest) = ($source, $dest);
 	return ($source, $dest);
+}
+
+# src($sql) / dst($sql): safe_psql on database postgres of the source /
+# the destination that the last setup_pair() returned: stdout, dies on any
+# error.  Every test file with one pair wants these one-liners.
+sub src
+{
+	die('src() called before setup_pair()') unless $pair_source;
+	return $pair_source->safe_psql('postgres', $_[0]);
+}
+
+sub dst
+{
+	die('dst() called before setup_pair()') unless $pair_dest;
+	return $pair_dest->safe_psql('postgres', $_[0]);
 }
 
 # ---------------------------------------------------------------------------
@@ -329,6 +379,35 @@ sub mirror_field
 	my ($dest, $name, $field) = @_;
 	return query_value($dest,
 		"SELECT $field FROM bunny.mirrors WHERE name = " . sql_literal($name));
+}
+
+# Value of one column of bunny.mirror_tables for source table $src (as
+# stored there, e.g. 'public.t1') of a mirror, or undef.
+sub table_field
+{
+	my ($dest, $name, $src, $field) = @_;
+	return query_value($dest,
+		    "SELECT $field FROM bunny.mirror_tables WHERE mirror = "
+		  . sql_literal($name)
+		  . " AND source_table = "
+		  . sql_literal($src));
+}
+
+# log_lines($dest, $mirror, $after_id, $like): the messages of
+# bunny.mirror_logs of a mirror with an id above $after_id (0: all) that
+# match the LIKE pattern $like, oldest first.
+sub log_lines
+{
+	my ($dest, $name, $after, $like) = @_;
+	my $r = query_value($dest,
+		    "SELECT string_agg(message, E'\\n' ORDER BY id) FROM bunny.mirror_logs "
+		  . "WHERE mirror = "
+		  . sql_literal($name)
+		  . " AND id > " . ($after + 0)
+		  . " AND message LIKE "
+		  . sql_literal($like));
+	return () unless defined $r && $r ne '';
+	return split /\n/, $r;
 }
 
 # One-line human readable state of a mirror.
@@ -568,6 +647,64 @@ sub compare_tables
 	return $rows;
 }
 
+# catch_up_compare($source, $dest, $mirror, \@tables, $label, %opts)
+#
+# One is() that bunny.wait_for_lsn(the source's current LSN) returns true,
+# then one is() per table on the fingerprints.  An element of @tables is a
+# table name (the same on both sides) or a pair [source relation,
+# destination relation]; a relation may be a subquery, e.g.
+# '(SELECT id, a FROM public.t)'.  A late apply gets 20 s before a
+# difference is reported.
+#
+# %opts: exact => 1 adds one ok() that the data was equal at the first
+# comparison after wait_for_lsn returned (what wait_for_lsn promises).
+sub catch_up_compare
+{
+	my ($source, $dest, $mirror, $tables, $label, %opts) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	my @pairs = map { ref($_) ? $_ : [ $_, $_ ] } @$tables;
+	my $lsn = source_lsn($source);
+	is(wait_for_lsn($dest, $mirror, $lsn, 60000) // '(error)',
+		't', "$label: wait_for_lsn('$lsn') returned true");
+
+	my %fp;
+	my $round = 0;
+	my $first_ok;
+	my $t0 = time();
+	poll_until(
+		sub {
+			my $same = 1;
+			foreach my $p (@pairs)
+			{
+				my $s = fingerprint($source, $p->[0]) // '(query failed on source)';
+				my $d = fingerprint($dest, $p->[1]) // '(query failed on destination)';
+				$fp{ $p->[0] } = [ $s, $d ];
+				$same = 0 if $s ne $d;
+			}
+			$round++;
+			if (!defined $first_ok)
+			{
+				$first_ok = $same;
+				diag("$label: first comparison after wait_for_lsn differs: "
+					  . join('; ', map { "$_ source=$fp{$_}[0] dest=$fp{$_}[1]" }
+						  grep { $fp{$_}[0] ne $fp{$_}[1] } sort keys %fp))
+				  if !$same && $opts{exact};
+			}
+			return $same;
+		},
+		20, 0.5);
+	note(sprintf('%s: %d comparison round(s) in %.1f s', $label, $round, time() - $t0));
+	ok($first_ok, "$label: data equal as soon as wait_for_lsn returned")
+	  if $opts{exact};
+	foreach my $p (@pairs)
+	{
+		my $what = $p->[0] eq $p->[1] ? "$p->[0] identical on destination"
+		  : "$p->[1] on destination equals $p->[0] on source";
+		is($fp{ $p->[0] }[1], $fp{ $p->[0] }[0], "$label: $what");
+	}
+	return;
+}
+
 # ---------------------------------------------------------------------------
 # Source workloads
 # ---------------------------------------------------------------------------
@@ -578,22 +715,164 @@ sub compare_tables
 sub start_source_load
 {
 	my ($node, $sql) = @_;
-	my %run = (out => '', err => '');
+	my %run = (out => '', err => '', started => time());
 	$run{h} = IPC::Run::start(
 		[ 'psql', '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $node->connstr('postgres'), '-c', $sql ],
 		'>', \$run{out}, '2>', \$run{err});
 	return \%run;
 }
 
-# finish_source_load($handle, $label): wait for the load to end; one
+# start_pgbench_load($node, %opts): pgbench in the background on database
+# postgres of $node.  Returns a handle for finish_source_load; its
+# {started} is the time() it started.
+#   scripts => [ $text, ... ] or [ [ $text, $weight ], ... ]: the pgbench
+#              scripts (-f), written to files here
+#   secs    => how long it runs (-T)
+#   rate    => transactions per second over all clients (-R); default: as
+#              fast as it can
+#   clients => clients and threads (-c, -j); default 2
+sub start_pgbench_load
+{
+	my ($node, %opts) = @_;
+	my $clients = $opts{clients} // 2;
+	my @cmd = ('pgbench', '-n', '-c', $clients, '-j', $clients, '-T', $opts{secs});
+	push @cmd, '-R', $opts{rate} if $opts{rate};
+	my $dir = PostgreSQL::Test::Utils::tempdir();
+	my $i = 0;
+	foreach my $s (@{ $opts{scripts} })
+	{
+		my ($text, $weight) = ref($s) ? @$s : ($s);
+		my $file = "$dir/script" . $i++ . '.sql';
+		PostgreSQL::Test::Utils::append_to_file($file, $text);
+		push @cmd, '-f', defined $weight ? "$file\@$weight" : $file;
+	}
+	push @cmd, '-h', $node->host, '-p', $node->port, 'postgres';
+	my %run = (out => '', err => '', started => time());
+	$run{h} = IPC::Run::start(\@cmd, '<', \undef, '>', \$run{out}, '2>', \$run{err});
+	return \%run;
+}
+
+# finish_source_load($handle, $label, %opts): wait for the load to end; one
 # check that it saw no error (a source workload must never fail).
+#   may_fail => 1: no check, only a note of its exit status, for a load that
+#                  a fault of the source itself cut short (restart, stop) or
+#                  that the test killed
+#   min_transactions => N: one more check, that a pgbench load committed
+#                  more than N transactions
+# Returns the number of transactions a pgbench load reports as processed
+# (0 for a psql load).
 sub finish_source_load
 {
-	my ($run, $label) = @_;
+	my ($run, $label, %opts) = @_;
 	local $Test::Builder::Level = $Test::Builder::Level + 1;
 	$run->{h}->finish;
-	return is($run->{h}->result(0), 0, "$label: the source load saw no error")
-	  || diag($run->{err});
+	my $rc = $run->{h}->result(0);
+	my ($tx) = $run->{out} =~ /number of transactions actually processed: (\d+)/;
+	$tx //= 0;
+	if ($opts{may_fail})
+	{
+		note("$label: the source load ended with exit status $rc ($tx transactions)");
+	}
+	else
+	{
+		is($rc, 0, "$label: the source load saw no error")
+		  or diag($run->{err});
+	}
+	if (defined $opts{min_transactions})
+	{
+		ok($tx > $opts{min_transactions},
+			"$label: the source load committed transactions ($tx)");
+	}
+	return $tx;
+}
+
+# ---------------------------------------------------------------------------
+# The transfer workload (002_crash_safety, 007_faults)
+# ---------------------------------------------------------------------------
+#
+# A load whose invariants show a source transaction applied by half or
+# twice: every transaction bumps the one counter row, moves an amount
+# between two of 1000 accounts (so the balances sum to 0), inserts one
+# history row carrying the counter's new value (txno) and one event, and
+# deletes an older event.  history has no key (REPLICA IDENTITY FULL), so a
+# transaction applied twice shows as a txno twice.
+
+# The workload's tables (public.counter, accounts, events, history), empty:
+# the counter row (1, 0) and accounts 1 to 1000 are the test's to insert.
+sub transfer_tables_sql
+{
+	return q{
+CREATE TABLE public.counter (id int PRIMARY KEY, n bigint NOT NULL);
+CREATE TABLE public.accounts (id int PRIMARY KEY, balance bigint NOT NULL,
+                              version int NOT NULL DEFAULT 0, note text);
+CREATE TABLE public.events (id bigserial PRIMARY KEY, k text NOT NULL UNIQUE,
+                            client int, payload text);
+CREATE TABLE public.history (client int, aid int, delta int, txno bigint,
+                             ts timestamptz);
+ALTER TABLE public.history REPLICA IDENTITY FULL;
+};
+}
+
+# transfer_script(extra => $sql): the pgbench script of one transfer
+# (start_pgbench_load's scripts).  $sql, if given, runs in the transaction
+# after the history row (:n is the transaction's txno, :p a random 1 to 4).
+# The counter row's update comes first in every transaction, which also
+# serializes them and keeps the DELETE of events deterministic.
+sub transfer_script
+{
+	my (%opts) = @_;
+	my $extra = $opts{extra} // '';
+	$extra .= "\n" if $extra ne '' && $extra !~ /\n\z/;
+	return q{
+\set aid random(1, 1000)
+\set bid random(1, 1000)
+\set delta random(-500, 500)
+\set p random(1, 4)
+BEGIN;
+UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n \gset
+UPDATE accounts SET balance = balance - :delta, version = version + 1, note = md5(:n::text) WHERE id = :aid;
+UPDATE accounts SET balance = balance + :delta, version = version + 1 WHERE id = :bid;
+INSERT INTO history (client, aid, delta, txno, ts) VALUES (:client_id, :aid, :delta, :n, clock_timestamp());
+} . $extra . q{INSERT INTO events (k, client, payload) VALUES ('k' || :n, :client_id, repeat(md5(:n::text), 1 + :p * 5));
+DELETE FROM events WHERE id = (SELECT max(id) FROM events) - :p;
+COMMIT;
+};
+}
+
+# check_transfer_phase($source, $dest, $mirror, \@tables, $label, \%stats)
+#
+# After a phase of faults under the transfer load: one ok() that the
+# destination caught up (wait_synced, 120 s), one is() per table on the
+# fingerprints and, when public.history is among @tables, one is() that no
+# txno was applied twice.  Adds the source rows compared to
+# $stats{rows} and the failed comparisons to $stats{differences}.
+# Returns whether the destination caught up.
+sub check_transfer_phase
+{
+	my ($source, $dest, $mirror, $tables, $label, $stats) = @_;
+	local $Test::Builder::Level = $Test::Builder::Level + 1;
+	$stats //= {};
+	$stats->{$_} //= 0 foreach qw(rows differences);
+	my $ok = wait_synced($source, $dest, $mirror, $tables, timeout => 120);
+	ok($ok, "$label: destination caught up");
+	foreach my $t (@$tables)
+	{
+		my $s = fingerprint($source, $t);
+		my $d = fingerprint($dest, $t);
+		$stats->{differences}++ if !defined $s || !defined $d || $s ne $d;
+		is($d // '(query failed on destination)',
+			$s // '(query failed on source)',
+			"$label: $t identical");
+		$stats->{rows} += (split /\|/, $s)[0] if defined $s;
+	}
+	if (grep { $_ eq 'public.history' } @$tables)
+	{
+		my $dup = query_value($dest,
+			'SELECT count(*) FROM (SELECT txno FROM history GROUP BY txno HAVING count(*) > 1) s');
+		is($dup, '0', "$label: no duplicated history rows");
+		$stats->{differences}++ if ($dup // '') ne '0';
+	}
+	return $ok;
 }
 
 1;

@@ -22,7 +22,6 @@ use FindBin;
 use lib "$FindBin::RealBin/../perl";
 use BunnyTest;
 
-use IPC::Run;
 use Time::HiRes qw(usleep time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -35,16 +34,7 @@ my ($source, $dest) = setup_pair(
 
 my $mirror = 'crash';
 
-$source->safe_psql(
-	'postgres', q{
-CREATE TABLE public.counter (id int PRIMARY KEY, n bigint NOT NULL);
-CREATE TABLE public.accounts (id int PRIMARY KEY, balance bigint NOT NULL,
-                              version int NOT NULL DEFAULT 0, note text);
-CREATE TABLE public.events (id bigserial PRIMARY KEY, k text NOT NULL UNIQUE,
-                            client int, payload text);
-CREATE TABLE public.history (client int, aid int, delta int, txno bigint,
-                             ts timestamptz);
-ALTER TABLE public.history REPLICA IDENTITY FULL;
+$source->safe_psql('postgres', transfer_tables_sql() . q{
 CREATE TABLE public.bulk (id bigserial PRIMARY KEY, client int, v int, txno bigint);
 });
 
@@ -67,33 +57,12 @@ INSERT INTO accounts SELECT g, 0, 0, NULL FROM generate_series(1, 1000) g;
 ok(wait_synced($source, $dest, $mirror, \@tables), 'initial rows replicated');
 
 # ---------------------------------------------------------------------------
-# Load generator: pgbench with two scripts.
-# Every transaction first bumps the counter row (this also serializes the
-# transactions, which keeps the DELETEs deterministic).
+# Load generator: pgbench, 2 clients, 250 transactions a second in all:
+# 9 in 10 are BunnyTest's transfer_script, 1 in 10 this bulk transaction,
+# which bumps the counter and writes one history row as a transfer does.
 # ---------------------------------------------------------------------------
 
-my $dir = PostgreSQL::Test::Utils::tempdir();
-my $script_small = "$dir/small.sql";
-my $script_bulk  = "$dir/bulk.sql";
-
-PostgreSQL::Test::Utils::append_to_file(
-	$script_small, q{
-\set aid random(1, 1000)
-\set bid random(1, 1000)
-\set delta random(-500, 500)
-\set p random(1, 4)
-BEGIN;
-UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n \gset
-UPDATE accounts SET balance = balance - :delta, version = version + 1, note = md5(:n::text) WHERE id = :aid;
-UPDATE accounts SET balance = balance + :delta, version = version + 1 WHERE id = :bid;
-INSERT INTO history (client, aid, delta, txno, ts) VALUES (:client_id, :aid, :delta, :n, clock_timestamp());
-INSERT INTO events (k, client, payload) VALUES ('k' || :n, :client_id, repeat(md5(:n::text), 1 + :p * 5));
-DELETE FROM events WHERE id = (SELECT max(id) FROM events) - :p;
-COMMIT;
-});
-
-PostgreSQL::Test::Utils::append_to_file(
-	$script_bulk, q{
+my $bulk_script = q{
 BEGIN;
 UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n \gset
 INSERT INTO bulk (client, v, txno) SELECT :client_id, g, :n FROM generate_series(1, 300) g;
@@ -101,36 +70,10 @@ UPDATE bulk SET v = -v WHERE id IN (SELECT id FROM bulk ORDER BY id DESC LIMIT 5
 DELETE FROM bulk WHERE id IN (SELECT id FROM bulk ORDER BY id LIMIT 150);
 INSERT INTO history (client, aid, delta, txno, ts) VALUES (:client_id, 0, 300, :n, clock_timestamp());
 COMMIT;
-});
-
-sub start_load
-{
-	my ($secs) = @_;
-	my ($out, $err) = ('', '');
-	my $h = IPC::Run::start(
-		[
-			'pgbench', '-n', '-c', '2', '-j', '2', '-T', $secs, '-R', '250',
-			'-f', "$script_small\@9", '-f', "$script_bulk\@1",
-			'-h', $source->host, '-p', $source->port, 'postgres'
-		],
-		'<', \undef, '>', \$out, '2>', \$err);
-	return { h => $h, out => \$out, err => \$err, started => time() };
-}
-
-sub finish_load
-{
-	my ($load, $expect_ok) = @_;
-	$load->{h}->finish;
-	my $rc = $load->{h}->result(0);
-	my ($tx) = ${ $load->{out} } =~ /number of transactions actually processed: (\d+)/;
-	$tx //= '?';
-	note("pgbench exit code $rc, transactions processed: $tx");
-	if ($rc != 0 && $expect_ok)
-	{
-		diag("pgbench failed:\n${ $load->{err} }");
-	}
-	return $tx;
-}
+};
+my @load = (
+	scripts => [ [ transfer_script(), 9 ], [ $bulk_script, 1 ] ],
+	rate => 250);
 
 # Invariants that hold on the source at every commit: every transaction
 # bumps the counter once and inserts exactly one history row, and transfers
@@ -174,24 +117,7 @@ sub sleep_until
 }
 
 my %faults = (worker_sigkill => 0, dest_immediate => 0, source_restart => 0);
-my $total_rows_compared = 0;
-
-sub check_phase
-{
-	my ($label) = @_;
-	ok(wait_synced($source, $dest, $mirror, \@tables, timeout => 120),
-		"$label: destination caught up");
-	$total_rows_compared += compare_tables($source, $dest, \@tables, $label);
-	is( query_value($dest, 'SELECT n FROM counter WHERE id = 1'),
-		$source->safe_psql('postgres', 'SELECT n FROM counter WHERE id = 1'),
-		"$label: counter row identical (every transaction applied once)");
-	is( query_value($dest,
-			'SELECT count(*) FROM (SELECT txno FROM history GROUP BY txno HAVING count(*) > 1) s'
-		),
-		'0',
-		"$label: no duplicated history rows");
-	return;
-}
+my %stats;    # check_transfer_phase's rows compared and differences
 
 # Kill the mirror worker with SIGKILL; wait until a new worker runs.
 sub kill_worker
@@ -229,21 +155,21 @@ sub kill_worker
 # Phase 1: SIGKILL the worker three times under load
 # ---------------------------------------------------------------------------
 
-my $load = start_load(24);
+my $load = start_pgbench_load($source, @load, secs => 24);
 foreach my $at (4, 10, 16)
 {
 	sleep_until($load, $at);
 	kill_worker();
 }
 sleep_until($load, 24);
-my $tx1 = finish_load($load, 1);
-check_phase('after worker SIGKILLs');
+my $tx1 = finish_source_load($load, 'phase 1');
+check_transfer_phase($source, $dest, $mirror, \@tables, 'after worker SIGKILLs', \%stats);
 
 # ---------------------------------------------------------------------------
 # Phase 2: immediate stop / start of the destination under load
 # ---------------------------------------------------------------------------
 
-$load = start_load(20);
+$load = start_pgbench_load($source, @load, secs => 20);
 foreach my $at (4, 12)
 {
 	sleep_until($load, $at);
@@ -256,15 +182,16 @@ foreach my $at (4, 12)
 		'mirror RUNNING again after destination crash restart');
 }
 sleep_until($load, 20);
-my $tx2 = finish_load($load, 1);
-check_phase('after destination immediate restarts');
+my $tx2 = finish_source_load($load, 'phase 2');
+check_transfer_phase($source, $dest, $mirror, \@tables,
+	'after destination immediate restarts', \%stats);
 
 # ---------------------------------------------------------------------------
 # Phase 3: restart the source under load. pgbench clients lose their
 # connections (expected), so a second load runs after the restart.
 # ---------------------------------------------------------------------------
 
-$load = start_load(8);
+$load = start_pgbench_load($source, @load, secs => 8);
 sleep_until($load, 4);
 my $t0 = time();
 $source->restart;
@@ -277,10 +204,10 @@ diag(sprintf(
 		  . 'waited for a flush confirmation (wal_sender_timeout)',
 		$restart_secs))
   if $restart_secs > 20;
-my $tx3 = finish_load($load, 0);
+my $tx3 = finish_source_load($load, 'phase 3, across the source restart', may_fail => 1);
 
 # second load runs while we wait for the mirror to reconnect
-$load = start_load(8);
+$load = start_pgbench_load($source, @load, secs => 8);
 
 ok( poll_until(
 		sub {
@@ -297,8 +224,8 @@ note(sprintf('mirror reconnected %.1f s after the source came back',
 ok($reconnect_secs <= 30,
 	sprintf('reconnect after source restart honours retry_backoff_max = 5s '
 		  . '(took %.1f s)', $reconnect_secs));
-my $tx4 = finish_load($load, 1);
-check_phase('after source restart');
+my $tx4 = finish_source_load($load, 'phase 3, after the source restart');
+check_transfer_phase($source, $dest, $mirror, \@tables, 'after source restart', \%stats);
 
 # ---------------------------------------------------------------------------
 # Final
@@ -327,7 +254,7 @@ note(sprintf(
 		  . 'pgbench tx per phase: %s/%s/%s/%s; rows compared over all checks: %d',
 		$faults{worker_sigkill}, $faults{dest_immediate},
 		$faults{source_restart}, $counter,
-		$tx1, $tx2, $tx3, $tx4, $total_rows_compared));
+		$tx1, $tx2, $tx3, $tx4, $stats{rows}));
 
 $dest->stop;
 $source->stop;

@@ -37,9 +37,8 @@ use warnings;
 
 use FindBin;
 use lib "$FindBin::RealBin/../perl";
-use BunnyTest;
+use BunnyTest qw(:DEFAULT sql_error);
 
-use IPC::Run;
 use Time::HiRes qw(usleep time);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -54,24 +53,6 @@ my ($source, $dest) = setup_pair(
 # ---------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------
-
-sub src_value { return $source->safe_psql('postgres', $_[0]); }
-sub dst_value { return $dest->safe_psql('postgres', $_[0]); }
-
-# Run SQL on a node; returns (sqlstate, message) of its error, or ('', '')
-# when it succeeded.
-sub sql_error
-{
-	my ($node, $sql) = @_;
-	my ($ret, $out, $err) = $node->psql('postgres',
-		"\\set VERBOSITY verbose\n$sql", on_error_stop => 1);
-	return ('', '') if $ret == 0;
-	if ($err =~ /ERROR:\s+([0-9A-Z]{5}):\s+([^\n]*)/)
-	{
-		return ($1, $2);
-	}
-	return ('?????', $err);
-}
 
 # One assertion on the SQLSTATE (and optionally the message) of a call.
 sub fails_with
@@ -104,30 +85,6 @@ sub last_log_id
 		  . sql_literal($mirror)) // 0;
 }
 
-# log messages of a mirror after a log id, matching a LIKE pattern
-sub log_lines
-{
-	my ($mirror, $after, $like) = @_;
-	my $r = query_value($dest,
-		    "SELECT string_agg(message, E'\\n' ORDER BY id) FROM bunny.mirror_logs "
-		  . "WHERE mirror = "
-		  . sql_literal($mirror)
-		  . " AND id > $after AND message LIKE "
-		  . sql_literal($like));
-	return () unless defined $r && $r ne '';
-	return split /\n/, $r;
-}
-
-sub table_field
-{
-	my ($mirror, $src, $field) = @_;
-	return query_value($dest,
-		    "SELECT $field FROM bunny.mirror_tables WHERE mirror = "
-		  . sql_literal($mirror)
-		  . " AND source_table = "
-		  . sql_literal($src));
-}
-
 sub pending_op
 {
 	my ($mirror) = @_;
@@ -156,33 +113,7 @@ sub pub_tables
 		  . sql_literal(pub_name_of($mirror)));
 }
 
-# background pgbench on the source
-sub start_load
-{
-	my ($script, $secs, $rate) = @_;
-	my ($out, $err) = ('', '');
-	my @cmd = ('pgbench', '-n', '-c', '2', '-j', '2', '-T', $secs);
-	push @cmd, '-R', $rate if $rate;
-	push @cmd, '-f', $script, '-h', $source->host, '-p', $source->port, 'postgres';
-	my $h = IPC::Run::start(\@cmd, '<', \undef, '>', \$out, '2>', \$err);
-	return { h => $h, out => \$out, err => \$err, started => time() };
-}
-
 sub load_running { my ($l) = @_; return $l->{h}->pumpable ? 1 : 0; }
-
-sub finish_load
-{
-	my ($load, $label) = @_;
-	local $Test::Builder::Level = $Test::Builder::Level + 1;
-	$load->{h}->finish;
-	my $rc = $load->{h}->result(0);
-	my ($tx) = ${ $load->{out} } =~ /number of transactions actually processed: (\d+)/;
-	$tx //= 0;
-	is($rc, 0, "$label: pgbench ran without error")
-	  or diag("pgbench stderr:\n${ $load->{err} }");
-	ok($tx > 50, "$label: pgbench committed transactions ($tx)");
-	return $tx;
-}
 
 # Wait until the mirror is RUNNING, has no pending operation and every table
 # is SYNCED. Meanwhile: check on the source that the mirror's slot exists,
@@ -265,27 +196,12 @@ sub watch_resync
 	return \%st;
 }
 
-# wait_for_lsn, then compare fingerprints of every table (one is() each)
-sub catch_up_compare
-{
-	my ($mirror, $tables, $label) = @_;
-	local $Test::Builder::Level = $Test::Builder::Level + 1;
-	my $lsn = source_lsn($source);
-	is(wait_for_lsn($dest, $mirror, $lsn, 60000) // '(error)',
-		't', "$label: wait_for_lsn('$lsn') returned true");
-	# give a late apply a few seconds before reporting a difference
-	wait_synced($source, $dest, $mirror, $tables, timeout => 20, lsn => $lsn,
-		quiet => 1);
-	compare_tables($source, $dest, $tables, $label);
-	return;
-}
-
 # parse 'resynced table X: N rows copied, M queued change(s) applied'
 sub resynced_counts
 {
 	my ($mirror, $after, $table, $verb) = @_;
 	$verb //= 'resynced';
-	my @l = log_lines($mirror, $after, "$verb table $table: %");
+	my @l = log_lines($dest, $mirror, $after, "$verb table $table: %");
 	return () unless @l;
 	return $l[-1] =~ /: (\d+) rows copied, (\d+) queued change\(s\) applied/
 	  ? ($1, $2)
@@ -295,7 +211,7 @@ sub resynced_counts
 sub changes_applied
 {
 	my ($mirror, $src) = @_;
-	return table_field($mirror, $src,
+	return table_field($dest, $mirror, $src,
 		'rows_inserted + rows_updated + rows_deleted') // -1;
 }
 
@@ -346,12 +262,8 @@ INSERT INTO ssx SELECT g, 's' || g, 'v' || g FROM generate_series(1, 1000) g;
 ANALYZE;
 });
 
-my $dir = PostgreSQL::Test::Utils::tempdir();
-
 # load on every table of m1; parents are never deleted (foreign key)
-my $load1 = "$dir/load1.sql";
-PostgreSQL::Test::Utils::append_to_file(
-	$load1, q{
+my $load1 = q{
 \set a random(1, 150000)
 \set s random(1, 100000)
 \set p random(1, 60000)
@@ -370,12 +282,10 @@ UPDATE parent SET v = v + 1 WHERE id = :p;
 UPDATE child SET n = n + 1, parent_id = :p WHERE id = :c;
 COMMIT;
 DELETE FROM child WHERE id = :c + 11;
-});
+};
 
 # load of m2: u_keep rows with id > 50000 are never touched
-my $load2 = "$dir/load2.sql";
-PostgreSQL::Test::Utils::append_to_file(
-	$load2, q{
+my $load2 = q{
 \set k random(1, 49000)
 \set r random(1, 20000)
 \set a random(1, 80000)
@@ -388,17 +298,15 @@ INSERT INTO u_rem VALUES (:n, 0) ON CONFLICT (id) DO NOTHING;
 UPDATE u_add SET v = v + 1 WHERE id = :a;
 DELETE FROM u_add WHERE id = :a + 2;
 INSERT INTO u_add VALUES (:n, 0, 'ins') ON CONFLICT (id) DO NOTHING;
-});
+};
 
-my $load3 = "$dir/load3.sql";
-PostgreSQL::Test::Utils::append_to_file(
-	$load3, q{
+my $load3 = q{
 \set a random(1, 50000)
 \set n random(1000001, 2000000000)
 UPDATE s_a SET v = v + 1 WHERE id = :a;
 DELETE FROM s_a WHERE id = :a + 1;
 INSERT INTO s_b VALUES (:n, 'ins') ON CONFLICT (id) DO UPDATE SET v = 'upd';
-});
+};
 
 my @m1_tables = qw(public.t_trunc public.parent public.child public.t_swap);
 
@@ -430,18 +338,18 @@ my $reader = $dest->background_psql('postgres', on_error_stop => 0);
 {
 	my $label = 'resync_table truncate under load';
 	my $log0 = last_log_id('m1');
-	my $oid_before = dst_value("SELECT 'public.t_trunc'::regclass::oid");
+	my $oid_before = dst("SELECT 'public.t_trunc'::regclass::oid");
 	my $swap_changes0 = changes_applied('m1', 'public.t_swap');
-	my $load = start_load($load1, 12, 300);
+	my $load = start_pgbench_load($source, scripts => [$load1], secs => 12, rate => 300);
 	usleep(1_500_000);
 
 	succeeds("SELECT bunny.resync_table('m1', 'public.t_trunc', 'truncate')",
 		"$label: request accepted");
 	is(mirror_field($dest, 'm1', 'status'), 'RESYNCING', "$label: mirror RESYNCING at once");
 	is(pending_op('m1'), 'resync', "$label: pending_op = resync");
-	is(table_field('m1', 'public.t_trunc', 'status'), 'RESYNCING',
+	is(table_field($dest, 'm1', 'public.t_trunc', 'status'), 'RESYNCING',
 		"$label: t_trunc RESYNCING");
-	is(table_field('m1', 'public.t_swap', 'status'), 'SYNCED',
+	is(table_field($dest, 'm1', 'public.t_swap', 'status'), 'SYNCED',
 		"$label: the other tables stay SYNCED");
 
 	my $w = watch_resync('m1');
@@ -452,22 +360,22 @@ my $reader = $dest->background_psql('postgres', on_error_stop => 0);
 	note("$label: pgbench still running when the resync finished: $running");
 	ok(changes_applied('m1', 'public.t_swap') > $swap_changes0,
 		"$label: CDC went on for the other tables");
-	finish_load($load, $label);
+	finish_source_load($load, $label, min_transactions => 50);
 
-	ok(scalar(log_lines('m1', $log0, 'resync requested (truncate)%')),
+	ok(scalar(log_lines($dest, 'm1', $log0, 'resync requested (truncate)%')),
 		"$label: log 'resync requested (truncate)'");
-	ok(scalar(log_lines('m1', $log0, 'copying %t_trunc% from a new snapshot at %')),
+	ok(scalar(log_lines($dest, 'm1', $log0, 'copying %t_trunc% from a new snapshot at %')),
 		"$label: log 'copying ... from a new snapshot at ...'");
 	my ($rows, $queued) = resynced_counts('m1', $log0, 'public.t_trunc');
 	ok(defined $rows && $rows > 100000,
 		"$label: log 'resynced table public.t_trunc: N rows copied' (" . ($rows // 'none') . ')');
 	ok(defined $queued && $queued > 0,
 		"$label: changes made during the copy were queued and applied (" . ($queued // 'none') . ')');
-	ok(scalar(log_lines('m1', $log0, 'resync finished')), "$label: log 'resync finished'");
-	is(dst_value("SELECT 'public.t_trunc'::regclass::oid"), $oid_before,
+	ok(scalar(log_lines($dest, 'm1', $log0, 'resync finished')), "$label: log 'resync finished'");
+	is(dst("SELECT 'public.t_trunc'::regclass::oid"), $oid_before,
 		"$label: same table (truncate does not replace it)");
 	is(slot_exists('m1'), '1', "$label: slot still there");
-	catch_up_compare('m1', \@m1_tables, $label);
+	catch_up_compare($source, $dest, 'm1', \@m1_tables, $label);
 }
 
 # --- 1b0. a swap is refused up front while views or functions depend on the table
@@ -484,10 +392,10 @@ my $reader = $dest->background_psql('postgres', on_error_stop => 0);
 	like($err, qr/DETAIL:\s+The swap replaces the table, and public\.parent_v would still use the old one/,
 		"$label: detail names the view");
 	like($err, qr/HINT:\s+Use the truncate strategy/, "$label: hint");
-	is(table_field('m1', 'public.parent', 'status'), 'SYNCED', "$label: nothing changed");
-	is(dst_value("SELECT status FROM bunny.mirrors WHERE name = 'm1'"), 'RUNNING',
+	is(table_field($dest, 'm1', 'public.parent', 'status'), 'SYNCED', "$label: nothing changed");
+	is(dst("SELECT status FROM bunny.mirrors WHERE name = 'm1'"), 'RUNNING',
 		"$label: mirror still RUNNING");
-	my @requested = log_lines('m1', $log0, 'resync requested%');
+	my @requested = log_lines($dest, 'm1', $log0, 'resync requested%');
 	is(scalar(@requested), 0, "$label: no resync requested");
 
 	# functions whose SQL-standard body uses the table, or that take its
@@ -511,8 +419,8 @@ EOS
 		qr/cannot resync public\.parent with the swap strategy: functions depend on it/,
 		"$label: functions alone are enough");
 	$dest->safe_psql('postgres', 'DROP FUNCTION public.parent_count(); DROP FUNCTION public.parent_id(public.parent)');
-	is(table_field('m1', 'public.parent', 'status'), 'SYNCED', "$label: still nothing changed");
-	@requested = log_lines('m1', $log0, 'resync requested%');
+	is(table_field($dest, 'm1', 'public.parent', 'status'), 'SYNCED', "$label: still nothing changed");
+	@requested = log_lines($dest, 'm1', $log0, 'resync requested%');
 	is(scalar(@requested), 0, "$label: still no resync requested");
 }
 
@@ -520,13 +428,13 @@ EOS
 {
 	my $label = 'resync_table swap under load';
 	my $log0 = last_log_id('m1');
-	my $oid_before = dst_value("SELECT 'public.parent'::regclass::oid");
-	my $load = start_load($load1, 12, 300);
+	my $oid_before = dst("SELECT 'public.parent'::regclass::oid");
+	my $load = start_pgbench_load($source, scripts => [$load1], secs => 12, rate => 300);
 	usleep(1_500_000);
 
 	succeeds("SELECT bunny.resync_table('m1', 'public.parent', 'swap')",
 		"$label: request accepted");
-	is(table_field('m1', 'public.parent', 'status'), 'RESYNCING',
+	is(table_field($dest, 'm1', 'public.parent', 'status'), 'RESYNCING',
 		"$label: parent RESYNCING");
 	my $w = watch_resync('m1', sample => ['public.parent'], reader => $reader);
 	ok($w->{done}, "$label: mirror back to RUNNING, every table SYNCED");
@@ -538,17 +446,17 @@ EOS
 	is($w->{reader_errors}, 0, "$label: reader queries never failed")
 	  or diag($w->{last_reader_error});
 	note("$label: pgbench still running when the resync finished: " . load_running($load));
-	finish_load($load, $label);
+	finish_source_load($load, $label, min_transactions => 50);
 
-	ok(scalar(log_lines('m1', $log0, 'resync requested (swap)%')),
+	ok(scalar(log_lines($dest, 'm1', $log0, 'resync requested (swap)%')),
 		"$label: log 'resync requested (swap)'");
 	my ($rows, $queued) = resynced_counts('m1', $log0, 'public.parent');
 	ok(defined $rows && $rows >= 60000,
 		"$label: log 'resynced table public.parent' (" . ($rows // 'none') . ' rows, '
 		  . ($queued // '?') . ' queued)');
-	isnt(dst_value("SELECT 'public.parent'::regclass::oid"), $oid_before,
+	isnt(dst("SELECT 'public.parent'::regclass::oid"), $oid_before,
 		"$label: parent is a new table");
-	is( dst_value(
+	is( dst(
 			"SELECT count(*) FROM pg_class WHERE relname IN ('parent_resync', 'parent_resync_old')"),
 		'0', "$label: no leftover copy");
 	is( query_value($dest,
@@ -571,9 +479,9 @@ EOS
 		"$label: parent.id default still nextval");
 	is(query_value($dest, "SELECT nextval('public.parent_id_seq') >= 60000"),
 		't', "$label: nextval works on the sequence");
-	catch_up_compare('m1', \@m1_tables, $label);
+	catch_up_compare($source, $dest, 'm1', \@m1_tables, $label);
 	# referential integrity on the destination
-	is( dst_value(
+	is( dst(
 			'SELECT count(*) FROM child c WHERE NOT EXISTS (SELECT 1 FROM parent p WHERE p.id = c.parent_id)'),
 		'0', "$label: every child has its parent");
 }
@@ -582,8 +490,8 @@ EOS
 {
 	my $label = 'resync_mirror swap under load';
 	my $log0 = last_log_id('m1');
-	my %oid_before = map { $_ => dst_value("SELECT '$_'::regclass::oid") } @m1_tables;
-	my $load = start_load($load1, 14, 300);
+	my %oid_before = map { $_ => dst("SELECT '$_'::regclass::oid") } @m1_tables;
+	my $load = start_pgbench_load($source, scripts => [$load1], secs => 14, rate => 300);
 	usleep(1_500_000);
 
 	succeeds("SELECT bunny.resync_mirror('m1', 'swap')", "$label: request accepted");
@@ -602,21 +510,21 @@ EOS
 	is($w->{reader_errors}, 0, "$label: reader queries never failed")
 	  or diag($w->{last_reader_error});
 	note("$label: pgbench still running when the resync finished: " . load_running($load));
-	finish_load($load, $label);
+	finish_source_load($load, $label, min_transactions => 50);
 
 	foreach my $t (@m1_tables)
 	{
 		my ($rows, $queued) = resynced_counts('m1', $log0, $t);
 		ok(defined $rows, "$label: log 'resynced table $t' ("
 			  . ($rows // 'none') . ' rows, ' . ($queued // '?') . ' queued)');
-		isnt(dst_value("SELECT '$t'::regclass::oid"), $oid_before{$t},
+		isnt(dst("SELECT '$t'::regclass::oid"), $oid_before{$t},
 			"$label: $t is a new table");
 	}
-	is( dst_value(
+	is( dst(
 			"SELECT count(DISTINCT xmin::text) FROM pg_class WHERE oid IN ("
 			  . join(', ', map { "'$_'::regclass" } @m1_tables) . ')'),
 		'1', "$label: all tables exchanged in one transaction");
-	is(dst_value("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_resync%'"),
+	is(dst("SELECT count(*) FROM pg_class WHERE relname LIKE '%\\_resync%'"),
 		'0', "$label: no leftover copies");
 	is( query_value($dest,
 			"SELECT string_agg(format('%s %s', pg_get_constraintdef(oid), "
@@ -628,9 +536,9 @@ EOS
 		'public.parent_id_seq', "$label: serial sequence still owned by parent.id");
 	is(query_value($dest, "SELECT nextval('public.parent_id_seq') >= 60000"),
 		't', "$label: nextval works");
-	ok(scalar(log_lines('m1', $log0, 'resync finished')), "$label: log 'resync finished'");
-	catch_up_compare('m1', \@m1_tables, $label);
-	is( dst_value(
+	ok(scalar(log_lines($dest, 'm1', $log0, 'resync finished')), "$label: log 'resync finished'");
+	catch_up_compare($source, $dest, 'm1', \@m1_tables, $label);
+	is( dst(
 			'SELECT count(*) FROM child c WHERE NOT EXISTS (SELECT 1 FROM parent p WHERE p.id = c.parent_id)'),
 		'0', "$label: every child has its parent");
 }
@@ -658,9 +566,9 @@ EOS
 
 	my $w = watch_resync('m1');
 	ok($w->{done}, "$label: the resync finished");
-	is(table_field('m1', 'public.t_swap', 'status'), 'SYNCED',
+	is(table_field($dest, 'm1', 'public.t_swap', 'status'), 'SYNCED',
 		"$label: the joined table was copied too");
-	is(table_field('m1', 'public.t_trunc', 'status'), 'SYNCED',
+	is(table_field($dest, 'm1', 'public.t_trunc', 'status'), 'SYNCED',
 		"$label: the first table was copied");
 
 	# no-ops
@@ -678,8 +586,8 @@ EOS
 		"$label: retry_mirror of a PAUSED mirror");
 	succeeds("SELECT bunny.resume_mirror('m1')", "$label: resume_mirror");
 	ok(wait_for_status($dest, 'm1', 'RUNNING', 60), "$label: RUNNING again");
-	src_value("UPDATE t_swap SET v = v + 1000 WHERE id = 50000");
-	catch_up_compare('m1', \@m1_tables, $label);
+	src("UPDATE t_swap SET v = v + 1000 WHERE id = 50000");
+	catch_up_compare($source, $dest, 'm1', \@m1_tables, $label);
 }
 
 # ---------------------------------------------------------------------------
@@ -695,13 +603,13 @@ EOS
 		"$label: m2 created and RUNNING");
 	my $xmins_sql =
 	  "SELECT md5(string_agg(id || ':' || xmin::text, ',' ORDER BY id)) FROM u_keep WHERE id > 50000 AND id <= 100000";
-	my $xmins0 = dst_value($xmins_sql);
-	my $snap0 = table_field('m2', 'public.u_keep', 'rows_snapshotted');
-	my $relfile0 = dst_value("SELECT pg_relation_filenode('public.u_keep')");
+	my $xmins0 = dst($xmins_sql);
+	my $snap0 = table_field($dest, 'm2', 'public.u_keep', 'rows_snapshotted');
+	my $relfile0 = dst("SELECT pg_relation_filenode('public.u_keep')");
 	is($snap0, '100000', "$label: u_keep rows_snapshotted after the initial copy");
 	is(pub_tables('m2'), 'public.u_keep,public.u_rem', "$label: publication before");
 
-	my $load = start_load($load2, 14, 300);
+	my $load = start_pgbench_load($source, scripts => [$load2], secs => 14, rate => 300);
 	usleep(1_500_000);
 
 	succeeds("SELECT bunny.pause_mirror('m2')", "$label: pause");
@@ -732,24 +640,24 @@ EOS
 		"$label: publication on the source now has u_add and u_keep only")
 	  or diag('publication tables: ' . (pub_tables('m2') // '(error)'));
 	note("$label: pgbench still running when the added table was in: " . load_running($load));
-	finish_load($load, $label);
+	finish_source_load($load, $label, min_transactions => 50);
 
 	# a change of the removed table after the load
-	src_value("INSERT INTO u_rem VALUES (-1, -1); UPDATE u_rem SET v = -5 WHERE id = 1;");
-	catch_up_compare('m2', [ 'public.u_keep', 'public.u_add' ], $label);
+	src("INSERT INTO u_rem VALUES (-1, -1); UPDATE u_rem SET v = -5 WHERE id = 1;");
+	catch_up_compare($source, $dest, 'm2', [ 'public.u_keep', 'public.u_add' ], $label);
 
 	my ($rows, $queued) = resynced_counts('m2', $log0, 'public.u_add', 'added');
 	ok(defined $rows,
 		"$label: log 'added table public.u_add' (" . ($rows // 'none') . ' rows, '
 		  . ($queued // '?') . ' queued)');
-	my @copy_lines = grep { /u_keep/ } log_lines('m2', $log0, '%copying%');
+	my @copy_lines = grep { /u_keep/ } log_lines($dest, 'm2', $log0, '%copying%');
 	is(scalar(@copy_lines), 0, "$label: no 'copying' log line for u_keep after the update")
 	  or diag(join("\n", @copy_lines));
-	is(table_field('m2', 'public.u_keep', 'rows_snapshotted'), $snap0,
+	is(table_field($dest, 'm2', 'public.u_keep', 'rows_snapshotted'), $snap0,
 		"$label: u_keep rows_snapshotted unchanged");
-	is(dst_value($xmins_sql), $xmins0,
+	is(dst($xmins_sql), $xmins0,
 		"$label: untouched rows of u_keep keep their row versions (not copied again)");
-	is(dst_value("SELECT pg_relation_filenode('public.u_keep')"), $relfile0,
+	is(dst("SELECT pg_relation_filenode('public.u_keep')"), $relfile0,
 		"$label: u_keep not truncated or replaced");
 
 	is(query_value($dest, "SELECT to_regclass('public.u_rem') IS NOT NULL"),
@@ -776,8 +684,8 @@ EOS
 			snapshot_num_rows_per_partition => 20000,
 			timeout => 120),
 		"$label: m3 created and RUNNING");
-	src_value("UPDATE s_a SET v = 1 WHERE id <= 100");
-	catch_up_compare('m3', \@tables, "$label: before");
+	src("UPDATE s_a SET v = 1 WHERE id <= 100");
+	catch_up_compare($source, $dest, 'm3', \@tables, "$label: before");
 
 	my $dropped = poll_until(
 		sub {
@@ -791,7 +699,7 @@ EOS
 	ok($dropped, "$label: slot dropped on the source behind the mirror's back");
 
 	# changes the stream cannot deliver any more
-	src_value(
+	src(
 		"UPDATE s_a SET v = 2 WHERE id <= 1000; DELETE FROM s_a WHERE id > 49000; "
 		  . "INSERT INTO s_b SELECT g, 'lost' FROM generate_series(5001, 5100) g;");
 
@@ -818,7 +726,7 @@ EOS
 	is(slot_exists('m3'), '0', "$label: still no slot on the source");
 
 	my $log0 = last_log_id('m3');
-	my $load = start_load($load3, 8, 200);
+	my $load = start_pgbench_load($source, scripts => [$load3], secs => 8, rate => 200);
 	usleep(1_000_000);
 	succeeds("SELECT bunny.resync_mirror('m3')", "$label: resync_mirror accepted");
 	my $w = watch_resync('m3', timeout => 120, op_grace => 15);
@@ -827,8 +735,8 @@ EOS
 	  or diag("$label: pending_op still '" . ($w->{op_stuck} // '?')
 		  . "' 15s after the mirror was RUNNING with every table SYNCED");
 	is(slot_exists('m3'), '1', "$label: a new slot bunny_slot_m3 exists");
-	finish_load($load, $label);
-	ok(scalar(log_lines('m3', $log0, 'resync finished')), "$label: log 'resync finished'");
+	finish_source_load($load, $label, min_transactions => 50);
+	ok(scalar(log_lines($dest, 'm3', $log0, 'resync finished')), "$label: log 'resync finished'");
 	# the mirror takes control operations again
 	if (succeeds("SELECT bunny.pause_mirror('m3')", "$label: pause_mirror accepted afterwards"))
 	{
@@ -837,11 +745,11 @@ EOS
 		ok(wait_for_status($dest, 'm3', 'RUNNING', 30), "$label: m3 RUNNING");
 	}
 	is(mirror_field($dest, 'm3', 'error_message') // '', '', "$label: error_message cleared");
-	catch_up_compare('m3', \@tables, "$label: after resync_mirror");
+	catch_up_compare($source, $dest, 'm3', \@tables, "$label: after resync_mirror");
 	is(query_value($dest, 'SELECT count(*) FROM s_a WHERE id > 49000'),
 		query_value($source, 'SELECT count(*) FROM s_a WHERE id > 49000'),
 		"$label: rows deleted while the slot was gone are gone");
-	note("$label: resync log: " . join(' / ', log_lines('m3', $log0, '%')));
+	note("$label: resync log: " . join(' / ', log_lines($dest, 'm3', $log0, '%')));
 }
 
 # ---------------------------------------------------------------------------
@@ -874,7 +782,7 @@ SKIP:
 
 	# schema changes on the source, without any row change afterwards (the
 	# stream alone would not see them)
-	src_value(
+	src(
 		q{ALTER TABLE ss ADD COLUMN d text DEFAULT 'dflt';
 ALTER TABLE ss DROP COLUMN b;
 ALTER TABLE ss ALTER COLUMN a TYPE bigint;
@@ -884,7 +792,7 @@ ALTER TABLE ss ALTER COLUMN keep DROP NOT NULL;
 CREATE INDEX ss_a_idx ON ss (a);});
 	# a destination column named like the excluded one: sync_schema must
 	# not drop it
-	dst_value('ALTER TABLE ssx ADD COLUMN secret text');
+	dst('ALTER TABLE ssx ADD COLUMN secret text');
 	my $log0 = last_log_id('m4');
 	my $before = fingerprint($dest, '(SELECT id, a, c, keep FROM public.ss)');
 
@@ -916,7 +824,7 @@ CREATE INDEX ss_a_idx ON ss (a);});
 		"$label: no data lost in the kept columns");
 	compare_tables($source, $dest, [ $cols_sql, $x_sql ], "$label: right after");
 
-	my @ddl = log_lines('m4', $log0, '%');
+	my @ddl = log_lines($dest, 'm4', $log0, '%');
 	my $all = join("\n", @ddl);
 	note("$label: log lines:\n$all");
 	my $info = query_value($dest,
@@ -931,12 +839,12 @@ CREATE INDEX ss_a_idx ON ss (a);});
 	unlike($all, qr/secret/i,           "$label: nothing done about the excluded column");
 
 	# the stream goes on with the new shape
-	src_value(
+	src(
 		q{INSERT INTO ss (id, a, keep) VALUES (900001, 9000000000, NULL);
 UPDATE ss SET d = 'changed', a = a + 5000000000 WHERE id <= 100;
 DELETE FROM ss WHERE id > 4900;
 UPDATE ssx SET v = 'x' || id WHERE id <= 10;});
-	catch_up_compare('m4', [ $cols_sql, $x_sql ], "$label: after more changes");
+	catch_up_compare($source, $dest, 'm4', [ $cols_sql, $x_sql ], "$label: after more changes");
 }
 
 # ---------------------------------------------------------------------------
@@ -953,18 +861,18 @@ UPDATE ssx SET v = 'x' || id WHERE id <= 10;});
 			timeout => 60),
 		"$label: m5 created and RUNNING");
 	my $log0 = last_log_id('m5');
-	my $load = start_load($load1, 6, 300);
+	my $load = start_pgbench_load($source, scripts => [$load1], secs => 6, rate => 300);
 	succeeds("SELECT bunny.resync_mirror('m5', 'truncate')", "$label: resync_mirror started");
 	ok( poll_until(
 			sub {
-				(table_field('m5', 'public.big', 'rows_snapshotted') // 0) > 0;
+				(table_field($dest, 'm5', 'public.big', 'rows_snapshotted') // 0) > 0;
 			},
 			60, 0.05),
 		"$label: the copy is under way");
 	is(pending_op('m5'), 'resync', "$label: resync still in progress");
 	is(mirror_field($dest, 'm5', 'status'), 'RESYNCING', "$label: mirror RESYNCING");
 	note("$label: rows copied before the drop: "
-		  . (table_field('m5', 'public.big', 'rows_snapshotted') // '?'));
+		  . (table_field($dest, 'm5', 'public.big', 'rows_snapshotted') // '?'));
 
 	my $t0 = time();
 	succeeds("SELECT bunny.drop_mirror('m5')", "$label: drop_mirror succeeds");
@@ -998,14 +906,14 @@ UPDATE ssx SET v = 'x' || id WHERE id <= 10;});
 	  or diag(query_value($source, 'SELECT slot_name, temporary, active_pid FROM pg_replication_slots'));
 	is(query_value($dest, "SELECT to_regclass('public.big') IS NOT NULL"),
 		't', "$label: destination table stays");
-	$load->{h}->finish;
+	finish_source_load($load, $label);
 
 	# the other mirrors are not affected
 	is(mirror_field($dest, 'm1', 'status'), 'RUNNING', "$label: m1 still RUNNING");
 	is(mirror_field($dest, 'm2', 'status'), 'RUNNING', "$label: m2 still RUNNING");
-	src_value('UPDATE u_keep SET v = v + 1 WHERE id = 77777');
-	catch_up_compare('m1', \@m1_tables, "$label: m1 afterwards");
-	catch_up_compare('m2', [ 'public.u_keep', 'public.u_add' ], "$label: m2 afterwards");
+	src('UPDATE u_keep SET v = v + 1 WHERE id = 77777');
+	catch_up_compare($source, $dest, 'm1', \@m1_tables, "$label: m1 afterwards");
+	catch_up_compare($source, $dest, 'm2', [ 'public.u_keep', 'public.u_add' ], "$label: m2 afterwards");
 }
 
 $reader->quit;

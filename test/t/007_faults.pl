@@ -1,7 +1,8 @@
 
 # Copyright (c) bunnydb authors
 #
-# 007_faults: SPEC 3.3 / 3.5 under a continuous write load on the source
+# 007_faults: the crash-safety and nothing-skipped promises of README
+# "Guarantees" under a continuous write load on the source
 # (background pgbench: updates of a counter row and accounts, inserts and
 # deletes of events, an insert-only history table without key, an
 # insert-only table with a sequence key), faults injected at random moments:
@@ -50,16 +51,7 @@ my ($source, $dest) = setup_pair(
 my $mirror = 'fmain';
 my $slot   = "bunny_slot_$mirror";
 
-$source->safe_psql(
-	'postgres', q{
-CREATE TABLE public.counter (id int PRIMARY KEY, n bigint NOT NULL);
-CREATE TABLE public.accounts (id int PRIMARY KEY, balance bigint NOT NULL,
-                              version int NOT NULL DEFAULT 0, note text);
-CREATE TABLE public.events (id bigserial PRIMARY KEY, k text NOT NULL UNIQUE,
-                            client int, payload text);
-CREATE TABLE public.history (client int, aid int, delta int, txno bigint,
-                             ts timestamptz);
-ALTER TABLE public.history REPLICA IDENTITY FULL;
+$source->safe_psql('postgres', transfer_tables_sql() . q{
 CREATE TABLE public.ins_only (id bigserial PRIMARY KEY, txno bigint NOT NULL, v int);
 CREATE TABLE public.conflict_t (id int PRIMARY KEY, v text);
 CREATE TABLE public.big_tx (id int PRIMARY KEY, v int);
@@ -83,61 +75,22 @@ ok(wait_synced($source, $dest, $mirror, \@tables), 'initial rows replicated');
 # load
 # ---------------------------------------------------------------------------
 
-my $dir = PostgreSQL::Test::Utils::tempdir();
-my $script = "$dir/load.sql";
-PostgreSQL::Test::Utils::append_to_file(
-	$script, q{
-\set aid random(1, 1000)
-\set bid random(1, 1000)
-\set delta random(-500, 500)
-\set p random(1, 4)
-BEGIN;
-UPDATE counter SET n = n + 1 WHERE id = 1 RETURNING n \gset
-UPDATE accounts SET balance = balance - :delta, version = version + 1, note = md5(:n::text) WHERE id = :aid;
-UPDATE accounts SET balance = balance + :delta, version = version + 1 WHERE id = :bid;
-INSERT INTO history (client, aid, delta, txno, ts) VALUES (:client_id, :aid, :delta, :n, clock_timestamp());
-INSERT INTO ins_only (txno, v) SELECT :n, g FROM generate_series(1, :p) g;
-INSERT INTO events (k, client, payload) VALUES ('k' || :n, :client_id, repeat(md5(:n::text), 1 + :p * 5));
-DELETE FROM events WHERE id = (SELECT max(id) FROM events) - :p;
-COMMIT;
-});
-
+# pgbench, 2 clients, 150 transactions a second in all: BunnyTest's
+# transfer_script, each transfer also inserting 1 to 4 rows into ins_only
+my @load = (
+	scripts => [
+		transfer_script(
+			extra => 'INSERT INTO ins_only (txno, v) SELECT :n, g FROM generate_series(1, :p) g;')
+	],
+	rate => 150);
 my $total_tx = 0;
-
-sub start_load
-{
-	my ($secs) = @_;
-	my ($out, $err) = ('', '');
-	my $h = IPC::Run::start(
-		[
-			'pgbench', '-n', '-c', '2', '-j', '2', '-T', $secs, '-R', '150',
-			'-f', $script,
-			'-h', $source->host, '-p', $source->port, 'postgres'
-		],
-		'<', \undef, '>', \$out, '2>', \$err);
-	return { h => $h, out => \$out, err => \$err, started => time() };
-}
-
-sub finish_load
-{
-	my ($load, $expect_ok) = @_;
-	return 0 unless $load;
-	$load->{h}->finish;
-	my $rc = $load->{h}->result(0);
-	my ($tx) = ${ $load->{out} } =~ /number of transactions actually processed: (\d+)/;
-	$tx //= 0;
-	$total_tx += $tx;
-	note("pgbench exit code $rc, transactions processed: $tx");
-	diag("pgbench failed:\n${ $load->{err} }") if $rc != 0 && $expect_ok;
-	return $tx;
-}
 
 sub kill_load
 {
 	my ($load) = @_;
 	return unless $load;
 	eval { $load->{h}->kill_kill; };
-	finish_load($load, 0);
+	$total_tx += finish_source_load($load, 'killed load', may_fail => 1);
 	return;
 }
 
@@ -153,36 +106,7 @@ sub sleep_rand
 # ---------------------------------------------------------------------------
 
 my %faults;
-my $rows_compared = 0;
-my $differences   = 0;
-
-sub check_phase
-{
-	my ($label, $tabs, $m) = @_;
-	$tabs //= \@tables;
-	$m    //= $mirror;
-	local $Test::Builder::Level = $Test::Builder::Level + 1;
-	my $ok = wait_synced($source, $dest, $m, $tabs, timeout => 120);
-	ok($ok, "$label: destination caught up");
-	foreach my $t (@$tabs)
-	{
-		my $s = fingerprint($source, $t);
-		my $d = fingerprint($dest, $t);
-		$differences++ if !defined $s || !defined $d || $s ne $d;
-		is($d // '(query failed on destination)',
-			$s // '(query failed on source)',
-			"$label: $t identical");
-		$rows_compared += (split /\|/, $s)[0] if defined $s;
-	}
-	if (grep { $_ eq 'public.history' } @$tabs)
-	{
-		my $dup = query_value($dest,
-			'SELECT count(*) FROM (SELECT txno FROM history GROUP BY txno HAVING count(*) > 1) s');
-		is($dup, '0', "$label: no duplicated history rows");
-		$differences++ if ($dup // '') ne '0';
-	}
-	return $ok;
-}
+my %stats = (rows => 0, differences => 0);    # of check_transfer_phase
 
 sub pids_of
 {
@@ -236,7 +160,7 @@ sub terminate_walsender
 # A. SIGKILL of the mirror worker and of the launcher under load
 # ---------------------------------------------------------------------------
 
-my $load = start_load(20);
+my $load = start_pgbench_load($source, @load, secs => 20);
 foreach my $i (1 .. 3)
 {
 	sleep_rand(1.5, 4);
@@ -244,8 +168,9 @@ foreach my $i (1 .. 3)
 	sleep_rand(1, 3);
 	kill_and_wait('bunnydb launcher', 'launcher SIGKILL', "bunnydb mirror $mirror") if $i <= 2;
 }
-finish_load($load, 1);
-check_phase('A: after worker/launcher SIGKILLs');
+$total_tx += finish_source_load($load, 'A');
+check_transfer_phase($source, $dest, $mirror, \@tables,
+	'A: after worker/launcher SIGKILLs', \%stats);
 
 # ---------------------------------------------------------------------------
 # B. initial snapshot of 2 M rows (second mirror): source restart during the
@@ -258,7 +183,7 @@ INSERT INTO public.big SELECT g, g % 1000 FROM generate_series(1, 2000000) g;
 ANALYZE public.big;
 });
 my $snap = 'fsnap';
-$load = start_load(30);
+$load = start_pgbench_load($source, @load, secs => 30);
 # one part copied by one worker: every interrupted copy starts over, so each
 # fault has the whole copy as its window.  That window is short (the 2M rows
 # copy in about a second on a fast machine): the faults below come 0.05 to
@@ -304,33 +229,34 @@ if (snapshot_copying())
 }
 ok($restarted, 'the source restarted while a snapshot worker was copying');
 kill_load($load);
-$load = start_load(15);
+$load = start_pgbench_load($source, @load, secs => 15);
 
 my $snap_ok = wait_for_status($dest, $snap, 'RUNNING', 90);
 ok($snap_ok, 'snapshot mirror RUNNING after the faults');
 if ($snap_ok)
 {
-	check_phase('B: 2M-row snapshot after snapshot worker SIGKILL + source restart',
-		['public.big'], $snap);
+	check_transfer_phase($source, $dest, $snap, ['public.big'],
+		'B: 2M-row snapshot after snapshot worker SIGKILL + source restart', \%stats);
 	is( $dest->safe_psql('postgres',
 			"SELECT string_agg(status, ',') FROM bunny.mirror_tables WHERE mirror = '$snap'"),
 		'SYNCED', 'big table SYNCED');
 }
 else
 {
-	$differences++;
+	$stats{differences}++;
 	my $loops = () = slurp_file($dest->logfile) =~ /background worker "bunnydb snapshot $snap" \(PID \d+\) exited/g;
 	diag("snapshot of $snap did not finish; snapshot worker exits logged so far: $loops");
 }
-finish_load($load, 0);
-check_phase('B: main mirror after the source restart');
+$total_tx += finish_source_load($load, 'B');
+check_transfer_phase($source, $dest, $mirror, \@tables,
+	'B: main mirror after the source restart', \%stats);
 $dest->safe_psql('postgres', "SELECT bunny.drop_mirror('$snap')");
 
 # ---------------------------------------------------------------------------
 # C. immediate stop/start of the destination; stop/start of the source
 # ---------------------------------------------------------------------------
 
-$load = start_load(16);
+$load = start_pgbench_load($source, @load, secs => 16);
 foreach my $i (1 .. 2)
 {
 	sleep_rand(2, 5);
@@ -348,15 +274,16 @@ sleep_rand(1, 3);
 $source->start;
 $faults{'source stop/start'}++;
 kill_load($load);
-$load = start_load(8);
-finish_load($load, 1);
-check_phase('C: after destination crashes and source stop/start');
+$load = start_pgbench_load($source, @load, secs => 8);
+$total_tx += finish_source_load($load, 'C');
+check_transfer_phase($source, $dest, $mirror, \@tables,
+	'C: after destination crashes and source stop/start', \%stats);
 
 # ---------------------------------------------------------------------------
 # D. replication connection cut while a 300 000-row transaction streams
 # ---------------------------------------------------------------------------
 
-$load = start_load(16);
+$load = start_pgbench_load($source, @load, secs => 16);
 sleep_rand(1, 2);
 my $big_insert = IPC::Run::start(
 	[
@@ -385,8 +312,9 @@ ok($cuts >= 2, "replication connection cut $cuts times around the 300k-row trans
 # one more cut right after the commit, while the transaction is decoded/sent
 sleep_rand(0.1, 0.5);
 $faults{'replication connection cut'}++ if terminate_walsender($mirror);
-finish_load($load, 1);
-check_phase('D: after replication connection cuts');
+$total_tx += finish_source_load($load, 'D');
+check_transfer_phase($source, $dest, $mirror, \@tables,
+	'D: after replication connection cuts', \%stats);
 is( $dest->safe_psql('postgres', 'SELECT count(*) FROM ins_only WHERE txno = -1'),
 	'300000', 'the 300k-row transaction applied exactly once');
 
@@ -394,7 +322,7 @@ is( $dest->safe_psql('postgres', 'SELECT count(*) FROM ins_only WHERE txno = -1'
 # E. an apply error: retried, never skipped, recovers once fixed
 # ---------------------------------------------------------------------------
 
-$load = start_load(14);
+$load = start_pgbench_load($source, @load, secs => 14);
 my $logs_before = $dest->safe_psql('postgres',
 	"SELECT coalesce(max(id), 0) FROM bunny.mirror_logs");
 $dest->safe_psql('postgres', "INSERT INTO conflict_t VALUES (1001, 'local row in the way')");
@@ -445,8 +373,9 @@ $faults{'apply conflict'}++;
 $dest->safe_psql('postgres', 'DELETE FROM conflict_t WHERE id = 1001');
 $dest->safe_psql('postgres', "SELECT bunny.retry_mirror('$mirror')");
 is(wait_for_lsn($dest, $mirror, $later_lsn, 60000), 't', 'E: caught up once the row is gone');
-finish_load($load, 1);
-check_phase('E: after the apply conflict');
+$total_tx += finish_source_load($load, 'E');
+check_transfer_phase($source, $dest, $mirror, \@tables,
+	'E: after the apply conflict', \%stats);
 ok( poll_until(sub { (mirror_field($dest, $mirror, 'error_count') // '') eq '0' }, 30),
 	'E: error_count back to 0');
 
@@ -454,7 +383,7 @@ ok( poll_until(sub { (mirror_field($dest, $mirror, 'error_count') // '') eq '0' 
 # F. the slot dropped on the source
 # ---------------------------------------------------------------------------
 
-$load = start_load(14);
+$load = start_pgbench_load($source, @load, secs => 14);
 sleep_rand(1, 3);
 my $dropped = $source->safe_psql(
 	'postgres', qq{
@@ -486,8 +415,9 @@ usleep(2_000_000);
 ok(wait_for_status($dest, $mirror, 'FAILED', 30), 'F: still FAILED after retry_mirror');
 $dest->safe_psql('postgres', "SELECT bunny.resync_mirror('$mirror')");
 ok(wait_for_status($dest, $mirror, 'RUNNING', 120), 'F: RUNNING again after resync_mirror');
-finish_load($load, 1);
-check_phase('F: after slot loss and resync');
+$total_tx += finish_source_load($load, 'F');
+check_transfer_phase($source, $dest, $mirror, \@tables,
+	'F: after slot loss and resync', \%stats);
 
 # ---------------------------------------------------------------------------
 # G. one 1 000 000-row transaction: peak RSS of the mirror worker
@@ -563,7 +493,8 @@ ok($peak_rss > 0 && $peak_rss < 200 * 1024,
 	sprintf('G: peak VmRSS %.1f MB < 200 MB', $peak_rss / 1024));
 is((pids_of($dest, "bunnydb mirror $mirror"))[0] // '', $wpid // '-',
 	'G: the same worker applied the whole transaction (no crash/restart)');
-check_phase('G: after the 1M-row transaction');
+check_transfer_phase($source, $dest, $mirror, \@tables,
+	'G: after the 1M-row transaction', \%stats);
 
 # ---------------------------------------------------------------------------
 # H. idle source writing only an unpublished table: the slot moves on
@@ -605,12 +536,12 @@ $faults{'idle source (unpublished writes only)'}++;
 # final
 # ---------------------------------------------------------------------------
 
-check_phase('final');
+check_transfer_phase($source, $dest, $mirror, \@tables, 'final', \%stats);
 is(mirror_field($dest, $mirror, 'status'), 'RUNNING', 'main mirror RUNNING at the end');
 is( $source->safe_psql('postgres',
 		"SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$slot'"),
 	'1', 'one slot on the source');
-is($differences, 0, 'no differences in any comparison');
+is($stats{differences}, 0, 'no differences in any comparison');
 
 my $nfaults = 0;
 $nfaults += $_ for values %faults;
@@ -621,7 +552,7 @@ diag(sprintf(
 		  . "%d rows compared over all checks; %d differences; %.0f s",
 		$nfaults,
 		join(', ', map { "$_: $faults{$_}" } sort keys %faults),
-		$counter, $total_tx, $rows_compared, $differences, time() - $t_start));
+		$counter, $total_tx, $stats{rows}, $stats{differences}, time() - $t_start));
 
 $dest->stop;
 $source->stop;

@@ -1,7 +1,9 @@
 
 # Copyright (c) bunnydb authors
 #
-# 008_security: SPEC 2.1 (passwords), 2.5 (roles), 3.2/3.3 (every name quoted)
+# 008_security: the README on passwords ("Peers", "Guarantees": secrets stay
+# secret), roles ("Roles and privileges") and quoting (every identifier is
+# quoted in generated SQL, "Guarantees")
 #
 #  1. A non-superuser source role (LOGIN REPLICATION, scram-sha-256 over
 #     TCP) owns the replicated tables; a non-superuser bunny_admin member on

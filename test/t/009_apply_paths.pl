@@ -72,8 +72,6 @@ my ($source, $dest) = setup_pair(
 	  . "bunny.retry_backoff_max = '2s'\n"
 	  . "bunny.max_batch_latency = 0\n");
 
-sub src { return $source->safe_psql('postgres', $_[0]); }
-sub dst { return $dest->safe_psql('postgres', $_[0]); }
 
 # Statements -> one script, each statement its own transaction.
 sub autocommit { return join(";\n", @_) . ";\n"; }

@@ -74,8 +74,6 @@ my ($source, $dest) = setup_pair(
 	  . "bunny.max_batch_latency = 0\n"
 	  . "log_line_prefix = '%m [%p] %e %q%a '\n");
 
-sub src { return $source->safe_psql('postgres', $_[0]); }
-sub dst { return $dest->safe_psql('postgres', $_[0]); }
 
 # ---------------------------------------------------------------------------
 # The values, and the tables: [column, longest value (after cutting trailing

@@ -35,8 +35,6 @@ my ($source, $dest) = setup_pair(
 	dest_conf => "bunny.retry_backoff_min = '200ms'\n"
 	  . "bunny.retry_backoff_max = '2s'\n");
 
-sub src { return $source->safe_psql('postgres', $_[0]); }
-sub dst { return $dest->safe_psql('postgres', $_[0]); }
 
 src(<<'EOS');
 CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');

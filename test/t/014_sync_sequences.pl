@@ -39,8 +39,6 @@ use Test::More;
 
 my ($source, $dest) = setup_pair();
 
-sub src { return $source->safe_psql('postgres', $_[0]); }
-sub dst { return $dest->safe_psql('postgres', $_[0]); }
 
 # the destination's stderr of SQL that is to fail, with its SQLSTATE
 sub dst_error

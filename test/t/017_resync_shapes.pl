@@ -41,8 +41,6 @@ use Test::More;
 my ($source, $dest) = setup_pair(
 	dest_conf => "bunny.retry_backoff_min = 200\nbunny.retry_backoff_max = 1000\n");
 
-sub src { return $source->safe_psql('postgres', $_[0]); }
-sub dst { return $dest->safe_psql('postgres', $_[0]); }
 
 # Wait until the mirror is RUNNING with no pending operation.
 sub wait_op_done

@@ -33,8 +33,6 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 
 my ($source, $dest) = setup_pair();
-sub src { return $source->safe_psql('postgres', $_[0]); }
-sub dst { return $dest->safe_psql('postgres', $_[0]); }
 
 src(q{
 CREATE TYPE mood AS ENUM ('sad', 'ok');
