@@ -34,7 +34,8 @@ OBJS = \
 	src/stream.o \
 	src/fastrecv.o \
 	src/catalog.o \
-	src/functions.o
+	src/functions.o \
+	src/state.o
 
 DATA = $(wildcard sql/bunnydb--*.sql)
 

@@ -13,6 +13,7 @@
 #include "bunnydb.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
@@ -89,6 +90,114 @@ bunny_spi_scalar(const char *sql, int nargs, Oid *argtypes, Datum *values,
 }
 
 /*
+ * A catalog row read by column name, so that a query can gain or reorder
+ * columns without the readers counting positions.
+ */
+typedef struct CatalogRow
+{
+	HeapTuple	tuple;
+	TupleDesc	desc;
+	MemoryContext cxt;			/* where strings are copied */
+} CatalogRow;
+
+static int
+row_attnum(CatalogRow *row, const char *column)
+{
+	int			attnum = SPI_fnumber(row->desc, column);
+
+	if (attnum <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("bunnydb catalog query has no column \"%s\"", column)));
+	return attnum;
+}
+
+/* text of a column, copied into the row's context, or NULL */
+static char *
+row_text(CatalogRow *row, const char *column)
+{
+	char	   *v = SPI_getvalue(row->tuple, row->desc, row_attnum(row, column));
+
+	return v ? MemoryContextStrdup(row->cxt, v) : NULL;
+}
+
+/* a column that is NOT NULL in the catalog, as a Datum */
+static Datum
+row_datum(CatalogRow *row, const char *column, bool *isnull)
+{
+	return SPI_getbinval(row->tuple, row->desc, row_attnum(row, column), isnull);
+}
+
+static bool
+row_bool(CatalogRow *row, const char *column)
+{
+	bool		isnull;
+	Datum		d = row_datum(row, column, &isnull);
+
+	return !isnull && DatumGetBool(d);
+}
+
+static int32
+row_int32(CatalogRow *row, const char *column)
+{
+	bool		isnull;
+	Datum		d = row_datum(row, column, &isnull);
+
+	return isnull ? 0 : DatumGetInt32(d);
+}
+
+/*
+ * The mirror's options.  Their defaults live in one place, the column
+ * defaults of bunny.mirror (extension 0.3.0 on).  A catalog of 0.2.0 or
+ * older keeps them in the jsonb column config, which ALTER EXTENSION
+ * UPDATE turns into typed columns: until it has run, under a library
+ * already replaced, the options are read from config with the defaults
+ * those versions had.
+ */
+static const char *
+mirror_options_sql(void)
+{
+	Oid			nsp = get_namespace_oid("bunny", false);
+	Oid			mirror_rel = get_relname_relid("mirror", nsp);
+
+	if (get_attnum(mirror_rel, "max_batch_size") != InvalidAttrNumber)
+		return "";
+	return ", coalesce((m.config->>'do_initial_snapshot')::boolean, true) AS do_initial_snapshot, "
+		"coalesce((m.config->>'max_batch_size')::integer, 1000) AS max_batch_size, "
+		"coalesce((m.config->>'idle_timeout_seconds')::integer, 60) AS idle_timeout_seconds, "
+		"coalesce((m.config->>'snapshot_num_rows_per_partition')::integer, 250000) "
+		"  AS snapshot_num_rows_per_partition, "
+		"coalesce((m.config->>'snapshot_max_parallel_workers')::integer, 8) "
+		"  AS snapshot_max_parallel_workers, "
+		"coalesce((m.config->>'snapshot_num_tables_in_parallel')::integer, 4) "
+		"  AS snapshot_num_tables_in_parallel, "
+		"coalesce((m.config->>'replicate_indexes')::boolean, true) AS replicate_indexes, "
+		"coalesce((m.config->>'replicate_foreign_keys')::boolean, true) AS replicate_foreign_keys";
+}
+
+/* a name[] column (exclude_columns), as a List of char * */
+static List *
+row_name_list(CatalogRow *row, const char *column)
+{
+	bool		isnull;
+	Datum		d = row_datum(row, column, &isnull);
+	Datum	   *elems;
+	int			nelems;
+	List	   *result = NIL;
+	MemoryContext old;
+
+	if (isnull)
+		return NIL;
+	deconstruct_array(DatumGetArrayTypeP(d), NAMEOID, NAMEDATALEN, false,
+					  TYPALIGN_CHAR, &elems, NULL, &nelems);
+	old = MemoryContextSwitchTo(row->cxt);
+	for (int j = 0; j < nelems; j++)
+		result = lappend(result, pstrdup(NameStr(*DatumGetName(elems[j]))));
+	MemoryContextSwitchTo(old);
+	return result;
+}
+
+/*
  * Load a mirror with its peer and tables.  lock_row takes FOR KEY SHARE on
  * the mirror row: a worker starting while drop_mirror holds the row waits
  * for it, then finds nothing.  Returns NULL if the mirror does not exist.
@@ -100,26 +209,8 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 	Mirror	   *m = NULL;
 	Oid			argtypes[1] = {INT4OID};
 	Datum		values[1] = {Int32GetDatum(mirror_id)};
-	char		sql[1024];
-	uint64		i;
-
-	snprintf(sql, sizeof(sql),
-			 "SELECT m.id, m.name, m.status, m.phase, m.pending_op, p.conninfo, "
-			 "       m.slot_name, m.publication_name, m.origin_name, m.incarnation, "
-			 "       m.slot_requested, "
-			 "       coalesce((m.config->>'do_initial_snapshot')::boolean, true), "
-			 "       coalesce((m.config->>'max_batch_size')::integer, 1000), "
-			 "       coalesce((m.config->>'idle_timeout_seconds')::integer, 60), "
-			 "       m.error_count, "
-			 "       coalesce((m.config->>'snapshot_num_rows_per_partition')::integer, 250000), "
-			 "       coalesce((m.config->>'snapshot_max_parallel_workers')::integer, 8), "
-			 "       coalesce((m.config->>'snapshot_num_tables_in_parallel')::integer, 4), "
-			 "       coalesce((m.config->>'replicate_indexes')::boolean, true), "
-			 "       coalesce((m.config->>'replicate_foreign_keys')::boolean, true), "
-			 "       m.publication_dirty, p.require_password "
-			 "  FROM bunny.mirror m JOIN bunny.peer p ON p.name = m.source_peer "
-			 " WHERE m.id = $1 %s",
-			 lock_row ? "FOR KEY SHARE OF m" : "");
+	CatalogRow	row = {.cxt = cxt};
+	const char *sql;
 
 	SPI_connect();
 	/* the extension may have been dropped under a running worker */
@@ -129,80 +220,65 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 		SPI_finish();
 		return NULL;
 	}
+	sql = psprintf("SELECT m.*, p.conninfo, p.require_password%s "
+				   "  FROM bunny.mirror m JOIN bunny.peer p ON p.name = m.source_peer "
+				   " WHERE m.id = $1 %s",
+				   mirror_options_sql(), lock_row ? "FOR KEY SHARE OF m" : "");
 	spi_run(sql, 1, argtypes, values, NULL, false);
 	if (SPI_processed == 1)
 	{
-		bool		isnull;
-		HeapTuple	tup = SPI_tuptable->vals[0];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
+		row.tuple = SPI_tuptable->vals[0];
+		row.desc = SPI_tuptable->tupdesc;
 
 		m = MemoryContextAllocZero(cxt, sizeof(Mirror));
 		m->id = mirror_id;
-		m->name = spi_text(0, 2, cxt);
-		m->status = spi_text(0, 3, cxt);
-		m->phase = spi_text(0, 4, cxt);
-		m->pending_op = spi_text(0, 5, cxt);
-		m->conninfo = spi_text(0, 6, cxt);
-		m->slot_name = spi_text(0, 7, cxt);
-		m->publication_name = spi_text(0, 8, cxt);
-		m->origin_name = spi_text(0, 9, cxt);
-		m->incarnation = spi_text(0, 10, cxt);
-		m->slot_requested = DatumGetBool(SPI_getbinval(tup, desc, 11, &isnull));
-		m->do_initial_snapshot = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
-		m->max_batch_size = DatumGetInt32(SPI_getbinval(tup, desc, 13, &isnull));
-		m->idle_timeout_seconds = DatumGetInt32(SPI_getbinval(tup, desc, 14, &isnull));
-		m->error_count = DatumGetInt32(SPI_getbinval(tup, desc, 15, &isnull));
-		m->snapshot_rows_per_partition = DatumGetInt32(SPI_getbinval(tup, desc, 16, &isnull));
-		m->snapshot_max_workers = DatumGetInt32(SPI_getbinval(tup, desc, 17, &isnull));
-		m->snapshot_tables_in_parallel = DatumGetInt32(SPI_getbinval(tup, desc, 18, &isnull));
-		m->replicate_indexes = DatumGetBool(SPI_getbinval(tup, desc, 19, &isnull));
-		m->replicate_foreign_keys = DatumGetBool(SPI_getbinval(tup, desc, 20, &isnull));
-		m->publication_dirty = DatumGetBool(SPI_getbinval(tup, desc, 21, &isnull));
-		m->require_password = DatumGetBool(SPI_getbinval(tup, desc, 22, &isnull));
+		m->name = row_text(&row, "name");
+		m->status = row_text(&row, "status");
+		m->phase = row_text(&row, "phase");
+		m->pending_op = row_text(&row, "pending_op");
+		m->conninfo = row_text(&row, "conninfo");
+		m->slot_name = row_text(&row, "slot_name");
+		m->publication_name = row_text(&row, "publication_name");
+		m->origin_name = row_text(&row, "origin_name");
+		m->incarnation = row_text(&row, "incarnation");
+		m->slot_requested = row_bool(&row, "slot_requested");
+		m->publication_dirty = row_bool(&row, "publication_dirty");
+		m->require_password = row_bool(&row, "require_password");
+		m->error_count = row_int32(&row, "error_count");
+		m->do_initial_snapshot = row_bool(&row, "do_initial_snapshot");
+		m->max_batch_size = row_int32(&row, "max_batch_size");
+		m->idle_timeout_seconds = row_int32(&row, "idle_timeout_seconds");
+		m->snapshot_rows_per_partition = row_int32(&row, "snapshot_num_rows_per_partition");
+		m->snapshot_max_workers = row_int32(&row, "snapshot_max_parallel_workers");
+		m->snapshot_tables_in_parallel = row_int32(&row, "snapshot_num_tables_in_parallel");
+		m->replicate_indexes = row_bool(&row, "replicate_indexes");
+		m->replicate_foreign_keys = row_bool(&row, "replicate_foreign_keys");
 
-		spi_run("SELECT source_schema, source_table, destination_schema, destination_table, "
-				"       partition_key, exclude_columns::text[], status, sync_lsn, "
-				"       resync_strategy, resync_state, copy_target_table, created_by_bunny "
-				"  FROM bunny.mirror_table WHERE mirror_id = $1 "
+		spi_run("SELECT * FROM bunny.mirror_table WHERE mirror_id = $1 "
 				" ORDER BY source_schema, source_table",
 				1, argtypes, values, NULL, false);
-		for (i = 0; i < SPI_processed; i++)
+		for (uint64 i = 0; i < SPI_processed; i++)
 		{
 			MirrorTable *t = MemoryContextAllocZero(cxt, sizeof(MirrorTable));
+			bool		isnull;
 			Datum		d;
 			MemoryContext old;
 
-			tup = SPI_tuptable->vals[i];
-			desc = SPI_tuptable->tupdesc;
-			t->source_schema = spi_text(i, 1, cxt);
-			t->source_table = spi_text(i, 2, cxt);
-			t->dest_schema = spi_text(i, 3, cxt);
-			t->dest_table = spi_text(i, 4, cxt);
-			t->partition_key = spi_text(i, 5, cxt);
-			d = SPI_getbinval(tup, desc, 6, &isnull);
-			if (!isnull)
-			{
-				Datum	   *elems;
-				int			nelems;
-
-				deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false,
-								  TYPALIGN_INT, &elems, NULL, &nelems);
-				for (int j = 0; j < nelems; j++)
-				{
-					char	   *s = TextDatumGetCString(elems[j]);
-
-					old = MemoryContextSwitchTo(cxt);
-					t->exclude_columns = lappend(t->exclude_columns, pstrdup(s));
-					MemoryContextSwitchTo(old);
-				}
-			}
-			t->status = spi_text(i, 7, cxt);
-			d = SPI_getbinval(tup, desc, 8, &isnull);
+			row.tuple = SPI_tuptable->vals[i];
+			row.desc = SPI_tuptable->tupdesc;
+			t->source_schema = row_text(&row, "source_schema");
+			t->source_table = row_text(&row, "source_table");
+			t->dest_schema = row_text(&row, "destination_schema");
+			t->dest_table = row_text(&row, "destination_table");
+			t->partition_key = row_text(&row, "partition_key");
+			t->exclude_columns = row_name_list(&row, "exclude_columns");
+			t->status = row_text(&row, "status");
+			d = row_datum(&row, "sync_lsn", &isnull);
 			t->sync_lsn = isnull ? InvalidXLogRecPtr : DatumGetLSN(d);
-			t->resync_strategy = spi_text(i, 9, cxt);
-			t->resync_state = spi_text(i, 10, cxt);
-			t->copy_target = spi_text(i, 11, cxt);
-			t->created_by_bunny = DatumGetBool(SPI_getbinval(tup, desc, 12, &isnull));
+			t->resync_strategy = row_text(&row, "resync_strategy");
+			t->resync_state = row_text(&row, "resync_state");
+			t->copy_target = row_text(&row, "copy_target_table");
+			t->created_by_bunny = row_bool(&row, "created_by_bunny");
 			old = MemoryContextSwitchTo(cxt);
 			m->tables = lappend(m->tables, t);
 			MemoryContextSwitchTo(old);

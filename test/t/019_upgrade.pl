@@ -5,7 +5,8 @@
 # runs under a steady source write load, and ALTER EXTENSION bunnydb UPDATE
 # runs while it streams: no row is lost or duplicated, the mirror keeps
 # running, and the new version's behaviour is there (a failed mirror can be
-# paused while the operation it failed in is pending).  Every upgrade
+# paused while the operation it failed in is pending; 0.3.0: status
+# changes are checked against the transition table).  Every upgrade
 # script ships with a step here.
 
 use strict;
@@ -51,7 +52,7 @@ my $load = start_source_load($source, $load_sql);
 sleep 1;
 $dest->safe_psql('postgres', 'ALTER EXTENSION bunnydb UPDATE');
 is($dest->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'bunnydb'"),
-	'0.2.0', 'updated to 0.2.0 while the mirror streams');
+	'0.3.0', 'updated to 0.3.0 (through 0.2.0) while the mirror streams');
 
 finish_source_load($load, 'upgrade');
 
@@ -68,6 +69,14 @@ $source->safe_psql('postgres', 'UPDATE acc SET note = note || \'!\' WHERE id <= 
 $dest->safe_psql('postgres', "SELECT bunny.resume_mirror('up')");
 ok(wait_for_status($dest, 'up', 'RUNNING', 30), 'resumed');
 ok(wait_synced($source, $dest, 'up', ['public.acc', 'public.hist']), 'caught up after resume');
+
+# 0.3.0: a status change the transition table does not allow fails, and
+# leaves the mirror as it was
+my ($ret, $out, $err) = $dest->psql('postgres',
+	"UPDATE bunny.mirror SET status = 'SETUP' WHERE name = 'up'");
+isnt($ret, 0, 'a status change nobody planned is refused');
+like($err, qr/invalid mirror status transition from RUNNING to SETUP/, 'the refusal names the transition');
+is(mirror_field($dest, 'up', 'status'), 'RUNNING', 'the mirror is unchanged');
 
 # a fresh install of the default version has the same catalog and functions
 # as an updated one
