@@ -4,7 +4,7 @@
 # (CREATE PUBLICATION / CREATE SUBSCRIPTION), same machine, same run, same
 # clusters, same data.  The targets are in the README, section "Performance".
 #
-#     sudo bash bench/run.sh [--scale N] [--only copy,tpcb,bigtxn,lag] [--keep]
+#     bash bench/run.sh [--scale N] [--only copy,tpcb,bigtxn,lag] [--keep]
 #                            [--copy-pairs 1|2] [--no-pglogical]
 #                            [--long-wait] [--dir DIR] [--smoke]
 #

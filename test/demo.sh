@@ -3,9 +3,9 @@
 # bunnydb demo: two PostgreSQL 15 clusters on this machine and one mirror
 # between them. Run as root on Debian 12:
 #
-#     sudo bash test/demo.sh           (re)create the demo from scratch
-#     sudo bash test/demo.sh stop      stop both demo clusters (data kept)
-#     sudo bash test/demo.sh clean     stop both clusters and delete the demo
+#     bash test/demo.sh                (re)create the demo from scratch
+#     bash test/demo.sh stop           stop both demo clusters (data kept)
+#     bash test/demo.sh clean          stop both clusters and delete the demo
 #
 # Layout (everything owned by the `postgres` OS user):
 #
@@ -106,14 +106,14 @@ show_failure() {
     tail -n 30 "$DEMO/dest.log" || true
     echo
     echo "The demo clusters are still running for inspection:"
-    echo "    sudo -u postgres psql -h $DEMO -p $DST_PORT postgres"
-    echo "Stop them with: sudo bash test/demo.sh stop"
+    echo "    runuser -u postgres -- psql -h $DEMO -p $DST_PORT postgres"
+    echo "Stop them with: bash test/demo.sh stop"
 }
 
 # ---------------------------------------------------------------------------
 # sub-commands
 # ---------------------------------------------------------------------------
-[ "$(id -u)" -eq 0 ] || die "run as root: sudo bash test/demo.sh ${1:-}"
+[ "$(id -u)" -eq 0 ] || die "run as root (or with sudo): bash test/demo.sh ${1:-}"
 
 case "${1:-start}" in
     stop)
@@ -315,8 +315,8 @@ cat <<EOF
 ------------------------------------------------------------------------
 The demo is running.
 
-  destination (bunnydb):  sudo -u postgres psql -h $DEMO -p $DST_PORT postgres
-  source:                 sudo -u postgres psql -h $DEMO -p $SRC_PORT postgres
+  destination (bunnydb):  runuser -u postgres -- psql -h $DEMO -p $DST_PORT postgres
+  source:                 runuser -u postgres -- psql -h $DEMO -p $SRC_PORT postgres
 
 Try, on the source:       INSERT INTO orders (customer, amount) VALUES ('you', 42);
 then on the destination:  SELECT * FROM orders ORDER BY id DESC LIMIT 3;
@@ -326,7 +326,7 @@ then on the destination:  SELECT * FROM orders ORDER BY id DESC LIMIT 3;
 
 Server logs: $DEMO/source.log, $DEMO/dest.log
 
-Stop the demo:            sudo bash test/demo.sh stop
-Stop and delete it:       sudo bash test/demo.sh clean
+Stop the demo:            bash test/demo.sh stop
+Stop and delete it:       bash test/demo.sh clean
 ------------------------------------------------------------------------
 EOF
