@@ -243,6 +243,16 @@ SELECT max(created_at) FILTER (WHERE message = 'timing 2') -
   FROM bunny.mirror_logs WHERE message LIKE 'timing _';
 ROLLBACK;
 
+-- a level is the least severity shown; DEBUG lines only when asked for
+BEGIN;
+SELECT bunny._log('m1', 'DEBUG', 'a debug line');
+SELECT bunny._log('m1', 'WARNING', 'a warning line');
+SELECT count(*) AS debug_by_default FROM bunny.logs('m1', search => 'a debug line');
+SELECT count(*) AS debug_asked FROM bunny.logs('m1', 'debug', 'a debug line');
+SELECT count(*) AS warning_from_info FROM bunny.logs('m1', 'INFO', 'a warning line');
+SELECT count(*) AS warning_from_error FROM bunny.logs('m1', 'ERROR', 'a warning line');
+ROLLBACK;
+
 -- the DDL that completes a copied table (_apply_ddl) runs with a 10 ms
 -- deadlock_timeout, so that an autovacuum already at work on the fresh
 -- table is cancelled at once instead of after a second; afterwards the

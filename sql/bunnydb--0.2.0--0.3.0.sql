@@ -10,6 +10,8 @@
  *		create_mirror (whose parameter defaults are the only defaults);
  *		config, the jsonb that held them, is now generated from them, so
  *		bunny.mirrors and everything reading config see the same values.
+ *		bunny.logs() takes level as the least severity to show, and
+ *		without one shows INFO and above: DEBUG lines only when asked.
  */
 
 \echo Use "ALTER EXTENSION bunnydb UPDATE TO '0.3.0'" to load this file. \quit
@@ -216,3 +218,35 @@ BEGIN
 	PERFORM bunny._notify(v_id);
 END
 $$;
+
+-- level is the least severity shown, as log_min_messages reads; without
+-- one, DEBUG lines (written at every reconnection) stay out of the way
+CREATE OR REPLACE FUNCTION bunny.logs(name text, level text DEFAULT NULL, search text DEFAULT NULL,
+									  "limit" integer DEFAULT 50, "offset" integer DEFAULT 0)
+	RETURNS SETOF bunny.mirror_logs
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	levels	CONSTANT text[] := ARRAY['DEBUG', 'INFO', 'WARNING', 'ERROR'];
+	least_level integer := array_position(levels, upper(coalesce(logs.level, 'INFO')));
+BEGIN
+	IF least_level IS NULL THEN
+		RAISE EXCEPTION 'invalid log level "%"', logs.level
+			USING ERRCODE = '22023', HINT = 'Use DEBUG, INFO, WARNING or ERROR.';
+	END IF;
+	IF coalesce("limit", 0) < 0 OR coalesce("offset", 0) < 0 THEN
+		RAISE EXCEPTION 'limit and offset must not be negative' USING ERRCODE = '22023';
+	END IF;
+	RETURN QUERY
+	SELECT l.* FROM bunny.mirror_logs l
+	 WHERE l.mirror = logs.name
+	   AND array_position(levels, l.level) >= least_level
+	   AND (logs.search IS NULL
+			OR l.message ILIKE '%' || logs.search || '%'
+			OR l.details::text ILIKE '%' || logs.search || '%')
+	 ORDER BY l.created_at DESC, l.id DESC
+	 LIMIT coalesce("limit", 50) OFFSET coalesce("offset", 0);
+END
+$$;
+

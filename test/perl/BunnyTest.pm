@@ -499,7 +499,7 @@ sub transfer_mode
 			my $v = query_value($dest,
 				    "SELECT CASE WHEN message LIKE '%(binary transfer%' THEN 'binary' "
 				  . "WHEN message LIKE '%(text transfer%' THEN 'text' END "
-				  . "FROM bunny.logs(" . sql_literal($name) . ", search => ' transfer', \"limit\" => 1)");
+				  . "FROM bunny.logs(" . sql_literal($name) . ", 'DEBUG', ' transfer', 1)");
 			return (defined $v && $v ne '') ? $v : 0;
 		},
 		20);
