@@ -38,6 +38,12 @@ SELECT bunny.create_peer('bad1', 'host=localhost port', validate => false);
 -- NULL and empty arguments
 SELECT bunny.create_peer(NULL, 'host=h dbname=d', validate => false);
 SELECT bunny.create_peer('', 'host=h dbname=d', validate => false);
+-- peers follow the naming rule of mirrors, and the hint offers a name
+\set VERBOSITY default
+\set SHOW_CONTEXT never
+SELECT bunny.create_peer('Shop Src', 'host=h dbname=d', validate => false);
+\set VERBOSITY sqlstate
+\set SHOW_CONTEXT errors
 SELECT bunny.create_peer('nullci', NULL, validate => false);
 SELECT bunny.alter_peer('nowhere', NULL, validate => false);
 

@@ -12,6 +12,9 @@
  *		bunny.mirrors and everything reading config see the same values.
  *		bunny.logs() takes level as the least severity to show, and
  *		without one shows INFO and above: DEBUG lines only when asked.
+ *		Peers and mirrors follow one naming rule (bunny._check_name): 1 to
+ *		48 lower-case letters, digits, "_" and "-"; peers made before keep
+ *		their names.
  */
 
 \echo Use "ALTER EXTENSION bunnydb UPDATE TO '0.3.0'" to load this file. \quit
@@ -124,6 +127,29 @@ CREATE VIEW bunny.mirrors AS
 	  LEFT JOIN bunny._worker_stats() w ON w.mirror_id = m.id;
 GRANT SELECT ON bunny.mirrors TO bunny_monitor;
 
+-- the one naming rule of peers and mirrors: a mirror's name becomes part
+-- of its slot's and publication's names on the source, which allow only
+-- lower-case letters, digits and "_"; a peer follows the same rule so that
+-- nobody has to remember two
+CREATE FUNCTION bunny._check_name(kind text, name text) RETURNS void
+	LANGUAGE plpgsql IMMUTABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF name IS NULL THEN
+		RAISE EXCEPTION '% name must not be null', kind USING ERRCODE = '22004';
+	END IF;
+	IF name !~ '^[a-z0-9_-]{1,48}$' THEN
+		RAISE EXCEPTION 'invalid % name "%"', kind, name
+			USING ERRCODE = '22023',
+				  DETAIL = format('A %s name consists of 1 to 48 lower-case letters, digits, "_" and "-".', kind),
+				  HINT = format('For example: %s.', quote_literal(coalesce(nullif(left(
+						  regexp_replace(lower(name), '[^a-z0-9_-]+', '_', 'g'), 48), ''), kind || '1')));
+	END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION bunny._check_name(text, text) FROM PUBLIC;
+
 CREATE OR REPLACE FUNCTION bunny.create_mirror(
 	name							text,
 	source_peer						text,
@@ -150,14 +176,7 @@ DECLARE
 	-- ever mistaken for ours
 	v_incarnation text := md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text);
 BEGIN
-	IF create_mirror.name IS NULL THEN
-		RAISE EXCEPTION 'mirror name must not be null' USING ERRCODE = '22004';
-	END IF;
-	IF create_mirror.name !~ '^[a-z0-9_-]{1,48}$' THEN
-		RAISE EXCEPTION 'invalid mirror name "%"', create_mirror.name
-			USING ERRCODE = '22023',
-				  DETAIL = 'A mirror name consists of 1 to 48 lower-case letters, digits, "_" and "-".';
-	END IF;
+	PERFORM bunny._check_name('mirror', create_mirror.name);
 	IF create_mirror.source_peer IS NULL THEN
 		RAISE EXCEPTION 'source_peer must not be null' USING ERRCODE = '22004';
 	END IF;
@@ -250,3 +269,22 @@ BEGIN
 END
 $$;
 
+CREATE OR REPLACE FUNCTION bunny.create_peer(name text, conninfo text, validate boolean DEFAULT true)
+	RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	PERFORM bunny._check_name('peer', create_peer.name);
+	IF EXISTS (SELECT 1 FROM bunny.peer p WHERE p.name = create_peer.name) THEN
+		RAISE EXCEPTION 'peer "%" already exists', create_peer.name USING ERRCODE = '42710';
+	END IF;
+	PERFORM bunny._check_peer_conninfo(create_peer.conninfo, validate);
+	BEGIN
+		INSERT INTO bunny.peer (name, conninfo, require_password)
+		VALUES (create_peer.name, create_peer.conninfo, NOT bunny._caller_is_superuser());
+	EXCEPTION WHEN unique_violation THEN
+		RAISE EXCEPTION 'peer "%" already exists', create_peer.name USING ERRCODE = '42710';
+	END;
+END
+$$;
