@@ -10,6 +10,8 @@
  *		create_mirror (whose parameter defaults are the only defaults);
  *		config, the jsonb that held them, is now generated from them, so
  *		bunny.mirrors and everything reading config see the same values.
+ *		bunny.mirrors shows rows_copied next to total_rows_synced, which
+ *		counts only the changes applied by CDC.
  *		bunny.logs() takes level as the least severity to show, and
  *		without one shows INFO and above: DEBUG lines only when asked.
  *		Peers and mirrors follow one naming rule (bunny._check_name): 1 to
@@ -121,7 +123,9 @@ CREATE VIEW bunny.mirrors AS
 				ELSE 0::double precision
 		   END AS lag_seconds,
 		   m.total_rows_synced, m.last_sync_time, m.error_message, m.error_count,
-		   m.config, m.created_at
+		   m.config, m.created_at,
+		   (SELECT coalesce(sum(t.rows_snapshotted), 0)::bigint FROM bunny.mirror_table t
+			 WHERE t.mirror_id = m.id) AS rows_copied
 	  FROM bunny.mirror m
 	  LEFT JOIN bunny._origin_progress() o ON o.origin_name = m.origin_name
 	  LEFT JOIN bunny._worker_stats() w ON w.mirror_id = m.id;

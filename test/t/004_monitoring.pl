@@ -2,8 +2,9 @@
 #
 # 004_monitoring: every figure a DBA reads from psql.
 #
-#  * bunny.mirror_tables counters after a known mix of changes, and the
-#    mirror's total_rows_synced / last_sync_time; pg_stat_user_tables of
+#  * rows_copied after the initial copy; bunny.mirror_tables counters
+#    after a known mix of changes, and the mirror's total_rows_synced
+#    (CDC only) / last_sync_time; pg_stat_user_tables of
 #    the destination table complete while the mirror is idle
 #  * lag_bytes / lag_seconds positive while paused with pending changes,
 #    zero after catch-up
@@ -28,11 +29,23 @@ use IPC::Run;
 
 my ($source, $dest) = setup_pair(dest_conf => "bunny.retry_backoff_max = 2s\n");
 
+sub dq { return $dest->safe_psql('postgres', $_[0]); }
+
+# the copy counts in rows_copied, not in total_rows_synced (CDC only)
+$source->safe_psql('postgres',
+	"CREATE TABLE public.cp (id int PRIMARY KEY); INSERT INTO cp SELECT generate_series(1, 1005)");
+ok(create_mirror($dest, 'cp', ['public.cp'], do_initial_snapshot => 'true'), 'mirror cp is RUNNING');
+is(dq("SELECT rows_copied || '/' || total_rows_synced FROM bunny.mirrors WHERE name = 'cp'"),
+	'1005/0', 'rows_copied counts the initial copy; total_rows_synced only CDC');
+$source->safe_psql('postgres', 'DELETE FROM cp WHERE id <= 5');
+is(wait_for_lsn($dest, 'cp', source_lsn($source), 60000), 't', 'cp caught up');
+is(dq("SELECT rows_copied || '/' || total_rows_synced FROM bunny.mirrors WHERE name = 'cp'"),
+	'1005/5', 'changes count in total_rows_synced');
+dq("SELECT bunny.drop_mirror('cp')");
+
 $source->safe_psql('postgres',
 	'CREATE TABLE public.acc (id int PRIMARY KEY, v text)');
 ok(create_mirror($dest, 'mon', ['public.acc']), 'mirror mon is RUNNING');
-
-sub dq { return $dest->safe_psql('postgres', $_[0]); }
 
 # ---------------------------------------------------------------------------
 # Counters: 10 inserts, 4 updates, 3 deletes
