@@ -35,7 +35,8 @@ OBJS = \
 	src/fastrecv.o \
 	src/catalog.o \
 	src/functions.o \
-	src/state.o
+	src/state.o \
+	src/api.o
 
 DATA = $(wildcard sql/bunnydb--*.sql)
 

@@ -38,9 +38,11 @@ SELECT bunny.create_peer('bad1', 'host=localhost port', validate => false);
 -- NULL and empty arguments
 SELECT bunny.create_peer(NULL, 'host=h dbname=d', validate => false);
 SELECT bunny.create_peer('', 'host=h dbname=d', validate => false);
--- peers follow the naming rule of mirrors, and the hint offers a name
+-- peers follow the naming rule of mirrors, and the hint offers a name;
+-- the error comes without the CONTEXT lines of the PL/pgSQL functions
+-- that raised it (create_peer calls _check_name)
 \set VERBOSITY default
-\set SHOW_CONTEXT never
+\set SHOW_CONTEXT always
 SELECT bunny.create_peer('Shop Src', 'host=h dbname=d', validate => false);
 \set VERBOSITY sqlstate
 \set SHOW_CONTEXT errors

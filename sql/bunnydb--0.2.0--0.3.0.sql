@@ -292,3 +292,47 @@ BEGIN
 	END;
 END
 $$;
+
+-- The API functions that return one value become entry points in C
+-- (api.c) that call their PL/pgSQL body and raise its errors without the
+-- CONTEXT lines of every PL/pgSQL function they passed through.  The
+-- bodies keep their names (PL/pgSQL qualifies parameters by the function's
+-- name) in schema bunny_impl, which nobody is granted; the grants move to
+-- the entry points.  Later versions redefine a body as bunny_impl.<name>.
+CREATE SCHEMA bunny_impl;
+REVOKE ALL ON SCHEMA bunny_impl FROM PUBLIC;
+
+DO $do$
+DECLARE
+	f		record;
+	g		record;
+	who		text;
+BEGIN
+	FOR f IN
+		SELECT p.proname, pg_get_function_arguments(p.oid) AS args,
+			   pg_get_function_identity_arguments(p.oid) AS idargs,
+			   pg_get_function_result(p.oid) AS result,
+			   CASE p.provolatile WHEN 's' THEN 'STABLE' ELSE 'VOLATILE' END AS volatility,
+			   coalesce(p.proacl, acldefault('f', p.proowner)) AS acl
+		  FROM pg_proc p
+		 WHERE p.pronamespace = 'bunny'::regnamespace
+		   AND p.proname IN ('create_peer', 'alter_peer', 'drop_peer',
+							 'create_mirror', 'drop_mirror', 'pause_mirror',
+							 'resume_mirror', 'retry_mirror', 'resync_table',
+							 'resync_mirror', 'update_tables', 'sync_schema',
+							 'wait_for_lsn', 'mirror_status')
+	LOOP
+		EXECUTE format('ALTER FUNCTION bunny.%I(%s) SET SCHEMA bunny_impl', f.proname, f.idargs);
+		EXECUTE format('CREATE FUNCTION bunny.%I(%s) RETURNS %s LANGUAGE c %s AS %L, %L',
+					   f.proname, f.args, f.result, f.volatility,
+					   'MODULE_PATHNAME', 'bunny_api_call');
+		EXECUTE format('REVOKE ALL ON FUNCTION bunny.%I(%s) FROM PUBLIC', f.proname, f.idargs);
+		FOR g IN SELECT a.grantee FROM aclexplode(f.acl) a
+				  WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor LOOP
+			who := CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END;
+			EXECUTE format('GRANT EXECUTE ON FUNCTION bunny.%I(%s) TO %s', f.proname, f.idargs, who);
+			EXECUTE format('REVOKE EXECUTE ON FUNCTION bunny_impl.%I(%s) FROM %s', f.proname, f.idargs, who);
+		END LOOP;
+	END LOOP;
+END
+$do$;
