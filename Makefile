@@ -17,6 +17,7 @@ OBJS = \
 	src/resync.o \
 	src/apply.o src/relmap.o src/fold.o \
 	src/stream.o \
+	src/source.o \
 	src/fastrecv.o \
 	src/catalog.o \
 	src/functions.o
