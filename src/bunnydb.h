@@ -5,10 +5,12 @@
  *
  * Module map (one file per role):
  *	bunnydb.c	_PG_init, settings, shared memory
+ *	guard.c		DROP EXTENSION / DROP OWNED / DROP DATABASE guards
  *	launcher.c	the static launcher and the per-database scan worker
  *	worker.c	the per-mirror worker: phases, error handling, backoff
  *	setup.c		SETUP phase: source checks, publication, slot, destination DDL
  *	snapshot.c	SNAPSHOT phase: consistent copy of existing rows
+ *	resync.c	copies of tables while the others stream on
  *	apply.c		CDC phase: pgoutput stream -> SPI, batching, progress
  *	relmap.c	the apply's relation map and prepared statements
  *	fold.c		folding repeated UPDATEs of a batch into multi-row UPDATEs

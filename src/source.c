@@ -41,12 +41,15 @@
  *		source_domain_checks		a domain's CHECK constraints
  *		source_type_attributes		a composite type's attributes
  *		source_column_default		a column's default
+ *		source_column_types			replicated columns' types (binary
+ *									transfer)
  *	publication and slot
  *		source_publication_exists	and its comment
  *		source_ensure_publication	create ours, or check and refresh it
  *		source_drop_publication
  *		source_slot_exists			and its holder and confirmed position
  *		source_drop_slot			terminate its holder and drop it
+ *		source_terminate_backend	end a stale walsender
  *	positions and values
  *		source_current_wal_lsn
  *		source_sequence_value
@@ -1207,6 +1210,60 @@ source_drop_slot(PGconn *conn, const char *slot, int timeout_ms)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
+}
+
+/*
+ * Terminate the backend with PID pid (a walsender holding our slot);
+ * false when the source refused (the role may not signal it).
+ */
+bool
+source_terminate_backend(PGconn *conn, const char *pid)
+{
+	const char *params[1] = {pid};
+	PGresult   *res = source_exec(conn, "SELECT pg_catalog.pg_terminate_backend($1::int)",
+								  1, params);
+	bool		ok = res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK;
+
+	if (res)
+		PQclear(res);
+	return ok;
+}
+
+/*
+ * The replicated columns' types of the given tables (parallel lists of
+ * schema and table names), generated columns left out, as
+ * SourceColumnType *: what deciding on binary transfer needs.
+ */
+List *
+source_column_types(PGconn *conn, List *schemas, List *tables)
+{
+	PGresult   *res;
+	List	   *result = NIL;
+	const char *params[2];
+
+	params[0] = text_array_literal(schemas);
+	params[1] = text_array_literal(tables);
+	res = source_query(conn,
+					   "SELECT n.nspname, c.relname, a.attname, a.atttypid "
+					   "  FROM pg_catalog.pg_attribute a "
+					   "  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+					   "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+					   " WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' "
+					   "   AND (n.nspname::text, c.relname::text) IN "
+					   "       (SELECT * FROM pg_catalog.unnest($1::text[], $2::text[]))",
+					   2, params, PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		SourceColumnType *ct = palloc(sizeof(SourceColumnType));
+
+		ct->schema = pstrdup(PQgetvalue(res, i, 0));
+		ct->table = pstrdup(PQgetvalue(res, i, 1));
+		ct->column = pstrdup(PQgetvalue(res, i, 2));
+		ct->typid = (Oid) strtoul(PQgetvalue(res, i, 3), NULL, 10);
+		result = lappend(result, ct);
+	}
+	PQclear(res);
+	return result;
 }
 
 /* the source's current WAL write position */

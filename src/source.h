@@ -109,6 +109,15 @@ typedef struct SourceType
 	char	   *extname;		/* extension the type belongs to, or NULL */
 } SourceType;
 
+/* the type of a replicated column of a source table */
+typedef struct SourceColumnType
+{
+	char	   *schema;
+	char	   *table;
+	char	   *column;
+	Oid			typid;
+} SourceColumnType;
+
 /* a named SQL snippet: a domain's CHECK, a composite's attribute */
 typedef struct SourceNamedDef
 {
@@ -137,6 +146,7 @@ extern List *source_domain_checks(PGconn *conn, Oid typid);
 extern List *source_type_attributes(PGconn *conn, Oid typrelid);
 extern char *source_column_default(PGconn *conn, const char *qualified_table,
 								   const char *attname);
+extern List *source_column_types(PGconn *conn, List *schemas, List *tables);
 
 /* publication and slot */
 extern bool source_publication_exists(PGconn *conn, const char *pubname, char **comment);
@@ -145,6 +155,7 @@ extern void source_drop_publication(PGconn *conn, const char *pubname);
 extern bool source_slot_exists(PGconn *conn, const char *slot, char **active_pid,
 							   XLogRecPtr *confirmed_flush);
 extern void source_drop_slot(PGconn *conn, const char *slot, int timeout_ms);
+extern bool source_terminate_backend(PGconn *conn, const char *pid);
 
 /* positions and values */
 extern XLogRecPtr source_current_wal_lsn(PGconn *conn);
