@@ -16,6 +16,10 @@
  * starting position (the slot's consistent point), so CDC starts exactly
  * where the copy's snapshot ends.
  *
+ * What setup asks of the source, and the checks on the answers, are
+ * source.c's (source_check, source_describe_tables, ...); this file turns
+ * the descriptions into destination DDL and catalog rows.
+ *
  *-------------------------------------------------------------------------
  */
 #include "bunnydb.h"
