@@ -21,6 +21,7 @@
 #include "storage/proc.h"
 #include "storage/procarray.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/resowner.h"
@@ -35,6 +36,11 @@ PG_FUNCTION_INFO_V1(bunny_remote_query);
 PG_FUNCTION_INFO_V1(bunny_test_peer);
 PG_FUNCTION_INFO_V1(bunny_source_drop_slot);
 PG_FUNCTION_INFO_V1(bunny_source_drop_publication);
+PG_FUNCTION_INFO_V1(bunny_source_slot_exists);
+PG_FUNCTION_INFO_V1(bunny_source_current_wal_lsn);
+PG_FUNCTION_INFO_V1(bunny_source_columns);
+PG_FUNCTION_INFO_V1(bunny_source_indexes);
+PG_FUNCTION_INFO_V1(bunny_source_tables);
 PG_FUNCTION_INFO_V1(bunny_check_source_tables);
 PG_FUNCTION_INFO_V1(bunny_notify);
 PG_FUNCTION_INFO_V1(bunny_stop_worker);
@@ -311,6 +317,169 @@ bunny_source_drop_publication(PG_FUNCTION_ARGS)
 	}
 	PG_END_TRY();
 	PG_RETURN_VOID();
+}
+
+/* bunny._source_slot_exists(conninfo, slot) */
+Datum
+bunny_source_slot_exists(PG_FUNCTION_ARGS)
+{
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *slot = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	PGconn	   *conn = source_connect_as_caller(conninfo);
+	bool		exists = false;
+
+	PG_TRY();
+	{
+		exists = source_slot_exists(conn, slot, NULL, NULL);
+	}
+	PG_FINALLY();
+	{
+		stream_disconnect(&conn);
+	}
+	PG_END_TRY();
+	PG_RETURN_BOOL(exists);
+}
+
+/* bunny._source_current_wal_lsn(conninfo) */
+Datum
+bunny_source_current_wal_lsn(PG_FUNCTION_ARGS)
+{
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	PGconn	   *conn = source_connect_as_caller(conninfo);
+	XLogRecPtr	lsn = InvalidXLogRecPtr;
+
+	PG_TRY();
+	{
+		lsn = source_current_wal_lsn(conn);
+	}
+	PG_FINALLY();
+	{
+		stream_disconnect(&conn);
+	}
+	PG_END_TRY();
+	PG_RETURN_LSN(lsn);
+}
+
+/*
+ * bunny._source_columns(conninfo, table): the columns of a source table
+ * (source_table_columns, which setup describes tables with) as
+ * bunny.sync_schema compares them: name, type (with COLLATE), NOT NULL,
+ * default, generation expression.
+ */
+Datum
+bunny_source_columns(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *table = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	PGconn	   *conn;
+	List	   *columns = NIL;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	conn = source_connect_as_caller(conninfo);
+	PG_TRY();
+	{
+		columns = source_table_columns(conn, table);
+	}
+	PG_FINALLY();
+	{
+		stream_disconnect(&conn);
+	}
+	PG_END_TRY();
+	foreach(lc, columns)
+	{
+		SourceColumn *col = lfirst(lc);
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, false};
+
+		values[0] = DirectFunctionCall1(namein, CStringGetDatum(col->name));
+		values[1] = CStringGetTextDatum(col->type_sql);
+		values[2] = BoolGetDatum(col->notnull);
+		values[3] = col->default_expr ? CStringGetTextDatum(col->default_expr) : (Datum) 0;
+		nulls[3] = col->default_expr == NULL;
+		values[4] = col->generated ? CStringGetTextDatum(col->generated) : (Datum) 0;
+		nulls[4] = col->generated == NULL;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * bunny._source_indexes(conninfo, table): the indexes of a source table
+ * (source_table_indexes): name, definition, primary, columns.
+ */
+Datum
+bunny_source_indexes(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *table = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	PGconn	   *conn;
+	List	   *indexes = NIL;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	conn = source_connect_as_caller(conninfo);
+	PG_TRY();
+	{
+		indexes = source_table_indexes(conn, table);
+	}
+	PG_FINALLY();
+	{
+		stream_disconnect(&conn);
+	}
+	PG_END_TRY();
+	foreach(lc, indexes)
+	{
+		SourceIndex *ix = lfirst(lc);
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		values[0] = DirectFunctionCall1(namein, CStringGetDatum(ix->name));
+		values[1] = CStringGetTextDatum(ix->def);
+		values[2] = BoolGetDatum(ix->isprimary);
+		values[3] = OidInputFunctionCall(F_ARRAY_IN, ix->columns_text, TEXTOID, -1);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* bunny._source_tables(conninfo): what bunny.peer_tables lists */
+Datum
+bunny_source_tables(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	PGconn	   *conn;
+	List	   *tables = NIL;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	conn = source_connect_as_caller(conninfo);
+	PG_TRY();
+	{
+		tables = source_list_tables(conn);
+	}
+	PG_FINALLY();
+	{
+		stream_disconnect(&conn);
+	}
+	PG_END_TRY();
+	foreach(lc, tables)
+	{
+		SourceTableSummary *t = lfirst(lc);
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, false};
+
+		values[0] = DirectFunctionCall1(namein, CStringGetDatum(t->schema));
+		values[1] = DirectFunctionCall1(namein, CStringGetDatum(t->table));
+		values[2] = BoolGetDatum(t->has_primary_key);
+		values[3] = CStringGetTextDatum(t->replica_identity);
+		values[4] = Int64GetDatum(t->estimated_rows);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }
 
 /* setup's checks of the source on conn, which is closed afterwards */

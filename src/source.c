@@ -9,7 +9,7 @@
  * the SQL API's C functions (functions.c) call these instead of writing
  * SQL for the source themselves, so that each fact about the source is
  * fetched in one place and the PL/pgSQL API shares it (bunny._test_peer,
- * bunny._source_drop_slot, bunny._source_drop_publication).
+ * bunny._source_drop_slot and the other bunny._source_* functions).
  *
  * Values are passed as parameters (PQsendQueryParams) on plain
  * connections.  A replication connection (replication=database, which
@@ -40,6 +40,9 @@
  *		source_enum_labels			an enum's labels in order
  *		source_domain_checks		a domain's CHECK constraints
  *		source_type_attributes		a composite type's attributes
+ *		source_table_columns		a table's columns (SourceColumn)
+ *		source_table_indexes		a table's indexes (SourceIndex)
+ *		source_list_tables			the tables a mirror could map
  *		source_column_default		a column's default
  *		source_column_types			replicated columns' types (binary
  *									transfer)
@@ -196,6 +199,59 @@ static char *
 oid_text(Oid oid)
 {
 	return psprintf("%u", oid);
+}
+
+/* is s one of the C strings of list? */
+static bool
+string_in_list(List *list, const char *s)
+{
+	ListCell   *lc;
+
+	foreach(lc, list)
+		if (strcmp((char *) lfirst(lc), s) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * The elements of a one-dimensional text[] as the source printed it
+ * ({a,"b c"}), as char *.  Parsed here rather than by array_in, which
+ * needs the catalog, hence a transaction, and setup asks the source
+ * outside one.  A null element (unquoted NULL) cannot occur: the arrays
+ * asked for hold column names.
+ */
+static List *
+parse_text_array(const char *literal)
+{
+	List	   *result = NIL;
+	const char *p = literal;
+	StringInfoData elem;
+
+	if (*p++ != '{')
+		elog(ERROR, "malformed array from the source: \"%s\"", literal);
+	initStringInfo(&elem);
+	while (*p && *p != '}')
+	{
+		resetStringInfo(&elem);
+		if (*p == '"')
+		{
+			for (p++; *p && *p != '"'; p++)
+			{
+				if (*p == '\\' && p[1])
+					p++;
+				appendStringInfoChar(&elem, *p);
+			}
+			if (*p == '"')
+				p++;
+		}
+		else
+			while (*p && *p != ',' && *p != '}')
+				appendStringInfoChar(&elem, *p++);
+		result = lappend(result, pstrdup(elem.data));
+		if (*p == ',')
+			p++;
+	}
+	return result;
 }
 
 /*
@@ -508,6 +564,7 @@ describe_table_objects(PGconn *conn, SourceTable *st)
 {
 	PGresult   *res;
 	const char *params[2];
+	ListCell   *lc;
 
 	params[0] = text_array_literal(st->mt->exclude_columns);
 	params[1] = oid_text(st->relid);
@@ -539,26 +596,18 @@ describe_table_objects(PGconn *conn, SourceTable *st)
 	}
 	PQclear(res);
 
-	res = source_query(conn,
-					   "SELECT c.relname, pg_get_indexdef(i.indexrelid), "
-					   "       ARRAY(SELECT attname FROM pg_attribute "
-					   "              WHERE attrelid = i.indrelid AND attnum = ANY (i.indkey))::text[] && $1::text[] "
-					   "  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-					   " WHERE i.indrelid = $2::oid "
-					   "   AND NOT EXISTS (SELECT 1 FROM pg_constraint k "
-					   "                    WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) "
-					   " ORDER BY c.relname",
-					   2, params, PGRES_TUPLES_OK);
-	for (int i = 0; i < PQntuples(res); i++)
+	foreach(lc, source_table_indexes(conn, qname(st->mt->source_schema, st->mt->source_table)))
 	{
-		SourceIndex *ix = palloc0(sizeof(SourceIndex));
+		SourceIndex *ix = lfirst(lc);
+		ListCell   *lc2;
 
-		ix->name = pstrdup(PQgetvalue(res, i, 0));
-		ix->def = pstrdup(PQgetvalue(res, i, 1));
-		ix->uses_excluded = PQgetvalue(res, i, 2)[0] == 't';
+		if (ix->constraint_owned)
+			continue;
+		foreach(lc2, ix->columns)
+			if (string_in_list(st->mt->exclude_columns, lfirst(lc2)))
+				ix->uses_excluded = true;
 		st->indexes = lappend(st->indexes, ix);
 	}
-	PQclear(res);
 
 	if (st->relkind == 'p')
 	{
@@ -573,6 +622,121 @@ describe_table_objects(PGconn *conn, SourceTable *st)
 			st->leaves = lappend(st->leaves, pstrdup(PQgetvalue(res, i, 0)));
 		PQclear(res);
 	}
+}
+
+/*
+ * The columns of a source table (quoted, qualified name), in order, with
+ * their types, defaults, sequences and place in the primary key; excluded
+ * is left for the caller, who knows the mapping.  setup describes tables
+ * with it, and bunny.sync_schema compares them (bunny._source_columns).
+ */
+List *
+source_table_columns(PGconn *conn, const char *qualified_table)
+{
+	PGresult   *res;
+	List	   *columns = NIL;
+	const char *params[1] = {qualified_table};
+
+	(void) source_info(conn);	/* search_path: the query's names are pg_catalog's */
+	res = source_query(conn,
+					   "SELECT a.attname, format_type(a.atttypid, a.atttypmod) || "
+					   "       coalesce((SELECT ' COLLATE ' || quote_ident(cn.nspname) || '.' || quote_ident(co.collname) "
+					   "                   FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace "
+					   "                  WHERE co.oid = a.attcollation "
+					   "                    AND a.attcollation <> (SELECT typcollation FROM pg_type WHERE oid = a.atttypid)), ''), "
+					   "       a.attnotnull, a.atttypid, "
+					   "       CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
+					   "       CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
+					   "       a.attidentity, "
+					   "       ss.seq, "
+					   "       coalesce((SELECT k.ord FROM pg_index i, "
+					   "                        unnest(i.indkey) WITH ORDINALITY k(attnum, ord) "
+					   "                  WHERE i.indrelid = a.attrelid AND i.indisprimary "
+					   "                    AND k.attnum = a.attnum), 0), "
+					   "       format('INCREMENT BY %s MINVALUE %s MAXVALUE %s START WITH %s CACHE %s %s', "
+					   "              s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache, "
+					   "              CASE WHEN s.seqcycle THEN 'CYCLE' ELSE 'NO CYCLE' END), "
+					   "       format_type(s.seqtypid, NULL), ds.nspname, ds.relname "
+					   "  FROM pg_attribute a "
+					   "  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+					   "  CROSS JOIN LATERAL (SELECT pg_get_serial_sequence($1, a.attname) AS seq) ss "
+	/* the sequence a default's nextval() names, owned or not */
+					   "  LEFT JOIN LATERAL (SELECT sc.oid, sn.nspname, sc.relname "
+					   "                       FROM pg_depend dep "
+					   "                       JOIN pg_class sc ON sc.oid = dep.refobjid AND sc.relkind = 'S' "
+					   "                       JOIN pg_namespace sn ON sn.oid = sc.relnamespace "
+					   "                      WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid "
+					   "                        AND dep.refclassid = 'pg_class'::regclass "
+					   "                      ORDER BY sc.oid LIMIT 1) ds ON true "
+					   "  LEFT JOIN pg_sequence s ON s.seqrelid = "
+					   "       coalesce(ss.seq::regclass, ds.oid) "
+					   " WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+					   " ORDER BY a.attnum",
+					   1, params, PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		SourceColumn *col = palloc0(sizeof(SourceColumn));
+
+		col->name = pstrdup(PQgetvalue(res, i, 0));
+		col->type_sql = pstrdup(PQgetvalue(res, i, 1));
+		col->notnull = PQgetvalue(res, i, 2)[0] == 't';
+		col->typid = (Oid) strtoul(PQgetvalue(res, i, 3), NULL, 10);
+		col->generated = PQgetisnull(res, i, 4) ? NULL : pstrdup(PQgetvalue(res, i, 4));
+		col->default_expr = PQgetisnull(res, i, 5) ? NULL : pstrdup(PQgetvalue(res, i, 5));
+		col->identity = PQgetvalue(res, i, 6)[0];
+		col->serial_seq = PQgetisnull(res, i, 7) ? NULL : pstrdup(PQgetvalue(res, i, 7));
+		col->key_position = atoi(PQgetvalue(res, i, 8));
+		col->seq_options = PQgetisnull(res, i, 9) ? NULL : pstrdup(PQgetvalue(res, i, 9));
+		col->seq_type = PQgetisnull(res, i, 10) ? NULL : pstrdup(PQgetvalue(res, i, 10));
+		if (col->serial_seq == NULL && !PQgetisnull(res, i, 11))
+		{
+			col->default_seq_schema = pstrdup(PQgetvalue(res, i, 11));
+			col->default_seq_name = pstrdup(PQgetvalue(res, i, 12));
+		}
+		columns = lappend(columns, col);
+	}
+	PQclear(res);
+	return columns;
+}
+
+/*
+ * The indexes of a source table (quoted, qualified name), by name, with
+ * the columns they cover; whether a constraint owns each tells setup's
+ * secondary indexes apart.  bunny.sync_schema reads them too
+ * (bunny._source_indexes).
+ */
+List *
+source_table_indexes(PGconn *conn, const char *qualified_table)
+{
+	PGresult   *res;
+	List	   *indexes = NIL;
+	const char *params[1] = {qualified_table};
+
+	(void) source_info(conn);
+	res = source_query(conn,
+					   "SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisprimary, "
+					   "       EXISTS (SELECT 1 FROM pg_constraint k "
+					   "                WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid), "
+					   "       ARRAY(SELECT attname FROM pg_attribute "
+					   "              WHERE attrelid = i.indrelid AND attnum = ANY (i.indkey))::text[] "
+					   "  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+					   " WHERE i.indrelid = $1::regclass "
+					   " ORDER BY c.relname",
+					   1, params, PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		SourceIndex *ix = palloc0(sizeof(SourceIndex));
+
+		ix->name = pstrdup(PQgetvalue(res, i, 0));
+		ix->def = pstrdup(PQgetvalue(res, i, 1));
+		ix->isprimary = PQgetvalue(res, i, 2)[0] == 't';
+		ix->constraint_owned = PQgetvalue(res, i, 3)[0] == 't';
+		ix->columns_text = pstrdup(PQgetvalue(res, i, 4));
+		ix->columns = parse_text_array(ix->columns_text);
+		indexes = lappend(indexes, ix);
+	}
+	PQclear(res);
+	return indexes;
 }
 
 /*
@@ -664,78 +828,25 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 	}
 	check_replica_identities(conn, st, name);
 
-	params[0] = name;
-	params[1] = oid_text(st->relid);
-	res = source_query(conn,
-					   "SELECT a.attname, format_type(a.atttypid, a.atttypmod) || "
-					   "       coalesce((SELECT ' COLLATE ' || quote_ident(cn.nspname) || '.' || quote_ident(co.collname) "
-					   "                   FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace "
-					   "                  WHERE co.oid = a.attcollation "
-					   "                    AND a.attcollation <> (SELECT typcollation FROM pg_type WHERE oid = a.atttypid)), ''), "
-					   "       a.attnotnull, a.atttypid, "
-					   "       CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
-					   "       CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
-					   "       a.attidentity, "
-					   "       ss.seq, "
-					   "       coalesce((SELECT k.ord FROM pg_index i, "
-					   "                        unnest(i.indkey) WITH ORDINALITY k(attnum, ord) "
-					   "                  WHERE i.indrelid = a.attrelid AND i.indisprimary "
-					   "                    AND k.attnum = a.attnum), 0), "
-					   "       format('INCREMENT BY %s MINVALUE %s MAXVALUE %s START WITH %s CACHE %s %s', "
-					   "              s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache, "
-					   "              CASE WHEN s.seqcycle THEN 'CYCLE' ELSE 'NO CYCLE' END), "
-					   "       format_type(s.seqtypid, NULL), ds.nspname, ds.relname "
-					   "  FROM pg_attribute a "
-					   "  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
-					   "  CROSS JOIN LATERAL (SELECT pg_get_serial_sequence($1, a.attname) AS seq) ss "
-	/* the sequence a default's nextval() names, owned or not */
-					   "  LEFT JOIN LATERAL (SELECT sc.oid, sn.nspname, sc.relname "
-					   "                       FROM pg_depend dep "
-					   "                       JOIN pg_class sc ON sc.oid = dep.refobjid AND sc.relkind = 'S' "
-					   "                       JOIN pg_namespace sn ON sn.oid = sc.relnamespace "
-					   "                      WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid "
-					   "                        AND dep.refclassid = 'pg_class'::regclass "
-					   "                      ORDER BY sc.oid LIMIT 1) ds ON true "
-					   "  LEFT JOIN pg_sequence s ON s.seqrelid = "
-					   "       coalesce(ss.seq::regclass, ds.oid) "
-					   " WHERE a.attrelid = $2::oid AND a.attnum > 0 AND NOT a.attisdropped "
-					   " ORDER BY a.attnum",
-					   2, params, PGRES_TUPLES_OK);
+	st->columns = source_table_columns(conn, name);
 	{
-		int			n = PQntuples(res);
+		int			n = list_length(st->columns);
 		char	  **pk = palloc0(sizeof(char *) * (n + 1));
 
-		for (int i = 0; i < n; i++)
+		foreach(lc, st->columns)
 		{
-			SourceColumn *col = palloc0(sizeof(SourceColumn));
-			int			ord = atoi(PQgetvalue(res, i, 8));
+			SourceColumn *col = lfirst(lc);
+			ListCell   *lc2;
 
-			col->name = pstrdup(PQgetvalue(res, i, 0));
-			col->type_sql = pstrdup(PQgetvalue(res, i, 1));
-			col->notnull = PQgetvalue(res, i, 2)[0] == 't';
-			col->typid = (Oid) strtoul(PQgetvalue(res, i, 3), NULL, 10);
-			col->generated = PQgetisnull(res, i, 4) ? NULL : pstrdup(PQgetvalue(res, i, 4));
-			col->default_expr = PQgetisnull(res, i, 5) ? NULL : pstrdup(PQgetvalue(res, i, 5));
-			col->identity = PQgetvalue(res, i, 6)[0];
-			col->serial_seq = PQgetisnull(res, i, 7) ? NULL : pstrdup(PQgetvalue(res, i, 7));
-			col->seq_options = PQgetisnull(res, i, 9) ? NULL : pstrdup(PQgetvalue(res, i, 9));
-			col->seq_type = PQgetisnull(res, i, 10) ? NULL : pstrdup(PQgetvalue(res, i, 10));
-			if (col->serial_seq == NULL && !PQgetisnull(res, i, 11))
-			{
-				col->default_seq_schema = pstrdup(PQgetvalue(res, i, 11));
-				col->default_seq_name = pstrdup(PQgetvalue(res, i, 12));
-			}
-			foreach(lc, mt->exclude_columns)
-				if (strcmp((char *) lfirst(lc), col->name) == 0)
+			foreach(lc2, mt->exclude_columns)
+				if (strcmp((char *) lfirst(lc2), col->name) == 0)
 					col->excluded = true;
-			if (ord > 0 && ord <= n)
-				pk[ord - 1] = col->name;
-			st->columns = lappend(st->columns, col);
+			if (col->key_position > 0 && col->key_position <= n)
+				pk[col->key_position - 1] = col->name;
 		}
 		for (int i = 0; i < n && pk[i]; i++)
 			st->pk_columns = lappend(st->pk_columns, pk[i]);
 	}
-	PQclear(res);
 
 	/* every excluded column and the partition key must exist */
 	foreach(lc, mt->exclude_columns)
@@ -989,6 +1100,46 @@ source_type_attributes(PGconn *conn, Oid typrelid)
 	}
 	PQclear(res);
 	return atts;
+}
+
+/*
+ * The tables of the source a mirror could map (ordinary and partitioned,
+ * not partitions, outside the system schemas), by schema and name, for
+ * bunny.peer_tables.
+ */
+List *
+source_list_tables(PGconn *conn)
+{
+	PGresult   *res;
+	List	   *result = NIL;
+
+	res = source_query(conn,
+					   "SELECT n.nspname, c.relname, "
+					   "       EXISTS (SELECT 1 FROM pg_catalog.pg_index i "
+					   "                WHERE i.indrelid = c.oid AND i.indisprimary), "
+					   "       CASE c.relreplident WHEN 'd' THEN 'default' WHEN 'f' THEN 'full' "
+					   "            WHEN 'i' THEN 'index' ELSE 'nothing' END, "
+					   "       greatest(c.reltuples, 0)::bigint "
+					   "  FROM pg_catalog.pg_class c "
+					   "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+					   " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
+					   "   AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+					   "   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' "
+					   " ORDER BY 1, 2",
+					   0, NULL, PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		SourceTableSummary *t = palloc(sizeof(SourceTableSummary));
+
+		t->schema = pstrdup(PQgetvalue(res, i, 0));
+		t->table = pstrdup(PQgetvalue(res, i, 1));
+		t->has_primary_key = PQgetvalue(res, i, 2)[0] == 't';
+		t->replica_identity = pstrdup(PQgetvalue(res, i, 3));
+		t->estimated_rows = strtoll(PQgetvalue(res, i, 4), NULL, 10);
+		result = lappend(result, t);
+	}
+	PQclear(res);
+	return result;
 }
 
 /*

@@ -49,6 +49,7 @@ typedef struct SourceColumn
 	char	   *default_seq_name;	/* the default uses and no column owns */
 	char	   *seq_options;	/* CREATE SEQUENCE options (without AS) */
 	char	   *seq_type;		/* and data type of either sequence */
+	int			key_position;	/* 1.. in the primary key, 0 when not in it */
 	bool		excluded;		/* named in the mapping's exclude_columns */
 } SourceColumn;
 
@@ -66,12 +67,17 @@ typedef struct SourceConstraint
 	bool		uses_excluded;	/* one of its columns is excluded */
 } SourceConstraint;
 
-/* an index of a source table that no constraint owns */
+/* an index of a source table */
 typedef struct SourceIndex
 {
 	char	   *name;
 	char	   *def;			/* pg_get_indexdef() */
-	bool		uses_excluded;
+	bool		isprimary;
+	bool		constraint_owned;	/* a constraint's (primary key, unique,
+									 * exclusion) */
+	List	   *columns;		/* of char *: the columns it covers */
+	char	   *columns_text;	/* the same as the source's text[] */
+	bool		uses_excluded;	/* one of them is excluded (setup sets it) */
 } SourceIndex;
 
 /* a mapped source table, as source_describe_table found it */
@@ -89,7 +95,7 @@ typedef struct SourceTable
 	int64		key_min;
 	int64		key_max;
 	List	   *constraints;	/* of SourceConstraint *, primary key first */
-	List	   *indexes;		/* of SourceIndex * */
+	List	   *indexes;		/* of SourceIndex *, those no constraint owns */
 } SourceTable;
 
 /* a user-defined type of the source */
@@ -118,6 +124,16 @@ typedef struct SourceColumnType
 	Oid			typid;
 } SourceColumnType;
 
+/* a table of the source, as bunny.peer_tables lists it */
+typedef struct SourceTableSummary
+{
+	char	   *schema;
+	char	   *table;
+	bool		has_primary_key;
+	char	   *replica_identity;	/* default, full, index or nothing */
+	int64		estimated_rows;
+} SourceTableSummary;
+
 /* a named SQL snippet: a domain's CHECK, a composite's attribute */
 typedef struct SourceNamedDef
 {
@@ -144,6 +160,9 @@ extern SourceType *source_describe_type(PGconn *conn, Oid typid);
 extern List *source_enum_labels(PGconn *conn, const char *nspname, const char *typname);
 extern List *source_domain_checks(PGconn *conn, Oid typid);
 extern List *source_type_attributes(PGconn *conn, Oid typrelid);
+extern List *source_table_columns(PGconn *conn, const char *qualified_table);
+extern List *source_table_indexes(PGconn *conn, const char *qualified_table);
+extern List *source_list_tables(PGconn *conn);
 extern char *source_column_default(PGconn *conn, const char *qualified_table,
 								   const char *attname);
 extern List *source_column_types(PGconn *conn, List *schemas, List *tables);
