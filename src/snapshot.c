@@ -211,7 +211,6 @@ snapshot_copy_range(PGconn *conn, const char *dest_schema, const char *dest_tabl
 					List *columns, const char *from, const char *where, bool binary)
 {
 	Relation	rel;
-	StringInfoData sql;
 	List	   *attnames = NIL;
 	ListCell   *lc;
 	uint64		rows;
@@ -220,21 +219,9 @@ snapshot_copy_range(PGconn *conn, const char *dest_schema, const char *dest_tabl
 	rel = table_openrv(makeRangeVar((char *) dest_schema, (char *) dest_table, -1),
 					   RowExclusiveLock);
 
-	initStringInfo(&sql);
-	appendStringInfoString(&sql, "COPY (SELECT ");
 	foreach(lc, columns)
-	{
-		char	   *col = lfirst(lc);
-
-		appendStringInfo(&sql, "%s%s", lc == list_head(columns) ? "" : ", ",
-						 quote_identifier(col));
-		attnames = lappend(attnames, makeString(col));
-	}
-	appendStringInfo(&sql, " FROM %s%s%s) TO STDOUT%s", from,
-					 where ? " WHERE " : "", where ? where : "",
-					 binary ? " (FORMAT binary)" : "");
-	res = stream_exec_ok(conn, sql.data, PGRES_COPY_OUT);
-	PQclear(res);
+		attnames = lappend(attnames, makeString((char *) lfirst(lc)));
+	source_copy_out(conn, columns, from, where, binary);
 
 	copy_conn = conn;
 	copy_buf = NULL;

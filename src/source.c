@@ -58,6 +58,7 @@
  *		source_sequence_value
  *		source_import_snapshot		start a transaction in an exported
  *									snapshot
+ *		source_copy_out				start the COPY of one part of a table
  *
  *-------------------------------------------------------------------------
  */
@@ -1446,6 +1447,30 @@ source_sequence_value(PGconn *conn, const char *qualified_seq, char **last_value
 	*last_value = pstrdup(PQgetvalue(res, 0, 0));
 	*is_called = PQgetvalue(res, 0, 1)[0] == 't';
 	PQclear(res);
+}
+
+/*
+ * Start COPY (SELECT columns FROM from [WHERE where]) TO STDOUT on conn,
+ * the source side of copying one part of a table; the caller reads the
+ * data (PQgetCopyData).  from and where are SQL the copy plan made (a
+ * quoted relation, a range predicate): COPY takes no parameters.
+ */
+void
+source_copy_out(PGconn *conn, List *columns, const char *from, const char *where,
+				bool binary)
+{
+	StringInfoData sql;
+	ListCell   *lc;
+
+	initStringInfo(&sql);
+	appendStringInfoString(&sql, "COPY (SELECT ");
+	foreach(lc, columns)
+		appendStringInfo(&sql, "%s%s", lc == list_head(columns) ? "" : ", ",
+						 quote_identifier((char *) lfirst(lc)));
+	appendStringInfo(&sql, " FROM %s%s%s) TO STDOUT%s", from,
+					 where ? " WHERE " : "", where ? where : "",
+					 binary ? " (FORMAT binary)" : "");
+	PQclear(source_query(conn, sql.data, 0, NULL, PGRES_COPY_OUT));
 }
 
 /*

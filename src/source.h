@@ -181,5 +181,7 @@ extern XLogRecPtr source_current_wal_lsn(PGconn *conn);
 extern void source_sequence_value(PGconn *conn, const char *qualified_seq,
 								  char **last_value, bool *is_called);
 extern void source_import_snapshot(PGconn *conn, const char *snapshot_name);
+extern void source_copy_out(PGconn *conn, List *columns, const char *from,
+							const char *where, bool binary);
 
 #endif							/* BUNNYDB_SOURCE_H */

@@ -12,6 +12,12 @@
  * PGresult and PGconn are malloc'd by libpq: results are always copied out
  * and cleared before raising an error, which would skip the PQclear.
  *
+ * This is transport only: what is asked of the source is source.c's.
+ * PostgreSQL's libpqwalreceiver offers the same transport, but on 15 its
+ * connection is opaque, so a peer made by a non-superuser could not be
+ * held to authenticating with a password (bunny_require_password needs
+ * PQconnectionUsedPassword); 16's must_use_password would allow the move.
+ *
  *-------------------------------------------------------------------------
  */
 #include "bunnydb.h"
