@@ -1,6 +1,19 @@
 /*
  * bunnydb--0.2.0--0.3.0.sql
- *		Upgrade from 0.2.0: every change of a mirror's status or phase is
+ *		Upgrade from 0.2.0: what the SQL API asks of or does on the source
+ *		is the same C the workers use (src/source.c).  bunny.test_peer
+ *		reads the source through bunny._test_peer, which applies setup's
+ *		own check of wal_level and the REPLICATION attribute;
+ *		bunny.drop_mirror drops the slot (terminating the walsender that
+ *		holds it) and the publication through bunny._source_drop_slot and
+ *		bunny._source_drop_publication instead of a DO block run on the
+ *		source.  bunny.peer_tables, bunny.sync_schema and the resync
+ *		request read the source through bunny._source_tables,
+ *		bunny._source_columns, bunny._source_indexes,
+ *		bunny._source_current_wal_lsn and bunny._source_slot_exists, the
+ *		same queries setup uses.  Results, messages and SQLSTATEs are
+ *		unchanged; sync_schema now visits a table's indexes by name.
+ *		Every change of a mirror's status or phase is
  *		checked against the transition table of state.c by a trigger, so
  *		that a transition nobody planned fails at once instead of leaving a
  *		mirror in a state without a way out.  The statuses that were
@@ -16,10 +29,531 @@
  *		without one shows INFO and above: DEBUG lines only when asked.
  *		Peers and mirrors follow one naming rule (bunny._check_name): 1 to
  *		48 lower-case letters, digits, "_" and "-"; peers made before keep
- *		their names.
+ *		their names.  The API functions returning one value are entry
+ *		points in C (api.c) over their PL/pgSQL bodies, moved to schema
+ *		bunny_impl, so that their errors come without CONTEXT lines.
  */
 
 \echo Use "ALTER EXTENSION bunnydb UPDATE TO '0.3.0'" to load this file. \quit
+
+-- bunny.test_peer's row for a source: connecting failures raise
+CREATE FUNCTION bunny._test_peer(conninfo text,
+	OUT ok boolean, OUT server_version text, OUT wal_level text,
+	OUT can_replicate boolean, OUT error text)
+	RETURNS record
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'bunny_test_peer';
+REVOKE ALL ON FUNCTION bunny._test_peer(text) FROM PUBLIC;
+
+-- drop a replication slot on the source if it exists, terminating the
+-- walsender that holds it (waits up to ten seconds for it to let go)
+CREATE FUNCTION bunny._source_drop_slot(conninfo text, slot text) RETURNS void
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'bunny_source_drop_slot';
+REVOKE ALL ON FUNCTION bunny._source_drop_slot(text, text) FROM PUBLIC;
+
+-- drop a publication on the source if it exists
+CREATE FUNCTION bunny._source_drop_publication(conninfo text, publication text) RETURNS void
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'bunny_source_drop_publication';
+REVOKE ALL ON FUNCTION bunny._source_drop_publication(text, text) FROM PUBLIC;
+
+-- whether a replication slot exists on the source
+CREATE FUNCTION bunny._source_slot_exists(conninfo text, slot text) RETURNS boolean
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'bunny_source_slot_exists';
+REVOKE ALL ON FUNCTION bunny._source_slot_exists(text, text) FROM PUBLIC;
+
+-- the source's current WAL position
+CREATE FUNCTION bunny._source_current_wal_lsn(conninfo text) RETURNS pg_lsn
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'bunny_source_current_wal_lsn';
+REVOKE ALL ON FUNCTION bunny._source_current_wal_lsn(text) FROM PUBLIC;
+
+-- the columns of a source table (quoted, qualified name), as setup reads them
+CREATE FUNCTION bunny._source_columns(conninfo text, tbl text,
+	OUT attname name, OUT type text, OUT nn boolean, OUT def text, OUT gen text)
+	RETURNS SETOF record
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'bunny_source_columns';
+REVOKE ALL ON FUNCTION bunny._source_columns(text, text) FROM PUBLIC;
+
+-- the indexes of a source table (quoted, qualified name), by name
+CREATE FUNCTION bunny._source_indexes(conninfo text, tbl text,
+	OUT idxname name, OUT def text, OUT isprimary boolean, OUT cols text[])
+	RETURNS SETOF record
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'bunny_source_indexes';
+REVOKE ALL ON FUNCTION bunny._source_indexes(text, text) FROM PUBLIC;
+
+-- the tables of the source a mirror could map
+CREATE FUNCTION bunny._source_tables(conninfo text,
+	OUT schema_name name, OUT table_name name, OUT has_primary_key boolean,
+	OUT replica_identity text, OUT estimated_rows bigint)
+	RETURNS SETOF record
+	LANGUAGE c STRICT AS 'MODULE_PATHNAME', 'bunny_source_tables';
+REVOKE ALL ON FUNCTION bunny._source_tables(text) FROM PUBLIC;
+
+CREATE OR REPLACE FUNCTION bunny.test_peer(name text)
+	RETURNS TABLE (ok boolean, server_version text, wal_level text,
+				   can_replicate boolean, error text)
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ci text;
+BEGIN
+	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = test_peer.name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'peer "%" does not exist', test_peer.name USING ERRCODE = '42704';
+	END IF;
+	BEGIN
+		SELECT r.ok, r.server_version, r.wal_level, r.can_replicate, r.error
+		  INTO ok, server_version, wal_level, can_replicate, error
+		  FROM bunny._test_peer(ci) r;
+	EXCEPTION WHEN OTHERS THEN
+		ok := false;
+		error := SQLERRM;
+	END;
+	RETURN NEXT;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bunny.drop_mirror(name text) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+	m		bunny.mirror;
+	ci		text;
+	t		record;
+BEGIN
+	IF drop_mirror.name IS NULL THEN
+		RAISE EXCEPTION 'mirror name must not be null' USING ERRCODE = '22004';
+	END IF;
+	-- waits for a running control operation rather than failing: dropping
+	-- always wins
+	SELECT * INTO m FROM bunny.mirror WHERE mirror.name = drop_mirror.name FOR UPDATE;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'mirror "%" does not exist', drop_mirror.name USING ERRCODE = '42704';
+	END IF;
+
+	-- The worker blocks on our row lock before it could start again, so
+	-- once it is gone it stays gone until we commit.
+	IF NOT bunny._stop_worker(m.id, 30000) THEN
+		RAISE EXCEPTION 'could not stop the worker of mirror "%"', m.name
+			USING ERRCODE = '55006', HINT = 'Try again.';
+	END IF;
+
+	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = m.source_peer;
+	BEGIN
+		-- terminates the walsender still holding the slot, as setup does
+		PERFORM bunny._source_drop_slot(ci, m.slot_name);
+		PERFORM bunny._source_drop_publication(ci, m.publication_name);
+	EXCEPTION WHEN OTHERS THEN
+		RAISE WARNING 'could not drop replication slot % and publication % on the source: %',
+			m.slot_name, m.publication_name, SQLERRM
+			USING HINT = 'Drop them on the source by hand; an unused slot keeps WAL from being removed.';
+	END;
+
+	IF EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = m.origin_name) THEN
+		PERFORM pg_replication_origin_drop(m.origin_name);
+	END IF;
+	-- the half-built copies of a swap under way (<table>_resync, with the
+	-- sequences their columns own) are ours: nothing stays behind
+	FOR t IN SELECT destination_schema, copy_target_table FROM bunny.mirror_table
+			  WHERE mirror_id = m.id AND copy_target_table IS NOT NULL LOOP
+		EXECUTE format('DROP TABLE IF EXISTS %I.%I', t.destination_schema, t.copy_target_table);
+	END LOOP;
+	DELETE FROM bunny.mirror WHERE id = m.id;
+	PERFORM bunny._log(m.name, 'INFO', 'mirror dropped');
+	PERFORM bunny._notify(m.id);
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION bunny.peer_tables(name text)
+	RETURNS TABLE (schema_name name, table_name name, has_primary_key boolean,
+				   replica_identity text, estimated_rows bigint)
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	ci text;
+BEGIN
+	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = peer_tables.name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'peer "%" does not exist', peer_tables.name USING ERRCODE = '42704';
+	END IF;
+	RETURN QUERY
+	SELECT * FROM bunny._source_tables(ci);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bunny._request_resync(m bunny.mirror, p_tables jsonb, p_strategy text)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	strat		text := coalesce(p_strategy, m.config ->> 'resync_strategy', 'truncate');
+	ci			text;
+	slot_ok		boolean;
+	deps		text;
+	dep_tables	text;
+	dep_kinds	text;
+	tgt			record;
+BEGIN
+	PERFORM bunny._check_strategy(strat);
+	IF m.pending_op IS DISTINCT FROM 'resync' THEN
+		PERFORM bunny._check_no_pending(m);
+	END IF;
+	IF m.phase <> 'CDC' THEN
+		RAISE EXCEPTION 'mirror "%" has not finished its initial copy', m.name
+			USING ERRCODE = '55000',
+				  HINT = 'A mirror in its initial copy copies its tables anyway; wait until it is RUNNING.';
+	END IF;
+
+	-- without its slot the mirror can only start over
+	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = m.source_peer;
+	slot_ok := bunny._source_slot_exists(ci, m.slot_name);
+
+	IF NOT slot_ok THEN
+		UPDATE bunny.mirror_table
+		   SET status = 'RESYNCING', resync_strategy = 'truncate', resync_state = NULL,
+			   copy_done = false
+		 WHERE mirror_id = m.id;
+		UPDATE bunny.mirror
+		   SET status = 'CREATED', phase = 'SETUP', slot_requested = false,
+			   pending_op = 'resync', error_message = NULL, error_count = 0, updated_at = now()
+		 WHERE id = m.id;
+		PERFORM bunny._log(m.name, 'INFO',
+			format('resync requested: the slot is gone, so the mirror is set up again with a new slot and every table is emptied and copied%s',
+				   CASE WHEN strat = 'swap' THEN ' (the swap strategy needs the old slot; truncate is used)' ELSE '' END));
+	ELSE
+		-- a swap drops the old table: views on it, and functions that use
+		-- it in a SQL-standard body (BEGIN ATOMIC) or take or return its row
+		-- type, would make it fail again and again, so say so now, before
+		-- anything changes
+		IF strat = 'swap' THEN
+			WITH swapped AS (
+				SELECT to_regclass(format('%I.%I', t.destination_schema, t.destination_table)) AS rel,
+					   format('%I.%I', t.destination_schema, t.destination_table) AS tab
+				  FROM bunny.mirror_table t
+				 WHERE t.mirror_id = m.id
+				   AND format('%I.%I', t.source_schema, t.source_table) IN
+					   (SELECT jsonb_array_elements_text(p_tables))
+			), dep AS (
+				SELECT v.oid::regclass::text AS name, true AS is_view, s.tab
+				  FROM swapped s
+				  JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = s.rel
+								  AND d.classid = 'pg_rewrite'::regclass
+				  JOIN pg_rewrite r ON r.oid = d.objid
+				  JOIN pg_class v ON v.oid = r.ev_class AND v.oid <> s.rel
+				UNION ALL
+				SELECT f.oid::regprocedure::text, false, s.tab
+				  FROM swapped s
+				  JOIN pg_class c ON c.oid = s.rel
+				  JOIN pg_depend d ON ((d.refclassid = 'pg_class'::regclass AND d.refobjid = s.rel)
+									OR (d.refclassid = 'pg_type'::regclass AND d.refobjid = c.reltype))
+								  AND d.classid = 'pg_proc'::regclass
+				  JOIN pg_proc f ON f.oid = d.objid
+			)
+			SELECT string_agg(DISTINCT name, ', '), string_agg(DISTINCT tab, ', '),
+				   CASE WHEN bool_and(is_view) THEN 'views'
+						WHEN bool_or(is_view) THEN 'views and functions'
+						ELSE 'functions' END
+			  INTO deps, dep_tables, dep_kinds
+			  FROM dep;
+			IF deps IS NOT NULL THEN
+				RAISE EXCEPTION 'cannot resync % with the swap strategy: % depend on it', dep_tables, dep_kinds
+					USING ERRCODE = '2BP01',
+						  DETAIL = format('The swap replaces the table, and %s would still use the old one.', deps),
+						  HINT = format('Use the truncate strategy, which keeps the table, or drop the %s first.', dep_kinds);
+			END IF;
+		END IF;
+		-- A resync already under way (perhaps failing again and again) is
+		-- replaced for these tables: the worker is stopped (it waits for
+		-- our row lock before it starts again), a swap's half-built copy is
+		-- dropped, and the tables are requested anew; the other tables'
+		-- copies go on when the worker is back.
+		IF m.pending_op = 'resync' THEN
+			IF NOT bunny._stop_worker(m.id, 30000) THEN
+				RAISE EXCEPTION 'could not stop the worker of mirror "%"', m.name
+					USING ERRCODE = '55006', HINT = 'Try again.';
+			END IF;
+			FOR tgt IN SELECT t.destination_schema, t.copy_target_table FROM bunny.mirror_table t
+					  WHERE t.mirror_id = m.id AND t.copy_target_table IS NOT NULL
+						AND format('%I.%I', t.source_schema, t.source_table) IN
+							(SELECT jsonb_array_elements_text(p_tables)) LOOP
+				EXECUTE format('DROP TABLE IF EXISTS %I.%I', tgt.destination_schema, tgt.copy_target_table);
+			END LOOP;
+			UPDATE bunny.mirror_table t
+			   SET copy_target_table = NULL
+			 WHERE t.mirror_id = m.id
+			   AND format('%I.%I', t.source_schema, t.source_table) IN
+				   (SELECT jsonb_array_elements_text(p_tables));
+			PERFORM bunny._log(m.name, 'INFO', 'the resync under way is replaced for the tables requested now',
+							   jsonb_build_object('tables', p_tables));
+		END IF;
+		UPDATE bunny.mirror_table t
+		   SET status = 'RESYNCING', resync_strategy = strat, resync_state = 'REQUESTED',
+			   copy_done = false
+		 WHERE t.mirror_id = m.id
+		   AND format('%I.%I', t.source_schema, t.source_table) IN
+			   (SELECT jsonb_array_elements_text(p_tables));
+		UPDATE bunny.mirror
+		   SET status = CASE WHEN status IN ('RUNNING', 'FAILED', 'CREATED') THEN 'RESYNCING' ELSE status END,
+			   pending_op = 'resync', error_message = NULL, updated_at = now()
+		 WHERE id = m.id;
+		PERFORM bunny._log(m.name, 'INFO', format('resync requested (%s)', strat),
+						   jsonb_build_object('tables', p_tables, 'strategy', strat));
+	END IF;
+	PERFORM bunny._notify(m.id);
+END
+$$;
+
+CREATE OR REPLACE FUNCTION bunny.sync_schema(name text) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m		bunny.mirror;
+	ci		text;
+	t		record;
+	c		record;
+	ix		record;
+	dest	text;
+	src		text;
+	ddl		text;
+	n		integer := 0;
+	src_lsn	pg_lsn;
+	caught_up boolean := true;
+	new_published boolean := false;
+	recopy	jsonb := '[]';
+BEGIN
+	IF sync_schema.name IS NULL THEN
+		RAISE EXCEPTION 'mirror name must not be null' USING ERRCODE = '22004';
+	END IF;
+	SELECT * INTO m FROM bunny.mirror WHERE mirror.name = sync_schema.name;
+	IF NOT FOUND THEN
+		RAISE EXCEPTION 'mirror "%" does not exist', sync_schema.name USING ERRCODE = '42704';
+	END IF;
+	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = m.source_peer;
+
+	-- Changes already committed on the source may still carry a column
+	-- the source has dropped since; dropped here first, the worker would
+	-- add it back.  So wait (without holding the mirror row, which the
+	-- worker needs at every commit) until the mirror has applied what the
+	-- source had committed; if it cannot within a minute, columns are not
+	-- dropped this time.
+	-- A mirror that is not running (paused, failed) applies nothing: its
+	-- backlog may carry the column, so it is not dropped this time.
+	IF m.status = 'RUNNING' THEN
+		src_lsn := bunny._source_current_wal_lsn(ci);
+		caught_up := bunny._wait_for_lsn(m.id, src_lsn, 60000);
+	ELSE
+		caught_up := false;
+	END IF;
+
+	m := bunny._lock_mirror(sync_schema.name);
+	PERFORM bunny._check_no_pending(m);
+	-- The worker applies changes to these tables while we alter them, and
+	-- takes its locks in the other order (a table, then the mirror row at
+	-- commit): stop it; it waits for our row lock before it starts again.
+	IF NOT bunny._stop_worker(m.id, 30000) THEN
+		RAISE EXCEPTION 'could not stop the worker of mirror "%"', m.name
+			USING ERRCODE = '55006', HINT = 'Try again.';
+	END IF;
+	PERFORM bunny._log(m.name, 'INFO', 'schema sync started');
+
+	FOR t IN SELECT * FROM bunny.mirror_table WHERE mirror_id = m.id
+			  ORDER BY source_schema, source_table LOOP
+		src := format('%I.%I', t.source_schema, t.source_table);
+		dest := format('%I.%I', t.destination_schema, t.destination_table);
+		IF to_regclass(dest) IS NULL THEN
+			RAISE EXCEPTION 'destination table % does not exist', dest USING ERRCODE = '42P01';
+		END IF;
+
+		CREATE TEMP TABLE bunny_src_cols ON COMMIT DROP AS
+		SELECT * FROM bunny._source_columns(ci, src) AS r
+		 WHERE NOT (r.attname = ANY (t.exclude_columns));
+
+		IF NOT EXISTS (SELECT 1 FROM bunny_src_cols) THEN
+			RAISE EXCEPTION 'source table % has no columns or does not exist', src USING ERRCODE = '42P01';
+		END IF;
+
+		-- the destination as it is
+		CREATE TEMP TABLE bunny_dst_cols ON COMMIT DROP AS
+		SELECT a.attname,
+			   format_type(a.atttypid, a.atttypmod) ||
+			   coalesce((SELECT ' COLLATE ' || quote_ident(cn.nspname) || '.' || quote_ident(co.collname)
+						   FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace
+						  WHERE co.oid = a.attcollation
+							AND a.attcollation <> (SELECT typcollation FROM pg_type WHERE oid = a.atttypid)), '') AS type,
+			   a.attnotnull AS nn,
+			   CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END AS def,
+			   a.attgenerated <> '' AS generated
+		  FROM pg_attribute a
+		  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+		 WHERE a.attrelid = dest::regclass AND a.attnum > 0 AND NOT a.attisdropped;
+
+		FOR c IN SELECT s.*, d.type AS dtype, d.nn AS dnn, d.def AS ddef,
+						d.attname IS NULL AS missing, coalesce(d.generated, false) AS dgenerated
+				   FROM bunny_src_cols s LEFT JOIN bunny_dst_cols d USING (attname) LOOP
+			IF c.missing AND c.gen IS NOT NULL THEN
+				-- a stored generated column: computed here, never written by the apply
+				ddl := format('ALTER TABLE %s ADD COLUMN %I %s GENERATED ALWAYS AS (%s) STORED',
+							  dest, c.attname, c.type, c.gen);
+				EXECUTE ddl;
+				PERFORM bunny._log(m.name, 'INFO', format('sync_schema: added generated column %I to %s', c.attname, dest),
+								   jsonb_build_object('sql', ddl));
+				n := n + 1;
+				CONTINUE;
+			END IF;
+			CONTINUE WHEN c.gen IS NOT NULL OR c.dgenerated;
+			IF c.missing THEN
+				ddl := format('ALTER TABLE %s ADD COLUMN %I %s', dest, c.attname, c.type);
+				IF c.def IS NOT NULL AND c.def NOT LIKE '%nextval(%' THEN
+					ddl := ddl || ' DEFAULT ' || c.def;
+				END IF;
+				EXECUTE ddl;
+				PERFORM bunny._log(m.name, 'INFO', format('sync_schema: added column %I to %s', c.attname, dest),
+								   jsonb_build_object('sql', ddl));
+				n := n + 1;
+				IF cardinality(t.exclude_columns) > 0 THEN
+					-- The publication's column list must take it in, and
+					-- rows changed on the source since it was added there
+					-- came without its value: the table is copied again
+					-- once the publication has it.
+					new_published := true;
+					IF NOT recopy ? src THEN
+						recopy := recopy || to_jsonb(src);
+					END IF;
+					PERFORM bunny._log(m.name, 'INFO',
+						format('sync_schema: column %I of %s joins the publication''s column list; the table is copied again so that every row has its value',
+							   c.attname, dest));
+				END IF;
+				IF c.nn AND NOT EXISTS (SELECT 1 FROM pg_attribute
+											  WHERE attrelid = dest::regclass AND attname = c.attname
+												AND attnotnull) THEN
+					BEGIN
+						ddl := format('ALTER TABLE %s ALTER COLUMN %I SET NOT NULL', dest, c.attname);
+						EXECUTE ddl;
+						PERFORM bunny._log(m.name, 'INFO', format('sync_schema: %s', ddl), jsonb_build_object('sql', ddl));
+					EXCEPTION WHEN not_null_violation THEN
+						PERFORM bunny._log(m.name, 'WARNING',
+							format('sync_schema: column %I of %s stays nullable: it holds NULLs', c.attname, dest));
+					END;
+				END IF;
+				CONTINUE;
+			END IF;
+			IF c.type IS DISTINCT FROM c.dtype THEN
+				ddl := format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING %I::%s',
+							  dest, c.attname, c.type, c.attname,
+							  regexp_replace(c.type, ' COLLATE .*$', ''));
+				EXECUTE ddl;
+				PERFORM bunny._log(m.name, 'INFO', format('sync_schema: column %I of %s is now %s', c.attname, dest, c.type),
+								   jsonb_build_object('sql', ddl));
+				n := n + 1;
+			END IF;
+			IF c.def IS DISTINCT FROM c.ddef
+			   AND coalesce(c.def, '') NOT LIKE '%nextval(%' AND coalesce(c.ddef, '') NOT LIKE '%nextval(%' THEN
+				IF c.def IS NULL THEN
+					ddl := format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT', dest, c.attname);
+				ELSE
+					ddl := format('ALTER TABLE %s ALTER COLUMN %I SET DEFAULT %s', dest, c.attname, c.def);
+				END IF;
+				EXECUTE ddl;
+				PERFORM bunny._log(m.name, 'INFO', format('sync_schema: %s', ddl), jsonb_build_object('sql', ddl));
+				n := n + 1;
+			END IF;
+			IF c.nn IS DISTINCT FROM c.dnn THEN
+				ddl := format('ALTER TABLE %s ALTER COLUMN %I %s NOT NULL', dest, c.attname,
+							  CASE WHEN c.nn THEN 'SET' ELSE 'DROP' END);
+				BEGIN
+					EXECUTE ddl;
+					PERFORM bunny._log(m.name, 'INFO', format('sync_schema: %s', ddl), jsonb_build_object('sql', ddl));
+					n := n + 1;
+				EXCEPTION WHEN not_null_violation OR invalid_table_definition THEN
+					PERFORM bunny._log(m.name, 'WARNING', format('sync_schema: could not run %s: %s', ddl, SQLERRM));
+				END;
+			END IF;
+		END LOOP;
+
+		-- columns the source no longer has: only those that came from it (the
+		-- columns the copy was last planned with); a column the destination
+		-- table has of its own stays
+		FOR c IN SELECT d.attname FROM bunny_dst_cols d
+				  WHERE NOT EXISTS (SELECT 1 FROM bunny_src_cols s WHERE s.attname = d.attname)
+					AND NOT (d.attname = ANY (t.exclude_columns))
+					AND d.attname = ANY (coalesce(t.copy_columns, '{}')) LOOP
+			IF NOT caught_up THEN
+				PERFORM bunny._log(m.name, 'WARNING',
+					format('sync_schema: column %I of %s is not dropped yet: the mirror has not applied everything the source committed before (or is not running); call bunny.sync_schema(%L) again once it runs and has caught up',
+						   c.attname, dest, m.name));
+				CONTINUE;
+			END IF;
+			ddl := format('ALTER TABLE %s DROP COLUMN %I', dest, c.attname);
+			EXECUTE ddl;
+			PERFORM bunny._log(m.name, 'INFO', format('sync_schema: dropped column %I of %s (gone on the source)', c.attname, dest),
+							   jsonb_build_object('sql', ddl));
+			n := n + 1;
+		END LOOP;
+
+		-- indexes the destination lacks (by name), unless they use excluded columns
+		FOR ix IN SELECT * FROM bunny._source_indexes(ci, src) LOOP
+			CONTINUE WHEN ix.cols && t.exclude_columns::text[];
+			-- secondary indexes only when the mirror replicates them
+			CONTINUE WHEN NOT ix.isprimary
+					  AND NOT coalesce((m.config ->> 'replicate_indexes')::boolean, true);
+			CONTINUE WHEN EXISTS (SELECT 1 FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
+								   WHERE i.indrelid = dest::regclass
+									 AND (ic.relname = ix.idxname OR (ix.isprimary AND i.indisprimary)));
+			IF ix.isprimary THEN
+				ddl := format('ALTER TABLE %s ADD PRIMARY KEY (%s)', dest,
+							  (SELECT string_agg(quote_ident(x), ', ') FROM unnest(ix.cols) x));
+			ELSE
+				-- pg_get_indexdef names the table as format('%I.%I') does
+				ddl := replace(replace(ix.def, ' ON ONLY ' || src || ' USING ', ' ON ' || dest || ' USING '),
+							   ' ON ' || src || ' USING ', ' ON ' || dest || ' USING ');
+				CONTINUE WHEN position(' ON ' || dest || ' USING ' IN ddl) = 0;
+				ddl := regexp_replace(ddl, '^CREATE (UNIQUE )?INDEX ', 'CREATE \1INDEX IF NOT EXISTS ');
+			END IF;
+			EXECUTE ddl;
+			PERFORM bunny._log(m.name, 'INFO', format('sync_schema: created index %I on %s', ix.idxname, dest),
+							   jsonb_build_object('sql', ddl));
+			n := n + 1;
+		END LOOP;
+
+		-- the source's columns now present here, as a copy would read them;
+		-- while drops wait, the columns still to drop stay known as the
+		-- source's, or a later call would take them for our own
+		UPDATE bunny.mirror_table mt
+		   SET copy_columns = ARRAY(SELECT s.attname FROM bunny_src_cols s
+									 WHERE s.gen IS NULL
+									   AND EXISTS (SELECT 1 FROM pg_attribute a
+												   WHERE a.attrelid = dest::regclass AND a.attname = s.attname
+													 AND NOT a.attisdropped AND a.attgenerated = '')
+									UNION
+									SELECT k FROM unnest(coalesce(t.copy_columns, '{}')) k
+									 WHERE NOT caught_up
+									   AND EXISTS (SELECT 1 FROM pg_attribute a
+												   WHERE a.attrelid = dest::regclass AND a.attname = k
+													 AND NOT a.attisdropped))
+		 WHERE mt.mirror_id = m.id AND mt.source_schema = t.source_schema
+		   AND mt.source_table = t.source_table;
+
+		DROP TABLE bunny_src_cols;
+		DROP TABLE bunny_dst_cols;
+	END LOOP;
+	IF new_published THEN
+		-- the worker, stopped above, refreshes the publication when it
+		-- starts again, before the resync takes its snapshot
+		UPDATE bunny.mirror SET publication_dirty = true WHERE id = m.id;
+		SELECT * INTO m FROM bunny.mirror WHERE id = m.id;
+		PERFORM bunny._request_resync(m, recopy, NULL);
+	END IF;
+	PERFORM bunny._log(m.name, 'INFO', format('schema sync finished: %s change(s)', n));
+	PERFORM bunny._notify(m.id);
+END
+$$;
+
+-- ------------------------------------------------------------------------
+-- State machine, typed options, logs, naming, API entry points
+-- ------------------------------------------------------------------------
 
 CREATE FUNCTION bunny._mirror_state_guard() RETURNS trigger
 	LANGUAGE c AS 'MODULE_PATHNAME', 'bunny_mirror_state_guard';

@@ -5,14 +5,18 @@
  *
  * Module map (one file per role):
  *	bunnydb.c	_PG_init, settings, shared memory
+ *	guard.c		DROP EXTENSION / DROP OWNED / DROP DATABASE guards
  *	launcher.c	the static launcher and the per-database scan worker
  *	worker.c	the per-mirror worker: phases, error handling, backoff
  *	setup.c		SETUP phase: source checks, publication, slot, destination DDL
  *	snapshot.c	SNAPSHOT phase: consistent copy of existing rows
+ *	resync.c	copies of tables while the others stream on
  *	apply.c		CDC phase: pgoutput stream -> SPI, batching, progress
  *	relmap.c	the apply's relation map and prepared statements
  *	fold.c		folding repeated UPDATEs of a batch into multi-row UPDATEs
  *	stream.c	libpq plumbing: non-blocking connect, queries, COPY BOTH
+ *	source.c	every question asked of the source, with typed answers
+ *				(source.h)
  *	fastrecv.c	COPY from a callback; fast receive of plain-ASCII text
  *	catalog.c	reading and writing the bunny.* catalog tables
  *	functions.c	SQL-callable C functions
@@ -187,6 +191,8 @@ extern char *bunny_spi_scalar(const char *sql, int nargs, Oid *argtypes,
 extern PGconn *stream_connect(const char *conninfo, const char *appname,
 							  bool replication);
 extern PGresult *stream_exec(PGconn *conn, const char *sql);
+extern PGresult *stream_exec_params(PGconn *conn, const char *sql, int nparams,
+									const char *const *values);
 extern PGresult *stream_exec_ok(PGconn *conn, const char *sql, ExecStatusType expected);
 extern void stream_exec_command(PGconn *conn, const char *sql);
 extern void stream_raise_result(PGconn *conn, PGresult *res);

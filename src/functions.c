@@ -3,11 +3,14 @@
  * functions.c
  *		SQL-callable C functions: the helpers behind the PL/pgSQL API in
  *		bunnydb--*.sql (connection checks, remote queries, waking and
- *		stopping workers) and the live figures for the views.
+ *		stopping workers) and the live figures for the views.  What they
+ *		ask of or do on the source is source.c's, shared with the
+ *		workers.
  *
  *-------------------------------------------------------------------------
  */
 #include "bunnydb.h"
+#include "source.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -18,6 +21,7 @@
 #include "storage/proc.h"
 #include "storage/procarray.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/resowner.h"
@@ -29,6 +33,14 @@ PG_FUNCTION_INFO_V1(bunny_conninfo_check);
 PG_FUNCTION_INFO_V1(bunny_mask_conninfo);
 PG_FUNCTION_INFO_V1(bunny_caller_is_superuser);
 PG_FUNCTION_INFO_V1(bunny_remote_query);
+PG_FUNCTION_INFO_V1(bunny_test_peer);
+PG_FUNCTION_INFO_V1(bunny_source_drop_slot);
+PG_FUNCTION_INFO_V1(bunny_source_drop_publication);
+PG_FUNCTION_INFO_V1(bunny_source_slot_exists);
+PG_FUNCTION_INFO_V1(bunny_source_current_wal_lsn);
+PG_FUNCTION_INFO_V1(bunny_source_columns);
+PG_FUNCTION_INFO_V1(bunny_source_indexes);
+PG_FUNCTION_INFO_V1(bunny_source_tables);
 PG_FUNCTION_INFO_V1(bunny_check_source_tables);
 PG_FUNCTION_INFO_V1(bunny_notify);
 PG_FUNCTION_INFO_V1(bunny_stop_worker);
@@ -181,8 +193,7 @@ bunny_remote_query(PG_FUNCTION_ARGS)
 		TupleDesc	desc = rsinfo->setDesc;
 		AttInMetadata *attinmeta = TupleDescGetAttInMetadata(desc);
 
-		conn = stream_connect(conninfo, "bunnydb", false);
-		bunny_require_password(conn, !superuser_arg(GetOuterUserId()));
+		conn = source_connect_as_caller(conninfo);
 		res = stream_exec(conn, query);
 		if (res == NULL || (PQresultStatus(res) != PGRES_TUPLES_OK &&
 							PQresultStatus(res) != PGRES_COMMAND_OK))
@@ -225,6 +236,252 @@ bunny_remote_query(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/*
+ * bunny._test_peer(conninfo): what bunny.test_peer reports of a source,
+ * from the same SourceInfo and rules (source_problems) as the mirror's own
+ * check.  Failing to connect raises: test_peer turns that into its row.
+ */
+Datum
+bunny_test_peer(PG_FUNCTION_ARGS)
+{
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	PGconn	   *conn;
+	TupleDesc	desc;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	conn = source_connect_as_caller(conninfo);
+	PG_TRY();
+	{
+		SourceInfo *info = source_info(conn);
+		char	   *problems = source_problems(info);
+
+		/* copied out: the SourceInfo goes with the connection */
+		values[0] = BoolGetDatum(problems == NULL);
+		values[1] = CStringGetTextDatum(info->version_text);
+		values[2] = CStringGetTextDatum(info->wal_level);
+		values[3] = BoolGetDatum(info->can_replicate);
+		values[4] = problems ? CStringGetTextDatum(problems) : (Datum) 0;
+		nulls[4] = problems == NULL;
+	}
+	PG_FINALLY();
+	{
+		stream_disconnect(&conn);
+	}
+	PG_END_TRY();
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(desc), values, nulls)));
+}
+
+/*
+ * bunny._source_drop_slot(conninfo, slot): drop_mirror's drop of the
+ * mirror's slot, terminating the walsender that holds it; the same
+ * source_drop_slot setup uses.  Ten seconds for a terminated walsender to
+ * let go of the slot.
+ */
+Datum
+bunny_source_drop_slot(PG_FUNCTION_ARGS)
+{
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *slot = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	PGconn	   *conn = source_connect_as_caller(conninfo);
+
+	PG_TRY();
+	{
+		source_drop_slot(conn, slot, 10000);
+	}
+	PG_FINALLY();
+	{
+		stream_disconnect(&conn);
+	}
+	PG_END_TRY();
+	PG_RETURN_VOID();
+}
+
+/* bunny._source_drop_publication(conninfo, publication), if it exists */
+Datum
+bunny_source_drop_publication(PG_FUNCTION_ARGS)
+{
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *pubname = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	PGconn	   *conn = source_connect_as_caller(conninfo);
+
+	PG_TRY();
+	{
+		source_drop_publication(conn, pubname);
+	}
+	PG_FINALLY();
+	{
+		stream_disconnect(&conn);
+	}
+	PG_END_TRY();
+	PG_RETURN_VOID();
+}
+
+/* bunny._source_slot_exists(conninfo, slot) */
+Datum
+bunny_source_slot_exists(PG_FUNCTION_ARGS)
+{
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *slot = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	PGconn	   *conn = source_connect_as_caller(conninfo);
+	bool		exists = false;
+
+	PG_TRY();
+	{
+		exists = source_slot_exists(conn, slot, NULL, NULL);
+	}
+	PG_FINALLY();
+	{
+		stream_disconnect(&conn);
+	}
+	PG_END_TRY();
+	PG_RETURN_BOOL(exists);
+}
+
+/* bunny._source_current_wal_lsn(conninfo) */
+Datum
+bunny_source_current_wal_lsn(PG_FUNCTION_ARGS)
+{
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	PGconn	   *conn = source_connect_as_caller(conninfo);
+	XLogRecPtr	lsn = InvalidXLogRecPtr;
+
+	PG_TRY();
+	{
+		lsn = source_current_wal_lsn(conn);
+	}
+	PG_FINALLY();
+	{
+		stream_disconnect(&conn);
+	}
+	PG_END_TRY();
+	PG_RETURN_LSN(lsn);
+}
+
+/*
+ * bunny._source_columns(conninfo, table): the columns of a source table
+ * (source_table_columns, which setup describes tables with) as
+ * bunny.sync_schema compares them: name, type (with COLLATE), NOT NULL,
+ * default, generation expression.
+ */
+Datum
+bunny_source_columns(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *table = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	PGconn	   *conn;
+	List	   *columns = NIL;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	conn = source_connect_as_caller(conninfo);
+	PG_TRY();
+	{
+		columns = source_table_columns(conn, table);
+	}
+	PG_FINALLY();
+	{
+		stream_disconnect(&conn);
+	}
+	PG_END_TRY();
+	foreach(lc, columns)
+	{
+		SourceColumn *col = lfirst(lc);
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, false};
+
+		values[0] = DirectFunctionCall1(namein, CStringGetDatum(col->name));
+		values[1] = CStringGetTextDatum(col->type_sql);
+		values[2] = BoolGetDatum(col->notnull);
+		values[3] = col->default_expr ? CStringGetTextDatum(col->default_expr) : (Datum) 0;
+		nulls[3] = col->default_expr == NULL;
+		values[4] = col->generated ? CStringGetTextDatum(col->generated) : (Datum) 0;
+		nulls[4] = col->generated == NULL;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
+ * bunny._source_indexes(conninfo, table): the indexes of a source table
+ * (source_table_indexes): name, definition, primary, columns.
+ */
+Datum
+bunny_source_indexes(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	char	   *table = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	PGconn	   *conn;
+	List	   *indexes = NIL;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	conn = source_connect_as_caller(conninfo);
+	PG_TRY();
+	{
+		indexes = source_table_indexes(conn, table);
+	}
+	PG_FINALLY();
+	{
+		stream_disconnect(&conn);
+	}
+	PG_END_TRY();
+	foreach(lc, indexes)
+	{
+		SourceIndex *ix = lfirst(lc);
+		Datum		values[4];
+		bool		nulls[4] = {false, false, false, false};
+
+		values[0] = DirectFunctionCall1(namein, CStringGetDatum(ix->name));
+		values[1] = CStringGetTextDatum(ix->def);
+		values[2] = BoolGetDatum(ix->isprimary);
+		values[3] = OidInputFunctionCall(F_ARRAY_IN, ix->columns_text, TEXTOID, -1);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/* bunny._source_tables(conninfo): what bunny.peer_tables lists */
+Datum
+bunny_source_tables(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *conninfo = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	PGconn	   *conn;
+	List	   *tables = NIL;
+	ListCell   *lc;
+
+	InitMaterializedSRF(fcinfo, 0);
+	conn = source_connect_as_caller(conninfo);
+	PG_TRY();
+	{
+		tables = source_list_tables(conn);
+	}
+	PG_FINALLY();
+	{
+		stream_disconnect(&conn);
+	}
+	PG_END_TRY();
+	foreach(lc, tables)
+	{
+		SourceTableSummary *t = lfirst(lc);
+		Datum		values[5];
+		bool		nulls[5] = {false, false, false, false, false};
+
+		values[0] = DirectFunctionCall1(namein, CStringGetDatum(t->schema));
+		values[1] = DirectFunctionCall1(namein, CStringGetDatum(t->table));
+		values[2] = BoolGetDatum(t->has_primary_key);
+		values[3] = CStringGetTextDatum(t->replica_identity);
+		values[4] = Int64GetDatum(t->estimated_rows);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
 /* setup's checks of the source on conn, which is closed afterwards */
 static void
 check_source_and_close(PGconn *conn, Mirror *m)
@@ -235,11 +492,11 @@ check_source_and_close(PGconn *conn, Mirror *m)
 	}
 	PG_CATCH();
 	{
-		PQfinish(conn);
+		stream_disconnect(&conn);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
-	PQfinish(conn);
+	stream_disconnect(&conn);
 }
 
 /*

@@ -16,9 +16,14 @@
  * starting position (the slot's consistent point), so CDC starts exactly
  * where the copy's snapshot ends.
  *
+ * What setup asks of the source, and the checks on the answers, are
+ * source.c's (source_check, source_describe_tables, ...); this file turns
+ * the descriptions into destination DDL and catalog rows.
+ *
  *-------------------------------------------------------------------------
  */
 #include "bunnydb.h"
+#include "source.h"
 
 #include "access/xact.h"
 #include "access/xlog.h"
@@ -40,35 +45,6 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-/* a column of a source table */
-typedef struct SourceColumn
-{
-	char	   *name;
-	char	   *type_sql;		/* format_type(), schema-qualified, with
-								 * COLLATE when not the type's own */
-	bool		notnull;
-	Oid			typid;
-	char	   *generated;		/* expression of a generated column, or NULL */
-	char	   *default_expr;	/* default, or NULL */
-	char		identity;		/* attidentity: '', 'a' or 'd' */
-	char	   *serial_seq;		/* owned sequence (serial/identity), qualified */
-	char	   *default_seq_schema; /* schema and name of a sequence that */
-	char	   *default_seq_name;	/* the default uses and no column owns */
-	char	   *seq_options;	/* CREATE SEQUENCE options (without AS) */
-	char	   *seq_type;		/* and data type of either sequence */
-	bool		excluded;
-} SourceColumn;
-
-/* a foreign key of a source table */
-typedef struct SourceForeignKey
-{
-	char	   *name;
-	char	   *def;			/* pg_get_constraintdef() */
-	char	   *ref_schema;
-	char	   *ref_table;
-	bool		uses_excluded;
-} SourceForeignKey;
-
 /*
  * A constraint or index of a source table, created on the destination after
  * the copy.  The names of primary key, unique and exclusion constraints and
@@ -86,34 +62,13 @@ typedef struct SourceObject
 								 * NULL when the name is the table's own */
 } SourceObject;
 
-/* a source table as setup sees it */
-typedef struct SourceTable
-{
-	MirrorTable *mt;
-	Oid			relid;
-	char		relkind;
-	int64		relpages;
-	int64		reltuples;
-	List	   *columns;		/* of SourceColumn * */
-	List	   *pk_columns;		/* of char *, in key order */
-	List	   *leaves;			/* leaf partitions (qualified), for relkind 'p' */
-	bool		key_ranges;		/* partition_key is an integer with known bounds */
-	int64		key_min;
-	int64		key_max;
-	List	   *objects;		/* of SourceObject *: constraints, indexes */
-	char	   *post_ddl;		/* the same as a JSON array, once named */
-	List	   *fks;			/* of SourceForeignKey * */
-} SourceTable;
-
-static List *created_types = NIL;
+static List *created_types = NIL;	/* type OIDs handled in this run */
 
 /*
  * Relation names this run of setup chose for objects created later (after
  * the copy), as "schema oid/name": the catalog cannot tell about those yet.
  */
 static List *names_taken = NIL;
-
-static void describe_table_objects(PGconn *conn, SourceTable *st);	/* type OIDs handled in this run */
 
 /* SPI helper for the destination side */
 static bool
@@ -140,443 +95,6 @@ qname(const char *schema, const char *name)
 
 /* mark the next error as one that retrying does not cure */
 #define PERMANENT() (bunny_error_is_permanent = true)
-
-/* check wal_level and the role's rights on the source */
-static int
-check_source(PGconn *conn)
-{
-	PGresult   *res;
-	char	   *wal_level;
-	int			version;
-	bool		can_replicate;
-
-	stream_exec_command(conn, "SELECT pg_catalog.set_config('search_path', 'pg_catalog', false)");
-	res = stream_exec_ok(conn,
-						 "SELECT current_setting('wal_level'), "
-						 "       current_setting('server_version_num')::int, "
-						 "       (SELECT rolsuper OR rolreplication FROM pg_roles "
-						 "         WHERE rolname = current_user)",
-						 PGRES_TUPLES_OK);
-	wal_level = pstrdup(PQgetvalue(res, 0, 0));
-	version = atoi(PQgetvalue(res, 0, 1));
-	can_replicate = strcmp(PQgetvalue(res, 0, 2), "t") == 0;
-	PQclear(res);
-
-	if (strcmp(wal_level, "logical") != 0)
-	{
-		PERMANENT();
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("source wal_level is \"%s\", it must be \"logical\"", wal_level),
-				 errhint("Set wal_level = logical on the source and restart it, then call bunny.retry_mirror().")));
-	}
-	if (!can_replicate)
-	{
-		PERMANENT();
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("the source role has neither the REPLICATION nor the SUPERUSER attribute"),
-				 errhint("Run ALTER ROLE ... REPLICATION on the source.")));
-	}
-	return version;
-}
-
-static char *excluded_array_sql(SourceTable *st);
-
-/* what a relkind is, for messages */
-static const char *
-relkind_noun(char relkind)
-{
-	switch (relkind)
-	{
-		case 'v':
-			return "a view";
-		case 'm':
-			return "a materialized view";
-		case 'f':
-			return "a foreign table";
-		case 'S':
-			return "a sequence";
-		case 'c':
-			return "a composite type";
-		case 'i':
-		case 'I':
-			return "an index";
-		case 't':
-			return "a TOAST table";
-		default:
-			return "not a table";
-	}
-}
-
-/*
- * Refuse a table whose publication would make the source's own writes
- * fail.  PostgreSQL checks, at every UPDATE and DELETE of a published
- * table, that the table (for a partitioned table: the partition the row is
- * in, whatever the root's setting) has a replica identity, and that a
- * publication's column list covers it.  A mirror that got this wrong would
- * break the application on the source, so each relation the publication
- * will cover is checked here the same way, before anything is created.
- */
-static void
-check_replica_identities(PGconn *conn, SourceTable *st, const char *name)
-{
-	PGresult   *res;
-	char		root_replident = 'd';
-
-	/*
-	 * One row per relation whose replica identity matters, the table itself
-	 * first, then every leaf of a partitioned table: its replica identity,
-	 * whether that is usable, and an excluded column that is part of it.
-	 */
-	res = stream_exec_ok(conn,
-						 psprintf("SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
-								  "       c.relreplident, "
-								  "       CASE c.relreplident "
-								  "         WHEN 'f' THEN true WHEN 'n' THEN false "
-								  "         ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid "
-								  "                         AND CASE c.relreplident WHEN 'i' THEN i.indisreplident "
-								  "                                                 ELSE i.indisprimary END) END, "
-								  "       (SELECT min(a.attname) FROM pg_attribute a "
-								  "         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
-								  "           AND a.attname = ANY (%s) "
-								  "           AND (c.relreplident = 'f' OR a.attnum IN "
-								  "                (SELECT unnest(i.indkey) FROM pg_index i WHERE i.indrelid = c.oid "
-								  "                    AND CASE c.relreplident WHEN 'i' THEN i.indisreplident "
-								  "                                            ELSE i.indisprimary END))), "
-								  "       c.oid = %u "
-								  "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-								  " WHERE c.oid = %u "
-								  "    OR c.oid IN (SELECT t.relid FROM pg_partition_tree(%u) t WHERE t.isleaf) "
-								  " ORDER BY c.oid <> %u, 1",
-								  excluded_array_sql(st), st->relid, st->relid, st->relid, st->relid),
-						 PGRES_TUPLES_OK);
-	for (int i = 0; i < PQntuples(res); i++)
-	{
-		const char *rel = pstrdup(PQgetvalue(res, i, 0));
-		char		replident = PQgetvalue(res, i, 1)[0];
-		bool		usable = PQgetvalue(res, i, 2)[0] == 't';
-		bool		is_self = PQgetvalue(res, i, 4)[0] == 't';
-
-		if (!usable)
-		{
-			PQclear(res);
-			PERMANENT();
-			if (is_self)
-				ereport(ERROR,
-						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("source table %s has no primary key and no usable replica identity", name),
-						 errdetail("Updates and deletes are replicated, and they must identify the row."),
-						 errhint("Add a primary key, or run ALTER TABLE %s REPLICA IDENTITY FULL on the source.", name)));
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("partition %s of source table %s has no primary key and no usable replica identity",
-							rel, name),
-					 errdetail("PostgreSQL checks the replica identity of the partition a row is in, not the partitioned table's: "
-							   "once published, UPDATE and DELETE of rows in %s would fail on the source.", rel),
-					 errhint("Add a primary key to %s, or run ALTER TABLE %s REPLICA IDENTITY FULL on the source.",
-							 rel, rel)));
-		}
-
-		/*
-		 * The apply identifies rows as the partitioned table's Relation
-		 * message says, but the old row comes as the partition logged it:
-		 * with FULL on the root and less on a partition it would arrive
-		 * incomplete and match nothing.
-		 */
-		if (!is_self && root_replident == 'f' && replident != 'f')
-		{
-			PQclear(res);
-			PERMANENT();
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("partition %s of source table %s does not have REPLICA IDENTITY FULL like its partitioned table",
-							rel, name),
-					 errdetail("The old row of an UPDATE or DELETE is logged as the partition's replica identity says, "
-							   "and the partitioned table's REPLICA IDENTITY FULL needs all of it to find the row."),
-					 errhint("Run ALTER TABLE %s REPLICA IDENTITY FULL on the source.", rel)));
-		}
-		if (is_self)
-			root_replident = replident;
-
-		/* an excluded column must not be part of the replica identity */
-		if (!PQgetisnull(res, i, 3))
-		{
-			char	   *ex = pstrdup(PQgetvalue(res, i, 3));
-
-			PQclear(res);
-			PERMANENT();
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("column \"%s\" of source table %s is part of %s replica identity and cannot be excluded",
-							ex, name, is_self ? "its" : psprintf("partition %s's", rel)),
-					 replident == 'f' ?
-					 errdetail("With REPLICA IDENTITY FULL every column identifies a row, and PostgreSQL refuses UPDATE and DELETE "
-							   "of a published table whose column list leaves out part of its replica identity.") :
-					 errdetail("PostgreSQL refuses UPDATE and DELETE of a published table whose column list leaves out "
-							   "part of its replica identity."),
-					 errhint("Remove \"%s\" from exclude_columns, or give the table a primary key or replica identity index "
-							 "without it on the source.", ex)));
-		}
-	}
-	PQclear(res);
-}
-
-/*
- * Read a source table's definition and check that it can be replicated
- * without making any statement on the source fail; source_version is the
- * source's server_version_num.  Without plan, what only the copy's plan
- * needs (the partition key's bounds, a scan of the table) is not asked.
- */
-static SourceTable *
-describe_table(PGconn *conn, MirrorTable *mt, int source_version, bool plan)
-{
-	SourceTable *st = palloc0(sizeof(SourceTable));
-	PGresult   *res;
-	char	   *sql;
-	char		relpersistence;
-	bool		can_select;
-	const char *name = qname(mt->source_schema, mt->source_table);
-	ListCell   *lc;
-	int			replicated_columns = 0;
-
-	st->mt = mt;
-	sql = psprintf("SELECT c.oid, c.relkind, c.relpersistence, "
-				   "       has_table_privilege(c.oid, 'SELECT'), "
-				   "       greatest(c.relpages::bigint, pg_relation_size(c.oid) / current_setting('block_size')::int), "
-				   "       CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint "
-				   "            ELSE pg_relation_size(c.oid) / 100 END "
-				   "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-				   " WHERE n.nspname = %s AND c.relname = %s",
-				   quote_literal_cstr(mt->source_schema), quote_literal_cstr(mt->source_table));
-	res = stream_exec_ok(conn, sql, PGRES_TUPLES_OK);
-	if (PQntuples(res) == 0)
-	{
-		PQclear(res);
-		PERMANENT();
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_TABLE),
-				 errmsg("source table %s does not exist", name),
-				 errhint("Check the mapping: an unquoted name is folded to lower case and means schema public "
-						 "when unqualified.  Or create the table on the source.")));
-	}
-	st->relid = (Oid) strtoul(PQgetvalue(res, 0, 0), NULL, 10);
-	st->relkind = PQgetvalue(res, 0, 1)[0];
-	relpersistence = PQgetvalue(res, 0, 2)[0];
-	can_select = PQgetvalue(res, 0, 3)[0] == 't';
-	st->relpages = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
-	st->reltuples = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
-	PQclear(res);
-
-	if (st->relkind != 'r' && st->relkind != 'p')
-	{
-		PERMANENT();
-		ereport(ERROR,
-				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-				 errmsg("source relation %s is %s, and only tables can be mirrored", name,
-						relkind_noun(st->relkind)),
-				 st->relkind == 'm' || st->relkind == 'v' ?
-				 errhint("Mirror the tables it is built from, and create the %s on the destination.",
-						 st->relkind == 'm' ? "materialized view" : "view") : 0));
-	}
-	if (relpersistence != 'p')
-	{
-		PERMANENT();
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("source table %s is %s", name, relpersistence == 'u' ? "unlogged" : "temporary"),
-				 errdetail("Changes to unlogged and temporary tables are not written to the WAL, so logical replication cannot carry them."),
-				 errhint("Run ALTER TABLE %s SET LOGGED on the source, or leave the table out of the mirror.", name)));
-	}
-	if (st->relkind == 'p' && source_version < 130000)
-	{
-		PERMANENT();
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("source table %s is partitioned, and a PostgreSQL %d source cannot publish partitioned tables",
-						name, source_version / 10000),
-				 errdetail("Publishing a partitioned table needs PostgreSQL 13 or later on the source."),
-				 errhint("Map each partition as a table of its own, or upgrade the source.")));
-	}
-	if (!can_select)
-	{
-		PERMANENT();
-		ereport(ERROR,
-				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("permission denied for source table %s", name),
-				 errhint("Grant SELECT on the table to the peer's role on the source.")));
-	}
-	check_replica_identities(conn, st, name);
-
-	sql = psprintf("SELECT a.attname, format_type(a.atttypid, a.atttypmod) || "
-				   "       coalesce((SELECT ' COLLATE ' || quote_ident(cn.nspname) || '.' || quote_ident(co.collname) "
-				   "                   FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace "
-				   "                  WHERE co.oid = a.attcollation "
-				   "                    AND a.attcollation <> (SELECT typcollation FROM pg_type WHERE oid = a.atttypid)), ''), "
-				   "       a.attnotnull, a.atttypid, "
-				   "       CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
-				   "       CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
-				   "       a.attidentity, "
-				   "       ss.seq, "
-				   "       coalesce((SELECT k.ord FROM pg_index i, "
-				   "                        unnest(i.indkey) WITH ORDINALITY k(attnum, ord) "
-				   "                  WHERE i.indrelid = a.attrelid AND i.indisprimary "
-				   "                    AND k.attnum = a.attnum), 0), "
-				   "       format('INCREMENT BY %%s MINVALUE %%s MAXVALUE %%s START WITH %%s CACHE %%s %%s', "
-				   "              s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache, "
-				   "              CASE WHEN s.seqcycle THEN 'CYCLE' ELSE 'NO CYCLE' END), "
-				   "       format_type(s.seqtypid, NULL), ds.nspname, ds.relname "
-				   "  FROM pg_attribute a "
-				   "  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
-				   "  CROSS JOIN LATERAL (SELECT pg_get_serial_sequence(%s, a.attname) AS seq) ss "
-				   /* the sequence a default's nextval() names, owned or not */
-				   "  LEFT JOIN LATERAL (SELECT sc.oid, sn.nspname, sc.relname "
-				   "                       FROM pg_depend dep "
-				   "                       JOIN pg_class sc ON sc.oid = dep.refobjid AND sc.relkind = 'S' "
-				   "                       JOIN pg_namespace sn ON sn.oid = sc.relnamespace "
-				   "                      WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid "
-				   "                        AND dep.refclassid = 'pg_class'::regclass "
-				   "                      ORDER BY sc.oid LIMIT 1) ds ON true "
-				   "  LEFT JOIN pg_sequence s ON s.seqrelid = "
-				   "       coalesce(ss.seq::regclass, ds.oid) "
-				   " WHERE a.attrelid = %u AND a.attnum > 0 AND NOT a.attisdropped "
-				   " ORDER BY a.attnum", quote_literal_cstr(name), st->relid);
-	res = stream_exec_ok(conn, sql, PGRES_TUPLES_OK);
-	{
-		int			n = PQntuples(res);
-		char	  **pk = palloc0(sizeof(char *) * (n + 1));
-
-		for (int i = 0; i < n; i++)
-		{
-			SourceColumn *col = palloc0(sizeof(SourceColumn));
-			int			ord = atoi(PQgetvalue(res, i, 8));
-
-			col->name = pstrdup(PQgetvalue(res, i, 0));
-			col->type_sql = pstrdup(PQgetvalue(res, i, 1));
-			col->notnull = PQgetvalue(res, i, 2)[0] == 't';
-			col->typid = (Oid) strtoul(PQgetvalue(res, i, 3), NULL, 10);
-			col->generated = PQgetisnull(res, i, 4) ? NULL : pstrdup(PQgetvalue(res, i, 4));
-			col->default_expr = PQgetisnull(res, i, 5) ? NULL : pstrdup(PQgetvalue(res, i, 5));
-			col->identity = PQgetvalue(res, i, 6)[0];
-			col->serial_seq = PQgetisnull(res, i, 7) ? NULL : pstrdup(PQgetvalue(res, i, 7));
-			col->seq_options = PQgetisnull(res, i, 9) ? NULL : pstrdup(PQgetvalue(res, i, 9));
-			col->seq_type = PQgetisnull(res, i, 10) ? NULL : pstrdup(PQgetvalue(res, i, 10));
-			if (col->serial_seq == NULL && !PQgetisnull(res, i, 11))
-			{
-				col->default_seq_schema = pstrdup(PQgetvalue(res, i, 11));
-				col->default_seq_name = pstrdup(PQgetvalue(res, i, 12));
-			}
-			foreach(lc, mt->exclude_columns)
-				if (strcmp((char *) lfirst(lc), col->name) == 0)
-					col->excluded = true;
-			if (ord > 0 && ord <= n)
-				pk[ord - 1] = col->name;
-			st->columns = lappend(st->columns, col);
-		}
-		for (int i = 0; i < n && pk[i]; i++)
-			st->pk_columns = lappend(st->pk_columns, pk[i]);
-	}
-	PQclear(res);
-
-	/* every excluded column and the partition key must exist */
-	foreach(lc, mt->exclude_columns)
-	{
-		char	   *ex = lfirst(lc);
-		bool		found = false;
-		ListCell   *lc2;
-
-		foreach(lc2, st->columns)
-			if (strcmp(((SourceColumn *) lfirst(lc2))->name, ex) == 0)
-				found = true;
-		if (!found)
-		{
-			PERMANENT();
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_COLUMN),
-					 errmsg("excluded column \"%s\" does not exist in source table %s", ex, name)));
-		}
-		foreach(lc2, st->pk_columns)
-			if (strcmp((char *) lfirst(lc2), ex) == 0)
-			{
-				PERMANENT();
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("column \"%s\" of source table %s is part of the primary key and cannot be excluded",
-								ex, name)));
-			}
-	}
-	if (mt->partition_key)
-	{
-		bool		found = false;
-
-		foreach(lc, st->columns)
-			if (strcmp(((SourceColumn *) lfirst(lc))->name, mt->partition_key) == 0)
-			{
-				SourceColumn *col = lfirst(lc);
-
-				found = true;
-				/* integer keys split into ranges; others fall back to blocks */
-				if (plan && (col->typid == INT2OID || col->typid == INT4OID || col->typid == INT8OID))
-				{
-					res = stream_exec_ok(conn,
-										 psprintf("SELECT min(%s)::int8, max(%s)::int8 FROM %s",
-												  quote_identifier(col->name),
-												  quote_identifier(col->name), name),
-										 PGRES_TUPLES_OK);
-					if (!PQgetisnull(res, 0, 0))
-					{
-						st->key_ranges = true;
-						st->key_min = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
-						st->key_max = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
-					}
-					PQclear(res);
-				}
-			}
-		if (!found)
-		{
-			PERMANENT();
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_COLUMN),
-					 errmsg("partition key \"%s\" does not exist in source table %s",
-							mt->partition_key, name)));
-		}
-	}
-	foreach(lc, st->columns)
-	{
-		SourceColumn *col = lfirst(lc);
-
-		if (!col->excluded && !col->generated)
-			replicated_columns++;
-	}
-	if (replicated_columns == 0)
-	{
-		PERMANENT();
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("source table %s has no columns to replicate", name),
-				 errdetail("Its columns are all generated or excluded, or it has none; such rows cannot be written "
-						   "or told apart on the destination."),
-				 errhint("Leave the table out of the mirror.")));
-	}
-	describe_table_objects(conn, st);
-	return st;
-}
-
-/* SQL array literal of the excluded column names of st */
-static char *
-excluded_array_sql(SourceTable *st)
-{
-	StringInfoData buf;
-	ListCell   *lc;
-
-	initStringInfo(&buf);
-	appendStringInfoString(&buf, "ARRAY[");
-	foreach(lc, st->mt->exclude_columns)
-		appendStringInfo(&buf, "%s%s", lc == list_head(st->mt->exclude_columns) ? "" : ", ",
-						 quote_literal_cstr((char *) lfirst(lc)));
-	appendStringInfoString(&buf, "]::text[]");
-	return buf.data;
-}
 
 /* replace the first occurrence of from in str by to */
 static char *
@@ -608,119 +126,61 @@ ddl_item(StringInfo arr, const char *kind, const char *name, const char *sql)
 }
 
 /*
- * Read what the destination table gets once its data is in: constraints
- * (primary key, unique, check, exclusion) and indexes, rewritten for the
- * destination name; foreign keys (kept for later, they need the mapping of
- * the referenced table); leaf partitions of a partitioned source.
- * Anything that involves an excluded column is left out.
+ * What the destination table gets once its data is in: constraints
+ * (primary key, unique, check, exclusion) and indexes of st, rewritten for
+ * the destination name.  Anything that involves an excluded column is
+ * left out; foreign keys are foreign_key_ddl's.
  */
-static void
-describe_table_objects(PGconn *conn, SourceTable *st)
+static List *
+table_objects(SourceTable *st)
 {
 	MirrorTable *mt = st->mt;
 	const char *src = qname(mt->source_schema, mt->source_table);
 	const char *dest = qname(mt->dest_schema, mt->dest_table);
-	PGresult   *res;
+	List	   *objects = NIL;
+	ListCell   *lc;
 
-
-	res = stream_exec_ok(conn,
-						 psprintf("SELECT c.conname, c.contype, pg_get_constraintdef(c.oid), "
-								  "       ARRAY(SELECT attname FROM pg_attribute "
-								  "              WHERE attrelid = c.conrelid AND attnum = ANY (c.conkey))::text[] && %s, "
-								  "       rn.nspname, r.relname "
-								  "  FROM pg_constraint c "
-								  "  LEFT JOIN pg_class r ON r.oid = c.confrelid "
-								  "  LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace "
-								  " WHERE c.conrelid = %u AND c.contype IN ('p', 'u', 'c', 'x', 'f') "
-								  " ORDER BY CASE c.contype WHEN 'p' THEN 0 ELSE 1 END, c.conname",
-								  excluded_array_sql(st), st->relid),
-						 PGRES_TUPLES_OK);
-	for (int i = 0; i < PQntuples(res); i++)
+	foreach(lc, st->constraints)
 	{
-		char	   *conname = PQgetvalue(res, i, 0);
-		char		contype = PQgetvalue(res, i, 1)[0];
-		char	   *def = PQgetvalue(res, i, 2);
-		bool		excluded = PQgetvalue(res, i, 3)[0] == 't';
+		SourceConstraint *con = lfirst(lc);
+		SourceObject *o;
 
-		if (contype == 'f')
-		{
-			SourceForeignKey *fk = palloc0(sizeof(SourceForeignKey));
-
-			fk->name = pstrdup(conname);
-			fk->def = pstrdup(def);
-			fk->ref_schema = pstrdup(PQgetvalue(res, i, 4));
-			fk->ref_table = pstrdup(PQgetvalue(res, i, 5));
-			fk->uses_excluded = excluded;
-			st->fks = lappend(st->fks, fk);
+		if (con->contype == 'f' || con->uses_excluded)
 			continue;
-		}
-		if (excluded)
-			continue;
-		{
-			SourceObject *o = palloc0(sizeof(SourceObject));
-
-			o->kind = "constraint";
-			o->name = pstrdup(conname);
-			o->sql = psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", dest,
-							  quote_identifier(conname), def);
-			o->label = contype == 'p' ? "pkey" : contype == 'u' ? "key" : contype == 'x' ? "excl" : NULL;
-			st->objects = lappend(st->objects, o);
-		}
+		o = palloc0(sizeof(SourceObject));
+		o->kind = "constraint";
+		o->name = con->name;
+		o->sql = psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", dest,
+						  quote_identifier(con->name), con->def);
+		o->label = con->contype == 'p' ? "pkey" : con->contype == 'u' ? "key" :
+			con->contype == 'x' ? "excl" : NULL;
+		objects = lappend(objects, o);
 	}
-	PQclear(res);
-
-	res = stream_exec_ok(conn,
-						 psprintf("SELECT c.relname, pg_get_indexdef(i.indexrelid), "
-								  "       ARRAY(SELECT attname FROM pg_attribute "
-								  "              WHERE attrelid = i.indrelid AND attnum = ANY (i.indkey))::text[] && %s "
-								  "  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-								  " WHERE i.indrelid = %u "
-								  "   AND NOT EXISTS (SELECT 1 FROM pg_constraint k "
-								  "                    WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid) "
-								  " ORDER BY c.relname", excluded_array_sql(st), st->relid),
-						 PGRES_TUPLES_OK);
-	for (int i = 0; i < PQntuples(res); i++)
+	foreach(lc, st->indexes)
 	{
-		char	   *idxname = PQgetvalue(res, i, 0);
-		char	   *def = PQgetvalue(res, i, 1);
+		SourceIndex *ix = lfirst(lc);
+		SourceObject *o;
 		char	   *sql;
 
-		if (PQgetvalue(res, i, 2)[0] == 't')
+		if (ix->uses_excluded)
 			continue;
-		sql = replace_first(def, psprintf(" ON ONLY %s USING ", src), psprintf(" ON %s USING ", dest));
+		sql = replace_first(ix->def, psprintf(" ON ONLY %s USING ", src), psprintf(" ON %s USING ", dest));
 		if (sql == NULL)
-			sql = replace_first(def, psprintf(" ON %s USING ", src), psprintf(" ON %s USING ", dest));
+			sql = replace_first(ix->def, psprintf(" ON %s USING ", src), psprintf(" ON %s USING ", dest));
 		if (sql == NULL)
 			continue;			/* not in the form we know; leave it out */
 		if (strncmp(sql, "CREATE UNIQUE INDEX ", 20) == 0)
 			sql = psprintf("CREATE UNIQUE INDEX IF NOT EXISTS %s", sql + 20);
 		else if (strncmp(sql, "CREATE INDEX ", 13) == 0)
 			sql = psprintf("CREATE INDEX IF NOT EXISTS %s", sql + 13);
-		{
-			SourceObject *o = palloc0(sizeof(SourceObject));
-
-			o->kind = "index";
-			o->name = pstrdup(idxname);
-			o->sql = sql;
-			o->label = "idx";
-			st->objects = lappend(st->objects, o);
-		}
+		o = palloc0(sizeof(SourceObject));
+		o->kind = "index";
+		o->name = ix->name;
+		o->sql = sql;
+		o->label = "idx";
+		objects = lappend(objects, o);
 	}
-	PQclear(res);
-
-	if (st->relkind == 'p')
-	{
-		res = stream_exec_ok(conn,
-							 psprintf("SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) "
-									  "  FROM pg_partition_tree(%u) t "
-									  "  JOIN pg_class c ON c.oid = t.relid "
-									  "  JOIN pg_namespace n ON n.oid = c.relnamespace "
-									  " WHERE t.isleaf ORDER BY 1", st->relid),
-							 PGRES_TUPLES_OK);
-		for (int i = 0; i < PQntuples(res); i++)
-			st->leaves = lappend(st->leaves, pstrdup(PQgetvalue(res, i, 0)));
-		PQclear(res);
-	}
+	return objects;
 }
 
 /*
@@ -738,14 +198,16 @@ foreign_key_ddl(SourceTable *st, List *tables, const char *mirror_name)
 
 	initStringInfo(&arr);
 	appendStringInfoChar(&arr, '[');
-	foreach(lc, st->fks)
+	foreach(lc, st->constraints)
 	{
-		SourceForeignKey *fk = lfirst(lc);
+		SourceConstraint *fk = lfirst(lc);
 		SourceTable *ref = NULL;
 		ListCell   *lc2;
 		char	   *def;
 		char	   *p;
 
+		if (fk->contype != 'f')
+			continue;
 		foreach(lc2, tables)
 		{
 			SourceTable *t = lfirst(lc2);
@@ -796,141 +258,96 @@ foreign_key_ddl(SourceTable *st, List *tables, const char *mirror_name)
 static void
 ensure_type(PGconn *conn, Oid typid, const char *mirror_name)
 {
-	PGresult   *res;
-	char		typtype;
-	char	   *nsp,
-			   *typname,
-			   *extname;
-	Oid			elem,
-				basetype,
-				typrelid;
-	char	   *basetype_sql,
-			   *typdefault;
-	bool		typnotnull;
+	SourceType *t;
 	StringInfoData ddl;
+	ListCell   *lc;
 
 	if (typid < FirstNormalObjectId || list_member_oid(created_types, typid))
 		return;
 	created_types = lappend_oid(created_types, typid);
 
-	res = stream_exec_ok(conn,
-						 psprintf("SELECT t.typtype, n.nspname, t.typname, t.typelem, t.typbasetype, "
-								  "       format_type(t.typbasetype, t.typtypmod), t.typnotnull, "
-								  "       t.typdefault, t.typrelid, t.typcategory, "
-								  "       (SELECT e.extname FROM pg_depend d "
-								  "          JOIN pg_extension e ON e.oid = d.refobjid "
-								  "         WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid "
-								  "           AND d.deptype = 'e') "
-								  "  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
-								  " WHERE t.oid = %u", typid),
-						 PGRES_TUPLES_OK);
-	if (PQntuples(res) == 0)
-	{
-		PQclear(res);
+	t = source_describe_type(conn, typid);
+	if (t == NULL)
 		return;					/* dropped meanwhile; table DDL will tell */
-	}
-	typtype = PQgetvalue(res, 0, 0)[0];
-	nsp = pstrdup(PQgetvalue(res, 0, 1));
-	typname = pstrdup(PQgetvalue(res, 0, 2));
-	elem = (Oid) strtoul(PQgetvalue(res, 0, 3), NULL, 10);
-	basetype = (Oid) strtoul(PQgetvalue(res, 0, 4), NULL, 10);
-	basetype_sql = pstrdup(PQgetvalue(res, 0, 5));
-	typnotnull = PQgetvalue(res, 0, 6)[0] == 't';
-	typdefault = PQgetisnull(res, 0, 7) ? NULL : pstrdup(PQgetvalue(res, 0, 7));
-	typrelid = (Oid) strtoul(PQgetvalue(res, 0, 8), NULL, 10);
-	extname = PQgetisnull(res, 0, 10) ? NULL : pstrdup(PQgetvalue(res, 0, 10));
-	if (PQgetvalue(res, 0, 9)[0] == 'A' && elem != InvalidOid)
+	if (t->typcategory == 'A' && t->elem != InvalidOid)
 	{
 		/* an array: its element type brings it along */
-		PQclear(res);
-		ensure_type(conn, elem, mirror_name);
+		ensure_type(conn, t->elem, mirror_name);
 		return;
 	}
-	PQclear(res);
 
 	if (dest_exists("SELECT 1 FROM pg_catalog.pg_type t "
 					"  JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace "
-					" WHERE n.nspname = $1 AND t.typname = $2", nsp, typname))
+					" WHERE n.nspname = $1 AND t.typname = $2", t->nspname, t->typname))
 		return;
 
-	if (extname != NULL || (typtype != 'e' && typtype != 'd' && typtype != 'c'))
+	if (t->extname != NULL || (t->typtype != 'e' && t->typtype != 'd' && t->typtype != 'c'))
 	{
 		PERMANENT();
-		if (extname)
+		if (t->extname)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("type %s does not exist on the destination", qname(nsp, typname)),
-					 errdetail("The type belongs to extension \"%s\" on the source.", extname),
+					 errmsg("type %s does not exist on the destination", qname(t->nspname, t->typname)),
+					 errdetail("The type belongs to extension \"%s\" on the source.", t->extname),
 					 errhint("Run CREATE EXTENSION %s in the destination database.",
-							 quote_identifier(extname))));
+							 quote_identifier(t->extname))));
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("type %s does not exist on the destination and cannot be created automatically",
-						qname(nsp, typname)),
+						qname(t->nspname, t->typname)),
 				 errhint("Create the type on the destination, then call bunny.retry_mirror().")));
 	}
 
 	initStringInfo(&ddl);
-	appendStringInfo(&ddl, "CREATE SCHEMA IF NOT EXISTS %s", quote_identifier(nsp));
+	appendStringInfo(&ddl, "CREATE SCHEMA IF NOT EXISTS %s", quote_identifier(t->nspname));
 	bunny_dest_exec(ddl.data);
 	resetStringInfo(&ddl);
 
-	if (typtype == 'e')
+	if (t->typtype == 'e')
 	{
-		res = stream_exec_ok(conn,
-							 psprintf("SELECT enumlabel FROM pg_enum WHERE enumtypid = %u "
-									  "ORDER BY enumsortorder", typid),
-							 PGRES_TUPLES_OK);
-		appendStringInfo(&ddl, "CREATE TYPE %s AS ENUM (", qname(nsp, typname));
-		for (int i = 0; i < PQntuples(res); i++)
-			appendStringInfo(&ddl, "%s%s", i ? ", " : "",
-							 quote_literal_cstr(PQgetvalue(res, i, 0)));
+		List	   *labels = source_enum_labels(conn, t->nspname, t->typname);
+
+		appendStringInfo(&ddl, "CREATE TYPE %s AS ENUM (", qname(t->nspname, t->typname));
+		foreach(lc, labels)
+			appendStringInfo(&ddl, "%s%s", lc == list_head(labels) ? "" : ", ",
+							 quote_literal_cstr((char *) lfirst(lc)));
 		appendStringInfoChar(&ddl, ')');
-		PQclear(res);
 	}
-	else if (typtype == 'd')
+	else if (t->typtype == 'd')
 	{
-		ensure_type(conn, basetype, mirror_name);
-		appendStringInfo(&ddl, "CREATE DOMAIN %s AS %s", qname(nsp, typname), basetype_sql);
-		if (typdefault)
-			appendStringInfo(&ddl, " DEFAULT %s", typdefault);
-		if (typnotnull)
+		ensure_type(conn, t->basetype, mirror_name);
+		appendStringInfo(&ddl, "CREATE DOMAIN %s AS %s", qname(t->nspname, t->typname),
+						 t->basetype_sql);
+		if (t->typdefault)
+			appendStringInfo(&ddl, " DEFAULT %s", t->typdefault);
+		if (t->notnull)
 			appendStringInfoString(&ddl, " NOT NULL");
-		res = stream_exec_ok(conn,
-							 psprintf("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-									  "WHERE contypid = %u AND contype = 'c' ORDER BY conname", typid),
-							 PGRES_TUPLES_OK);
-		for (int i = 0; i < PQntuples(res); i++)
-			appendStringInfo(&ddl, " CONSTRAINT %s %s",
-							 quote_identifier(PQgetvalue(res, i, 0)), PQgetvalue(res, i, 1));
-		PQclear(res);
+		foreach(lc, source_domain_checks(conn, typid))
+		{
+			SourceNamedDef *c = lfirst(lc);
+
+			appendStringInfo(&ddl, " CONSTRAINT %s %s", quote_identifier(c->name), c->def);
+		}
 	}
 	else
 	{
-		int			n;
-		List	   *deps = NIL;
-		ListCell   *lc;
+		List	   *atts = source_type_attributes(conn, t->typrelid);
 
-		res = stream_exec_ok(conn,
-							 psprintf("SELECT attname, format_type(atttypid, atttypmod), atttypid "
-									  "  FROM pg_attribute WHERE attrelid = %u AND attnum > 0 "
-									  "   AND NOT attisdropped ORDER BY attnum", typrelid),
-							 PGRES_TUPLES_OK);
-		n = PQntuples(res);
-		appendStringInfo(&ddl, "CREATE TYPE %s AS (", qname(nsp, typname));
-		for (int i = 0; i < n; i++)
+		appendStringInfo(&ddl, "CREATE TYPE %s AS (", qname(t->nspname, t->typname));
+		foreach(lc, atts)
 		{
-			appendStringInfo(&ddl, "%s%s %s", i ? ", " : "",
-							 quote_identifier(PQgetvalue(res, i, 0)), PQgetvalue(res, i, 1));
-			deps = lappend_oid(deps, (Oid) strtoul(PQgetvalue(res, i, 2), NULL, 10));
+			SourceNamedDef *a = lfirst(lc);
+
+			appendStringInfo(&ddl, "%s%s %s", lc == list_head(atts) ? "" : ", ",
+							 quote_identifier(a->name), a->def);
 		}
 		appendStringInfoChar(&ddl, ')');
-		PQclear(res);
-		foreach(lc, deps)
-			ensure_type(conn, lfirst_oid(lc), mirror_name);
+		foreach(lc, atts)
+			ensure_type(conn, ((SourceNamedDef *) lfirst(lc))->typid, mirror_name);
 	}
 	bunny_dest_exec(ddl.data);
-	bunny_log(mirror_name, "INFO", psprintf("created type %s on the destination", qname(nsp, typname)),
+	bunny_log(mirror_name, "INFO",
+			  psprintf("created type %s on the destination", qname(t->nspname, t->typname)),
 			  NULL);
 }
 
@@ -1180,7 +597,7 @@ post_copy_ddl_json(SourceTable *st, Oid nspid)
 
 	initStringInfo(&arr);
 	appendStringInfoChar(&arr, '[');
-	foreach(lc, st->objects)
+	foreach(lc, table_objects(st))
 	{
 		SourceObject *o = lfirst(lc);
 		char	   *name = o->name;
@@ -1232,6 +649,7 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 	List	   *identity_columns = NIL;
 	List	   *serial_seqs = NIL;	/* destination names of serial sequences */
 	char	   *fk_json = "[]";
+	char	   *post_ddl = "[]";
 	Oid			nspid = InvalidOid;
 
 	initStringInfo(&seqs);
@@ -1343,7 +761,7 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 		}
 		bunny_log(m->name, "INFO", psprintf("created destination table %s", dest), NULL);
 		fk_json = foreign_key_ddl(st, tables, m->name);
-		st->post_ddl = post_copy_ddl_json(st, nspid);
+		post_ddl = post_copy_ddl_json(st, nspid);
 	}
 	appendStringInfoChar(&seqs, ']');
 
@@ -1365,7 +783,7 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 		vals[1] = CStringGetTextDatum(mt->source_schema);
 		vals[2] = CStringGetTextDatum(mt->source_table);
 		vals[3] = BoolGetDatum(created);
-		vals[4] = CStringGetTextDatum(created ? st->post_ddl : "[]");
+		vals[4] = CStringGetTextDatum(post_ddl);
 		vals[5] = CStringGetTextDatum(fk_json);
 		vals[6] = CStringGetTextDatum(seqs.data);
 		SPI_connect();
@@ -1381,96 +799,7 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 
 	/* without a copy, the table is complete at once */
 	if (created && !copy)
-		catalog_apply_ddl(m->name, dest, st->post_ddl, m->replicate_indexes);
-}
-
-/* create the publication, or check and refresh ours */
-static void
-ensure_publication(PGconn *conn, Mirror *m, List *tables, int source_version)
-{
-	StringInfoData tl;
-	PGresult   *res;
-	char	   *comment = psprintf("bunnydb mirror %s incarnation %s", m->name, m->incarnation);
-	ListCell   *lc;
-	bool		exists;
-	bool		ours = false;
-
-	initStringInfo(&tl);
-	foreach(lc, tables)
-	{
-		SourceTable *st = lfirst(lc);
-		bool		has_excluded = false;
-		ListCell   *lc2;
-
-		foreach(lc2, st->columns)
-			if (((SourceColumn *) lfirst(lc2))->excluded)
-				has_excluded = true;
-
-		appendStringInfo(&tl, "%s%s%s", tl.len ? ", " : "",
-						 st->relkind == 'r' ? "ONLY " : "",
-						 qname(st->mt->source_schema, st->mt->source_table));
-		/*
-		 * Before 15 there are no column lists: the source sends the excluded
-		 * columns too, and the apply leaves them out (apply_handle_relation).
-		 */
-		if (has_excluded && source_version >= 150000)
-		{
-			bool		first = true;
-
-			appendStringInfoString(&tl, " (");
-			foreach(lc2, st->columns)
-			{
-				SourceColumn *col = lfirst(lc2);
-
-				if (col->excluded || col->generated)
-					continue;
-				appendStringInfo(&tl, "%s%s", first ? "" : ", ", quote_identifier(col->name));
-				first = false;
-			}
-			appendStringInfoChar(&tl, ')');
-		}
-	}
-
-	res = stream_exec_ok(conn,
-						 psprintf("SELECT obj_description(p.oid, 'pg_publication') "
-								  "  FROM pg_publication p WHERE p.pubname = %s",
-								  quote_literal_cstr(m->publication_name)),
-						 PGRES_TUPLES_OK);
-	exists = PQntuples(res) > 0;
-	if (exists)
-		ours = !PQgetisnull(res, 0, 0) && strcmp(PQgetvalue(res, 0, 0), comment) == 0;
-	PQclear(res);
-
-	if (exists && !ours)
-	{
-		PERMANENT();
-		ereport(ERROR,
-				(errcode(ERRCODE_DUPLICATE_OBJECT),
-				 errmsg("publication \"%s\" already exists on the source and does not belong to this mirror",
-						m->publication_name),
-				 errhint("Drop it on the source (DROP PUBLICATION %s) if it is a leftover, then call bunny.retry_mirror().",
-						 quote_identifier(m->publication_name))));
-	}
-	if (exists)
-		stream_exec_command(conn, psprintf("ALTER PUBLICATION %s SET TABLE %s",
-										   quote_identifier(m->publication_name), tl.data));
-	else
-	{
-		/*
-		 * Changes of a partition are published as the partitioned table's
-		 * (13 on); a 12 source cannot publish partitioned tables at all,
-		 * which describe_table refused.
-		 */
-		stream_exec_command(conn, psprintf("CREATE PUBLICATION %s FOR TABLE %s%s",
-										   quote_identifier(m->publication_name), tl.data,
-										   source_version >= 130000 ?
-										   " WITH (publish_via_partition_root = true)" : ""));
-		stream_exec_command(conn, psprintf("COMMENT ON PUBLICATION %s IS %s",
-										   quote_identifier(m->publication_name),
-										   quote_literal_cstr(comment)));
-		bunny_log(m->name, "INFO", psprintf("created publication %s on the source",
-											m->publication_name), NULL);
-	}
+		catalog_apply_ddl(m->name, dest, post_ddl, m->replicate_indexes);
 }
 
 /*
@@ -1481,15 +810,7 @@ ensure_publication(PGconn *conn, Mirror *m, List *tables, int source_version)
 static XLogRecPtr
 create_slot(PGconn *conn, Mirror *m, bool export_snapshot, char **snapshot)
 {
-	PGresult   *res;
-	bool		exists;
-
-	res = stream_exec_ok(conn,
-						 psprintf("SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s",
-								  quote_literal_cstr(m->slot_name)),
-						 PGRES_TUPLES_OK);
-	exists = PQntuples(res) > 0;
-	PQclear(res);
+	bool		exists = source_slot_exists(conn, m->slot_name, NULL, NULL);
 
 	if (exists && !m->slot_requested)
 	{
@@ -1502,30 +823,7 @@ create_slot(PGconn *conn, Mirror *m, bool export_snapshot, char **snapshot)
 						 m->slot_name)));
 	}
 	if (exists)
-	{
-		stream_exec_command(conn,
-							psprintf("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
-									 " WHERE slot_name = %s AND active_pid IS NOT NULL",
-									 quote_literal_cstr(m->slot_name)));
-		for (int tries = 0;; tries++)
-		{
-			PGresult   *r = stream_exec(conn,
-										psprintf("SELECT pg_drop_replication_slot(%s)",
-												 quote_literal_cstr(m->slot_name)));
-			bool		ok = r && PQresultStatus(r) == PGRES_TUPLES_OK;
-
-			if (r)
-				PQclear(r);
-			if (ok)
-				break;
-			if (tries > 50)
-				(void) stream_exec_ok(conn, psprintf("SELECT pg_drop_replication_slot(%s)",
-													 quote_literal_cstr(m->slot_name)),
-									  PGRES_TUPLES_OK);
-			pg_usleep(100 * 1000L);
-			CHECK_FOR_INTERRUPTS();
-		}
-	}
+		source_drop_slot(conn, m->slot_name, 5000);
 
 	/* record the request durably before making it */
 	bunny_start_transaction();
@@ -1538,61 +836,6 @@ create_slot(PGconn *conn, Mirror *m, bool export_snapshot, char **snapshot)
 	m->slot_requested = true;
 
 	return stream_create_slot(conn, m->slot_name, false, export_snapshot, snapshot);
-}
-
-/*
- * Describe every mapped table on the source.  A partition mapped next to a
- * partitioned table it belongs to is refused: its changes are published as
- * the partitioned table's, so its own mapping would never see any.
- */
-static List *
-describe_tables(PGconn *conn, Mirror *m, int source_version, bool plan)
-{
-	List	   *tables = NIL;
-	ListCell   *lc;
-	StringInfoData relids;
-
-	initStringInfo(&relids);
-	foreach(lc, m->tables)
-	{
-		MirrorTable *mt = lfirst(lc);
-		SourceTable *st;
-
-		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
-		st = describe_table(conn, mt, source_version, plan);
-		tables = lappend(tables, st);
-		appendStringInfo(&relids, "%s%u", relids.len ? "," : "", st->relid);
-	}
-	bunny_ctx_table = NULL;
-
-	if (list_length(tables) > 1)
-	{
-		PGresult   *res;
-
-		res = stream_exec_ok(conn,
-							 psprintf("SELECT p.oid::regclass::text, a.oid::regclass::text "
-									  "  FROM pg_class p, LATERAL pg_partition_ancestors(p.oid) anc(relid) "
-									  "  JOIN pg_class a ON a.oid = anc.relid "
-									  " WHERE p.oid IN (%s) AND a.oid IN (%s) AND a.oid <> p.oid "
-									  " LIMIT 1", relids.data, relids.data),
-							 PGRES_TUPLES_OK);
-		if (PQntuples(res) > 0)
-		{
-			char	   *part = pstrdup(PQgetvalue(res, 0, 0));
-			char	   *parent = pstrdup(PQgetvalue(res, 0, 1));
-
-			PQclear(res);
-			PERMANENT();
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("source table %s is a partition of %s, which the mirror also maps", part, parent),
-					 errdetail("Changes of a partition are published as changes of the partitioned table, "
-							   "so the partition's own mapping would never receive any."),
-					 errhint("Map either the partitioned table or its partitions, not both.")));
-		}
-		PQclear(res);
-	}
-	return tables;
 }
 
 /*
@@ -1672,7 +915,6 @@ void
 setup_run(PGconn *conn, Mirror *m)
 {
 	List	   *tables = NIL;
-	int			version;
 	XLogRecPtr	start_lsn;
 	char	   *snapshot = NULL;
 	bool		copy = m->do_initial_snapshot;
@@ -1685,8 +927,8 @@ setup_run(PGconn *conn, Mirror *m)
 	CommitTransactionCommand();
 
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: setup");
-	version = check_source(conn);
-	tables = describe_tables(conn, m, version, true);
+	(void) source_check(conn);
+	tables = source_describe_tables(conn, m, true);
 
 	/* destination: schemas, types, tables (and, without a copy, the rest) */
 	bunny_start_transaction();
@@ -1697,7 +939,7 @@ setup_run(PGconn *conn, Mirror *m)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
-	ensure_publication(conn, m, tables, version);
+	source_ensure_publication(conn, m, tables);
 
 	start_lsn = create_slot(conn, m, copy, &snapshot);
 	bunny_log(m->name, "INFO",
@@ -1737,9 +979,8 @@ setup_run(PGconn *conn, Mirror *m)
 void
 setup_check_source(PGconn *conn, Mirror *m)
 {
-	int			version = check_source(conn);
-
-	(void) describe_tables(conn, m, version, false);
+	(void) source_check(conn);
+	(void) source_describe_tables(conn, m, false);
 }
 
 /*
@@ -1748,7 +989,7 @@ setup_check_source(PGconn *conn, Mirror *m)
  * the parts follow the table's present size, and a column dropped on the
  * source is not asked for.  Columns the source has gained and the
  * destination lacks are added first (with the source's type and default),
- * so the copy carries their values.  The checks of describe_table run
+ * so the copy carries their values.  The checks of source_describe_table run
  * again too.  Runs outside any transaction, before the resync's snapshot
  * is taken; conn is a plain connection to the source.
  */
@@ -1757,7 +998,8 @@ setup_plan_resync(PGconn *conn, Mirror *m)
 {
 	List	   *tables = NIL;
 	ListCell   *lc;
-	int			version = check_source(conn);
+
+	(void) source_check(conn);
 
 	/*
 	 * Labels the source added to an enum since the types were made would
@@ -1773,7 +1015,7 @@ setup_plan_resync(PGconn *conn, Mirror *m)
 		if (mt->resync_state == NULL)
 			continue;
 		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
-		tables = lappend(tables, describe_table(conn, mt, version, true));
+		tables = lappend(tables, source_describe_table(conn, mt, true));
 	}
 	bunny_ctx_table = NULL;
 	if (tables == NIL)
@@ -1839,12 +1081,11 @@ void
 setup_refresh_tables(PGconn *conn, Mirror *m)
 {
 	List	   *tables = NIL;
-	int			version;
 	int			added = 0;
 
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: updating the table list");
-	version = check_source(conn);
-	tables = describe_tables(conn, m, version, true);
+	(void) source_check(conn);
+	tables = source_describe_tables(conn, m, true);
 
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -1868,7 +1109,7 @@ setup_refresh_tables(PGconn *conn, Mirror *m)
 	CommitTransactionCommand();
 
 	/* the publication changes before the copies take their snapshot */
-	ensure_publication(conn, m, tables, version);
+	source_ensure_publication(conn, m, tables);
 
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -1953,19 +1194,10 @@ setup_sync_enum_labels(Mirror *m)
 		const char *nsp = linitial(lfirst(lc));
 		const char *typ = lsecond(lfirst(lc));
 		const char *qtyp = qname(nsp, typ);
-		PGresult   *res;
+		List	   *src = source_enum_labels(conn, nsp, typ);
 		List	   *have = NIL;
 		const char *prev = NULL;
 		int			nsrc;
-
-		res = stream_exec_ok(conn,
-							 psprintf("SELECT e.enumlabel FROM pg_catalog.pg_enum e "
-									  "  JOIN pg_catalog.pg_type t ON t.oid = e.enumtypid "
-									  "  JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace "
-									  " WHERE n.nspname = %s AND t.typname = %s "
-									  " ORDER BY e.enumsortorder",
-									  quote_literal_cstr(nsp), quote_literal_cstr(typ)),
-							 PGRES_TUPLES_OK);
 		SPI_connect();
 		SPI_execute(psprintf("SELECT enumlabel::text FROM pg_catalog.pg_enum "
 							 " WHERE enumtypid = %s::regtype", quote_literal_cstr(qtyp)),
@@ -1979,10 +1211,10 @@ setup_sync_enum_labels(Mirror *m)
 		}
 		SPI_finish();
 
-		nsrc = PQntuples(res);
+		nsrc = list_length(src);
 		for (int i = 0; i < nsrc; i++)
 		{
-			const char *label = PQgetvalue(res, i, 0);
+			const char *label = list_nth(src, i);
 			bool		present = false;
 			ListCell   *hc;
 			char	   *ddl;
@@ -2005,8 +1237,8 @@ setup_sync_enum_labels(Mirror *m)
 
 				for (int j = i + 1; j < nsrc && next == NULL; j++)
 					foreach(hc, have)
-						if (strcmp(lfirst(hc), PQgetvalue(res, j, 0)) == 0)
-							next = PQgetvalue(res, j, 0);
+						if (strcmp(lfirst(hc), list_nth(src, j)) == 0)
+							next = list_nth(src, j);
 				ddl = next ?
 					psprintf("ALTER TYPE %s ADD VALUE IF NOT EXISTS %s BEFORE %s", qtyp,
 							 quote_literal_cstr(label), quote_literal_cstr(next)) :
@@ -2021,9 +1253,8 @@ setup_sync_enum_labels(Mirror *m)
 			prev = label;
 			added++;
 		}
-		PQclear(res);
 	}
-	PQfinish(conn);
+	stream_disconnect(&conn);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(cxt);

@@ -33,6 +33,7 @@
  *-------------------------------------------------------------------------
  */
 #include "bunnydb.h"
+#include "source.h"
 
 #include <unistd.h>
 
@@ -210,7 +211,6 @@ snapshot_copy_range(PGconn *conn, const char *dest_schema, const char *dest_tabl
 					List *columns, const char *from, const char *where, bool binary)
 {
 	Relation	rel;
-	StringInfoData sql;
 	List	   *attnames = NIL;
 	ListCell   *lc;
 	uint64		rows;
@@ -219,21 +219,9 @@ snapshot_copy_range(PGconn *conn, const char *dest_schema, const char *dest_tabl
 	rel = table_openrv(makeRangeVar((char *) dest_schema, (char *) dest_table, -1),
 					   RowExclusiveLock);
 
-	initStringInfo(&sql);
-	appendStringInfoString(&sql, "COPY (SELECT ");
 	foreach(lc, columns)
-	{
-		char	   *col = lfirst(lc);
-
-		appendStringInfo(&sql, "%s%s", lc == list_head(columns) ? "" : ", ",
-						 quote_identifier(col));
-		attnames = lappend(attnames, makeString(col));
-	}
-	appendStringInfo(&sql, " FROM %s%s%s) TO STDOUT%s", from,
-					 where ? " WHERE " : "", where ? where : "",
-					 binary ? " (FORMAT binary)" : "");
-	res = stream_exec_ok(conn, sql.data, PGRES_COPY_OUT);
-	PQclear(res);
+		attnames = lappend(attnames, makeString((char *) lfirst(lc)));
+	source_copy_out(conn, columns, from, where, binary);
 
 	copy_conn = conn;
 	copy_buf = NULL;
@@ -291,14 +279,13 @@ snapshot_sync_sequences(PGconn *conn, const char *mirror_name, const char *seque
 	}
 	for (int i = 0; i < n; i++)
 	{
-		PGresult   *res = stream_exec_ok(conn,
-										 psprintf("SELECT last_value, is_called FROM %s", src[i]),
-										 PGRES_TUPLES_OK);
-		char	   *sql = psprintf("SELECT pg_catalog.setval(%s, %s, %s)",
-								   quote_literal_cstr(dst[i]), PQgetvalue(res, 0, 0),
-								   PQgetvalue(res, 0, 1)[0] == 't' ? "true" : "false");
+		char	   *last_value;
+		bool		is_called;
+		char	   *sql;
 
-		PQclear(res);
+		source_sequence_value(conn, src[i], &last_value, &is_called);
+		sql = psprintf("SELECT pg_catalog.setval(%s, %s, %s)",
+					   quote_literal_cstr(dst[i]), last_value, is_called ? "true" : "false");
 		if (SPI_execute(sql, false, 0) < 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_INTERNAL_ERROR),
@@ -653,9 +640,7 @@ bunny_snapshot_worker_main(Datum arg)
 	/* errors end the process; the coordinator puts our part back */
 	conn = stream_connect(conninfo, psprintf("bunnydb:%s", mirror_name), false);
 	bunny_require_password(conn, require_password);
-	stream_exec_command(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
-	stream_exec_command(conn, psprintf("SET TRANSACTION SNAPSHOT %s",
-									   quote_literal_cstr(my_args.snapshot)));
+	source_import_snapshot(conn, my_args.snapshot);
 
 	PG_TRY();
 	{
@@ -1102,27 +1087,18 @@ snapshot_run(Mirror *m, PGconn *holder, const char *snapshot_name, XLogRecPtr sy
 void
 snapshot_recover(PGconn *conn, Mirror *m)
 {
-	PGresult   *res;
 	XLogRecPtr	slot_lsn;
 	XLogRecPtr	tmp_lsn;
 	char	   *snapshot;
 	PGconn	   *tmp;
 
-	res = stream_exec_ok(conn,
-						 psprintf("SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots "
-								  " WHERE slot_name = %s", quote_literal_cstr(m->slot_name)),
-						 PGRES_TUPLES_OK);
-	if (PQntuples(res) == 0 || PQgetisnull(res, 0, 0))
+	if (!source_slot_exists(conn, m->slot_name, NULL, &slot_lsn) || XLogRecPtrIsInvalid(slot_lsn))
 	{
-		PQclear(res);
 		bunny_log(m->name, "WARNING", "replication slot missing during the initial copy; starting setup over",
 				  NULL);
 		setup_run(conn, m);
 		return;
 	}
-	slot_lsn = DatumGetLSN(DirectFunctionCall1(pg_lsn_in, CStringGetDatum(PQgetvalue(res, 0, 0))));
-	PQclear(res);
-
 	tmp = mirror_connect(m, true);
 	tmp_lsn = stream_create_slot(tmp, psprintf("bunny_tmp_%d_%d", m->id, MyProcPid),
 								 true, true, &snapshot);

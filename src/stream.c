@@ -12,9 +12,16 @@
  * PGresult and PGconn are malloc'd by libpq: results are always copied out
  * and cleared before raising an error, which would skip the PQclear.
  *
+ * This is transport only: what is asked of the source is source.c's.
+ * PostgreSQL's libpqwalreceiver offers the same transport, but on 15 its
+ * connection is opaque, so a peer made by a non-superuser could not be
+ * held to authenticating with a password (bunny_require_password needs
+ * PQconnectionUsedPassword); 16's must_use_password would allow the move.
+ *
  *-------------------------------------------------------------------------
  */
 #include "bunnydb.h"
+#include "source.h"
 
 #include "access/xlogdefs.h"
 #include "mb/pg_wchar.h"
@@ -147,6 +154,8 @@ stream_disconnect(PGconn **conn)
 {
 	if (*conn != NULL)
 	{
+		/* a new connection may get the same address */
+		source_forget(*conn);
 		PQfinish(*conn);
 		*conn = NULL;
 	}
@@ -168,17 +177,15 @@ flush_output(PGconn *conn)
 }
 
 /*
- * Run one statement and return its last result (caller PQclears it), or
- * NULL if the connection broke.  Stops early at COPY states, so that
- * START_REPLICATION and COPY TO STDOUT can use it too.
+ * Wait for the results of the statement just sent and return the last one
+ * (caller PQclears it), or NULL if the connection broke.  Stops early at
+ * COPY states, so that START_REPLICATION and COPY TO STDOUT can use it too.
  */
-PGresult *
-stream_exec(PGconn *conn, const char *sql)
+static PGresult *
+collect_result(PGconn *conn)
 {
 	PGresult   *volatile last = NULL;
 
-	if (!PQsendQuery(conn, sql))
-		return NULL;
 	flush_output(conn);
 
 	for (;;)
@@ -217,6 +224,32 @@ stream_exec(PGconn *conn, const char *sql)
 			break;
 	}
 	return last;
+}
+
+/*
+ * Run one statement (simple query protocol) and return its last result,
+ * or NULL if the connection broke; see collect_result.
+ */
+PGresult *
+stream_exec(PGconn *conn, const char *sql)
+{
+	if (!PQsendQuery(conn, sql))
+		return NULL;
+	return collect_result(conn);
+}
+
+/*
+ * Run one statement with text parameters $1..$n (extended query
+ * protocol), so that values never have to be spliced into the SQL text.
+ * A walsender refuses the extended protocol: replication connections use
+ * source_query, which splices literals for them.
+ */
+PGresult *
+stream_exec_params(PGconn *conn, const char *sql, int nparams, const char *const *values)
+{
+	if (!PQsendQueryParams(conn, sql, nparams, NULL, values, NULL, NULL, 0))
+		return NULL;
+	return collect_result(conn);
 }
 
 /*

@@ -22,6 +22,7 @@
  *-------------------------------------------------------------------------
  */
 #include "bunnydb.h"
+#include "source.h"
 
 #include "access/xact.h"
 #include "common/jsonapi.h"
@@ -291,22 +292,16 @@ worker_paused_loop(Mirror *m)
 
 		PG_TRY();
 		{
-			PGresult   *res;
+			XLogRecPtr	lsn;
 
 			if (conn == NULL)
 				conn = mirror_connect(m, false);
-			res = stream_exec_ok(conn, "SELECT pg_catalog.pg_current_wal_lsn()", PGRES_TUPLES_OK);
-			{
-				XLogRecPtr	lsn = DatumGetLSN(DirectFunctionCall1(pg_lsn_in,
-																  CStringGetDatum(PQgetvalue(res, 0, 0))));
-
-				SpinLockAcquire(&MySlot->mutex);
-				MySlot->source_lsn = lsn;
-				if (lsn > MySlot->processed_lsn && MySlot->behind_since == 0)
-					MySlot->behind_since = GetCurrentTimestamp();
-				SpinLockRelease(&MySlot->mutex);
-			}
-			PQclear(res);
+			lsn = source_current_wal_lsn(conn);
+			SpinLockAcquire(&MySlot->mutex);
+			MySlot->source_lsn = lsn;
+			if (lsn > MySlot->processed_lsn && MySlot->behind_since == 0)
+				MySlot->behind_since = GetCurrentTimestamp();
+			SpinLockRelease(&MySlot->mutex);
 		}
 		PG_CATCH();
 		{

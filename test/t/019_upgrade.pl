@@ -5,9 +5,13 @@
 # runs under a steady source write load, and ALTER EXTENSION bunnydb UPDATE
 # runs while it streams: no row is lost or duplicated, the mirror keeps
 # running, and the new version's behaviour is there (a failed mirror can be
-# paused while the operation it failed in is pending; 0.3.0: status
-# changes are checked against the transition table).  Every upgrade
-# script ships with a step here.
+# paused while the operation it failed in is pending).  Every upgrade
+# script ships with a step here: 0.1.0 -> 0.2.0 and 0.2.0 -> 0.3.0 both run
+# under the load.  0.3.0's test_peer and drop_mirror work on the source
+# through the workers' C (bunny._test_peer, bunny._source_drop_slot): the
+# peer tests as before, and dropping the mirror leaves neither slot nor
+# publication on the source; status changes are checked against the
+# transition table, and the mirror's options survive as typed columns.
 
 use strict;
 use warnings;
@@ -50,9 +54,15 @@ $$;
 my $load = start_source_load($source, $load_sql);
 
 sleep 1;
+$dest->safe_psql('postgres', "ALTER EXTENSION bunnydb UPDATE TO '0.2.0'");
+is($dest->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'bunnydb'"),
+	'0.2.0', 'updated to 0.2.0 while the mirror streams');
+sleep 1;
 $dest->safe_psql('postgres', 'ALTER EXTENSION bunnydb UPDATE');
 is($dest->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'bunnydb'"),
-	'0.3.0', 'updated to 0.3.0 (through 0.2.0) while the mirror streams');
+	'0.3.0', 'updated to 0.3.0 while the mirror streams');
+is($dest->safe_psql('postgres', "SELECT max_batch_size || ' ' || replicate_indexes FROM bunny.mirror WHERE name = 'up'"),
+	'1000 true', 'the options of the mirror made on 0.1.0 are typed columns now');
 
 finish_source_load($load, 'upgrade');
 
@@ -95,7 +105,21 @@ $dest->safe_psql('fresh', 'CREATE EXTENSION bunnydb');
 is($dest->safe_psql('fresh', $catalog_sql), $updated,
 	'a fresh install and an updated one have the same functions and catalog');
 
-$dest->safe_psql('postgres', "SELECT bunny.drop_mirror('up')");
+# 0.3.0: test_peer asks the source through bunny._test_peer
+is($dest->safe_psql('postgres',
+		"SELECT ok, wal_level, can_replicate, error IS NULL, server_version <> '' FROM bunny.test_peer('src')"),
+	't|logical|t|t|t', 'test_peer after the update');
+
+# 0.3.0: drop_mirror drops slot and publication through
+# bunny._source_drop_slot and bunny._source_drop_publication, without a
+# warning
+my ($rc, $out, $err) = $dest->psql('postgres', "SELECT bunny.drop_mirror('up')");
+is($rc, 0, 'drop_mirror after the update');
+unlike($err, qr/could not drop/, 'no warning about the source');
+is($source->safe_psql('postgres',
+		"SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bunny_slot_up') + "
+	  . "(SELECT count(*) FROM pg_publication WHERE pubname = 'bunny_pub_up')"),
+	'0', 'slot and publication dropped on the source');
 $source->stop;
 $dest->stop;
 done_testing();
