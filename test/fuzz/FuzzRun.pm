@@ -326,7 +326,13 @@ sub act
 	}
 	elsif ($k eq 'resume')
 	{
-		$ctx->wait_idle or return;
+		# a paused mirror may hold an operation requested while it was
+		# paused (sync_schema's resync of a table whose column list grew):
+		# it waits for this resume, so waiting for it to be idle would wait
+		# for ever
+		$ctx->wait_for('the mirror to be paused, or idle', 90,
+			sub { $_[0]{status} eq 'PAUSED' || $_[0]{pending} eq '-' })
+		  or return;
 		$ctx->must($ctx->{dst}, "SELECT bunny.resume_mirror($m)", 'resume_mirror') // return;
 		$ctx->wait_for('RUNNING after resume', 90, sub { $_[0]{status} ne 'PAUSED' && $_[0]{status} ne 'PAUSING' });
 	}

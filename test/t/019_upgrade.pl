@@ -82,10 +82,10 @@ ok(wait_synced($source, $dest, 'up', ['public.acc', 'public.hist']), 'caught up 
 
 # 0.3.0: a status change the transition table does not allow fails, and
 # leaves the mirror as it was
-my ($ret, $out, $err) = $dest->psql('postgres',
+my ($guard_ret, $guard_out, $guard_err) = $dest->psql('postgres',
 	"UPDATE bunny.mirror SET status = 'SETUP' WHERE name = 'up'");
-isnt($ret, 0, 'a status change nobody planned is refused');
-like($err, qr/invalid mirror status transition from RUNNING to SETUP/, 'the refusal names the transition');
+isnt($guard_ret, 0, 'a status change nobody planned is refused');
+like($guard_err, qr/invalid mirror status transition from RUNNING to SETUP/, 'the refusal names the transition');
 is(mirror_field($dest, 'up', 'status'), 'RUNNING', 'the mirror is unchanged');
 
 # a fresh install of the default version has the same catalog and functions
