@@ -56,7 +56,7 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # PGXS does not track header dependencies
-$(OBJS): src/bunnydb.h src/compat.h src/source.h
+$(OBJS): src/bunnydb.h src/compat.h src/source.h src/state.h
 src/apply.o src/relmap.o src/fold.o: src/apply_internal.h
 
 # the benchmark (bench/run.sh; see its header): needs the library installed

@@ -19,7 +19,10 @@
  *				(source.h)
  *	fastrecv.c	COPY from a callback; fast receive of plain-ASCII text
  *	catalog.c	reading and writing the bunny.* catalog tables
+ *	state.c		mirror and table states, the transition table and its
+ *				trigger (state.h, with the NOTES on the state machine)
  *	functions.c	SQL-callable C functions
+ *	api.c		entry points of the SQL API: errors without PL/pgSQL context
  *
  *-------------------------------------------------------------------------
  */
@@ -36,6 +39,8 @@
 #include "storage/latch.h"
 #include "storage/lwlock.h"
 #include "storage/spin.h"
+
+#include "state.h"
 
 /* settings (bunnydb.c) */
 extern int	bunny_max_mirror_workers;
@@ -131,7 +136,7 @@ typedef struct MirrorTable
 	char	   *dest_table;
 	char	   *partition_key;
 	List	   *exclude_columns;	/* of char * */
-	char	   *status;
+	TableStatus status;
 	XLogRecPtr	sync_lsn;
 	char	   *resync_strategy;	/* truncate, swap, add (update_tables) */
 	char	   *resync_state;	/* NULL, REQUESTED, COPYING */
@@ -144,8 +149,8 @@ typedef struct Mirror
 {
 	int32		id;
 	char	   *name;
-	char	   *status;
-	char	   *phase;
+	MirrorStatus status;
+	MirrorPhase phase;
 	char	   *pending_op;
 	char	   *conninfo;
 	char	   *slot_name;
@@ -169,8 +174,9 @@ typedef struct Mirror
 
 /* catalog.c */
 extern Mirror *catalog_load_mirror(int32 mirror_id, bool lock_row);
-extern void catalog_set_status(int32 mirror_id, const char *status, const char *phase);
-extern void catalog_set_table_status(int32 mirror_id, const char *status);
+extern void catalog_set_status(int32 mirror_id, MirrorStatus status);
+extern void catalog_set_status_phase(int32 mirror_id, MirrorStatus status, MirrorPhase phase);
+extern void catalog_set_table_status(int32 mirror_id, TableStatus status);
 extern void catalog_set_slot_requested(int32 mirror_id);
 extern void catalog_record_error(int32 mirror_id, const char *message, bool permanent);
 extern void catalog_clear_error(int32 mirror_id);

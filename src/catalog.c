@@ -233,8 +233,8 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 		m = MemoryContextAllocZero(cxt, sizeof(Mirror));
 		m->id = mirror_id;
 		m->name = row_text(&row, "name");
-		m->status = row_text(&row, "status");
-		m->phase = row_text(&row, "phase");
+		m->status = mirror_status_parse(row_text(&row, "status"));
+		m->phase = mirror_phase_parse(row_text(&row, "phase"));
 		m->pending_op = row_text(&row, "pending_op");
 		m->conninfo = row_text(&row, "conninfo");
 		m->slot_name = row_text(&row, "slot_name");
@@ -272,7 +272,7 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 			t->dest_table = row_text(&row, "destination_table");
 			t->partition_key = row_text(&row, "partition_key");
 			t->exclude_columns = row_name_list(&row, "exclude_columns");
-			t->status = row_text(&row, "status");
+			t->status = table_status_parse(row_text(&row, "status"));
 			d = row_datum(&row, "sync_lsn", &isnull);
 			t->sync_lsn = isnull ? InvalidXLogRecPtr : DatumGetLSN(d);
 			t->resync_strategy = row_text(&row, "resync_strategy");
@@ -288,18 +288,21 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 	return m;
 }
 
-/* set status (and phase, if not NULL) of a mirror */
-void
-catalog_set_status(int32 mirror_id, const char *status, const char *phase)
+/*
+ * Set the status (and phase, unless NULL) of a mirror; the trigger of
+ * state.c checks the transition.
+ */
+static void
+set_status(int32 mirror_id, MirrorStatus status, const MirrorPhase *phase)
 {
 	Oid			argtypes[3] = {INT4OID, TEXTOID, TEXTOID};
 	Datum		values[3];
 	char		nulls[3] = {' ', ' ', ' '};
 
 	values[0] = Int32GetDatum(mirror_id);
-	values[1] = CStringGetTextDatum(status);
+	values[1] = CStringGetTextDatum(mirror_status_name(status));
 	if (phase)
-		values[2] = CStringGetTextDatum(phase);
+		values[2] = CStringGetTextDatum(mirror_phase_name(*phase));
 	else
 		nulls[2] = 'n';
 	SPI_connect();
@@ -309,15 +312,27 @@ catalog_set_status(int32 mirror_id, const char *status, const char *phase)
 	SPI_finish();
 }
 
+void
+catalog_set_status(int32 mirror_id, MirrorStatus status)
+{
+	set_status(mirror_id, status, NULL);
+}
+
+void
+catalog_set_status_phase(int32 mirror_id, MirrorStatus status, MirrorPhase phase)
+{
+	set_status(mirror_id, status, &phase);
+}
+
 /* set the status of every table of a mirror */
 void
-catalog_set_table_status(int32 mirror_id, const char *status)
+catalog_set_table_status(int32 mirror_id, TableStatus status)
 {
 	Oid			argtypes[2] = {INT4OID, TEXTOID};
 	Datum		values[2];
 
 	values[0] = Int32GetDatum(mirror_id);
-	values[1] = CStringGetTextDatum(status);
+	values[1] = CStringGetTextDatum(table_status_name(status));
 	SPI_connect();
 	spi_run("UPDATE bunny.mirror_table SET status = $2, error_message = NULL "
 			" WHERE mirror_id = $1",

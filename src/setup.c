@@ -857,7 +857,7 @@ prepare_destination(PGconn *conn, Mirror *m, List *tables, bool copy, bool pendi
 		SourceTable *st = lfirst(lc);
 		ListCell   *lc2;
 
-		if (pending_only && strcmp(st->mt->status, "PENDING") != 0)
+		if (pending_only && st->mt->status != TABLE_PENDING)
 			continue;
 		bunny_ctx_table = qname(st->mt->dest_schema, st->mt->dest_table);
 		foreach(lc2, st->columns)
@@ -921,7 +921,7 @@ setup_run(PGconn *conn, Mirror *m)
 
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	catalog_set_status(m->id, "SETUP", "SETUP");
+	catalog_set_status_phase(m->id, MIRROR_SETUP, PHASE_SETUP);
 	bunny_log(m->name, "INFO", "setup started", NULL);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -955,8 +955,8 @@ setup_run(PGconn *conn, Mirror *m)
 	/* switch to CDC; the origin starts at the slot's consistent point */
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	catalog_set_table_status(m->id, "SYNCED");
-	catalog_set_status(m->id, "RUNNING", "CDC");
+	catalog_set_table_status(m->id, TABLE_SYNCED);
+	catalog_set_status_phase(m->id, MIRROR_RUNNING, PHASE_CDC);
 	bunny_log(m->name, "INFO",
 			  psprintf("setup complete; streaming changes from %X/%X", LSN_FORMAT_ARGS(start_lsn)),
 			  NULL);

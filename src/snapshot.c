@@ -786,7 +786,7 @@ snapshot_prepare(Mirror *m, XLogRecPtr sync_lsn)
 
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	catalog_set_status(m->id, "SNAPSHOT", "SNAPSHOT");
+	catalog_set_status_phase(m->id, MIRROR_SNAPSHOT, PHASE_SNAPSHOT);
 
 	SPI_connect();
 	SPI_execute_with_args("SELECT format('%I.%I', destination_schema, destination_table), status "
@@ -1111,8 +1111,8 @@ snapshot_recover(PGconn *conn, Mirror *m)
 
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	catalog_set_table_status(m->id, "SYNCED");
-	catalog_set_status(m->id, "RUNNING", "CDC");
+	catalog_set_table_status(m->id, TABLE_SYNCED);
+	catalog_set_status_phase(m->id, MIRROR_RUNNING, PHASE_CDC);
 	bunny_log(m->name, "INFO",
 			  psprintf("setup complete; streaming changes from %X/%X", LSN_FORMAT_ARGS(slot_lsn)), NULL);
 	catalog_finish_resync(m->id, m->name);

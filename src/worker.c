@@ -58,7 +58,8 @@ static int32 my_mirror_id;
 static char *my_mirror_name;
 static PGconn *source_conn = NULL;
 static char *current_conninfo = NULL;	/* what source_conn was opened with */
-static char *current_phase = NULL;	/* the phase this run is in */
+static MirrorPhase current_phase;	/* the phase this run is in ... */
+static bool current_phase_known = false;	/* ... once it streams */
 
 /* error context callback: name mirror, table and LSN */
 void
@@ -225,17 +226,17 @@ bunny_check_control(void)
 	next_cxt = 1 - next_cxt;
 	if (m == NULL)
 		stop = true;			/* dropped */
-	else if (strcmp(m->status, "PAUSING") == 0)
+	else if (m->status == MIRROR_PAUSING)
 	{
 		catalog_finish_pause(my_mirror_id);
 		bunny_log(my_mirror_name, "INFO", "mirror paused", NULL);
 		stop = true;
 	}
-	else if (strcmp(m->status, "PAUSED") == 0 || strcmp(m->status, "FAILED") == 0)
+	else if (m->status == MIRROR_PAUSED || m->status == MIRROR_FAILED)
 		stop = true;
 	else if (current_conninfo != NULL && strcmp(m->conninfo, current_conninfo) != 0)
 		stop = true;			/* alter_peer: reconnect with the new conninfo */
-	else if (current_phase != NULL && strcmp(m->phase, current_phase) != 0)
+	else if (current_phase_known && m->phase != current_phase)
 		stop = true;			/* set up again (resync without a slot) */
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -282,7 +283,7 @@ worker_paused_loop(Mirror *m)
 			bunny_start_transaction();
 			PushActiveSnapshot(GetTransactionSnapshot());
 			now = catalog_load_mirror(m->id, false);
-			paused = now != NULL && strcmp(now->status, "PAUSED") == 0;
+			paused = now != NULL && now->status == MIRROR_PAUSED;
 			PopActiveSnapshot();
 			CommitTransactionCommand();
 			MemoryContextSwitchTo(cxt);
@@ -404,19 +405,19 @@ worker_run(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	MemoryContextSwitchTo(workercxt);
 	m = catalog_load_mirror(my_mirror_id, true);
-	if (m != NULL && strcmp(m->status, "PAUSING") == 0)
+	if (m != NULL && m->status == MIRROR_PAUSING)
 	{
 		catalog_finish_pause(my_mirror_id);
 		bunny_log(m->name, "INFO", "mirror paused", NULL);
-		m->status = "PAUSED";
+		m->status = MIRROR_PAUSED;
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(workercxt);
 
-	if (m == NULL || strcmp(m->status, "FAILED") == 0)
+	if (m == NULL || m->status == MIRROR_FAILED)
 		return;
-	if (strcmp(m->status, "PAUSED") == 0)
+	if (m->status == MIRROR_PAUSED)
 	{
 		/* where we stand: the origin's position */
 		worker_setup_origin(m);
@@ -438,9 +439,9 @@ worker_run(void)
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: connecting to the source");
 	source_conn = mirror_connect(m, true);
 
-	if (strcmp(m->phase, "CDC") != 0)
+	if (m->phase != PHASE_CDC)
 	{
-		if (strcmp(m->phase, "SNAPSHOT") == 0)
+		if (m->phase == PHASE_SNAPSHOT)
 			snapshot_recover(source_conn, m);
 		else
 			setup_run(source_conn, m);
@@ -453,11 +454,11 @@ worker_run(void)
 		if (m == NULL)
 			return;
 	}
-	else if (strcmp(m->status, "RUNNING") != 0 && strcmp(m->status, "RESYNCING") != 0)
+	else if (m->status != MIRROR_RUNNING && m->status != MIRROR_RESYNCING)
 	{
 		bunny_start_transaction();
 		PushActiveSnapshot(GetTransactionSnapshot());
-		catalog_set_status(m->id, "RUNNING", NULL);
+		catalog_set_status(m->id, MIRROR_RUNNING);
 		bunny_log(m->name, "INFO", "mirror running", NULL);
 		PopActiveSnapshot();
 		CommitTransactionCommand();
@@ -473,6 +474,7 @@ worker_run(void)
 	}
 
 	current_phase = m->phase;
+	current_phase_known = true;
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: streaming changes");
 	apply_stream(source_conn, m);
 }
