@@ -139,7 +139,7 @@ typedef struct FlushPosition
 
 static Mirror *mirror;
 static PGconn *conn;
-bool		apply_binary_mode = false;
+static bool apply_binary_mode = false;
 static MemoryContext ApplyMessageContext;
 static List *flush_positions = NIL;
 
@@ -174,9 +174,8 @@ static const char *current_msg = NULL;
 static int	current_msg_len = 0;
 
 /* replaying a resync queue: apply everything, to this table of this mapping */
-bool		apply_replaying = false;
-MirrorTable *apply_replay_mt = NULL;
-const char *apply_replay_target = NULL;
+static bool apply_replaying = false;
+static MirrorTable *apply_replay_mt = NULL;
 static XLogRecPtr last_flushed_reported = InvalidXLogRecPtr;
 static XLogRecPtr last_write_reported = InvalidXLogRecPtr;
 static XLogRecPtr local_flushed_upto = InvalidXLogRecPtr;	/* source end LSN
@@ -189,22 +188,6 @@ static void apply_copydata(char *buf, int len);
 static void send_feedback(bool force, bool request_reply);
 static void stream_give_up(const char *why);
 static void check_slot_and_publication(bool patient);
-
-/* the mapped table for a source schema.table */
-static MirrorTable *
-find_mirror_table(const char *nsp, const char *rel)
-{
-	ListCell   *lc;
-
-	foreach(lc, mirror->tables)
-	{
-		MirrorTable *mt = lfirst(lc);
-
-		if (strcmp(mt->source_schema, nsp) == 0 && strcmp(mt->source_table, rel) == 0)
-			return mt;
-	}
-	return NULL;
-}
 
 /*
  * The typmods of a Relation message: logicalrep_read_rel() reads and drops
@@ -237,13 +220,6 @@ parse_relation_typmods(const char *data, int len, int start)
 	return typmods;
 }
 
-/* the mirror being applied, for relmap.c */
-Mirror *
-apply_current_mirror(void)
-{
-	return mirror;
-}
-
 /* Relation message: (re)describe a source relation */
 static void
 apply_handle_relation(StringInfo s)
@@ -261,7 +237,7 @@ apply_handle_relation(StringInfo s)
 	 * came from, next to the root it is published as: unmapped relations are
 	 * remembered, and only a change on one is an error.
 	 */
-	mt = find_mirror_table(rel->nspname, rel->relname);
+	mt = mirror_find_table(mirror, rel->nspname, rel->relname);
 
 	e = hash_search(apply_relmap, &rel->remoteid, HASH_ENTER, &found);
 	if (found)
@@ -975,7 +951,8 @@ apply_handle_update(StringInfo s)
 	/* buffered INSERTs of this table may include the row */
 	if (ins_rel == e)
 		insert_buffer_flush();
-	if (!has_old && change_route(e) == ROUTE_APPLY && fold_update(e, &newtup))
+	if (!has_old && !apply_replaying && change_route(e) == ROUTE_APPLY &&
+		fold_update(e, &newtup))
 	{
 		e->n_upd++;
 		batch_changes++;
@@ -1898,7 +1875,7 @@ decide_binary_mode(void)
 	bunny_start_transaction();
 	for (int i = 0; i < PQntuples(res) && binary; i++)
 	{
-		MirrorTable *mt = find_mirror_table(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+		MirrorTable *mt = mirror_find_table(mirror, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
 		char	   *att = PQgetvalue(res, i, 2);
 		Oid			typid = (Oid) strtoul(PQgetvalue(res, i, 3), NULL, 10);
 		Oid			nspid,
@@ -1988,7 +1965,6 @@ apply_replay_queue(MirrorTable *mt, const char *target_table)
 	MemoryContext replaycxt = AllocSetContextCreate(CurrentMemoryContext, "bunnydb replay",
 													ALLOCSET_DEFAULT_SIZES);
 	XLogRecPtr	saved_final = remote_final_lsn;
-	RelMapEntry *e;
 
 	vals[0] = Int32GetDatum(mirror->id);
 	vals[1] = CStringGetTextDatum(mt->source_schema);
@@ -1996,7 +1972,6 @@ apply_replay_queue(MirrorTable *mt, const char *target_table)
 
 	apply_replaying = true;
 	apply_replay_mt = mt;
-	apply_replay_target = target_table;
 	PG_TRY();
 	{
 		SPI_connect();
@@ -2015,9 +1990,7 @@ apply_replay_queue(MirrorTable *mt, const char *target_table)
 			dispatch_raw(VARDATA_ANY(msg), VARSIZE_ANY_EXHDR(msg));
 			MemoryContextSwitchTo(old);
 		}
-		e = relmap_find_table(mt);
-		if (e)
-			e->valid = false;	/* rebuilt for the replay target */
+		relmap_retarget(mt, target_table);
 
 		plan = SPI_prepare("SELECT message FROM bunny.resync_queue "
 						   " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
@@ -2050,11 +2023,8 @@ apply_replay_queue(MirrorTable *mt, const char *target_table)
 	{
 		apply_replaying = false;
 		apply_replay_mt = NULL;
-		apply_replay_target = NULL;
 		remote_final_lsn = saved_final;
-		e = relmap_find_table(mt);
-		if (e)
-			e->valid = false;	/* back to the table itself */
+		relmap_retarget(mt, NULL);
 	}
 	PG_END_TRY();
 	MemoryContextDelete(replaycxt);
@@ -2064,15 +2034,8 @@ apply_replay_queue(MirrorTable *mt, const char *target_table)
 void
 apply_refresh_mirror(Mirror *m)
 {
-	HASH_SEQ_STATUS status;
-	RelMapEntry *e;
-
 	mirror = m;
-	if (apply_relmap == NULL)
-		return;
-	hash_seq_init(&status, apply_relmap);
-	while ((e = hash_seq_search(&status)) != NULL)
-		e->mt = find_mirror_table(e->remoterel->nspname, e->remoterel->relname);
+	relmap_set_mirror(m);
 }
 
 /*
@@ -2220,10 +2183,9 @@ apply_stream(PGconn *source_conn, Mirror *m)
 	InsertBufferContext = AllocSetContextCreate(TopMemoryContext, "bunnydb insert buffer",
 												ALLOCSET_DEFAULT_SIZES);
 
-	relmap_init();
-
 	check_slot_and_publication(false);
 	apply_binary_mode = decide_binary_mode();
+	relmap_init(m, apply_binary_mode);
 	startpos = replorigin_session_get_progress(false);
 	last_received = startpos;
 	last_flushed_reported = startpos;

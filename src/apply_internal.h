@@ -37,6 +37,8 @@ typedef struct RelMapEntry
 								 * NULL when none */
 	int			remote_natts_sent;	/* columns in the source's tuples */
 	MirrorTable *mt;
+	const char *target_table;	/* replaying a resync queue into this table
+								 * instead of the mapped one; NULL: not */
 	char	   *qualname;		/* quoted destination name */
 	bool		valid;			/* destination side below is built */
 	Oid			localrelid;
@@ -82,7 +84,10 @@ extern HTAB *apply_relmap;		/* RelMapEntry by remote relation id */
 extern HTAB *apply_typemap;		/* RemoteType by remote type id */
 extern MemoryContext ApplyCacheContext;	/* the map, plans, flush positions */
 
-extern void relmap_init(void);
+extern void relmap_init(Mirror *m, bool binary);
+extern void relmap_set_mirror(Mirror *m);
+extern MirrorTable *mirror_find_table(Mirror *m, const char *nsp, const char *rel);
+extern void relmap_retarget(MirrorTable *mt, const char *table);
 extern void relmap_invalidate(Datum arg, Oid relid);
 extern void relmap_free_plans(RelMapEntry *e);
 extern RelMapEntry *relmap_get(LogicalRepRelId remoteid);
@@ -94,12 +99,7 @@ extern SPIPlanPtr relmap_get_plan(RelMapEntry *e, char kind, const char *setmask
 								  const char *wheremask, int nrows);
 extern List *apply_list_append_in(MemoryContext cxt, List *list, void *datum);
 
-/* apply.c: the stream being applied */
-extern bool apply_binary_mode;	/* pgoutput binary transfer */
-extern bool apply_replaying;	/* replaying a resync queue */
-extern MirrorTable *apply_replay_mt;	/* ... of this table */
-extern const char *apply_replay_target; /* ... into this destination table */
-extern Mirror *apply_current_mirror(void);
+/* apply.c: the statements of the open batch */
 extern uint64 apply_exec_plan(SPIPlanPtr plan, Datum *values, char *nulls);
 
 /* fold.c: folded UPDATEs of the open batch */

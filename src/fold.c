@@ -244,7 +244,9 @@ fold_flush_all(void)
 
 /*
  * Fold an UPDATE into the pending rows of its table; false if it has to be
- * applied as it comes (the caller then writes the pending rows first).
+ * applied as it comes (the caller then writes the pending rows first).  The
+ * caller does not fold what must be written at once (a resync queue's
+ * replay).
  */
 bool
 fold_update(RelMapEntry *e, LogicalRepTupleData *newtup)
@@ -258,7 +260,7 @@ fold_update(RelMapEntry *e, LogicalRepTupleData *newtup)
 	char	   *present;
 	MemoryContext old;
 
-	if (!e->foldable || apply_replaying)
+	if (!e->foldable)
 		return false;
 	key = fold_key(e, newtup);
 	if (key == NULL)

@@ -40,9 +40,17 @@ HTAB	   *apply_relmap = NULL;
 HTAB	   *apply_typemap = NULL;
 MemoryContext ApplyCacheContext = NULL;
 
+/*
+ * What the map serves, given by the apply: the mirror (its tables, and the
+ * connections and log lines of schema changes) and whether the stream is
+ * in binary mode (the types on both sides must then stay the same).
+ */
+static Mirror *relmap_mirror = NULL;
+static bool relmap_binary = false;
+
 /* create the map and the cache context, once per apply_stream() */
 void
-relmap_init(void)
+relmap_init(Mirror *m, bool binary)
 {
 	HASHCTL		ctl;
 	static bool callback_registered = false;
@@ -57,11 +65,69 @@ relmap_init(void)
 	ctl.keysize = sizeof(Oid);
 	ctl.entrysize = sizeof(RemoteType);
 	apply_typemap = hash_create("bunnydb type map", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	relmap_mirror = m;
+	relmap_binary = binary;
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(relmap_invalidate, (Datum) 0);
 		callback_registered = true;
 	}
+}
+
+/* the mapped table for a source schema.table of m, or NULL */
+MirrorTable *
+mirror_find_table(Mirror *m, const char *nsp, const char *rel)
+{
+	ListCell   *lc;
+
+	foreach(lc, m->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+
+		if (strcmp(mt->source_schema, nsp) == 0 && strcmp(mt->source_table, rel) == 0)
+			return mt;
+	}
+	return NULL;
+}
+
+/*
+ * A reloaded mirror: entries point at its tables from now on (the old
+ * tables go with the old load).
+ */
+void
+relmap_set_mirror(Mirror *m)
+{
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
+
+	relmap_mirror = m;
+	if (apply_relmap == NULL)
+		return;
+	hash_seq_init(&status, apply_relmap);
+	while ((e = hash_seq_search(&status)) != NULL)
+		e->mt = mirror_find_table(m, e->remoterel->nspname, e->remoterel->relname);
+}
+
+/*
+ * Write the changes of mt into table (the copy of a swap while its resync
+ * queue is replayed) instead of the mapped table; NULL goes back to it.
+ * The entries are rebuilt on their next use.
+ */
+void
+relmap_retarget(MirrorTable *mt, const char *table)
+{
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
+
+	if (apply_relmap == NULL)
+		return;
+	hash_seq_init(&status, apply_relmap);
+	while ((e = hash_seq_search(&status)) != NULL)
+		if (e->mt == mt)
+		{
+			e->target_table = table;
+			e->valid = false;
+		}
 }
 
 /* lappend into a given memory context */
@@ -138,7 +204,7 @@ source_column_default(RelMapEntry *e, const char *attname)
 	char	   *result = NULL;
 
 	/* no PG_TRY: on error the worker exits, which closes c */
-	c = mirror_connect(apply_current_mirror(), false);
+	c = mirror_connect(relmap_mirror, false);
 	res = stream_exec_ok(c,
 						 psprintf("SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
 								  "  FROM pg_catalog.pg_attrdef d "
@@ -175,8 +241,7 @@ relmap_build(RelMapEntry *e)
 	List	   *pkcols = NIL;
 
 	{
-		const char *table = (apply_replaying && e->mt == apply_replay_mt && apply_replay_target) ?
-		apply_replay_target : e->mt->dest_table;
+		const char *table = e->target_table ? e->target_table : e->mt->dest_table;
 
 		e->qualname = MemoryContextStrdup(ApplyCacheContext,
 										  quote_qualified_identifier(e->mt->dest_schema, table));
@@ -213,7 +278,7 @@ relmap_build(RelMapEntry *e)
 						(errcode(ERRCODE_INTERNAL_ERROR),
 						 errmsg("could not add column \"%s\" to %s", r->attnames[i], e->qualname)));
 			CommandCounterIncrement();
-			bunny_log(apply_current_mirror()->name, "INFO",
+			bunny_log(relmap_mirror->name, "INFO",
 					  psprintf("added column %s to %s (it was added on the source)",
 							   quote_identifier(r->attnames[i]), e->qualname),
 					  NULL);
@@ -259,7 +324,7 @@ relmap_build(RelMapEntry *e)
 						 errmsg("could not drop NOT NULL of column \"%s\" of %s", col, e->qualname)));
 			SPI_finish();
 			CommandCounterIncrement();
-			bunny_log(apply_current_mirror()->name, "INFO",
+			bunny_log(relmap_mirror->name, "INFO",
 					  psprintf("column %s of %s is nullable now: the source no longer sends it "
 							   "(bunny.sync_schema() drops it)", quote_identifier(col), e->qualname),
 					  NULL);
@@ -299,7 +364,7 @@ relmap_build(RelMapEntry *e)
 		fmgr_info_cxt(infuncoid, &e->infunc[i], ApplyCacheContext);
 		e->colsql[i] = MemoryContextStrdup(ApplyCacheContext, quote_identifier(r->attnames[i]));
 
-		if (apply_binary_mode && (r->atttyps[i] >= FirstNormalObjectId || r->atttyps[i] != att->atttypid))
+		if (relmap_binary && (r->atttyps[i] >= FirstNormalObjectId || r->atttyps[i] != att->atttypid))
 			ereport(ERROR,
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
 					 errmsg("column \"%s\" of %s no longer has the same built-in type on both sides",
