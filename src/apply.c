@@ -310,7 +310,7 @@ apply_handle_relation(StringInfo s)
 	/* a table being copied again keeps its latest description for replay */
 	if (mt && !apply_replaying && mt->resync_state && strcmp(mt->resync_state, "COPYING") == 0 &&
 		IsTransactionState())
-		apply_store_relation_message(mt);
+		resync_store_relation_message(mirror, mt);
 }
 
 /* Type message: remember the name of a source user-defined type */
@@ -351,60 +351,19 @@ apply_exec_plan(SPIPlanPtr plan, Datum *values, char *nulls)
 	return processed;
 }
 
-/* what becomes of a change, given the copies of its table */
-typedef enum ChangeRoute
+/*
+ * How a change of e is to be applied, given the copies of its table: the
+ * one place the apply asks resync.c.  With queue, a change to be queued is
+ * queued (the current message, in the batch's transaction).  A replay
+ * applies everything it is given.
+ */
+static ResyncRoute
+change_route(RelMapEntry *e, bool queue)
 {
-	ROUTE_APPLY,				/* apply it */
-	ROUTE_SKIP,					/* it is in the table's copy */
-	ROUTE_QUEUE,				/* queue it for after the running copy */
-	ROUTE_APPLY_QUEUE			/* both: the old table stays live (swap) */
-} ChangeRoute;
-
-static ChangeRoute
-change_route(RelMapEntry *e)
-{
-	MirrorTable *mt = e->mt;
-
 	if (apply_replaying)
-		return ROUTE_APPLY;
-	if (mt->resync_state != NULL && strcmp(mt->resync_state, "COPYING") == 0)
-	{
-		bool		swap = strcmp(mt->resync_strategy, "swap") == 0;
-
-		if (remote_final_lsn <= mt->sync_lsn)
-			return swap ? ROUTE_APPLY : ROUTE_SKIP;
-		return swap ? ROUTE_APPLY_QUEUE : ROUTE_QUEUE;
-	}
-	if (mt->resync_state == NULL && mt->sync_lsn != InvalidXLogRecPtr &&
-		remote_final_lsn <= mt->sync_lsn)
-		return ROUTE_SKIP;
-	return ROUTE_APPLY;
-}
-
-/* put the current message into the table's resync queue (this batch) */
-static void
-queue_change(RelMapEntry *e)
-{
-	Oid			types[4] = {INT4OID, TEXTOID, TEXTOID, BYTEAOID};
-	Datum		vals[4];
-	bytea	   *msg = palloc(VARHDRSZ + current_msg_len);
-	int			rc;
-
-	SET_VARSIZE(msg, VARHDRSZ + current_msg_len);
-	memcpy(VARDATA(msg), current_msg, current_msg_len);
-	vals[0] = Int32GetDatum(mirror->id);
-	vals[1] = CStringGetTextDatum(e->mt->source_schema);
-	vals[2] = CStringGetTextDatum(e->mt->source_table);
-	vals[3] = PointerGetDatum(msg);
-	SPI_connect();
-	rc = SPI_execute_with_args("INSERT INTO bunny.resync_queue (mirror_id, source_schema, source_table, message) "
-							   "VALUES ($1, $2, $3, $4)", 4, types, vals, NULL, false, 0);
-	SPI_finish();
-	if (rc < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not queue a change of %s", e->qualname)));
-	batch_changes++;
+		return RESYNC_APPLY;
+	return resync_route(mirror, e->mt, remote_final_lsn,
+						queue ? current_msg : NULL, current_msg_len);
 }
 
 /*
@@ -414,18 +373,18 @@ queue_change(RelMapEntry *e)
 static bool
 route_change(RelMapEntry *e, int64 *counter)
 {
-	switch (change_route(e))
+	switch (change_route(e, true))
 	{
-		case ROUTE_SKIP:
+		case RESYNC_SKIP:
 			return false;
-		case ROUTE_QUEUE:
-			queue_change(e);
+		case RESYNC_QUEUED:
+			batch_changes++;
 			(*counter)++;
 			return false;
-		case ROUTE_APPLY_QUEUE:
-			queue_change(e);
+		case RESYNC_APPLY_QUEUED:
+			batch_changes++;
 			return true;
-		case ROUTE_APPLY:
+		case RESYNC_APPLY:
 			break;
 	}
 	return true;
@@ -837,7 +796,7 @@ apply_handle_insert(StringInfo s)
 	if (e == NULL)
 		return;
 	fold_flush_rel(e);
-	if (copy_run_candidate == e && !apply_replaying && change_route(e) == ROUTE_APPLY &&
+	if (copy_run_candidate == e && !apply_replaying && change_route(e, false) == RESYNC_APPLY &&
 		copy_run(e))
 		return;
 	if (!route_change(e, &e->n_ins))
@@ -951,7 +910,7 @@ apply_handle_update(StringInfo s)
 	/* buffered INSERTs of this table may include the row */
 	if (ins_rel == e)
 		insert_buffer_flush();
-	if (!has_old && !apply_replaying && change_route(e) == ROUTE_APPLY &&
+	if (!has_old && !apply_replaying && change_route(e, false) == RESYNC_APPLY &&
 		fold_update(e, &newtup))
 	{
 		e->n_upd++;
@@ -1908,35 +1867,6 @@ decide_binary_mode(void)
 	return binary;
 }
 
-/*
- * Keep the table's latest Relation message in bunny.mirror_table: a queue
- * replayed after a restart needs it before the stream sends it again.
- * Runs in the caller's transaction.
- */
-void
-apply_store_relation_message(MirrorTable *mt)
-{
-	RelMapEntry *e = relmap_find_table(mt);
-	Oid			types[4] = {INT4OID, TEXTOID, TEXTOID, BYTEAOID};
-	Datum		vals[4];
-	bytea	   *msg;
-
-	if (e == NULL || e->raw_relmsg == NULL)
-		return;
-	msg = palloc(VARHDRSZ + e->raw_relmsg_len);
-	SET_VARSIZE(msg, VARHDRSZ + e->raw_relmsg_len);
-	memcpy(VARDATA(msg), e->raw_relmsg, e->raw_relmsg_len);
-	vals[0] = Int32GetDatum(mirror->id);
-	vals[1] = CStringGetTextDatum(mt->source_schema);
-	vals[2] = CStringGetTextDatum(mt->source_table);
-	vals[3] = PointerGetDatum(msg);
-	SPI_connect();
-	SPI_execute_with_args("UPDATE bunny.mirror_table SET resync_relation_msg = $4 "
-						  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-						  4, types, vals, NULL, false, 0);
-	SPI_finish();
-}
-
 /* feed one raw pgoutput message to the handlers */
 static void
 dispatch_raw(const char *data, int len)
@@ -1951,87 +1881,42 @@ dispatch_raw(const char *data, int len)
 }
 
 /*
- * Apply a table's resync queue, in order, to target_table (the copy of a
- * swap) or to the table itself.  Runs in the caller's transaction; reads
- * the queue through a cursor so that a long queue does not sit in memory.
+ * Replaying a resync queue (resync.c reads it): every change is applied,
+ * to the replay's target, with no folding and no COPY runs.
  */
-void
-apply_replay_queue(MirrorTable *mt, const char *target_table)
+static XLogRecPtr replay_saved_final = InvalidXLogRecPtr;
+
+static void
+replay_begin(MirrorTable *mt)
 {
-	Oid			types[3] = {INT4OID, TEXTOID, TEXTOID};
-	Datum		vals[3];
-	Portal		portal;
-	SPIPlanPtr	plan;
-	MemoryContext replaycxt = AllocSetContextCreate(CurrentMemoryContext, "bunnydb replay",
-													ALLOCSET_DEFAULT_SIZES);
-	XLogRecPtr	saved_final = remote_final_lsn;
-
-	vals[0] = Int32GetDatum(mirror->id);
-	vals[1] = CStringGetTextDatum(mt->source_schema);
-	vals[2] = CStringGetTextDatum(mt->source_table);
-
 	apply_replaying = true;
 	apply_replay_mt = mt;
-	PG_TRY();
-	{
-		SPI_connect();
-		/* the description first, in case the stream has not sent it yet */
-		SPI_execute_with_args("SELECT resync_relation_msg FROM bunny.mirror_table "
-							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
-							  "   AND resync_relation_msg IS NOT NULL",
-							  3, types, vals, NULL, true, 1);
-		if (SPI_processed == 1)
-		{
-			bool		isnull;
-			bytea	   *msg = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0],
-															SPI_tuptable->tupdesc, 1, &isnull));
-			MemoryContext old = MemoryContextSwitchTo(replaycxt);
-
-			dispatch_raw(VARDATA_ANY(msg), VARSIZE_ANY_EXHDR(msg));
-			MemoryContextSwitchTo(old);
-		}
-		relmap_retarget(mt, target_table);
-
-		plan = SPI_prepare("SELECT message FROM bunny.resync_queue "
-						   " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
-						   " ORDER BY seq", 3, types);
-		portal = SPI_cursor_open(NULL, plan, vals, NULL, true);
-		for (;;)
-		{
-			SPI_cursor_fetch(portal, true, 1000);
-			if (SPI_processed == 0)
-				break;
-			for (uint64 i = 0; i < SPI_processed; i++)
-			{
-				bool		isnull;
-				bytea	   *msg = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[i],
-																SPI_tuptable->tupdesc, 1, &isnull));
-				MemoryContext old = MemoryContextSwitchTo(replaycxt);
-
-				dispatch_raw(VARDATA_ANY(msg), VARSIZE_ANY_EXHDR(msg));
-				MemoryContextSwitchTo(old);
-				MemoryContextReset(replaycxt);
-			}
-			SPI_freetuptable(SPI_tuptable);
-			CHECK_FOR_INTERRUPTS();
-		}
-		SPI_cursor_close(portal);
-		insert_buffer_flush();	/* the last rows go to the replay target too */
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		apply_replaying = false;
-		apply_replay_mt = NULL;
-		remote_final_lsn = saved_final;
-		relmap_retarget(mt, NULL);
-	}
-	PG_END_TRY();
-	MemoryContextDelete(replaycxt);
+	replay_saved_final = remote_final_lsn;
 }
 
+static void
+replay_finish(void)
+{
+	insert_buffer_flush();
+}
+
+static void
+replay_end(void)
+{
+	apply_replaying = false;
+	apply_replay_mt = NULL;
+	remote_final_lsn = replay_saved_final;
+}
+
+static const ResyncReplayer apply_replayer = {
+	.begin = replay_begin,
+	.message = dispatch_raw,
+	.finish = replay_finish,
+	.end = replay_end,
+};
+
 /* a reloaded mirror: entries point at its tables from now on */
-void
+static void
 apply_refresh_mirror(Mirror *m)
 {
 	mirror = m;
@@ -2160,7 +2045,7 @@ apply_between_batches(void)
 
 	if (m != NULL)
 		apply_refresh_mirror(m);
-	resync_tick(mirror);
+	resync_tick(mirror, &apply_replayer);
 
 	/* a setting changed, or the pause after giving up on a stream is over */
 	if (streaming_on != streaming_wanted())

@@ -102,6 +102,37 @@ extern List *apply_list_append_in(MemoryContext cxt, List *list, void *datum);
 /* apply.c: the statements of the open batch */
 extern uint64 apply_exec_plan(SPIPlanPtr plan, Datum *values, char *nulls);
 
+/*
+ * resync.c: the changes of tables being copied again while the mirror
+ * streams.  The apply asks how to route each change (resync_route), and
+ * hands resync_tick the means to replay a table's queue through its
+ * handlers (ResyncReplayer) instead of resync calling into it.
+ */
+typedef enum ResyncRoute
+{
+	RESYNC_APPLY,				/* apply it */
+	RESYNC_SKIP,				/* it is in the table's copy */
+	RESYNC_QUEUED,				/* queued for after the running copy */
+	RESYNC_APPLY_QUEUED			/* both: the old table stays live (swap) */
+} ResyncRoute;
+
+typedef struct ResyncReplayer
+{
+	/* the messages that follow are mt's queue: apply all of them */
+	void		(*begin) (MirrorTable *mt);
+	/* one raw pgoutput message (the stored Relation message, a change) */
+	void		(*message) (const char *data, int len);
+	/* write what the replay left pending, into the replay's target */
+	void		(*finish) (void);
+	/* back to the live stream (after an error too) */
+	void		(*end) (void);
+} ResyncReplayer;
+
+extern ResyncRoute resync_route(Mirror *m, MirrorTable *mt, XLogRecPtr final_lsn,
+								const char *msg, int len);
+extern void resync_store_relation_message(Mirror *m, MirrorTable *mt);
+extern void resync_tick(Mirror *m, const ResyncReplayer *replayer);
+
 /* fold.c: folded UPDATEs of the open batch */
 extern bool fold_eligible(RelMapEntry *e, Relation rel);
 extern bool fold_update(RelMapEntry *e, LogicalRepTupleData *newtup);
