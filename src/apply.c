@@ -145,7 +145,6 @@ static List *flush_positions = NIL;
 
 static bool in_remote_txn = false;
 static bool in_local_txn = false;
-static bool batch_spi = false;	/* the batch holds an SPI connection */
 static XLogRecPtr remote_final_lsn = InvalidXLogRecPtr;
 static int64 batch_changes = 0;
 static TimestampTz batch_start = 0;
@@ -328,30 +327,6 @@ apply_handle_type(StringInfo s)
 }
 
 /*
- * Run a prepared change; returns the number of rows it touched.  Inside a
- * batch the batch's SPI connection is used: connecting per row would cost
- * two memory contexts per change.
- */
-uint64
-apply_exec_plan(SPIPlanPtr plan, Datum *values, char *nulls)
-{
-	int			rc;
-	uint64		processed;
-
-	if (!batch_spi)
-		SPI_connect();
-	rc = SPI_execute_plan(plan, values, nulls, false, 0);
-	processed = SPI_processed;
-	if (!batch_spi)
-		SPI_finish();
-	if (rc < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not apply change: %s", SPI_result_code_string(rc))));
-	return processed;
-}
-
-/*
  * How a change of e is to be applied, given the copies of its table: the
  * one place the apply asks resync.c.  With queue, a change to be queued is
  * queued (the current message, in the batch's transaction).  A replay
@@ -388,206 +363,6 @@ route_change(RelMapEntry *e, int64 *counter)
 			break;
 	}
 	return true;
-}
-
-/*
- * Runs of INSERTs into one table are sent as multi-row INSERTs of up to
- * INSERT_BUFFER_ROWS rows: one executor start-up for many rows.  The buffer
- * is flushed before any other message, so changes keep their order.
- */
-#define INSERT_BUFFER_ROWS	100
-
-static RelMapEntry *ins_rel = NULL;
-static char *ins_mask = NULL;
-static int	ins_rows = 0;
-static int	ins_ncols = 0;
-static Datum *ins_values = NULL;
-static char *ins_nulls = NULL;
-static MemoryContext InsertBufferContext = NULL;
-static RelMapEntry *copy_run_candidate = NULL;
-
-/* send the buffered rows */
-static void
-insert_buffer_flush(void)
-{
-	if (ins_rows == 0)
-		return;
-	bunny_ctx_table = ins_rel->qualname;
-	apply_exec_plan(relmap_get_plan(ins_rel, 'I', ins_mask, NULL, ins_rows), ins_values, ins_nulls);
-	ins_rows = 0;
-	ins_rel = NULL;
-	MemoryContextReset(InsertBufferContext);
-}
-
-/* buffer one row (the first ncols of values are the present columns) */
-static void
-insert_buffer_add(RelMapEntry *e, const char *present, Datum *values, char *nulls)
-{
-	int			n = e->remoterel->natts;
-	MemoryContext old;
-	int			k = 0;
-
-	if (ins_rel != NULL && (ins_rel != e || strcmp(ins_mask, present) != 0))
-		insert_buffer_flush();
-
-	old = MemoryContextSwitchTo(InsertBufferContext);
-	if (ins_rel == NULL)
-	{
-		ins_rel = e;
-		ins_mask = pstrdup(present);
-		ins_ncols = 0;
-		for (int i = 0; i < n; i++)
-			if (present[i] == '1')
-				ins_ncols++;
-		ins_values = palloc(sizeof(Datum) * ins_ncols * INSERT_BUFFER_ROWS);
-		ins_nulls = palloc(ins_ncols * INSERT_BUFFER_ROWS + 1);
-	}
-	for (int i = 0; i < n; i++)
-	{
-		int			at = ins_rows * ins_ncols + k;
-
-		if (present[i] != '1')
-			continue;
-		ins_nulls[at] = nulls[k];
-		ins_values[at] = nulls[k] == 'n' ? (Datum) 0 :
-			datumCopy(values[k], e->typbyval[i], e->typlen[i]);
-		k++;
-	}
-	MemoryContextSwitchTo(old);
-	if (++ins_rows == INSERT_BUFFER_ROWS)
-	{
-		insert_buffer_flush();
-		copy_run_candidate = e; /* a long run: the next row starts COPY */
-	}
-}
-
-/*
- * COPY runs.  Once a run of INSERTs into one table has filled the insert
- * buffer, the rest of the run goes through the destination's COPY
- * machinery: CopyFrom pulls rows from a data-source callback that reads the
- * next messages from the stream and turns each INSERT straight into a COPY
- * row (pgoutput's binary column values are COPY BINARY fields; text values
- * only need COPY's escaping), with no per-row statement at all and
- * CopyFrom's multi-row heap inserts through a bulk-write buffer ring.  The
- * first message that is not such an INSERT ends the run; it is kept and
- * handled next by the main loop.
- *
- * The COPY writes its buffered rows (heap and index entries) every
- * COPY_RUN_FLUSH_ROWS rows, not every 1000 as CopyFrom would for binary
- * input.  The worker reads nothing from the socket while it writes, and a
- * unix socket holds only about half a millisecond of a walsender's output,
- * less than writing 1000 rows takes: in a 1M-row catch-up the walsender,
- * which sets the pace there, stopped about 1 000 times.  Ending the runs
- * sooner would do the same but give every run a new bulk-write buffer
- * ring, i.e. spread the new pages over all of shared_buffers.
- */
-#define COPY_RUN_FLUSH_ROWS 128
-
-static RelMapEntry *copy_rel = NULL;
-static StringInfoData copy_row;
-static int	copy_row_pos = 0;
-static bool copy_run_eof = false;
-static char *stashed_buf = NULL;	/* the CopyData message that ended a run */
-static int	stashed_len = 0;
-
-/*
- * Append an INSERT message of copy_rel as one COPY row; false (and nothing
- * appended) if it is not an INSERT of that table in the stream's format.
- */
-static bool
-copy_row_append(const char *msg, int len, bool has_xid, StringInfo out)
-{
-	StringInfoData s;
-	int			natts = copy_rel->remoterel->natts;
-	int			natts_sent = copy_rel->remote_natts_sent;
-	int			start = out->len;
-	int			written = 0;
-
-	s.data = (char *) msg;
-	s.len = len;
-	s.maxlen = -1;
-	s.cursor = 0;
-	if (len < 12 || pq_getmsgbyte(&s) != LOGICAL_REP_MSG_INSERT)
-		return false;
-	/* inside a streamed block every change names its (sub)transaction */
-	if (has_xid && pq_getmsgint(&s, 4) != stream_change_xid)
-		return false;
-	if (pq_getmsgint(&s, 4) != copy_rel->remoteid ||
-		pq_getmsgbyte(&s) != 'N' ||
-		pq_getmsgint(&s, 2) != (unsigned int) natts_sent)
-		return false;
-	if (apply_binary_mode)
-		pq_sendint16(out, natts);
-	for (int i = 0; i < natts_sent; i++)
-	{
-		/* an excluded column a source before 15 sent: read past it */
-		bool		skip = copy_rel->remote_skip && copy_rel->remote_skip[i];
-		char		kind;
-		int32		vlen = 0;
-		const char *v = NULL;
-
-		if (s.cursor >= s.len)
-			goto fail;
-		kind = pq_getmsgbyte(&s);
-		if (kind != LOGICALREP_COLUMN_NULL)
-		{
-			if (kind != (apply_binary_mode ? LOGICALREP_COLUMN_BINARY : LOGICALREP_COLUMN_TEXT))
-				goto fail;
-			vlen = pq_getmsgint(&s, 4);
-			if (vlen < 0 || vlen > s.len - s.cursor)
-				goto fail;
-			v = pq_getmsgbytes(&s, vlen);
-		}
-		if (skip)
-			continue;
-		if (!apply_binary_mode && written > 0)
-			appendStringInfoChar(out, '\t');
-		written++;
-		if (kind == LOGICALREP_COLUMN_NULL)
-		{
-			if (apply_binary_mode)
-				pq_sendint32(out, -1);
-			else
-				appendStringInfoString(out, "\\N");
-			continue;
-		}
-		if (apply_binary_mode)
-		{
-			pq_sendint32(out, vlen);
-			appendBinaryStringInfo(out, v, vlen);
-			continue;
-		}
-		for (int c = 0; c < vlen; c++)
-		{
-			switch (v[c])
-			{
-				case '\\':
-					appendStringInfoString(out, "\\\\");
-					break;
-				case '\n':
-					appendStringInfoString(out, "\\n");
-					break;
-				case '\r':
-					appendStringInfoString(out, "\\r");
-					break;
-				case '\t':
-					appendStringInfoString(out, "\\t");
-					break;
-				default:
-					appendStringInfoChar(out, v[c]);
-			}
-		}
-	}
-	if (s.cursor != s.len)
-		goto fail;
-	if (!apply_binary_mode)
-		appendStringInfoChar(out, '\n');
-	return true;
-
-fail:
-	out->len = start;
-	out->data[start] = '\0';
-	return false;
 }
 
 /*
@@ -652,132 +427,79 @@ copy_run_stream_boundary(const char *msg, int len)
 	return false;
 }
 
-/* produce the next COPY row into copy_row; false at the end of the run */
-static bool
-copy_run_next_row(void)
+/*
+ * The COPY run's source of rows (see CopyRunSource): the messages that
+ * follow on the connection.  buf is the one last handed out, freed when
+ * the next is asked for; stashed the one that ended a run.
+ */
+static char *copy_src_buf = NULL;
+static int	copy_src_len = 0;
+static char *stashed_buf = NULL;
+static int	stashed_len = 0;
+
+static const char *
+copy_source_next(int *len, bool *has_xid)
 {
-	resetStringInfo(&copy_row);
-	copy_row_pos = 0;
+	if (copy_src_buf != NULL)
+		PQfreemem(copy_src_buf);
+	copy_src_buf = NULL;
 	for (;;)
 	{
 		char	   *buf;
-		int			len = copy_run_receive(&buf);
+		int			n = copy_run_receive(&buf);
 
-		if (buf[0] == 'w' && len > 25)
+		if (buf[0] == 'w' && n > 25)
 		{
 			XLogRecPtr	end;
 			StringInfoData h;
 
 			/* XLogData: start, end, send time, then the pgoutput message */
-			h.data = buf;
-			h.len = len;
-			h.maxlen = -1;
-			h.cursor = 9;
-			end = pq_getmsgint64(&h);
-			if (copy_row_append(buf + 25, len - 25, in_stream_block, &copy_row))
-			{
-				SpinLockAcquire(&MySlot->mutex);
-				if (end > MySlot->source_lsn)
-					MySlot->source_lsn = end;
-				SpinLockRelease(&MySlot->mutex);
-				PQfreemem(buf);
-				return true;
-			}
-			if (copy_run_stream_boundary(buf + 25, len - 25))
+			if (copy_run_stream_boundary(buf + 25, n - 25))
 			{
 				PQfreemem(buf);
 				continue;
 			}
+			h.data = buf;
+			h.len = n;
+			h.maxlen = -1;
+			h.cursor = 9;
+			end = pq_getmsgint64(&h);
+			SpinLockAcquire(&MySlot->mutex);
+			if (end > MySlot->source_lsn)
+				MySlot->source_lsn = end;
+			SpinLockRelease(&MySlot->mutex);
+			copy_src_buf = buf;
+			copy_src_len = n;
+			*len = n - 25;
+			*has_xid = in_stream_block;
+			return buf + 25;
 		}
 		else if (buf[0] == 'k')
 		{
-			apply_copydata(buf, len);
+			apply_copydata(buf, n);
 			PQfreemem(buf);
 			continue;
 		}
-		/* anything else ends the run; the main loop handles it next */
 		stashed_buf = buf;
-		stashed_len = len;
-		return false;
+		stashed_len = n;
+		return NULL;
 	}
 }
 
-/* data-source callback of BeginCopyFrom for a COPY run */
-static int
-copy_run_read(void *outbuf, int minread, int maxread)
+static void
+copy_source_keep(void)
 {
-	int			done = 0;
-
-	while (done < minread)
-	{
-		int			n;
-
-		if (copy_row_pos >= copy_row.len)
-		{
-			if (copy_run_eof || !copy_run_next_row())
-			{
-				copy_run_eof = true;
-				break;
-			}
-		}
-		n = Min(maxread - done, copy_row.len - copy_row_pos);
-		memcpy((char *) outbuf + done, copy_row.data + copy_row_pos, n);
-		copy_row_pos += n;
-		done += n;
-	}
-	return done;
+	stashed_buf = copy_src_buf;
+	stashed_len = copy_src_len;
+	copy_src_buf = NULL;
 }
 
-/*
- * Run COPY into e's table, starting with the current INSERT message, until
- * the stream brings something else; false if the current message cannot
- * start a run.
- */
-static bool
-copy_run(RelMapEntry *e)
-{
-	Relation	rel;
-	List	   *attnames = NIL;
-	uint64		rows;
+static const CopyRunSource copy_source = {
+	.next = copy_source_next,
+	.keep = copy_source_keep,
+};
 
-	if (copy_row.data == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(ApplyCacheContext);
-
-		initStringInfo(&copy_row);
-		MemoryContextSwitchTo(old);
-	}
-	copy_rel = e;
-	copy_row_pos = 0;
-	copy_run_eof = false;
-	resetStringInfo(&copy_row);
-	if (apply_binary_mode)
-	{
-		appendBinaryStringInfo(&copy_row, "PGCOPY\n\377\r\n\0", 11);
-		pq_sendint32(&copy_row, 0); /* flags */
-		pq_sendint32(&copy_row, 0); /* header extension */
-	}
-	/* the current message is the first row */
-	if (!copy_row_append(current_msg, current_msg_len, false, &copy_row))
-	{
-		copy_rel = NULL;
-		copy_run_candidate = NULL;
-		return false;
-	}
-
-	rel = table_open(e->localrelid, RowExclusiveLock);
-	for (int i = 0; i < e->remoterel->natts; i++)
-		attnames = lappend(attnames, makeString(e->remoterel->attnames[i]));
-	rows = bunny_copy_from(rel, attnames, apply_binary_mode, copy_run_read, COPY_RUN_FLUSH_ROWS);
-	table_close(rel, NoLock);
-	CommandCounterIncrement();
-
-	e->n_ins += rows;
-	batch_changes += rows;
-	copy_rel = NULL;
-	copy_run_candidate = NULL;
-	return true;
-}
+static const ApplyWriter *writer = &apply_writer;
 
 /* INSERT */
 static void
@@ -795,10 +517,18 @@ apply_handle_insert(StringInfo s)
 
 	if (e == NULL)
 		return;
-	fold_flush_rel(e);
-	if (copy_run_candidate == e && !apply_replaying && change_route(e, false) == RESYNC_APPLY &&
-		copy_run(e))
-		return;
+	writer->flush_folded(e);
+	if (writer->copy_wanted(e) && !apply_replaying && change_route(e, false) == RESYNC_APPLY)
+	{
+		int64		rows = writer->copy_run(e, current_msg, current_msg_len, stream_change_xid);
+
+		if (rows >= 0)
+		{
+			e->n_ins += rows;
+			batch_changes += rows;
+			return;
+		}
+	}
 	if (!route_change(e, &e->n_ins))
 		return;
 	relmap_tuple_to_datums(e, &newtup, values, nulls, present);
@@ -814,7 +544,7 @@ apply_handle_insert(StringInfo s)
 				k++;
 			}
 	}
-	insert_buffer_add(e, present, values, nulls);
+	writer->insert(e, present, values, nulls);
 	if (!apply_replaying)
 		e->n_ins++;
 	batch_changes++;
@@ -879,7 +609,7 @@ mark_kept_keys(RelMapEntry *e, LogicalRepTupleData *oldtup,
 static bool
 row_exists(RelMapEntry *e, const char *wheremask, Datum *keyvalues, char *keynulls)
 {
-	return apply_exec_plan(relmap_get_plan(e, 'E', NULL, wheremask, 1), keyvalues, keynulls) > 0;
+	return writer->exec(relmap_get_plan(e, 'E', NULL, wheremask, 1), keyvalues, keynulls) > 0;
 }
 
 /* UPDATE */
@@ -908,17 +638,16 @@ apply_handle_update(StringInfo s)
 	if (e == NULL)
 		return;
 	/* buffered INSERTs of this table may include the row */
-	if (ins_rel == e)
-		insert_buffer_flush();
+	writer->flush_inserts(e);
 	if (!has_old && !apply_replaying && change_route(e, false) == RESYNC_APPLY &&
-		fold_update(e, &newtup))
+		writer->fold(e, &newtup))
 	{
 		e->n_upd++;
 		batch_changes++;
 		return;
 	}
-	insert_buffer_flush();
-	fold_flush_rel(e);
+	writer->flush_inserts(NULL);
+	writer->flush_folded(e);
 	if (!route_change(e, &e->n_upd))
 		return;
 	relmap_tuple_to_datums(e, &newtup, nv, nn, setmask);
@@ -935,7 +664,7 @@ apply_handle_update(StringInfo s)
 	nset = k;
 	key_params(e, has_old ? &oldtup : &newtup, values, nulls, wheremask, &k);
 
-	if (apply_exec_plan(relmap_get_plan(e, 'U', setmask, wheremask, 1), values, nulls) == 0)
+	if (writer->exec(relmap_get_plan(e, 'U', setmask, wheremask, 1), values, nulls) == 0)
 	{
 		if (!row_exists(e, wheremask, values + nset, nulls + nset))
 			ereport(ERROR,
@@ -967,11 +696,11 @@ apply_handle_delete(StringInfo s)
 
 	if (e == NULL)
 		return;
-	fold_flush_rel(e);
+	writer->flush_folded(e);
 	if (!route_change(e, &e->n_del))
 		return;
 	key_params(e, &oldtup, values, nulls, wheremask, &k);
-	if (apply_exec_plan(relmap_get_plan(e, 'D', NULL, wheremask, 1), values, nulls) == 0)
+	if (writer->exec(relmap_get_plan(e, 'D', NULL, wheremask, 1), values, nulls) == 0)
 	{
 		if (!row_exists(e, wheremask, values, nulls))
 			ereport(WARNING,
@@ -1034,7 +763,7 @@ apply_batch_begin(void)
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
-	batch_spi = true;
+	writer_batch_begin();
 	in_local_txn = true;
 	batch_start = GetCurrentTimestamp();
 	batch_changes = 0;
@@ -1087,17 +816,6 @@ apply_handle_commit(StringInfo s)
 		apply_batch_flush();
 }
 
-/* throw away buffered INSERTs and folded UPDATEs without writing them */
-static void
-apply_discard_pending(void)
-{
-	ins_rows = 0;
-	ins_rel = NULL;
-	MemoryContextReset(InsertBufferContext);
-	copy_run_candidate = NULL;
-	fold_discard_all();
-}
-
 /* roll back the open destination transaction and forget the batch */
 static void
 apply_batch_abort(void)
@@ -1107,11 +825,11 @@ apply_batch_abort(void)
 
 	MemoryContext old = CurrentMemoryContext;
 
-	apply_discard_pending();
+	writer->discard();
 	/* with its savepoints: AbortCurrentTransaction would end only the last */
 	AbortOutOfAnyTransaction();
 	MemoryContextSwitchTo(old);
-	batch_spi = false;
+	writer_batch_end(false);
 	in_local_txn = false;
 	in_remote_txn = false;
 	in_stream_block = false;
@@ -1276,8 +994,8 @@ stream_enter_xid(TransactionId xid)
 	if (xid == stream_change_xid)
 		return true;
 	/* what is pending belongs to the previous (sub)transaction's savepoint */
-	insert_buffer_flush();
-	fold_flush_all();
+	writer->flush_inserts(NULL);
+	writer->flush_folded(NULL);
 	for (int i = 0; i < stream_nsubxids && !known; i++)
 		known = (stream_subxids[i] == xid);
 	if (!known)
@@ -1320,8 +1038,8 @@ apply_handle_stream_commit(StringInfo s)
 				(errcode(ERRCODE_PROTOCOL_VIOLATION),
 				 errmsg("commit of streamed transaction %u, but %u is the one applied",
 						xid, stream_xid)));
-	insert_buffer_flush();
-	fold_flush_all();
+	writer->flush_inserts(NULL);
+	writer->flush_folded(NULL);
 	while (stream_nsubxids > 0)
 	{
 		ReleaseCurrentSubTransaction();
@@ -1378,7 +1096,7 @@ apply_handle_stream_abort(StringInfo s)
 		stream_give_up("a subtransaction aborted after changes of its parent");
 		return;
 	}
-	apply_discard_pending();
+	writer->discard();
 	while (stream_nsubxids > level)
 	{
 		RollbackAndReleaseCurrentSubTransaction();
@@ -1480,8 +1198,7 @@ apply_batch_flush(void)
 		return;
 	Assert(!in_remote_txn);
 
-	insert_buffer_flush();
-	fold_flush_all();
+	writer_batch_end(true);
 	if (batch_last_end != InvalidXLogRecPtr)
 	{
 		apply_batch_counters();
@@ -1489,7 +1206,6 @@ apply_batch_flush(void)
 		replorigin_session_origin_timestamp = batch_last_commit_time;
 	}
 	SPI_finish();
-	batch_spi = false;
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	/* the flush position below must never stand for work that did not commit */
@@ -1647,15 +1363,15 @@ apply_dispatch(StringInfo s)
 		case LOGICAL_REP_MSG_STREAM_ABORT:
 			break;
 		case LOGICAL_REP_MSG_DELETE:
-			insert_buffer_flush();
+			writer->flush_inserts(NULL);
 			break;
 		default:
-			insert_buffer_flush();
-			fold_flush_all();
+			writer->flush_inserts(NULL);
+			writer->flush_folded(NULL);
 			break;
 	}
 	if (action != LOGICAL_REP_MSG_INSERT)
-		copy_run_candidate = NULL;
+		writer->end_run();
 
 	switch (action)
 	{
@@ -1897,7 +1613,7 @@ replay_begin(MirrorTable *mt)
 static void
 replay_finish(void)
 {
-	insert_buffer_flush();
+	writer->flush_inserts(NULL);
 }
 
 static void
@@ -2065,12 +1781,11 @@ apply_stream(PGconn *source_conn, Mirror *m)
 	conn = source_conn;
 	ApplyMessageContext = AllocSetContextCreate(TopMemoryContext, "bunnydb apply message",
 												ALLOCSET_DEFAULT_SIZES);
-	InsertBufferContext = AllocSetContextCreate(TopMemoryContext, "bunnydb insert buffer",
-												ALLOCSET_DEFAULT_SIZES);
 
 	check_slot_and_publication(false);
 	apply_binary_mode = decide_binary_mode();
 	relmap_init(m, apply_binary_mode);
+	writer_init(apply_binary_mode, &copy_source);
 	startpos = replorigin_session_get_progress(false);
 	last_received = startpos;
 	last_flushed_reported = startpos;

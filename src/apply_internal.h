@@ -99,7 +99,46 @@ extern SPIPlanPtr relmap_get_plan(RelMapEntry *e, char kind, const char *setmask
 								  const char *wheremask, int nrows);
 extern List *apply_list_append_in(MemoryContext cxt, List *list, void *datum);
 
-/* apply.c: the statements of the open batch */
+/*
+ * applywriter.c: how changes are written.  A COPY run reads the messages
+ * that follow through a CopyRunSource: next() returns the next pgoutput
+ * message of the stream (keepalives and the boundaries between blocks of
+ * the streamed transaction are handled by the source; has_xid: it names
+ * its transaction), NULL when the stream brings something else; keep()
+ * keeps the last one returned, which ended the run, for the main loop.
+ */
+typedef struct CopyRunSource
+{
+	const char *(*next) (int *len, bool *has_xid);
+	void		(*keep) (void);
+} CopyRunSource;
+
+typedef struct ApplyWriter
+{
+	/* one statement, through the batch's SPI connection if it has one */
+	uint64		(*exec) (SPIPlanPtr plan, Datum *values, char *nulls);
+	/* an INSERT row, buffered for a multi-row statement */
+	void		(*insert) (RelMapEntry *e, const char *present, Datum *values, char *nulls);
+	/* write the buffered INSERT rows if they are e's (NULL: whoever's) */
+	void		(*flush_inserts) (RelMapEntry *e);
+	/* is the current INSERT of e to start a COPY run? */
+	bool		(*copy_wanted) (RelMapEntry *e);
+	/* COPY into e from msg on; the rows, or -1 if msg cannot start one */
+	int64		(*copy_run) (RelMapEntry *e, const char *msg, int len, TransactionId xid);
+	/* fold an UPDATE into the pending rows of its key; false: write it now */
+	bool		(*fold) (RelMapEntry *e, LogicalRepTupleData *newtup);
+	/* write the folded UPDATEs of e (NULL: of every table) */
+	void		(*flush_folded) (RelMapEntry *e);
+	/* a message that is not an INSERT: the run of INSERTs is over */
+	void		(*end_run) (void);
+	/* forget whatever is pending, unwritten */
+	void		(*discard) (void);
+} ApplyWriter;
+
+extern const ApplyWriter apply_writer;
+extern void writer_init(bool binary, const CopyRunSource *source);
+extern void writer_batch_begin(void);
+extern void writer_batch_end(bool write);
 extern uint64 apply_exec_plan(SPIPlanPtr plan, Datum *values, char *nulls);
 
 /*
