@@ -15,7 +15,8 @@ OBJS = \
 	src/setup.o \
 	src/snapshot.o \
 	src/resync.o \
-	src/apply.o src/applywriter.o src/relmap.o src/fold.o \
+	src/applystream.o src/apply.o src/applyxact.o src/applybatch.o \
+	src/applywriter.o src/relmap.o src/fold.o \
 	src/stream.o \
 	src/fastrecv.o \
 	src/catalog.o \
@@ -39,7 +40,8 @@ include $(PGXS)
 
 # PGXS does not track header dependencies
 $(OBJS): src/bunnydb.h src/compat.h
-src/apply.o src/applywriter.o src/relmap.o src/fold.o src/resync.o: src/apply_internal.h
+src/applystream.o src/apply.o src/applyxact.o src/applybatch.o src/applywriter.o \
+	src/relmap.o src/fold.o src/resync.o: src/apply_internal.h
 
 # the benchmark (bench/run.sh; see its header): needs the library installed
 .PHONY: bench

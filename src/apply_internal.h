@@ -1,9 +1,24 @@
 /*-------------------------------------------------------------------------
  *
  * apply_internal.h
- *		What the apply worker's files share: the relation map (relmap.c)
- *		and the state of the stream being applied (apply.c).  Not for the
- *		other roles.
+ *		What the files of the CDC apply share, and nothing else: the other
+ *		roles see only apply_stream() and apply_send_final_feedback() in
+ *		bunnydb.h.
+ *
+ * The apply's layers, from the connection down:
+ *
+ *	applystream.c	the replication connection: receive loop, keepalives,
+ *					feedback, restarts; the CopyRunSource of COPY runs
+ *	apply.c			dispatch of pgoutput messages, their handlers
+ *	applyxact.c		streamed transactions (protocol version 2)
+ *	applybatch.c	the destination transaction of a batch; the flush map
+ *	applywriter.c	how changes are written (ApplyWriter)
+ *	fold.c			folded UPDATEs, for the writer
+ *	relmap.c		the relation map and its prepared statements
+ *	resync.c		changes of tables being copied again (asked by apply.c)
+ *
+ * Each file's state is its own (static); what another layer needs it gets
+ * as an argument: the mirror, the binary mode, the ApplyBatch.
  *
  *-------------------------------------------------------------------------
  */
@@ -141,6 +156,53 @@ extern void writer_batch_begin(void);
 extern void writer_batch_end(bool write);
 extern uint64 apply_exec_plan(SPIPlanPtr plan, Datum *values, char *nulls);
 
+/* the batch being applied; apply.c's, handed to the layers that need it */
+typedef struct ApplyBatch
+{
+	bool		in_remote_txn;	/* inside a source transaction */
+	bool		in_local_txn;	/* the destination transaction is open */
+	XLogRecPtr	remote_final_lsn;	/* commit LSN of the source transaction
+									 * (a lower bound for a streamed one) */
+	int64		changes;		/* applied or queued in the batch */
+	TimestampTz start;
+	XLogRecPtr	last_end;		/* end LSN of its last source commit */
+	TimestampTz last_commit_time;
+	XLogRecPtr	keepalive_lsn;	/* keepalives received while it was open */
+	XLogRecPtr	received_end;	/* latest source commit end seen, for the
+								 * stream layer; Invalid after an abort */
+} ApplyBatch;
+
+/* apply.c */
+extern ApplyBatch *apply_init(Mirror *m, bool binary, const CopyRunSource *source);
+extern void apply_set_mirror(Mirror *m);
+extern void apply_dispatch(StringInfo s);
+
+/* applybatch.c */
+extern void batch_begin(ApplyBatch *b);
+extern void batch_source_commit(ApplyBatch *b, XLogRecPtr end_lsn, TimestampTz committime);
+extern void batch_flush(ApplyBatch *b, Mirror *m);
+extern void batch_abort(ApplyBatch *b);
+extern void batch_flushmap_init(XLogRecPtr startpos);
+extern XLogRecPtr batch_flushed_upto(bool *empty);
+extern bool batch_flush_pending(void);
+extern void batch_flush_wal(void);
+
+/* applyxact.c */
+extern bool streamxact_accept(char action, StringInfo s, const char **msg, int *len);
+extern void streamxact_start(StringInfo s, ApplyBatch *b, Mirror *m);
+extern void streamxact_stop(void);
+extern void streamxact_commit(StringInfo s, ApplyBatch *b, Mirror *m);
+extern void streamxact_abort(StringInfo s, ApplyBatch *b);
+extern void streamxact_give_up(const char *why);
+extern void streamxact_reset(void);
+extern bool streamxact_active(void);
+extern bool streamxact_in_block(void);
+extern TransactionId streamxact_change_xid(void);
+extern bool streamxact_restart_pending(void);
+extern const char *streamxact_restarting(TimestampTz *retry_at);
+extern bool streamxact_retry_due(void);
+extern bool streamxact_pass_boundary(const char *msg, int len);
+
 /*
  * resync.c: the changes of tables being copied again while the mirror
  * streams.  The apply asks how to route each change (resync_route), and
@@ -171,6 +233,7 @@ extern ResyncRoute resync_route(Mirror *m, MirrorTable *mt, XLogRecPtr final_lsn
 								const char *msg, int len);
 extern void resync_store_relation_message(Mirror *m, MirrorTable *mt);
 extern void resync_tick(Mirror *m, const ResyncReplayer *replayer);
+extern const ResyncReplayer apply_replayer; /* apply.c's */
 
 /* fold.c: folded UPDATEs of the open batch */
 extern bool fold_eligible(RelMapEntry *e, Relation rel);
