@@ -146,9 +146,6 @@ apply_handle_relation(StringInfo s)
 	int			start = s->cursor;
 	LogicalRepRelation *rel = logicalrep_read_rel(s);
 	int32	   *typmods = parse_relation_typmods(s->data, s->len, start);
-	RelMapEntry *e;
-	bool		found;
-	MemoryContext old;
 	MirrorTable *mt;
 
 	/*
@@ -158,73 +155,7 @@ apply_handle_relation(StringInfo s)
 	 */
 	mt = mirror_find_table(mirror, rel->nspname, rel->relname);
 
-	e = hash_search(apply_relmap, &rel->remoteid, HASH_ENTER, &found);
-	if (found)
-		relmap_free_plans(e);
-	else
-		memset(((char *) e) + sizeof(LogicalRepRelId), 0,
-			   sizeof(RelMapEntry) - sizeof(LogicalRepRelId));
-
-	/* everything of the entry lives in the cache context */
-	old = MemoryContextSwitchTo(ApplyCacheContext);
-	e->remoterel = palloc0(sizeof(LogicalRepRelation));
-	e->remoterel->remoteid = rel->remoteid;
-	e->remoterel->nspname = pstrdup(rel->nspname);
-	e->remoterel->relname = pstrdup(rel->relname);
-	e->remoterel->attnames = palloc(sizeof(char *) * (rel->natts + 1));
-	e->remoterel->atttyps = palloc(sizeof(Oid) * (rel->natts + 1));
-	e->remote_typmods = palloc(sizeof(int32) * (rel->natts + 1));
-	e->remoterel->attkeys = NULL;
-	e->remote_skip = NULL;
-	e->remote_natts_sent = rel->natts;
-
-	/*
-	 * A source without publication column lists (before 15) sends the
-	 * excluded columns too: they are left out here, so that everything
-	 * after this sees the columns a column list would have sent.
-	 */
-	if (mt != NULL && mt->exclude_columns != NIL)
-	{
-		for (int i = 0; i < rel->natts; i++)
-		{
-			ListCell   *lc;
-
-			foreach(lc, mt->exclude_columns)
-				if (strcmp((char *) lfirst(lc), rel->attnames[i]) == 0)
-				{
-					if (e->remote_skip == NULL)
-						e->remote_skip = palloc0(sizeof(bool) * rel->natts);
-					e->remote_skip[i] = true;
-				}
-		}
-	}
-	{
-		int			k = 0;
-
-		for (int i = 0; i < rel->natts; i++)
-		{
-			if (e->remote_skip && e->remote_skip[i])
-				continue;
-			e->remoterel->attnames[k] = pstrdup(rel->attnames[i]);
-			e->remoterel->atttyps[k] = rel->atttyps[i];
-			e->remote_typmods[k] = typmods[i];
-			if (bms_is_member(i, rel->attkeys))
-				e->remoterel->attkeys = bms_add_member(e->remoterel->attkeys, k);
-			k++;
-		}
-		e->remoterel->natts = k;
-	}
-	e->remoterel->replident = rel->replident;
-	e->mt = mt;
-	e->qualname = mt ? pstrdup(quote_qualified_identifier(mt->dest_schema, mt->dest_table)) : NULL;
-	if (current_msg != NULL)
-	{
-		e->raw_relmsg = palloc(current_msg_len);
-		memcpy(e->raw_relmsg, current_msg, current_msg_len);
-		e->raw_relmsg_len = current_msg_len;
-	}
-	MemoryContextSwitchTo(old);
-	e->valid = false;
+	relmap_update(rel, typmods, mt, current_msg, current_msg_len);
 
 	/* a table being copied again keeps its latest description for replay */
 	if (mt && !replay.active && mt->resync_state && strcmp(mt->resync_state, "COPYING") == 0 &&
@@ -237,13 +168,9 @@ static void
 apply_handle_type(StringInfo s)
 {
 	LogicalRepTyp typ;
-	RemoteType *t;
-	bool		found;
 
 	logicalrep_read_typ(s, &typ);
-	t = hash_search(apply_typemap, &typ.remoteid, HASH_ENTER, &found);
-	t->nspname = MemoryContextStrdup(ApplyCacheContext, typ.nspname);
-	t->typname = MemoryContextStrdup(ApplyCacheContext, typ.typname);
+	relmap_update_type(&typ);
 }
 
 /*
@@ -301,8 +228,7 @@ apply_handle_insert(StringInfo s)
 
 	if (e == NULL)
 		return;
-	writer->flush_folded(e);
-	if (writer->copy_wanted(e) && !replay.active && change_route(e, false) == RESYNC_APPLY)
+	if (writer->begin_insert(e) && !replay.active && change_route(e, false) == RESYNC_APPLY)
 	{
 		int64		rows = writer->copy_run(e, current_msg, current_msg_len,
 											streamxact_change_xid());
@@ -685,7 +611,6 @@ dispatch_raw(const char *data, int len)
  * Replaying a resync queue (resync.c reads it): every change is applied,
  * to the replay's target, with no folding and no COPY runs.
  */
-
 static void
 replay_begin(MirrorTable *mt)
 {

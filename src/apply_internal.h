@@ -74,6 +74,8 @@ typedef struct RelMapEntry
 	List	   *plans;			/* of ApplyPlan * */
 	char	   *raw_relmsg;		/* the Relation message as received */
 	int			raw_relmsg_len;
+	bool		fold_checked;	/* fold.c has looked at the table since the
+								 * entry was built: */
 	bool		foldable;		/* UPDATEs of a key may be folded in a batch */
 	HTAB	   *fold_hash;		/* folded UPDATEs of the open batch, by key */
 	struct FoldEntry **fold_rows;	/* the same, in order of arrival */
@@ -95,12 +97,14 @@ typedef struct RemoteType
 } RemoteType;
 
 /* relmap.c: the relation map, its prepared statements, decoded values */
-extern HTAB *apply_relmap;		/* RelMapEntry by remote relation id */
-extern HTAB *apply_typemap;		/* RemoteType by remote type id */
-extern MemoryContext ApplyCacheContext;	/* the map, plans, flush positions */
 
 extern void relmap_init(Mirror *m, bool binary);
 extern void relmap_set_mirror(Mirror *m);
+extern void relmap_update(LogicalRepRelation *rel, int32 *typmods, MirrorTable *mt,
+						  const char *raw, int rawlen);
+extern void relmap_update_type(LogicalRepTyp *typ);
+extern void relmap_seq_init(HASH_SEQ_STATUS *status);
+extern MemoryContext relmap_context(void);
 extern MirrorTable *mirror_find_table(Mirror *m, const char *nsp, const char *rel);
 extern void relmap_retarget(MirrorTable *mt, const char *table);
 extern void relmap_invalidate(Datum arg, Oid relid);
@@ -136,8 +140,11 @@ typedef struct ApplyWriter
 	void		(*insert) (RelMapEntry *e, const char *present, Datum *values, char *nulls);
 	/* write the buffered INSERT rows if they are e's (NULL: whoever's) */
 	void		(*flush_inserts) (RelMapEntry *e);
-	/* is the current INSERT of e to start a COPY run? */
-	bool		(*copy_wanted) (RelMapEntry *e);
+	/*
+	 * An INSERT of e comes: its folded UPDATEs are written first; true if
+	 * it is to start a COPY run (a long run of INSERTs)
+	 */
+	bool		(*begin_insert) (RelMapEntry *e);
 	/* COPY into e from msg on; the rows, or -1 if msg cannot start one */
 	int64		(*copy_run) (RelMapEntry *e, const char *msg, int len, TransactionId xid);
 	/* fold an UPDATE into the pending rows of its key; false: write it now */
@@ -154,7 +161,6 @@ extern const ApplyWriter apply_writer;
 extern void writer_init(bool binary, const CopyRunSource *source);
 extern void writer_batch_begin(void);
 extern void writer_batch_end(bool write);
-extern uint64 apply_exec_plan(SPIPlanPtr plan, Datum *values, char *nulls);
 
 /* the batch being applied; apply.c's, handed to the layers that need it */
 typedef struct ApplyBatch
@@ -235,8 +241,10 @@ extern void resync_store_relation_message(Mirror *m, MirrorTable *mt);
 extern void resync_tick(Mirror *m, const ResyncReplayer *replayer);
 extern const ResyncReplayer apply_replayer; /* apply.c's */
 
-/* fold.c: folded UPDATEs of the open batch */
-extern bool fold_eligible(RelMapEntry *e, Relation rel);
+/* fold.c: folded UPDATEs of the open batch, for the writer */
+typedef uint64 (*FoldExecFunc) (SPIPlanPtr plan, Datum *values, char *nulls);
+
+extern void fold_init(FoldExecFunc exec);
 extern bool fold_update(RelMapEntry *e, LogicalRepTupleData *newtup);
 extern void fold_flush_rel(RelMapEntry *e);
 extern void fold_flush_all(void);

@@ -106,7 +106,7 @@ batch_abort(ApplyBatch *b)
 	b->received_end = InvalidXLogRecPtr;
 	b->changes = 0;
 	bunny_ctx_lsn = InvalidXLogRecPtr;
-	hash_seq_init(&status, apply_relmap);
+	relmap_seq_init(&status);
 	while ((e = hash_seq_search(&status)) != NULL)
 		e->n_ins = e->n_upd = e->n_del = 0;
 	SpinLockAcquire(&MySlot->mutex);
@@ -129,7 +129,7 @@ batch_counters(Mirror *mirror)
 	int64		total = 0;
 	Datum		values[6];
 
-	hash_seq_init(&status, apply_relmap);
+	relmap_seq_init(&status);
 	while ((e = hash_seq_search(&status)) != NULL)
 		total += e->n_ins + e->n_upd + e->n_del;
 
@@ -167,7 +167,7 @@ batch_counters(Mirror *mirror)
 	values[0] = Int32GetDatum(mirror->id);
 	values[1] = Int64GetDatum(total);
 	SPI_execute_plan(mirror_plan, values, NULL, false, 0);
-	hash_seq_init(&status, apply_relmap);
+	relmap_seq_init(&status);
 	while ((e = hash_seq_search(&status)) != NULL)
 	{
 		if (e->n_ins == 0 && e->n_upd == 0 && e->n_del == 0)
@@ -220,10 +220,10 @@ batch_flush(ApplyBatch *b, Mirror *mirror)
 	processed = Max(b->last_end, b->keepalive_lsn);
 	if (b->last_end != InvalidXLogRecPtr)
 	{
-		fp = MemoryContextAlloc(ApplyCacheContext, sizeof(FlushPosition));
+		fp = MemoryContextAlloc(relmap_context(), sizeof(FlushPosition));
 		fp->local_end = XactLastCommitEnd;
 		fp->remote_end = b->last_end;
-		flushmap.positions = apply_list_append_in(ApplyCacheContext, flushmap.positions, fp);
+		flushmap.positions = apply_list_append_in(relmap_context(), flushmap.positions, fp);
 	}
 
 	SpinLockAcquire(&MySlot->mutex);

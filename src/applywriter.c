@@ -330,10 +330,14 @@ copy_run_read(void *outbuf, int minread, int maxread)
 	return done;
 }
 
-/* is the next INSERT of e to start a COPY run (a long run of them)? */
+/*
+ * An INSERT of e comes: write e's folded UPDATEs first (the row may be one
+ * of them); true if it is to start a COPY run (a long run of INSERTs).
+ */
 static bool
-writer_copy_wanted(RelMapEntry *e)
+writer_begin_insert(RelMapEntry *e)
 {
+	fold_flush_rel(e);
 	return ins.copy_candidate == e;
 }
 
@@ -351,7 +355,7 @@ writer_copy_run(RelMapEntry *e, const char *msg, int len, TransactionId xid)
 
 	if (copy.row.data == NULL)
 	{
-		MemoryContext old = MemoryContextSwitchTo(ApplyCacheContext);
+		MemoryContext old = MemoryContextSwitchTo(relmap_context());
 
 		initStringInfo(&copy.row);
 		MemoryContextSwitchTo(old);
@@ -419,7 +423,7 @@ const ApplyWriter apply_writer = {
 	.exec = writer_exec,
 	.insert = writer_insert,
 	.flush_inserts = writer_flush_inserts,
-	.copy_wanted = writer_copy_wanted,
+	.begin_insert = writer_begin_insert,
 	.copy_run = writer_copy_run,
 	.fold = fold_update,
 	.flush_folded = writer_flush_folded,
@@ -427,19 +431,13 @@ const ApplyWriter apply_writer = {
 	.discard = writer_discard,
 };
 
-/* one statement through the batch's connection, for fold.c */
-uint64
-apply_exec_plan(SPIPlanPtr plan, Datum *values, char *nulls)
-{
-	return writer_exec(plan, values, nulls);
-}
-
 /* start writing a stream of the given format, reading COPY rows from source */
 void
 writer_init(bool binary, const CopyRunSource *source)
 {
 	writer.binary = binary;
 	writer.source = source;
+	fold_init(writer_exec);
 	ins.cxt = AllocSetContextCreate(TopMemoryContext, "bunnydb insert buffer",
 									ALLOCSET_DEFAULT_SIZES);
 }

@@ -281,7 +281,7 @@ streamxact_enter(TransactionId xid)
 		BeginInternalSubTransaction(NULL);
 		MemoryContextSwitchTo(old);
 		/* the counters go back to these if the subtransaction aborts */
-		hash_seq_init(&status, apply_relmap);
+		relmap_seq_init(&status);
 		while ((e = hash_seq_search(&status)) != NULL)
 		{
 			e->saved_counts[sx.nsubxids][0] = e->n_ins;
@@ -372,7 +372,7 @@ streamxact_abort(StringInfo s, ApplyBatch *b)
 		sx.nsubxids--;
 	}
 	MemoryContextSwitchTo(old);
-	hash_seq_init(&status, apply_relmap);
+	relmap_seq_init(&status);
 	while ((e = hash_seq_search(&status)) != NULL)
 	{
 		e->n_ins = e->saved_counts[level][0];
