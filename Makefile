@@ -30,7 +30,8 @@ OBJS = \
 	src/setup.o \
 	src/snapshot.o \
 	src/resync.o \
-	src/apply.o src/relmap.o src/fold.o \
+	src/applystream.o src/apply.o src/applyxact.o src/applybatch.o \
+	src/applywriter.o src/relmap.o src/fold.o \
 	src/stream.o \
 	src/source.o \
 	src/fastrecv.o \
@@ -57,7 +58,8 @@ include $(PGXS)
 
 # PGXS does not track header dependencies
 $(OBJS): src/bunnydb.h src/compat.h src/source.h src/state.h
-src/apply.o src/relmap.o src/fold.o: src/apply_internal.h
+src/applystream.o src/apply.o src/applyxact.o src/applybatch.o src/applywriter.o \
+	src/relmap.o src/fold.o src/resync.o: src/apply_internal.h
 
 # the benchmark (bench/run.sh; see its header): needs the library installed
 .PHONY: bench

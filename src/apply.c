@@ -1,24 +1,18 @@
 /*-------------------------------------------------------------------------
  *
  * apply.c
- *		CDC phase: read the pgoutput stream of the mirror's slot and apply
- *		the changes to the destination tables.  What the worker knows of
- *		each source relation, and the statements prepared for it, are in
- *		relmap.c; folding repeated UPDATEs within a batch is in fold.c.
+ *		CDC phase: apply the pgoutput messages of the mirror's slot to the
+ *		destination tables.  The dispatcher and the message handlers; the
+ *		layers around them are listed in apply_internal.h: the connection
+ *		(applystream.c), streamed transactions (applyxact.c), the batch's
+ *		transaction (applybatch.c), the writing of changes (applywriter.c,
+ *		fold.c), the relation map (relmap.c) and resyncs (resync.c).
  *
  * NOTES
  *
- *	Exactly once.  The worker's session is bound to the mirror's
- *	replication origin.  Before a destination transaction commits, the
- *	origin's position is set to the end LSN of the last source transaction
- *	it contains, so the data and the progress commit atomically in one
- *	commit record.  After a crash the stream restarts from the origin's
- *	position: whatever was committed is not applied again and whatever was
- *	not is sent again by the source.  The slot is told that a position is
- *	flushed only once the local commit that contains it is on disk (we
- *	commit asynchronously and keep a small map from source end LSN to local
- *	commit LSN, like the built-in apply worker), so the source never
- *	discards WAL we might still need.
+ *	Exactly once.  Data and the replication origin's position commit in
+ *	one destination transaction, and the slot only hears of positions whose
+ *	commit is on disk: see applybatch.c.
  *
  *	Batching.  Protocol version 1 sends each source transaction whole,
  *	after its commit.  Changes of many source transactions are applied in
@@ -27,36 +21,21 @@
  *	max_batch_size changes are pending, when idle_timeout_seconds (or, under
  *	a steady load, bunny.max_batch_latency) have passed since it began, or --
  *	the common case when the source is not flooding us -- as soon as nothing
- *	more is waiting on the connection, which keeps latency low.
+ *	more is waiting on the connection (applystream.c), which keeps latency
+ *	low.  A transaction streamed while it runs (protocol version 2) is a
+ *	batch of its own: applyxact.c.
  *
- *	Statements.  Inside a batch one SPI connection serves every change, and
- *	runs of INSERTs into one table go out as multi-row INSERTs of up to a
- *	hundred rows.  A run that goes on past that goes through the COPY
- *	machinery instead (BeginCopyFrom with a data-source callback, CopyFrom):
- *	the callback reads the following messages itself and turns each INSERT
- *	of the run into a COPY row -- pgoutput's binary values are COPY BINARY
- *	fields as they are -- so a bulk load costs no statement per row and
- *	writes through CopyFrom's multi-row heap inserts and buffer ring.  In
- *	a streamed transaction a run goes on across the transaction's blocks,
- *	so a bulk load keeps one COPY and one ring of shared buffers.
+ *	Statements.  The handlers decide what to write and hand it to the
+ *	writer (applywriter.c) through its function table: one prepared
+ *	statement, a row for a multi-row INSERT, a COPY run for a long run of
+ *	INSERTs, an UPDATE to fold.  Buffered rows wait across source
+ *	transactions of the batch; the dispatcher and the handlers flush them
+ *	before anything that could see them or depend on their order.
  *
  *	Folding.  Within a batch, UPDATEs that keep their row's key are merged
  *	per key and written as multi-row UPDATEs where that cannot be told
  *	apart from applying each of them (fold.c).  Other tables are applied
  *	change by change.
- *
- *	Streaming.  With protocol version 2 the source sends a transaction that
- *	outgrows logical_decoding_work_mem while it is still running, in
- *	blocks.  Such a transaction is applied as it comes, in its own
- *	destination transaction that commits at its STREAM COMMIT (savepoints
- *	stand for its subtransactions, so that one can be rolled back alone),
- *	so a large load is applied while the source is still decoding it.  This
- *	only works while nothing else commits on the source in the meantime:
- *	another transaction must become visible before the streamed one, which
- *	may still abort.  Then the worker gives up on it, rolls back and starts
- *	the stream again from its last commit without streaming, so the source
- *	sends it again whole after its commit; streaming is tried again after a
- *	pause that doubles each time it is given up (1 minute to 1 hour).
  *
  *	Applying.  Each change becomes one execution of a prepared statement
  *	through SPI.  Statements are prepared (in relmap.c) once per relation
@@ -80,131 +59,54 @@
  *	statement touched fewer rows than it should have, the rows are looked
  *	for by key to tell the two apart, so the common path costs nothing.
  *
+ *	Resyncs.  Whether a change of a table being copied again is applied,
+ *	skipped or queued is resync.c's decision (resync_route, asked in one
+ *	place, change_route); the queue is replayed later through the handlers
+ *	here, which resync.c reaches only through the ResyncReplayer given to
+ *	resync_tick.
+ *
  *	Memory.  Every message is decoded and applied in a context that is
- *	reset after the message, so nothing grows with the size of a source
- *	transaction; plans and the relation map live in a cache context.
- *
- *	Idle sources.  When nothing is pending, keepalives move the position we
- *	report to the slot, so a source that writes only to unpublished tables
- *	does not make the slot hold WAL forever.
- *
- *	Binary transfer.  The stream uses pgoutput's binary mode when every
- *	published column has the same built-in type on both sides; binary array
- *	and record values embed type OIDs that differ between servers for
- *	user-defined types, so those mirrors use text.
+ *	reset after the message (applystream.c), so nothing grows with the
+ *	size of a source transaction; plans and the relation map live in a
+ *	cache context.
  *
  *-------------------------------------------------------------------------
  */
 #include "apply_internal.h"
 
-#include "access/genam.h"
 #include "access/htup_details.h"
-#include "access/table.h"
 #include "access/xact.h"
-#include "access/xlog.h"
-#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "libpq/pqformat.h"
 #include "miscadmin.h"
-#include "pgstat.h"
-#include "postmaster/interrupt.h"
 #include "replication/logicalproto.h"
-#include "replication/origin.h"
 #include "utils/builtins.h"
-#include "utils/datum.h"
-#include "utils/guc.h"
 #include "utils/hsearch.h"
-#include "utils/inval.h"
-#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
-#include "utils/relcache.h"
-#include "utils/snapmgr.h"
-#include "utils/syscache.h"
 #include "utils/timestamp.h"
-#include "utils/typcache.h"
 
-#define FEEDBACK_INTERVAL_MS	10000
-#define IDLE_WAIT_MS			1000
-#define FLUSH_REPORT_WAIT_MS	200 /* about wal_writer_delay */
-
-
-/* source end LSN of a committed batch and its local commit LSN */
-typedef struct FlushPosition
-{
-	XLogRecPtr	local_end;
-	XLogRecPtr	remote_end;
-} FlushPosition;
+/* the batch being applied: its destination transaction is applybatch.c's */
+static ApplyBatch batch = {0};
 
 static Mirror *mirror;
-static PGconn *conn;
-bool		apply_binary_mode = false;
-static MemoryContext ApplyMessageContext;
-static List *flush_positions = NIL;
-
-static bool in_remote_txn = false;
-static bool in_local_txn = false;
-static bool batch_spi = false;	/* the batch holds an SPI connection */
-static XLogRecPtr remote_final_lsn = InvalidXLogRecPtr;
-static int64 batch_changes = 0;
-static TimestampTz batch_start = 0;
-static XLogRecPtr batch_last_end = InvalidXLogRecPtr;
-static TimestampTz batch_last_commit_time = 0;
-static XLogRecPtr batch_keepalive_lsn = InvalidXLogRecPtr;
-
-static XLogRecPtr last_received = InvalidXLogRecPtr;
-
-/* streaming of large transactions (protocol version 2), see NOTES */
-#define STREAM_RETRY_MIN_MS		60000
-#define STREAM_RETRY_MAX_MS		3600000
-static bool streaming_on = false;	/* the stream was started with streaming */
-static bool in_stream_block = false;	/* between STREAM START and STOP */
-static TransactionId stream_xid = InvalidTransactionId; /* being applied */
-static TransactionId stream_subxids[STREAM_MAX_SUBXACTS];	/* open savepoints */
-static int	stream_nsubxids = 0;
-static TransactionId stream_change_xid = InvalidTransactionId;
-static bool stream_restart_pending = false;
-static TimestampTz streaming_retry_at = 0;
-static int	streaming_retry_ms = STREAM_RETRY_MIN_MS;
-static const char *stream_give_up_why = NULL;	/* for the restart's log line */
 
 /* the message being handled, raw, for the resync queue */
 static const char *current_msg = NULL;
 static int	current_msg_len = 0;
 
-/* replaying a resync queue: apply everything, to this table of this mapping */
-bool		apply_replaying = false;
-MirrorTable *apply_replay_mt = NULL;
-const char *apply_replay_target = NULL;
-static XLogRecPtr last_flushed_reported = InvalidXLogRecPtr;
-static XLogRecPtr last_write_reported = InvalidXLogRecPtr;
-static XLogRecPtr local_flushed_upto = InvalidXLogRecPtr;	/* source end LSN
-															 * whose local commit
-															 * is on disk */
-static TimestampTz last_feedback = 0;
-
-static void apply_batch_flush(void);
-static void apply_copydata(char *buf, int len);
-static void send_feedback(bool force, bool request_reply);
-static void stream_give_up(const char *why);
-static void check_slot_and_publication(bool patient);
-
-/* the mapped table for a source schema.table */
-static MirrorTable *
-find_mirror_table(const char *nsp, const char *rel)
+/* replaying a resync queue: apply everything, to the table of mt */
+typedef struct ApplyReplay
 {
-	ListCell   *lc;
+	bool		active;
+	MirrorTable *mt;
+	XLogRecPtr	saved_final_lsn;	/* the live stream's, back after it */
+} ApplyReplay;
 
-	foreach(lc, mirror->tables)
-	{
-		MirrorTable *mt = lfirst(lc);
+static ApplyReplay replay = {false, NULL, InvalidXLogRecPtr};
 
-		if (strcmp(mt->source_schema, nsp) == 0 && strcmp(mt->source_table, rel) == 0)
-			return mt;
-	}
-	return NULL;
-}
+static const ApplyWriter *writer = &apply_writer;
 
 /*
  * The typmods of a Relation message: logicalrep_read_rel() reads and drops
@@ -237,13 +139,6 @@ parse_relation_typmods(const char *data, int len, int start)
 	return typmods;
 }
 
-/* the mirror being applied, for relmap.c */
-Mirror *
-apply_current_mirror(void)
-{
-	return mirror;
-}
-
 /* Relation message: (re)describe a source relation */
 static void
 apply_handle_relation(StringInfo s)
@@ -251,9 +146,6 @@ apply_handle_relation(StringInfo s)
 	int			start = s->cursor;
 	LogicalRepRelation *rel = logicalrep_read_rel(s);
 	int32	   *typmods = parse_relation_typmods(s->data, s->len, start);
-	RelMapEntry *e;
-	bool		found;
-	MemoryContext old;
 	MirrorTable *mt;
 
 	/*
@@ -261,80 +153,14 @@ apply_handle_relation(StringInfo s)
 	 * came from, next to the root it is published as: unmapped relations are
 	 * remembered, and only a change on one is an error.
 	 */
-	mt = find_mirror_table(rel->nspname, rel->relname);
+	mt = mirror_find_table(mirror, rel->nspname, rel->relname);
 
-	e = hash_search(apply_relmap, &rel->remoteid, HASH_ENTER, &found);
-	if (found)
-		relmap_free_plans(e);
-	else
-		memset(((char *) e) + sizeof(LogicalRepRelId), 0,
-			   sizeof(RelMapEntry) - sizeof(LogicalRepRelId));
-
-	/* everything of the entry lives in the cache context */
-	old = MemoryContextSwitchTo(ApplyCacheContext);
-	e->remoterel = palloc0(sizeof(LogicalRepRelation));
-	e->remoterel->remoteid = rel->remoteid;
-	e->remoterel->nspname = pstrdup(rel->nspname);
-	e->remoterel->relname = pstrdup(rel->relname);
-	e->remoterel->attnames = palloc(sizeof(char *) * (rel->natts + 1));
-	e->remoterel->atttyps = palloc(sizeof(Oid) * (rel->natts + 1));
-	e->remote_typmods = palloc(sizeof(int32) * (rel->natts + 1));
-	e->remoterel->attkeys = NULL;
-	e->remote_skip = NULL;
-	e->remote_natts_sent = rel->natts;
-
-	/*
-	 * A source without publication column lists (before 15) sends the
-	 * excluded columns too: they are left out here, so that everything
-	 * after this sees the columns a column list would have sent.
-	 */
-	if (mt != NULL && mt->exclude_columns != NIL)
-	{
-		for (int i = 0; i < rel->natts; i++)
-		{
-			ListCell   *lc;
-
-			foreach(lc, mt->exclude_columns)
-				if (strcmp((char *) lfirst(lc), rel->attnames[i]) == 0)
-				{
-					if (e->remote_skip == NULL)
-						e->remote_skip = palloc0(sizeof(bool) * rel->natts);
-					e->remote_skip[i] = true;
-				}
-		}
-	}
-	{
-		int			k = 0;
-
-		for (int i = 0; i < rel->natts; i++)
-		{
-			if (e->remote_skip && e->remote_skip[i])
-				continue;
-			e->remoterel->attnames[k] = pstrdup(rel->attnames[i]);
-			e->remoterel->atttyps[k] = rel->atttyps[i];
-			e->remote_typmods[k] = typmods[i];
-			if (bms_is_member(i, rel->attkeys))
-				e->remoterel->attkeys = bms_add_member(e->remoterel->attkeys, k);
-			k++;
-		}
-		e->remoterel->natts = k;
-	}
-	e->remoterel->replident = rel->replident;
-	e->mt = mt;
-	e->qualname = mt ? pstrdup(quote_qualified_identifier(mt->dest_schema, mt->dest_table)) : NULL;
-	if (current_msg != NULL)
-	{
-		e->raw_relmsg = palloc(current_msg_len);
-		memcpy(e->raw_relmsg, current_msg, current_msg_len);
-		e->raw_relmsg_len = current_msg_len;
-	}
-	MemoryContextSwitchTo(old);
-	e->valid = false;
+	relmap_update(rel, typmods, mt, current_msg, current_msg_len);
 
 	/* a table being copied again keeps its latest description for replay */
-	if (mt && !apply_replaying && mt->resync_state && strcmp(mt->resync_state, "COPYING") == 0 &&
+	if (mt && !replay.active && mt->resync_state && strcmp(mt->resync_state, "COPYING") == 0 &&
 		IsTransactionState())
-		apply_store_relation_message(mt);
+		resync_store_relation_message(mirror, mt);
 }
 
 /* Type message: remember the name of a source user-defined type */
@@ -342,93 +168,24 @@ static void
 apply_handle_type(StringInfo s)
 {
 	LogicalRepTyp typ;
-	RemoteType *t;
-	bool		found;
 
 	logicalrep_read_typ(s, &typ);
-	t = hash_search(apply_typemap, &typ.remoteid, HASH_ENTER, &found);
-	t->nspname = MemoryContextStrdup(ApplyCacheContext, typ.nspname);
-	t->typname = MemoryContextStrdup(ApplyCacheContext, typ.typname);
+	relmap_update_type(&typ);
 }
 
 /*
- * Run a prepared change; returns the number of rows it touched.  Inside a
- * batch the batch's SPI connection is used: connecting per row would cost
- * two memory contexts per change.
+ * How a change of e is to be applied, given the copies of its table: the
+ * one place the apply asks resync.c.  With queue, a change to be queued is
+ * queued (the current message, in the batch's transaction).  A replay
+ * applies everything it is given.
  */
-uint64
-apply_exec_plan(SPIPlanPtr plan, Datum *values, char *nulls)
+static ResyncRoute
+change_route(RelMapEntry *e, bool queue)
 {
-	int			rc;
-	uint64		processed;
-
-	if (!batch_spi)
-		SPI_connect();
-	rc = SPI_execute_plan(plan, values, nulls, false, 0);
-	processed = SPI_processed;
-	if (!batch_spi)
-		SPI_finish();
-	if (rc < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not apply change: %s", SPI_result_code_string(rc))));
-	return processed;
-}
-
-/* what becomes of a change, given the copies of its table */
-typedef enum ChangeRoute
-{
-	ROUTE_APPLY,				/* apply it */
-	ROUTE_SKIP,					/* it is in the table's copy */
-	ROUTE_QUEUE,				/* queue it for after the running copy */
-	ROUTE_APPLY_QUEUE			/* both: the old table stays live (swap) */
-} ChangeRoute;
-
-static ChangeRoute
-change_route(RelMapEntry *e)
-{
-	MirrorTable *mt = e->mt;
-
-	if (apply_replaying)
-		return ROUTE_APPLY;
-	if (mt->resync_state != NULL && strcmp(mt->resync_state, "COPYING") == 0)
-	{
-		bool		swap = strcmp(mt->resync_strategy, "swap") == 0;
-
-		if (remote_final_lsn <= mt->sync_lsn)
-			return swap ? ROUTE_APPLY : ROUTE_SKIP;
-		return swap ? ROUTE_APPLY_QUEUE : ROUTE_QUEUE;
-	}
-	if (mt->resync_state == NULL && mt->sync_lsn != InvalidXLogRecPtr &&
-		remote_final_lsn <= mt->sync_lsn)
-		return ROUTE_SKIP;
-	return ROUTE_APPLY;
-}
-
-/* put the current message into the table's resync queue (this batch) */
-static void
-queue_change(RelMapEntry *e)
-{
-	Oid			types[4] = {INT4OID, TEXTOID, TEXTOID, BYTEAOID};
-	Datum		vals[4];
-	bytea	   *msg = palloc(VARHDRSZ + current_msg_len);
-	int			rc;
-
-	SET_VARSIZE(msg, VARHDRSZ + current_msg_len);
-	memcpy(VARDATA(msg), current_msg, current_msg_len);
-	vals[0] = Int32GetDatum(mirror->id);
-	vals[1] = CStringGetTextDatum(e->mt->source_schema);
-	vals[2] = CStringGetTextDatum(e->mt->source_table);
-	vals[3] = PointerGetDatum(msg);
-	SPI_connect();
-	rc = SPI_execute_with_args("INSERT INTO bunny.resync_queue (mirror_id, source_schema, source_table, message) "
-							   "VALUES ($1, $2, $3, $4)", 4, types, vals, NULL, false, 0);
-	SPI_finish();
-	if (rc < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not queue a change of %s", e->qualname)));
-	batch_changes++;
+	if (replay.active)
+		return RESYNC_APPLY;
+	return resync_route(mirror, e->mt, batch.remote_final_lsn,
+						queue ? current_msg : NULL, current_msg_len);
 }
 
 /*
@@ -438,409 +195,20 @@ queue_change(RelMapEntry *e)
 static bool
 route_change(RelMapEntry *e, int64 *counter)
 {
-	switch (change_route(e))
+	switch (change_route(e, true))
 	{
-		case ROUTE_SKIP:
+		case RESYNC_SKIP:
 			return false;
-		case ROUTE_QUEUE:
-			queue_change(e);
+		case RESYNC_QUEUED:
+			batch.changes++;
 			(*counter)++;
 			return false;
-		case ROUTE_APPLY_QUEUE:
-			queue_change(e);
+		case RESYNC_APPLY_QUEUED:
+			batch.changes++;
 			return true;
-		case ROUTE_APPLY:
+		case RESYNC_APPLY:
 			break;
 	}
-	return true;
-}
-
-/*
- * Runs of INSERTs into one table are sent as multi-row INSERTs of up to
- * INSERT_BUFFER_ROWS rows: one executor start-up for many rows.  The buffer
- * is flushed before any other message, so changes keep their order.
- */
-#define INSERT_BUFFER_ROWS	100
-
-static RelMapEntry *ins_rel = NULL;
-static char *ins_mask = NULL;
-static int	ins_rows = 0;
-static int	ins_ncols = 0;
-static Datum *ins_values = NULL;
-static char *ins_nulls = NULL;
-static MemoryContext InsertBufferContext = NULL;
-static RelMapEntry *copy_run_candidate = NULL;
-
-/* send the buffered rows */
-static void
-insert_buffer_flush(void)
-{
-	if (ins_rows == 0)
-		return;
-	bunny_ctx_table = ins_rel->qualname;
-	apply_exec_plan(relmap_get_plan(ins_rel, 'I', ins_mask, NULL, ins_rows), ins_values, ins_nulls);
-	ins_rows = 0;
-	ins_rel = NULL;
-	MemoryContextReset(InsertBufferContext);
-}
-
-/* buffer one row (the first ncols of values are the present columns) */
-static void
-insert_buffer_add(RelMapEntry *e, const char *present, Datum *values, char *nulls)
-{
-	int			n = e->remoterel->natts;
-	MemoryContext old;
-	int			k = 0;
-
-	if (ins_rel != NULL && (ins_rel != e || strcmp(ins_mask, present) != 0))
-		insert_buffer_flush();
-
-	old = MemoryContextSwitchTo(InsertBufferContext);
-	if (ins_rel == NULL)
-	{
-		ins_rel = e;
-		ins_mask = pstrdup(present);
-		ins_ncols = 0;
-		for (int i = 0; i < n; i++)
-			if (present[i] == '1')
-				ins_ncols++;
-		ins_values = palloc(sizeof(Datum) * ins_ncols * INSERT_BUFFER_ROWS);
-		ins_nulls = palloc(ins_ncols * INSERT_BUFFER_ROWS + 1);
-	}
-	for (int i = 0; i < n; i++)
-	{
-		int			at = ins_rows * ins_ncols + k;
-
-		if (present[i] != '1')
-			continue;
-		ins_nulls[at] = nulls[k];
-		ins_values[at] = nulls[k] == 'n' ? (Datum) 0 :
-			datumCopy(values[k], e->typbyval[i], e->typlen[i]);
-		k++;
-	}
-	MemoryContextSwitchTo(old);
-	if (++ins_rows == INSERT_BUFFER_ROWS)
-	{
-		insert_buffer_flush();
-		copy_run_candidate = e; /* a long run: the next row starts COPY */
-	}
-}
-
-/*
- * COPY runs.  Once a run of INSERTs into one table has filled the insert
- * buffer, the rest of the run goes through the destination's COPY
- * machinery: CopyFrom pulls rows from a data-source callback that reads the
- * next messages from the stream and turns each INSERT straight into a COPY
- * row (pgoutput's binary column values are COPY BINARY fields; text values
- * only need COPY's escaping), with no per-row statement at all and
- * CopyFrom's multi-row heap inserts through a bulk-write buffer ring.  The
- * first message that is not such an INSERT ends the run; it is kept and
- * handled next by the main loop.
- *
- * The COPY writes its buffered rows (heap and index entries) every
- * COPY_RUN_FLUSH_ROWS rows, not every 1000 as CopyFrom would for binary
- * input.  The worker reads nothing from the socket while it writes, and a
- * unix socket holds only about half a millisecond of a walsender's output,
- * less than writing 1000 rows takes: in a 1M-row catch-up the walsender,
- * which sets the pace there, stopped about 1 000 times.  Ending the runs
- * sooner would do the same but give every run a new bulk-write buffer
- * ring, i.e. spread the new pages over all of shared_buffers.
- */
-#define COPY_RUN_FLUSH_ROWS 128
-
-static RelMapEntry *copy_rel = NULL;
-static StringInfoData copy_row;
-static int	copy_row_pos = 0;
-static bool copy_run_eof = false;
-static char *stashed_buf = NULL;	/* the CopyData message that ended a run */
-static int	stashed_len = 0;
-
-/*
- * Append an INSERT message of copy_rel as one COPY row; false (and nothing
- * appended) if it is not an INSERT of that table in the stream's format.
- */
-static bool
-copy_row_append(const char *msg, int len, bool has_xid, StringInfo out)
-{
-	StringInfoData s;
-	int			natts = copy_rel->remoterel->natts;
-	int			natts_sent = copy_rel->remote_natts_sent;
-	int			start = out->len;
-	int			written = 0;
-
-	s.data = (char *) msg;
-	s.len = len;
-	s.maxlen = -1;
-	s.cursor = 0;
-	if (len < 12 || pq_getmsgbyte(&s) != LOGICAL_REP_MSG_INSERT)
-		return false;
-	/* inside a streamed block every change names its (sub)transaction */
-	if (has_xid && pq_getmsgint(&s, 4) != stream_change_xid)
-		return false;
-	if (pq_getmsgint(&s, 4) != copy_rel->remoteid ||
-		pq_getmsgbyte(&s) != 'N' ||
-		pq_getmsgint(&s, 2) != (unsigned int) natts_sent)
-		return false;
-	if (apply_binary_mode)
-		pq_sendint16(out, natts);
-	for (int i = 0; i < natts_sent; i++)
-	{
-		/* an excluded column a source before 15 sent: read past it */
-		bool		skip = copy_rel->remote_skip && copy_rel->remote_skip[i];
-		char		kind;
-		int32		vlen = 0;
-		const char *v = NULL;
-
-		if (s.cursor >= s.len)
-			goto fail;
-		kind = pq_getmsgbyte(&s);
-		if (kind != LOGICALREP_COLUMN_NULL)
-		{
-			if (kind != (apply_binary_mode ? LOGICALREP_COLUMN_BINARY : LOGICALREP_COLUMN_TEXT))
-				goto fail;
-			vlen = pq_getmsgint(&s, 4);
-			if (vlen < 0 || vlen > s.len - s.cursor)
-				goto fail;
-			v = pq_getmsgbytes(&s, vlen);
-		}
-		if (skip)
-			continue;
-		if (!apply_binary_mode && written > 0)
-			appendStringInfoChar(out, '\t');
-		written++;
-		if (kind == LOGICALREP_COLUMN_NULL)
-		{
-			if (apply_binary_mode)
-				pq_sendint32(out, -1);
-			else
-				appendStringInfoString(out, "\\N");
-			continue;
-		}
-		if (apply_binary_mode)
-		{
-			pq_sendint32(out, vlen);
-			appendBinaryStringInfo(out, v, vlen);
-			continue;
-		}
-		for (int c = 0; c < vlen; c++)
-		{
-			switch (v[c])
-			{
-				case '\\':
-					appendStringInfoString(out, "\\\\");
-					break;
-				case '\n':
-					appendStringInfoString(out, "\\n");
-					break;
-				case '\r':
-					appendStringInfoString(out, "\\r");
-					break;
-				case '\t':
-					appendStringInfoString(out, "\\t");
-					break;
-				default:
-					appendStringInfoChar(out, v[c]);
-			}
-		}
-	}
-	if (s.cursor != s.len)
-		goto fail;
-	if (!apply_binary_mode)
-		appendStringInfoChar(out, '\n');
-	return true;
-
-fail:
-	out->len = start;
-	out->data[start] = '\0';
-	return false;
-}
-
-/*
- * The next CopyData message of the stream, waiting for it like the main
- * loop does (interrupts, feedback to the source).
- */
-static int
-copy_run_receive(char **buf)
-{
-	for (;;)
-	{
-		pgsocket	fd = PGINVALID_SOCKET;
-		int			len;
-		int			rc;
-
-		CHECK_FOR_INTERRUPTS();
-		len = stream_receive(conn, buf, &fd);
-		if (len > 0)
-			return len;
-		send_feedback(false, false);
-		rc = WaitLatchOrSocket(MyLatch,
-							   WL_SOCKET_READABLE | WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							   fd, IDLE_WAIT_MS, PG_WAIT_EXTENSION);
-		if (rc & WL_LATCH_SET)
-			ResetLatch(MyLatch);
-	}
-}
-
-/*
- * Pass over the boundary between two blocks of the streamed transaction
- * being applied: STREAM STOP, then STREAM START of the same transaction.
- * A run of INSERTs in a large transaction then stays one COPY -- one
- * bulk-insert buffer ring, not one per block.  True if msg was such a
- * message and is done with.
- */
-static bool
-copy_run_stream_boundary(const char *msg, int len)
-{
-	if (in_stream_block && len == 1 && msg[0] == LOGICAL_REP_MSG_STREAM_STOP)
-	{
-		in_stream_block = false;	/* what the main loop would do */
-		return true;
-	}
-	if (!in_stream_block && stream_xid != InvalidTransactionId && !stream_restart_pending &&
-		len == 6 && msg[0] == LOGICAL_REP_MSG_STREAM_START)
-	{
-		StringInfoData m;
-		TransactionId xid;
-		bool		first;
-
-		m.data = (char *) msg;
-		m.len = len;
-		m.maxlen = -1;
-		m.cursor = 1;
-		xid = logicalrep_read_stream_start(&m, &first);
-		if (xid == stream_xid && !first)
-		{
-			in_stream_block = true;
-			return true;
-		}
-	}
-	return false;
-}
-
-/* produce the next COPY row into copy_row; false at the end of the run */
-static bool
-copy_run_next_row(void)
-{
-	resetStringInfo(&copy_row);
-	copy_row_pos = 0;
-	for (;;)
-	{
-		char	   *buf;
-		int			len = copy_run_receive(&buf);
-
-		if (buf[0] == 'w' && len > 25)
-		{
-			XLogRecPtr	end;
-			StringInfoData h;
-
-			/* XLogData: start, end, send time, then the pgoutput message */
-			h.data = buf;
-			h.len = len;
-			h.maxlen = -1;
-			h.cursor = 9;
-			end = pq_getmsgint64(&h);
-			if (copy_row_append(buf + 25, len - 25, in_stream_block, &copy_row))
-			{
-				SpinLockAcquire(&MySlot->mutex);
-				if (end > MySlot->source_lsn)
-					MySlot->source_lsn = end;
-				SpinLockRelease(&MySlot->mutex);
-				PQfreemem(buf);
-				return true;
-			}
-			if (copy_run_stream_boundary(buf + 25, len - 25))
-			{
-				PQfreemem(buf);
-				continue;
-			}
-		}
-		else if (buf[0] == 'k')
-		{
-			apply_copydata(buf, len);
-			PQfreemem(buf);
-			continue;
-		}
-		/* anything else ends the run; the main loop handles it next */
-		stashed_buf = buf;
-		stashed_len = len;
-		return false;
-	}
-}
-
-/* data-source callback of BeginCopyFrom for a COPY run */
-static int
-copy_run_read(void *outbuf, int minread, int maxread)
-{
-	int			done = 0;
-
-	while (done < minread)
-	{
-		int			n;
-
-		if (copy_row_pos >= copy_row.len)
-		{
-			if (copy_run_eof || !copy_run_next_row())
-			{
-				copy_run_eof = true;
-				break;
-			}
-		}
-		n = Min(maxread - done, copy_row.len - copy_row_pos);
-		memcpy((char *) outbuf + done, copy_row.data + copy_row_pos, n);
-		copy_row_pos += n;
-		done += n;
-	}
-	return done;
-}
-
-/*
- * Run COPY into e's table, starting with the current INSERT message, until
- * the stream brings something else; false if the current message cannot
- * start a run.
- */
-static bool
-copy_run(RelMapEntry *e)
-{
-	Relation	rel;
-	List	   *attnames = NIL;
-	uint64		rows;
-
-	if (copy_row.data == NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(ApplyCacheContext);
-
-		initStringInfo(&copy_row);
-		MemoryContextSwitchTo(old);
-	}
-	copy_rel = e;
-	copy_row_pos = 0;
-	copy_run_eof = false;
-	resetStringInfo(&copy_row);
-	if (apply_binary_mode)
-	{
-		appendBinaryStringInfo(&copy_row, "PGCOPY\n\377\r\n\0", 11);
-		pq_sendint32(&copy_row, 0); /* flags */
-		pq_sendint32(&copy_row, 0); /* header extension */
-	}
-	/* the current message is the first row */
-	if (!copy_row_append(current_msg, current_msg_len, false, &copy_row))
-	{
-		copy_rel = NULL;
-		copy_run_candidate = NULL;
-		return false;
-	}
-
-	rel = table_open(e->localrelid, RowExclusiveLock);
-	for (int i = 0; i < e->remoterel->natts; i++)
-		attnames = lappend(attnames, makeString(e->remoterel->attnames[i]));
-	rows = bunny_copy_from(rel, attnames, apply_binary_mode, copy_run_read, COPY_RUN_FLUSH_ROWS);
-	table_close(rel, NoLock);
-	CommandCounterIncrement();
-
-	e->n_ins += rows;
-	batch_changes += rows;
-	copy_rel = NULL;
-	copy_run_candidate = NULL;
 	return true;
 }
 
@@ -860,10 +228,18 @@ apply_handle_insert(StringInfo s)
 
 	if (e == NULL)
 		return;
-	fold_flush_rel(e);
-	if (copy_run_candidate == e && !apply_replaying && change_route(e) == ROUTE_APPLY &&
-		copy_run(e))
-		return;
+	if (writer->begin_insert(e) && !replay.active && change_route(e, false) == RESYNC_APPLY)
+	{
+		int64		rows = writer->copy_run(e, current_msg, current_msg_len,
+											streamxact_change_xid());
+
+		if (rows >= 0)
+		{
+			e->n_ins += rows;
+			batch.changes += rows;
+			return;
+		}
+	}
 	if (!route_change(e, &e->n_ins))
 		return;
 	relmap_tuple_to_datums(e, &newtup, values, nulls, present);
@@ -879,10 +255,10 @@ apply_handle_insert(StringInfo s)
 				k++;
 			}
 	}
-	insert_buffer_add(e, present, values, nulls);
-	if (!apply_replaying)
+	writer->insert(e, present, values, nulls);
+	if (!replay.active)
 		e->n_ins++;
-	batch_changes++;
+	batch.changes++;
 }
 
 /* parameters for the row-identifying columns of keytup */
@@ -944,7 +320,7 @@ mark_kept_keys(RelMapEntry *e, LogicalRepTupleData *oldtup,
 static bool
 row_exists(RelMapEntry *e, const char *wheremask, Datum *keyvalues, char *keynulls)
 {
-	return apply_exec_plan(relmap_get_plan(e, 'E', NULL, wheremask, 1), keyvalues, keynulls) > 0;
+	return writer->exec(relmap_get_plan(e, 'E', NULL, wheremask, 1), keyvalues, keynulls) > 0;
 }
 
 /* UPDATE */
@@ -973,16 +349,16 @@ apply_handle_update(StringInfo s)
 	if (e == NULL)
 		return;
 	/* buffered INSERTs of this table may include the row */
-	if (ins_rel == e)
-		insert_buffer_flush();
-	if (!has_old && change_route(e) == ROUTE_APPLY && fold_update(e, &newtup))
+	writer->flush_inserts(e);
+	if (!has_old && !replay.active && change_route(e, false) == RESYNC_APPLY &&
+		writer->fold(e, &newtup))
 	{
 		e->n_upd++;
-		batch_changes++;
+		batch.changes++;
 		return;
 	}
-	insert_buffer_flush();
-	fold_flush_rel(e);
+	writer->flush_inserts(NULL);
+	writer->flush_folded(e);
 	if (!route_change(e, &e->n_upd))
 		return;
 	relmap_tuple_to_datums(e, &newtup, nv, nn, setmask);
@@ -999,7 +375,7 @@ apply_handle_update(StringInfo s)
 	nset = k;
 	key_params(e, has_old ? &oldtup : &newtup, values, nulls, wheremask, &k);
 
-	if (apply_exec_plan(relmap_get_plan(e, 'U', setmask, wheremask, 1), values, nulls) == 0)
+	if (writer->exec(relmap_get_plan(e, 'U', setmask, wheremask, 1), values, nulls) == 0)
 	{
 		if (!row_exists(e, wheremask, values + nset, nulls + nset))
 			ereport(ERROR,
@@ -1009,9 +385,9 @@ apply_handle_update(StringInfo s)
 					 errhint("Remove the conflicting local change or resync the table; the mirror retries until then.")));
 		elog(DEBUG1, "a trigger skipped the update of a row of %s", e->qualname);
 	}
-	if (!apply_replaying)
+	if (!replay.active)
 		e->n_upd++;
-	batch_changes++;
+	batch.changes++;
 }
 
 /* DELETE */
@@ -1031,11 +407,11 @@ apply_handle_delete(StringInfo s)
 
 	if (e == NULL)
 		return;
-	fold_flush_rel(e);
+	writer->flush_folded(e);
 	if (!route_change(e, &e->n_del))
 		return;
 	key_params(e, &oldtup, values, nulls, wheremask, &k);
-	if (apply_exec_plan(relmap_get_plan(e, 'D', NULL, wheremask, 1), values, nulls) == 0)
+	if (writer->exec(relmap_get_plan(e, 'D', NULL, wheremask, 1), values, nulls) == 0)
 	{
 		if (!row_exists(e, wheremask, values, nulls))
 			ereport(WARNING,
@@ -1044,9 +420,9 @@ apply_handle_delete(StringInfo s)
 		else
 			elog(DEBUG1, "a trigger skipped the deletion of a row of %s", e->qualname);
 	}
-	if (!apply_replaying)
+	if (!replay.active)
 		e->n_del++;
-	batch_changes++;
+	batch.changes++;
 }
 
 /* TRUNCATE of one or more published tables */
@@ -1070,7 +446,7 @@ apply_handle_truncate(StringInfo s)
 		RelMapEntry *e = relmap_get(lfirst_oid(lc));
 
 		/* a replay truncates only the table it replays */
-		if (e == NULL || (apply_replaying ? e->mt != apply_replay_mt : !route_change(e, &dummy)))
+		if (e == NULL || (replay.active ? e->mt != replay.mt : !route_change(e, &dummy)))
 			continue;
 		appendStringInfo(&sql, "%s%s", n++ ? ", " : "", e->qualname);
 	}
@@ -1086,22 +462,7 @@ apply_handle_truncate(StringInfo s)
 				(errcode(ERRCODE_INTERNAL_ERROR),
 				 errmsg("could not apply \"%s\"", sql.data)));
 	bunny_log(mirror->name, "INFO", psprintf("applied %s", sql.data), NULL);
-	batch_changes++;
-}
-
-/* open the destination transaction of a batch if none is open */
-static void
-apply_batch_begin(void)
-{
-	if (in_local_txn)
-		return;
-	bunny_start_transaction();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
-	batch_spi = true;
-	in_local_txn = true;
-	batch_start = GetCurrentTimestamp();
-	batch_changes = 0;
+	batch.changes++;
 }
 
 /* BEGIN of a source transaction */
@@ -1111,18 +472,18 @@ apply_handle_begin(StringInfo s)
 	LogicalRepBeginData begin;
 
 	logicalrep_read_begin(s, &begin);
-	if (stream_restart_pending)
+	if (streamxact_restart_pending())
 		return;
-	if (stream_xid != InvalidTransactionId)
+	if (streamxact_active())
 	{
 		/* it must not wait for the streamed one, nor be undone with it */
-		stream_give_up("another transaction committed during it");
+		streamxact_give_up("another transaction committed during it");
 		return;
 	}
-	in_remote_txn = true;
-	remote_final_lsn = begin.final_lsn;
+	batch.in_remote_txn = true;
+	batch.remote_final_lsn = begin.final_lsn;
 	bunny_ctx_lsn = begin.final_lsn;
-	apply_batch_begin();
+	batch_begin(&batch);
 
 	SpinLockAcquire(&MySlot->mutex);
 	if (MySlot->oldest_pending_commit == 0)
@@ -1137,530 +498,19 @@ apply_handle_commit(StringInfo s)
 	LogicalRepCommitData commit;
 
 	logicalrep_read_commit(s, &commit);
-	in_remote_txn = false;
-	batch_last_end = commit.end_lsn;
-	batch_last_commit_time = commit.committime;
-	last_received = Max(last_received, commit.end_lsn);
+	batch_source_commit(&batch, commit.end_lsn, commit.committime);
 	bunny_ctx_table = NULL;
 
-	if (batch_changes >= mirror->max_batch_size ||
-		TimestampDifferenceExceeds(batch_start, GetCurrentTimestamp(),
+	if (batch.changes >= mirror->max_batch_size ||
+		TimestampDifferenceExceeds(batch.start, GetCurrentTimestamp(),
 								   mirror->idle_timeout_seconds * 1000) ||
 		(bunny_max_batch_latency > 0 &&
-		 TimestampDifferenceExceeds(batch_start, GetCurrentTimestamp(), bunny_max_batch_latency)))
-		apply_batch_flush();
+		 TimestampDifferenceExceeds(batch.start, GetCurrentTimestamp(), bunny_max_batch_latency)))
+		batch_flush(&batch, mirror);
 }
 
-/* throw away buffered INSERTs and folded UPDATEs without writing them */
-static void
-apply_discard_pending(void)
-{
-	ins_rows = 0;
-	ins_rel = NULL;
-	MemoryContextReset(InsertBufferContext);
-	copy_run_candidate = NULL;
-	fold_discard_all();
-}
-
-/* roll back the open destination transaction and forget the batch */
-static void
-apply_batch_abort(void)
-{
-	HASH_SEQ_STATUS status;
-	RelMapEntry *e;
-
-	MemoryContext old = CurrentMemoryContext;
-
-	apply_discard_pending();
-	/* with its savepoints: AbortCurrentTransaction would end only the last */
-	AbortOutOfAnyTransaction();
-	MemoryContextSwitchTo(old);
-	batch_spi = false;
-	in_local_txn = false;
-	in_remote_txn = false;
-	in_stream_block = false;
-	stream_xid = InvalidTransactionId;
-	stream_change_xid = InvalidTransactionId;
-	stream_nsubxids = 0;
-	batch_last_end = InvalidXLogRecPtr;
-	batch_keepalive_lsn = InvalidXLogRecPtr;
-	batch_changes = 0;
-	bunny_ctx_lsn = InvalidXLogRecPtr;
-	hash_seq_init(&status, apply_relmap);
-	while ((e = hash_seq_search(&status)) != NULL)
-		e->n_ins = e->n_upd = e->n_del = 0;
-	SpinLockAcquire(&MySlot->mutex);
-	MySlot->oldest_pending_commit = 0;
-	SpinLockRelease(&MySlot->mutex);
-}
-
-/*
- * A streamed transaction cannot be applied as it comes (another transaction
- * interleaves, a table is being resynced, too many savepoints): give up on
- * it and restart the stream without streaming from the last commit, so the
- * source sends it again whole, after its commit.  Done by the main loop
- * once the current message is handled; until then messages are ignored.
- */
-static void
-stream_give_up(const char *why)
-{
-	if (stream_restart_pending)
-		return;
-	stream_restart_pending = true;
-	stream_give_up_why = why;
-	streaming_retry_at = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), streaming_retry_ms);
-	streaming_retry_ms = Min(streaming_retry_ms * 2, STREAM_RETRY_MAX_MS);
-	elog(DEBUG1, "bunnydb: not applying a streamed transaction as it comes: %s", why);
-}
-
-/* restart the stream from the last commit, with or without streaming */
-static void
-stream_restart(bool streaming)
-{
-	XLogRecPtr	startpos;
-	MemoryContext old = CurrentMemoryContext;
-
-	apply_batch_abort();
-	if (stashed_buf != NULL)
-		PQfreemem(stashed_buf);
-	stashed_buf = NULL;
-	stream_restart_pending = false;
-
-	conn = worker_reconnect_source(mirror);
-	/* the walsender of the old connection may still hold the slot */
-	check_slot_and_publication(true);
-	startpos = replorigin_session_get_progress(false);
-	last_received = startpos;
-	streaming_on = streaming;
-	stream_start_replication(conn, mirror->slot_name, startpos, mirror->publication_name,
-							 apply_binary_mode, streaming_on);
-	bunny_start_transaction();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	{
-		const char *why = "";
-
-		/* after giving up, say why in bunny.logs: a bulk load came late */
-		if (!streaming && stream_give_up_why != NULL)
-			why = psprintf(": gave up applying one as it came (%s); trying again in %ld s",
-						   stream_give_up_why,
-						   (TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
-															streaming_retry_at) + 999) / 1000);
-		bunny_log(mirror->name, "DEBUG",
-				  psprintf("streaming again from %X/%X, %s%s", LSN_FORMAT_ARGS(startpos),
-						   streaming ? "applying large transactions while they run" :
-						   "large transactions after their commit", why), NULL);
-	}
-	stream_give_up_why = NULL;
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(old);
-}
-
-/* may the source stream large transactions to us now? */
-static bool
-streaming_wanted(void)
-{
-	return bunny_stream_large_transactions && PQserverVersion(conn) >= 140000 &&
-		GetCurrentTimestamp() >= streaming_retry_at;
-}
-
-/* STREAM START: a block of changes of a transaction in progress */
-static void
-apply_handle_stream_start(StringInfo s)
-{
-	bool		first;
-	TransactionId xid = logicalrep_read_stream_start(s, &first);
-	XLogRecPtr	committed;
-	ListCell   *lc;
-
-	if (stream_restart_pending)
-		return;
-	if (stream_xid == InvalidTransactionId)
-	{
-		/* the batch so far holds whole transactions: commit it first */
-		if (in_local_txn)
-			apply_batch_flush();
-		if (!first)
-		{
-			stream_give_up("the stream continues a transaction whose start was not applied");
-			return;
-		}
-		if (resync_active(mirror))
-		{
-			stream_give_up("a table is being copied again");
-			return;
-		}
-
-		/*
-		 * Its commit is after the last one we applied, but not known yet;
-		 * that is enough only if every table's copy is older than that.
-		 */
-		committed = replorigin_session_get_progress(false);
-		foreach(lc, mirror->tables)
-		{
-			MirrorTable *mt = lfirst(lc);
-
-			if (mt->sync_lsn != InvalidXLogRecPtr && mt->sync_lsn >= committed)
-			{
-				stream_give_up("a table's copy is newer than the last applied commit");
-				return;
-			}
-		}
-		apply_batch_begin();
-		stream_xid = xid;
-		stream_change_xid = xid;
-		stream_nsubxids = 0;
-		in_remote_txn = true;
-		/* a lower bound for the routing of changes (change_route) */
-		remote_final_lsn = committed + 1;
-		bunny_ctx_lsn = InvalidXLogRecPtr;
-	}
-	else if (xid != stream_xid)
-	{
-		stream_give_up("two large transactions run at once");
-		return;
-	}
-	in_stream_block = true;
-}
-
-/*
- * A change inside a streamed block belongs to xid, the transaction or one
- * of its subtransactions: each subtransaction gets a savepoint, so that its
- * abort can be rolled back alone.  False if the change is to be ignored.
- */
-static bool
-stream_enter_xid(TransactionId xid)
-{
-	bool		known = (xid == stream_xid);
-	HASH_SEQ_STATUS status;
-	RelMapEntry *e;
-
-	if (stream_restart_pending)
-		return false;
-	if (xid == stream_change_xid)
-		return true;
-	/* what is pending belongs to the previous (sub)transaction's savepoint */
-	insert_buffer_flush();
-	fold_flush_all();
-	for (int i = 0; i < stream_nsubxids && !known; i++)
-		known = (stream_subxids[i] == xid);
-	if (!known)
-	{
-		MemoryContext old = CurrentMemoryContext;
-
-		if (stream_nsubxids >= STREAM_MAX_SUBXACTS)
-		{
-			stream_give_up("too many subtransactions");
-			return false;
-		}
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(old);
-		/* the counters go back to these if the subtransaction aborts */
-		hash_seq_init(&status, apply_relmap);
-		while ((e = hash_seq_search(&status)) != NULL)
-		{
-			e->saved_counts[stream_nsubxids][0] = e->n_ins;
-			e->saved_counts[stream_nsubxids][1] = e->n_upd;
-			e->saved_counts[stream_nsubxids][2] = e->n_del;
-		}
-		stream_subxids[stream_nsubxids++] = xid;
-	}
-	stream_change_xid = xid;
-	return true;
-}
-
-/* STREAM COMMIT: the streamed transaction committed; so does its batch */
-static void
-apply_handle_stream_commit(StringInfo s)
-{
-	LogicalRepCommitData commit;
-	TransactionId xid = logicalrep_read_stream_commit(s, &commit);
-	MemoryContext old = CurrentMemoryContext;
-
-	if (stream_restart_pending)
-		return;
-	if (xid != stream_xid)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("commit of streamed transaction %u, but %u is the one applied",
-						xid, stream_xid)));
-	insert_buffer_flush();
-	fold_flush_all();
-	while (stream_nsubxids > 0)
-	{
-		ReleaseCurrentSubTransaction();
-		stream_nsubxids--;
-	}
-	MemoryContextSwitchTo(old);
-	in_stream_block = false;
-	in_remote_txn = false;
-	stream_xid = InvalidTransactionId;
-	stream_change_xid = InvalidTransactionId;
-	batch_last_end = commit.end_lsn;
-	batch_last_commit_time = commit.committime;
-	last_received = Max(last_received, commit.end_lsn);
-	apply_batch_flush();
-	streaming_retry_ms = STREAM_RETRY_MIN_MS;
-}
-
-/* STREAM ABORT of the streamed transaction or of one of its subtransactions */
-static void
-apply_handle_stream_abort(StringInfo s)
-{
-	TransactionId xid;
-	TransactionId subxid;
-	int			level = -1;
-	int			change_level = -1;
-	MemoryContext old = CurrentMemoryContext;
-	HASH_SEQ_STATUS status;
-	RelMapEntry *e;
-
-	logicalrep_read_stream_abort(s, &xid, &subxid);
-	if (stream_restart_pending || xid != stream_xid)
-		return;					/* nothing of it was applied */
-	if (subxid == xid)
-	{
-		apply_batch_abort();
-		return;
-	}
-	for (int i = 0; i < stream_nsubxids; i++)
-	{
-		if (stream_subxids[i] == subxid)
-			level = i;
-		if (stream_subxids[i] == stream_change_xid)
-			change_level = i;
-	}
-	if (level < 0)
-		return;					/* none of its changes came */
-
-	/*
-	 * The pending rows belong to stream_change_xid; they go with the abort
-	 * only if that is the aborted subtransaction or one inside it.
-	 */
-	if (change_level < level)
-	{
-		stream_give_up("a subtransaction aborted after changes of its parent");
-		return;
-	}
-	apply_discard_pending();
-	while (stream_nsubxids > level)
-	{
-		RollbackAndReleaseCurrentSubTransaction();
-		stream_nsubxids--;
-	}
-	MemoryContextSwitchTo(old);
-	hash_seq_init(&status, apply_relmap);
-	while ((e = hash_seq_search(&status)) != NULL)
-	{
-		e->n_ins = e->saved_counts[level][0];
-		e->n_upd = e->saved_counts[level][1];
-		e->n_del = e->saved_counts[level][2];
-	}
-	stream_change_xid = level > 0 ? stream_subxids[level - 1] : stream_xid;
-}
-
-/*
- * Write the batch's counters into bunny.mirror and bunny.mirror_table.  The
- * mirror row first: control functions lock it before the table rows, and
- * taking the locks in the same order keeps the two from deadlocking.
- */
-static void
-apply_batch_counters(void)
-{
-	static SPIPlanPtr mirror_plan = NULL;
-	static SPIPlanPtr table_plan = NULL;
-	HASH_SEQ_STATUS status;
-	RelMapEntry *e;
-	int64		total = 0;
-	Datum		values[6];
-
-	hash_seq_init(&status, apply_relmap);
-	while ((e = hash_seq_search(&status)) != NULL)
-		total += e->n_ins + e->n_upd + e->n_del;
-
-	SPI_connect();
-	/* once per batch, every batch: parse and plan them once per process */
-	if (mirror_plan == NULL)
-	{
-		Oid			t2[2] = {INT4OID, INT8OID};
-		Oid			t6[6] = {INT4OID, TEXTOID, TEXTOID, INT8OID, INT8OID, INT8OID};
-		SPIPlanPtr	mp;
-		SPIPlanPtr	tp;
-
-		mp = SPI_prepare("UPDATE bunny.mirror "
-						 "   SET total_rows_synced = total_rows_synced + $2, "
-						 "       last_sync_time = now(), "
-						 "       error_count = 0, error_message = NULL "
-						 " WHERE id = $1", 2, t2);
-		tp = SPI_prepare("UPDATE bunny.mirror_table "
-						 "   SET rows_inserted = rows_inserted + $4, "
-						 "       rows_updated = rows_updated + $5, "
-						 "       rows_deleted = rows_deleted + $6, "
-						 "       last_synced_at = now() "
-						 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-						 6, t6);
-		if (mp == NULL || tp == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_INTERNAL_ERROR),
-					 errmsg("could not prepare the counter updates: %s",
-							SPI_result_code_string(SPI_result))));
-		SPI_keepplan(mp);
-		SPI_keepplan(tp);
-		mirror_plan = mp;
-		table_plan = tp;
-	}
-	values[0] = Int32GetDatum(mirror->id);
-	values[1] = Int64GetDatum(total);
-	SPI_execute_plan(mirror_plan, values, NULL, false, 0);
-	hash_seq_init(&status, apply_relmap);
-	while ((e = hash_seq_search(&status)) != NULL)
-	{
-		if (e->n_ins == 0 && e->n_upd == 0 && e->n_del == 0)
-			continue;
-		values[0] = Int32GetDatum(mirror->id);
-		values[1] = CStringGetTextDatum(e->mt->source_schema);
-		values[2] = CStringGetTextDatum(e->mt->source_table);
-		values[3] = Int64GetDatum(e->n_ins);
-		values[4] = Int64GetDatum(e->n_upd);
-		values[5] = Int64GetDatum(e->n_del);
-		SPI_execute_plan(table_plan, values, NULL, false, 0);
-		e->n_ins = e->n_upd = e->n_del = 0;
-	}
-	SPI_finish();
-	mirror->error_count = 0;
-}
-
-/*
- * Commit the open batch together with the origin's new position, then
- * remember where it went for the flush feedback.
- */
-static void
-apply_batch_flush(void)
-{
-	FlushPosition *fp;
-	XLogRecPtr	processed;
-
-	if (!in_local_txn)
-		return;
-	Assert(!in_remote_txn);
-
-	insert_buffer_flush();
-	fold_flush_all();
-	if (batch_last_end != InvalidXLogRecPtr)
-	{
-		apply_batch_counters();
-		replorigin_session_origin_lsn = batch_last_end;
-		replorigin_session_origin_timestamp = batch_last_commit_time;
-	}
-	SPI_finish();
-	batch_spi = false;
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	/* the flush position below must never stand for work that did not commit */
-	if (IsTransactionOrTransactionBlock())
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("the destination transaction of a batch did not commit")));
-	pgstat_report_stat(false);
-	in_local_txn = false;
-
-	processed = Max(batch_last_end, batch_keepalive_lsn);
-	if (batch_last_end != InvalidXLogRecPtr)
-	{
-		fp = MemoryContextAlloc(ApplyCacheContext, sizeof(FlushPosition));
-		fp->local_end = XactLastCommitEnd;
-		fp->remote_end = batch_last_end;
-		flush_positions = apply_list_append_in(ApplyCacheContext, flush_positions, fp);
-	}
-
-	SpinLockAcquire(&MySlot->mutex);
-	if (processed > MySlot->processed_lsn)
-		MySlot->processed_lsn = processed;
-	if (MySlot->processed_lsn >= MySlot->source_lsn)
-		MySlot->behind_since = 0;
-	if (batch_last_commit_time)
-		MySlot->last_commit_time = batch_last_commit_time;
-	MySlot->oldest_pending_commit = 0;
-	SpinLockRelease(&MySlot->mutex);
-	ConditionVariableBroadcast(&MySlot->progress_cv);
-
-	batch_last_end = InvalidXLogRecPtr;
-	batch_keepalive_lsn = InvalidXLogRecPtr;
-	batch_changes = 0;
-	bunny_ctx_lsn = InvalidXLogRecPtr;
-}
-
-/*
- * The source position up to which our local commits are flushed, never
- * less than what was reported before.  It does not change what was last
- * reported: send_feedback compares the two to see whether it moved.
- */
-static XLogRecPtr
-flushed_position(void)
-{
-	XLogRecPtr	local_flush = GetFlushRecPtr(NULL);
-	XLogRecPtr	flushed;
-
-	while (flush_positions != NIL)
-	{
-		FlushPosition *fp = linitial(flush_positions);
-
-		if (fp->local_end > local_flush)
-			break;
-		local_flushed_upto = Max(local_flushed_upto, fp->remote_end);
-		flush_positions = list_delete_first(flush_positions);
-		pfree(fp);
-	}
-	flushed = Max(last_flushed_reported, local_flushed_upto);
-	/* nothing of ours in flight: everything received is done */
-	if (flush_positions == NIL && !in_local_txn && !in_remote_txn)
-		flushed = Max(flushed, last_received);
-	return flushed;
-}
-
-/* a standby status update ('r') for the walsender */
-static void
-feedback_message(StringInfo msg, XLogRecPtr write, XLogRecPtr flush, TimestampTz now,
-				 bool request_reply)
-{
-	initStringInfo(msg);
-	pq_sendbyte(msg, 'r');
-	pq_sendint64(msg, write);
-	pq_sendint64(msg, flush);
-	pq_sendint64(msg, flush);
-	pq_sendint64(msg, now);
-	pq_sendbyte(msg, request_reply ? 1 : 0);
-}
-
-/*
- * Send a standby status update to the walsender when a position moved, at
- * least every FEEDBACK_INTERVAL_MS, or when forced.  The flush position
- * is what the slot keeps: a new walsender (after a pause, a reconnect, a
- * stream restart) decodes again from the slot's restart point, which only
- * moves as far as the flush we reported, so it must not lag behind.
- */
-static void
-send_feedback(bool force, bool request_reply)
-{
-	StringInfoData msg;
-	XLogRecPtr	flush = flushed_position();
-	XLogRecPtr	write = Max(last_received, flush);
-	TimestampTz now = GetCurrentTimestamp();
-
-	if (!force && write == last_write_reported && flush == last_flushed_reported &&
-		!TimestampDifferenceExceeds(last_feedback, now, FEEDBACK_INTERVAL_MS))
-		return;
-	feedback_message(&msg, write, flush, now, request_reply);
-	stream_send(conn, msg.data, msg.len);
-	pfree(msg.data);
-
-	last_flushed_reported = flush;
-	last_write_reported = write;
-	last_feedback = now;
-}
-
-/* a pgoutput message */
-static void
+/* a pgoutput message, from the stream (applystream.c) or a resync queue */
+void
 apply_dispatch(StringInfo s)
 {
 	char		action;
@@ -1669,33 +519,8 @@ apply_dispatch(StringInfo s)
 	current_msg_len = s->len - s->cursor;
 	action = pq_getmsgbyte(s);
 
-	/* the stream restarts after this message: the source sends it again */
-	if (stream_restart_pending)
+	if (!streamxact_accept(action, s, &current_msg, &current_msg_len))
 		return;
-
-	if (in_stream_block &&
-		(action == LOGICAL_REP_MSG_INSERT || action == LOGICAL_REP_MSG_UPDATE ||
-		 action == LOGICAL_REP_MSG_DELETE || action == LOGICAL_REP_MSG_TRUNCATE ||
-		 action == LOGICAL_REP_MSG_RELATION || action == LOGICAL_REP_MSG_TYPE ||
-		 action == LOGICAL_REP_MSG_MESSAGE))
-	{
-		TransactionId xid = pq_getmsgint(s, 4);
-		char	   *plain = palloc(s->len - s->cursor + 1);
-
-		/*
-		 * Inside a streamed block a change names its (sub)transaction.  The
-		 * handlers and the resync queue get the message without it.
-		 */
-		plain[0] = action;
-		memcpy(plain + 1, s->data + s->cursor, s->len - s->cursor);
-		s->data = plain;
-		s->len = s->len - s->cursor + 1;
-		s->cursor = 1;
-		current_msg = plain;
-		current_msg_len = s->len;
-		if (!stream_enter_xid(xid))
-			return;
-	}
 
 	/*
 	 * Buffered INSERTs and folded UPDATEs wait across source transactions
@@ -1711,15 +536,15 @@ apply_dispatch(StringInfo s)
 		case LOGICAL_REP_MSG_STREAM_ABORT:
 			break;
 		case LOGICAL_REP_MSG_DELETE:
-			insert_buffer_flush();
+			writer->flush_inserts(NULL);
 			break;
 		default:
-			insert_buffer_flush();
-			fold_flush_all();
+			writer->flush_inserts(NULL);
+			writer->flush_folded(NULL);
 			break;
 	}
 	if (action != LOGICAL_REP_MSG_INSERT)
-		copy_run_candidate = NULL;
+		writer->end_run();
 
 	switch (action)
 	{
@@ -1748,16 +573,16 @@ apply_dispatch(StringInfo s)
 			apply_handle_type(s);
 			break;
 		case LOGICAL_REP_MSG_STREAM_START:
-			apply_handle_stream_start(s);
+			streamxact_start(s, &batch, mirror);
 			break;
 		case LOGICAL_REP_MSG_STREAM_STOP:
-			in_stream_block = false;
+			streamxact_stop();
 			break;
 		case LOGICAL_REP_MSG_STREAM_COMMIT:
-			apply_handle_stream_commit(s);
+			streamxact_commit(s, &batch, mirror);
 			break;
 		case LOGICAL_REP_MSG_STREAM_ABORT:
-			apply_handle_stream_abort(s);
+			streamxact_abort(s, &batch);
 			break;
 		case LOGICAL_REP_MSG_ORIGIN:
 		case LOGICAL_REP_MSG_MESSAGE:
@@ -1767,197 +592,6 @@ apply_dispatch(StringInfo s)
 					(errcode(ERRCODE_PROTOCOL_VIOLATION),
 					 errmsg("unexpected logical replication message type \"%c\"", action)));
 	}
-}
-
-/* one CopyData message of the stream: XLogData or keepalive */
-static void
-apply_copydata(char *buf, int len)
-{
-	StringInfoData s;
-	char		kind;
-
-	s.data = buf;
-	s.len = len;
-	s.maxlen = -1;
-	s.cursor = 0;
-	kind = pq_getmsgbyte(&s);
-
-	if (kind == 'w')
-	{
-		XLogRecPtr	start = pq_getmsgint64(&s);
-		XLogRecPtr	end = pq_getmsgint64(&s);
-
-		(void) pq_getmsgint64(&s);	/* send time */
-		if (start > last_received && in_remote_txn)
-			last_received = Max(last_received, start);
-		SpinLockAcquire(&MySlot->mutex);
-		if (end > MySlot->source_lsn)
-			MySlot->source_lsn = end;
-		SpinLockRelease(&MySlot->mutex);
-		apply_dispatch(&s);
-	}
-	else if (kind == 'k')
-	{
-		XLogRecPtr	end = pq_getmsgint64(&s);
-		bool		reply;
-
-		(void) pq_getmsgint64(&s);	/* send time */
-		reply = pq_getmsgbyte(&s);
-
-		SpinLockAcquire(&MySlot->mutex);
-		if (end > MySlot->source_lsn)
-			MySlot->source_lsn = end;
-		SpinLockRelease(&MySlot->mutex);
-
-		if (!in_remote_txn)
-		{
-			/* everything before this keepalive has been received */
-			last_received = Max(last_received, end);
-			if (in_local_txn)
-				batch_keepalive_lsn = Max(batch_keepalive_lsn, end);
-			else
-			{
-				bool		moved = false;
-
-				/*
-				 * Caught up with nothing pending, and past where the last
-				 * run failed: that error is over.  Not while tables are
-				 * being copied again, though: a failed resync step (the
-				 * swap, say) fails only after the next run has caught up,
-				 * and its error would flicker away between the attempts.
-				 */
-				XLogRecPtr	error_lsn;
-
-				SpinLockAcquire(&MySlot->mutex);
-				error_lsn = MySlot->error_lsn;
-				SpinLockRelease(&MySlot->mutex);
-				if (mirror->error_count > 0 && end > error_lsn && !resync_active(mirror))
-				{
-					bunny_start_transaction();
-					PushActiveSnapshot(GetTransactionSnapshot());
-					catalog_clear_error(mirror->id);
-					PopActiveSnapshot();
-					CommitTransactionCommand();
-					mirror->error_count = 0;
-				}
-
-				SpinLockAcquire(&MySlot->mutex);
-				if (end > MySlot->processed_lsn)
-				{
-					MySlot->processed_lsn = end;
-					moved = true;
-				}
-				MySlot->behind_since = 0;
-				SpinLockRelease(&MySlot->mutex);
-				if (moved)
-					ConditionVariableBroadcast(&MySlot->progress_cv);
-			}
-		}
-		if (reply)
-			send_feedback(true, false);
-	}
-	else
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("unexpected message \"%c\" in the replication stream", kind)));
-}
-
-/*
- * Decide on binary transfer: only when every published column has the same
- * built-in type on the destination, and the source's pgoutput knows the
- * binary option (PostgreSQL 14 on; an older one refuses to start).
- */
-static bool
-decide_binary_mode(void)
-{
-	StringInfoData sql;
-	ListCell   *lc;
-	PGresult   *res;
-	bool		binary = true;
-
-	if (PQserverVersion(conn) < 140000)
-		return false;
-	initStringInfo(&sql);
-	appendStringInfoString(&sql,
-						   "SELECT n.nspname, c.relname, a.attname, a.atttypid "
-						   "  FROM pg_catalog.pg_attribute a "
-						   "  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
-						   "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-						   " WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' "
-						   "   AND (n.nspname, c.relname) IN (");
-	foreach(lc, mirror->tables)
-	{
-		MirrorTable *mt = lfirst(lc);
-
-		appendStringInfo(&sql, "%s(%s, %s)", lc == list_head(mirror->tables) ? "" : ", ",
-						 quote_literal_cstr(mt->source_schema), quote_literal_cstr(mt->source_table));
-	}
-	appendStringInfoChar(&sql, ')');
-	res = stream_exec_ok(conn, sql.data, PGRES_TUPLES_OK);
-
-	bunny_start_transaction();
-	for (int i = 0; i < PQntuples(res) && binary; i++)
-	{
-		MirrorTable *mt = find_mirror_table(PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
-		char	   *att = PQgetvalue(res, i, 2);
-		Oid			typid = (Oid) strtoul(PQgetvalue(res, i, 3), NULL, 10);
-		Oid			nspid,
-					relid;
-		AttrNumber	attnum;
-		bool		excluded = false;
-
-		if (mt == NULL)
-			continue;
-		foreach(lc, mt->exclude_columns)
-			if (strcmp(lfirst(lc), att) == 0)
-				excluded = true;
-		if (excluded)
-			continue;
-		if (typid >= FirstNormalObjectId)
-		{
-			binary = false;
-			break;
-		}
-		nspid = get_namespace_oid(mt->dest_schema, true);
-		relid = OidIsValid(nspid) ? get_relname_relid(mt->dest_table, nspid) : InvalidOid;
-		if (!OidIsValid(relid))
-			continue;
-		attnum = get_attnum(relid, att);
-		if (attnum != InvalidAttrNumber && get_atttype(relid, attnum) != typid)
-			binary = false;
-	}
-	CommitTransactionCommand();
-	PQclear(res);
-	return binary;
-}
-
-/*
- * Keep the table's latest Relation message in bunny.mirror_table: a queue
- * replayed after a restart needs it before the stream sends it again.
- * Runs in the caller's transaction.
- */
-void
-apply_store_relation_message(MirrorTable *mt)
-{
-	RelMapEntry *e = relmap_find_table(mt);
-	Oid			types[4] = {INT4OID, TEXTOID, TEXTOID, BYTEAOID};
-	Datum		vals[4];
-	bytea	   *msg;
-
-	if (e == NULL || e->raw_relmsg == NULL)
-		return;
-	msg = palloc(VARHDRSZ + e->raw_relmsg_len);
-	SET_VARSIZE(msg, VARHDRSZ + e->raw_relmsg_len);
-	memcpy(VARDATA(msg), e->raw_relmsg, e->raw_relmsg_len);
-	vals[0] = Int32GetDatum(mirror->id);
-	vals[1] = CStringGetTextDatum(mt->source_schema);
-	vals[2] = CStringGetTextDatum(mt->source_table);
-	vals[3] = PointerGetDatum(msg);
-	SPI_connect();
-	SPI_execute_with_args("UPDATE bunny.mirror_table SET resync_relation_msg = $4 "
-						  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-						  4, types, vals, NULL, false, 0);
-	SPI_finish();
 }
 
 /* feed one raw pgoutput message to the handlers */
@@ -1974,354 +608,57 @@ dispatch_raw(const char *data, int len)
 }
 
 /*
- * Apply a table's resync queue, in order, to target_table (the copy of a
- * swap) or to the table itself.  Runs in the caller's transaction; reads
- * the queue through a cursor so that a long queue does not sit in memory.
+ * Replaying a resync queue (resync.c reads it): every change is applied,
+ * to the replay's target, with no folding and no COPY runs.
  */
-void
-apply_replay_queue(MirrorTable *mt, const char *target_table)
+static void
+replay_begin(MirrorTable *mt)
 {
-	Oid			types[3] = {INT4OID, TEXTOID, TEXTOID};
-	Datum		vals[3];
-	Portal		portal;
-	SPIPlanPtr	plan;
-	MemoryContext replaycxt = AllocSetContextCreate(CurrentMemoryContext, "bunnydb replay",
-													ALLOCSET_DEFAULT_SIZES);
-	XLogRecPtr	saved_final = remote_final_lsn;
-	RelMapEntry *e;
-
-	vals[0] = Int32GetDatum(mirror->id);
-	vals[1] = CStringGetTextDatum(mt->source_schema);
-	vals[2] = CStringGetTextDatum(mt->source_table);
-
-	apply_replaying = true;
-	apply_replay_mt = mt;
-	apply_replay_target = target_table;
-	PG_TRY();
-	{
-		SPI_connect();
-		/* the description first, in case the stream has not sent it yet */
-		SPI_execute_with_args("SELECT resync_relation_msg FROM bunny.mirror_table "
-							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
-							  "   AND resync_relation_msg IS NOT NULL",
-							  3, types, vals, NULL, true, 1);
-		if (SPI_processed == 1)
-		{
-			bool		isnull;
-			bytea	   *msg = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0],
-															SPI_tuptable->tupdesc, 1, &isnull));
-			MemoryContext old = MemoryContextSwitchTo(replaycxt);
-
-			dispatch_raw(VARDATA_ANY(msg), VARSIZE_ANY_EXHDR(msg));
-			MemoryContextSwitchTo(old);
-		}
-		e = relmap_find_table(mt);
-		if (e)
-			e->valid = false;	/* rebuilt for the replay target */
-
-		plan = SPI_prepare("SELECT message FROM bunny.resync_queue "
-						   " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
-						   " ORDER BY seq", 3, types);
-		portal = SPI_cursor_open(NULL, plan, vals, NULL, true);
-		for (;;)
-		{
-			SPI_cursor_fetch(portal, true, 1000);
-			if (SPI_processed == 0)
-				break;
-			for (uint64 i = 0; i < SPI_processed; i++)
-			{
-				bool		isnull;
-				bytea	   *msg = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[i],
-																SPI_tuptable->tupdesc, 1, &isnull));
-				MemoryContext old = MemoryContextSwitchTo(replaycxt);
-
-				dispatch_raw(VARDATA_ANY(msg), VARSIZE_ANY_EXHDR(msg));
-				MemoryContextSwitchTo(old);
-				MemoryContextReset(replaycxt);
-			}
-			SPI_freetuptable(SPI_tuptable);
-			CHECK_FOR_INTERRUPTS();
-		}
-		SPI_cursor_close(portal);
-		insert_buffer_flush();	/* the last rows go to the replay target too */
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		apply_replaying = false;
-		apply_replay_mt = NULL;
-		apply_replay_target = NULL;
-		remote_final_lsn = saved_final;
-		e = relmap_find_table(mt);
-		if (e)
-			e->valid = false;	/* back to the table itself */
-	}
-	PG_END_TRY();
-	MemoryContextDelete(replaycxt);
+	replay.active = true;
+	replay.mt = mt;
+	replay.saved_final_lsn = batch.remote_final_lsn;
 }
+
+static void
+replay_finish(void)
+{
+	writer->flush_inserts(NULL);
+}
+
+static void
+replay_end(void)
+{
+	replay.active = false;
+	replay.mt = NULL;
+	batch.remote_final_lsn = replay.saved_final_lsn;
+}
+
+const ResyncReplayer apply_replayer = {
+	.begin = replay_begin,
+	.message = dispatch_raw,
+	.finish = replay_finish,
+	.end = replay_end,
+};
 
 /* a reloaded mirror: entries point at its tables from now on */
 void
-apply_refresh_mirror(Mirror *m)
+apply_set_mirror(Mirror *m)
 {
-	HASH_SEQ_STATUS status;
-	RelMapEntry *e;
-
 	mirror = m;
-	if (apply_relmap == NULL)
-		return;
-	hash_seq_init(&status, apply_relmap);
-	while ((e = hash_seq_search(&status)) != NULL)
-		e->mt = find_mirror_table(e->remoterel->nspname, e->remoterel->relname);
+	relmap_set_mirror(m);
 }
 
 /*
- * The slot and the publication must still exist on the source.  Without the
- * slot the changes since last_lsn are gone: nothing but a resync can make
- * the destination whole again, so the mirror fails rather than create a new
- * slot silently.
+ * Start applying the stream of m, in the given transfer format, COPY runs
+ * reading from source; returns the batch, which the stream layer watches
+ * (what is in flight) and commits when nothing more is waiting.
  */
-static void
-check_slot_and_publication(bool patient)
+ApplyBatch *
+apply_init(Mirror *m, bool binary, const CopyRunSource *source)
 {
-	PGresult   *res;
-	bool		slot_ok,
-				pub_ok;
-
-	res = stream_exec_ok(conn,
-						 psprintf("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots "
-								  "                WHERE slot_name = %s), "
-								  "       EXISTS (SELECT 1 FROM pg_catalog.pg_publication "
-								  "                WHERE pubname = %s)",
-								  quote_literal_cstr(mirror->slot_name),
-								  quote_literal_cstr(mirror->publication_name)),
-						 PGRES_TUPLES_OK);
-	slot_ok = PQgetvalue(res, 0, 0)[0] == 't';
-	pub_ok = PQgetvalue(res, 0, 1)[0] == 't';
-	PQclear(res);
-	if (!slot_ok)
-	{
-		bunny_error_is_permanent = true;
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("replication slot \"%s\" no longer exists on the source", mirror->slot_name),
-				 errdetail("Changes made on the source since the last applied position cannot be streamed any more."),
-				 errhint("A resync is needed: bunny.resync_mirror('%s').", mirror->name)));
-	}
-	/*
-	 * A slot held by someone else is held by a stale connection of ours (a
-	 * worker that died without the source noticing yet): free it.  After
-	 * our own reconnect (patient) the old walsender is on its way out: give
-	 * it ten seconds before terminating it.
-	 */
-	for (int tries = 0; slot_ok; tries++)
-	{
-		char	   *holder;
-
-		res = stream_exec_ok(conn,
-							 psprintf("SELECT active_pid FROM pg_catalog.pg_replication_slots "
-									  " WHERE slot_name = %s AND active_pid IS NOT NULL",
-									  quote_literal_cstr(mirror->slot_name)),
-							 PGRES_TUPLES_OK);
-		holder = PQntuples(res) > 0 ? pstrdup(PQgetvalue(res, 0, 0)) : NULL;
-		PQclear(res);
-		if (holder == NULL)
-			break;
-		if (tries == (patient ? 100 : 0))
-		{
-			res = stream_exec(conn, psprintf("SELECT pg_catalog.pg_terminate_backend(%s)", holder));
-			if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK)
-			{
-				if (res)
-					PQclear(res);
-				ereport(ERROR,
-						(errcode(ERRCODE_OBJECT_IN_USE),
-						 errmsg("replication slot \"%s\" is active for PID %s", mirror->slot_name, holder),
-						 errhint("Terminate that connection on the source: SELECT pg_terminate_backend(%s);", holder)));
-			}
-			PQclear(res);
-			bunny_log(mirror->name, "WARNING",
-					  psprintf("terminated a stale connection (PID %s) that held slot %s", holder,
-							   mirror->slot_name), NULL);
-		}
-		if (tries > (patient ? 150 : 50))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_IN_USE),
-					 errmsg("replication slot \"%s\" is still active for PID %s", mirror->slot_name, holder)));
-		pg_usleep(100 * 1000L);
-		CHECK_FOR_INTERRUPTS();
-	}
-
-	if (!pub_ok)
-	{
-		bunny_error_is_permanent = true;
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("publication \"%s\" no longer exists on the source", mirror->publication_name),
-				 errhint("Recreate it on the source (CREATE PUBLICATION %s FOR TABLE ...) with the mirror's tables, then call bunny.retry_mirror('%s').",
-						 quote_identifier(mirror->publication_name), mirror->name)));
-	}
-}
-
-/*
- * The worker stops in good order (pause, a new conninfo, drop) between
- * batches: flush our WAL and report how far we got, so that the slot does
- * not keep an old restart point from which the next walsender would decode
- * again what we already applied.  Best effort: the stop goes on whatever
- * happens to the message.  live_conn is the worker's current connection.
- */
-void
-apply_send_final_feedback(PGconn *live_conn)
-{
-	StringInfoData msg;
-	XLogRecPtr	flush;
-
-	/* only on the worker's live connection, and only if it is the stream's */
-	if (conn == NULL || conn != live_conn || PQstatus(conn) != CONNECTION_OK ||
-		in_local_txn || in_remote_txn)
-		return;
-	if (flush_positions != NIL)
-		XLogFlush(((FlushPosition *) llast(flush_positions))->local_end);
-	flush = flushed_position();
-	feedback_message(&msg, Max(last_received, flush), flush, GetCurrentTimestamp(), false);
-	if (PQputCopyData(conn, msg.data, msg.len) == 1)
-		(void) PQflush(conn);
-	pfree(msg.data);
-}
-
-/* between destination transactions: control requests and resync work */
-static void
-apply_between_batches(void)
-{
-	Mirror	   *m = bunny_check_control();
-
-	if (m != NULL)
-		apply_refresh_mirror(m);
-	resync_tick(mirror);
-
-	/* a setting changed, or the pause after giving up on a stream is over */
-	if (streaming_on != streaming_wanted())
-		stream_restart(!streaming_on);
-}
-
-/*
- * Stream from the slot and apply until told to stop; returns only by
- * error or proc_exit.
- */
-void
-apply_stream(PGconn *source_conn, Mirror *m)
-{
-	XLogRecPtr	startpos;
-
 	mirror = m;
-	conn = source_conn;
-	ApplyMessageContext = AllocSetContextCreate(TopMemoryContext, "bunnydb apply message",
-												ALLOCSET_DEFAULT_SIZES);
-	InsertBufferContext = AllocSetContextCreate(TopMemoryContext, "bunnydb insert buffer",
-												ALLOCSET_DEFAULT_SIZES);
-
-	relmap_init();
-
-	check_slot_and_publication(false);
-	apply_binary_mode = decide_binary_mode();
-	startpos = replorigin_session_get_progress(false);
-	last_received = startpos;
-	last_flushed_reported = startpos;
-	local_flushed_upto = startpos;
-	SpinLockAcquire(&MySlot->mutex);
-	if (startpos > MySlot->processed_lsn)
-		MySlot->processed_lsn = startpos;
-	SpinLockRelease(&MySlot->mutex);
-
-	streaming_on = streaming_wanted();
-	stream_start_replication(conn, m->slot_name, startpos, m->publication_name, apply_binary_mode,
-							 streaming_on);
-	{
-		bunny_start_transaction();
-		PushActiveSnapshot(GetTransactionSnapshot());
-		bunny_log(m->name, "DEBUG",
-				  psprintf("streaming from %X/%X (%s transfer%s)", LSN_FORMAT_ARGS(startpos),
-						   apply_binary_mode ? "binary" : "text",
-						   streaming_on ? ", large transactions while they run" : ""), NULL);
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-	}
-
-	for (;;)
-	{
-		char	   *buf;
-		pgsocket	fd = PGINVALID_SOCKET;
-		int			len;
-
-		CHECK_FOR_INTERRUPTS();
-		if (stashed_buf != NULL)
-		{
-			/* the message that ended a COPY run */
-			buf = stashed_buf;
-			len = stashed_len;
-			stashed_buf = NULL;
-		}
-		else
-			len = stream_receive(conn, &buf, &fd);
-		if (len > 0)
-		{
-			MemoryContext old = MemoryContextSwitchTo(ApplyMessageContext);
-
-			/* on error the worker exits, so buf needs no PG_TRY */
-			apply_copydata(buf, len);
-			PQfreemem(buf);
-			MemoryContextSwitchTo(old);
-			MemoryContextReset(ApplyMessageContext);
-			if (stream_restart_pending)
-				stream_restart(false);
-
-			if (!in_remote_txn && !in_local_txn)
-				apply_between_batches();
-			if (TimestampDifferenceExceeds(last_feedback, GetCurrentTimestamp(), FEEDBACK_INTERVAL_MS))
-				send_feedback(false, false);
-			continue;
-		}
-
-		/* nothing is waiting: end the batch now for low latency */
-		if (in_local_txn && !in_remote_txn)
-			apply_batch_flush();
-		if (!in_local_txn)
-			apply_between_batches();
-		send_feedback(false, false);
-
-		/*
-		 * A batch committed within a second of the previous statistics flush
-		 * leaves its counts pending, and only the next commit would flush
-		 * them: an idle mirror's tables would show too few changes in
-		 * pg_stat_user_tables.  As PostgresMain does for an idle backend,
-		 * force them out once a wait has passed without anything to do.
-		 */
-		{
-			bool		stats_held = false;
-			int			rc;
-
-			if (!in_local_txn && !IsTransactionOrTransactionBlock())
-				stats_held = pgstat_report_stat(false) > 0;
-			/*
-			 * A commit not yet on disk becomes reportable once the WAL
-			 * writer flushes it (commits are asynchronous): look again soon
-			 * rather than after a whole idle wait.
-			 */
-			rc = WaitLatchOrSocket(MyLatch,
-								   WL_SOCKET_READABLE | WL_LATCH_SET |
-								   WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-								   fd, flush_positions != NIL ? FLUSH_REPORT_WAIT_MS : IDLE_WAIT_MS,
-								   PG_WAIT_EXTENSION);
-			if (rc & WL_LATCH_SET)
-				ResetLatch(MyLatch);
-			if (stats_held && (rc & WL_TIMEOUT))
-				pgstat_report_stat(true);
-		}
-		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-		}
-	}
+	relmap_init(m, binary);
+	writer_init(binary, source);
+	return &batch;
 }
+

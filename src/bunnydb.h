@@ -223,7 +223,6 @@ extern void setup_check_source(PGconn *conn, Mirror *mirror);
 extern int	setup_sync_enum_labels(Mirror *m);
 
 /* resync.c */
-extern void resync_tick(Mirror *m);
 extern void resync_stop(void);
 extern bool resync_active(Mirror *m);
 
@@ -244,9 +243,6 @@ extern void snapshot_sync_sequences(PGconn *conn, const char *mirror_name,
 /* apply.c */
 extern void apply_stream(PGconn *conn, Mirror *mirror);
 extern void apply_send_final_feedback(PGconn *live_conn);
-extern void apply_replay_queue(MirrorTable *mt, const char *target_table);
-extern void apply_refresh_mirror(Mirror *m);
-extern void apply_store_relation_message(MirrorTable *mt);
 
 /* fastrecv.c */
 struct FmgrInfo;

@@ -2,21 +2,23 @@
  *
  * fold.c
  *		Folding repeated UPDATEs of the same rows within a batch of the
- *		apply (apply.c), and writing them as multi-row UPDATEs.
+ *		apply, and writing them as multi-row UPDATEs: the folding strategy
+ *		of the apply's writer (applywriter.c).
  *
  * Under a steady load the same rows are updated again and again (counters,
  * balances, queue heads).  Within a batch an UPDATE that keeps its row's
  * key is merged into the pending new values of that key, and the pending
  * rows of a table are written as multi-row UPDATE ... FROM (VALUES ...)
  * statements: before any other change of that table, before any other
- * kind of message, and at the end of the batch (the apply calls
+ * kind of message, and at the end of the batch (the writer calls
  * fold_flush_rel and fold_flush_all at those points).  Only the end state
  * of a batch is ever visible, so writing each row's last values is the
  * same as writing all of them -- provided nothing can tell the difference:
  * the table's only unique index is the key (with another one the order of
  * rows would matter to its checks), no trigger fires for the worker, and
  * equal keys arrive as equal bytes (types with canonical text and binary
- * forms).  fold_eligible decides that once per relation; other tables are
+ * forms).  fold_eligible decides that once per relation (when its first
+ * UPDATE comes after the relation map built its entry); other tables are
  * applied change by change.
  *
  * Memory is bounded by FOLD_MAX_ROWS pending rows per table: a table that
@@ -27,6 +29,7 @@
 #include "apply_internal.h"
 
 #include "access/htup_details.h"
+#include "access/table.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_trigger.h"
 #include "catalog/pg_type.h"
@@ -41,6 +44,11 @@
 
 #define FOLD_MAX_ROWS		10000
 #define FOLD_STMT_ROWS		100
+
+static bool fold_eligible(RelMapEntry *e, Relation rel);
+
+/* runs a statement for us: the writer's, through the batch's connection */
+static FoldExecFunc fold_exec = NULL;
 
 typedef struct FoldEntry
 {
@@ -125,7 +133,7 @@ fold_count_missing(RelMapEntry *e, int start, int nrows, const char *wheremask)
 			keynulls[k] = fe->nulls[i];
 			k++;
 		}
-		if (apply_exec_plan(plan, keyvalues, keynulls) == 0)
+		if (fold_exec(plan, keyvalues, keynulls) == 0)
 			missing++;
 	}
 	return missing;
@@ -181,7 +189,7 @@ fold_write_chunk(RelMapEntry *e, int start)
 			k++;
 		}
 	}
-	done = apply_exec_plan(relmap_get_plan(e, 'F', setmask, wheremask, plan_rows), values, nulls);
+	done = fold_exec(relmap_get_plan(e, 'F', setmask, wheremask, plan_rows), values, nulls);
 	if (done != (uint64) nrows)
 	{
 		int			missing = fold_count_missing(e, start, nrows, wheremask);
@@ -237,14 +245,16 @@ fold_flush_all(void)
 	HASH_SEQ_STATUS status;
 	RelMapEntry *e;
 
-	hash_seq_init(&status, apply_relmap);
+	relmap_seq_init(&status);
 	while ((e = hash_seq_search(&status)) != NULL)
 		fold_flush_rel(e);
 }
 
 /*
  * Fold an UPDATE into the pending rows of its table; false if it has to be
- * applied as it comes (the caller then writes the pending rows first).
+ * applied as it comes (the caller then writes the pending rows first).  The
+ * caller does not fold what must be written at once (a resync queue's
+ * replay).
  */
 bool
 fold_update(RelMapEntry *e, LogicalRepTupleData *newtup)
@@ -258,7 +268,15 @@ fold_update(RelMapEntry *e, LogicalRepTupleData *newtup)
 	char	   *present;
 	MemoryContext old;
 
-	if (!e->foldable || apply_replaying)
+	if (!e->fold_checked)
+	{
+		Relation	rel = table_open(e->localrelid, AccessShareLock);
+
+		e->foldable = fold_eligible(e, rel);
+		e->fold_checked = true;
+		table_close(rel, AccessShareLock);
+	}
+	if (!e->foldable)
 		return false;
 	key = fold_key(e, newtup);
 	if (key == NULL)
@@ -272,7 +290,7 @@ fold_update(RelMapEntry *e, LogicalRepTupleData *newtup)
 	relmap_tuple_to_datums(e, newtup, values, nulls, present);
 
 	if (e->fold_cxt == NULL)
-		e->fold_cxt = AllocSetContextCreate(ApplyCacheContext, "bunnydb folded updates",
+		e->fold_cxt = AllocSetContextCreate(relmap_context(), "bunnydb folded updates",
 											ALLOCSET_DEFAULT_SIZES);
 	old = MemoryContextSwitchTo(e->fold_cxt);
 	if (e->fold_hash == NULL)
@@ -331,7 +349,7 @@ fold_update(RelMapEntry *e, LogicalRepTupleData *newtup)
  * for the worker and no rule rewrites the statement, and equal keys arrive
  * as equal bytes (types whose text and binary forms are canonical).
  */
-bool
+static bool
 fold_eligible(RelMapEntry *e, Relation rel)
 {
 	int			n = e->remoterel->natts;
@@ -426,6 +444,13 @@ fold_eligible(RelMapEntry *e, Relation rel)
 	return key_indexes > 0;
 }
 
+/* statements are run by exec (the writer's) */
+void
+fold_init(FoldExecFunc exec)
+{
+	fold_exec = exec;
+}
+
 /* throw away the pending rows of every table without writing them */
 void
 fold_discard_all(void)
@@ -433,7 +458,7 @@ fold_discard_all(void)
 	HASH_SEQ_STATUS status;
 	RelMapEntry *e;
 
-	hash_seq_init(&status, apply_relmap);
+	relmap_seq_init(&status);
 	while ((e = hash_seq_search(&status)) != NULL)
 		fold_reset_rel(e);
 }

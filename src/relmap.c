@@ -5,12 +5,15 @@
  *		relation the stream describes, the destination table it maps to,
  *		and the prepared statements that apply changes to it.
  *
- * An entry is created by a Relation message and its destination side is
- * built on first use: column mapping (by name), types, receive and input
+ * An entry is created by a Relation message (relmap_update; the apply only
+ * parses it) and its destination side is built on first use: column mapping (by name), types, receive and input
  * functions, which columns identify a row, whether UPDATEs may be folded.
  * Columns the source has and the destination lacks are added (with the
  * source's type and default).  Relcache invalidation of the destination
- * table marks the entry for rebuilding; its plans are freed then.  Like
+ * table marks the entry for rebuilding; its plans are freed then.  What the
+ * map needs from the apply (the mirror, the binary mode, the table a resync
+ * replay writes to) it is given, by relmap_init, relmap_set_mirror and
+ * relmap_retarget; it never asks the apply's state.  Like
  * the built-in worker's relation.c, but keyed to bunnydb's own catalog:
  * logicalrep_rel_open assumes a subscription.
  *
@@ -36,32 +39,207 @@
 #include "utils/syscache.h"
 #include "utils/typcache.h"
 
-HTAB	   *apply_relmap = NULL;
-HTAB	   *apply_typemap = NULL;
-MemoryContext ApplyCacheContext = NULL;
+static HTAB *rel_hash = NULL;	/* RelMapEntry by remote relation id */
+static HTAB *type_hash = NULL;	/* RemoteType by remote type id */
+static MemoryContext RelMapContext = NULL;	/* the map, its plans */
+
+/*
+ * What the map serves, given by the apply: the mirror (its tables, and the
+ * connections and log lines of schema changes) and whether the stream is
+ * in binary mode (the types on both sides must then stay the same).
+ */
+static Mirror *relmap_mirror = NULL;
+static bool relmap_binary = false;
 
 /* create the map and the cache context, once per apply_stream() */
 void
-relmap_init(void)
+relmap_init(Mirror *m, bool binary)
 {
 	HASHCTL		ctl;
 	static bool callback_registered = false;
 
-	ApplyCacheContext = AllocSetContextCreate(TopMemoryContext, "bunnydb apply cache",
+	RelMapContext = AllocSetContextCreate(TopMemoryContext, "bunnydb apply cache",
 											  ALLOCSET_DEFAULT_SIZES);
 	memset(&ctl, 0, sizeof(ctl));
 	ctl.keysize = sizeof(LogicalRepRelId);
 	ctl.entrysize = sizeof(RelMapEntry);
-	ctl.hcxt = ApplyCacheContext;
-	apply_relmap = hash_create("bunnydb relation map", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	ctl.hcxt = RelMapContext;
+	rel_hash = hash_create("bunnydb relation map", 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	ctl.keysize = sizeof(Oid);
 	ctl.entrysize = sizeof(RemoteType);
-	apply_typemap = hash_create("bunnydb type map", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	type_hash = hash_create("bunnydb type map", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	relmap_mirror = m;
+	relmap_binary = binary;
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(relmap_invalidate, (Datum) 0);
 		callback_registered = true;
 	}
+}
+
+/*
+ * A Relation message: (re)describe the source relation, mapped to mt (NULL:
+ * not mapped); raw is the message as received, for resync replays.  The
+ * destination side is rebuilt on the next use of the entry.
+ */
+void
+relmap_update(LogicalRepRelation *rel, int32 *typmods, MirrorTable *mt,
+			  const char *raw, int rawlen)
+{
+	RelMapEntry *e;
+	bool		found;
+	MemoryContext old;
+
+	e = hash_search(rel_hash, &rel->remoteid, HASH_ENTER, &found);
+	if (found)
+		relmap_free_plans(e);
+	else
+		memset(((char *) e) + sizeof(LogicalRepRelId), 0,
+			   sizeof(RelMapEntry) - sizeof(LogicalRepRelId));
+
+	/* everything of the entry lives in the cache context */
+	old = MemoryContextSwitchTo(RelMapContext);
+	e->remoterel = palloc0(sizeof(LogicalRepRelation));
+	e->remoterel->remoteid = rel->remoteid;
+	e->remoterel->nspname = pstrdup(rel->nspname);
+	e->remoterel->relname = pstrdup(rel->relname);
+	e->remoterel->attnames = palloc(sizeof(char *) * (rel->natts + 1));
+	e->remoterel->atttyps = palloc(sizeof(Oid) * (rel->natts + 1));
+	e->remote_typmods = palloc(sizeof(int32) * (rel->natts + 1));
+	e->remoterel->attkeys = NULL;
+	e->remote_skip = NULL;
+	e->remote_natts_sent = rel->natts;
+
+	/*
+	 * A source without publication column lists (before 15) sends the
+	 * excluded columns too: they are left out here, so that everything
+	 * after this sees the columns a column list would have sent.
+	 */
+	if (mt != NULL && mt->exclude_columns != NIL)
+	{
+		for (int i = 0; i < rel->natts; i++)
+		{
+			ListCell   *lc;
+
+			foreach(lc, mt->exclude_columns)
+				if (strcmp((char *) lfirst(lc), rel->attnames[i]) == 0)
+				{
+					if (e->remote_skip == NULL)
+						e->remote_skip = palloc0(sizeof(bool) * rel->natts);
+					e->remote_skip[i] = true;
+				}
+		}
+	}
+	{
+		int			k = 0;
+
+		for (int i = 0; i < rel->natts; i++)
+		{
+			if (e->remote_skip && e->remote_skip[i])
+				continue;
+			e->remoterel->attnames[k] = pstrdup(rel->attnames[i]);
+			e->remoterel->atttyps[k] = rel->atttyps[i];
+			e->remote_typmods[k] = typmods[i];
+			if (bms_is_member(i, rel->attkeys))
+				e->remoterel->attkeys = bms_add_member(e->remoterel->attkeys, k);
+			k++;
+		}
+		e->remoterel->natts = k;
+	}
+	e->remoterel->replident = rel->replident;
+	e->mt = mt;
+	e->qualname = mt ? pstrdup(quote_qualified_identifier(mt->dest_schema, mt->dest_table)) : NULL;
+	if (raw != NULL)
+	{
+		e->raw_relmsg = palloc(rawlen);
+		memcpy(e->raw_relmsg, raw, rawlen);
+		e->raw_relmsg_len = rawlen;
+	}
+	MemoryContextSwitchTo(old);
+	e->valid = false;
+
+}
+
+/* a Type message: remember the name of a source user-defined type */
+void
+relmap_update_type(LogicalRepTyp *typ)
+{
+	RemoteType *t;
+	bool		found;
+
+	t = hash_search(type_hash, &typ->remoteid, HASH_ENTER, &found);
+	t->nspname = MemoryContextStrdup(RelMapContext, typ->nspname);
+	t->typname = MemoryContextStrdup(RelMapContext, typ->typname);
+}
+
+/* start a scan of every entry (hash_seq_search returns them) */
+void
+relmap_seq_init(HASH_SEQ_STATUS *status)
+{
+	hash_seq_init(status, rel_hash);
+}
+
+/* the long-lived memory context of the apply: the map's, until it ends */
+MemoryContext
+relmap_context(void)
+{
+	return RelMapContext;
+}
+
+/* the mapped table for a source schema.table of m, or NULL */
+MirrorTable *
+mirror_find_table(Mirror *m, const char *nsp, const char *rel)
+{
+	ListCell   *lc;
+
+	foreach(lc, m->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+
+		if (strcmp(mt->source_schema, nsp) == 0 && strcmp(mt->source_table, rel) == 0)
+			return mt;
+	}
+	return NULL;
+}
+
+/*
+ * A reloaded mirror: entries point at its tables from now on (the old
+ * tables go with the old load).
+ */
+void
+relmap_set_mirror(Mirror *m)
+{
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
+
+	relmap_mirror = m;
+	if (rel_hash == NULL)
+		return;
+	hash_seq_init(&status, rel_hash);
+	while ((e = hash_seq_search(&status)) != NULL)
+		e->mt = mirror_find_table(m, e->remoterel->nspname, e->remoterel->relname);
+}
+
+/*
+ * Write the changes of mt into table (the copy of a swap while its resync
+ * queue is replayed) instead of the mapped table; NULL goes back to it.
+ * The entries are rebuilt on their next use.
+ */
+void
+relmap_retarget(MirrorTable *mt, const char *table)
+{
+	HASH_SEQ_STATUS status;
+	RelMapEntry *e;
+
+	if (rel_hash == NULL)
+		return;
+	hash_seq_init(&status, rel_hash);
+	while ((e = hash_seq_search(&status)) != NULL)
+		if (e->mt == mt)
+		{
+			e->target_table = table;
+			e->valid = false;
+		}
 }
 
 /* lappend into a given memory context */
@@ -82,9 +260,9 @@ relmap_invalidate(Datum arg, Oid relid)
 	HASH_SEQ_STATUS status;
 	RelMapEntry *e;
 
-	if (apply_relmap == NULL)
+	if (rel_hash == NULL)
 		return;
-	hash_seq_init(&status, apply_relmap);
+	hash_seq_init(&status, rel_hash);
 	while ((e = hash_seq_search(&status)) != NULL)
 		if (relid == InvalidOid || e->localrelid == relid)
 			e->valid = false;
@@ -114,7 +292,7 @@ remote_type_sql(RelMapEntry *e, int i)
 
 	if (typid < FirstNormalObjectId)
 		return format_type_with_typemod(typid, e->remote_typmods[i]);
-	t = hash_search(apply_typemap, &typid, HASH_FIND, NULL);
+	t = hash_search(type_hash, &typid, HASH_FIND, NULL);
 	if (t == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -138,7 +316,7 @@ source_column_default(RelMapEntry *e, const char *attname)
 	char	   *result = NULL;
 
 	/* no PG_TRY: on error the worker exits, which closes c */
-	c = mirror_connect(apply_current_mirror(), false);
+	c = mirror_connect(relmap_mirror, false);
 	res = stream_exec_ok(c,
 						 psprintf("SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
 								  "  FROM pg_catalog.pg_attrdef d "
@@ -175,10 +353,9 @@ relmap_build(RelMapEntry *e)
 	List	   *pkcols = NIL;
 
 	{
-		const char *table = (apply_replaying && e->mt == apply_replay_mt && apply_replay_target) ?
-		apply_replay_target : e->mt->dest_table;
+		const char *table = e->target_table ? e->target_table : e->mt->dest_table;
 
-		e->qualname = MemoryContextStrdup(ApplyCacheContext,
+		e->qualname = MemoryContextStrdup(RelMapContext,
 										  quote_qualified_identifier(e->mt->dest_schema, table));
 		bunny_ctx_table = e->qualname;
 		nspid = get_namespace_oid(e->mt->dest_schema, true);
@@ -213,7 +390,7 @@ relmap_build(RelMapEntry *e)
 						(errcode(ERRCODE_INTERNAL_ERROR),
 						 errmsg("could not add column \"%s\" to %s", r->attnames[i], e->qualname)));
 			CommandCounterIncrement();
-			bunny_log(apply_current_mirror()->name, "INFO",
+			bunny_log(relmap_mirror->name, "INFO",
 					  psprintf("added column %s to %s (it was added on the source)",
 							   quote_identifier(r->attnames[i]), e->qualname),
 					  NULL);
@@ -259,7 +436,7 @@ relmap_build(RelMapEntry *e)
 						 errmsg("could not drop NOT NULL of column \"%s\" of %s", col, e->qualname)));
 			SPI_finish();
 			CommandCounterIncrement();
-			bunny_log(apply_current_mirror()->name, "INFO",
+			bunny_log(relmap_mirror->name, "INFO",
 					  psprintf("column %s of %s is nullable now: the source no longer sends it "
 							   "(bunny.sync_schema() drops it)", quote_identifier(col), e->qualname),
 					  NULL);
@@ -267,7 +444,7 @@ relmap_build(RelMapEntry *e)
 	}
 
 	relmap_free_plans(e);
-	old = MemoryContextSwitchTo(ApplyCacheContext);
+	old = MemoryContextSwitchTo(RelMapContext);
 	e->attmap = palloc0(sizeof(AttrNumber) * (n + 1));
 	e->typid = palloc0(sizeof(Oid) * (n + 1));
 	e->typmod = palloc0(sizeof(int32) * (n + 1));
@@ -296,10 +473,10 @@ relmap_build(RelMapEntry *e)
 		e->typlen[i] = att->attlen;
 		e->typbyval[i] = att->attbyval;
 		getTypeInputInfo(att->atttypid, &infuncoid, &e->inioparam[i]);
-		fmgr_info_cxt(infuncoid, &e->infunc[i], ApplyCacheContext);
-		e->colsql[i] = MemoryContextStrdup(ApplyCacheContext, quote_identifier(r->attnames[i]));
+		fmgr_info_cxt(infuncoid, &e->infunc[i], RelMapContext);
+		e->colsql[i] = MemoryContextStrdup(RelMapContext, quote_identifier(r->attnames[i]));
 
-		if (apply_binary_mode && (r->atttyps[i] >= FirstNormalObjectId || r->atttyps[i] != att->atttypid))
+		if (relmap_binary && (r->atttyps[i] >= FirstNormalObjectId || r->atttyps[i] != att->atttypid))
 			ereport(ERROR,
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
 					 errmsg("column \"%s\" of %s no longer has the same built-in type on both sides",
@@ -349,7 +526,7 @@ relmap_build(RelMapEntry *e)
 		for (int i = 0; i < n; i++)
 			e->iskey[i] = bms_is_member(i, r->attkeys);
 	}
-	e->foldable = fold_eligible(e, rel);
+	e->fold_checked = false;	/* fold.c looks when an UPDATE comes */
 	table_close(rel, AccessShareLock);
 	e->valid = true;
 }
@@ -387,7 +564,7 @@ relmap_strip_excluded(RelMapEntry *e, LogicalRepTupleData *tup)
 RelMapEntry *
 relmap_get(LogicalRepRelId remoteid)
 {
-	RelMapEntry *e = hash_search(apply_relmap, &remoteid, HASH_FIND, NULL);
+	RelMapEntry *e = hash_search(rel_hash, &remoteid, HASH_FIND, NULL);
 
 	if (e == NULL)
 		ereport(ERROR,
@@ -445,7 +622,7 @@ relmap_tuple_to_datums(RelMapEntry *e, LogicalRepTupleData *tup, Datum *values,
 					Oid			recvoid;
 
 					getTypeBinaryInputInfo(e->typid[i], &recvoid, &e->recvioparam[i]);
-					fmgr_info_cxt(recvoid, &e->recvfunc[i], ApplyCacheContext);
+					fmgr_info_cxt(recvoid, &e->recvfunc[i], RelMapContext);
 					(void) fastrecv_install(&e->recvfunc[i]);
 					e->recv_ready[i] = true;
 				}
@@ -681,10 +858,10 @@ relmap_get_plan(RelMapEntry *e, char kind, const char *setmask, const char *wher
 	SPI_keepplan(plan);
 	SPI_finish();
 
-	ap = MemoryContextAlloc(ApplyCacheContext, sizeof(ApplyPlan));
-	ap->key = MemoryContextStrdup(ApplyCacheContext, key);
+	ap = MemoryContextAlloc(RelMapContext, sizeof(ApplyPlan));
+	ap->key = MemoryContextStrdup(RelMapContext, key);
 	ap->plan = plan;
-	e->plans = apply_list_append_in(ApplyCacheContext, e->plans, ap);
+	e->plans = apply_list_append_in(RelMapContext, e->plans, ap);
 	return plan;
 }
 
@@ -696,9 +873,9 @@ relmap_find_table(MirrorTable *mt)
 	RelMapEntry *e;
 	RelMapEntry *found = NULL;
 
-	if (apply_relmap == NULL)
+	if (rel_hash == NULL)
 		return NULL;
-	hash_seq_init(&status, apply_relmap);
+	hash_seq_init(&status, rel_hash);
 	while ((e = hash_seq_search(&status)) != NULL)
 		if (e->mt != NULL && strcmp(e->mt->source_schema, mt->source_schema) == 0 &&
 			strcmp(e->mt->source_table, mt->source_table) == 0)

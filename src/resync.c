@@ -20,7 +20,8 @@
  *	  also applied to the old table.
  *
  * When a table's copy is in, the worker replays its queue onto the copy and
- * marks it SYNCED in one transaction; for swap it also exchanges the tables
+ * marks it SYNCED in one transaction (the queue is read here and fed to the
+ * apply's handlers through the ResyncReplayer the apply hands us); for swap it also exchanges the tables
  * (all swapped tables of the request in one transaction), moving foreign
  * keys that point at the table and the sequences its columns own.  The
  * mirror's slot is never touched.  A crash loses the temporary slot and the
@@ -29,7 +30,7 @@
  *
  *-------------------------------------------------------------------------
  */
-#include "bunnydb.h"
+#include "apply_internal.h"
 
 #include "access/xact.h"
 #include "access/xlog.h"
@@ -63,6 +64,168 @@ resync_active(Mirror *m)
 		if (((MirrorTable *) lfirst(lc))->resync_state != NULL)
 			return true;
 	return false;
+}
+
+/*
+ * How a change of mt, in a source transaction that commits at final_lsn,
+ * is to be applied.  sync_lsn is the consistent point of the snapshot the
+ * table's copy reads: a transaction that commits at or before it is in
+ * the copy, a later one is not.  With msg (the raw pgoutput message), a
+ * change that is to be queued is queued, in the caller's transaction:
+ * applied and queued changes commit together with the batch.
+ */
+ResyncRoute
+resync_route(Mirror *m, MirrorTable *mt, XLogRecPtr final_lsn, const char *msg, int len)
+{
+	ResyncRoute route;
+
+	if (mt->resync_state != NULL && strcmp(mt->resync_state, "COPYING") == 0)
+	{
+		bool		swap = strcmp(mt->resync_strategy, "swap") == 0;
+
+		/* swap: the old table stays live until the exchange, so it gets all */
+		if (final_lsn <= mt->sync_lsn)
+			return swap ? RESYNC_APPLY : RESYNC_SKIP;
+		route = swap ? RESYNC_APPLY_QUEUED : RESYNC_QUEUED;
+	}
+	else if (mt->resync_state == NULL && mt->sync_lsn != InvalidXLogRecPtr &&
+			 final_lsn <= mt->sync_lsn)
+		return RESYNC_SKIP;		/* a finished copy (initial or resync) has it */
+	else
+		return RESYNC_APPLY;
+
+	if (msg != NULL)
+	{
+		Oid			types[4] = {INT4OID, TEXTOID, TEXTOID, BYTEAOID};
+		Datum		vals[4];
+		bytea	   *raw = palloc(VARHDRSZ + len);
+		int			rc;
+
+		SET_VARSIZE(raw, VARHDRSZ + len);
+		memcpy(VARDATA(raw), msg, len);
+		vals[0] = Int32GetDatum(m->id);
+		vals[1] = CStringGetTextDatum(mt->source_schema);
+		vals[2] = CStringGetTextDatum(mt->source_table);
+		vals[3] = PointerGetDatum(raw);
+		SPI_connect();
+		rc = SPI_execute_with_args("INSERT INTO bunny.resync_queue (mirror_id, source_schema, source_table, message) "
+								   "VALUES ($1, $2, $3, $4)", 4, types, vals, NULL, false, 0);
+		SPI_finish();
+		if (rc < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not queue a change of %s",
+							quote_qualified_identifier(mt->dest_schema, mt->dest_table))));
+	}
+	return route;
+}
+
+/*
+ * Keep the table's latest Relation message in bunny.mirror_table: a queue
+ * replayed after a restart needs it before the stream sends it again.
+ * Runs in the caller's transaction.
+ */
+void
+resync_store_relation_message(Mirror *m, MirrorTable *mt)
+{
+	RelMapEntry *e = relmap_find_table(mt);
+	Oid			types[4] = {INT4OID, TEXTOID, TEXTOID, BYTEAOID};
+	Datum		vals[4];
+	bytea	   *msg;
+
+	if (e == NULL || e->raw_relmsg == NULL)
+		return;
+	msg = palloc(VARHDRSZ + e->raw_relmsg_len);
+	SET_VARSIZE(msg, VARHDRSZ + e->raw_relmsg_len);
+	memcpy(VARDATA(msg), e->raw_relmsg, e->raw_relmsg_len);
+	vals[0] = Int32GetDatum(m->id);
+	vals[1] = CStringGetTextDatum(mt->source_schema);
+	vals[2] = CStringGetTextDatum(mt->source_table);
+	vals[3] = PointerGetDatum(msg);
+	SPI_connect();
+	SPI_execute_with_args("UPDATE bunny.mirror_table SET resync_relation_msg = $4 "
+						  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+						  4, types, vals, NULL, false, 0);
+	SPI_finish();
+}
+
+/*
+ * Apply a table's resync queue, in order, to target_table (the copy of a
+ * swap) or to the table itself, through the apply's handlers.  Runs in the
+ * caller's transaction; reads the queue through a cursor so that a long
+ * queue does not sit in memory.
+ */
+static void
+resync_replay_queue(Mirror *m, MirrorTable *mt, const char *target_table,
+					const ResyncReplayer *replayer)
+{
+	Oid			types[3] = {INT4OID, TEXTOID, TEXTOID};
+	Datum		vals[3];
+	Portal		portal;
+	SPIPlanPtr	plan;
+	MemoryContext replaycxt = AllocSetContextCreate(CurrentMemoryContext, "bunnydb replay",
+													ALLOCSET_DEFAULT_SIZES);
+
+	vals[0] = Int32GetDatum(m->id);
+	vals[1] = CStringGetTextDatum(mt->source_schema);
+	vals[2] = CStringGetTextDatum(mt->source_table);
+
+	replayer->begin(mt);
+	PG_TRY();
+	{
+		SPI_connect();
+		/* the description first, in case the stream has not sent it yet */
+		SPI_execute_with_args("SELECT resync_relation_msg FROM bunny.mirror_table "
+							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
+							  "   AND resync_relation_msg IS NOT NULL",
+							  3, types, vals, NULL, true, 1);
+		if (SPI_processed == 1)
+		{
+			bool		isnull;
+			bytea	   *msg = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[0],
+															SPI_tuptable->tupdesc, 1, &isnull));
+			MemoryContext old = MemoryContextSwitchTo(replaycxt);
+
+			replayer->message(VARDATA_ANY(msg), VARSIZE_ANY_EXHDR(msg));
+			MemoryContextSwitchTo(old);
+		}
+		/* after the Relation message, which (re)creates the entry */
+		relmap_retarget(mt, target_table);
+
+		plan = SPI_prepare("SELECT message FROM bunny.resync_queue "
+						   " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
+						   " ORDER BY seq", 3, types);
+		portal = SPI_cursor_open(NULL, plan, vals, NULL, true);
+		for (;;)
+		{
+			SPI_cursor_fetch(portal, true, 1000);
+			if (SPI_processed == 0)
+				break;
+			for (uint64 i = 0; i < SPI_processed; i++)
+			{
+				bool		isnull;
+				bytea	   *msg = DatumGetByteaPP(SPI_getbinval(SPI_tuptable->vals[i],
+																SPI_tuptable->tupdesc, 1, &isnull));
+				MemoryContext old = MemoryContextSwitchTo(replaycxt);
+
+				replayer->message(VARDATA_ANY(msg), VARSIZE_ANY_EXHDR(msg));
+				MemoryContextSwitchTo(old);
+				MemoryContextReset(replaycxt);
+			}
+			SPI_freetuptable(SPI_tuptable);
+			CHECK_FOR_INTERRUPTS();
+		}
+		SPI_cursor_close(portal);
+		replayer->finish();		/* the last rows go to the replay target too */
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		replayer->end();
+		relmap_retarget(mt, NULL);	/* back to the table itself */
+	}
+	PG_END_TRY();
+	MemoryContextDelete(replaycxt);
 }
 
 /* the worker ends: the snapshot workers follow on their own */
@@ -201,7 +364,7 @@ resync_start(Mirror *m)
 		mt->resync_state = MemoryContextStrdup(GetMemoryChunkContext(mt), "COPYING");
 		mt->copy_target = target ? MemoryContextStrdup(GetMemoryChunkContext(mt), target) : NULL;
 		mt->sync_lsn = lsn;
-		apply_store_relation_message(mt);
+		resync_store_relation_message(m, mt);
 		appendStringInfo(&names, "%s%s", names.len ? ", " : "",
 						 quote_qualified_identifier(mt->source_schema, mt->source_table));
 	}
@@ -383,7 +546,7 @@ resync_swap(MirrorTable *mt)
  * (all swapped tables together), mark them SYNCED.  One transaction.
  */
 static void
-resync_switch_ready(Mirror *m)
+resync_switch_ready(Mirror *m, const ResyncReplayer *replayer)
 {
 	Oid			types[1] = {INT4OID};
 	Datum		vals[1] = {Int32GetDatum(m->id)};
@@ -436,7 +599,7 @@ resync_switch_ready(Mirror *m)
 		rows = bunny_spi_scalar("SELECT rows_snapshotted::text FROM bunny.mirror_table "
 								" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
 								3, t3, v3, NULL);
-		apply_replay_queue(mt, swap ? mt->copy_target : NULL);
+		resync_replay_queue(m, mt, swap ? mt->copy_target : NULL, replayer);
 		if (swap)
 			resync_swap(mt);
 		/*
@@ -517,10 +680,11 @@ resync_switch_ready(Mirror *m)
 
 /*
  * Between batches: start requested copies, keep the snapshot workers going,
- * switch the tables whose copy is in.  Cheap when nothing is going on.
+ * switch the tables whose copy is in (replaying their queues through
+ * replayer).  Cheap when nothing is going on.
  */
 void
-resync_tick(Mirror *m)
+resync_tick(Mirror *m, const ResyncReplayer *replayer)
 {
 	bool		requested = false;
 	bool		copying = false;
@@ -555,7 +719,7 @@ resync_tick(Mirror *m)
 	last_tick = GetCurrentTimestamp();
 
 	(void) snapshot_pool_tick(pool, m);
-	resync_switch_ready(m);
+	resync_switch_ready(m, replayer);
 
 	copying = false;
 	foreach(lc, m->tables)

@@ -1,0 +1,720 @@
+/*-------------------------------------------------------------------------
+ *
+ * applystream.c
+ *		The CDC phase's replication connection: start streaming from the
+ *		mirror's slot, receive XLogData and keepalives, hand each pgoutput
+ *		message to the apply (apply.c), report progress to the slot, and
+ *		restart the stream when needed.  The only code that reads or writes
+ *		the connection -- a COPY run (applywriter.c) reads the following
+ *		messages through the CopyRunSource here.
+ *
+ * NOTES
+ *
+ *	Feedback.  The slot is told that a position is flushed only once the
+ *	local commit that contains it is on disk (the flush map of
+ *	applybatch.c), so the source never discards WAL we might still need.
+ *	Standby status updates go out when a position moved, when the
+ *	walsender asks, and at least every FEEDBACK_INTERVAL_MS.
+ *
+ *	Latency.  When nothing more is waiting on the connection the open
+ *	batch is committed at once (the batch also ends at max_batch_size
+ *	changes and after idle_timeout_seconds or bunny.max_batch_latency, see
+ *	apply.c): a source that does not flood us sees its changes applied
+ *	within a round trip.
+ *
+ *	Idle sources.  When nothing is pending, keepalives move the position we
+ *	report to the slot, so a source that writes only to unpublished tables
+ *	does not make the slot hold WAL forever.
+ *
+ *	Binary transfer.  The stream uses pgoutput's binary mode when every
+ *	published column has the same built-in type on both sides; binary array
+ *	and record values embed type OIDs that differ between servers for
+ *	user-defined types, so those mirrors use text.
+ *
+ *	Restarts.  Giving up on a streamed transaction (applyxact.c) and a
+ *	change of bunny.stream_large_transactions restart the stream from the
+ *	origin's position, on a new connection, after rolling the open batch
+ *	back.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "apply_internal.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "libpq/pqformat.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/interrupt.h"
+#include "replication/origin.h"
+#include "storage/condition_variable.h"
+#include "storage/latch.h"
+#include "storage/spin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#define FEEDBACK_INTERVAL_MS	10000
+#define IDLE_WAIT_MS			1000
+#define FLUSH_REPORT_WAIT_MS	200 /* about wal_writer_delay */
+
+/* the stream and what we told the walsender about it */
+typedef struct ApplyStream
+{
+	PGconn	   *conn;			/* the replication connection */
+	Mirror	   *mirror;
+	ApplyBatch *batch;			/* the apply's: what is in flight */
+	bool		binary;			/* pgoutput binary transfer */
+	bool		streaming;		/* started with streaming (protocol 2) */
+	MemoryContext message_cxt;	/* reset after each message */
+	XLogRecPtr	last_received;	/* everything before it is received */
+	XLogRecPtr	last_flushed_reported;
+	XLogRecPtr	last_write_reported;
+	TimestampTz last_feedback;
+	char	   *copy_buf;		/* the message last handed to a COPY run */
+	int			copy_len;
+	char	   *stashed_buf;	/* the message that ended a COPY run */
+	int			stashed_len;
+} ApplyStream;
+
+static ApplyStream st;
+
+static void apply_copydata(char *buf, int len);
+static void send_feedback(bool force, bool request_reply);
+static void check_slot_and_publication(bool patient);
+
+/*
+ * The header of an XLogData message ('w': WAL start, WAL end, send time);
+ * s->cursor is left at the pgoutput message it carries.
+ */
+static void
+xlogdata_header(StringInfo s, XLogRecPtr *start, XLogRecPtr *end)
+{
+	s->cursor = 1;
+	*start = pq_getmsgint64(s);
+	*end = pq_getmsgint64(s);
+	(void) pq_getmsgint64(s);	/* send time */
+}
+
+/*
+ * The next CopyData message of the stream, waiting for it like the main
+ * loop does (interrupts, feedback to the source).
+ */
+static int
+copy_run_receive(char **buf)
+{
+	for (;;)
+	{
+		pgsocket	fd = PGINVALID_SOCKET;
+		int			len;
+		int			rc;
+
+		CHECK_FOR_INTERRUPTS();
+		len = stream_receive(st.conn, buf, &fd);
+		if (len > 0)
+			return len;
+		send_feedback(false, false);
+		rc = WaitLatchOrSocket(MyLatch,
+							   WL_SOCKET_READABLE | WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							   fd, IDLE_WAIT_MS, PG_WAIT_EXTENSION);
+		if (rc & WL_LATCH_SET)
+			ResetLatch(MyLatch);
+	}
+}
+
+/*
+ * The COPY run's source of rows (see CopyRunSource): the messages that
+ * follow on the connection.  st.copy_buf is the one last handed out, freed
+ * when the next is asked for; st.stashed_buf the one that ended a run,
+ * which the main loop handles next.
+ */
+static const char *
+copy_source_next(int *len, bool *has_xid)
+{
+	if (st.copy_buf != NULL)
+		PQfreemem(st.copy_buf);
+	st.copy_buf = NULL;
+	for (;;)
+	{
+		char	   *buf;
+		int			n = copy_run_receive(&buf);
+
+		if (buf[0] == 'w' && n > 25)
+		{
+			XLogRecPtr	start;
+			XLogRecPtr	end;
+			StringInfoData h;
+
+			h.data = buf;
+			h.len = n;
+			h.maxlen = -1;
+			h.cursor = 1;
+			xlogdata_header(&h, &start, &end);
+			if (streamxact_pass_boundary(h.data + h.cursor, h.len - h.cursor))
+			{
+				PQfreemem(buf);
+				continue;
+			}
+			SpinLockAcquire(&MySlot->mutex);
+			if (end > MySlot->source_lsn)
+				MySlot->source_lsn = end;
+			SpinLockRelease(&MySlot->mutex);
+			st.copy_buf = buf;
+			st.copy_len = n;
+			*len = h.len - h.cursor;
+			*has_xid = streamxact_in_block();
+			return h.data + h.cursor;
+		}
+		else if (buf[0] == 'k')
+		{
+			apply_copydata(buf, n);
+			PQfreemem(buf);
+			continue;
+		}
+		st.stashed_buf = buf;
+		st.stashed_len = n;
+		return NULL;
+	}
+}
+
+static void
+copy_source_keep(void)
+{
+	st.stashed_buf = st.copy_buf;
+	st.stashed_len = st.copy_len;
+	st.copy_buf = NULL;
+}
+
+static const CopyRunSource copy_source = {
+	.next = copy_source_next,
+	.keep = copy_source_keep,
+};
+
+/* restart the stream from the last commit, with or without streaming */
+static void
+stream_restart(bool streaming)
+{
+	XLogRecPtr	startpos;
+	MemoryContext old = CurrentMemoryContext;
+	const char *give_up_why;
+	TimestampTz retry_at;
+
+	batch_abort(st.batch);
+	streamxact_reset();
+	if (st.stashed_buf != NULL)
+		PQfreemem(st.stashed_buf);
+	st.stashed_buf = NULL;
+	give_up_why = streamxact_restarting(&retry_at);
+
+	st.conn = worker_reconnect_source(st.mirror);
+	/* the walsender of the old connection may still hold the slot */
+	check_slot_and_publication(true);
+	startpos = replorigin_session_get_progress(false);
+	st.last_received = startpos;
+	st.streaming = streaming;
+	stream_start_replication(st.conn, st.mirror->slot_name, startpos, st.mirror->publication_name,
+							 st.binary, st.streaming);
+	bunny_start_transaction();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	{
+		const char *why = "";
+
+		/* after giving up, say why in bunny.logs: a bulk load came late */
+		if (!streaming && give_up_why != NULL)
+			why = psprintf(": gave up applying one as it came (%s); trying again in %ld s",
+						   give_up_why,
+						   (TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+															retry_at) + 999) / 1000);
+		bunny_log(st.mirror->name, "DEBUG",
+				  psprintf("streaming again from %X/%X, %s%s", LSN_FORMAT_ARGS(startpos),
+						   streaming ? "applying large transactions while they run" :
+						   "large transactions after their commit", why), NULL);
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(old);
+}
+
+/* may the source stream large transactions to us now? */
+static bool
+streaming_wanted(void)
+{
+	return bunny_stream_large_transactions && PQserverVersion(st.conn) >= 140000 &&
+		streamxact_retry_due();
+}
+
+/*
+ * The source position up to which our local commits are flushed, never
+ * less than what was reported before.  It does not change what was last
+ * reported: send_feedback compares the two to see whether it moved.
+ */
+static XLogRecPtr
+flushed_position(void)
+{
+	bool		none_pending;
+	XLogRecPtr	flushed = Max(st.last_flushed_reported, batch_flushed_upto(&none_pending));
+
+	/* nothing of ours in flight: everything received is done */
+	if (none_pending && !st.batch->in_local_txn && !st.batch->in_remote_txn)
+		flushed = Max(flushed, st.last_received);
+	return flushed;
+}
+
+/* a standby status update ('r') for the walsender */
+static void
+feedback_message(StringInfo msg, XLogRecPtr write, XLogRecPtr flush, TimestampTz now,
+				 bool request_reply)
+{
+	initStringInfo(msg);
+	pq_sendbyte(msg, 'r');
+	pq_sendint64(msg, write);
+	pq_sendint64(msg, flush);
+	pq_sendint64(msg, flush);
+	pq_sendint64(msg, now);
+	pq_sendbyte(msg, request_reply ? 1 : 0);
+}
+
+/*
+ * Send a standby status update to the walsender when a position moved, at
+ * least every FEEDBACK_INTERVAL_MS, or when forced.  The flush position
+ * is what the slot keeps: a new walsender (after a pause, a reconnect, a
+ * stream restart) decodes again from the slot's restart point, which only
+ * moves as far as the flush we reported, so it must not lag behind.
+ */
+static void
+send_feedback(bool force, bool request_reply)
+{
+	StringInfoData msg;
+	XLogRecPtr	flush = flushed_position();
+	XLogRecPtr	write = Max(st.last_received, flush);
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (!force && write == st.last_write_reported && flush == st.last_flushed_reported &&
+		!TimestampDifferenceExceeds(st.last_feedback, now, FEEDBACK_INTERVAL_MS))
+		return;
+	feedback_message(&msg, write, flush, now, request_reply);
+	stream_send(st.conn, msg.data, msg.len);
+	pfree(msg.data);
+
+	st.last_flushed_reported = flush;
+	st.last_write_reported = write;
+	st.last_feedback = now;
+}
+
+/* one CopyData message of the stream: XLogData or keepalive */
+static void
+apply_copydata(char *buf, int len)
+{
+	StringInfoData s;
+	char		kind;
+
+	s.data = buf;
+	s.len = len;
+	s.maxlen = -1;
+	s.cursor = 0;
+	kind = pq_getmsgbyte(&s);
+
+	if (kind == 'w')
+	{
+		XLogRecPtr	start;
+		XLogRecPtr	end;
+
+		xlogdata_header(&s, &start, &end);
+		if (start > st.last_received && st.batch->in_remote_txn)
+			st.last_received = Max(st.last_received, start);
+		SpinLockAcquire(&MySlot->mutex);
+		if (end > MySlot->source_lsn)
+			MySlot->source_lsn = end;
+		SpinLockRelease(&MySlot->mutex);
+		apply_dispatch(&s);
+		/* a source commit: everything up to its end is received */
+		st.last_received = Max(st.last_received, st.batch->received_end);
+	}
+	else if (kind == 'k')
+	{
+		XLogRecPtr	end = pq_getmsgint64(&s);
+		bool		reply;
+
+		(void) pq_getmsgint64(&s);	/* send time */
+		reply = pq_getmsgbyte(&s);
+
+		SpinLockAcquire(&MySlot->mutex);
+		if (end > MySlot->source_lsn)
+			MySlot->source_lsn = end;
+		SpinLockRelease(&MySlot->mutex);
+
+		if (!st.batch->in_remote_txn)
+		{
+			/* everything before this keepalive has been received */
+			st.last_received = Max(st.last_received, end);
+			if (st.batch->in_local_txn)
+				st.batch->keepalive_lsn = Max(st.batch->keepalive_lsn, end);
+			else
+			{
+				bool		moved = false;
+
+				/*
+				 * Caught up with nothing pending, and past where the last
+				 * run failed: that error is over.  Not while tables are
+				 * being copied again, though: a failed resync step (the
+				 * swap, say) fails only after the next run has caught up,
+				 * and its error would flicker away between the attempts.
+				 */
+				XLogRecPtr	error_lsn;
+
+				SpinLockAcquire(&MySlot->mutex);
+				error_lsn = MySlot->error_lsn;
+				SpinLockRelease(&MySlot->mutex);
+				if (st.mirror->error_count > 0 && end > error_lsn && !resync_active(st.mirror))
+				{
+					bunny_start_transaction();
+					PushActiveSnapshot(GetTransactionSnapshot());
+					catalog_clear_error(st.mirror->id);
+					PopActiveSnapshot();
+					CommitTransactionCommand();
+					st.mirror->error_count = 0;
+				}
+
+				SpinLockAcquire(&MySlot->mutex);
+				if (end > MySlot->processed_lsn)
+				{
+					MySlot->processed_lsn = end;
+					moved = true;
+				}
+				MySlot->behind_since = 0;
+				SpinLockRelease(&MySlot->mutex);
+				if (moved)
+					ConditionVariableBroadcast(&MySlot->progress_cv);
+			}
+		}
+		if (reply)
+			send_feedback(true, false);
+	}
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("unexpected message \"%c\" in the replication stream", kind)));
+}
+
+/*
+ * Decide on binary transfer: only when every published column has the same
+ * built-in type on the destination, and the source's pgoutput knows the
+ * binary option (PostgreSQL 14 on; an older one refuses to start).
+ */
+static bool
+decide_binary_mode(void)
+{
+	StringInfoData sql;
+	ListCell   *lc;
+	PGresult   *res;
+	bool		binary = true;
+
+	if (PQserverVersion(st.conn) < 140000)
+		return false;
+	initStringInfo(&sql);
+	appendStringInfoString(&sql,
+						   "SELECT n.nspname, c.relname, a.attname, a.atttypid "
+						   "  FROM pg_catalog.pg_attribute a "
+						   "  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+						   "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+						   " WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' "
+						   "   AND (n.nspname, c.relname) IN (");
+	foreach(lc, st.mirror->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+
+		appendStringInfo(&sql, "%s(%s, %s)", lc == list_head(st.mirror->tables) ? "" : ", ",
+						 quote_literal_cstr(mt->source_schema), quote_literal_cstr(mt->source_table));
+	}
+	appendStringInfoChar(&sql, ')');
+	res = stream_exec_ok(st.conn, sql.data, PGRES_TUPLES_OK);
+
+	bunny_start_transaction();
+	for (int i = 0; i < PQntuples(res) && binary; i++)
+	{
+		MirrorTable *mt = mirror_find_table(st.mirror, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
+		char	   *att = PQgetvalue(res, i, 2);
+		Oid			typid = (Oid) strtoul(PQgetvalue(res, i, 3), NULL, 10);
+		Oid			nspid,
+					relid;
+		AttrNumber	attnum;
+		bool		excluded = false;
+
+		if (mt == NULL)
+			continue;
+		foreach(lc, mt->exclude_columns)
+			if (strcmp(lfirst(lc), att) == 0)
+				excluded = true;
+		if (excluded)
+			continue;
+		if (typid >= FirstNormalObjectId)
+		{
+			binary = false;
+			break;
+		}
+		nspid = get_namespace_oid(mt->dest_schema, true);
+		relid = OidIsValid(nspid) ? get_relname_relid(mt->dest_table, nspid) : InvalidOid;
+		if (!OidIsValid(relid))
+			continue;
+		attnum = get_attnum(relid, att);
+		if (attnum != InvalidAttrNumber && get_atttype(relid, attnum) != typid)
+			binary = false;
+	}
+	CommitTransactionCommand();
+	PQclear(res);
+	return binary;
+}
+
+/*
+ * The slot and the publication must still exist on the source.  Without the
+ * slot the changes since last_lsn are gone: nothing but a resync can make
+ * the destination whole again, so the mirror fails rather than create a new
+ * slot silently.
+ */
+static void
+check_slot_and_publication(bool patient)
+{
+	PGresult   *res;
+	bool		slot_ok,
+				pub_ok;
+
+	res = stream_exec_ok(st.conn,
+						 psprintf("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots "
+								  "                WHERE slot_name = %s), "
+								  "       EXISTS (SELECT 1 FROM pg_catalog.pg_publication "
+								  "                WHERE pubname = %s)",
+								  quote_literal_cstr(st.mirror->slot_name),
+								  quote_literal_cstr(st.mirror->publication_name)),
+						 PGRES_TUPLES_OK);
+	slot_ok = PQgetvalue(res, 0, 0)[0] == 't';
+	pub_ok = PQgetvalue(res, 0, 1)[0] == 't';
+	PQclear(res);
+	if (!slot_ok)
+	{
+		bunny_error_is_permanent = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("replication slot \"%s\" no longer exists on the source", st.mirror->slot_name),
+				 errdetail("Changes made on the source since the last applied position cannot be streamed any more."),
+				 errhint("A resync is needed: bunny.resync_mirror('%s').", st.mirror->name)));
+	}
+	/*
+	 * A slot held by someone else is held by a stale connection of ours (a
+	 * worker that died without the source noticing yet): free it.  After
+	 * our own reconnect (patient) the old walsender is on its way out: give
+	 * it ten seconds before terminating it.
+	 */
+	for (int tries = 0; slot_ok; tries++)
+	{
+		char	   *holder;
+
+		res = stream_exec_ok(st.conn,
+							 psprintf("SELECT active_pid FROM pg_catalog.pg_replication_slots "
+									  " WHERE slot_name = %s AND active_pid IS NOT NULL",
+									  quote_literal_cstr(st.mirror->slot_name)),
+							 PGRES_TUPLES_OK);
+		holder = PQntuples(res) > 0 ? pstrdup(PQgetvalue(res, 0, 0)) : NULL;
+		PQclear(res);
+		if (holder == NULL)
+			break;
+		if (tries == (patient ? 100 : 0))
+		{
+			res = stream_exec(st.conn, psprintf("SELECT pg_catalog.pg_terminate_backend(%s)", holder));
+			if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK)
+			{
+				if (res)
+					PQclear(res);
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_IN_USE),
+						 errmsg("replication slot \"%s\" is active for PID %s", st.mirror->slot_name, holder),
+						 errhint("Terminate that connection on the source: SELECT pg_terminate_backend(%s);", holder)));
+			}
+			PQclear(res);
+			bunny_log(st.mirror->name, "WARNING",
+					  psprintf("terminated a stale connection (PID %s) that held slot %s", holder,
+							   st.mirror->slot_name), NULL);
+		}
+		if (tries > (patient ? 150 : 50))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_IN_USE),
+					 errmsg("replication slot \"%s\" is still active for PID %s", st.mirror->slot_name, holder)));
+		pg_usleep(100 * 1000L);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	if (!pub_ok)
+	{
+		bunny_error_is_permanent = true;
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("publication \"%s\" no longer exists on the source", st.mirror->publication_name),
+				 errhint("Recreate it on the source (CREATE PUBLICATION %s FOR TABLE ...) with the mirror's tables, then call bunny.retry_mirror('%s').",
+						 quote_identifier(st.mirror->publication_name), st.mirror->name)));
+	}
+}
+
+/*
+ * The worker stops in good order (pause, a new conninfo, drop) between
+ * batches: flush our WAL and report how far we got, so that the slot does
+ * not keep an old restart point from which the next walsender would decode
+ * again what we already applied.  Best effort: the stop goes on whatever
+ * happens to the message.  live_conn is the worker's current connection.
+ */
+void
+apply_send_final_feedback(PGconn *live_conn)
+{
+	StringInfoData msg;
+	XLogRecPtr	flush;
+
+	/* only on the worker's live connection, and only if it is the stream's */
+	if (st.conn == NULL || st.conn != live_conn || PQstatus(st.conn) != CONNECTION_OK ||
+		st.batch == NULL || st.batch->in_local_txn || st.batch->in_remote_txn)
+		return;
+	batch_flush_wal();
+	flush = flushed_position();
+	feedback_message(&msg, Max(st.last_received, flush), flush, GetCurrentTimestamp(), false);
+	if (PQputCopyData(st.conn, msg.data, msg.len) == 1)
+		(void) PQflush(st.conn);
+	pfree(msg.data);
+}
+
+/* between destination transactions: control requests and resync work */
+static void
+apply_between_batches(void)
+{
+	Mirror	   *m = bunny_check_control();
+
+	if (m != NULL)
+	{
+		st.mirror = m;
+		apply_set_mirror(m);
+	}
+	resync_tick(st.mirror, &apply_replayer);
+
+	/* a setting changed, or the pause after giving up on a stream is over */
+	if (st.streaming != streaming_wanted())
+		stream_restart(!st.streaming);
+}
+
+/*
+ * Stream from the slot and apply until told to stop; returns only by
+ * error or proc_exit.
+ */
+void
+apply_stream(PGconn *source_conn, Mirror *m)
+{
+	XLogRecPtr	startpos;
+
+	st.mirror = m;
+	st.conn = source_conn;
+	st.message_cxt = AllocSetContextCreate(TopMemoryContext, "bunnydb apply message",
+										   ALLOCSET_DEFAULT_SIZES);
+
+	check_slot_and_publication(false);
+	st.binary = decide_binary_mode();
+	st.batch = apply_init(m, st.binary, &copy_source);
+	startpos = replorigin_session_get_progress(false);
+	st.last_received = startpos;
+	st.last_flushed_reported = startpos;
+	batch_flushmap_init(startpos);
+	SpinLockAcquire(&MySlot->mutex);
+	if (startpos > MySlot->processed_lsn)
+		MySlot->processed_lsn = startpos;
+	SpinLockRelease(&MySlot->mutex);
+
+	st.streaming = streaming_wanted();
+	stream_start_replication(st.conn, m->slot_name, startpos, m->publication_name, st.binary,
+							 st.streaming);
+	{
+		bunny_start_transaction();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		bunny_log(m->name, "DEBUG",
+				  psprintf("streaming from %X/%X (%s transfer%s)", LSN_FORMAT_ARGS(startpos),
+						   st.binary ? "binary" : "text",
+						   st.streaming ? ", large transactions while they run" : ""), NULL);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+
+	for (;;)
+	{
+		char	   *buf;
+		pgsocket	fd = PGINVALID_SOCKET;
+		int			len;
+
+		CHECK_FOR_INTERRUPTS();
+		if (st.stashed_buf != NULL)
+		{
+			/* the message that ended a COPY run */
+			buf = st.stashed_buf;
+			len = st.stashed_len;
+			st.stashed_buf = NULL;
+		}
+		else
+			len = stream_receive(st.conn, &buf, &fd);
+		if (len > 0)
+		{
+			MemoryContext old = MemoryContextSwitchTo(st.message_cxt);
+
+			/* on error the worker exits, so buf needs no PG_TRY */
+			apply_copydata(buf, len);
+			PQfreemem(buf);
+			MemoryContextSwitchTo(old);
+			MemoryContextReset(st.message_cxt);
+			if (streamxact_restart_pending())
+				stream_restart(false);
+
+			if (!st.batch->in_remote_txn && !st.batch->in_local_txn)
+				apply_between_batches();
+			if (TimestampDifferenceExceeds(st.last_feedback, GetCurrentTimestamp(), FEEDBACK_INTERVAL_MS))
+				send_feedback(false, false);
+			continue;
+		}
+
+		/* nothing is waiting: end the batch now for low latency */
+		if (st.batch->in_local_txn && !st.batch->in_remote_txn)
+			batch_flush(st.batch, st.mirror);
+		if (!st.batch->in_local_txn)
+			apply_between_batches();
+		send_feedback(false, false);
+
+		/*
+		 * A batch committed within a second of the previous statistics flush
+		 * leaves its counts pending, and only the next commit would flush
+		 * them: an idle mirror's tables would show too few changes in
+		 * pg_stat_user_tables.  As PostgresMain does for an idle backend,
+		 * force them out once a wait has passed without anything to do.
+		 */
+		{
+			bool		stats_held = false;
+			int			rc;
+
+			if (!st.batch->in_local_txn && !IsTransactionOrTransactionBlock())
+				stats_held = pgstat_report_stat(false) > 0;
+			/*
+			 * A commit not yet on disk becomes reportable once the WAL
+			 * writer flushes it (commits are asynchronous): look again soon
+			 * rather than after a whole idle wait.
+			 */
+			rc = WaitLatchOrSocket(MyLatch,
+								   WL_SOCKET_READABLE | WL_LATCH_SET |
+								   WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+								   fd, batch_flush_pending() ? FLUSH_REPORT_WAIT_MS : IDLE_WAIT_MS,
+								   PG_WAIT_EXTENSION);
+			if (rc & WL_LATCH_SET)
+				ResetLatch(MyLatch);
+			if (stats_held && (rc & WL_TIMEOUT))
+				pgstat_report_stat(true);
+		}
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+	}
+}
