@@ -7,6 +7,17 @@
 #     bash bench/run.sh [--scale N] [--only copy,tpcb,bigtxn,lag] [--keep]
 #                            [--copy-pairs 1|2] [--no-pglogical]
 #                            [--long-wait] [--dir DIR] [--smoke]
+#                            [--port-base P]
+#     bash bench/run.sh --only tables [--tables 100,1000] [--stats]
+#                            [--dir DIR] [--port-base P] [--keep]
+#
+# --port-base P: the source listens on port P, the destination on P+1
+# (default 5541 and 5542).  Environment BUNNY_PREFIX=/opt/x: use the
+# PostgreSQL 15 copy under $BUNNY_PREFIX/usr/lib/postgresql/15 (made with
+# cp -a of /usr/lib/postgresql/15 and /usr/share/postgresql/15 into it,
+# bunnydb installed there with `make install DESTDIR=$BUNNY_PREFIX`) for
+# both clusters, so a private build of bunnydb is measured without
+# installing it into the system's PostgreSQL.
 #
 # --smoke runs every step on tiny sizes (scale 1 unless --scale is given,
 # 1 000 TPC-B transactions, a 20 000-row transaction, 5 s of lag sampling):
@@ -57,6 +68,28 @@
 #           second pgbench run of the same length has bunnydb and pglogical
 #           live (built-in disabled): each comparison is between two systems
 #           that share the machine in the same way.
+#   tables  (alone: --only tables; no pgbench data, no other workload) for
+#           each N of --tables (default 100,1000; 10000 works with the disk
+#           and time it needs), a source database tbl_N of N tables of
+#           1 000 rows each (id int primary key, k int with a secondary
+#           index, v text), published FOR ALL TABLES.  bunnydb: create_mirror
+#           of the N tables into an empty database (bunnydb creates the
+#           tables) until status RUNNING.  built-in: the schema pre-created
+#           with pg_dump -s, CREATE SUBSCRIPTION until every
+#           pg_subscription_rel row is 'r'.  bunnydb first, then built-in,
+#           for each N in increasing order; each mirror and subscription is
+#           dropped before the next N.  Printed per N: both times, the ratio,
+#           the time per table of each (its growth with N shows a cost that
+#           is not linear), bunnydb's phases from its log, and a check that
+#           every destination table equals the source (row count and an
+#           order-independent checksum per table, index count).  Both
+#           clusters get max_locks_per_transaction = 1024 (bunnydb creates
+#           the tables, and pg_dump -s locks them all, in one transaction).
+#           --stats: pg_stat_statements on both clusters (track = all), the
+#           statements with the largest total time of each bunnydb copy, and
+#           the wait events of bunnydb's processes sampled every 0.2 s
+#           (environment BENCH_STATS_KEEP=DIR: the full statement lists of
+#           each N are copied there as stats-N-source.txt, -destination.txt).
 #   references  (not systems under test; rows under the table): what
 #           PostgreSQL itself needs on this machine.  After the copies, one
 #           binary COPY pipe (psql | psql) of pgbench_accounts into a table
@@ -97,7 +130,7 @@
 #
 set -euo pipefail
 
-PGBIN=/usr/lib/postgresql/15/bin
+PGBIN=${BUNNY_PREFIX:+$BUNNY_PREFIX}/usr/lib/postgresql/15/bin
 SCALE=50
 ONLY="copy,tpcb,bigtxn,lag"
 DIR=/tmp/bunnydb-bench
@@ -121,6 +154,9 @@ SMOKE=0                    # --smoke: tiny sizes, see the header
 SCALE_GIVEN=0
 PGL=auto                   # pglogical as a third system when installed
 PGL_SUB=bench_pgl
+TABLES_LIST=100,1000        # --only tables: the table counts, increasing
+TABLE_ROWS=1000            # rows per table of the tables workload
+STATS=0                    # --stats: pg_stat_statements and wait-event sampling
 TABLES_JSON='["public.pgbench_accounts","public.pgbench_branches","public.pgbench_tellers","public.pgbench_history","public.bigt"]'
 
 CMDLINE="bash $0 $*"
@@ -144,6 +180,11 @@ while [ $# -gt 0 ]; do
         --long-wait) WAIT_MODE=long; shift ;;
         --no-pglogical) PGL=0; shift ;;
         --smoke) SMOKE=1; shift ;;
+        --tables) TABLES_LIST=${2:?}; shift 2 ;;
+        --tables=*) TABLES_LIST=${1#*=}; shift ;;
+        --stats) STATS=1; shift ;;
+        --port-base) SRC_PORT=${2:?}; DST_PORT=$((SRC_PORT + 1)); shift 2 ;;
+        --port-base=*) SRC_PORT=${1#*=}; DST_PORT=$((SRC_PORT + 1)); shift ;;
         -h|--help) usage 0 ;;
         *) echo "run.sh: unknown argument: $1" >&2; usage 2 ;;
     esac
@@ -156,8 +197,16 @@ if [ "$SMOKE" = 1 ]; then
     LAG_SECONDS=5
 fi
 for w in ${ONLY//,/ }; do
-    case "$w" in copy|tpcb|bigtxn|lag) ;; *) echo "run.sh: unknown workload in --only: $w" >&2; exit 2 ;; esac
+    case "$w" in copy|tpcb|bigtxn|lag|tables) ;; *) echo "run.sh: unknown workload in --only: $w" >&2; exit 2 ;; esac
 done
+TABLES_MODE=0
+if [[ ",$ONLY," == *",tables,"* ]]; then
+    [ "$ONLY" = tables ] || { echo "run.sh: --only tables runs alone" >&2; exit 2; }
+    TABLES_MODE=1
+    # (table names are t00001 ... t99999)
+    [[ "$TABLES_LIST" =~ ^[1-9][0-9]{0,4}(,[1-9][0-9]{0,4})*$ ]] || { echo "run.sh: --tables takes a list of integers from 1 to 99999: 100,1000" >&2; exit 2; }
+    TABLES_LIST=$(tr ',' '\n' <<<"$TABLES_LIST" | sort -n | paste -sd,)
+fi
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 
 # ---------------------------------------------------------------------------
@@ -229,6 +278,10 @@ SHAREDIR=$("$PGBIN/pg_config" --sharedir)
 if [ "$PGL" = auto ]; then
     if [ -f "$LIBDIR/pglogical.so" ] && [ -f "$SHAREDIR/extension/pglogical.control" ]; then PGL=1; else PGL=0; fi
 fi
+[ "$TABLES_MODE" = 1 ] && PGL=0     # the tables workload compares bunnydb and the built-in only
+if [ "$STATS" = 1 ]; then
+    [ -f "$LIBDIR/pg_stat_statements.so" ] || die "--stats needs pg_stat_statements (PostgreSQL contrib)"
+fi
 
 # ---------------------------------------------------------------------------
 # header
@@ -247,7 +300,12 @@ else
 fi
 echo "repo:      $(git -c safe.directory='*' -C "$REPO" describe --always --dirty 2>/dev/null || echo "none ($REPO is not a git checkout; the bunnydb line above identifies the library)")"
 echo "wait mode: $WAIT_MODE (bunny.wait_for_lsn $([ "$WAIT_MODE" = long ] && echo "one long call" || echo "polled with timeout 0"))"
-echo "scale:     $SCALE ($((SCALE * 100000)) pgbench_accounts rows); workloads: $ONLY (copy always runs)"
+if [ "$TABLES_MODE" = 1 ]; then
+    echo "tables:    $TABLES_LIST tables of $TABLE_ROWS rows (primary key + one secondary index each); workload: tables only$([ "$STATS" = 1 ] && echo ", --stats")"
+else
+    echo "scale:     $SCALE ($((SCALE * 100000)) pgbench_accounts rows); workloads: $ONLY (copy always runs)"
+fi
+echo "ports:     source $SRC_PORT, destination $DST_PORT; binaries $PGBIN"
 [ "$SMOKE" = 1 ] && echo "smoke:     $((TPCB_CLIENTS * TPCB_TXNS)) TPC-B transactions, a $BIGTXN_ROWS-row transaction, ${LAG_SECONDS} s of lag sampling"
 echo
 echo "NOTE: these machines are noisy (shared, few cores).  The result is the"
@@ -304,15 +362,33 @@ output_plugin_libraries = 'pgoutput, test_decoding, pglogical_output'"
     fi
     PGL_DST_PRELOAD=",pglogical"
 fi
+# the tables workload: bunnydb creates all tables of a mirror in one
+# transaction, pg_dump -s locks them all in one; --stats: statement
+# statistics of both clusters (nested statements too: bunnydb's SPI and
+# PL/pgSQL)
+TABLES_CONF=""
+TABLES_DST_PRELOAD=""
+if [ "$TABLES_MODE" = 1 ]; then
+    TABLES_CONF="max_locks_per_transaction = 1024"
+    if [ "$STATS" = 1 ]; then
+        TABLES_CONF="$TABLES_CONF
+pg_stat_statements.track = all
+pg_stat_statements.max = 10000"
+        PGL_SRC_CONF="shared_preload_libraries = 'pg_stat_statements'"
+        TABLES_DST_PRELOAD=",pg_stat_statements"
+    fi
+fi
 make_cluster src $SRC_PORT "wal_level = logical
 $PGL_SRC_CONF
+$TABLES_CONF
 max_replication_slots = 20
 max_wal_senders = 20
 shared_buffers = 1GB
 max_wal_size = 8GB
 checkpoint_timeout = 30min
 synchronous_commit = off"
-make_cluster dst $DST_PORT "shared_preload_libraries = 'bunnydb$PGL_DST_PRELOAD'
+make_cluster dst $DST_PORT "shared_preload_libraries = 'bunnydb$PGL_DST_PRELOAD$TABLES_DST_PRELOAD'
+$TABLES_CONF
 max_worker_processes = 40
 max_logical_replication_workers = 8
 max_sync_workers_per_subscription = 4
@@ -328,59 +404,6 @@ checkpoint_both() { qs postgres "CHECKPOINT" && qd postgres "CHECKPOINT"; }
 # up within a minute, and its pass (a scan of the whole table that also
 # writes each page) would otherwise land in whichever copy is timed next.
 settle_copy() { log "$1: VACUUM (ANALYZE), untimed"; qd "$1" "VACUUM (ANALYZE)"; }
-
-# ---------------------------------------------------------------------------
-# data
-# ---------------------------------------------------------------------------
-log "source: pgbench -i -s $SCALE -I dtgvp, table bigt"
-qs postgres "CREATE DATABASE bench"
-qs bench "CREATE TABLE bigt (id int PRIMARY KEY, v text)"
-t0=$(now)
-as_pg pgbench -i -q -s "$SCALE" -I dtgvp -h "$DIR" -p $SRC_PORT bench >"$DIR/pgbench-init.log" 2>&1 \
-    || { tail -20 "$DIR/pgbench-init.log"; die "pgbench -i failed"; }
-# pgbench_history has no key; replica identity full lets a mirror of it
-# publish updates/deletes (pgbench itself only inserts into it)
-qs bench "ALTER TABLE pgbench_history REPLICA IDENTITY FULL"
-qs bench "ANALYZE"
-log "source ready in $(elapsed "$t0" "$(now)") s; pgbench_accounts: $(qs bench "SELECT count(*) FROM pgbench_accounts") rows, $(qs bench "SELECT pg_size_pretty(pg_total_relation_size('pgbench_accounts'))")"
-
-# The tables' schema for the built-in and pglogical destinations, dumped
-# once before pglogical adds its TRUNCATE triggers to the source tables
-as_pg bash -c "pg_dump -s -t 'pgbench_*' -t bigt -h '$DIR' -p $SRC_PORT bench" >"$DIR/schema.sql" 2>"$DIR/schema-dump.log" \
-    || { cat "$DIR/schema-dump.log"; die "pg_dump -s of the source tables failed"; }
-chown postgres "$DIR/schema.sql"
-load_schema() {   # db
-    as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p $DST_PORT -d "$1" -f "$DIR/schema.sql" >"$DIR/schema-$1.log" 2>&1 \
-        || { cat "$DIR/schema-$1.log"; die "could not copy the schema to $1"; }
-}
-
-# dest_bunny$1 with the extension, dest_builtin$1 with the source's schema,
-# dest_pglogical$1 with the schema and a pglogical node
-create_dest_dbs() {
-    qd postgres "CREATE DATABASE dest_bunny$1"
-    qd postgres "CREATE DATABASE dest_builtin$1"
-    qd "dest_bunny$1" "CREATE EXTENSION bunnydb"
-    load_schema "dest_builtin$1"
-    if [ "$PGL" = 1 ]; then
-        qd postgres "CREATE DATABASE dest_pglogical$1"
-        load_schema "dest_pglogical$1"
-        qd "dest_pglogical$1" "CREATE EXTENSION pglogical"
-        qd "dest_pglogical$1" "SELECT pglogical.create_node('dest_pglogical$1', 'host=$DIR port=$DST_PORT dbname=dest_pglogical$1')" >/dev/null
-    fi
-}
-log "destination: dest_bunny (CREATE EXTENSION bunnydb), dest_builtin (schema from pg_dump -s)$([ "$PGL" = 1 ] && echo ", dest_pglogical (schema, pglogical node)")"
-create_dest_dbs ""
-qs bench "CREATE PUBLICATION $PUB FOR TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bigt"
-if [ "$PGL" = 1 ]; then
-    log "source: pglogical node bench_provider; pgbench_history (no key) in set default_insert_only, the other tables in set default"
-    qs bench "CREATE EXTENSION pglogical"
-    qs bench "SELECT pglogical.create_node('bench_provider', '$SRC_CONNINFO')" >/dev/null
-    qs bench "SELECT pglogical.replication_set_add_table('default', t) FROM unnest('{pgbench_accounts,pgbench_branches,pgbench_tellers,bigt}'::regclass[]) t" >/dev/null
-    qs bench "SELECT pglogical.replication_set_add_table('default_insert_only', 'pgbench_history')" >/dev/null
-fi
-# sampler database on the source for the lag workload (dblink to the destination)
-qs postgres "CREATE DATABASE sampler"
-qs sampler "CREATE EXTENSION dblink"
 
 # ---------------------------------------------------------------------------
 # bunnydb / built-in primitives
@@ -582,6 +605,330 @@ stop_rss() {    # name pid -> sets RSS_PEAK_MB RSS_ANON_MB RSS_PRIV_MB RSS_N
     RSS_PRIV_MB=$(awk -v k="$priv" 'BEGIN { printf "%.1f", k / 1024 }')
     RSS_N=$n
 }
+
+# ---------------------------------------------------------------------------
+# tables (--only tables): N tables of 1 000 rows, for each N of --tables
+# ---------------------------------------------------------------------------
+# One line per table: name, row count and an order-independent checksum of
+# its rows (sum of the hashes of their text forms), computed by one
+# set-based aggregate per table; then the number of indexes of the schema.
+TABLES_CHECK_SQL="SELECT c.relname || ' ' || (xpath('/row/n/text()', x))[1]::text || ' ' || (xpath('/row/s/text()', x))[1]::text
+  FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace,
+       LATERAL query_to_xml(format('SELECT count(*) AS n, coalesce(sum(hashtext(r::text)::bigint), 0) AS s FROM %I.%I r',
+                                   s.nspname, c.relname), false, true, '') x
+ WHERE s.nspname = 'public' AND c.relkind = 'r'
+UNION ALL
+SELECT '~indexes ' || count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+  JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname = 'public'
+ ORDER BY 1"
+
+# tables_source N: database tbl_N on the source, N tables of TABLE_ROWS rows,
+# publication tbl_pub FOR ALL TABLES; its schema dumped for the built-in
+tables_source() {
+    local n=$1 t0
+    t0=$(now)
+    qs postgres "CREATE DATABASE tbl_$n"
+    qs "tbl_$n" "DO \$\$
+BEGIN
+    FOR i IN 1..$n LOOP
+        EXECUTE format('CREATE TABLE public.%I (id int PRIMARY KEY, k int NOT NULL, v text NOT NULL)', 't' || lpad(i::text, 5, '0'));
+        EXECUTE format('CREATE INDEX ON public.%I (k)', 't' || lpad(i::text, 5, '0'));
+        EXECUTE format('INSERT INTO public.%I SELECT g, g %% 97, md5(g::text) FROM generate_series(1, $TABLE_ROWS) g', 't' || lpad(i::text, 5, '0'));
+        IF i % 250 = 0 THEN
+            COMMIT;
+        END IF;
+    END LOOP;
+END
+\$\$"
+    qs "tbl_$n" "VACUUM (ANALYZE)"
+    qs "tbl_$n" "CREATE PUBLICATION tbl_pub FOR ALL TABLES"
+    as_pg bash -c "pg_dump -s -n public -h '$DIR' -p $SRC_PORT tbl_$n" >"$DIR/schema-tbl_$n.sql" 2>"$DIR/schema-dump-$n.log" \
+        || { cat "$DIR/schema-dump-$n.log"; die "pg_dump -s of tbl_$n failed"; }
+    # the schema public exists in the destination database already
+    sed -i -e '/^CREATE SCHEMA public;/d' -e '/^ALTER SCHEMA public OWNER/d' "$DIR/schema-tbl_$n.sql"
+    chown postgres "$DIR/schema-tbl_$n.sql"
+    log "source: tbl_$n with $n tables of $TABLE_ROWS rows in $(elapsed "$t0" "$(now)") s ($(qs "tbl_$n" "SELECT pg_size_pretty(pg_database_size(current_database()))"))"
+}
+
+# wait-event sampler (--stats): on the destination, every 0.2 s, what each
+# bunnydb process waits on (CPU when it waits on nothing), until stopped
+tables_waits_start() {   # n
+    as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$DST_PORT" -d postgres >"$DIR/waits-$1.log" 2>&1 <<EOS &
+DO \$\$
+DECLARE
+    deadline timestamptz := clock_timestamp() + interval '$COPY_TIMEOUT s';
+BEGIN
+    WHILE clock_timestamp() < deadline AND NOT EXISTS (SELECT FROM bench_waits_stop WHERE n = $1) LOOP
+        INSERT INTO bench_waits
+        SELECT $1, clock_timestamp(), regexp_replace(backend_type, ' \S+\$', ''),
+               coalesce(split_part(split_part(query, ' public.', 1), ' "', 1), ''),
+               coalesce(wait_event_type || ':' || wait_event, 'CPU')
+          FROM pg_stat_activity WHERE backend_type LIKE 'bunnydb%' AND backend_type NOT LIKE '%launcher%';
+        COMMIT;
+        PERFORM pg_sleep(0.2);
+    END LOOP;
+END
+\$\$;
+EOS
+    WAITS_PID=$!
+    BG_PIDS+=("$WAITS_PID")
+}
+tables_waits_stop() {   # n
+    qd postgres "INSERT INTO bench_waits_stop VALUES ($1)"
+    wait "$WAITS_PID" 2>/dev/null || true
+    echo "  wait events of bunnydb's processes, sampled every 0.2 s (samples, share of that process type):"
+    qd postgres "SELECT format('    %-28s %-26s %-24s %6s %5s%%', backend_type, activity, wait, count(*),
+                        round(100.0 * count(*) / sum(count(*)) OVER (PARTITION BY backend_type)))
+                   FROM bench_waits WHERE n = $1 GROUP BY backend_type, activity, wait
+                  ORDER BY backend_type, count(*) DESC" | head -40 || true
+}
+
+# statement statistics (--stats): reset before bunnydb's copy, shown after
+tables_stats_reset() {
+    qs postgres "SELECT pg_stat_statements_reset()" >/dev/null
+    qd postgres "SELECT pg_stat_statements_reset()" >/dev/null
+}
+tables_stats_show() {   # n
+    local n=$1 side port db
+    for side in source destination; do
+        if [ $side = source ]; then port=$SRC_PORT; db=tbl_$n; else port=$DST_PORT; db=dest_bunny_$n; fi
+        echo "  $side ($db): $(q $port postgres "SELECT format('%s statements (%s per table), %s ms in all (%s ms per table)',
+                sum(calls), round(sum(calls) / $n.0, 1), round(sum(total_exec_time)), round(sum(total_exec_time)::numeric / $n, 2))
+              FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = '$db' AND toplevel")"
+        echo "    top statements by total time (calls, total ms, mean ms, rows, query):"
+        q $port postgres "SELECT format('    %8s %9s %9s %9s  %s', calls, round(total_exec_time), round(mean_exec_time::numeric, 3), rows,
+                                 left(regexp_replace(query, '\s+', ' ', 'g'), 160))
+                            FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+                           WHERE d.datname = '$db' ORDER BY total_exec_time DESC LIMIT 14"
+        q $port postgres "SELECT calls, round(total_exec_time::numeric, 1), round(mean_exec_time::numeric, 4), rows, toplevel,
+                                 regexp_replace(query, '\s+', ' ', 'g')
+                            FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+                           WHERE d.datname = '$db' ORDER BY total_exec_time DESC" >"$DIR/stats-$n-$side.txt" 2>&1 || true
+        [ -n "${BENCH_STATS_KEEP:-}" ] && cp "$DIR/stats-$n-$side.txt" "$BENCH_STATS_KEEP/" 2>/dev/null
+    done
+    return 0
+}
+
+# bunnydb's phases of mirror M from its log: launch (create_mirror returns
+# until the worker logs "setup started"), setup (until the slot exists:
+# describing the tables, creating them, the publication), prepare (until
+# the copy starts), copy (until the copy finished: copies, indexes), finish
+# (until setup complete); t0 = create_mirror called, t1 = RUNNING seen
+tables_phases() {   # db mirror t0 tcall t1 n
+    qd "$1" "WITH l AS (SELECT created_at AS t, message AS m FROM bunny.mirror_logs WHERE mirror = '$2'),
+                  p AS (SELECT min(t) FILTER (WHERE m = 'setup started') AS setup,
+                               min(t) FILTER (WHERE m LIKE 'created replication slot%') AS slot,
+                               min(t) FILTER (WHERE m LIKE 'initial copy started%') AS copy,
+                               min(t) FILTER (WHERE m LIKE 'copied table%') AS first_table,
+                               max(t) FILTER (WHERE m LIKE 'copied table%') AS last_table,
+                               count(*) FILTER (WHERE m LIKE 'copied table%') AS tables,
+                               min(t) FILTER (WHERE m = 'initial copy finished') AS copied,
+                               min(t) FILTER (WHERE m LIKE 'setup complete%') AS done
+                          FROM l)
+             SELECT format('create_mirror call %s s | launch %s s | setup %s s | prepare %s s | copy %s s (%s ms/table, %s tables logged) | finish %s s | to RUNNING %s s',
+                           round($4 - $3, 2),
+                           round(extract(epoch FROM setup - to_timestamp($4))::numeric, 2),
+                           round(extract(epoch FROM slot - setup)::numeric, 2),
+                           round(extract(epoch FROM copy - slot)::numeric, 2),
+                           round(extract(epoch FROM copied - copy)::numeric, 2),
+                           round(1000 * extract(epoch FROM copied - copy)::numeric / $6, 1), tables,
+                           round(extract(epoch FROM done - copied)::numeric, 2),
+                           round(extract(epoch FROM to_timestamp($5) - done)::numeric, 2))
+               FROM p"
+}
+
+# tables_check N DB: every table of DB equals the source's; sets TABLES_BAD
+tables_check() {
+    local n=$1 db=$2 bad
+    q "$DST_PORT" "$db" "$TABLES_CHECK_SQL" >"$DIR/check-$db.txt"
+    bad=$(diff "$DIR/check-src-$n.txt" "$DIR/check-$db.txt" | grep -c '^[<>]' || true)
+    if [ "$bad" = 0 ]; then
+        log "$db: all $n tables equal the source (rows and checksum per table), $(grep '^~indexes' "$DIR/check-$db.txt" | cut -d' ' -f2) indexes as on the source"
+    else
+        log "$db: MISMATCH: $bad differing lines against the source (first ones below)"
+        diff "$DIR/check-src-$n.txt" "$DIR/check-$db.txt" | head -6
+        TABLES_BAD=1
+    fi
+}
+
+tables_main() {
+    local n t0 tc t1 first=1 mirror sub sub_oid
+    local -a NS=()
+    TABLES_BAD=0
+    qs postgres "CREATE DATABASE sampler"
+    qs sampler "CREATE EXTENSION dblink"
+    if [ "$STATS" = 1 ]; then
+        qs postgres "CREATE EXTENSION pg_stat_statements"
+        qd postgres "CREATE EXTENSION pg_stat_statements"
+        qd postgres "CREATE TABLE bench_waits (n int, at timestamptz, backend_type text, activity text, wait text)"
+        qd postgres "CREATE TABLE bench_waits_stop (n int)"
+    fi
+    # see the copy workload: new clusters have no WAL segments to recycle
+    log "destination: writing and dropping about 1.3 GB of WAL, untimed (new clusters have no WAL segments to recycle)"
+    qd postgres "CREATE TABLE bench_wal_warmup AS SELECT g, repeat('x', 400) AS v FROM generate_series(1, 3000000) g"
+    qd postgres "DROP TABLE bench_wal_warmup"
+    qd postgres "CHECKPOINT"
+    for n in ${TABLES_LIST//,/ }; do
+        echo
+        log "== tables: $n tables of $TABLE_ROWS rows =="
+        NS+=("$n")
+        tables_source "$n"
+        q "$SRC_PORT" "tbl_$n" "$TABLES_CHECK_SQL" >"$DIR/check-src-$n.txt"
+        qd postgres "CREATE DATABASE dest_bunny_$n"
+        qd "dest_bunny_$n" "CREATE EXTENSION bunnydb"
+        qd "dest_bunny_$n" "SELECT bunny.create_peer('src', 'host=$DIR port=$SRC_PORT dbname=tbl_$n')" >/dev/null
+        qd postgres "CREATE DATABASE dest_builtin_$n"
+        as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p $DST_PORT -d "dest_builtin_$n" -f "$DIR/schema-tbl_$n.sql" >"$DIR/schema-load-$n.log" 2>&1 \
+            || { tail -20 "$DIR/schema-load-$n.log"; die "could not load the schema into dest_builtin_$n"; }
+
+        mirror=tbl$n
+        checkpoint_both
+        [ "$STATS" = 1 ] && { tables_stats_reset; tables_waits_start "$n"; }
+        log "bunnydb: create_mirror of $n tables ... until status RUNNING"
+        t0=$(now)
+        if qd "dest_bunny_$n" "SELECT bunny.create_mirror('$mirror', 'src',
+                 (SELECT jsonb_agg(format('public.%I', 't' || lpad(g::text, 5, '0'))) FROM generate_series(1, $n) g))" >/dev/null \
+           && tc=$(now) \
+           && bunny_wait_status_in "dest_bunny_$n" "$mirror" RUNNING "$COPY_TIMEOUT"; then
+            t1=$(now)
+            RES[tables$n,bunny]=$(elapsed "$t0" "$t1")
+            log "bunnydb, $n tables: ${RES[tables$n,bunny]} s"
+            RES[tables$n,phases]=$(tables_phases "dest_bunny_$n" "$mirror" "$t0" "$tc" "$t1" "$n") || RES[tables$n,phases]=n/a
+            log "bunnydb phases: ${RES[tables$n,phases]}"
+        else
+            RES[tables$n,bunny]=FAIL
+            qd "dest_bunny_$n" "SELECT status || ' ' || coalesce(error_message, '') FROM bunny.mirrors WHERE name = '$mirror'" || true
+            qd "dest_bunny_$n" "SELECT created_at::time(0) || ' ' || level || ' ' || message FROM bunny.logs('$mirror', NULL, NULL, 20)" || true
+            tail -20 "$DIR/dst.log"
+        fi
+        if [ "$STATS" = 1 ]; then
+            tables_waits_stop "$n"
+            tables_stats_show "$n"
+        fi
+
+        # the built-in launcher starts a subscription's worker at most once
+        # per wal_retrieve_retry_interval (5 s): let that pass, untimed
+        [ "$first" = 1 ] || sleep 6
+        first=0
+        sub=tbl_sub_$n
+        checkpoint_both
+        log "built-in: CREATE SUBSCRIPTION of $n tables ... until every table is ready ('r')"
+        t0=$(now)
+        qd "dest_builtin_$n" "CREATE SUBSCRIPTION $sub CONNECTION 'host=$DIR port=$SRC_PORT dbname=tbl_$n' PUBLICATION tbl_pub"
+        sub_oid=$(qd "dest_builtin_$n" "SELECT oid FROM pg_subscription WHERE subname = '$sub'")
+        if srv_wait "built-in subscription $sub with all tables ready" "$COPY_TIMEOUT" "dest_builtin_$n" \
+            "SELECT CASE WHEN count(*) = $n AND bool_and(srsubstate = 'r') THEN 'ok' ELSE 'wait' END FROM pg_subscription_rel WHERE srsubid = $sub_oid"; then
+            RES[tables$n,builtin]=$(elapsed "$t0" "$(now)")
+            log "built-in, $n tables: ${RES[tables$n,builtin]} s"
+        else
+            RES[tables$n,builtin]=FAIL
+            tail -20 "$DIR/dst.log"
+        fi
+        log "$n tables: ratio bunnydb/built-in $(ratio "${RES[tables$n,bunny]}" "${RES[tables$n,builtin]}")"
+
+        [ "${RES[tables$n,bunny]}" != FAIL ] && tables_check "$n" "dest_bunny_$n"
+        [ "${RES[tables$n,builtin]}" != FAIL ] && tables_check "$n" "dest_builtin_$n"
+
+        # free the slots and workers before the next N
+        qd "dest_bunny_$n" "SELECT bunny.drop_mirror('$mirror')" >/dev/null || true
+        qd "dest_builtin_$n" "DROP SUBSCRIPTION $sub" || true
+    done
+
+    # report: per N both times, the ratio, the time per table, and how the
+    # time per table grew against the smallest N
+    local b i r bpt ipt b0="" i0=""
+    echo
+    echo "== results: tables (nproc $(nproc); $TABLE_ROWS rows, primary key + 1 index per table) =="
+    printf '%8s | %10s | %10s | %9s | %13s | %13s | %s\n' tables bunnydb built-in ratio "bunnydb/table" "built-in/table" "per-table growth vs $(cut -d, -f1 <<<"$TABLES_LIST") tables (bunnydb, built-in)"
+    printf '%s\n' "---------+------------+------------+-----------+---------------+---------------+-----------------------------"
+    for n in "${NS[@]}"; do
+        b=${RES[tables$n,bunny]:-FAIL}; i=${RES[tables$n,builtin]:-FAIL}
+        r=$(ratio "$b" "$i")
+        bpt=$([[ "$b" =~ ^[0-9.]+$ ]] && awk -v t="$b" -v n="$n" 'BEGIN { printf "%.1f", 1000 * t / n }' || echo n/a)
+        ipt=$([[ "$i" =~ ^[0-9.]+$ ]] && awk -v t="$i" -v n="$n" 'BEGIN { printf "%.1f", 1000 * t / n }' || echo n/a)
+        [ -z "$b0" ] && b0=$bpt && i0=$ipt
+        printf '%8s | %10s | %10s | %9s | %10s ms | %10s ms | x%s, x%s\n' "$n" "$(unit "$b" s)" "$(unit "$i" s)" "$r" "$bpt" "$ipt" "$(ratio "$bpt" "$b0")" "$(ratio "$ipt" "$i0")"
+        RESULT_LINES+=("RESULT tables n=$n ratio=$r bunnydb_s=$b builtin_s=$i bunnydb_ms_per_table=$bpt builtin_ms_per_table=$ipt")
+    done
+    echo
+    for n in "${NS[@]}"; do
+        echo "bunnydb phases, $n tables: ${RES[tables$n,phases]:-n/a}"
+    done
+    echo
+    printf '%s\n' "${RESULT_LINES[@]}"
+    echo "RESULT tables_consistency $([ "$TABLES_BAD" = 0 ] && echo OK || echo MISMATCH)"
+    echo
+    echo "Notes: bunnydb creates the destination tables (create_mirror into an empty database);"
+    echo "the built-in's tables are pre-created untimed (pg_dump -s).  For each N bunnydb runs"
+    echo "first, then the built-in, never both at once; both copy with up to 4 processes"
+    echo "(snapshot workers: twice the CPUs at most; max_sync_workers_per_subscription = 4)."
+    echo "Reminder: noisy machine; compare ratios and per-table growth, not absolute times."
+    [ "$TABLES_BAD" = 0 ] || return 1
+    for n in "${NS[@]}"; do
+        [ "${RES[tables$n,bunny]}" != FAIL ] && [ "${RES[tables$n,builtin]}" != FAIL ] || return 1
+    done
+    return 0
+}
+
+if [ "$TABLES_MODE" = 1 ]; then
+    RESULT_LINES=()
+    unit() { if [[ "$1" =~ ^[0-9.]+$ ]]; then echo "$1 $2"; else echo "$1"; fi; }
+    tables_main
+    exit $?
+fi
+
+# ---------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------
+log "source: pgbench -i -s $SCALE -I dtgvp, table bigt"
+qs postgres "CREATE DATABASE bench"
+qs bench "CREATE TABLE bigt (id int PRIMARY KEY, v text)"
+t0=$(now)
+as_pg pgbench -i -q -s "$SCALE" -I dtgvp -h "$DIR" -p $SRC_PORT bench >"$DIR/pgbench-init.log" 2>&1 \
+    || { tail -20 "$DIR/pgbench-init.log"; die "pgbench -i failed"; }
+# pgbench_history has no key; replica identity full lets a mirror of it
+# publish updates/deletes (pgbench itself only inserts into it)
+qs bench "ALTER TABLE pgbench_history REPLICA IDENTITY FULL"
+qs bench "ANALYZE"
+log "source ready in $(elapsed "$t0" "$(now)") s; pgbench_accounts: $(qs bench "SELECT count(*) FROM pgbench_accounts") rows, $(qs bench "SELECT pg_size_pretty(pg_total_relation_size('pgbench_accounts'))")"
+
+# The tables' schema for the built-in and pglogical destinations, dumped
+# once before pglogical adds its TRUNCATE triggers to the source tables
+as_pg bash -c "pg_dump -s -t 'pgbench_*' -t bigt -h '$DIR' -p $SRC_PORT bench" >"$DIR/schema.sql" 2>"$DIR/schema-dump.log" \
+    || { cat "$DIR/schema-dump.log"; die "pg_dump -s of the source tables failed"; }
+chown postgres "$DIR/schema.sql"
+load_schema() {   # db
+    as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p $DST_PORT -d "$1" -f "$DIR/schema.sql" >"$DIR/schema-$1.log" 2>&1 \
+        || { cat "$DIR/schema-$1.log"; die "could not copy the schema to $1"; }
+}
+
+# dest_bunny$1 with the extension, dest_builtin$1 with the source's schema,
+# dest_pglogical$1 with the schema and a pglogical node
+create_dest_dbs() {
+    qd postgres "CREATE DATABASE dest_bunny$1"
+    qd postgres "CREATE DATABASE dest_builtin$1"
+    qd "dest_bunny$1" "CREATE EXTENSION bunnydb"
+    load_schema "dest_builtin$1"
+    if [ "$PGL" = 1 ]; then
+        qd postgres "CREATE DATABASE dest_pglogical$1"
+        load_schema "dest_pglogical$1"
+        qd "dest_pglogical$1" "CREATE EXTENSION pglogical"
+        qd "dest_pglogical$1" "SELECT pglogical.create_node('dest_pglogical$1', 'host=$DIR port=$DST_PORT dbname=dest_pglogical$1')" >/dev/null
+    fi
+}
+log "destination: dest_bunny (CREATE EXTENSION bunnydb), dest_builtin (schema from pg_dump -s)$([ "$PGL" = 1 ] && echo ", dest_pglogical (schema, pglogical node)")"
+create_dest_dbs ""
+qs bench "CREATE PUBLICATION $PUB FOR TABLE pgbench_accounts, pgbench_branches, pgbench_tellers, pgbench_history, bigt"
+if [ "$PGL" = 1 ]; then
+    log "source: pglogical node bench_provider; pgbench_history (no key) in set default_insert_only, the other tables in set default"
+    qs bench "CREATE EXTENSION pglogical"
+    qs bench "SELECT pglogical.create_node('bench_provider', '$SRC_CONNINFO')" >/dev/null
+    qs bench "SELECT pglogical.replication_set_add_table('default', t) FROM unnest('{pgbench_accounts,pgbench_branches,pgbench_tellers,bigt}'::regclass[]) t" >/dev/null
+    qs bench "SELECT pglogical.replication_set_add_table('default_insert_only', 'pgbench_history')" >/dev/null
+fi
+# sampler database on the source for the lag workload (dblink to the destination)
+qs postgres "CREATE DATABASE sampler"
+qs sampler "CREATE EXTENSION dblink"
 
 # ---------------------------------------------------------------------------
 # 1. copy
