@@ -39,6 +39,7 @@
  *-------------------------------------------------------------------------
  */
 #include "apply_internal.h"
+#include "source.h"
 
 #include "access/xact.h"
 #include "access/xlog.h"
@@ -243,7 +244,7 @@ stream_restart(bool streaming)
 static bool
 streaming_wanted(void)
 {
-	return bunny_stream_large_transactions && PQserverVersion(st.conn) >= 140000 &&
+	return bunny_stream_large_transactions && source_info(st.conn)->streaming &&
 		streamxact_retry_due();
 }
 
@@ -408,37 +409,31 @@ apply_copydata(char *buf, int len)
 static bool
 decide_binary_mode(void)
 {
-	StringInfoData sql;
 	ListCell   *lc;
-	PGresult   *res;
+	List	   *schemas = NIL;
+	List	   *tables = NIL;
+	List	   *types;
 	bool		binary = true;
 
-	if (PQserverVersion(st.conn) < 140000)
+	if (!source_info(st.conn)->binary)
 		return false;
-	initStringInfo(&sql);
-	appendStringInfoString(&sql,
-						   "SELECT n.nspname, c.relname, a.attname, a.atttypid "
-						   "  FROM pg_catalog.pg_attribute a "
-						   "  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
-						   "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
-						   " WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' "
-						   "   AND (n.nspname, c.relname) IN (");
 	foreach(lc, st.mirror->tables)
 	{
 		MirrorTable *mt = lfirst(lc);
 
-		appendStringInfo(&sql, "%s(%s, %s)", lc == list_head(st.mirror->tables) ? "" : ", ",
-						 quote_literal_cstr(mt->source_schema), quote_literal_cstr(mt->source_table));
+		schemas = lappend(schemas, mt->source_schema);
+		tables = lappend(tables, mt->source_table);
 	}
-	appendStringInfoChar(&sql, ')');
-	res = stream_exec_ok(st.conn, sql.data, PGRES_TUPLES_OK);
+	types = source_column_types(st.conn, schemas, tables);
 
 	bunny_start_transaction();
-	for (int i = 0; i < PQntuples(res) && binary; i++)
+	foreach(lc, types)
 	{
-		MirrorTable *mt = mirror_find_table(st.mirror, PQgetvalue(res, i, 0), PQgetvalue(res, i, 1));
-		char	   *att = PQgetvalue(res, i, 2);
-		Oid			typid = (Oid) strtoul(PQgetvalue(res, i, 3), NULL, 10);
+		SourceColumnType *ct = lfirst(lc);
+		MirrorTable *mt = mirror_find_table(st.mirror, ct->schema, ct->table);
+		char	   *att = ct->column;
+		Oid			typid = ct->typid;
+		ListCell   *lc2;
 		Oid			nspid,
 					relid;
 		AttrNumber	attnum;
@@ -446,8 +441,8 @@ decide_binary_mode(void)
 
 		if (mt == NULL)
 			continue;
-		foreach(lc, mt->exclude_columns)
-			if (strcmp(lfirst(lc), att) == 0)
+		foreach(lc2, mt->exclude_columns)
+			if (strcmp(lfirst(lc2), att) == 0)
 				excluded = true;
 		if (excluded)
 			continue;
@@ -465,7 +460,6 @@ decide_binary_mode(void)
 			binary = false;
 	}
 	CommitTransactionCommand();
-	PQclear(res);
 	return binary;
 }
 
@@ -478,21 +472,11 @@ decide_binary_mode(void)
 static void
 check_slot_and_publication(bool patient)
 {
-	PGresult   *res;
 	bool		slot_ok,
 				pub_ok;
 
-	res = stream_exec_ok(st.conn,
-						 psprintf("SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots "
-								  "                WHERE slot_name = %s), "
-								  "       EXISTS (SELECT 1 FROM pg_catalog.pg_publication "
-								  "                WHERE pubname = %s)",
-								  quote_literal_cstr(st.mirror->slot_name),
-								  quote_literal_cstr(st.mirror->publication_name)),
-						 PGRES_TUPLES_OK);
-	slot_ok = PQgetvalue(res, 0, 0)[0] == 't';
-	pub_ok = PQgetvalue(res, 0, 1)[0] == 't';
-	PQclear(res);
+	slot_ok = source_slot_exists(st.conn, st.mirror->slot_name, NULL, NULL);
+	pub_ok = source_publication_exists(st.conn, st.mirror->publication_name, NULL);
 	if (!slot_ok)
 	{
 		bunny_error_is_permanent = true;
@@ -502,38 +486,27 @@ check_slot_and_publication(bool patient)
 				 errdetail("Changes made on the source since the last applied position cannot be streamed any more."),
 				 errhint("A resync is needed: bunny.resync_mirror('%s').", st.mirror->name)));
 	}
+
 	/*
 	 * A slot held by someone else is held by a stale connection of ours (a
 	 * worker that died without the source noticing yet): free it.  After
 	 * our own reconnect (patient) the old walsender is on its way out: give
-	 * it ten seconds before terminating it.
+	 * it ten seconds before terminating it.  Waiting on the latch keeps the
+	 * worker responsive to shutdown.
 	 */
-	for (int tries = 0; slot_ok; tries++)
+	for (int tries = 0;; tries++)
 	{
-		char	   *holder;
+		char	   *holder = NULL;
 
-		res = stream_exec_ok(st.conn,
-							 psprintf("SELECT active_pid FROM pg_catalog.pg_replication_slots "
-									  " WHERE slot_name = %s AND active_pid IS NOT NULL",
-									  quote_literal_cstr(st.mirror->slot_name)),
-							 PGRES_TUPLES_OK);
-		holder = PQntuples(res) > 0 ? pstrdup(PQgetvalue(res, 0, 0)) : NULL;
-		PQclear(res);
-		if (holder == NULL)
+		if (!source_slot_exists(st.conn, st.mirror->slot_name, &holder, NULL) || holder == NULL)
 			break;
 		if (tries == (patient ? 100 : 0))
 		{
-			res = stream_exec(st.conn, psprintf("SELECT pg_catalog.pg_terminate_backend(%s)", holder));
-			if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK)
-			{
-				if (res)
-					PQclear(res);
+			if (!source_terminate_backend(st.conn, holder))
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_IN_USE),
 						 errmsg("replication slot \"%s\" is active for PID %s", st.mirror->slot_name, holder),
 						 errhint("Terminate that connection on the source: SELECT pg_terminate_backend(%s);", holder)));
-			}
-			PQclear(res);
 			bunny_log(st.mirror->name, "WARNING",
 					  psprintf("terminated a stale connection (PID %s) that held slot %s", holder,
 							   st.mirror->slot_name), NULL);
@@ -542,7 +515,9 @@ check_slot_and_publication(bool patient)
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_IN_USE),
 					 errmsg("replication slot \"%s\" is still active for PID %s", st.mirror->slot_name, holder)));
-		pg_usleep(100 * 1000L);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 100L, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
 

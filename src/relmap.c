@@ -20,6 +20,7 @@
  *-------------------------------------------------------------------------
  */
 #include "apply_internal.h"
+#include "source.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -302,38 +303,25 @@ remote_type_sql(RelMapEntry *e, int i)
 }
 
 /*
- * The default expression of a source column, or NULL.  A column added with
- * a default fills the existing rows on the source without any WAL record
- * per row, so the destination column needs the same default to agree.
- * Asked on a short-lived plain connection: the replication connection is
- * busy streaming.
+ * The default expression of a source column, or NULL (see
+ * source_column_default).  A column added with a default fills the
+ * existing rows on the source without any WAL record per row, so the
+ * destination column needs the same default to agree.  Asked on a
+ * short-lived plain connection: the replication connection is busy
+ * streaming.
  */
 static char *
-source_column_default(RelMapEntry *e, const char *attname)
+remote_column_default(RelMapEntry *e, const char *attname)
 {
 	PGconn	   *c;
-	PGresult   *res;
-	char	   *result = NULL;
+	char	   *result;
 
 	/* no PG_TRY: on error the worker exits, which closes c */
 	c = mirror_connect(relmap_mirror, false);
-	res = stream_exec_ok(c,
-						 psprintf("SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
-								  "  FROM pg_catalog.pg_attrdef d "
-								  "  JOIN pg_catalog.pg_attribute a "
-								  "    ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
-								  " WHERE d.adrelid = %s::regclass AND a.attname = %s "
-								  "   AND a.attgenerated = ''",
-								  quote_literal_cstr(quote_qualified_identifier(e->remoterel->nspname,
-																			   e->remoterel->relname)),
-								  quote_literal_cstr(attname)),
-						 PGRES_TUPLES_OK);
-	/* a sequence default names an object the destination may not have */
-	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) &&
-		strstr(PQgetvalue(res, 0, 0), "nextval(") == NULL)
-		result = pstrdup(PQgetvalue(res, 0, 0));
-	PQclear(res);
-	PQfinish(c);
+	result = source_column_default(c, quote_qualified_identifier(e->remoterel->nspname,
+																 e->remoterel->relname),
+								   attname);
+	stream_disconnect(&c);
 	return result;
 }
 
@@ -376,7 +364,7 @@ relmap_build(RelMapEntry *e)
 		if (get_attnum(e->localrelid, r->attnames[i]) != InvalidAttrNumber)
 			continue;
 		{
-			char	   *def = source_column_default(e, r->attnames[i]);
+			char	   *def = remote_column_default(e, r->attnames[i]);
 			char	   *ddl = psprintf("ALTER TABLE %s ADD COLUMN %s %s%s%s", e->qualname,
 									   quote_identifier(r->attnames[i]), remote_type_sql(e, i),
 									   def ? " DEFAULT " : "", def ? def : "");

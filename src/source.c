@@ -1402,7 +1402,8 @@ source_column_types(PGconn *conn, List *schemas, List *tables)
 					   "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
 					   " WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' "
 					   "   AND (n.nspname::text, c.relname::text) IN "
-					   "       (SELECT * FROM pg_catalog.unnest($1::text[], $2::text[]))",
+					   "       (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::text[]), "
+					   "                                 pg_catalog.unnest($2::text[])))",
 					   2, params, PGRES_TUPLES_OK);
 	for (int i = 0; i < PQntuples(res); i++)
 	{
