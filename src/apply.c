@@ -158,7 +158,7 @@ apply_handle_relation(StringInfo s)
 	relmap_update(rel, typmods, mt, current_msg, current_msg_len);
 
 	/* a table being copied again keeps its latest description for replay */
-	if (mt && !replay.active && mt->resync_state && strcmp(mt->resync_state, "COPYING") == 0 &&
+	if (mt && !replay.active && mt->resync_state == RESYNC_COPYING &&
 		IsTransactionState())
 		resync_store_relation_message(mirror, mt);
 }

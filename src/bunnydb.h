@@ -138,8 +138,8 @@ typedef struct MirrorTable
 	List	   *exclude_columns;	/* of char * */
 	TableStatus status;
 	XLogRecPtr	sync_lsn;
-	char	   *resync_strategy;	/* truncate, swap, add (update_tables) */
-	char	   *resync_state;	/* NULL, REQUESTED, COPYING */
+	ResyncStrategy resync_strategy;
+	ResyncState resync_state;
 	char	   *copy_target;	/* table the copy goes to, if not dest_table */
 	bool		created_by_bunny;
 } MirrorTable;

@@ -275,8 +275,8 @@ catalog_load_mirror(int32 mirror_id, bool lock_row)
 			t->status = table_status_parse(row_text(&row, "status"));
 			d = row_datum(&row, "sync_lsn", &isnull);
 			t->sync_lsn = isnull ? InvalidXLogRecPtr : DatumGetLSN(d);
-			t->resync_strategy = row_text(&row, "resync_strategy");
-			t->resync_state = row_text(&row, "resync_state");
+			t->resync_strategy = resync_strategy_parse(row_text(&row, "resync_strategy"));
+			t->resync_state = resync_state_parse(row_text(&row, "resync_state"));
 			t->copy_target = row_text(&row, "copy_target_table");
 			t->created_by_bunny = row_bool(&row, "created_by_bunny");
 			old = MemoryContextSwitchTo(cxt);

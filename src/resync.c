@@ -61,7 +61,7 @@ resync_active(Mirror *m)
 	ListCell   *lc;
 
 	foreach(lc, m->tables)
-		if (((MirrorTable *) lfirst(lc))->resync_state != NULL)
+		if (((MirrorTable *) lfirst(lc))->resync_state != RESYNC_NONE)
 			return true;
 	return false;
 }
@@ -79,16 +79,16 @@ resync_route(Mirror *m, MirrorTable *mt, XLogRecPtr final_lsn, const char *msg, 
 {
 	ResyncRoute route;
 
-	if (mt->resync_state != NULL && strcmp(mt->resync_state, "COPYING") == 0)
+	if (mt->resync_state == RESYNC_COPYING)
 	{
-		bool		swap = strcmp(mt->resync_strategy, "swap") == 0;
+		bool		swap = mt->resync_strategy == STRATEGY_SWAP;
 
 		/* swap: the old table stays live until the exchange, so it gets all */
 		if (final_lsn <= mt->sync_lsn)
 			return swap ? RESYNC_APPLY : RESYNC_SKIP;
 		route = swap ? RESYNC_APPLY_QUEUED : RESYNC_QUEUED;
 	}
-	else if (mt->resync_state == NULL && mt->sync_lsn != InvalidXLogRecPtr &&
+	else if (mt->resync_state == RESYNC_NONE && mt->sync_lsn != InvalidXLogRecPtr &&
 			 final_lsn <= mt->sync_lsn)
 		return RESYNC_SKIP;		/* a finished copy (initial or resync) has it */
 	else
@@ -298,15 +298,15 @@ resync_start(Mirror *m)
 		Datum		vals[6];
 		char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 
-		if (mt->resync_state == NULL)
+		if (mt->resync_state == RESYNC_NONE)
 			continue;
 		bunny_ctx_table = dest;
-		if (strcmp(mt->resync_strategy, "add") == 0 && strcmp(mt->resync_state, "COPYING") == 0)
+		if (mt->resync_strategy == STRATEGY_ADD && mt->resync_state == RESYNC_COPYING)
 		{
 			/* our own partial copy from a run that crashed */
 			bunny_dest_exec(psprintf("TRUNCATE %s", dest));
 		}
-		else if (strcmp(mt->resync_strategy, "add") == 0)
+		else if (mt->resync_strategy == STRATEGY_ADD)
 		{
 			char	   *rows = bunny_spi_scalar(psprintf("SELECT count(*)::text FROM (SELECT 1 FROM %s LIMIT 1) s",
 														 dest), 0, NULL, NULL, NULL);
@@ -321,7 +321,7 @@ resync_start(Mirror *m)
 						 errhint("Empty the table, then call bunny.retry_mirror().")));
 			}
 		}
-		else if (strcmp(mt->resync_strategy, "swap") == 0)
+		else if (mt->resync_strategy == STRATEGY_SWAP)
 		{
 			target = swap_target_name(mt->dest_table);
 			bunny_dest_exec(psprintf("DROP TABLE IF EXISTS %s",
@@ -361,7 +361,7 @@ resync_start(Mirror *m)
 							  3, types, vals, NULL, false, 0);
 		SPI_finish();
 
-		mt->resync_state = MemoryContextStrdup(GetMemoryChunkContext(mt), "COPYING");
+		mt->resync_state = RESYNC_COPYING;
 		mt->copy_target = target ? MemoryContextStrdup(GetMemoryChunkContext(mt), target) : NULL;
 		mt->sync_lsn = lsn;
 		resync_store_relation_message(m, mt);
@@ -569,10 +569,10 @@ resync_switch_ready(Mirror *m, const ResyncReplayer *replayer)
 		char	   *key = psprintf(" %s ", quote_qualified_identifier(mt->source_schema, mt->source_table));
 		bool		done;
 
-		if (mt->resync_state == NULL || strcmp(mt->resync_state, "COPYING") != 0)
+		if (mt->resync_state != RESYNC_COPYING)
 			continue;
 		done = strstr(psprintf(" %s ", done_list ? done_list : ""), key) != NULL;
-		if (strcmp(mt->resync_strategy, "swap") == 0 && !done)
+		if (mt->resync_strategy == STRATEGY_SWAP && !done)
 			swap_waiting = true;
 		if (done)
 			ready = lappend(ready, mt);
@@ -581,7 +581,7 @@ resync_switch_ready(Mirror *m, const ResyncReplayer *replayer)
 	foreach(lc, ready)
 	{
 		MirrorTable *mt = lfirst(lc);
-		bool		swap = strcmp(mt->resync_strategy, "swap") == 0;
+		bool		swap = mt->resync_strategy == STRATEGY_SWAP;
 		Oid			t3[3] = {INT4OID, TEXTOID, TEXTOID};
 		Datum		v3[3];
 		char	   *queued;
@@ -635,7 +635,7 @@ resync_switch_ready(Mirror *m, const ResyncReplayer *replayer)
 													 4, t4, v4, NULL));
 			stream_disconnect(&seq_conn);
 		}
-		if (strcmp(mt->resync_strategy, "add") == 0 && m->replicate_foreign_keys && mt->created_by_bunny)
+		if (mt->resync_strategy == STRATEGY_ADD && m->replicate_foreign_keys && mt->created_by_bunny)
 			bunny_dest_exec(psprintf("SELECT bunny._apply_ddl(%s, %s::regclass, fk_ddl) FROM bunny.mirror_table "
 								" WHERE mirror_id = %d AND source_schema = %s AND source_table = %s",
 								quote_literal_cstr(m->name),
@@ -655,12 +655,12 @@ resync_switch_ready(Mirror *m, const ResyncReplayer *replayer)
 		SPI_finish();
 		bunny_log(m->name, "INFO",
 				  psprintf("%s table %s: %s rows copied, %s queued change(s) applied",
-						   strcmp(mt->resync_strategy, "add") == 0 ? "added" : "resynced",
+						   mt->resync_strategy == STRATEGY_ADD ? "added" : "resynced",
 						   quote_qualified_identifier(mt->source_schema, mt->source_table),
 						   rows ? rows : "0", queued ? queued : "0"),
 				  NULL);
-		mt->resync_state = NULL;
-		mt->resync_strategy = NULL;
+		mt->resync_state = RESYNC_NONE;
+		mt->resync_strategy = STRATEGY_NONE;
 		mt->copy_target = NULL;
 		bunny_ctx_table = NULL;
 	}
@@ -694,9 +694,9 @@ resync_tick(Mirror *m, const ResyncReplayer *replayer)
 	{
 		MirrorTable *mt = lfirst(lc);
 
-		if (mt->resync_state == NULL)
+		if (mt->resync_state == RESYNC_NONE)
 			continue;
-		if (strcmp(mt->resync_state, "REQUESTED") == 0)
+		if (mt->resync_state == RESYNC_REQUESTED)
 			requested = true;
 		else
 			copying = true;
@@ -726,7 +726,7 @@ resync_tick(Mirror *m, const ResyncReplayer *replayer)
 	{
 		MirrorTable *mt = lfirst(lc);
 
-		if (mt->resync_state != NULL && strcmp(mt->resync_state, "COPYING") == 0)
+		if (mt->resync_state == RESYNC_COPYING)
 			copying = true;
 	}
 	if (!copying)

@@ -1012,7 +1012,7 @@ setup_plan_resync(PGconn *conn, Mirror *m)
 	{
 		MirrorTable *mt = lfirst(lc);
 
-		if (mt->resync_state == NULL)
+		if (mt->resync_state == RESYNC_NONE)
 			continue;
 		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
 		tables = lappend(tables, source_describe_table(conn, mt, true));

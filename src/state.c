@@ -138,6 +138,31 @@ table_status_parse(const char *name)
 									"table status");
 }
 
+/* NULL (the column's NULL) is RESYNC_NONE */
+ResyncState
+resync_state_parse(const char *name)
+{
+	static const char *const names[RESYNC_N_STATE] = {
+		[RESYNC_NONE] = "", [RESYNC_REQUESTED] = "REQUESTED", [RESYNC_COPYING] = "COPYING",
+	};
+
+	return name == NULL ? RESYNC_NONE :
+		(ResyncState) parse_name(names, RESYNC_N_STATE, name, "resync state");
+}
+
+/* NULL (the column's NULL) is STRATEGY_NONE */
+ResyncStrategy
+resync_strategy_parse(const char *name)
+{
+	static const char *const names[STRATEGY_N] = {
+		[STRATEGY_NONE] = "", [STRATEGY_TRUNCATE] = "truncate", [STRATEGY_SWAP] = "swap",
+		[STRATEGY_ADD] = "add",
+	};
+
+	return name == NULL ? STRATEGY_NONE :
+		(ResyncStrategy) parse_name(names, STRATEGY_N, name, "resync strategy");
+}
+
 static bool
 allowed(char who, StateActor actor)
 {

@@ -117,6 +117,25 @@ typedef enum TableStatus
 	TABLE_N_STATUS
 } TableStatus;
 
+/* bunny.mirror_table.resync_state: NULL, or how far a table's copy is */
+typedef enum ResyncState
+{
+	RESYNC_NONE,				/* NULL: not being copied again */
+	RESYNC_REQUESTED,			/* asked for; nothing done yet */
+	RESYNC_COPYING,				/* temporary slot made, copy under way */
+	RESYNC_N_STATE
+} ResyncState;
+
+/* bunny.mirror_table.resync_strategy: how a table is copied again */
+typedef enum ResyncStrategy
+{
+	STRATEGY_NONE,				/* NULL: no copy asked for */
+	STRATEGY_TRUNCATE,			/* empty the table and copy into it */
+	STRATEGY_SWAP,				/* copy beside it, then swap the two */
+	STRATEGY_ADD,				/* first copy of a table update_tables added */
+	STRATEGY_N
+} ResyncStrategy;
+
 /* who changes a state: a bunnydb worker process, or a SQL function */
 typedef enum StateActor
 {
@@ -130,6 +149,8 @@ extern const char *mirror_phase_name(MirrorPhase phase);
 extern MirrorPhase mirror_phase_parse(const char *name);
 extern const char *table_status_name(TableStatus status);
 extern TableStatus table_status_parse(const char *name);
+extern ResyncState resync_state_parse(const char *name);
+extern ResyncStrategy resync_strategy_parse(const char *name);
 extern bool mirror_status_transition_ok(MirrorStatus from, MirrorStatus to,
 										StateActor actor);
 extern bool mirror_phase_transition_ok(MirrorPhase from, MirrorPhase to,
