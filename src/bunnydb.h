@@ -11,9 +11,14 @@
  *	setup.c		SETUP phase: source checks, publication, slot, destination DDL
  *	snapshot.c	SNAPSHOT phase: consistent copy of existing rows
  *	resync.c	copies of tables while the others stream on
- *	apply.c		CDC phase: pgoutput stream -> SPI, batching, progress
- *	relmap.c	the apply's relation map and prepared statements
- *	fold.c		folding repeated UPDATEs of a batch into multi-row UPDATEs
+ *	the apply (CDC), in layers that call downwards (apply_internal.h):
+ *	  applystream.c	the replication connection: receive, feedback, restart
+ *	  apply.c		dispatch of pgoutput messages to their handlers
+ *	  applyxact.c	transactions streamed while they run (protocol v2)
+ *	  applybatch.c	the destination transaction of a batch, exactly once
+ *	  applywriter.c	how changes are written: statements, COPY runs, folding
+ *	  fold.c		folding repeated UPDATEs of a batch into multi-row UPDATEs
+ *	  relmap.c		the relation map and prepared statements
  *	stream.c	libpq plumbing: non-blocking connect, queries, COPY BOTH
  *	source.c	every question asked of the source, with typed answers
  *				(source.h)
@@ -240,7 +245,7 @@ extern PGDLLEXPORT void bunny_snapshot_worker_main(Datum arg);
 extern void snapshot_sync_sequences(PGconn *conn, const char *mirror_name,
 									const char *sequences_json);
 
-/* apply.c */
+/* applystream.c */
 extern void apply_stream(PGconn *conn, Mirror *mirror);
 extern void apply_send_final_feedback(PGconn *live_conn);
 

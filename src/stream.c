@@ -342,7 +342,7 @@ stream_create_slot(PGconn *conn, const char *name, bool temporary, bool export_s
 /*
  * Enter the COPY BOTH stream of a logical slot.  Protocol version 1 sends
  * each transaction whole, after its commit; with streaming, version 2 also
- * sends large transactions in progress (see apply.c, "Streaming").
+ * sends large transactions in progress (see applyxact.c).
  */
 void
 stream_start_replication(PGconn *conn, const char *slot, XLogRecPtr startpos,

@@ -507,7 +507,7 @@ bunny_mirror_worker_main(Datum arg)
 	/*
 	 * Apply like the built-in subscriber: no user triggers or FK checks on
 	 * replicated rows, schema-qualified names only, and asynchronous commit
-	 * -- the slot is only told about commits that are flushed (apply.c).
+	 * -- the slot is only told about commits that are flushed (applybatch.c).
 	 */
 	SetConfigOption("session_replication_role", "replica", PGC_SUSET, PGC_S_OVERRIDE);
 	SetConfigOption("search_path", "pg_catalog", PGC_SUSET, PGC_S_OVERRIDE);
