@@ -67,6 +67,9 @@
 typedef struct ApplyStream
 {
 	PGconn	   *conn;			/* the replication connection */
+	SourceInfo *source;			/* what its server can do: asked before
+								 * streaming starts, since a connection in
+								 * COPY BOTH mode takes no queries */
 	Mirror	   *mirror;
 	ApplyBatch *batch;			/* the apply's: what is in flight */
 	bool		binary;			/* pgoutput binary transfer */
@@ -212,6 +215,7 @@ stream_restart(bool streaming)
 	give_up_why = streamxact_restarting(&retry_at);
 
 	st.conn = worker_reconnect_source(st.mirror);
+	st.source = source_info(st.conn);
 	/* the walsender of the old connection may still hold the slot */
 	check_slot_and_publication(true);
 	startpos = replorigin_session_get_progress(false);
@@ -244,7 +248,7 @@ stream_restart(bool streaming)
 static bool
 streaming_wanted(void)
 {
-	return bunny_stream_large_transactions && source_info(st.conn)->streaming &&
+	return bunny_stream_large_transactions && st.source->streaming &&
 		streamxact_retry_due();
 }
 
@@ -415,7 +419,7 @@ decide_binary_mode(void)
 	List	   *types;
 	bool		binary = true;
 
-	if (!source_info(st.conn)->binary)
+	if (!st.source->binary)
 		return false;
 	foreach(lc, st.mirror->tables)
 	{
@@ -586,6 +590,7 @@ apply_stream(PGconn *source_conn, Mirror *m)
 
 	st.mirror = m;
 	st.conn = source_conn;
+	st.source = source_info(st.conn);
 	st.message_cxt = AllocSetContextCreate(TopMemoryContext, "bunnydb apply message",
 										   ALLOCSET_DEFAULT_SIZES);
 
