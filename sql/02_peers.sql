@@ -107,6 +107,14 @@ SELECT schema_name, table_name, has_primary_key, replica_identity, estimated_row
   FROM bunny.peer_tables('self')
  WHERE schema_name = 'bunny_src'
  ORDER BY 1, 2;
+-- a table never analyzed is estimated from its size, as the planner does
+-- (1 000 rows; autovacuum may have analyzed it meanwhile: either way close)
+INSERT INTO bunny_src.with_pk SELECT g, 'value ' || g FROM generate_series(1, 1000) g;
+INSERT INTO bunny_src.parted SELECT generate_series(0, 99);
+SELECT table_name, estimated_rows BETWEEN 500 AND 2000 AS about_1000
+  FROM bunny.peer_tables('self') WHERE schema_name = 'bunny_src' AND table_name = 'with_pk';
+SELECT table_name, estimated_rows BETWEEN 50 AND 1000 AS about_100
+  FROM bunny.peer_tables('self') WHERE schema_name = 'bunny_src' AND table_name = 'parted';
 -- the extension's own catalog shows up too: it is a normal database
 SELECT count(*) > 0 AS sees_bunny_catalog
   FROM bunny.peer_tables('self') WHERE schema_name = 'bunny' AND table_name = 'peer';

@@ -1115,7 +1115,12 @@ source_type_attributes(PGconn *conn, Oid typrelid)
 /*
  * The tables of the source a mirror could map (ordinary and partitioned,
  * not partitions, outside the system schemas), by schema and name, for
- * bunny.peer_tables.
+ * bunny.peer_tables.  Their row estimate is the planner's
+ * (estimate_rel_size): the analyzed density times the table's pages now,
+ * or, for a table never analyzed, its pages times the rows a page holds
+ * at the columns' typical widths (32 bytes for a variable-length one); a
+ * partitioned table sums its partitions (pg_partition_tree lists nothing
+ * for a table that is not partitioned, hence the table itself as well).
  */
 List *
 source_list_tables(PGconn *conn)
@@ -1129,7 +1134,22 @@ source_list_tables(PGconn *conn)
 					   "                WHERE i.indrelid = c.oid AND i.indisprimary), "
 					   "       CASE c.relreplident WHEN 'd' THEN 'default' WHEN 'f' THEN 'full' "
 					   "            WHEN 'i' THEN 'index' ELSE 'nothing' END, "
-					   "       greatest(c.reltuples, 0)::bigint "
+					   "       (SELECT coalesce(sum(CASE WHEN l.relpages > 0 AND l.reltuples >= 0 "
+					   "                                 THEN l.reltuples / l.relpages * s.pages "
+					   "                                 ELSE s.pages * s.per_page END), 0)::bigint "
+					   "          FROM pg_catalog.pg_class l, "
+					   "               LATERAL (SELECT pg_catalog.pg_relation_size(l.oid) / b.size AS pages, "
+					   "                               floor((b.size - 24) / (28 + "
+					   "                                 (SELECT coalesce(sum(CASE WHEN a.attlen > 0 "
+					   "                                                           THEN a.attlen ELSE 32 END), 0) "
+					   "                                    FROM pg_catalog.pg_attribute a "
+					   "                                   WHERE a.attrelid = l.oid AND a.attnum > 0 "
+					   "                                     AND NOT a.attisdropped))) AS per_page "
+					   "                          FROM (SELECT pg_catalog.current_setting('block_size')::int "
+					   "                                       AS size) b) s "
+					   "         WHERE l.oid IN (SELECT c.oid UNION ALL "
+					   "                         SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t "
+					   "                          WHERE t.isleaf)) "
 					   "  FROM pg_catalog.pg_class c "
 					   "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
 					   " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
