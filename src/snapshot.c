@@ -362,6 +362,38 @@ snapshot_finish_table(PGconn *conn, const char *mirror_name, int32 mirror_id,
 }
 
 /*
+ * Whether the catalog marks the tables in progress (extension 0.3.0 on).
+ * A catalog of 0.2.0 or older, under a library already replaced, is
+ * claimed from the old way, by grouping all parts, until ALTER EXTENSION
+ * UPDATE has run; a copy that spans the update may then start a table
+ * or two beyond snapshot_num_tables_in_parallel, never copy a part twice.
+ */
+static bool
+claim_by_flag(void)
+{
+	Oid			nsp = get_namespace_oid("bunny", false);
+
+	return get_attnum(get_relname_relid("mirror_table", nsp), "copy_in_progress") != InvalidAttrNumber;
+}
+
+/* the claim of 0.2.0 and older catalogs, under the advisory lock */
+#define CLAIM_GROUPED_SQL \
+	"WITH tables AS ( " \
+	"  SELECT source_schema, source_table, " \
+	"         bool_or(status <> 'PENDING') AS started, " \
+	"         bool_or(status <> 'DONE') AS unfinished " \
+	"    FROM bunny.snapshot_part WHERE mirror_id = $1 " \
+	"   GROUP BY 1, 2) " \
+	"SELECT p.source_schema::text, p.source_table::text, p.part_no " \
+	"  FROM bunny.snapshot_part p " \
+	"  JOIN tables t USING (source_schema, source_table) " \
+	" WHERE p.mirror_id = $1 AND p.status = 'PENDING' " \
+	"   AND (t.started OR (SELECT count(*) FROM tables " \
+	"                       WHERE started AND unfinished) < $2) " \
+	" ORDER BY t.started DESC, p.source_schema, p.source_table, p.part_no " \
+	" LIMIT 1"
+
+/*
  * The first pending part of a table in progress, locked, in the order
  * (schema, table, part_no).  The tables in progress are at most
  * snapshot_num_tables_in_parallel rows of their partial index; for each,
@@ -401,22 +433,27 @@ snapshot_finish_table(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	"                WHERE q.mirror_id = $1 AND q.source_schema = t.source_schema " \
 	"                  AND q.source_table = t.source_table AND q.status <> 'DONE')"
 
-/* run a CLAIM_*_SQL; on a row, mark the part claimed and return true */
+/*
+ * Run a CLAIM_*_SQL; on a row, mark the part claimed (and its table in
+ * progress, unless grouped: CLAIM_GROUPED_SQL) and return true.
+ */
 static bool
-claim_with(const char *sql, int32 mirror_id, MemoryContext cxt, char **schema, char **table,
-		   int *part_no)
+claim_with(const char *sql, bool grouped, int32 mirror_id, int tables_in_parallel,
+		   MemoryContext cxt, char **schema, char **table, int *part_no)
 {
-	Oid			types[4] = {INT4OID, TEXTOID, TEXTOID, INT4OID};
+	Oid			types[4] = {INT4OID, INT4OID, TEXTOID, INT4OID};
 	Datum		vals[4];
 	bool		isnull;
 
 	vals[0] = Int32GetDatum(mirror_id);
-	SPI_execute_with_args(sql, 1, types, vals, NULL, false, 1);
+	vals[1] = Int32GetDatum(tables_in_parallel);
+	SPI_execute_with_args(sql, grouped ? 2 : 1, types, vals, NULL, false, 1);
 	if (SPI_processed != 1)
 		return false;
 	*schema = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1));
 	*table = MemoryContextStrdup(cxt, SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2));
 	*part_no = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 3, &isnull));
+	types[1] = TEXTOID;
 	vals[1] = CStringGetTextDatum(*schema);
 	vals[2] = CStringGetTextDatum(*table);
 	vals[3] = Int32GetDatum(*part_no);
@@ -425,6 +462,8 @@ claim_with(const char *sql, int32 mirror_id, MemoryContext cxt, char **schema, c
 						  "       attempts = attempts + 1 "
 						  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
 						  "   AND part_no = $4", 4, types, vals, NULL, false, 0);
+	if (grouped)
+		return true;
 	/* a no-op for a table in progress; starts a new one */
 	SPI_execute_with_args("UPDATE bunny.mirror_table SET copy_in_progress = true "
 						  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
@@ -454,22 +493,31 @@ snapshot_claim_part(int32 mirror_id, int tables_in_parallel, char **schema, char
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
-	found = claim_with(CLAIM_STARTED_SQL, mirror_id, cxt, schema, table, part_no);
-	if (!found)
+	if (!claim_by_flag())
+	{
+		SPI_execute_with_args("SELECT pg_advisory_xact_lock(hashtext('bunnydb.snapshot'), $1)",
+							  1, types, vals, NULL, false, 0);
+		found = claim_with(CLAIM_GROUPED_SQL, true, mirror_id, tables_in_parallel, cxt, schema, table,
+						   part_no);
+	}
+	else if (!(found = claim_with(CLAIM_STARTED_SQL, false, mirror_id, tables_in_parallel, cxt, schema,
+								  table, part_no)))
 	{
 		bool		isnull;
 		int			started;
 
 		SPI_execute_with_args("SELECT pg_advisory_xact_lock(hashtext('bunnydb.snapshot'), $1)",
 							  1, types, vals, NULL, false, 0);
-		found = claim_with(CLAIM_STARTED_SQL, mirror_id, cxt, schema, table, part_no);
+		found = claim_with(CLAIM_STARTED_SQL, false, mirror_id, tables_in_parallel, cxt, schema, table,
+						   part_no);
 		if (!found)
 		{
 			SPI_execute_with_args(COUNT_STARTED_SQL, 1, types, vals, NULL, false, 1);
 			started = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
 												  &isnull));
 			if (started < tables_in_parallel)
-				found = claim_with(CLAIM_ANY_SQL, mirror_id, cxt, schema, table, part_no);
+				found = claim_with(CLAIM_ANY_SQL, false, mirror_id, tables_in_parallel, cxt, schema,
+								   table, part_no);
 		}
 	}
 	SPI_finish();
@@ -607,7 +655,10 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 								"   AND status <> 'DONE' LIMIT 1) s", 3, t5, v5, NULL);
 		last = left && strcmp(left, "0") == 0;
 		if (last)
-			dest_sql("UPDATE bunny.mirror_table SET copy_done = true, copy_in_progress = false "
+			dest_sql(claim_by_flag() ?
+					 "UPDATE bunny.mirror_table SET copy_done = true, copy_in_progress = false "
+					 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3" :
+					 "UPDATE bunny.mirror_table SET copy_done = true "
 					 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
 					 3, t5, v5);
 	}
@@ -821,10 +872,11 @@ snapshot_insert_parts(int32 mirror_id, const char *where_clause)
 						  1, types, vals, NULL, false, 0);
 	n = (int) SPI_processed;
 	/* their parts are all pending again: none of them is in progress */
-	SPI_execute_with_args(psprintf("UPDATE bunny.mirror_table t SET copy_in_progress = false "
-								   " WHERE t.mirror_id = $1 AND t.copy_in_progress AND (%s)",
-								   where_clause),
-						  1, types, vals, NULL, false, 0);
+	if (claim_by_flag())
+		SPI_execute_with_args(psprintf("UPDATE bunny.mirror_table t SET copy_in_progress = false "
+									   " WHERE t.mirror_id = $1 AND t.copy_in_progress AND (%s)",
+									   where_clause),
+							  1, types, vals, NULL, false, 0);
 
 	/*
 	 * Nobody else writes the table enough for autovacuum to analyze it in
@@ -951,7 +1003,7 @@ snapshot_reclaim_parts(Mirror *m, List *live_pids)
 	 * locks wait for claims being made in those tables: a claim's part must
 	 * be visible before we decide the table has none.
 	 */
-	if (SPI_processed > 0)
+	if (SPI_processed > 0 && claim_by_flag())
 	{
 		SPI_execute_with_args("SELECT 1 FROM bunny.mirror_table "
 							  " WHERE mirror_id = $1 AND copy_in_progress FOR UPDATE",
