@@ -870,3 +870,25 @@ BEGIN
 	END LOOP;
 END
 $do$;
+
+-- ------------------------------------------------------------------------
+-- Snapshot parts claimed through indexes
+-- ------------------------------------------------------------------------
+-- A snapshot worker claims its parts one at a time.  The claim used to
+-- group every part of the mirror, under one advisory lock per mirror: a
+-- scan of all parts per claim (50 ms a claim at 1 000 tables, the whole
+-- copy phase, with three of four workers waiting on the lock).  Now a
+-- table whose copy is started and not finished says so in its row
+-- (copy_in_progress: at most snapshot_num_tables_in_parallel rows, found
+-- through their partial index), the parts left to copy have an index in
+-- claiming order, and the parts being copied one of their own (at most
+-- one per snapshot worker) for the coordinator's crash recovery.
+ALTER TABLE bunny.mirror_table
+	ADD COLUMN copy_in_progress boolean NOT NULL DEFAULT false;
+CREATE INDEX mirror_table_copy_in_progress
+	ON bunny.mirror_table (mirror_id) WHERE copy_in_progress;
+CREATE INDEX snapshot_part_unfinished
+	ON bunny.snapshot_part (mirror_id, source_schema, source_table, part_no)
+	WHERE status <> 'DONE';
+CREATE INDEX snapshot_part_running
+	ON bunny.snapshot_part (mirror_id) WHERE status = 'RUNNING';
