@@ -221,7 +221,7 @@ extern XLogRecPtr stream_create_slot(PGconn *conn, const char *name, bool tempor
 extern void bunny_require_password(PGconn *conn, bool required);
 
 /* setup.c */
-extern void setup_run(PGconn *conn, Mirror *mirror);
+extern XLogRecPtr setup_run(PGconn *conn, Mirror *mirror, char **snapshot);
 extern void setup_refresh_tables(PGconn *conn, Mirror *mirror);
 extern void setup_plan_resync(PGconn *conn, Mirror *mirror);
 extern void setup_check_source(PGconn *conn, Mirror *mirror);
@@ -240,7 +240,7 @@ extern void snapshot_pool_wait(SnapshotPool *pool);
 extern int	snapshot_insert_parts(int32 mirror_id, const char *where_clause);
 extern void snapshot_run(Mirror *mirror, PGconn *holder, const char *snapshot_name,
 						 XLogRecPtr sync_lsn);
-extern void snapshot_recover(PGconn *conn, Mirror *mirror);
+extern XLogRecPtr snapshot_recover(PGconn *conn, Mirror *mirror);
 extern PGDLLEXPORT void bunny_snapshot_worker_main(Datum arg);
 extern void snapshot_sync_sequences(PGconn *conn, const char *mirror_name,
 									const char *sequences_json);

@@ -33,7 +33,6 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
-#include "replication/origin.h"
 #include "catalog/namespace.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -908,17 +907,22 @@ setup_finish_tables_without_copy(PGconn *conn, Mirror *m)
 }
 
 /*
- * Run the SETUP phase (and the initial copy when configured) on the given
- * replication connection, and commit the switch to CDC.
+ * Run the SETUP phase on the given replication connection: destination
+ * tables, publication and slot.  Returns the slot's consistent point, where
+ * streaming starts.  When the mirror copies its tables first, *snapshot
+ * gets the snapshot the slot exported; it lives only as long as conn stays
+ * open and idle, so the caller copies with it before using conn again.
+ * The copy and the switch to CDC are the worker's next steps, not ours:
+ * setup does not know how its mirror goes on.
  */
-void
-setup_run(PGconn *conn, Mirror *m)
+XLogRecPtr
+setup_run(PGconn *conn, Mirror *m, char **snapshot)
 {
 	List	   *tables = NIL;
 	XLogRecPtr	start_lsn;
-	char	   *snapshot = NULL;
 	bool		copy = m->do_initial_snapshot;
 
+	*snapshot = NULL;
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_set_status_phase(m->id, MIRROR_SETUP, PHASE_SETUP);
@@ -941,32 +945,11 @@ setup_run(PGconn *conn, Mirror *m)
 
 	source_ensure_publication(conn, m, tables);
 
-	start_lsn = create_slot(conn, m, copy, &snapshot);
+	start_lsn = create_slot(conn, m, copy, snapshot);
 	bunny_log(m->name, "INFO",
 			  psprintf("created replication slot %s on the source at %X/%X",
 					   m->slot_name, LSN_FORMAT_ARGS(start_lsn)), NULL);
-
-	if (copy)
-	{
-		/* the copy starts at the slot's consistent point: no sync_lsn */
-		snapshot_run(m, conn, snapshot, InvalidXLogRecPtr);
-	}
-
-	/* switch to CDC; the origin starts at the slot's consistent point */
-	bunny_start_transaction();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	catalog_set_table_status(m->id, TABLE_SYNCED);
-	catalog_set_status_phase(m->id, MIRROR_RUNNING, PHASE_CDC);
-	bunny_log(m->name, "INFO",
-			  psprintf("setup complete; streaming changes from %X/%X", LSN_FORMAT_ARGS(start_lsn)),
-			  NULL);
-	catalog_finish_resync(m->id, m->name);
-	replorigin_session_origin_lsn = start_lsn;
-	replorigin_session_origin_timestamp = GetCurrentTimestamp();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	replorigin_session_origin_lsn = InvalidXLogRecPtr;
-	replorigin_session_origin_timestamp = 0;
+	return start_lsn;
 }
 
 /*

@@ -47,7 +47,6 @@
 #include "nodes/makefuncs.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
-#include "replication/origin.h"
 #include "storage/ipc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
@@ -1080,11 +1079,13 @@ snapshot_run(Mirror *m, PGconn *holder, const char *snapshot_name, XLogRecPtr sy
 
 /*
  * Resume an interrupted SNAPSHOT phase on the replication connection conn:
- * keep the mirror's slot, copy the unfinished tables from a new snapshot
- * (a temporary slot's), and commit the switch to CDC at the permanent
- * slot's position.  Without the permanent slot, setup starts over.
+ * keep the mirror's slot and copy the unfinished tables from a new snapshot
+ * (a temporary slot's).  Returns the permanent slot's position, where
+ * streaming starts; InvalidXLogRecPtr when that slot is gone, and nothing
+ * was copied: then only setting up again can help, which is the worker's
+ * decision (worker.c), not ours.
  */
-void
+XLogRecPtr
 snapshot_recover(PGconn *conn, Mirror *m)
 {
 	XLogRecPtr	slot_lsn;
@@ -1093,12 +1094,7 @@ snapshot_recover(PGconn *conn, Mirror *m)
 	PGconn	   *tmp;
 
 	if (!source_slot_exists(conn, m->slot_name, NULL, &slot_lsn) || XLogRecPtrIsInvalid(slot_lsn))
-	{
-		bunny_log(m->name, "WARNING", "replication slot missing during the initial copy; starting setup over",
-				  NULL);
-		setup_run(conn, m);
-		return;
-	}
+		return InvalidXLogRecPtr;
 	tmp = mirror_connect(m, true);
 	tmp_lsn = stream_create_slot(tmp, psprintf("bunny_tmp_%d_%d", m->id, MyProcPid),
 								 true, true, &snapshot);
@@ -1108,18 +1104,5 @@ snapshot_recover(PGconn *conn, Mirror *m)
 
 	snapshot_run(m, tmp, snapshot, tmp_lsn);
 	PQfinish(tmp);
-
-	bunny_start_transaction();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	catalog_set_table_status(m->id, TABLE_SYNCED);
-	catalog_set_status_phase(m->id, MIRROR_RUNNING, PHASE_CDC);
-	bunny_log(m->name, "INFO",
-			  psprintf("setup complete; streaming changes from %X/%X", LSN_FORMAT_ARGS(slot_lsn)), NULL);
-	catalog_finish_resync(m->id, m->name);
-	replorigin_session_origin_lsn = slot_lsn;
-	replorigin_session_origin_timestamp = GetCurrentTimestamp();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	replorigin_session_origin_lsn = InvalidXLogRecPtr;
-	replorigin_session_origin_timestamp = 0;
+	return slot_lsn;
 }

@@ -391,6 +391,66 @@ reload_mirror(MemoryContext cxt)
 	return m;
 }
 
+/*
+ * Commit the switch to CDC: every table SYNCED, the mirror RUNNING, and the
+ * replication origin at start_lsn, in one transaction, so that streaming
+ * after a crash starts exactly where the copy left off.
+ */
+static void
+worker_enter_cdc(Mirror *m, XLogRecPtr start_lsn)
+{
+	bunny_start_transaction();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	catalog_set_table_status(m->id, TABLE_SYNCED);
+	catalog_set_status_phase(m->id, MIRROR_RUNNING, PHASE_CDC);
+	bunny_log(m->name, "INFO",
+			  psprintf("setup complete; streaming changes from %X/%X", LSN_FORMAT_ARGS(start_lsn)),
+			  NULL);
+	catalog_finish_resync(m->id, m->name);
+	replorigin_session_origin_lsn = start_lsn;
+	replorigin_session_origin_timestamp = GetCurrentTimestamp();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	replorigin_session_origin_lsn = InvalidXLogRecPtr;
+	replorigin_session_origin_timestamp = 0;
+}
+
+/*
+ * Drive the phases before CDC (state.h, NOTES): SETUP, then the initial
+ * copy if the mirror has one, then the switch to CDC.  A run that finds
+ * phase SNAPSHOT resumes the copy; if the slot is gone by then, nothing
+ * the copy did can be streamed onto, and the mirror goes back to SETUP.
+ * The phases report what comes next (a slot position, an exported
+ * snapshot, a missing slot) and this is the one place that decides it.
+ */
+static void
+worker_run_phases(PGconn *conn, Mirror *m)
+{
+	MirrorPhase phase = m->phase;
+	XLogRecPtr	start_lsn = InvalidXLogRecPtr;
+
+	if (phase == PHASE_SNAPSHOT)
+	{
+		start_lsn = snapshot_recover(conn, m);
+		if (XLogRecPtrIsInvalid(start_lsn))
+		{
+			bunny_log(m->name, "WARNING", "replication slot missing during the initial copy; starting setup over",
+					  NULL);
+			phase = PHASE_SETUP;
+		}
+	}
+	if (phase == PHASE_SETUP)
+	{
+		char	   *snapshot;
+
+		start_lsn = setup_run(conn, m, &snapshot);
+		/* the copy starts at the slot's consistent point: no sync_lsn */
+		if (m->do_initial_snapshot)
+			snapshot_run(m, conn, snapshot, InvalidXLogRecPtr);
+	}
+	worker_enter_cdc(m, start_lsn);
+}
+
 /* one run of the mirror: whatever phases are left, then CDC */
 static void
 worker_run(void)
@@ -441,10 +501,7 @@ worker_run(void)
 
 	if (m->phase != PHASE_CDC)
 	{
-		if (m->phase == PHASE_SNAPSHOT)
-			snapshot_recover(source_conn, m);
-		else
-			setup_run(source_conn, m);
+		worker_run_phases(source_conn, m);
 		/* the slot's snapshot connection is spent: stream on a new one */
 		stream_disconnect(&source_conn);
 		source_conn = mirror_connect(m, true);
