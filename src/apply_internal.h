@@ -176,6 +176,9 @@ typedef struct ApplyBatch
 	XLogRecPtr	keepalive_lsn;	/* keepalives received while it was open */
 	XLogRecPtr	received_end;	/* latest source commit end seen, for the
 								 * stream layer; Invalid after an abort */
+	BunnyErrorContext errctx;	/* names the source transaction (its
+								 * commit LSN) and the table of the change
+								 * being applied; pushed by apply_init */
 } ApplyBatch;
 
 /* apply.c */

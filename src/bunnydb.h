@@ -245,8 +245,9 @@ extern PGDLLEXPORT void bunny_snapshot_worker_main(Datum arg);
 extern void snapshot_sync_sequences(PGconn *conn, const char *mirror_name,
 									const char *sequences_json);
 
-/* applystream.c */
+/* applystream.c, apply.c */
 extern void apply_stream(PGconn *conn, Mirror *mirror);
+extern XLogRecPtr apply_error_lsn(void);
 extern void apply_send_final_feedback(PGconn *live_conn);
 
 /* fastrecv.c */
@@ -257,10 +258,24 @@ extern uint64 bunny_copy_from(struct RelationData *rel, List *attnames, bool bin
 							  int (*read_data) (void *outbuf, int minread, int maxread),
 							  int flush_rows);
 
-/* error context for workers */
-extern const char *bunny_ctx_mirror;
-extern const char *bunny_ctx_table;
-extern XLogRecPtr bunny_ctx_lsn;
-extern void bunny_error_context(void *arg);
+/*
+ * Error context for workers (catalog.c): 'bunnydb mirror "m", table t,
+ * source LSN x'.  The code that knows a piece of it pushes a frame of its
+ * own, on the C stack or in state it owns, around the work the piece is
+ * true for; what a frame leaves unset (NULL, InvalidXLogRecPtr) the frames
+ * around it supply, and only the innermost frame prints, so an error gets
+ * one line naming all three.
+ */
+typedef struct BunnyErrorContext
+{
+	ErrorContextCallback cb;
+	const char *mirror;
+	const char *table;			/* quoted, schema-qualified */
+	XLogRecPtr	lsn;			/* commit LSN of the source transaction */
+} BunnyErrorContext;
+
+extern void bunny_errcontext_push(BunnyErrorContext *ec, const char *mirror,
+								  const char *table, XLogRecPtr lsn);
+extern void bunny_errcontext_pop(BunnyErrorContext *ec);
 
 #endif							/* BUNNYDB_H */

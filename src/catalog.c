@@ -479,6 +479,87 @@ bunny_log(const char *mirror, const char *level, const char *message,
 	}
 }
 
+static void bunny_error_context(void *arg);
+
+/* the innermost bunnydb frame on the error context stack, or NULL */
+static BunnyErrorContext *
+errcontext_innermost(void)
+{
+	for (ErrorContextCallback *cb = error_context_stack; cb != NULL; cb = cb->previous)
+		if (cb->callback == bunny_error_context)
+			return (BunnyErrorContext *) cb->arg;
+	return NULL;
+}
+
+/*
+ * Error context callback: one line naming mirror, table and LSN.  Frames
+ * further out stay silent when an inner one speaks, because the inner one
+ * already names what they know (the line would otherwise repeat).
+ */
+static void
+bunny_error_context(void *arg)
+{
+	BunnyErrorContext *ec = (BunnyErrorContext *) arg;
+	const char *mirror = NULL;
+	const char *table = NULL;
+	XLogRecPtr	lsn = InvalidXLogRecPtr;
+
+	if (errcontext_innermost() != ec)
+		return;
+	for (ErrorContextCallback *cb = &ec->cb; cb != NULL; cb = cb->previous)
+	{
+		BunnyErrorContext *f = (BunnyErrorContext *) cb->arg;
+
+		if (cb->callback != bunny_error_context)
+			continue;
+		if (mirror == NULL)
+			mirror = f->mirror;
+		if (table == NULL)
+			table = f->table;
+		if (XLogRecPtrIsInvalid(lsn))
+			lsn = f->lsn;
+	}
+	if (mirror == NULL)
+		return;
+	if (table && lsn != InvalidXLogRecPtr)
+		errcontext("bunnydb mirror \"%s\", table %s, source LSN %X/%X",
+				   mirror, table, LSN_FORMAT_ARGS(lsn));
+	else if (table)
+		errcontext("bunnydb mirror \"%s\", table %s", mirror, table);
+	else if (lsn != InvalidXLogRecPtr)
+		errcontext("bunnydb mirror \"%s\", source LSN %X/%X",
+				   mirror, LSN_FORMAT_ARGS(lsn));
+	else
+		errcontext("bunnydb mirror \"%s\"", mirror);
+}
+
+/*
+ * Push ec, naming what its caller knows; ec must stay valid until it is
+ * popped (an error unwinds it with the rest of the stack, PG_CATCH restores
+ * the stack as it was at PG_TRY).
+ */
+void
+bunny_errcontext_push(BunnyErrorContext *ec, const char *mirror, const char *table,
+					  XLogRecPtr lsn)
+{
+	ec->mirror = mirror;
+	ec->table = table;
+	ec->lsn = lsn;
+	ec->cb.callback = bunny_error_context;
+	ec->cb.arg = (void *) ec;
+	ec->cb.previous = error_context_stack;
+	error_context_stack = &ec->cb;
+}
+
+/* pop ec, which must be the innermost frame: frames are strictly nested */
+void
+bunny_errcontext_pop(BunnyErrorContext *ec)
+{
+	if (error_context_stack != &ec->cb)
+		elog(ERROR, "bunnydb error context popped out of order");
+	error_context_stack = ec->cb.previous;
+}
+
 /*
  * In a worker's PG_CATCH block: report the error to the server log, roll
  * back, and return a copy of it (in TopMemoryContext) to be recorded.
@@ -494,7 +575,6 @@ bunny_catch_error(void)
 	EmitErrorReport();
 	FlushErrorState();
 	AbortOutOfAnyTransaction();
-	bunny_ctx_table = NULL;
 	RESUME_INTERRUPTS();
 	return edata;
 }

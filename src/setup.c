@@ -855,10 +855,12 @@ prepare_destination(PGconn *conn, Mirror *m, List *tables, bool copy, bool pendi
 	{
 		SourceTable *st = lfirst(lc);
 		ListCell   *lc2;
+		BunnyErrorContext errctx;
 
 		if (pending_only && st->mt->status != TABLE_PENDING)
 			continue;
-		bunny_ctx_table = qname(st->mt->dest_schema, st->mt->dest_table);
+		bunny_errcontext_push(&errctx, NULL, qname(st->mt->dest_schema, st->mt->dest_table),
+							  InvalidXLogRecPtr);
 		foreach(lc2, st->columns)
 		{
 			SourceColumn *col = lfirst(lc2);
@@ -868,8 +870,8 @@ prepare_destination(PGconn *conn, Mirror *m, List *tables, bool copy, bool pendi
 		}
 		ensure_table(st, m, tables, copy);
 		n++;
+		bunny_errcontext_pop(&errctx);
 	}
-	bunny_ctx_table = NULL;
 	return n;
 }
 
@@ -994,13 +996,15 @@ setup_plan_resync(PGconn *conn, Mirror *m)
 	foreach(lc, m->tables)
 	{
 		MirrorTable *mt = lfirst(lc);
+		BunnyErrorContext errctx;
 
 		if (mt->resync_state == RESYNC_NONE)
 			continue;
-		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
+		bunny_errcontext_push(&errctx, NULL, qname(mt->source_schema, mt->source_table),
+							  InvalidXLogRecPtr);
 		tables = lappend(tables, source_describe_table(conn, mt, true));
+		bunny_errcontext_pop(&errctx);
 	}
-	bunny_ctx_table = NULL;
 	if (tables == NIL)
 		return;
 
@@ -1015,8 +1019,9 @@ setup_plan_resync(PGconn *conn, Mirror *m)
 		Oid			relid = OidIsValid(nspid) ? get_relname_relid(mt->dest_table, nspid) : InvalidOid;
 		List	   *copy_columns = NIL;
 		ListCell   *lc2;
+		BunnyErrorContext errctx;
 
-		bunny_ctx_table = dest;
+		bunny_errcontext_push(&errctx, NULL, dest, InvalidXLogRecPtr);
 		if (!OidIsValid(relid))
 		{
 			PERMANENT();
@@ -1048,8 +1053,8 @@ setup_plan_resync(PGconn *conn, Mirror *m)
 		}
 		CommandCounterIncrement();
 		record_copy_plan(st, m, copy_columns);
+		bunny_errcontext_pop(&errctx);
 	}
-	bunny_ctx_table = NULL;
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 }

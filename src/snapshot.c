@@ -325,6 +325,7 @@ snapshot_finish_table(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	char	   *rows;
 	char	   *secs;
 	char	   *src = (char *) quote_qualified_identifier(schema, table);
+	BunnyErrorContext errctx;
 
 	vals[0] = Int32GetDatum(mirror_id);
 	vals[1] = CStringGetTextDatum(schema);
@@ -339,7 +340,7 @@ snapshot_finish_table(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	seqs = bunny_spi_scalar("SELECT sequences::text FROM bunny.mirror_table "
 							" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
 							3, types, vals, NULL);
-	bunny_ctx_table = dest;
+	bunny_errcontext_push(&errctx, NULL, dest, InvalidXLogRecPtr);
 	pgstat_report_activity(STATE_RUNNING, psprintf("bunnydb: indexing %s", dest));
 	catalog_apply_ddl(mirror_name, dest, ddl, indexes);
 	snapshot_sync_sequences(conn, mirror_name, seqs);
@@ -357,7 +358,7 @@ snapshot_finish_table(PGconn *conn, const char *mirror_name, int32 mirror_id,
 			  psprintf("copied table %s: %s rows in %.3f s", src, rows ? rows : "0",
 					   secs ? atof(secs) : 0.0),
 			  table_done_json(src, rows ? atoll(rows) : 0, secs ? atof(secs) : 0.0));
-	bunny_ctx_table = NULL;
+	bunny_errcontext_pop(&errctx);
 }
 
 /*
@@ -461,6 +462,7 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	uint64		rows;
 	char	   *src = (char *) quote_qualified_identifier(schema, table);
 	MemoryContext part_cxt;
+	BunnyErrorContext errctx;
 
 	vals[0] = Int32GetDatum(mirror_id);
 	vals[1] = CStringGetTextDatum(schema);
@@ -475,6 +477,8 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	 */
 	part_cxt = AllocSetContextCreate(TopMemoryContext, "bunnydb snapshot part",
 									 ALLOCSET_SMALL_SIZES);
+	/* the table is named once the part is looked up */
+	bunny_errcontext_push(&errctx, NULL, NULL, InvalidXLogRecPtr);
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
@@ -504,7 +508,7 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 		where = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6);
 		where = where ? pstrdup(where) : NULL;
 		nparts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull));
-		bunny_ctx_table = quote_qualified_identifier(dest_schema, dest_table);
+		errctx.table = quote_qualified_identifier(dest_schema, dest_table);
 		MemoryContextSwitchTo(old);
 	}
 	SPI_execute_with_args("UPDATE bunny.mirror_table SET snapshot_started_at = clock_timestamp() "
@@ -514,7 +518,7 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	SPI_finish();
 	if (first)
 		bunny_log(mirror_name, "INFO",
-				  psprintf("copying table %s into %s (%d part%s, %s format)", src, bunny_ctx_table,
+				  psprintf("copying table %s into %s (%d part%s, %s format)", src, errctx.table,
 						   nparts, nparts == 1 ? "" : "s", binary ? "binary" : "text"), NULL);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -551,7 +555,7 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	bunny_ctx_table = NULL;
+	bunny_errcontext_pop(&errctx);
 	MemoryContextDelete(part_cxt);
 	return last;
 }
@@ -596,7 +600,7 @@ bunny_snapshot_worker_main(Datum arg)
 	bool		require_password;
 	int			tables_in_parallel;
 	bool		indexes;
-	ErrorContextCallback errcb;
+	BunnyErrorContext errctx;
 
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -630,11 +634,7 @@ bunny_snapshot_worker_main(Datum arg)
 		indexes = m->replicate_indexes;
 	}
 	SetConfigOption("application_name", psprintf("bunnydb:%s", mirror_name), PGC_USERSET, PGC_S_OVERRIDE);
-	bunny_ctx_mirror = mirror_name;
-	errcb.callback = bunny_error_context;
-	errcb.arg = NULL;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
+	bunny_errcontext_push(&errctx, mirror_name, NULL, InvalidXLogRecPtr);
 
 	/* errors end the process; the coordinator puts our part back */
 	conn = stream_connect(conninfo, psprintf("bunnydb:%s", mirror_name), false);
@@ -777,6 +777,7 @@ snapshot_prepare(Mirror *m, XLogRecPtr sync_lsn)
 	uint64		ntables;
 	char	  **dest;
 	char	  **status;
+	BunnyErrorContext errctx;
 
 	vals[0] = Int32GetDatum(m->id);
 	vals[1] = LSNGetDatum(sync_lsn);
@@ -799,9 +800,10 @@ snapshot_prepare(Mirror *m, XLogRecPtr sync_lsn)
 		dest[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 		status[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 	}
+	bunny_errcontext_push(&errctx, NULL, NULL, InvalidXLogRecPtr);
 	for (uint64 i = 0; i < ntables; i++)
 	{
-		bunny_ctx_table = dest[i];
+		errctx.table = dest[i];
 		SPI_execute(psprintf("SELECT 1 FROM %s LIMIT 1", dest[i]), false, 1);
 		if (SPI_processed == 0)
 			continue;
@@ -818,7 +820,7 @@ snapshot_prepare(Mirror *m, XLogRecPtr sync_lsn)
 				 errdetail("The initial snapshot never overwrites existing rows."),
 				 errhint("Empty the table, or create the mirror with do_initial_snapshot => false; then call bunny.retry_mirror().")));
 	}
-	bunny_ctx_table = NULL;
+	bunny_errcontext_pop(&errctx);
 
 	nparts = snapshot_insert_parts(m->id, "t.status <> 'SYNCED'");
 	SPI_execute_with_args("UPDATE bunny.mirror_table "

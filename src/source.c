@@ -951,13 +951,15 @@ source_describe_tables(PGconn *conn, Mirror *m, bool plan)
 	{
 		MirrorTable *mt = lfirst(lc);
 		SourceTable *st;
+		BunnyErrorContext errctx;
 
-		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
+		bunny_errcontext_push(&errctx, NULL, qname(mt->source_schema, mt->source_table),
+							  InvalidXLogRecPtr);
 		st = source_describe_table(conn, mt, plan);
 		tables = lappend(tables, st);
 		relids = lappend(relids, oid_text(st->relid));
+		bunny_errcontext_pop(&errctx);
 	}
-	bunny_ctx_table = NULL;
 
 	if (list_length(tables) > 1)
 	{

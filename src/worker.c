@@ -46,11 +46,6 @@
 BunnyWorkerSlot *MySlot = NULL;
 bool		bunny_error_is_permanent = false;
 
-/* error context: what the worker is doing right now */
-const char *bunny_ctx_mirror = NULL;
-const char *bunny_ctx_table = NULL;
-XLogRecPtr	bunny_ctx_lsn = InvalidXLogRecPtr;
-
 /* how often a worker re-reads its catalog row without being asked */
 #define CATALOG_RECHECK_MS	10000
 
@@ -60,24 +55,6 @@ static PGconn *source_conn = NULL;
 static char *current_conninfo = NULL;	/* what source_conn was opened with */
 static MirrorPhase current_phase;	/* the phase this run is in ... */
 static bool current_phase_known = false;	/* ... once it streams */
-
-/* error context callback: name mirror, table and LSN */
-void
-bunny_error_context(void *arg)
-{
-	if (bunny_ctx_mirror == NULL)
-		return;
-	if (bunny_ctx_table && bunny_ctx_lsn != InvalidXLogRecPtr)
-		errcontext("bunnydb mirror \"%s\", table %s, source LSN %X/%X",
-				   bunny_ctx_mirror, bunny_ctx_table, LSN_FORMAT_ARGS(bunny_ctx_lsn));
-	else if (bunny_ctx_table)
-		errcontext("bunnydb mirror \"%s\", table %s", bunny_ctx_mirror, bunny_ctx_table);
-	else if (bunny_ctx_lsn != InvalidXLogRecPtr)
-		errcontext("bunnydb mirror \"%s\", source LSN %X/%X",
-				   bunny_ctx_mirror, LSN_FORMAT_ARGS(bunny_ctx_lsn));
-	else
-		errcontext("bunnydb mirror \"%s\"", bunny_ctx_mirror);
-}
 
 /* clear our pid from the slot so nobody signals a dead process */
 static void
@@ -144,7 +121,7 @@ worker_handle_error(void)
 {
 	ErrorData  *edata;
 	bool		permanent = bunny_error_is_permanent;
-	XLogRecPtr	error_lsn = bunny_ctx_lsn;
+	XLogRecPtr	error_lsn = apply_error_lsn();
 	char	   *details;
 	bool		retry_now = false;
 
@@ -542,7 +519,7 @@ bunny_mirror_worker_main(Datum arg)
 {
 	int			slotno = DatumGetInt32(arg);
 	Oid			dboid;
-	ErrorContextCallback errcb;
+	BunnyErrorContext errctx;
 
 	pqsignal(SIGTERM, die);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -589,11 +566,8 @@ bunny_mirror_worker_main(Datum arg)
 	SetConfigOption("DateStyle", "ISO", PGC_USERSET, PGC_S_OVERRIDE);
 	SetConfigOption("IntervalStyle", "postgres", PGC_USERSET, PGC_S_OVERRIDE);
 
-	bunny_ctx_mirror = my_mirror_name;
-	errcb.callback = bunny_error_context;
-	errcb.arg = NULL;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
+	/* the frame the phases' own frames add the table and LSN to */
+	bunny_errcontext_push(&errctx, my_mirror_name, NULL, InvalidXLogRecPtr);
 
 	PG_TRY();
 	{
