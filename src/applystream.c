@@ -479,7 +479,7 @@ check_slot_and_publication(bool patient)
 	pub_ok = source_publication_exists(st.conn, st.mirror->publication_name, NULL);
 	if (!slot_ok)
 	{
-		bunny_error_is_permanent = true;
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("replication slot \"%s\" no longer exists on the source", st.mirror->slot_name),
@@ -523,7 +523,7 @@ check_slot_and_publication(bool patient)
 
 	if (!pub_ok)
 	{
-		bunny_error_is_permanent = true;
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("publication \"%s\" no longer exists on the source", st.mirror->publication_name),

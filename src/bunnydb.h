@@ -126,7 +126,6 @@ extern void bunny_request_rescan(Oid dboid);
 /* worker.c */
 extern PGDLLEXPORT void bunny_mirror_worker_main(Datum arg);
 extern BunnyWorkerSlot *MySlot;
-extern bool bunny_error_is_permanent;
 struct Mirror;
 extern struct Mirror *bunny_check_control(void);
 extern PGconn *mirror_connect(struct Mirror *m, bool replication);
@@ -194,6 +193,8 @@ extern void bunny_log(const char *mirror, const char *level, const char *message
 					  const char *details_json);
 extern void bunny_dest_exec(const char *sql);
 extern struct ErrorData *bunny_catch_error(void);
+extern void bunny_mark_permanent(void);
+extern bool bunny_error_permanent(void);
 extern char *bunny_error_details(struct ErrorData *edata, const char *action);
 extern char *bunny_spi_scalar(const char *sql, int nargs, Oid *argtypes,
 							  Datum *values, const char *nulls);

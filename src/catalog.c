@@ -579,6 +579,29 @@ bunny_catch_error(void)
 	return edata;
 }
 
+/*
+ * Errors retrying cannot cure (a missing source table, wal_level, a slot
+ * of someone else's ...) leave the mirror FAILED instead of retried.  No
+ * SQLSTATE tells them apart (55000 is a non-empty destination table,
+ * permanent, and a failed initial copy, retried), so the code raising one
+ * says so just before its ereport, and the worker asks when it handles
+ * the error.  The flag is this file's alone; it is never cleared, because
+ * a worker exits after the error it handles.
+ */
+static bool error_permanent = false;
+
+void
+bunny_mark_permanent(void)
+{
+	error_permanent = true;
+}
+
+bool
+bunny_error_permanent(void)
+{
+	return error_permanent;
+}
+
 /* add "key": "value" to a JSON object under construction */
 static void
 json_add(StringInfo buf, const char *key, const char *value)

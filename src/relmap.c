@@ -352,7 +352,7 @@ relmap_build(RelMapEntry *e)
 	}
 	if (!OidIsValid(e->localrelid))
 	{
-		bunny_error_is_permanent = true;
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("destination table %s does not exist", e->qualname),

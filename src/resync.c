@@ -314,7 +314,7 @@ resync_start(Mirror *m)
 
 			if (rows && strcmp(rows, "0") != 0)
 			{
-				bunny_error_is_permanent = true;
+				bunny_mark_permanent();
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("destination table %s is not empty", dest),

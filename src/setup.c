@@ -93,7 +93,6 @@ qname(const char *schema, const char *name)
 }
 
 /* mark the next error as one that retrying does not cure */
-#define PERMANENT() (bunny_error_is_permanent = true)
 
 /* replace the first occurrence of from in str by to */
 static char *
@@ -282,7 +281,7 @@ ensure_type(PGconn *conn, Oid typid, const char *mirror_name)
 
 	if (t->extname != NULL || (t->typtype != 'e' && t->typtype != 'd' && t->typtype != 'c'))
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		if (t->extname)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -813,7 +812,7 @@ create_slot(PGconn *conn, Mirror *m, bool export_snapshot, char **snapshot)
 
 	if (exists && !m->slot_requested)
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("replication slot \"%s\" already exists on the source and does not belong to this mirror",
@@ -1024,7 +1023,7 @@ setup_plan_resync(PGconn *conn, Mirror *m)
 		bunny_errcontext_push(&errctx, NULL, dest, InvalidXLogRecPtr);
 		if (!OidIsValid(relid))
 		{
-			PERMANENT();
+			bunny_mark_permanent();
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_TABLE),
 					 errmsg("destination table %s does not exist", dest),

@@ -813,7 +813,7 @@ snapshot_prepare(Mirror *m, XLogRecPtr sync_lsn)
 			SPI_execute(psprintf("TRUNCATE %s", dest[i]), false, 0);
 			continue;
 		}
-		bunny_error_is_permanent = true;
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("destination table %s is not empty", dest[i]),

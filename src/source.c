@@ -77,7 +77,6 @@
 #include "utils/wait_event.h"
 
 /* mark the next error as one that retrying does not cure */
-#define PERMANENT() (bunny_error_is_permanent = true)
 
 static const char *
 qname(const char *schema, const char *name)
@@ -379,7 +378,7 @@ source_check(PGconn *conn)
 
 	if (strcmp(info->wal_level, "logical") != 0)
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("source wal_level is \"%s\", it must be \"logical\"", info->wal_level),
@@ -387,7 +386,7 @@ source_check(PGconn *conn)
 	}
 	if (!info->can_replicate)
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("the source role has neither the REPLICATION nor the SUPERUSER attribute"),
@@ -494,7 +493,7 @@ check_replica_identities(PGconn *conn, SourceTable *st, const char *name)
 		if (!usable)
 		{
 			PQclear(res);
-			PERMANENT();
+			bunny_mark_permanent();
 			if (is_self)
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -520,7 +519,7 @@ check_replica_identities(PGconn *conn, SourceTable *st, const char *name)
 		if (!is_self && root_replident == 'f' && replident != 'f')
 		{
 			PQclear(res);
-			PERMANENT();
+			bunny_mark_permanent();
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("partition %s of source table %s does not have REPLICA IDENTITY FULL like its partitioned table",
@@ -538,7 +537,7 @@ check_replica_identities(PGconn *conn, SourceTable *st, const char *name)
 			char	   *ex = pstrdup(PQgetvalue(res, i, 3));
 
 			PQclear(res);
-			PERMANENT();
+			bunny_mark_permanent();
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("column \"%s\" of source table %s is part of %s replica identity and cannot be excluded",
@@ -774,7 +773,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 	if (PQntuples(res) == 0)
 	{
 		PQclear(res);
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("source table %s does not exist", name),
@@ -791,7 +790,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 
 	if (st->relkind != 'r' && st->relkind != 'p')
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("source relation %s is %s, and only tables can be mirrored", name,
@@ -802,7 +801,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 	}
 	if (relpersistence != 'p')
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("source table %s is %s", name, relpersistence == 'u' ? "unlogged" : "temporary"),
@@ -811,7 +810,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 	}
 	if (st->relkind == 'p' && !info->publish_partitioned)
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("source table %s is partitioned, and a PostgreSQL %d source cannot publish partitioned tables",
@@ -821,7 +820,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 	}
 	if (!can_select)
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for source table %s", name),
@@ -861,7 +860,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 				found = true;
 		if (!found)
 		{
-			PERMANENT();
+			bunny_mark_permanent();
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
 					 errmsg("excluded column \"%s\" does not exist in source table %s", ex, name)));
@@ -869,7 +868,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 		foreach(lc2, st->pk_columns)
 			if (strcmp((char *) lfirst(lc2), ex) == 0)
 			{
-				PERMANENT();
+				bunny_mark_permanent();
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("column \"%s\" of source table %s is part of the primary key and cannot be excluded",
@@ -906,7 +905,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 			}
 		if (!found)
 		{
-			PERMANENT();
+			bunny_mark_permanent();
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
 					 errmsg("partition key \"%s\" does not exist in source table %s",
@@ -922,7 +921,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 	}
 	if (replicated_columns == 0)
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("source table %s has no columns to replicate", name),
@@ -980,7 +979,7 @@ source_describe_tables(PGconn *conn, Mirror *m, bool plan)
 			char	   *parent = pstrdup(PQgetvalue(res, 0, 1));
 
 			PQclear(res);
-			PERMANENT();
+			bunny_mark_permanent();
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("source table %s is a partition of %s, which the mirror also maps", part, parent),
@@ -1253,7 +1252,7 @@ source_ensure_publication(PGconn *conn, Mirror *m, List *tables)
 	exists = source_publication_exists(conn, m->publication_name, &have);
 	if (exists && (have == NULL || strcmp(have, comment) != 0))
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("publication \"%s\" already exists on the source and does not belong to this mirror",

@@ -12,7 +12,8 @@
  * bunny.mirror_logs, and the process exits.  The launcher starts it again
  * after an exponential backoff; retry_mirror cuts the backoff short.  Errors
  * that retrying cannot cure (a missing source table, wal_level, a foreign
- * slot ...) set bunny_error_is_permanent first and leave the mirror FAILED.
+ * slot ...) are marked so where they are raised (bunny_mark_permanent) and
+ * leave the mirror FAILED.
  *
  * Exiting on error rather than recovering in-process keeps the state
  * simple: a fresh process has no leftover SPI plans, relation maps or
@@ -44,7 +45,6 @@
 #include "utils/timestamp.h"
 
 BunnyWorkerSlot *MySlot = NULL;
-bool		bunny_error_is_permanent = false;
 
 /* how often a worker re-reads its catalog row without being asked */
 #define CATALOG_RECHECK_MS	10000
@@ -120,7 +120,7 @@ static void
 worker_handle_error(void)
 {
 	ErrorData  *edata;
-	bool		permanent = bunny_error_is_permanent;
+	bool		permanent = bunny_error_permanent();
 	XLogRecPtr	error_lsn = apply_error_lsn();
 	char	   *details;
 	bool		retry_now = false;
@@ -329,7 +329,7 @@ mirror_connect(Mirror *m, bool replication)
 	PG_CATCH();
 	{
 		PQfinish(conn);
-		bunny_error_is_permanent = true;
+		bunny_mark_permanent();
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
