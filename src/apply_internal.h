@@ -2,7 +2,7 @@
  *
  * apply_internal.h
  *		What the files of the CDC apply share, and nothing else: the other
- *		roles see only apply_stream() and apply_send_final_feedback() in
+ *		roles see only apply_stream() and apply_stream_close() in
  *		bunnydb.h.
  *
  * The apply's layers, from the connection down:

@@ -129,7 +129,6 @@ extern BunnyWorkerSlot *MySlot;
 struct Mirror;
 extern struct Mirror *bunny_check_control(void);
 extern PGconn *mirror_connect(struct Mirror *m, bool replication);
-extern PGconn *worker_reconnect_source(struct Mirror *m);
 
 /* description of one mapped table, from bunny.mirror_table */
 typedef struct MirrorTable
@@ -249,7 +248,7 @@ extern void snapshot_sync_sequences(PGconn *conn, const char *mirror_name,
 /* applystream.c, apply.c */
 extern void apply_stream(PGconn *conn, Mirror *mirror);
 extern XLogRecPtr apply_error_lsn(void);
-extern void apply_send_final_feedback(PGconn *live_conn);
+extern void apply_stream_close(bool final_feedback);
 
 /* fastrecv.c */
 struct FmgrInfo;

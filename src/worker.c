@@ -51,8 +51,9 @@ BunnyWorkerSlot *MySlot = NULL;
 
 static int32 my_mirror_id;
 static char *my_mirror_name;
-static PGconn *source_conn = NULL;
-static char *current_conninfo = NULL;	/* what source_conn was opened with */
+static PGconn *source_conn = NULL;	/* until streaming starts */
+static char *current_conninfo = NULL;	/* what the source connection was
+										 * opened with */
 static MirrorPhase current_phase;	/* the phase this run is in ... */
 static bool current_phase_known = false;	/* ... once it streams */
 
@@ -126,6 +127,7 @@ worker_handle_error(void)
 	bool		retry_now = false;
 
 	edata = bunny_catch_error();
+	apply_stream_close(false);
 	stream_disconnect(&source_conn);
 	details = bunny_error_details(edata, permanent ?
 								  "the mirror is FAILED; fix the cause, then call bunny.retry_mirror()" :
@@ -222,7 +224,7 @@ bunny_check_control(void)
 	if (stop)
 	{
 		resync_stop();
-		apply_send_final_feedback(source_conn);
+		apply_stream_close(true);
 		stream_disconnect(&source_conn);
 		proc_exit(0);
 	}
@@ -299,18 +301,6 @@ worker_paused_loop(Mirror *m)
 	}
 	if (conn != NULL)
 		PQfinish(conn);
-}
-
-/*
- * Replace the worker's replication connection with a new one: the apply
- * loop restarts its stream this way when it changes protocol options.
- */
-PGconn *
-worker_reconnect_source(Mirror *m)
-{
-	stream_disconnect(&source_conn);
-	source_conn = mirror_connect(m, true);
-	return source_conn;
 }
 
 /*
@@ -510,7 +500,16 @@ worker_run(void)
 	current_phase = m->phase;
 	current_phase_known = true;
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: streaming changes");
-	apply_stream(source_conn, m);
+	{
+		PGconn	   *conn = source_conn;
+
+		/*
+		 * The stream layer owns the connection from here on: it restarts
+		 * the stream on a new one, and apply_stream_close() closes it.
+		 */
+		source_conn = NULL;
+		apply_stream(conn, m);
+	}
 }
 
 /* entry point of a mirror worker; arg is its slot number */
