@@ -128,6 +128,8 @@ extern PGDLLEXPORT void bunny_mirror_worker_main(Datum arg);
 extern BunnyWorkerSlot *MySlot;
 struct Mirror;
 extern struct Mirror *bunny_check_control(void);
+
+/* source.c (the rest of it is in source.h) */
 extern PGconn *mirror_connect(struct Mirror *m, bool replication);
 
 /* description of one mapped table, from bunny.mirror_table */

@@ -29,6 +29,8 @@
  *		source_info					version and capabilities (SourceInfo),
  *									asked once per connection
  *		source_forget				drop a closed connection's SourceInfo
+ *		mirror_connect				a mirror's connection, plain or
+ *									replication, held to its password rule
  *		source_connect_as_caller	plain connection for the SQL API
  *	checks
  *		source_check				wal_level and REPLICATION, or an error
@@ -343,6 +345,30 @@ source_forget(PGconn *conn)
 			pfree(entry);
 		}
 	}
+}
+
+/*
+ * Connect to the mirror's source as bunnydb:<mirror>, holding a peer made
+ * by a non-superuser to its password; a password refused is an error
+ * retrying cannot cure.  The worker and every phase connect this way.
+ */
+PGconn *
+mirror_connect(Mirror *m, bool replication)
+{
+	PGconn	   *conn = stream_connect(m->conninfo, psprintf("bunnydb:%s", m->name), replication);
+
+	PG_TRY();
+	{
+		bunny_require_password(conn, m->require_password);
+	}
+	PG_CATCH();
+	{
+		PQfinish(conn);
+		bunny_mark_permanent();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return conn;
 }
 
 /*

@@ -303,29 +303,6 @@ worker_paused_loop(Mirror *m)
 		PQfinish(conn);
 }
 
-/*
- * Connect to the mirror's source as bunnydb:<mirror>, holding a peer made
- * by a non-superuser to its password.
- */
-PGconn *
-mirror_connect(Mirror *m, bool replication)
-{
-	PGconn	   *conn = stream_connect(m->conninfo, psprintf("bunnydb:%s", m->name), replication);
-
-	PG_TRY();
-	{
-		bunny_require_password(conn, m->require_password);
-	}
-	PG_CATCH();
-	{
-		PQfinish(conn);
-		bunny_mark_permanent();
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	return conn;
-}
-
 /* make sure our replication origin exists and bind this session to it */
 static void
 worker_setup_origin(Mirror *m)
