@@ -213,6 +213,14 @@ stream_restart(bool streaming)
 
 	stream_disconnect(&st.conn);
 	st.conn = mirror_connect(st.mirror, true);
+
+	/*
+	 * What the source can do is asked once per connection, and once it
+	 * streams a connection takes no queries: ask now, or streaming_wanted()
+	 * would send one into the stream between batches ("another command is
+	 * already in progress").
+	 */
+	(void) source_info(st.conn);
 	/* the walsender of the old connection may still hold the slot */
 	check_slot_and_publication(true);
 	startpos = replorigin_session_get_progress(false);
