@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * catalog.c
- *		Reading and writing bunny.* catalog rows from the workers.
+ *		Reading and writing bunny.* catalog rows from the workers, and the
+ *		workers' error helpers: context frames, permanent errors, details.
  *
- * All functions here run inside a transaction the caller has started, and
+ * The catalog functions run inside a transaction the caller has started, and
  * open their own SPI connection (nested SPI is fine), so that they can be
  * called both between batches and from inside an apply batch.  Results are
  * allocated in the caller's memory context.
@@ -555,9 +556,12 @@ bunny_errcontext_push(BunnyErrorContext *ec, const char *mirror, const char *tab
 void
 bunny_errcontext_pop(BunnyErrorContext *ec)
 {
-	if (error_context_stack != &ec->cb)
-		elog(ERROR, "bunnydb error context popped out of order");
+	bool		nested = error_context_stack == &ec->cb;
+
+	/* ec is still valid here, what was pushed after it may not be */
 	error_context_stack = ec->cb.previous;
+	if (!nested)
+		elog(ERROR, "bunnydb error context popped out of order");
 }
 
 /*
