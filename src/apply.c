@@ -102,9 +102,10 @@ typedef struct ApplyReplay
 	bool		active;
 	MirrorTable *mt;
 	XLogRecPtr	saved_final_lsn;	/* the live stream's, back after it */
+	const char *saved_table;	/* the table errors named before it */
 } ApplyReplay;
 
-static ApplyReplay replay = {false, NULL, InvalidXLogRecPtr};
+static ApplyReplay replay = {false, NULL, InvalidXLogRecPtr, NULL};
 
 static const ApplyWriter *writer = &apply_writer;
 
@@ -174,6 +175,21 @@ apply_handle_type(StringInfo s)
 }
 
 /*
+ * The entry of the relation a change is for (NULL: not mapped).  Errors
+ * name its table from here to the source transaction's commit, when the
+ * change may be written (buffered rows, folded UPDATEs).
+ */
+static RelMapEntry *
+apply_get_rel(LogicalRepRelId relid)
+{
+	RelMapEntry *e = relmap_get(relid);
+
+	if (e != NULL)
+		batch.errctx.table = e->qualname;
+	return e;
+}
+
+/*
  * How a change of e is to be applied, given the copies of its table: the
  * one place the apply asks resync.c.  With queue, a change to be queued is
  * queued (the current message, in the batch's transaction).  A replay
@@ -218,7 +234,7 @@ apply_handle_insert(StringInfo s)
 {
 	LogicalRepTupleData newtup;
 	LogicalRepRelId relid = logicalrep_read_insert(s, &newtup);
-	RelMapEntry *e = relmap_get(relid);
+	RelMapEntry *e = apply_get_rel(relid);
 	int			n = e ? e->remoterel->natts : 0;
 	Datum	   *values = palloc(sizeof(Datum) * (n + 1));
 	char	   *nulls = palloc(n + 1);
@@ -331,7 +347,7 @@ apply_handle_update(StringInfo s)
 	LogicalRepTupleData newtup;
 	bool		has_old;
 	LogicalRepRelId relid = logicalrep_read_update(s, &has_old, &oldtup, &newtup);
-	RelMapEntry *e = relmap_get(relid);
+	RelMapEntry *e = apply_get_rel(relid);
 	int			n = e ? e->remoterel->natts : 0;
 	Datum	   *nv = palloc(sizeof(Datum) * (n + 1));
 	char	   *nn = palloc(n + 1);
@@ -396,7 +412,7 @@ apply_handle_delete(StringInfo s)
 {
 	LogicalRepTupleData oldtup;
 	LogicalRepRelId relid = logicalrep_read_delete(s, &oldtup);
-	RelMapEntry *e = relmap_get(relid);
+	RelMapEntry *e = apply_get_rel(relid);
 	int			n = e ? e->remoterel->natts : 0;
 	char	   *wheremask = palloc0(n + 1);
 	Datum	   *values = palloc(sizeof(Datum) * (n + 1));
@@ -443,7 +459,7 @@ apply_handle_truncate(StringInfo s)
 	appendStringInfoString(&sql, "TRUNCATE ");
 	foreach(lc, relids)
 	{
-		RelMapEntry *e = relmap_get(lfirst_oid(lc));
+		RelMapEntry *e = apply_get_rel(lfirst_oid(lc));
 
 		/* a replay truncates only the table it replays */
 		if (e == NULL || (replay.active ? e->mt != replay.mt : !route_change(e, &dummy)))
@@ -482,7 +498,7 @@ apply_handle_begin(StringInfo s)
 	}
 	batch.in_remote_txn = true;
 	batch.remote_final_lsn = begin.final_lsn;
-	bunny_ctx_lsn = begin.final_lsn;
+	batch.errctx.lsn = begin.final_lsn;
 	batch_begin(&batch);
 
 	SpinLockAcquire(&MySlot->mutex);
@@ -499,7 +515,7 @@ apply_handle_commit(StringInfo s)
 
 	logicalrep_read_commit(s, &commit);
 	batch_source_commit(&batch, commit.end_lsn, commit.committime);
-	bunny_ctx_table = NULL;
+	batch.errctx.table = NULL;
 
 	if (batch.changes >= mirror->max_batch_size ||
 		TimestampDifferenceExceeds(batch.start, GetCurrentTimestamp(),
@@ -617,6 +633,7 @@ replay_begin(MirrorTable *mt)
 	replay.active = true;
 	replay.mt = mt;
 	replay.saved_final_lsn = batch.remote_final_lsn;
+	replay.saved_table = batch.errctx.table;
 }
 
 static void
@@ -631,6 +648,7 @@ replay_end(void)
 	replay.active = false;
 	replay.mt = NULL;
 	batch.remote_final_lsn = replay.saved_final_lsn;
+	batch.errctx.table = replay.saved_table;
 }
 
 const ResyncReplayer apply_replayer = {
@@ -659,6 +677,19 @@ apply_init(Mirror *m, bool binary, const CopyRunSource *source)
 	mirror = m;
 	relmap_init(m, binary);
 	writer_init(binary, source);
+	/* for the rest of the process: the apply runs until it exits */
+	bunny_errcontext_push(&batch.errctx, NULL, NULL, InvalidXLogRecPtr);
 	return &batch;
+}
+
+/*
+ * The source transaction an error interrupted, for the worker to record
+ * how far the failed run got; the apply's frame keeps it after the error
+ * has unwound the stack.
+ */
+XLogRecPtr
+apply_error_lsn(void)
+{
+	return batch.errctx.lsn;
 }
 

@@ -2,7 +2,7 @@
  *
  * apply_internal.h
  *		What the files of the CDC apply share, and nothing else: the other
- *		roles see only apply_stream() and apply_send_final_feedback() in
+ *		roles see only apply_stream() and apply_stream_close() in
  *		bunnydb.h.
  *
  * The apply's layers, from the connection down:
@@ -176,6 +176,9 @@ typedef struct ApplyBatch
 	XLogRecPtr	keepalive_lsn;	/* keepalives received while it was open */
 	XLogRecPtr	received_end;	/* latest source commit end seen, for the
 								 * stream layer; Invalid after an abort */
+	BunnyErrorContext errctx;	/* names the source transaction (its
+								 * commit LSN) and the table of the change
+								 * being applied; pushed by apply_init */
 } ApplyBatch;
 
 /* apply.c */

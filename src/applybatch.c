@@ -105,7 +105,7 @@ batch_abort(ApplyBatch *b)
 	b->keepalive_lsn = InvalidXLogRecPtr;
 	b->received_end = InvalidXLogRecPtr;
 	b->changes = 0;
-	bunny_ctx_lsn = InvalidXLogRecPtr;
+	b->errctx.lsn = InvalidXLogRecPtr;
 	relmap_seq_init(&status);
 	while ((e = hash_seq_search(&status)) != NULL)
 		e->n_ins = e->n_upd = e->n_del = 0;
@@ -240,7 +240,7 @@ batch_flush(ApplyBatch *b, Mirror *mirror)
 	b->last_end = InvalidXLogRecPtr;
 	b->keepalive_lsn = InvalidXLogRecPtr;
 	b->changes = 0;
-	bunny_ctx_lsn = InvalidXLogRecPtr;
+	b->errctx.lsn = InvalidXLogRecPtr;
 }
 
 /* the flush map starts at the position the stream starts from */

@@ -214,7 +214,8 @@ stream_restart(bool streaming)
 	st.stashed_buf = NULL;
 	give_up_why = streamxact_restarting(&retry_at);
 
-	st.conn = worker_reconnect_source(st.mirror);
+	stream_disconnect(&st.conn);
+	st.conn = mirror_connect(st.mirror, true);
 	st.source = source_info(st.conn);
 	/* the walsender of the old connection may still hold the slot */
 	check_slot_and_publication(true);
@@ -483,7 +484,7 @@ check_slot_and_publication(bool patient)
 	pub_ok = source_publication_exists(st.conn, st.mirror->publication_name, NULL);
 	if (!slot_ok)
 	{
-		bunny_error_is_permanent = true;
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("replication slot \"%s\" no longer exists on the source", st.mirror->slot_name),
@@ -527,7 +528,7 @@ check_slot_and_publication(bool patient)
 
 	if (!pub_ok)
 	{
-		bunny_error_is_permanent = true;
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("publication \"%s\" no longer exists on the source", st.mirror->publication_name),
@@ -537,28 +538,31 @@ check_slot_and_publication(bool patient)
 }
 
 /*
- * The worker stops in good order (pause, a new conninfo, drop) between
- * batches: flush our WAL and report how far we got, so that the slot does
- * not keep an old restart point from which the next walsender would decode
- * again what we already applied.  Best effort: the stop goes on whatever
- * happens to the message.  live_conn is the worker's current connection.
+ * Close the replication connection, which is ours from apply_stream() on.
+ * When the worker stops in good order (pause, a new conninfo, drop)
+ * between batches, final_feedback first flushes our WAL and reports how
+ * far we got, so that the slot does not keep an old restart point from
+ * which the next walsender would decode again what we already applied.
+ * Best effort: the stop goes on whatever happens to the message.  Without
+ * a stream (setup, the initial copy) there is nothing to do.
  */
 void
-apply_send_final_feedback(PGconn *live_conn)
+apply_stream_close(bool final_feedback)
 {
 	StringInfoData msg;
 	XLogRecPtr	flush;
 
-	/* only on the worker's live connection, and only if it is the stream's */
-	if (st.conn == NULL || st.conn != live_conn || PQstatus(st.conn) != CONNECTION_OK ||
-		st.batch == NULL || st.batch->in_local_txn || st.batch->in_remote_txn)
-		return;
-	batch_flush_wal();
-	flush = flushed_position();
-	feedback_message(&msg, Max(st.last_received, flush), flush, GetCurrentTimestamp(), false);
-	if (PQputCopyData(st.conn, msg.data, msg.len) == 1)
-		(void) PQflush(st.conn);
-	pfree(msg.data);
+	if (final_feedback && st.conn != NULL && PQstatus(st.conn) == CONNECTION_OK &&
+		st.batch != NULL && !st.batch->in_local_txn && !st.batch->in_remote_txn)
+	{
+		batch_flush_wal();
+		flush = flushed_position();
+		feedback_message(&msg, Max(st.last_received, flush), flush, GetCurrentTimestamp(), false);
+		if (PQputCopyData(st.conn, msg.data, msg.len) == 1)
+			(void) PQflush(st.conn);
+		pfree(msg.data);
+	}
+	stream_disconnect(&st.conn);
 }
 
 /* between destination transactions: control requests and resync work */
@@ -581,15 +585,16 @@ apply_between_batches(void)
 
 /*
  * Stream from the slot and apply until told to stop; returns only by
- * error or proc_exit.
+ * error or proc_exit.  The connection becomes ours: we restart the stream
+ * on a new one when options change, and apply_stream_close() closes it.
  */
 void
-apply_stream(PGconn *source_conn, Mirror *m)
+apply_stream(PGconn *conn, Mirror *m)
 {
 	XLogRecPtr	startpos;
 
 	st.mirror = m;
-	st.conn = source_conn;
+	st.conn = conn;
 	st.source = source_info(st.conn);
 	st.message_cxt = AllocSetContextCreate(TopMemoryContext, "bunnydb apply message",
 										   ALLOCSET_DEFAULT_SIZES);

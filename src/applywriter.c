@@ -131,10 +131,14 @@ writer_exec(SPIPlanPtr plan, Datum *values, char *nulls)
 static void
 writer_flush_inserts(RelMapEntry *e)
 {
+	BunnyErrorContext errctx;
+
 	if (ins.rows == 0 || (e != NULL && ins.rel != e))
 		return;
-	bunny_ctx_table = ins.rel->qualname;
+	/* the rows may be another table's than the change being applied */
+	bunny_errcontext_push(&errctx, NULL, ins.rel->qualname, InvalidXLogRecPtr);
 	writer_exec(relmap_get_plan(ins.rel, 'I', ins.mask, NULL, ins.rows), ins.values, ins.nulls);
+	bunny_errcontext_pop(&errctx);
 	ins.rows = 0;
 	ins.rel = NULL;
 	MemoryContextReset(ins.cxt);

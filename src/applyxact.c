@@ -238,7 +238,7 @@ streamxact_start(StringInfo s, ApplyBatch *b, Mirror *mirror)
 		b->in_remote_txn = true;
 		/* a lower bound for the routing of changes (change_route) */
 		b->remote_final_lsn = committed + 1;
-		bunny_ctx_lsn = InvalidXLogRecPtr;
+		b->errctx.lsn = InvalidXLogRecPtr;
 	}
 	else if (xid != sx.xid)
 	{

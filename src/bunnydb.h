@@ -126,11 +126,11 @@ extern void bunny_request_rescan(Oid dboid);
 /* worker.c */
 extern PGDLLEXPORT void bunny_mirror_worker_main(Datum arg);
 extern BunnyWorkerSlot *MySlot;
-extern bool bunny_error_is_permanent;
 struct Mirror;
 extern struct Mirror *bunny_check_control(void);
+
+/* source.c (the rest of it is in source.h) */
 extern PGconn *mirror_connect(struct Mirror *m, bool replication);
-extern PGconn *worker_reconnect_source(struct Mirror *m);
 
 /* description of one mapped table, from bunny.mirror_table */
 typedef struct MirrorTable
@@ -194,6 +194,8 @@ extern void bunny_log(const char *mirror, const char *level, const char *message
 					  const char *details_json);
 extern void bunny_dest_exec(const char *sql);
 extern struct ErrorData *bunny_catch_error(void);
+extern void bunny_mark_permanent(void);
+extern bool bunny_error_permanent(void);
 extern char *bunny_error_details(struct ErrorData *edata, const char *action);
 extern char *bunny_spi_scalar(const char *sql, int nargs, Oid *argtypes,
 							  Datum *values, const char *nulls);
@@ -221,7 +223,7 @@ extern XLogRecPtr stream_create_slot(PGconn *conn, const char *name, bool tempor
 extern void bunny_require_password(PGconn *conn, bool required);
 
 /* setup.c */
-extern void setup_run(PGconn *conn, Mirror *mirror);
+extern XLogRecPtr setup_run(PGconn *conn, Mirror *mirror, char **snapshot);
 extern void setup_refresh_tables(PGconn *conn, Mirror *mirror);
 extern void setup_plan_resync(PGconn *conn, Mirror *mirror);
 extern void setup_check_source(PGconn *conn, Mirror *mirror);
@@ -240,14 +242,15 @@ extern void snapshot_pool_wait(SnapshotPool *pool);
 extern int	snapshot_insert_parts(int32 mirror_id, const char *where_clause);
 extern void snapshot_run(Mirror *mirror, PGconn *holder, const char *snapshot_name,
 						 XLogRecPtr sync_lsn);
-extern void snapshot_recover(PGconn *conn, Mirror *mirror);
+extern XLogRecPtr snapshot_recover(PGconn *conn, Mirror *mirror);
 extern PGDLLEXPORT void bunny_snapshot_worker_main(Datum arg);
 extern void snapshot_sync_sequences(PGconn *conn, const char *mirror_name,
 									const char *sequences_json);
 
-/* applystream.c */
+/* applystream.c, apply.c */
 extern void apply_stream(PGconn *conn, Mirror *mirror);
-extern void apply_send_final_feedback(PGconn *live_conn);
+extern XLogRecPtr apply_error_lsn(void);
+extern void apply_stream_close(bool final_feedback);
 
 /* fastrecv.c */
 struct FmgrInfo;
@@ -257,10 +260,24 @@ extern uint64 bunny_copy_from(struct RelationData *rel, List *attnames, bool bin
 							  int (*read_data) (void *outbuf, int minread, int maxread),
 							  int flush_rows);
 
-/* error context for workers */
-extern const char *bunny_ctx_mirror;
-extern const char *bunny_ctx_table;
-extern XLogRecPtr bunny_ctx_lsn;
-extern void bunny_error_context(void *arg);
+/*
+ * Error context for workers (catalog.c): 'bunnydb mirror "m", table t,
+ * source LSN x'.  The code that knows a piece of it pushes a frame of its
+ * own, on the C stack or in state it owns, around the work the piece is
+ * true for; what a frame leaves unset (NULL, InvalidXLogRecPtr) the frames
+ * around it supply, and only the innermost frame prints, so an error gets
+ * one line naming all three.
+ */
+typedef struct BunnyErrorContext
+{
+	ErrorContextCallback cb;
+	const char *mirror;
+	const char *table;			/* quoted, schema-qualified */
+	XLogRecPtr	lsn;			/* commit LSN of the source transaction */
+} BunnyErrorContext;
+
+extern void bunny_errcontext_push(BunnyErrorContext *ec, const char *mirror,
+								  const char *table, XLogRecPtr lsn);
+extern void bunny_errcontext_pop(BunnyErrorContext *ec);
 
 #endif							/* BUNNYDB_H */

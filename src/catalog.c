@@ -1,9 +1,10 @@
 /*-------------------------------------------------------------------------
  *
  * catalog.c
- *		Reading and writing bunny.* catalog rows from the workers.
+ *		Reading and writing bunny.* catalog rows from the workers, and the
+ *		workers' error helpers: context frames, permanent errors, details.
  *
- * All functions here run inside a transaction the caller has started, and
+ * The catalog functions run inside a transaction the caller has started, and
  * open their own SPI connection (nested SPI is fine), so that they can be
  * called both between batches and from inside an apply batch.  Results are
  * allocated in the caller's memory context.
@@ -479,6 +480,90 @@ bunny_log(const char *mirror, const char *level, const char *message,
 	}
 }
 
+static void bunny_error_context(void *arg);
+
+/* the innermost bunnydb frame on the error context stack, or NULL */
+static BunnyErrorContext *
+errcontext_innermost(void)
+{
+	for (ErrorContextCallback *cb = error_context_stack; cb != NULL; cb = cb->previous)
+		if (cb->callback == bunny_error_context)
+			return (BunnyErrorContext *) cb->arg;
+	return NULL;
+}
+
+/*
+ * Error context callback: one line naming mirror, table and LSN.  Frames
+ * further out stay silent when an inner one speaks, because the inner one
+ * already names what they know (the line would otherwise repeat).
+ */
+static void
+bunny_error_context(void *arg)
+{
+	BunnyErrorContext *ec = (BunnyErrorContext *) arg;
+	const char *mirror = NULL;
+	const char *table = NULL;
+	XLogRecPtr	lsn = InvalidXLogRecPtr;
+
+	if (errcontext_innermost() != ec)
+		return;
+	for (ErrorContextCallback *cb = &ec->cb; cb != NULL; cb = cb->previous)
+	{
+		BunnyErrorContext *f = (BunnyErrorContext *) cb->arg;
+
+		if (cb->callback != bunny_error_context)
+			continue;
+		if (mirror == NULL)
+			mirror = f->mirror;
+		if (table == NULL)
+			table = f->table;
+		if (XLogRecPtrIsInvalid(lsn))
+			lsn = f->lsn;
+	}
+	if (mirror == NULL)
+		return;
+	if (table && lsn != InvalidXLogRecPtr)
+		errcontext("bunnydb mirror \"%s\", table %s, source LSN %X/%X",
+				   mirror, table, LSN_FORMAT_ARGS(lsn));
+	else if (table)
+		errcontext("bunnydb mirror \"%s\", table %s", mirror, table);
+	else if (lsn != InvalidXLogRecPtr)
+		errcontext("bunnydb mirror \"%s\", source LSN %X/%X",
+				   mirror, LSN_FORMAT_ARGS(lsn));
+	else
+		errcontext("bunnydb mirror \"%s\"", mirror);
+}
+
+/*
+ * Push ec, naming what its caller knows; ec must stay valid until it is
+ * popped (an error unwinds it with the rest of the stack, PG_CATCH restores
+ * the stack as it was at PG_TRY).
+ */
+void
+bunny_errcontext_push(BunnyErrorContext *ec, const char *mirror, const char *table,
+					  XLogRecPtr lsn)
+{
+	ec->mirror = mirror;
+	ec->table = table;
+	ec->lsn = lsn;
+	ec->cb.callback = bunny_error_context;
+	ec->cb.arg = (void *) ec;
+	ec->cb.previous = error_context_stack;
+	error_context_stack = &ec->cb;
+}
+
+/* pop ec, which must be the innermost frame: frames are strictly nested */
+void
+bunny_errcontext_pop(BunnyErrorContext *ec)
+{
+	bool		nested = error_context_stack == &ec->cb;
+
+	/* ec is still valid here, what was pushed after it may not be */
+	error_context_stack = ec->cb.previous;
+	if (!nested)
+		elog(ERROR, "bunnydb error context popped out of order");
+}
+
 /*
  * In a worker's PG_CATCH block: report the error to the server log, roll
  * back, and return a copy of it (in TopMemoryContext) to be recorded.
@@ -494,9 +579,31 @@ bunny_catch_error(void)
 	EmitErrorReport();
 	FlushErrorState();
 	AbortOutOfAnyTransaction();
-	bunny_ctx_table = NULL;
 	RESUME_INTERRUPTS();
 	return edata;
+}
+
+/*
+ * Errors retrying cannot cure (a missing source table, wal_level, a slot
+ * of someone else's ...) leave the mirror FAILED instead of retried.  No
+ * SQLSTATE tells them apart (55000 is a non-empty destination table,
+ * permanent, and a failed initial copy, retried), so the code raising one
+ * says so just before its ereport, and the worker asks when it handles
+ * the error.  The flag is this file's alone; it is never cleared, because
+ * a worker exits after the error it handles.
+ */
+static bool error_permanent = false;
+
+void
+bunny_mark_permanent(void)
+{
+	error_permanent = true;
+}
+
+bool
+bunny_error_permanent(void)
+{
+	return error_permanent;
 }
 
 /* add "key": "value" to a JSON object under construction */

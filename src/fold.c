@@ -223,19 +223,20 @@ fold_reset_rel(RelMapEntry *e)
 void
 fold_flush_rel(RelMapEntry *e)
 {
-	const char *saved_table = bunny_ctx_table;
+	BunnyErrorContext errctx;
 	MemoryContext old;
 	int			at = 0;
 
 	if (e->fold_nrows == 0)
 		return;
-	bunny_ctx_table = e->qualname;
+	/* the rows may be another table's than the change being applied */
+	bunny_errcontext_push(&errctx, NULL, e->qualname, InvalidXLogRecPtr);
 	old = MemoryContextSwitchTo(e->fold_cxt);
 	while (at < e->fold_nrows)
 		at += fold_write_chunk(e, at);
 	MemoryContextSwitchTo(old);
 	fold_reset_rel(e);
-	bunny_ctx_table = saved_table;
+	bunny_errcontext_pop(&errctx);
 }
 
 /* write the pending folded UPDATEs of every table */

@@ -339,19 +339,20 @@ relmap_build(RelMapEntry *e)
 	MemoryContext old;
 	Oid			pkoid;
 	List	   *pkcols = NIL;
+	BunnyErrorContext errctx;
 
 	{
 		const char *table = e->target_table ? e->target_table : e->mt->dest_table;
 
 		e->qualname = MemoryContextStrdup(RelMapContext,
 										  quote_qualified_identifier(e->mt->dest_schema, table));
-		bunny_ctx_table = e->qualname;
+		bunny_errcontext_push(&errctx, NULL, e->qualname, InvalidXLogRecPtr);
 		nspid = get_namespace_oid(e->mt->dest_schema, true);
 		e->localrelid = OidIsValid(nspid) ? get_relname_relid(table, nspid) : InvalidOid;
 	}
 	if (!OidIsValid(e->localrelid))
 	{
-		bunny_error_is_permanent = true;
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("destination table %s does not exist", e->qualname),
@@ -517,6 +518,7 @@ relmap_build(RelMapEntry *e)
 	e->fold_checked = false;	/* fold.c looks when an UPDATE comes */
 	table_close(rel, AccessShareLock);
 	e->valid = true;
+	bunny_errcontext_pop(&errctx);
 }
 
 /*
@@ -567,7 +569,6 @@ relmap_get(LogicalRepRelId remoteid)
 		return NULL;
 	if (!e->valid)
 		relmap_build(e);
-	bunny_ctx_table = e->qualname;
 	return e;
 }
 

@@ -294,13 +294,14 @@ resync_start(Mirror *m)
 		MirrorTable *mt = lfirst(lc);
 		char	   *dest = (char *) quote_qualified_identifier(mt->dest_schema, mt->dest_table);
 		char	   *target = NULL;
+		BunnyErrorContext errctx;
 		Oid			types[6] = {INT4OID, TEXTOID, TEXTOID, TEXTOID, LSNOID, TEXTOID};
 		Datum		vals[6];
 		char		nulls[6] = {' ', ' ', ' ', ' ', ' ', ' '};
 
 		if (mt->resync_state == RESYNC_NONE)
 			continue;
-		bunny_ctx_table = dest;
+		bunny_errcontext_push(&errctx, NULL, dest, InvalidXLogRecPtr);
 		if (mt->resync_strategy == STRATEGY_ADD && mt->resync_state == RESYNC_COPYING)
 		{
 			/* our own partial copy from a run that crashed */
@@ -313,7 +314,7 @@ resync_start(Mirror *m)
 
 			if (rows && strcmp(rows, "0") != 0)
 			{
-				bunny_error_is_permanent = true;
+				bunny_mark_permanent();
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 						 errmsg("destination table %s is not empty", dest),
@@ -367,8 +368,8 @@ resync_start(Mirror *m)
 		resync_store_relation_message(m, mt);
 		appendStringInfo(&names, "%s%s", names.len ? ", " : "",
 						 quote_qualified_identifier(mt->source_schema, mt->source_table));
+		bunny_errcontext_pop(&errctx);
 	}
-	bunny_ctx_table = NULL;
 	nparts = snapshot_insert_parts(m->id, "t.resync_state = 'COPYING'");
 	bunny_log(m->name, "INFO",
 			  psprintf("copying %s from a new snapshot at %X/%X (%d part(s)); the stream goes on",
@@ -586,20 +587,28 @@ resync_switch_ready(Mirror *m, const ResyncReplayer *replayer)
 		Datum		v3[3];
 		char	   *queued;
 		char	   *rows;
+		BunnyErrorContext errctx;
 
 		if (swap && swap_waiting)
 			continue;			/* all swaps go together */
 		v3[0] = Int32GetDatum(m->id);
 		v3[1] = CStringGetTextDatum(mt->source_schema);
 		v3[2] = CStringGetTextDatum(mt->source_table);
-		bunny_ctx_table = quote_qualified_identifier(mt->dest_schema, mt->dest_table);
+		bunny_errcontext_push(&errctx, NULL,
+							  quote_qualified_identifier(mt->dest_schema, mt->dest_table),
+							  InvalidXLogRecPtr);
 		queued = bunny_spi_scalar("SELECT count(*)::text FROM bunny.resync_queue "
 								  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
 								  3, t3, v3, NULL);
 		rows = bunny_spi_scalar("SELECT rows_snapshotted::text FROM bunny.mirror_table "
 								" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
 								3, t3, v3, NULL);
+		/* the replay's errors name the table each change is written to */
+		bunny_errcontext_pop(&errctx);
 		resync_replay_queue(m, mt, swap ? mt->copy_target : NULL, replayer);
+		bunny_errcontext_push(&errctx, NULL,
+							  quote_qualified_identifier(mt->dest_schema, mt->dest_table),
+							  InvalidXLogRecPtr);
 		if (swap)
 			resync_swap(mt);
 		/*
@@ -662,7 +671,7 @@ resync_switch_ready(Mirror *m, const ResyncReplayer *replayer)
 		mt->resync_state = RESYNC_NONE;
 		mt->resync_strategy = STRATEGY_NONE;
 		mt->copy_target = NULL;
-		bunny_ctx_table = NULL;
+		bunny_errcontext_pop(&errctx);
 	}
 
 	left = bunny_spi_scalar("SELECT count(*)::text FROM bunny.mirror_table "

@@ -33,7 +33,6 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "pgstat.h"
-#include "replication/origin.h"
 #include "catalog/namespace.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -94,7 +93,6 @@ qname(const char *schema, const char *name)
 }
 
 /* mark the next error as one that retrying does not cure */
-#define PERMANENT() (bunny_error_is_permanent = true)
 
 /* replace the first occurrence of from in str by to */
 static char *
@@ -283,7 +281,7 @@ ensure_type(PGconn *conn, Oid typid, const char *mirror_name)
 
 	if (t->extname != NULL || (t->typtype != 'e' && t->typtype != 'd' && t->typtype != 'c'))
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		if (t->extname)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -814,7 +812,7 @@ create_slot(PGconn *conn, Mirror *m, bool export_snapshot, char **snapshot)
 
 	if (exists && !m->slot_requested)
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("replication slot \"%s\" already exists on the source and does not belong to this mirror",
@@ -856,10 +854,12 @@ prepare_destination(PGconn *conn, Mirror *m, List *tables, bool copy, bool pendi
 	{
 		SourceTable *st = lfirst(lc);
 		ListCell   *lc2;
+		BunnyErrorContext errctx;
 
 		if (pending_only && st->mt->status != TABLE_PENDING)
 			continue;
-		bunny_ctx_table = qname(st->mt->dest_schema, st->mt->dest_table);
+		bunny_errcontext_push(&errctx, NULL, qname(st->mt->dest_schema, st->mt->dest_table),
+							  InvalidXLogRecPtr);
 		foreach(lc2, st->columns)
 		{
 			SourceColumn *col = lfirst(lc2);
@@ -869,8 +869,8 @@ prepare_destination(PGconn *conn, Mirror *m, List *tables, bool copy, bool pendi
 		}
 		ensure_table(st, m, tables, copy);
 		n++;
+		bunny_errcontext_pop(&errctx);
 	}
-	bunny_ctx_table = NULL;
 	return n;
 }
 
@@ -908,17 +908,22 @@ setup_finish_tables_without_copy(PGconn *conn, Mirror *m)
 }
 
 /*
- * Run the SETUP phase (and the initial copy when configured) on the given
- * replication connection, and commit the switch to CDC.
+ * Run the SETUP phase on the given replication connection: destination
+ * tables, publication and slot.  Returns the slot's consistent point, where
+ * streaming starts.  When the mirror copies its tables first, *snapshot
+ * gets the snapshot the slot exported; it lives only as long as conn stays
+ * open and idle, so the caller copies with it before using conn again.
+ * The copy and the switch to CDC are the worker's next steps, not ours:
+ * setup does not know how its mirror goes on.
  */
-void
-setup_run(PGconn *conn, Mirror *m)
+XLogRecPtr
+setup_run(PGconn *conn, Mirror *m, char **snapshot)
 {
 	List	   *tables = NIL;
 	XLogRecPtr	start_lsn;
-	char	   *snapshot = NULL;
 	bool		copy = m->do_initial_snapshot;
 
+	*snapshot = NULL;
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	catalog_set_status_phase(m->id, MIRROR_SETUP, PHASE_SETUP);
@@ -941,32 +946,11 @@ setup_run(PGconn *conn, Mirror *m)
 
 	source_ensure_publication(conn, m, tables);
 
-	start_lsn = create_slot(conn, m, copy, &snapshot);
+	start_lsn = create_slot(conn, m, copy, snapshot);
 	bunny_log(m->name, "INFO",
 			  psprintf("created replication slot %s on the source at %X/%X",
 					   m->slot_name, LSN_FORMAT_ARGS(start_lsn)), NULL);
-
-	if (copy)
-	{
-		/* the copy starts at the slot's consistent point: no sync_lsn */
-		snapshot_run(m, conn, snapshot, InvalidXLogRecPtr);
-	}
-
-	/* switch to CDC; the origin starts at the slot's consistent point */
-	bunny_start_transaction();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	catalog_set_table_status(m->id, TABLE_SYNCED);
-	catalog_set_status_phase(m->id, MIRROR_RUNNING, PHASE_CDC);
-	bunny_log(m->name, "INFO",
-			  psprintf("setup complete; streaming changes from %X/%X", LSN_FORMAT_ARGS(start_lsn)),
-			  NULL);
-	catalog_finish_resync(m->id, m->name);
-	replorigin_session_origin_lsn = start_lsn;
-	replorigin_session_origin_timestamp = GetCurrentTimestamp();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	replorigin_session_origin_lsn = InvalidXLogRecPtr;
-	replorigin_session_origin_timestamp = 0;
+	return start_lsn;
 }
 
 /*
@@ -1011,13 +995,15 @@ setup_plan_resync(PGconn *conn, Mirror *m)
 	foreach(lc, m->tables)
 	{
 		MirrorTable *mt = lfirst(lc);
+		BunnyErrorContext errctx;
 
 		if (mt->resync_state == RESYNC_NONE)
 			continue;
-		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
+		bunny_errcontext_push(&errctx, NULL, qname(mt->source_schema, mt->source_table),
+							  InvalidXLogRecPtr);
 		tables = lappend(tables, source_describe_table(conn, mt, true));
+		bunny_errcontext_pop(&errctx);
 	}
-	bunny_ctx_table = NULL;
 	if (tables == NIL)
 		return;
 
@@ -1032,11 +1018,12 @@ setup_plan_resync(PGconn *conn, Mirror *m)
 		Oid			relid = OidIsValid(nspid) ? get_relname_relid(mt->dest_table, nspid) : InvalidOid;
 		List	   *copy_columns = NIL;
 		ListCell   *lc2;
+		BunnyErrorContext errctx;
 
-		bunny_ctx_table = dest;
+		bunny_errcontext_push(&errctx, NULL, dest, InvalidXLogRecPtr);
 		if (!OidIsValid(relid))
 		{
-			PERMANENT();
+			bunny_mark_permanent();
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_TABLE),
 					 errmsg("destination table %s does not exist", dest),
@@ -1065,8 +1052,8 @@ setup_plan_resync(PGconn *conn, Mirror *m)
 		}
 		CommandCounterIncrement();
 		record_copy_plan(st, m, copy_columns);
+		bunny_errcontext_pop(&errctx);
 	}
-	bunny_ctx_table = NULL;
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 }

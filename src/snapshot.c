@@ -47,7 +47,6 @@
 #include "nodes/makefuncs.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
-#include "replication/origin.h"
 #include "storage/ipc.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
@@ -326,6 +325,7 @@ snapshot_finish_table(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	char	   *rows;
 	char	   *secs;
 	char	   *src = (char *) quote_qualified_identifier(schema, table);
+	BunnyErrorContext errctx;
 
 	vals[0] = Int32GetDatum(mirror_id);
 	vals[1] = CStringGetTextDatum(schema);
@@ -340,7 +340,7 @@ snapshot_finish_table(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	seqs = bunny_spi_scalar("SELECT sequences::text FROM bunny.mirror_table "
 							" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
 							3, types, vals, NULL);
-	bunny_ctx_table = dest;
+	bunny_errcontext_push(&errctx, NULL, dest, InvalidXLogRecPtr);
 	pgstat_report_activity(STATE_RUNNING, psprintf("bunnydb: indexing %s", dest));
 	catalog_apply_ddl(mirror_name, dest, ddl, indexes);
 	snapshot_sync_sequences(conn, mirror_name, seqs);
@@ -358,7 +358,7 @@ snapshot_finish_table(PGconn *conn, const char *mirror_name, int32 mirror_id,
 			  psprintf("copied table %s: %s rows in %.3f s", src, rows ? rows : "0",
 					   secs ? atof(secs) : 0.0),
 			  table_done_json(src, rows ? atoll(rows) : 0, secs ? atof(secs) : 0.0));
-	bunny_ctx_table = NULL;
+	bunny_errcontext_pop(&errctx);
 }
 
 /*
@@ -566,6 +566,7 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	uint64		rows;
 	char	   *src = (char *) quote_qualified_identifier(schema, table);
 	MemoryContext part_cxt;
+	BunnyErrorContext errctx;
 
 	vals[0] = Int32GetDatum(mirror_id);
 	vals[1] = CStringGetTextDatum(schema);
@@ -580,6 +581,8 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	 */
 	part_cxt = AllocSetContextCreate(TopMemoryContext, "bunnydb snapshot part",
 									 ALLOCSET_SMALL_SIZES);
+	/* the table is named once the part is looked up */
+	bunny_errcontext_push(&errctx, NULL, NULL, InvalidXLogRecPtr);
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
@@ -609,7 +612,7 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 		where = SPI_getvalue(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 6);
 		where = where ? pstrdup(where) : NULL;
 		nparts = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 7, &isnull));
-		bunny_ctx_table = quote_qualified_identifier(dest_schema, dest_table);
+		errctx.table = quote_qualified_identifier(dest_schema, dest_table);
 		MemoryContextSwitchTo(old);
 	}
 	SPI_execute_with_args("UPDATE bunny.mirror_table SET snapshot_started_at = clock_timestamp() "
@@ -619,7 +622,7 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	SPI_finish();
 	if (first)
 		bunny_log(mirror_name, "INFO",
-				  psprintf("copying table %s into %s (%d part%s, %s format)", src, bunny_ctx_table,
+				  psprintf("copying table %s into %s (%d part%s, %s format)", src, errctx.table,
 						   nparts, nparts == 1 ? "" : "s", binary ? "binary" : "text"), NULL);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -664,7 +667,7 @@ snapshot_copy_part(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
-	bunny_ctx_table = NULL;
+	bunny_errcontext_pop(&errctx);
 	MemoryContextDelete(part_cxt);
 	return last;
 }
@@ -709,7 +712,7 @@ bunny_snapshot_worker_main(Datum arg)
 	bool		require_password;
 	int			tables_in_parallel;
 	bool		indexes;
-	ErrorContextCallback errcb;
+	BunnyErrorContext errctx;
 
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
@@ -743,11 +746,7 @@ bunny_snapshot_worker_main(Datum arg)
 		indexes = m->replicate_indexes;
 	}
 	SetConfigOption("application_name", psprintf("bunnydb:%s", mirror_name), PGC_USERSET, PGC_S_OVERRIDE);
-	bunny_ctx_mirror = mirror_name;
-	errcb.callback = bunny_error_context;
-	errcb.arg = NULL;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
+	bunny_errcontext_push(&errctx, mirror_name, NULL, InvalidXLogRecPtr);
 
 	/* errors end the process; the coordinator puts our part back */
 	conn = stream_connect(conninfo, psprintf("bunnydb:%s", mirror_name), false);
@@ -904,6 +903,7 @@ snapshot_prepare(Mirror *m, XLogRecPtr sync_lsn)
 	uint64		ntables;
 	char	  **dest;
 	char	  **status;
+	BunnyErrorContext errctx;
 
 	vals[0] = Int32GetDatum(m->id);
 	vals[1] = LSNGetDatum(sync_lsn);
@@ -926,9 +926,10 @@ snapshot_prepare(Mirror *m, XLogRecPtr sync_lsn)
 		dest[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
 		status[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
 	}
+	bunny_errcontext_push(&errctx, NULL, NULL, InvalidXLogRecPtr);
 	for (uint64 i = 0; i < ntables; i++)
 	{
-		bunny_ctx_table = dest[i];
+		errctx.table = dest[i];
 		SPI_execute(psprintf("SELECT 1 FROM %s LIMIT 1", dest[i]), false, 1);
 		if (SPI_processed == 0)
 			continue;
@@ -938,14 +939,14 @@ snapshot_prepare(Mirror *m, XLogRecPtr sync_lsn)
 			SPI_execute(psprintf("TRUNCATE %s", dest[i]), false, 0);
 			continue;
 		}
-		bunny_error_is_permanent = true;
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("destination table %s is not empty", dest[i]),
 				 errdetail("The initial snapshot never overwrites existing rows."),
 				 errhint("Empty the table, or create the mirror with do_initial_snapshot => false; then call bunny.retry_mirror().")));
 	}
-	bunny_ctx_table = NULL;
+	bunny_errcontext_pop(&errctx);
 
 	nparts = snapshot_insert_parts(m->id, "t.status <> 'SYNCED'");
 	SPI_execute_with_args("UPDATE bunny.mirror_table "
@@ -1234,11 +1235,13 @@ snapshot_run(Mirror *m, PGconn *holder, const char *snapshot_name, XLogRecPtr sy
 
 /*
  * Resume an interrupted SNAPSHOT phase on the replication connection conn:
- * keep the mirror's slot, copy the unfinished tables from a new snapshot
- * (a temporary slot's), and commit the switch to CDC at the permanent
- * slot's position.  Without the permanent slot, setup starts over.
+ * keep the mirror's slot and copy the unfinished tables from a new snapshot
+ * (a temporary slot's).  Returns the permanent slot's position, where
+ * streaming starts; InvalidXLogRecPtr when that slot is gone, and nothing
+ * was copied: then only setting up again can help, which is the worker's
+ * decision (worker.c), not ours.
  */
-void
+XLogRecPtr
 snapshot_recover(PGconn *conn, Mirror *m)
 {
 	XLogRecPtr	slot_lsn;
@@ -1247,12 +1250,7 @@ snapshot_recover(PGconn *conn, Mirror *m)
 	PGconn	   *tmp;
 
 	if (!source_slot_exists(conn, m->slot_name, NULL, &slot_lsn) || XLogRecPtrIsInvalid(slot_lsn))
-	{
-		bunny_log(m->name, "WARNING", "replication slot missing during the initial copy; starting setup over",
-				  NULL);
-		setup_run(conn, m);
-		return;
-	}
+		return InvalidXLogRecPtr;
 	tmp = mirror_connect(m, true);
 	tmp_lsn = stream_create_slot(tmp, psprintf("bunny_tmp_%d_%d", m->id, MyProcPid),
 								 true, true, &snapshot);
@@ -1262,18 +1260,5 @@ snapshot_recover(PGconn *conn, Mirror *m)
 
 	snapshot_run(m, tmp, snapshot, tmp_lsn);
 	PQfinish(tmp);
-
-	bunny_start_transaction();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	catalog_set_table_status(m->id, TABLE_SYNCED);
-	catalog_set_status_phase(m->id, MIRROR_RUNNING, PHASE_CDC);
-	bunny_log(m->name, "INFO",
-			  psprintf("setup complete; streaming changes from %X/%X", LSN_FORMAT_ARGS(slot_lsn)), NULL);
-	catalog_finish_resync(m->id, m->name);
-	replorigin_session_origin_lsn = slot_lsn;
-	replorigin_session_origin_timestamp = GetCurrentTimestamp();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	replorigin_session_origin_lsn = InvalidXLogRecPtr;
-	replorigin_session_origin_timestamp = 0;
+	return slot_lsn;
 }

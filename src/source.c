@@ -29,6 +29,8 @@
  *		source_info					version and capabilities (SourceInfo),
  *									asked once per connection
  *		source_forget				drop a closed connection's SourceInfo
+ *		mirror_connect				a mirror's connection, plain or
+ *									replication, held to its password rule
  *		source_connect_as_caller	plain connection for the SQL API
  *	checks
  *		source_check				wal_level and REPLICATION, or an error
@@ -77,7 +79,6 @@
 #include "utils/wait_event.h"
 
 /* mark the next error as one that retrying does not cure */
-#define PERMANENT() (bunny_error_is_permanent = true)
 
 static const char *
 qname(const char *schema, const char *name)
@@ -353,6 +354,30 @@ source_forget(PGconn *conn)
 }
 
 /*
+ * Connect to the mirror's source as bunnydb:<mirror>, holding a peer made
+ * by a non-superuser to its password; a password refused is an error
+ * retrying cannot cure.  The worker and every phase connect this way.
+ */
+PGconn *
+mirror_connect(Mirror *m, bool replication)
+{
+	PGconn	   *conn = stream_connect(m->conninfo, psprintf("bunnydb:%s", m->name), replication);
+
+	PG_TRY();
+	{
+		bunny_require_password(conn, m->require_password);
+	}
+	PG_CATCH();
+	{
+		PQfinish(conn);
+		bunny_mark_permanent();
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return conn;
+}
+
+/*
  * A plain connection for a function of the SQL API, held to the password
  * rule for the role calling it (bunny_require_password).
  */
@@ -385,7 +410,7 @@ source_check(PGconn *conn)
 
 	if (strcmp(info->wal_level, "logical") != 0)
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("source wal_level is \"%s\", it must be \"logical\"", info->wal_level),
@@ -393,7 +418,7 @@ source_check(PGconn *conn)
 	}
 	if (!info->can_replicate)
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("the source role has neither the REPLICATION nor the SUPERUSER attribute"),
@@ -503,7 +528,7 @@ check_replica_identities(PGconn *conn, SourceTable *st, const char *name)
 		if (!usable)
 		{
 			PQclear(res);
-			PERMANENT();
+			bunny_mark_permanent();
 			if (is_self)
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -529,7 +554,7 @@ check_replica_identities(PGconn *conn, SourceTable *st, const char *name)
 		if (!is_self && root_replident == 'f' && replident != 'f')
 		{
 			PQclear(res);
-			PERMANENT();
+			bunny_mark_permanent();
 			ereport(ERROR,
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("partition %s of source table %s does not have REPLICA IDENTITY FULL like its partitioned table",
@@ -547,7 +572,7 @@ check_replica_identities(PGconn *conn, SourceTable *st, const char *name)
 			char	   *ex = pstrdup(PQgetvalue(res, i, 3));
 
 			PQclear(res);
-			PERMANENT();
+			bunny_mark_permanent();
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("column \"%s\" of source table %s is part of %s replica identity and cannot be excluded",
@@ -783,7 +808,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 	if (PQntuples(res) == 0)
 	{
 		PQclear(res);
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_TABLE),
 				 errmsg("source table %s does not exist", name),
@@ -800,7 +825,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 
 	if (st->relkind != 'r' && st->relkind != 'p')
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
 				 errmsg("source relation %s is %s, and only tables can be mirrored", name,
@@ -811,7 +836,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 	}
 	if (relpersistence != 'p')
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("source table %s is %s", name, relpersistence == 'u' ? "unlogged" : "temporary"),
@@ -820,7 +845,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 	}
 	if (st->relkind == 'p' && !info->publish_partitioned)
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("source table %s is partitioned, and a PostgreSQL %d source cannot publish partitioned tables",
@@ -830,7 +855,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 	}
 	if (!can_select)
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for source table %s", name),
@@ -870,7 +895,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 				found = true;
 		if (!found)
 		{
-			PERMANENT();
+			bunny_mark_permanent();
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
 					 errmsg("excluded column \"%s\" does not exist in source table %s", ex, name)));
@@ -878,7 +903,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 		foreach(lc2, st->pk_columns)
 			if (strcmp((char *) lfirst(lc2), ex) == 0)
 			{
-				PERMANENT();
+				bunny_mark_permanent();
 				ereport(ERROR,
 						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 						 errmsg("column \"%s\" of source table %s is part of the primary key and cannot be excluded",
@@ -915,7 +940,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 			}
 		if (!found)
 		{
-			PERMANENT();
+			bunny_mark_permanent();
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_COLUMN),
 					 errmsg("partition key \"%s\" does not exist in source table %s",
@@ -931,7 +956,7 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 	}
 	if (replicated_columns == 0)
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("source table %s has no columns to replicate", name),
@@ -960,13 +985,15 @@ source_describe_tables(PGconn *conn, Mirror *m, bool plan)
 	{
 		MirrorTable *mt = lfirst(lc);
 		SourceTable *st;
+		BunnyErrorContext errctx;
 
-		bunny_ctx_table = qname(mt->source_schema, mt->source_table);
+		bunny_errcontext_push(&errctx, NULL, qname(mt->source_schema, mt->source_table),
+							  InvalidXLogRecPtr);
 		st = source_describe_table(conn, mt, plan);
 		tables = lappend(tables, st);
 		relids = lappend(relids, oid_text(st->relid));
+		bunny_errcontext_pop(&errctx);
 	}
-	bunny_ctx_table = NULL;
 
 	if (list_length(tables) > 1)
 	{
@@ -987,7 +1014,7 @@ source_describe_tables(PGconn *conn, Mirror *m, bool plan)
 			char	   *parent = pstrdup(PQgetvalue(res, 0, 1));
 
 			PQclear(res);
-			PERMANENT();
+			bunny_mark_permanent();
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("source table %s is a partition of %s, which the mirror also maps", part, parent),
@@ -1280,7 +1307,7 @@ source_ensure_publication(PGconn *conn, Mirror *m, List *tables)
 	exists = source_publication_exists(conn, m->publication_name, &have);
 	if (exists && (have == NULL || strcmp(have, comment) != 0))
 	{
-		PERMANENT();
+		bunny_mark_permanent();
 		ereport(ERROR,
 				(errcode(ERRCODE_DUPLICATE_OBJECT),
 				 errmsg("publication \"%s\" already exists on the source and does not belong to this mirror",

@@ -76,8 +76,10 @@
  * of a new temporary slot, and their sync_lsn records that slot's position;
  * CDC starts at the permanent slot's older position and skips a table's
  * changes up to its sync_lsn, so each row is applied once.  If the
- * permanent slot is gone too, the mirror goes back to SETUP and starts
- * over.
+ * permanent slot is gone too, snapshot_recover says so and the worker
+ * sends the mirror back to SETUP to start over.  The worker alone moves
+ * a mirror from one phase to the next (worker_run_phases): setup and the
+ * copy each do their phase and report what the next one needs.
 
  *-------------------------------------------------------------------------
  */

@@ -12,7 +12,8 @@
  * bunny.mirror_logs, and the process exits.  The launcher starts it again
  * after an exponential backoff; retry_mirror cuts the backoff short.  Errors
  * that retrying cannot cure (a missing source table, wal_level, a foreign
- * slot ...) set bunny_error_is_permanent first and leave the mirror FAILED.
+ * slot ...) are marked so where they are raised (bunny_mark_permanent) and
+ * leave the mirror FAILED.
  *
  * Exiting on error rather than recovering in-process keeps the state
  * simple: a fresh process has no leftover SPI plans, relation maps or
@@ -44,40 +45,17 @@
 #include "utils/timestamp.h"
 
 BunnyWorkerSlot *MySlot = NULL;
-bool		bunny_error_is_permanent = false;
-
-/* error context: what the worker is doing right now */
-const char *bunny_ctx_mirror = NULL;
-const char *bunny_ctx_table = NULL;
-XLogRecPtr	bunny_ctx_lsn = InvalidXLogRecPtr;
 
 /* how often a worker re-reads its catalog row without being asked */
 #define CATALOG_RECHECK_MS	10000
 
 static int32 my_mirror_id;
 static char *my_mirror_name;
-static PGconn *source_conn = NULL;
-static char *current_conninfo = NULL;	/* what source_conn was opened with */
+static PGconn *source_conn = NULL;	/* until streaming starts */
+static char *current_conninfo = NULL;	/* what the source connection was
+										 * opened with */
 static MirrorPhase current_phase;	/* the phase this run is in ... */
 static bool current_phase_known = false;	/* ... once it streams */
-
-/* error context callback: name mirror, table and LSN */
-void
-bunny_error_context(void *arg)
-{
-	if (bunny_ctx_mirror == NULL)
-		return;
-	if (bunny_ctx_table && bunny_ctx_lsn != InvalidXLogRecPtr)
-		errcontext("bunnydb mirror \"%s\", table %s, source LSN %X/%X",
-				   bunny_ctx_mirror, bunny_ctx_table, LSN_FORMAT_ARGS(bunny_ctx_lsn));
-	else if (bunny_ctx_table)
-		errcontext("bunnydb mirror \"%s\", table %s", bunny_ctx_mirror, bunny_ctx_table);
-	else if (bunny_ctx_lsn != InvalidXLogRecPtr)
-		errcontext("bunnydb mirror \"%s\", source LSN %X/%X",
-				   bunny_ctx_mirror, LSN_FORMAT_ARGS(bunny_ctx_lsn));
-	else
-		errcontext("bunnydb mirror \"%s\"", bunny_ctx_mirror);
-}
 
 /* clear our pid from the slot so nobody signals a dead process */
 static void
@@ -143,12 +121,13 @@ static void
 worker_handle_error(void)
 {
 	ErrorData  *edata;
-	bool		permanent = bunny_error_is_permanent;
-	XLogRecPtr	error_lsn = bunny_ctx_lsn;
+	bool		permanent = bunny_error_permanent();
+	XLogRecPtr	error_lsn = apply_error_lsn();
 	char	   *details;
 	bool		retry_now = false;
 
 	edata = bunny_catch_error();
+	apply_stream_close(false);
 	stream_disconnect(&source_conn);
 	details = bunny_error_details(edata, permanent ?
 								  "the mirror is FAILED; fix the cause, then call bunny.retry_mirror()" :
@@ -245,7 +224,7 @@ bunny_check_control(void)
 	if (stop)
 	{
 		resync_stop();
-		apply_send_final_feedback(source_conn);
+		apply_stream_close(true);
 		stream_disconnect(&source_conn);
 		proc_exit(0);
 	}
@@ -324,41 +303,6 @@ worker_paused_loop(Mirror *m)
 		PQfinish(conn);
 }
 
-/*
- * Replace the worker's replication connection with a new one: the apply
- * loop restarts its stream this way when it changes protocol options.
- */
-PGconn *
-worker_reconnect_source(Mirror *m)
-{
-	stream_disconnect(&source_conn);
-	source_conn = mirror_connect(m, true);
-	return source_conn;
-}
-
-/*
- * Connect to the mirror's source as bunnydb:<mirror>, holding a peer made
- * by a non-superuser to its password.
- */
-PGconn *
-mirror_connect(Mirror *m, bool replication)
-{
-	PGconn	   *conn = stream_connect(m->conninfo, psprintf("bunnydb:%s", m->name), replication);
-
-	PG_TRY();
-	{
-		bunny_require_password(conn, m->require_password);
-	}
-	PG_CATCH();
-	{
-		PQfinish(conn);
-		bunny_error_is_permanent = true;
-		PG_RE_THROW();
-	}
-	PG_END_TRY();
-	return conn;
-}
-
 /* make sure our replication origin exists and bind this session to it */
 static void
 worker_setup_origin(Mirror *m)
@@ -389,6 +333,66 @@ reload_mirror(MemoryContext cxt)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(cxt);
 	return m;
+}
+
+/*
+ * Commit the switch to CDC: every table SYNCED, the mirror RUNNING, and the
+ * replication origin at start_lsn, in one transaction, so that streaming
+ * after a crash starts exactly where the copy left off.
+ */
+static void
+worker_enter_cdc(Mirror *m, XLogRecPtr start_lsn)
+{
+	bunny_start_transaction();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	catalog_set_table_status(m->id, TABLE_SYNCED);
+	catalog_set_status_phase(m->id, MIRROR_RUNNING, PHASE_CDC);
+	bunny_log(m->name, "INFO",
+			  psprintf("setup complete; streaming changes from %X/%X", LSN_FORMAT_ARGS(start_lsn)),
+			  NULL);
+	catalog_finish_resync(m->id, m->name);
+	replorigin_session_origin_lsn = start_lsn;
+	replorigin_session_origin_timestamp = GetCurrentTimestamp();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	replorigin_session_origin_lsn = InvalidXLogRecPtr;
+	replorigin_session_origin_timestamp = 0;
+}
+
+/*
+ * Drive the phases before CDC (state.h, NOTES): SETUP, then the initial
+ * copy if the mirror has one, then the switch to CDC.  A run that finds
+ * phase SNAPSHOT resumes the copy; if the slot is gone by then, nothing
+ * the copy did can be streamed onto, and the mirror goes back to SETUP.
+ * The phases report what comes next (a slot position, an exported
+ * snapshot, a missing slot) and this is the one place that decides it.
+ */
+static void
+worker_run_phases(PGconn *conn, Mirror *m)
+{
+	MirrorPhase phase = m->phase;
+	XLogRecPtr	start_lsn = InvalidXLogRecPtr;
+
+	if (phase == PHASE_SNAPSHOT)
+	{
+		start_lsn = snapshot_recover(conn, m);
+		if (XLogRecPtrIsInvalid(start_lsn))
+		{
+			bunny_log(m->name, "WARNING", "replication slot missing during the initial copy; starting setup over",
+					  NULL);
+			phase = PHASE_SETUP;
+		}
+	}
+	if (phase == PHASE_SETUP)
+	{
+		char	   *snapshot;
+
+		start_lsn = setup_run(conn, m, &snapshot);
+		/* the copy starts at the slot's consistent point: no sync_lsn */
+		if (m->do_initial_snapshot)
+			snapshot_run(m, conn, snapshot, InvalidXLogRecPtr);
+	}
+	worker_enter_cdc(m, start_lsn);
 }
 
 /* one run of the mirror: whatever phases are left, then CDC */
@@ -441,10 +445,7 @@ worker_run(void)
 
 	if (m->phase != PHASE_CDC)
 	{
-		if (m->phase == PHASE_SNAPSHOT)
-			snapshot_recover(source_conn, m);
-		else
-			setup_run(source_conn, m);
+		worker_run_phases(source_conn, m);
 		/* the slot's snapshot connection is spent: stream on a new one */
 		stream_disconnect(&source_conn);
 		source_conn = mirror_connect(m, true);
@@ -476,7 +477,16 @@ worker_run(void)
 	current_phase = m->phase;
 	current_phase_known = true;
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: streaming changes");
-	apply_stream(source_conn, m);
+	{
+		PGconn	   *conn = source_conn;
+
+		/*
+		 * The stream layer owns the connection from here on: it restarts
+		 * the stream on a new one, and apply_stream_close() closes it.
+		 */
+		source_conn = NULL;
+		apply_stream(conn, m);
+	}
 }
 
 /* entry point of a mirror worker; arg is its slot number */
@@ -485,7 +495,7 @@ bunny_mirror_worker_main(Datum arg)
 {
 	int			slotno = DatumGetInt32(arg);
 	Oid			dboid;
-	ErrorContextCallback errcb;
+	BunnyErrorContext errctx;
 
 	pqsignal(SIGTERM, die);
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
@@ -532,11 +542,8 @@ bunny_mirror_worker_main(Datum arg)
 	SetConfigOption("DateStyle", "ISO", PGC_USERSET, PGC_S_OVERRIDE);
 	SetConfigOption("IntervalStyle", "postgres", PGC_USERSET, PGC_S_OVERRIDE);
 
-	bunny_ctx_mirror = my_mirror_name;
-	errcb.callback = bunny_error_context;
-	errcb.arg = NULL;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
+	/* the frame the phases' own frames add the table and LSN to */
+	bunny_errcontext_push(&errctx, my_mirror_name, NULL, InvalidXLogRecPtr);
 
 	PG_TRY();
 	{
