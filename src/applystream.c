@@ -422,6 +422,19 @@ decide_binary_mode(void)
 
 	if (!st.source->binary)
 		return false;
+
+	/* a column binary could not carry is still ahead in the stream */
+	{
+		XLogRecPtr	text_until,
+					processed;
+
+		SpinLockAcquire(&MySlot->mutex);
+		text_until = MySlot->text_until;
+		processed = MySlot->processed_lsn;
+		SpinLockRelease(&MySlot->mutex);
+		if (text_until != InvalidXLogRecPtr && processed < text_until)
+			return false;
+	}
 	foreach(lc, st.mirror->tables)
 	{
 		MirrorTable *mt = lfirst(lc);

@@ -86,6 +86,8 @@ typedef struct BunnyWorkerSlot
 	TimestampTz last_commit_time;	/* source commit time of last applied txn */
 	TimestampTz behind_since;	/* when the source was first seen ahead of us */
 	XLogRecPtr	error_lsn;		/* where the last failed run stopped */
+	XLogRecPtr	text_until;		/* stream in text until this is applied:
+								 * binary met a column it cannot carry */
 	ConditionVariable progress_cv;	/* broadcast when processed_lsn moves */
 } BunnyWorkerSlot;
 

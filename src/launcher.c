@@ -518,6 +518,7 @@ bunny_scan_main(Datum arg)
 					slot->last_commit_time = 0;
 					slot->behind_since = 0;
 					slot->error_lsn = InvalidXLogRecPtr;
+					slot->text_until = InvalidXLogRecPtr;
 					SpinLockRelease(&slot->mutex);
 					break;
 				}

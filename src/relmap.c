@@ -466,11 +466,26 @@ relmap_build(RelMapEntry *e)
 		e->colsql[i] = MemoryContextStrdup(RelMapContext, quote_identifier(r->attnames[i]));
 
 		if (relmap_binary && (r->atttyps[i] >= FirstNormalObjectId || r->atttyps[i] != att->atttypid))
+		{
+			/*
+			 * The binary decision reads the source's catalog as it is now;
+			 * changes still in the stream can carry a column it no longer
+			 * has (dropped since, with a type binary cannot carry).  The
+			 * next run streams in text until everything the source had
+			 * written by now is applied, or it would decide on binary
+			 * again and fail here for ever.
+			 */
+			SpinLockAcquire(&MySlot->mutex);
+			MySlot->text_until = Max(MySlot->text_until,
+									 MySlot->source_lsn != InvalidXLogRecPtr ?
+									 MySlot->source_lsn : PG_UINT64_MAX);
+			SpinLockRelease(&MySlot->mutex);
 			ereport(ERROR,
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
 					 errmsg("column \"%s\" of %s no longer has the same built-in type on both sides",
 							r->attnames[i], e->qualname),
 					 errdetail("The stream is in binary mode; the worker reconnects in text mode.")));
+		}
 	}
 
 	/* how rows are identified */

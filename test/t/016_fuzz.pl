@@ -41,7 +41,11 @@ use Test::More;
 use FuzzPlan qw(%KNOWN_BUG_SWITCHES @ALL_FEATURES);
 use FuzzRun;
 
-my @SEEDS = (3, 5, 19, 4, 8);
+# 311012700 (soak, 2026-12-07): a column of a type binary transfer cannot
+# carry is dropped on the source while changes with it are still in the
+# stream; the worker decided on binary from the catalog as it is now and
+# failed on them for ever
+my @SEEDS = (3, 5, 19, 4, 8, 311012700);
 
 my $custom = defined $ENV{BUNNY_FUZZ_SEEDS};
 my @seeds = $custom ? split(/,/, $ENV{BUNNY_FUZZ_SEEDS}) : @SEEDS;
