@@ -6,8 +6,8 @@
 # runs while it streams: no row is lost or duplicated, the mirror keeps
 # running, and the new version's behaviour is there (a failed mirror can be
 # paused while the operation it failed in is pending).  Every upgrade
-# script ships with a step here: 0.1.0 -> 0.2.0 and 0.2.0 -> 0.3.0 both run
-# under the load.  0.3.0's test_peer and drop_mirror work on the source
+# script ships with a step here: 0.1.0 -> 0.2.0, 0.2.0 -> 0.3.0 and
+# 0.3.0 -> 0.4.0 all run under the load.  0.3.0's test_peer and drop_mirror work on the source
 # through the workers' C (bunny._test_peer, bunny._source_drop_slot): the
 # peer tests as before, and dropping the mirror leaves neither slot nor
 # publication on the source; status changes are checked against the
@@ -58,9 +58,13 @@ $dest->safe_psql('postgres', "ALTER EXTENSION bunnydb UPDATE TO '0.2.0'");
 is($dest->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'bunnydb'"),
 	'0.2.0', 'updated to 0.2.0 while the mirror streams');
 sleep 1;
-$dest->safe_psql('postgres', 'ALTER EXTENSION bunnydb UPDATE');
+$dest->safe_psql('postgres', "ALTER EXTENSION bunnydb UPDATE TO '0.3.0'");
 is($dest->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'bunnydb'"),
 	'0.3.0', 'updated to 0.3.0 while the mirror streams');
+sleep 1;
+$dest->safe_psql('postgres', 'ALTER EXTENSION bunnydb UPDATE');
+is($dest->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'bunnydb'"),
+	'0.4.0', 'updated to 0.4.0 while the mirror streams');
 is($dest->safe_psql('postgres', "SELECT max_batch_size || ' ' || replicate_indexes FROM bunny.mirror WHERE name = 'up'"),
 	'1000 true', 'the options of the mirror made on 0.1.0 are typed columns now');
 
