@@ -24,6 +24,8 @@ EXTENSION = bunnydb
 MODULE_big = bunnydb
 OBJS = \
 	src/bunnydb.o \
+	src/settings.o \
+	src/workerslot.o \
 	src/guard.o \
 	src/launcher.o \
 	src/worker.o \

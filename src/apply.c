@@ -501,10 +501,7 @@ apply_handle_begin(StringInfo s)
 	batch.errctx.lsn = begin.final_lsn;
 	batch_begin(&batch);
 
-	SpinLockAcquire(&MySlot->mutex);
-	if (MySlot->oldest_pending_commit == 0)
-		MySlot->oldest_pending_commit = begin.committime;
-	SpinLockRelease(&MySlot->mutex);
+	workerslot_report_pending_commit(begin.committime);
 }
 
 /* COMMIT of a source transaction: the only place a batch may end */

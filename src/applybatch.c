@@ -109,9 +109,7 @@ batch_abort(ApplyBatch *b)
 	relmap_seq_init(&status);
 	while ((e = hash_seq_search(&status)) != NULL)
 		e->n_ins = e->n_upd = e->n_del = 0;
-	SpinLockAcquire(&MySlot->mutex);
-	MySlot->oldest_pending_commit = 0;
-	SpinLockRelease(&MySlot->mutex);
+	workerslot_clear_pending_commit();
 }
 
 /*
@@ -226,16 +224,7 @@ batch_flush(ApplyBatch *b, Mirror *mirror)
 		flushmap.positions = apply_list_append_in(relmap_context(), flushmap.positions, fp);
 	}
 
-	SpinLockAcquire(&MySlot->mutex);
-	if (processed > MySlot->processed_lsn)
-		MySlot->processed_lsn = processed;
-	if (MySlot->processed_lsn >= MySlot->source_lsn)
-		MySlot->behind_since = 0;
-	if (b->last_commit_time)
-		MySlot->last_commit_time = b->last_commit_time;
-	MySlot->oldest_pending_commit = 0;
-	SpinLockRelease(&MySlot->mutex);
-	ConditionVariableBroadcast(&MySlot->progress_cv);
+	workerslot_report_applied(processed, b->last_commit_time);
 
 	b->last_end = InvalidXLogRecPtr;
 	b->keepalive_lsn = InvalidXLogRecPtr;

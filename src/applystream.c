@@ -163,10 +163,7 @@ copy_source_next(int *len, bool *has_xid)
 				PQfreemem(buf);
 				continue;
 			}
-			SpinLockAcquire(&MySlot->mutex);
-			if (end > MySlot->source_lsn)
-				MySlot->source_lsn = end;
-			SpinLockRelease(&MySlot->mutex);
+			workerslot_report_source_lsn(end);
 			st.copy_buf = buf;
 			st.copy_len = n;
 			*len = h.len - h.cursor;
@@ -332,10 +329,7 @@ apply_copydata(char *buf, int len)
 		xlogdata_header(&s, &start, &end);
 		if (start > st.last_received && st.batch->in_remote_txn)
 			st.last_received = Max(st.last_received, start);
-		SpinLockAcquire(&MySlot->mutex);
-		if (end > MySlot->source_lsn)
-			MySlot->source_lsn = end;
-		SpinLockRelease(&MySlot->mutex);
+		workerslot_report_source_lsn(end);
 		apply_dispatch(&s);
 		/* a source commit: everything up to its end is received */
 		st.last_received = Max(st.last_received, st.batch->received_end);
@@ -348,10 +342,7 @@ apply_copydata(char *buf, int len)
 		(void) pq_getmsgint64(&s);	/* send time */
 		reply = pq_getmsgbyte(&s);
 
-		SpinLockAcquire(&MySlot->mutex);
-		if (end > MySlot->source_lsn)
-			MySlot->source_lsn = end;
-		SpinLockRelease(&MySlot->mutex);
+		workerslot_report_source_lsn(end);
 
 		if (!st.batch->in_remote_txn)
 		{
@@ -361,8 +352,6 @@ apply_copydata(char *buf, int len)
 				st.batch->keepalive_lsn = Max(st.batch->keepalive_lsn, end);
 			else
 			{
-				bool		moved = false;
-
 				/*
 				 * Caught up with nothing pending, and past where the last
 				 * run failed: that error is over.  Not while tables are
@@ -370,12 +359,8 @@ apply_copydata(char *buf, int len)
 				 * swap, say) fails only after the next run has caught up,
 				 * and its error would flicker away between the attempts.
 				 */
-				XLogRecPtr	error_lsn;
-
-				SpinLockAcquire(&MySlot->mutex);
-				error_lsn = MySlot->error_lsn;
-				SpinLockRelease(&MySlot->mutex);
-				if (st.mirror->error_count > 0 && end > error_lsn && !resync_active(st.mirror))
+				if (st.mirror->error_count > 0 && end > workerslot_error_lsn() &&
+					!resync_active(st.mirror))
 				{
 					bunny_start_transaction();
 					PushActiveSnapshot(GetTransactionSnapshot());
@@ -385,16 +370,7 @@ apply_copydata(char *buf, int len)
 					st.mirror->error_count = 0;
 				}
 
-				SpinLockAcquire(&MySlot->mutex);
-				if (end > MySlot->processed_lsn)
-				{
-					MySlot->processed_lsn = end;
-					moved = true;
-				}
-				MySlot->behind_since = 0;
-				SpinLockRelease(&MySlot->mutex);
-				if (moved)
-					ConditionVariableBroadcast(&MySlot->progress_cv);
+				workerslot_report_caught_up(end);
 			}
 		}
 		if (reply)
@@ -424,17 +400,8 @@ decide_binary_mode(void)
 		return false;
 
 	/* a column binary could not carry is still ahead in the stream */
-	{
-		XLogRecPtr	text_until,
-					processed;
-
-		SpinLockAcquire(&MySlot->mutex);
-		text_until = MySlot->text_until;
-		processed = MySlot->processed_lsn;
-		SpinLockRelease(&MySlot->mutex);
-		if (text_until != InvalidXLogRecPtr && processed < text_until)
-			return false;
-	}
+	if (workerslot_text_required())
+		return false;
 	foreach(lc, st.mirror->tables)
 	{
 		MirrorTable *mt = lfirst(lc);
@@ -619,10 +586,7 @@ apply_stream(PGconn *conn, Mirror *m)
 	st.last_received = startpos;
 	st.last_flushed_reported = startpos;
 	batch_flushmap_init(startpos);
-	SpinLockAcquire(&MySlot->mutex);
-	if (startpos > MySlot->processed_lsn)
-		MySlot->processed_lsn = startpos;
-	SpinLockRelease(&MySlot->mutex);
+	workerslot_report_start(startpos);
 
 	st.streaming = streaming_wanted();
 	stream_start_replication(st.conn, m->slot_name, startpos, m->publication_name, st.binary,

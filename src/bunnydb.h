@@ -4,7 +4,9 @@
  *		Declarations shared by the modules of bunnydb.
  *
  * Module map (one file per role):
- *	bunnydb.c	_PG_init, settings, shared memory
+ *	bunnydb.c	_PG_init: calls the four below, nothing calls it
+ *	settings.c	the bunny.* parameters
+ *	workerslot.c	shared memory: worker slots, this process's slot, control
  *	guard.c		DROP EXTENSION / DROP OWNED / DROP DATABASE guards
  *	launcher.c	the static launcher and the per-database scan worker
  *	worker.c	the per-mirror worker: phases, error handling, backoff
@@ -47,7 +49,7 @@
 
 #include "state.h"
 
-/* settings (bunnydb.c) */
+/* settings.c: the bunny.* parameters, written by the GUC machinery only */
 extern int	bunny_max_mirror_workers;
 extern int	bunny_retry_backoff_min;
 extern int	bunny_retry_backoff_max;
@@ -55,6 +57,8 @@ extern int	bunny_log_retention_days;
 extern int	bunny_launcher_naptime;
 extern int	bunny_max_batch_latency;
 extern bool bunny_stream_large_transactions;
+extern void settings_define(void);
+extern bool bunny_loaded_at_preload(void);
 
 /*
  * One slot per mirror that should run (or recently ran) in this cluster.
@@ -106,10 +110,31 @@ typedef struct BunnyShared
 	BunnyWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } BunnyShared;
 
+/* workerslot.c: shared memory and this process's slot */
 extern BunnyShared *BunnyState;
-
-/* bunnydb.c */
-extern bool bunny_loaded_at_preload(void);
+extern void workerslot_shmem_init(void);
+extern BunnyWorkerSlot *bunny_find_slot(Oid dboid, int32 mirror_id);
+extern void bunny_request_rescan(Oid dboid);
+struct BackgroundWorker;
+extern void bunny_dynamic_worker(struct BackgroundWorker *bgw, const char *function,
+								 const char *what);
+extern void workerslot_attach(int slotno, Oid *dboid, int32 *mirror_id, char **mirror_name);
+extern int	workerslot_number(void);
+extern bool workerslot_take_control_request(void);
+struct Mirror;
+extern void workerslot_set_control_hook(struct Mirror *(*hook) (void));
+extern struct Mirror *bunny_check_control(void);
+extern void workerslot_report_source_lsn(XLogRecPtr end);
+extern void workerslot_report_paused_at(XLogRecPtr lsn);
+extern void workerslot_report_start(XLogRecPtr startpos);
+extern void workerslot_report_pending_commit(TimestampTz committime);
+extern void workerslot_clear_pending_commit(void);
+extern void workerslot_report_applied(XLogRecPtr processed, TimestampTz last_commit_time);
+extern void workerslot_report_caught_up(XLogRecPtr end);
+extern XLogRecPtr workerslot_error_lsn(void);
+extern void workerslot_report_exit(bool failed, XLogRecPtr error_lsn);
+extern void workerslot_text_until_source_lsn(void);
+extern bool workerslot_text_required(void);
 
 /* guard.c */
 extern void bunny_install_guards(void);
@@ -119,17 +144,9 @@ extern PGDLLEXPORT void bunny_dropdb_check_main(Datum arg);
 extern PGDLLEXPORT void bunny_launcher_main(Datum arg);
 extern PGDLLEXPORT void bunny_scan_main(Datum arg);
 extern void bunny_register_launcher(void);
-struct BackgroundWorker;
-extern void bunny_dynamic_worker(struct BackgroundWorker *bgw, const char *function,
-								 const char *what);
-extern BunnyWorkerSlot *bunny_find_slot(Oid dboid, int32 mirror_id);
-extern void bunny_request_rescan(Oid dboid);
 
 /* worker.c */
 extern PGDLLEXPORT void bunny_mirror_worker_main(Datum arg);
-extern BunnyWorkerSlot *MySlot;
-struct Mirror;
-extern struct Mirror *bunny_check_control(void);
 
 /* source.c (the rest of it is in source.h) */
 extern PGconn *mirror_connect(struct Mirror *m, bool replication);
@@ -220,9 +237,8 @@ extern void stream_send(PGconn *conn, const char *data, int len);
 extern char *stream_scrub_conninfo_error(const char *msg);
 extern XLogRecPtr stream_create_slot(PGconn *conn, const char *name, bool temporary,
 									 bool export_snapshot, char **snapshot);
-
-/* functions.c */
 extern void bunny_require_password(PGconn *conn, bool required);
+
 
 /* setup.c */
 extern XLogRecPtr setup_run(PGconn *conn, Mirror *mirror, char **snapshot);

@@ -147,25 +147,6 @@ bunny_mask_conninfo(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(buf.data));
 }
 
-/*
- * Connections for someone who is not a superuser must authenticate with the
- * password the conninfo carries: otherwise a conninfo pointing at a server
- * that trusts this machine would hand out the server OS user's own access
- * (dblink's rule).  The caller is the role outside any SECURITY DEFINER
- * function; workers check the flag bunny.peer keeps for them.
- */
-void
-bunny_require_password(PGconn *conn, bool required)
-{
-	if (!required || PQconnectionUsedPassword(conn))
-		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_S_R_E_PROHIBITED_SQL_STATEMENT_ATTEMPTED),
-			 errmsg("password is required"),
-			 errdetail("A peer created by a non-superuser must authenticate with a password in its connection string, and the source must ask for it."),
-			 errhint("Put password=... in the conninfo, or have a superuser create the peer.")));
-}
-
 /* is the role calling the SQL API (outside SECURITY DEFINER) a superuser? */
 Datum
 bunny_caller_is_superuser(PG_FUNCTION_ARGS)

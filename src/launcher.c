@@ -72,37 +72,6 @@ bunny_register_launcher(void)
 	RegisterBackgroundWorker(&bgw);
 }
 
-/* the slot of a mirror, or NULL; caller holds BunnyState->lock */
-BunnyWorkerSlot *
-bunny_find_slot(Oid dboid, int32 mirror_id)
-{
-	int			i;
-
-	for (i = 0; i < bunny_max_mirror_workers; i++)
-	{
-		BunnyWorkerSlot *slot = &BunnyState->slots[i];
-
-		if (slot->in_use && slot->dboid == dboid && slot->mirror_id == mirror_id)
-			return slot;
-	}
-	return NULL;
-}
-
-/* ask the launcher to scan a database again; caller holds the lock */
-void
-bunny_request_rescan(Oid dboid)
-{
-	int			i;
-
-	for (i = 0; i < BunnyState->n_rescan; i++)
-		if (BunnyState->rescan_dbs[i] == dboid)
-			return;
-	if (BunnyState->n_rescan < BUNNY_MAX_RESCAN_DBS)
-		BunnyState->rescan_dbs[BunnyState->n_rescan++] = dboid;
-	else
-		BunnyState->rescan_all = true;
-}
-
 /* delay before the next start after n consecutive failures */
 static long
 backoff_ms(int failures)
@@ -143,24 +112,6 @@ list_databases(void)
 	table_close(rel, AccessShareLock);
 	CommitTransactionCommand();
 	return result;
-}
-
-/*
- * Fill in a dynamic bunnydb worker that calls function, named
- * "bunnydb <what>" in pg_stat_activity, reporting its exit to us.
- */
-void
-bunny_dynamic_worker(BackgroundWorker *bgw, const char *function, const char *what)
-{
-	memset(bgw, 0, sizeof(*bgw));
-	bgw->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	bgw->bgw_start_time = BgWorkerStart_RecoveryFinished;
-	bgw->bgw_restart_time = BGW_NEVER_RESTART;
-	snprintf(bgw->bgw_library_name, BGW_MAXLEN, "bunnydb");
-	snprintf(bgw->bgw_function_name, BGW_MAXLEN, "%s", function);
-	snprintf(bgw->bgw_name, BGW_MAXLEN, "bunnydb %s", what);
-	snprintf(bgw->bgw_type, BGW_MAXLEN, "bunnydb %s", what);
-	bgw->bgw_notify_pid = MyProcPid;
 }
 
 /* start a scan worker for one database */

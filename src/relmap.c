@@ -475,11 +475,7 @@ relmap_build(RelMapEntry *e)
 			 * written by now is applied, or it would decide on binary
 			 * again and fail here for ever.
 			 */
-			SpinLockAcquire(&MySlot->mutex);
-			MySlot->text_until = Max(MySlot->text_until,
-									 MySlot->source_lsn != InvalidXLogRecPtr ?
-									 MySlot->source_lsn : PG_UINT64_MAX);
-			SpinLockRelease(&MySlot->mutex);
+			workerslot_text_until_source_lsn();
 			ereport(ERROR,
 					(errcode(ERRCODE_DATATYPE_MISMATCH),
 					 errmsg("column \"%s\" of %s no longer has the same built-in type on both sides",

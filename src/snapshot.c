@@ -832,7 +832,7 @@ start_snapshot_worker(Mirror *m, const char *snapshot_name)
 	memset(&args, 0, sizeof(args));
 	args.dboid = MyDatabaseId;
 	args.mirror_id = m->id;
-	args.slotno = MySlot - BunnyState->slots;
+	args.slotno = workerslot_number();
 	args.coordinator_pid = MyProcPid;
 	strlcpy(args.snapshot, snapshot_name, sizeof(args.snapshot));
 

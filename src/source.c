@@ -28,7 +28,6 @@
  *		source_query				run one statement with $n parameters
  *		source_info					version and capabilities (SourceInfo),
  *									asked once per connection
- *		source_forget				drop a closed connection's SourceInfo
  *		mirror_connect				a mirror's connection, plain or
  *									replication, held to its password rule
  *		source_connect_as_caller	plain connection for the SQL API
@@ -70,6 +69,7 @@
 
 #include "catalog/pg_type.h"
 #include "funcapi.h"
+#include "libpq-events.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "utils/builtins.h"
@@ -257,20 +257,30 @@ parse_text_array(const char *literal)
 }
 
 /*
- * SourceInfo of the connections asked so far, kept for the life of the
- * connection: a phase asks for the version in several places, and each
- * question would otherwise be a round trip.  Keyed by the connection and
- * its backend's PID, so that a new connection at a freed address is not
- * taken for the old one even when it was closed with a bare PQfinish.
+ * What source_info learnt of a connection is kept with the connection, as
+ * libpq event instance data, for the life of the connection: a phase asks
+ * for the version in several places, and each question would otherwise be
+ * a round trip.  libpq calls source_info_event when the connection is
+ * closed, however it is closed, so the stream layer below need not know
+ * about it.
  */
-typedef struct InfoCacheEntry
+static int
+source_info_event(PGEventId id, void *event_info, void *pass_through)
 {
-	PGconn	   *conn;
-	int			pid;
-	SourceInfo *info;
-} InfoCacheEntry;
+	if (id == PGEVT_CONNDESTROY)
+	{
+		PGEventConnDestroy *ev = event_info;
+		SourceInfo *info = PQinstanceData(ev->conn, source_info_event);
 
-static List *info_cache = NIL;	/* of InfoCacheEntry *, in TopMemoryContext */
+		if (info != NULL)
+		{
+			pfree(info->wal_level);
+			pfree(info->version_text);
+			pfree(info);
+		}
+	}
+	return 1;
+}
 
 /*
  * Version and capabilities of conn's server, and whether the role may
@@ -281,18 +291,13 @@ static List *info_cache = NIL;	/* of InfoCacheEntry *, in TopMemoryContext */
 SourceInfo *
 source_info(PGconn *conn)
 {
-	ListCell   *lc;
 	PGresult   *res;
 	SourceInfo *info;
-	InfoCacheEntry *entry;
 	MemoryContext old;
 
-	foreach(lc, info_cache)
-	{
-		entry = lfirst(lc);
-		if (entry->conn == conn && entry->pid == PQbackendPID(conn))
-			return entry->info;
-	}
+	info = PQinstanceData(conn, source_info_event);
+	if (info != NULL)
+		return info;
 
 	/*
 	 * Our catalog queries are small: JIT compiling one costs more than
@@ -322,35 +327,19 @@ source_info(PGconn *conn)
 	info->binary = info->version >= 140000;
 	info->streaming = info->version >= 140000;
 	info->column_lists = info->version >= 150000;
-	entry = palloc(sizeof(InfoCacheEntry));
-	entry->conn = conn;
-	entry->pid = PQbackendPID(conn);
-	entry->info = info;
-	info_cache = lappend(info_cache, entry);
 	MemoryContextSwitchTo(old);
 	PQclear(res);
-	return info;
-}
-
-/* forget what source_info knows of conn, which is being closed */
-void
-source_forget(PGconn *conn)
-{
-	ListCell   *lc;
-
-	foreach(lc, info_cache)
+	if (!PQregisterEventProc(conn, source_info_event, "bunnydb source info", NULL) ||
+		!PQsetInstanceData(conn, source_info_event, info))
 	{
-		InfoCacheEntry *entry = lfirst(lc);
-
-		if (entry->conn == conn)
-		{
-			info_cache = foreach_delete_current(info_cache, lc);
-			pfree(entry->info->wal_level);
-			pfree(entry->info->version_text);
-			pfree(entry->info);
-			pfree(entry);
-		}
+		pfree(info->wal_level);
+		pfree(info->version_text);
+		pfree(info);
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("could not keep the source's version with its connection")));
 	}
+	return info;
 }
 
 /*

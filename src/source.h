@@ -146,7 +146,6 @@ typedef struct SourceNamedDef
 extern PGresult *source_query(PGconn *conn, const char *sql, int nparams,
 							  const char *const *params, ExecStatusType expected);
 extern SourceInfo *source_info(PGconn *conn);
-extern void source_forget(PGconn *conn);
 extern PGconn *source_connect_as_caller(const char *conninfo);
 
 /* checks */

@@ -148,14 +148,31 @@ stream_connect(const char *conninfo, const char *appname, bool replication)
 	return conn;
 }
 
+/*
+ * Connections for someone who is not a superuser must authenticate with the
+ * password the conninfo carries: otherwise a conninfo pointing at a server
+ * that trusts this machine would hand out the server OS user's own access
+ * (dblink's rule).  The caller is the role outside any SECURITY DEFINER
+ * function; workers check the flag bunny.peer keeps for them.
+ */
+void
+bunny_require_password(PGconn *conn, bool required)
+{
+	if (!required || PQconnectionUsedPassword(conn))
+		return;
+	ereport(ERROR,
+			(errcode(ERRCODE_S_R_E_PROHIBITED_SQL_STATEMENT_ATTEMPTED),
+			 errmsg("password is required"),
+			 errdetail("A peer created by a non-superuser must authenticate with a password in its connection string, and the source must ask for it."),
+			 errhint("Put password=... in the conninfo, or have a superuser create the peer.")));
+}
+
 /* close a connection; safe to call twice */
 void
 stream_disconnect(PGconn **conn)
 {
 	if (*conn != NULL)
 	{
-		/* a new connection may get the same address */
-		source_forget(*conn);
 		PQfinish(*conn);
 		*conn = NULL;
 	}

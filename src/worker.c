@@ -44,8 +44,6 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-BunnyWorkerSlot *MySlot = NULL;
-
 /* how often a worker re-reads its catalog row without being asked */
 #define CATALOG_RECHECK_MS	10000
 
@@ -56,19 +54,6 @@ static char *current_conninfo = NULL;	/* what the source connection was
 										 * opened with */
 static MirrorPhase current_phase;	/* the phase this run is in ... */
 static bool current_phase_known = false;	/* ... once it streams */
-
-/* clear our pid from the slot so nobody signals a dead process */
-static void
-worker_on_exit(int code, Datum arg)
-{
-	if (MySlot == NULL)
-		return;
-	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
-	MySlot->pid = 0;
-	MySlot->latch = NULL;
-	LWLockRelease(BunnyState->lock);
-	ConditionVariableBroadcast(&MySlot->progress_cv);
-}
 
 static Mirror *reload_mirror(MemoryContext cxt);
 
@@ -151,17 +136,13 @@ worker_handle_error(void)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
-	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
-	MySlot->last_exit_failed = !permanent && !retry_now;
-	LWLockRelease(BunnyState->lock);
-	SpinLockAcquire(&MySlot->mutex);
-	MySlot->error_lsn = Max(error_lsn, MySlot->processed_lsn);
-	SpinLockRelease(&MySlot->mutex);
+	workerslot_report_exit(!permanent && !retry_now, error_lsn);
 	proc_exit(1);
 }
 
 /*
- * Between batches: has a control function asked for something?  Pausing,
+ * The control hook (workerslot.c): between units of work, the phases ask
+ * whether a control function has asked for something.  Pausing,
  * dropping and phase changes end the run (cleanly; the launcher starts the
  * next one); a changed conninfo reconnects the same way.  Otherwise the
  * freshly loaded mirror is returned, for the caller to pick up table
@@ -170,8 +151,8 @@ worker_handle_error(void)
  * Loaded mirrors live in a memory context of their own, deleted two loads
  * later: the caller switches to the new one at once.
  */
-Mirror *
-bunny_check_control(void)
+static Mirror *
+worker_check_control(void)
 {
 	static TimestampTz last_check = 0;
 	static MemoryContext cxts[2] = {NULL, NULL};
@@ -181,10 +162,7 @@ bunny_check_control(void)
 	bool		stop = false;
 	MemoryContext old;
 
-	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
-	pending = MySlot->control_pending;
-	MySlot->control_pending = false;
-	LWLockRelease(BunnyState->lock);
+	pending = workerslot_take_control_request();
 	/* now and then look anyway: the mirror or the extension may be gone */
 	if (TimestampDifferenceExceeds(last_check, GetCurrentTimestamp(), CATALOG_RECHECK_MS))
 		pending = true;
@@ -249,10 +227,7 @@ worker_paused_loop(Mirror *m)
 		bool		pending;
 		MemoryContext cxt = CurrentMemoryContext;
 
-		LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
-		pending = MySlot->control_pending;
-		MySlot->control_pending = false;
-		LWLockRelease(BunnyState->lock);
+		pending = workerslot_take_control_request();
 		/* every 6th round (30 s) look anyway: the mirror may be gone */
 		if (pending || round % 6 == 5)
 		{
@@ -277,11 +252,7 @@ worker_paused_loop(Mirror *m)
 			if (conn == NULL)
 				conn = mirror_connect(m, false);
 			lsn = source_current_wal_lsn(conn);
-			SpinLockAcquire(&MySlot->mutex);
-			MySlot->source_lsn = lsn;
-			if (lsn > MySlot->processed_lsn && MySlot->behind_since == 0)
-				MySlot->behind_since = GetCurrentTimestamp();
-			SpinLockRelease(&MySlot->mutex);
+			workerslot_report_paused_at(lsn);
 		}
 		PG_CATCH();
 		{
@@ -425,17 +396,13 @@ worker_run(void)
 	{
 		/* where we stand: the origin's position */
 		worker_setup_origin(m);
-		SpinLockAcquire(&MySlot->mutex);
-		MySlot->processed_lsn = Max(MySlot->processed_lsn, replorigin_session_get_progress(false));
-		SpinLockRelease(&MySlot->mutex);
+		workerslot_report_start(replorigin_session_get_progress(false));
 		worker_paused_loop(m);
 		return;
 	}
 
 	/* control requests made before we started are covered by this load */
-	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
-	MySlot->control_pending = false;
-	LWLockRelease(BunnyState->lock);
+	(void) workerslot_take_control_request();
 
 	worker_setup_origin(m);
 
@@ -501,16 +468,8 @@ bunny_mirror_worker_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	BackgroundWorkerUnblockSignals();
 
-	MySlot = &BunnyState->slots[slotno];
-	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
-	dboid = MySlot->dboid;
-	my_mirror_id = MySlot->mirror_id;
-	my_mirror_name = MemoryContextStrdup(TopMemoryContext, MySlot->mirror_name);
-	MySlot->pid = MyProcPid;
-	MySlot->latch = MyLatch;
-	MySlot->last_exit_failed = false;
-	LWLockRelease(BunnyState->lock);
-	before_shmem_exit(worker_on_exit, (Datum) 0);
+	workerslot_attach(slotno, &dboid, &my_mirror_id, &my_mirror_name);
+	workerslot_set_control_hook(worker_check_control);
 
 	BackgroundWorkerInitializeConnectionByOid(dboid, InvalidOid, 0);
 
