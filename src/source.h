@@ -2,7 +2,7 @@
  *
  * source.h
  *		Every question bunnydb asks of the source database, and the typed
- *		answers (source.c).
+ *		answers (source.c, sourcedesc.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -152,7 +152,12 @@ extern PGconn *source_connect_as_caller(const char *conninfo);
 extern SourceInfo *source_check(PGconn *conn);
 extern char *source_problems(SourceInfo *info);
 
-/* tables and types */
+/* helpers for the source module's files (source.c) */
+extern const char *source_qname(const char *schema, const char *name);
+extern char *source_text_array(List *items);
+extern char *source_oid_text(Oid oid);
+
+/* tables and types (sourcedesc.c) */
 extern SourceTable *source_describe_table(PGconn *conn, MirrorTable *mt, bool plan);
 extern List *source_describe_tables(PGconn *conn, Mirror *m, bool plan);
 extern SourceType *source_describe_type(PGconn *conn, Oid typid);

@@ -1,0 +1,910 @@
+/*-------------------------------------------------------------------------
+ *
+ * sourcedesc.c
+ *		What the source's tables and types are: the descriptions setup,
+ *		resync, the apply and the SQL API work from (source.h), and the
+ *		checks that refuse, before anything is created, what PostgreSQL
+ *		could not publish without making the source's own writes fail.
+ *
+ * The other half of the source module, source.c, has the connection, the
+ * query helper every question here goes through, the publication, the
+ * slot and positions.  The same rules hold: every question is asked once,
+ * in one function, with parameters; identifiers are quoted where built.
+ *
+ * Functions:
+ *		source_describe_table		one mapped table (SourceTable), checked
+ *		source_describe_tables		all of a mirror's, checked together
+ *		source_describe_type		a user-defined type (SourceType)
+ *		source_enum_labels			an enum's labels in order
+ *		source_domain_checks		a domain's CHECK constraints
+ *		source_type_attributes		a composite type's attributes
+ *		source_table_columns		a table's columns (SourceColumn)
+ *		source_table_indexes		a table's indexes (SourceIndex)
+ *		source_list_tables			the tables a mirror could map
+ *		source_column_default		a column's default
+ *		source_column_types			replicated columns' types (binary
+ *									transfer)
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "source.h"
+
+#include "catalog/pg_type.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+
+/* is s one of the C strings of list? */
+static bool
+string_in_list(List *list, const char *s)
+{
+	ListCell   *lc;
+
+	foreach(lc, list)
+		if (strcmp((char *) lfirst(lc), s) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * The elements of a one-dimensional text[] as the source printed it
+ * ({a,"b c"}), as char *.  Parsed here rather than by array_in, which
+ * needs the catalog, hence a transaction, and setup asks the source
+ * outside one.  A null element (unquoted NULL) cannot occur: the arrays
+ * asked for hold column names.
+ */
+static List *
+parse_text_array(const char *literal)
+{
+	List	   *result = NIL;
+	const char *p = literal;
+	StringInfoData elem;
+
+	if (*p++ != '{')
+		elog(ERROR, "malformed array from the source: \"%s\"", literal);
+	initStringInfo(&elem);
+	while (*p && *p != '}')
+	{
+		resetStringInfo(&elem);
+		if (*p == '"')
+		{
+			for (p++; *p && *p != '"'; p++)
+			{
+				if (*p == '\\' && p[1])
+					p++;
+				appendStringInfoChar(&elem, *p);
+			}
+			if (*p == '"')
+				p++;
+		}
+		else
+			while (*p && *p != ',' && *p != '}')
+				appendStringInfoChar(&elem, *p++);
+		result = lappend(result, pstrdup(elem.data));
+		if (*p == ',')
+			p++;
+	}
+	return result;
+}
+
+/* what a relkind is, for messages */
+static const char *
+relkind_noun(char relkind)
+{
+	switch (relkind)
+	{
+		case 'v':
+			return "a view";
+		case 'm':
+			return "a materialized view";
+		case 'f':
+			return "a foreign table";
+		case 'S':
+			return "a sequence";
+		case 'c':
+			return "a composite type";
+		case 'i':
+		case 'I':
+			return "an index";
+		case 't':
+			return "a TOAST table";
+		default:
+			return "not a table";
+	}
+}
+
+/*
+ * Refuse a table whose publication would make the source's own writes
+ * fail.  PostgreSQL checks, at every UPDATE and DELETE of a published
+ * table, that the table (for a partitioned table: the partition the row is
+ * in, whatever the root's setting) has a replica identity, and that a
+ * publication's column list covers it.  A mirror that got this wrong would
+ * break the application on the source, so each relation the publication
+ * will cover is checked here the same way, before anything is created.
+ */
+static void
+check_replica_identities(PGconn *conn, SourceTable *st, const char *name)
+{
+	PGresult   *res;
+	char		root_replident = 'd';
+	const char *params[2];
+
+	/*
+	 * One row per relation whose replica identity matters, the table itself
+	 * first, then every leaf of a partitioned table: its replica identity,
+	 * whether that is usable, and an excluded column that is part of it.
+	 * The oids go through an array so that pg_class is read by its index:
+	 * "oid = x OR oid IN (...)" scanned all of it, once per table.
+	 */
+	params[0] = source_text_array(st->mt->exclude_columns);
+	params[1] = source_oid_text(st->relid);
+	res = source_query(conn,
+					   "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
+					   "       c.relreplident, "
+					   "       CASE c.relreplident "
+					   "         WHEN 'f' THEN true WHEN 'n' THEN false "
+					   "         ELSE EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid "
+					   "                         AND CASE c.relreplident WHEN 'i' THEN i.indisreplident "
+					   "                                                 ELSE i.indisprimary END) END, "
+					   "       (SELECT min(a.attname) FROM pg_attribute a "
+					   "         WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+					   "           AND a.attname = ANY ($1::text[]) "
+					   "           AND (c.relreplident = 'f' OR a.attnum IN "
+					   "                (SELECT unnest(i.indkey) FROM pg_index i WHERE i.indrelid = c.oid "
+					   "                    AND CASE c.relreplident WHEN 'i' THEN i.indisreplident "
+					   "                                            ELSE i.indisprimary END))), "
+					   "       c.oid = $2::oid "
+					   "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+					   " WHERE c.oid = ANY (ARRAY(SELECT $2::oid UNION ALL "
+					   "                          SELECT t.relid FROM pg_partition_tree($2::oid) t "
+					   "                           WHERE t.isleaf)) "
+					   " ORDER BY c.oid <> $2::oid, 1",
+					   2, params, PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		const char *rel = pstrdup(PQgetvalue(res, i, 0));
+		char		replident = PQgetvalue(res, i, 1)[0];
+		bool		usable = PQgetvalue(res, i, 2)[0] == 't';
+		bool		is_self = PQgetvalue(res, i, 4)[0] == 't';
+
+		if (!usable)
+		{
+			PQclear(res);
+			bunny_mark_permanent();
+			if (is_self)
+				ereport(ERROR,
+						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						 errmsg("source table %s has no primary key and no usable replica identity", name),
+						 errdetail("Updates and deletes are replicated, and they must identify the row."),
+						 errhint("Add a primary key, or run ALTER TABLE %s REPLICA IDENTITY FULL on the source.", name)));
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("partition %s of source table %s has no primary key and no usable replica identity",
+							rel, name),
+					 errdetail("PostgreSQL checks the replica identity of the partition a row is in, not the partitioned table's: "
+							   "once published, UPDATE and DELETE of rows in %s would fail on the source.", rel),
+					 errhint("Add a primary key to %s, or run ALTER TABLE %s REPLICA IDENTITY FULL on the source.",
+							 rel, rel)));
+		}
+
+		/*
+		 * The apply identifies rows as the partitioned table's Relation
+		 * message says, but the old row comes as the partition logged it:
+		 * with FULL on the root and less on a partition it would arrive
+		 * incomplete and match nothing.
+		 */
+		if (!is_self && root_replident == 'f' && replident != 'f')
+		{
+			PQclear(res);
+			bunny_mark_permanent();
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("partition %s of source table %s does not have REPLICA IDENTITY FULL like its partitioned table",
+							rel, name),
+					 errdetail("The old row of an UPDATE or DELETE is logged as the partition's replica identity says, "
+							   "and the partitioned table's REPLICA IDENTITY FULL needs all of it to find the row."),
+					 errhint("Run ALTER TABLE %s REPLICA IDENTITY FULL on the source.", rel)));
+		}
+		if (is_self)
+			root_replident = replident;
+
+		/* an excluded column must not be part of the replica identity */
+		if (!PQgetisnull(res, i, 3))
+		{
+			char	   *ex = pstrdup(PQgetvalue(res, i, 3));
+
+			PQclear(res);
+			bunny_mark_permanent();
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("column \"%s\" of source table %s is part of %s replica identity and cannot be excluded",
+							ex, name, is_self ? "its" : psprintf("partition %s's", rel)),
+					 replident == 'f' ?
+					 errdetail("With REPLICA IDENTITY FULL every column identifies a row, and PostgreSQL refuses UPDATE and DELETE "
+							   "of a published table whose column list leaves out part of its replica identity.") :
+					 errdetail("PostgreSQL refuses UPDATE and DELETE of a published table whose column list leaves out "
+							   "part of its replica identity."),
+					 errhint("Remove \"%s\" from exclude_columns, or give the table a primary key or replica identity index "
+							 "without it on the source.", ex)));
+		}
+	}
+	PQclear(res);
+}
+
+/*
+ * The constraints and the indexes no constraint owns of st, and the leaf
+ * partitions of a partitioned table.  Whether each uses an excluded column
+ * is asked too: what involves one cannot be created on the destination.
+ */
+static void
+describe_table_objects(PGconn *conn, SourceTable *st)
+{
+	PGresult   *res;
+	const char *params[2];
+	ListCell   *lc;
+
+	params[0] = source_text_array(st->mt->exclude_columns);
+	params[1] = source_oid_text(st->relid);
+	res = source_query(conn,
+					   "SELECT c.conname, c.contype, pg_get_constraintdef(c.oid), "
+					   "       ARRAY(SELECT attname FROM pg_attribute "
+					   "              WHERE attrelid = c.conrelid AND attnum = ANY (c.conkey))::text[] && $1::text[], "
+					   "       rn.nspname, r.relname "
+					   "  FROM pg_constraint c "
+					   "  LEFT JOIN pg_class r ON r.oid = c.confrelid "
+					   "  LEFT JOIN pg_namespace rn ON rn.oid = r.relnamespace "
+					   " WHERE c.conrelid = $2::oid AND c.contype IN ('p', 'u', 'c', 'x', 'f') "
+					   " ORDER BY CASE c.contype WHEN 'p' THEN 0 ELSE 1 END, c.conname",
+					   2, params, PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		SourceConstraint *con = palloc0(sizeof(SourceConstraint));
+
+		con->name = pstrdup(PQgetvalue(res, i, 0));
+		con->contype = PQgetvalue(res, i, 1)[0];
+		con->def = pstrdup(PQgetvalue(res, i, 2));
+		con->uses_excluded = PQgetvalue(res, i, 3)[0] == 't';
+		if (con->contype == 'f')
+		{
+			con->ref_schema = pstrdup(PQgetvalue(res, i, 4));
+			con->ref_table = pstrdup(PQgetvalue(res, i, 5));
+		}
+		st->constraints = lappend(st->constraints, con);
+	}
+	PQclear(res);
+
+	foreach(lc, source_table_indexes(conn, source_qname(st->mt->source_schema, st->mt->source_table)))
+	{
+		SourceIndex *ix = lfirst(lc);
+		ListCell   *lc2;
+
+		if (ix->constraint_owned)
+			continue;
+		foreach(lc2, ix->columns)
+			if (string_in_list(st->mt->exclude_columns, lfirst(lc2)))
+				ix->uses_excluded = true;
+		st->indexes = lappend(st->indexes, ix);
+	}
+
+	if (st->relkind == 'p')
+	{
+		res = source_query(conn,
+						   "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) "
+						   "  FROM pg_partition_tree($1::oid) t "
+						   "  JOIN pg_class c ON c.oid = t.relid "
+						   "  JOIN pg_namespace n ON n.oid = c.relnamespace "
+						   " WHERE t.isleaf ORDER BY 1",
+						   1, &params[1], PGRES_TUPLES_OK);
+		for (int i = 0; i < PQntuples(res); i++)
+			st->leaves = lappend(st->leaves, pstrdup(PQgetvalue(res, i, 0)));
+		PQclear(res);
+	}
+}
+
+/*
+ * The columns of a source table (quoted, qualified name), in order, with
+ * their types, defaults, sequences and place in the primary key; excluded
+ * is left for the caller, who knows the mapping.  setup describes tables
+ * with it, and bunny.sync_schema compares them (bunny._source_columns).
+ */
+List *
+source_table_columns(PGconn *conn, const char *qualified_table)
+{
+	PGresult   *res;
+	List	   *columns = NIL;
+	const char *params[1] = {qualified_table};
+
+	(void) source_info(conn);	/* search_path: the query's names are pg_catalog's */
+	res = source_query(conn,
+					   "SELECT a.attname, format_type(a.atttypid, a.atttypmod) || "
+					   "       coalesce((SELECT ' COLLATE ' || quote_ident(cn.nspname) || '.' || quote_ident(co.collname) "
+					   "                   FROM pg_collation co JOIN pg_namespace cn ON cn.oid = co.collnamespace "
+					   "                  WHERE co.oid = a.attcollation "
+					   "                    AND a.attcollation <> (SELECT typcollation FROM pg_type WHERE oid = a.atttypid)), ''), "
+					   "       a.attnotnull, a.atttypid, "
+					   "       CASE WHEN a.attgenerated <> '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
+					   "       CASE WHEN a.attgenerated = '' THEN pg_get_expr(d.adbin, d.adrelid) END, "
+					   "       a.attidentity, "
+					   "       ss.seq, "
+					   "       coalesce((SELECT k.ord FROM pg_index i, "
+					   "                        unnest(i.indkey) WITH ORDINALITY k(attnum, ord) "
+					   "                  WHERE i.indrelid = a.attrelid AND i.indisprimary "
+					   "                    AND k.attnum = a.attnum), 0), "
+					   "       format('INCREMENT BY %s MINVALUE %s MAXVALUE %s START WITH %s CACHE %s %s', "
+					   "              s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqcache, "
+					   "              CASE WHEN s.seqcycle THEN 'CYCLE' ELSE 'NO CYCLE' END), "
+					   "       format_type(s.seqtypid, NULL), ds.nspname, ds.relname "
+					   "  FROM pg_attribute a "
+					   "  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+					   "  CROSS JOIN LATERAL (SELECT pg_get_serial_sequence($1, a.attname) AS seq) ss "
+	/* the sequence a default's nextval() names, owned or not */
+					   "  LEFT JOIN LATERAL (SELECT sc.oid, sn.nspname, sc.relname "
+					   "                       FROM pg_depend dep "
+					   "                       JOIN pg_class sc ON sc.oid = dep.refobjid AND sc.relkind = 'S' "
+					   "                       JOIN pg_namespace sn ON sn.oid = sc.relnamespace "
+					   "                      WHERE dep.classid = 'pg_attrdef'::regclass AND dep.objid = d.oid "
+					   "                        AND dep.refclassid = 'pg_class'::regclass "
+					   "                      ORDER BY sc.oid LIMIT 1) ds ON true "
+					   "  LEFT JOIN pg_sequence s ON s.seqrelid = "
+					   "       coalesce(ss.seq::regclass, ds.oid) "
+					   " WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped "
+					   " ORDER BY a.attnum",
+					   1, params, PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		SourceColumn *col = palloc0(sizeof(SourceColumn));
+
+		col->name = pstrdup(PQgetvalue(res, i, 0));
+		col->type_sql = pstrdup(PQgetvalue(res, i, 1));
+		col->notnull = PQgetvalue(res, i, 2)[0] == 't';
+		col->typid = (Oid) strtoul(PQgetvalue(res, i, 3), NULL, 10);
+		col->generated = PQgetisnull(res, i, 4) ? NULL : pstrdup(PQgetvalue(res, i, 4));
+		col->default_expr = PQgetisnull(res, i, 5) ? NULL : pstrdup(PQgetvalue(res, i, 5));
+		col->identity = PQgetvalue(res, i, 6)[0];
+		col->serial_seq = PQgetisnull(res, i, 7) ? NULL : pstrdup(PQgetvalue(res, i, 7));
+		col->key_position = atoi(PQgetvalue(res, i, 8));
+		col->seq_options = PQgetisnull(res, i, 9) ? NULL : pstrdup(PQgetvalue(res, i, 9));
+		col->seq_type = PQgetisnull(res, i, 10) ? NULL : pstrdup(PQgetvalue(res, i, 10));
+		if (col->serial_seq == NULL && !PQgetisnull(res, i, 11))
+		{
+			col->default_seq_schema = pstrdup(PQgetvalue(res, i, 11));
+			col->default_seq_name = pstrdup(PQgetvalue(res, i, 12));
+		}
+		columns = lappend(columns, col);
+	}
+	PQclear(res);
+	return columns;
+}
+
+/*
+ * The indexes of a source table (quoted, qualified name), by name, with
+ * the columns they cover; whether a constraint owns each tells setup's
+ * secondary indexes apart.  bunny.sync_schema reads them too
+ * (bunny._source_indexes).
+ */
+List *
+source_table_indexes(PGconn *conn, const char *qualified_table)
+{
+	PGresult   *res;
+	List	   *indexes = NIL;
+	const char *params[1] = {qualified_table};
+
+	(void) source_info(conn);
+	res = source_query(conn,
+					   "SELECT c.relname, pg_get_indexdef(i.indexrelid), i.indisprimary, "
+					   "       EXISTS (SELECT 1 FROM pg_constraint k "
+					   "                WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid), "
+					   "       ARRAY(SELECT attname FROM pg_attribute "
+					   "              WHERE attrelid = i.indrelid AND attnum = ANY (i.indkey))::text[] "
+					   "  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+					   " WHERE i.indrelid = $1::regclass "
+					   " ORDER BY c.relname",
+					   1, params, PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		SourceIndex *ix = palloc0(sizeof(SourceIndex));
+
+		ix->name = pstrdup(PQgetvalue(res, i, 0));
+		ix->def = pstrdup(PQgetvalue(res, i, 1));
+		ix->isprimary = PQgetvalue(res, i, 2)[0] == 't';
+		ix->constraint_owned = PQgetvalue(res, i, 3)[0] == 't';
+		ix->columns_text = pstrdup(PQgetvalue(res, i, 4));
+		ix->columns = parse_text_array(ix->columns_text);
+		indexes = lappend(indexes, ix);
+	}
+	PQclear(res);
+	return indexes;
+}
+
+/*
+ * Read a source table's definition and check that it can be replicated
+ * without making any statement on the source fail.  Without plan, what
+ * only the copy's plan needs (the partition key's bounds, a scan of the
+ * table) is not asked.
+ */
+SourceTable *
+source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
+{
+	SourceTable *st = palloc0(sizeof(SourceTable));
+	SourceInfo *info = source_info(conn);
+	PGresult   *res;
+	char		relpersistence;
+	bool		can_select;
+	const char *name = source_qname(mt->source_schema, mt->source_table);
+	const char *params[2];
+	ListCell   *lc;
+	int			replicated_columns = 0;
+
+	st->mt = mt;
+	params[0] = mt->source_schema;
+	params[1] = mt->source_table;
+	res = source_query(conn,
+					   "SELECT c.oid, c.relkind, c.relpersistence, "
+					   "       has_table_privilege(c.oid, 'SELECT'), "
+					   "       greatest(c.relpages::bigint, pg_relation_size(c.oid) / current_setting('block_size')::int), "
+					   "       CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint "
+					   "            ELSE pg_relation_size(c.oid) / 100 END "
+					   "  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+					   " WHERE n.nspname = $1 AND c.relname = $2",
+					   2, params, PGRES_TUPLES_OK);
+	if (PQntuples(res) == 0)
+	{
+		PQclear(res);
+		bunny_mark_permanent();
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("source table %s does not exist", name),
+				 errhint("Check the mapping: an unquoted name is folded to lower case and means schema public "
+						 "when unqualified.  Or create the table on the source.")));
+	}
+	st->relid = (Oid) strtoul(PQgetvalue(res, 0, 0), NULL, 10);
+	st->relkind = PQgetvalue(res, 0, 1)[0];
+	relpersistence = PQgetvalue(res, 0, 2)[0];
+	can_select = PQgetvalue(res, 0, 3)[0] == 't';
+	st->relpages = strtoll(PQgetvalue(res, 0, 4), NULL, 10);
+	st->reltuples = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
+	PQclear(res);
+
+	if (st->relkind != 'r' && st->relkind != 'p')
+	{
+		bunny_mark_permanent();
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("source relation %s is %s, and only tables can be mirrored", name,
+						relkind_noun(st->relkind)),
+				 st->relkind == 'm' || st->relkind == 'v' ?
+				 errhint("Mirror the tables it is built from, and create the %s on the destination.",
+						 st->relkind == 'm' ? "materialized view" : "view") : 0));
+	}
+	if (relpersistence != 'p')
+	{
+		bunny_mark_permanent();
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source table %s is %s", name, relpersistence == 'u' ? "unlogged" : "temporary"),
+				 errdetail("Changes to unlogged and temporary tables are not written to the WAL, so logical replication cannot carry them."),
+				 errhint("Run ALTER TABLE %s SET LOGGED on the source, or leave the table out of the mirror.", name)));
+	}
+	if (st->relkind == 'p' && !info->publish_partitioned)
+	{
+		bunny_mark_permanent();
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source table %s is partitioned, and a PostgreSQL %d source cannot publish partitioned tables",
+						name, info->version / 10000),
+				 errdetail("Publishing a partitioned table needs PostgreSQL 13 or later on the source."),
+				 errhint("Map each partition as a table of its own, or upgrade the source.")));
+	}
+	if (!can_select)
+	{
+		bunny_mark_permanent();
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for source table %s", name),
+				 errhint("Grant SELECT on the table to the peer's role on the source.")));
+	}
+	check_replica_identities(conn, st, name);
+
+	st->columns = source_table_columns(conn, name);
+	{
+		int			n = list_length(st->columns);
+		char	  **pk = palloc0(sizeof(char *) * (n + 1));
+
+		foreach(lc, st->columns)
+		{
+			SourceColumn *col = lfirst(lc);
+			ListCell   *lc2;
+
+			foreach(lc2, mt->exclude_columns)
+				if (strcmp((char *) lfirst(lc2), col->name) == 0)
+					col->excluded = true;
+			if (col->key_position > 0 && col->key_position <= n)
+				pk[col->key_position - 1] = col->name;
+		}
+		for (int i = 0; i < n && pk[i]; i++)
+			st->pk_columns = lappend(st->pk_columns, pk[i]);
+	}
+
+	/* every excluded column and the partition key must exist */
+	foreach(lc, mt->exclude_columns)
+	{
+		char	   *ex = lfirst(lc);
+		bool		found = false;
+		ListCell   *lc2;
+
+		foreach(lc2, st->columns)
+			if (strcmp(((SourceColumn *) lfirst(lc2))->name, ex) == 0)
+				found = true;
+		if (!found)
+		{
+			bunny_mark_permanent();
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("excluded column \"%s\" does not exist in source table %s", ex, name)));
+		}
+		foreach(lc2, st->pk_columns)
+			if (strcmp((char *) lfirst(lc2), ex) == 0)
+			{
+				bunny_mark_permanent();
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("column \"%s\" of source table %s is part of the primary key and cannot be excluded",
+								ex, name)));
+			}
+	}
+	if (mt->partition_key)
+	{
+		bool		found = false;
+
+		foreach(lc, st->columns)
+			if (strcmp(((SourceColumn *) lfirst(lc))->name, mt->partition_key) == 0)
+			{
+				SourceColumn *col = lfirst(lc);
+
+				found = true;
+				/* integer keys split into ranges; others fall back to blocks */
+				if (plan && (col->typid == INT2OID || col->typid == INT4OID || col->typid == INT8OID))
+				{
+					/* a column and a table are identifiers: no parameters */
+					res = source_query(conn,
+									   psprintf("SELECT min(%s)::int8, max(%s)::int8 FROM %s",
+												quote_identifier(col->name),
+												quote_identifier(col->name), name),
+									   0, NULL, PGRES_TUPLES_OK);
+					if (!PQgetisnull(res, 0, 0))
+					{
+						st->key_ranges = true;
+						st->key_min = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+						st->key_max = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+					}
+					PQclear(res);
+				}
+			}
+		if (!found)
+		{
+			bunny_mark_permanent();
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("partition key \"%s\" does not exist in source table %s",
+							mt->partition_key, name)));
+		}
+	}
+	foreach(lc, st->columns)
+	{
+		SourceColumn *col = lfirst(lc);
+
+		if (!col->excluded && !col->generated)
+			replicated_columns++;
+	}
+	if (replicated_columns == 0)
+	{
+		bunny_mark_permanent();
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("source table %s has no columns to replicate", name),
+				 errdetail("Its columns are all generated or excluded, or it has none; such rows cannot be written "
+						   "or told apart on the destination."),
+				 errhint("Leave the table out of the mirror.")));
+	}
+	describe_table_objects(conn, st);
+	return st;
+}
+
+/*
+ * Describe every mapped table of m (source_describe_table).  A partition
+ * mapped next to a partitioned table it belongs to is refused: its changes
+ * are published as the partitioned table's, so its own mapping would
+ * never see any.
+ */
+List *
+source_describe_tables(PGconn *conn, Mirror *m, bool plan)
+{
+	List	   *tables = NIL;
+	List	   *relids = NIL;
+	ListCell   *lc;
+
+	foreach(lc, m->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+		SourceTable *st;
+		BunnyErrorContext errctx;
+
+		bunny_errcontext_push(&errctx, NULL, source_qname(mt->source_schema, mt->source_table),
+							  InvalidXLogRecPtr);
+		st = source_describe_table(conn, mt, plan);
+		tables = lappend(tables, st);
+		relids = lappend(relids, source_oid_text(st->relid));
+		bunny_errcontext_pop(&errctx);
+	}
+
+	if (list_length(tables) > 1)
+	{
+		PGresult   *res;
+		const char *params[1];
+
+		params[0] = source_text_array(relids);
+		res = source_query(conn,
+						   "SELECT p.oid::regclass::text, a.oid::regclass::text "
+						   "  FROM pg_class p, LATERAL pg_partition_ancestors(p.oid) anc(relid) "
+						   "  JOIN pg_class a ON a.oid = anc.relid "
+						   " WHERE p.oid = ANY ($1::oid[]) AND a.oid = ANY ($1::oid[]) AND a.oid <> p.oid "
+						   " LIMIT 1",
+						   1, params, PGRES_TUPLES_OK);
+		if (PQntuples(res) > 0)
+		{
+			char	   *part = pstrdup(PQgetvalue(res, 0, 0));
+			char	   *parent = pstrdup(PQgetvalue(res, 0, 1));
+
+			PQclear(res);
+			bunny_mark_permanent();
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("source table %s is a partition of %s, which the mirror also maps", part, parent),
+					 errdetail("Changes of a partition are published as changes of the partitioned table, "
+							   "so the partition's own mapping would never receive any."),
+					 errhint("Map either the partitioned table or its partitions, not both.")));
+		}
+		PQclear(res);
+	}
+	return tables;
+}
+
+/* a type of the source by OID, or NULL when it is gone */
+SourceType *
+source_describe_type(PGconn *conn, Oid typid)
+{
+	PGresult   *res;
+	SourceType *t;
+	const char *params[1] = {source_oid_text(typid)};
+
+	res = source_query(conn,
+					   "SELECT t.typtype, n.nspname, t.typname, t.typelem, t.typbasetype, "
+					   "       format_type(t.typbasetype, t.typtypmod), t.typnotnull, "
+					   "       t.typdefault, t.typrelid, t.typcategory, "
+					   "       (SELECT e.extname FROM pg_depend d "
+					   "          JOIN pg_extension e ON e.oid = d.refobjid "
+					   "         WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid "
+					   "           AND d.deptype = 'e') "
+					   "  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+					   " WHERE t.oid = $1::oid",
+					   1, params, PGRES_TUPLES_OK);
+	if (PQntuples(res) == 0)
+	{
+		PQclear(res);
+		return NULL;
+	}
+	t = palloc0(sizeof(SourceType));
+	t->typid = typid;
+	t->typtype = PQgetvalue(res, 0, 0)[0];
+	t->nspname = pstrdup(PQgetvalue(res, 0, 1));
+	t->typname = pstrdup(PQgetvalue(res, 0, 2));
+	t->elem = (Oid) strtoul(PQgetvalue(res, 0, 3), NULL, 10);
+	t->basetype = (Oid) strtoul(PQgetvalue(res, 0, 4), NULL, 10);
+	t->basetype_sql = pstrdup(PQgetvalue(res, 0, 5));
+	t->notnull = PQgetvalue(res, 0, 6)[0] == 't';
+	t->typdefault = PQgetisnull(res, 0, 7) ? NULL : pstrdup(PQgetvalue(res, 0, 7));
+	t->typrelid = (Oid) strtoul(PQgetvalue(res, 0, 8), NULL, 10);
+	t->typcategory = PQgetvalue(res, 0, 9)[0];
+	t->extname = PQgetisnull(res, 0, 10) ? NULL : pstrdup(PQgetvalue(res, 0, 10));
+	PQclear(res);
+	return t;
+}
+
+/* the labels of an enum type, in their sort order (char *) */
+List *
+source_enum_labels(PGconn *conn, const char *nspname, const char *typname)
+{
+	PGresult   *res;
+	List	   *labels = NIL;
+	const char *params[2] = {nspname, typname};
+
+	res = source_query(conn,
+					   "SELECT e.enumlabel FROM pg_catalog.pg_enum e "
+					   "  JOIN pg_catalog.pg_type t ON t.oid = e.enumtypid "
+					   "  JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace "
+					   " WHERE n.nspname = $1 AND t.typname = $2 "
+					   " ORDER BY e.enumsortorder",
+					   2, params, PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+		labels = lappend(labels, pstrdup(PQgetvalue(res, i, 0)));
+	PQclear(res);
+	return labels;
+}
+
+/* the CHECK constraints of a domain, by name (SourceNamedDef *) */
+List *
+source_domain_checks(PGconn *conn, Oid typid)
+{
+	PGresult   *res;
+	List	   *checks = NIL;
+	const char *params[1] = {source_oid_text(typid)};
+
+	res = source_query(conn,
+					   "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+					   " WHERE contypid = $1::oid AND contype = 'c' ORDER BY conname",
+					   1, params, PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		SourceNamedDef *d = palloc0(sizeof(SourceNamedDef));
+
+		d->name = pstrdup(PQgetvalue(res, i, 0));
+		d->def = pstrdup(PQgetvalue(res, i, 1));
+		checks = lappend(checks, d);
+	}
+	PQclear(res);
+	return checks;
+}
+
+/* the attributes of a composite type's relation (SourceNamedDef *) */
+List *
+source_type_attributes(PGconn *conn, Oid typrelid)
+{
+	PGresult   *res;
+	List	   *atts = NIL;
+	const char *params[1] = {source_oid_text(typrelid)};
+
+	res = source_query(conn,
+					   "SELECT attname, format_type(atttypid, atttypmod), atttypid "
+					   "  FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 "
+					   "   AND NOT attisdropped ORDER BY attnum",
+					   1, params, PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		SourceNamedDef *d = palloc0(sizeof(SourceNamedDef));
+
+		d->name = pstrdup(PQgetvalue(res, i, 0));
+		d->def = pstrdup(PQgetvalue(res, i, 1));
+		d->typid = (Oid) strtoul(PQgetvalue(res, i, 2), NULL, 10);
+		atts = lappend(atts, d);
+	}
+	PQclear(res);
+	return atts;
+}
+
+/*
+ * The tables of the source a mirror could map (ordinary and partitioned,
+ * not partitions, outside the system schemas), by schema and name, for
+ * bunny.peer_tables.  Their row estimate is the planner's
+ * (estimate_rel_size): the analyzed density times the table's pages now,
+ * or, for a table never analyzed, its pages times the rows a page holds
+ * at the columns' typical widths (32 bytes for a variable-length one); a
+ * partitioned table sums its partitions (pg_partition_tree lists nothing
+ * for a table that is not partitioned, hence the table itself as well).
+ */
+List *
+source_list_tables(PGconn *conn)
+{
+	PGresult   *res;
+	List	   *result = NIL;
+
+	res = source_query(conn,
+					   "SELECT n.nspname, c.relname, "
+					   "       EXISTS (SELECT 1 FROM pg_catalog.pg_index i "
+					   "                WHERE i.indrelid = c.oid AND i.indisprimary), "
+					   "       CASE c.relreplident WHEN 'd' THEN 'default' WHEN 'f' THEN 'full' "
+					   "            WHEN 'i' THEN 'index' ELSE 'nothing' END, "
+					   "       (SELECT coalesce(sum(CASE WHEN l.relpages > 0 AND l.reltuples >= 0 "
+					   "                                 THEN l.reltuples / l.relpages * s.pages "
+					   "                                 ELSE s.pages * s.per_page END), 0)::bigint "
+					   "          FROM pg_catalog.pg_class l, "
+					   "               LATERAL (SELECT pg_catalog.pg_relation_size(l.oid) / b.size AS pages, "
+					   "                               floor((b.size - 24) / (28 + "
+					   "                                 (SELECT coalesce(sum(CASE WHEN a.attlen > 0 "
+					   "                                                           THEN a.attlen ELSE 32 END), 0) "
+					   "                                    FROM pg_catalog.pg_attribute a "
+					   "                                   WHERE a.attrelid = l.oid AND a.attnum > 0 "
+					   "                                     AND NOT a.attisdropped))) AS per_page "
+					   "                          FROM (SELECT pg_catalog.current_setting('block_size')::int "
+					   "                                       AS size) b) s "
+					   "         WHERE l.oid IN (SELECT c.oid UNION ALL "
+					   "                         SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t "
+					   "                          WHERE t.isleaf)) "
+					   "  FROM pg_catalog.pg_class c "
+					   "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+					   " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
+					   "   AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+					   "   AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' "
+					   " ORDER BY 1, 2",
+					   0, NULL, PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		SourceTableSummary *t = palloc(sizeof(SourceTableSummary));
+
+		t->schema = pstrdup(PQgetvalue(res, i, 0));
+		t->table = pstrdup(PQgetvalue(res, i, 1));
+		t->has_primary_key = PQgetvalue(res, i, 2)[0] == 't';
+		t->replica_identity = pstrdup(PQgetvalue(res, i, 3));
+		t->estimated_rows = strtoll(PQgetvalue(res, i, 4), NULL, 10);
+		result = lappend(result, t);
+	}
+	PQclear(res);
+	return result;
+}
+
+/*
+ * The default expression of a column of qualified_table (quoted, as
+ * quote_qualified_identifier makes it), or NULL.  A column added with a
+ * default fills the existing rows on the source without any WAL record
+ * per row, so the destination column needs the same default to agree.
+ * A default that calls nextval() is not returned: it names a sequence the
+ * destination may not have.
+ */
+char *
+source_column_default(PGconn *conn, const char *qualified_table, const char *attname)
+{
+	PGresult   *res;
+	char	   *result = NULL;
+	const char *params[2] = {qualified_table, attname};
+
+	res = source_query(conn,
+					   "SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
+					   "  FROM pg_catalog.pg_attrdef d "
+					   "  JOIN pg_catalog.pg_attribute a "
+					   "    ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
+					   " WHERE d.adrelid = $1::pg_catalog.regclass AND a.attname = $2 "
+					   "   AND a.attgenerated = ''",
+					   2, params, PGRES_TUPLES_OK);
+	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) &&
+		strstr(PQgetvalue(res, 0, 0), "nextval(") == NULL)
+		result = pstrdup(PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return result;
+}
+
+/*
+ * The replicated columns' types of the given tables (parallel lists of
+ * schema and table names), generated columns left out, as
+ * SourceColumnType *: what deciding on binary transfer needs.
+ */
+List *
+source_column_types(PGconn *conn, List *schemas, List *tables)
+{
+	PGresult   *res;
+	List	   *result = NIL;
+	const char *params[2];
+
+	params[0] = source_text_array(schemas);
+	params[1] = source_text_array(tables);
+	res = source_query(conn,
+					   "SELECT n.nspname, c.relname, a.attname, a.atttypid "
+					   "  FROM pg_catalog.pg_attribute a "
+					   "  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid "
+					   "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+					   " WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '' "
+					   "   AND (n.nspname::text, c.relname::text) IN "
+					   "       (SELECT * FROM ROWS FROM (pg_catalog.unnest($1::text[]), "
+					   "                                 pg_catalog.unnest($2::text[])))",
+					   2, params, PGRES_TUPLES_OK);
+	for (int i = 0; i < PQntuples(res); i++)
+	{
+		SourceColumnType *ct = palloc(sizeof(SourceColumnType));
+
+		ct->schema = pstrdup(PQgetvalue(res, i, 0));
+		ct->table = pstrdup(PQgetvalue(res, i, 1));
+		ct->column = pstrdup(PQgetvalue(res, i, 2));
+		ct->typid = (Oid) strtoul(PQgetvalue(res, i, 3), NULL, 10);
+		result = lappend(result, ct);
+	}
+	PQclear(res);
+	return result;
+}
+
