@@ -338,7 +338,7 @@ source_check(PGconn *conn)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("source wal_level is \"%s\", it must be \"logical\"", info->wal_level),
-				 errhint("Set wal_level = logical on the source and restart it, then call bunny.retry_mirror().")));
+				 errhint("Set wal_level = logical on the source (ALTER SYSTEM SET wal_level = logical) and restart it.")));
 	}
 	if (!info->can_replicate)
 	{
@@ -346,7 +346,8 @@ source_check(PGconn *conn)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("the source role has neither the REPLICATION nor the SUPERUSER attribute"),
-				 errhint("Run ALTER ROLE ... REPLICATION on the source.")));
+				 errhint("Run ALTER ROLE %s REPLICATION on the source.",
+						 quote_identifier(PQuser(conn)))));
 	}
 	return info;
 }

@@ -500,7 +500,8 @@ source_describe_table(PGconn *conn, MirrorTable *mt, bool plan)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("permission denied for source table %s", name),
-				 errhint("Grant SELECT on the table to the peer's role on the source.")));
+				 errhint("Run GRANT SELECT ON %s TO %s on the source.",
+						 name, quote_identifier(PQuser(conn)))));
 	}
 	check_replica_identities(conn, st, name);
 

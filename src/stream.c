@@ -52,6 +52,58 @@ stream_scrub_conninfo_error(const char *msg)
 	return copy;
 }
 
+/*
+ * A hint naming the fix, for the errors a source gives when bunnydb's role
+ * lacks a privilege or the source a setting.  The source's own messages
+ * say what is missing but not what to run; role and database are the
+ * connection's.  Matched on the SQLSTATE and on the server's message
+ * (libpq reports a refused connection as text only), in English: with
+ * another lc_messages on the source, only the SQLSTATE cases apply.
+ */
+static char *
+source_error_hint(PGconn *conn, const char *sqlstate, const char *msg)
+{
+	const char *role = quote_identifier(PQuser(conn) ? PQuser(conn) : "...");
+	const char *db = quote_identifier(PQdb(conn) ? PQdb(conn) : "...");
+	bool		denied = sqlstate && strcmp(sqlstate, "42501") == 0;
+
+	if (strstr(msg, "pg_hba.conf"))
+		return psprintf("Add a line for database %s, role %s and this server's address to the source's pg_hba.conf (bunnydb's logical replication connections match the database's lines), then reload the source with SELECT pg_reload_conf().",
+						db, role);
+	if (strstr(msg, "password authentication failed"))
+		return pstrdup("Correct the password with bunny.alter_peer(), or keep it in a password file the server reads (README, \"Keeping the password out of the server log\").");
+	if (strstr(msg, "max_wal_senders") ||
+		(sqlstate && strcmp(sqlstate, "53300") == 0 && strstr(msg, "standby")))
+		return pstrdup("Raise max_wal_senders on the source and restart it: each running mirror holds one WAL sender, and resuming an interrupted initial copy one more.");
+	if (strstr(msg, "too many clients") || strstr(msg, "connection slots are reserved"))
+		return pstrdup("Raise max_connections on the source, or lower the mirror's snapshot_max_workers: each snapshot worker holds one connection during the initial copy.");
+	if (strstr(msg, "replication role") || strstr(msg, "REPLICATION attribute") ||
+		strstr(msg, "permission denied to start WAL sender"))
+		return psprintf("Run ALTER ROLE %s REPLICATION on the source.", role);
+	if (strstr(msg, "wal_level"))
+		return pstrdup("Set wal_level = logical on the source (ALTER SYSTEM SET wal_level = logical) and restart it.");
+	if ((sqlstate && strcmp(sqlstate, "53400") == 0 && strstr(msg, "slot")) ||
+		strstr(msg, "max_replication_slots"))
+		return pstrdup("Raise max_replication_slots on the source and restart it, or drop a slot nobody uses (see pg_replication_slots on the source).");
+	if (denied && strstr(msg, "permission denied for database"))
+		return psprintf("Run GRANT CREATE ON DATABASE %s TO %s on the source: the mirror's publication is created there.",
+						db, role);
+	if (denied && strstr(msg, "must be owner of"))
+		return psprintf("Only an owner may publish a table: on the source, make %s the table's owner or a member of its owning role (GRANT <owner> TO %s), or give the peer a superuser.",
+						role, role);
+	if (denied && strstr(msg, "permission denied for schema"))
+		return psprintf("Run GRANT USAGE ON SCHEMA <schema> TO %s on the source.", role);
+	if (denied && (strstr(msg, "permission denied for table") ||
+				   strstr(msg, "permission denied for relation") ||
+				   strstr(msg, "permission denied for sequence")))
+		return psprintf("Run GRANT SELECT ON <table> TO %s on the source (GRANT SELECT ON ALL TABLES IN SCHEMA <schema> for a whole schema).",
+						role);
+	if (strstr(msg, "Connection refused") || strstr(msg, "could not translate host name") ||
+		strstr(msg, "No route to host") || strstr(msg, "timeout expired"))
+		return pstrdup("Check host and port in the peer's connection string (bunny.alter_peer()), and that the source is running and listening on that address (listen_addresses).");
+	return NULL;
+}
+
 /* wait until the socket is ready or the latch is set */
 static void
 wait_socket(PGconn *conn, int events, long timeout_ms)
@@ -132,11 +184,13 @@ stream_connect(const char *conninfo, const char *appname, bool replication)
 	if (PQstatus(conn) != CONNECTION_OK)
 	{
 		char	   *msg = stream_scrub_conninfo_error(PQerrorMessage(conn));
+		char	   *hint = source_error_hint(conn, NULL, msg);
 
 		PQfinish(conn);
 		ereport(ERROR,
 				(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
-				 errmsg("could not connect to the source: %s", msg)));
+				 errmsg("could not connect to the source: %s", msg),
+				 hint ? errhint("%s", hint) : 0));
 	}
 	if (PQsetnonblocking(conn, 1) != 0)
 	{
@@ -278,19 +332,26 @@ stream_raise_result(PGconn *conn, PGresult *res)
 {
 	char	   *msg;
 	char	   *detail = NULL;
+	char	   *hint;
+	char	   *source_hint = NULL;
 	int			code = ERRCODE_CONNECTION_FAILURE;
+	const char *state = NULL;
 
 	if (res == NULL)
 		msg = pchomp(PQerrorMessage(conn));
 	else
 	{
-		const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 		const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
 		const char *det = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+		const char *hnt = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
 
+		state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+		state = state ? pstrdup(state) : NULL;
 		msg = primary ? pstrdup(primary) : pchomp(PQresultErrorMessage(res));
 		if (det)
 			detail = pstrdup(det);
+		if (hnt)
+			source_hint = pstrdup(hnt);
 		if (state && strlen(state) == 5)
 			code = MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4]);
 		else
@@ -299,10 +360,17 @@ stream_raise_result(PGconn *conn, PGresult *res)
 			msg = psprintf("unexpected result status %s", PQresStatus(PQresultStatus(res)));
 		PQclear(res);
 	}
+	/* the detail may say more than the message (16's WAL sender refusal) */
+	hint = source_error_hint(conn, state, msg);
+	if (hint == NULL && detail != NULL)
+		hint = source_error_hint(conn, state, detail);
+	if (hint == NULL)
+		hint = source_hint;
 	ereport(ERROR,
 			(errcode(code),
 			 errmsg("source: %s", msg),
-			 detail ? errdetail_internal("%s", detail) : 0));
+			 detail ? errdetail_internal("%s", detail) : 0,
+			 hint ? errhint("%s", hint) : 0));
 }
 
 /* Like stream_exec, but raise unless the result has the expected status */

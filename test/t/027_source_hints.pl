@@ -1,0 +1,225 @@
+# Copyright (c) bunnydb authors
+#
+# 027_source_hints: every error the source gives for a missing privilege
+# or setting arrives with a hint naming the fix (README, "Source database"
+# and "Troubleshooting"), and the mirror gets going once the fix is made.
+# Each case makes the source refuse one thing, waits for the worker's error
+# (or create_mirror's, for what it checks before creating anything), checks
+# the hint in bunny.logs() names the statement to run, applies exactly that
+# fix, and checks the mirror reaches RUNNING:
+#
+#  * no CREATE on the database (the publication)      GRANT CREATE ON DATABASE
+#  * not the tables' owner (publishing them)           GRANT <owner> TO role
+#  * no REPLICATION attribute (the WAL sender)         ALTER ROLE ... REPLICATION
+#  * no SELECT on a table (checked up front)           GRANT SELECT ON ...
+#  * pg_hba.conf rejecting the role                    a pg_hba.conf line, reload
+#  * wal_level = replica                               wal_level = logical
+#  * max_wal_senders used up                           raise max_wal_senders
+#  * max_replication_slots used up                     raise it or drop a slot
+
+use strict;
+use warnings;
+
+use FindBin;
+use lib "$FindBin::RealBin/../perl";
+use BunnyTest;
+use PostgreSQL::Test::Utils;
+use Test::More;
+
+my ($source, $dest) = setup_pair(peer => undef);
+
+# the newest ERROR of a mirror's log, as "message | hint"
+sub last_error
+{
+	my ($mirror) = @_;
+	return $dest->safe_psql('postgres',
+		"SELECT message || ' | ' || coalesce(details->>'hint', '(no hint)') "
+		  . "FROM bunny.logs(" . sql_literal($mirror) . ", 'ERROR', \"limit\" => 1)");
+}
+
+# wait until the mirror's newest error matches $re; returns it
+sub wait_error
+{
+	my ($mirror, $re) = @_;
+	my $seen = '';
+	for (1 .. 120)
+	{
+		$seen = last_error($mirror);
+		return $seen if $seen =~ $re;
+		sleep 1;
+	}
+	diag("last error of $mirror: $seen");
+	return $seen;
+}
+
+sub peer_for
+{
+	my ($peer, $role) = @_;
+	$dest->safe_psql('postgres',
+		"SELECT bunny.create_peer(" . sql_literal($peer) . ', '
+		  . sql_literal($source->connstr('postgres') . " user=$role")
+		  . ', validate => false)');
+}
+
+# one case: mirror $name of table $table through peer $peer (made for
+# $role unless given).  The refusal must match $msg_re and its hint
+# $hint_re, whether create_mirror refuses up front (what it checks before
+# creating anything) or the worker meets it (bunny.logs()).  Then $fix
+# runs and the mirror, created again or retried, must reach RUNNING.
+sub hint_case
+{
+	my (%c) = @_;
+	my $name = $c{name};
+	my $peer = $c{peer} // "p_$name";
+	peer_for($peer, $c{role}) if $c{role};
+	my ($rc, $out, $err) = $dest->psql('postgres',
+		"SELECT bunny.create_mirror(" . sql_literal($name) . ', ' . sql_literal($peer) . ', '
+		  . sql_literal(tables_json($c{table})) . "::jsonb, do_initial_snapshot => false)");
+	my $up_front = $rc != 0;
+	if ($up_front)
+	{
+		$err =~ s/\n(HINT|DETAIL):\s+/ | /g;
+	}
+	else
+	{
+		$err = wait_error($name, $c{msg_re});
+	}
+	like($err, $c{msg_re}, "$name: the source's refusal is the error"
+		  . ($up_front ? ' of create_mirror' : ' of the mirror'));
+	like($err, $c{hint_re}, "$name: its hint names the fix");
+	$c{fix}->();
+	if ($up_front)
+	{
+		ok(create_mirror($dest, $name, [ $c{table} ], peer => $peer), "$name: created after the fix");
+	}
+	else
+	{
+		$dest->safe_psql('postgres', "SELECT bunny.retry_mirror(" . sql_literal($name) . ")");
+		ok(wait_for_status($dest, $name, 'RUNNING', 90), "$name: running after the fix");
+	}
+	$dest->safe_psql('postgres', "SELECT bunny.drop_mirror(" . sql_literal($name) . ")")
+	  unless $c{keep};
+}
+
+$source->safe_psql('postgres', q{
+CREATE TABLE t_create (id int PRIMARY KEY);
+CREATE TABLE t_owner (id int PRIMARY KEY);
+CREATE TABLE t_repl (id int PRIMARY KEY);
+CREATE TABLE t_select (id int PRIMARY KEY);
+CREATE TABLE t_conf (id int PRIMARY KEY);
+CREATE ROLE r_nocreate LOGIN REPLICATION;
+ALTER TABLE t_create OWNER TO r_nocreate;
+CREATE ROLE r_notowner LOGIN REPLICATION;
+GRANT CREATE ON DATABASE postgres TO r_notowner;
+GRANT SELECT ON t_owner TO r_notowner;
+CREATE ROLE r_norepl LOGIN;
+GRANT CREATE ON DATABASE postgres TO r_norepl;
+ALTER TABLE t_repl OWNER TO r_norepl;
+CREATE ROLE r_noselect LOGIN REPLICATION;
+GRANT CREATE ON DATABASE postgres TO r_noselect;
+ALTER TABLE t_select OWNER TO r_noselect;
+REVOKE SELECT ON t_select FROM r_noselect;
+});
+
+hint_case(
+	name    => 'no_create',
+	role    => 'r_nocreate',
+	table   => 'public.t_create',
+	msg_re  => qr/permission denied for database postgres/,
+	hint_re => qr/GRANT CREATE ON DATABASE postgres TO r_nocreate/,
+	fix => sub { $source->safe_psql('postgres', 'GRANT CREATE ON DATABASE postgres TO r_nocreate') });
+
+hint_case(
+	name    => 'not_owner',
+	role    => 'r_notowner',
+	table   => 'public.t_owner',
+	msg_re  => qr/must be owner of table t_owner/,
+	hint_re => qr/GRANT <owner> TO r_notowner/,
+	fix => sub { $source->safe_psql('postgres', 'GRANT postgres TO r_notowner') });
+
+hint_case(
+	name    => 'no_repl',
+	role    => 'r_norepl',
+	table   => 'public.t_repl',
+	msg_re  => qr/replication role|REPLICATION/,
+	hint_re => qr/ALTER ROLE r_norepl REPLICATION/,
+	fix => sub { $source->safe_psql('postgres', 'ALTER ROLE r_norepl REPLICATION') });
+
+hint_case(
+	name    => 'no_select',
+	role    => 'r_noselect',
+	table   => 'public.t_select',
+	msg_re  => qr/permission denied for source table public\.t_select/,
+	hint_re => qr/Run GRANT SELECT ON public\.t_select TO r_noselect on the source/,
+	fix => sub { $source->safe_psql('postgres', 'GRANT SELECT ON t_select TO r_noselect') });
+
+# pg_hba.conf rejecting the role
+$source->safe_psql('postgres', 'CREATE ROLE r_hba LOGIN REPLICATION SUPERUSER');
+my $hba = $source->data_dir . '/pg_hba.conf';
+my $old_hba = slurp_file($hba);
+open(my $fh, '>', $hba) or die "cannot write $hba: $!";
+print $fh "local all r_hba reject\nhost all r_hba 127.0.0.1/32 reject\n$old_hba";
+close($fh);
+$source->reload;
+hint_case(
+	name    => 'hba',
+	role    => 'r_hba',
+	table   => 'public.t_conf',
+	msg_re  => qr/pg_hba\.conf/,
+	hint_re => qr/pg_hba\.conf.*reload/,
+	fix => sub {
+		open(my $fh2, '>', $hba) or die "cannot write $hba: $!";
+		print $fh2 $old_hba;
+		close($fh2);
+		$source->reload;
+	});
+
+# settings of the source: each needs a restart, and the peer is the
+# source's superuser
+$dest->safe_psql('postgres',
+	"SELECT bunny.create_peer('p_conf', " . sql_literal($source->connstr('postgres')) . ')');
+
+sub restart_with
+{
+	my ($conf) = @_;
+	$source->append_conf('postgresql.conf', $conf);
+	$source->restart;
+}
+
+restart_with("wal_level = replica\n");
+hint_case(
+	name    => 'walconf',
+	peer    => 'p_conf',
+	table   => 'public.t_conf',
+	msg_re  => qr/wal_level/,
+	hint_re => qr/\|.*wal_level = logical/,
+	fix => sub { restart_with("wal_level = logical\n") });
+
+restart_with("max_wal_senders = 0\n");
+hint_case(
+	name    => 'senders',
+	peer    => 'p_conf',
+	table   => 'public.t_conf',
+	msg_re  => qr/max_wal_senders/,
+	hint_re => qr/\| Raise max_wal_senders on the source/,
+	fix => sub { restart_with("max_wal_senders = 10\n") });
+
+# every slot taken before the mirror asks for one
+restart_with("max_replication_slots = 1\n");
+$source->safe_psql('postgres',
+	"SELECT pg_create_logical_replication_slot('squatter', 'pgoutput')");
+hint_case(
+	name    => 'slots',
+	peer    => 'p_conf',
+	table   => 'public.t_conf',
+	keep    => 1,
+	msg_re  => qr/replication slot/,
+	hint_re => qr/\| Raise max_replication_slots on the source/,
+	fix => sub { $source->safe_psql('postgres', "SELECT pg_drop_replication_slot('squatter')") });
+$source->safe_psql('postgres', 'INSERT INTO t_conf SELECT generate_series(1, 100)');
+ok(wait_synced($source, $dest, 'slots', ['public.t_conf']), 'and streams');
+compare_tables($source, $dest, ['public.t_conf'], 'after the fixes');
+$dest->safe_psql('postgres', "SELECT bunny.drop_mirror('slots')");
+$source->stop;
+$dest->stop;
+done_testing();
