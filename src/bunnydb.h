@@ -229,7 +229,6 @@ extern void bunny_require_password(PGconn *conn, bool required);
 /* setup.c */
 extern XLogRecPtr setup_run(PGconn *conn, Mirror *mirror, char **snapshot);
 extern void setup_refresh_tables(PGconn *conn, Mirror *mirror);
-extern void setup_plan_resync(PGconn *conn, Mirror *mirror);
 extern void setup_check_source(PGconn *conn, Mirror *mirror);
 extern int	setup_sync_enum_labels(Mirror *m);
 

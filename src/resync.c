@@ -31,6 +31,7 @@
  *-------------------------------------------------------------------------
  */
 #include "apply_internal.h"
+#include "schema.h"
 
 #include "access/xact.h"
 #include "access/xlog.h"
@@ -263,6 +264,65 @@ swap_target_name(const char *table)
 }
 
 /*
+ * Plan the copy of the tables a resync is about to copy (again), from the
+ * source as it is now rather than as setup saw it: a partition attached
+ * since is part of the copy and a detached one is not, the parts follow
+ * the table's present size, and a column dropped on the source is not
+ * asked for.  Columns the source has gained and the destination lacks are
+ * added first (schema_plan_resync), so the copy carries their values.  The
+ * checks of source_describe_table run again too.  Runs outside any
+ * transaction, before the resync's snapshot is taken; conn is a plain
+ * connection to the source.
+ */
+static void
+resync_plan(PGconn *conn, Mirror *m)
+{
+	List	   *tables = NIL;
+	ListCell   *lc;
+
+	(void) source_check(conn);
+
+	/*
+	 * Labels the source added to an enum since the types were made would
+	 * fail the copy (the stream takes them over on the first failure, a
+	 * COPY part only fails three times).
+	 */
+	schema_sync_enum_labels(m);
+
+	foreach(lc, m->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+		BunnyErrorContext errctx;
+
+		if (mt->resync_state == RESYNC_NONE)
+			continue;
+		bunny_errcontext_push(&errctx, NULL,
+							  quote_qualified_identifier(mt->source_schema, mt->source_table),
+							  InvalidXLogRecPtr);
+		tables = lappend(tables, source_describe_table(conn, mt, true));
+		bunny_errcontext_pop(&errctx);
+	}
+	if (tables == NIL)
+		return;
+
+	bunny_start_transaction();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	foreach(lc, tables)
+	{
+		SourceTable *st = lfirst(lc);
+		BunnyErrorContext errctx;
+
+		bunny_errcontext_push(&errctx, NULL,
+							  quote_qualified_identifier(st->mt->dest_schema, st->mt->dest_table),
+							  InvalidXLogRecPtr);
+		catalog_record_copy_plan(st, m, schema_plan_resync(conn, st, m->name));
+		bunny_errcontext_pop(&errctx);
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
  * Start the copy of every REQUESTED table from one new snapshot.
  */
 static void
@@ -278,7 +338,7 @@ resync_start(Mirror *m)
 	{
 		PGconn	   *plan_conn = mirror_connect(m, false);
 
-		setup_plan_resync(plan_conn, m);
+		resync_plan(plan_conn, m);
 		stream_disconnect(&plan_conn);
 	}
 	snapshot_conn = mirror_connect(m, true);

@@ -360,65 +360,6 @@ setup_check_source(PGconn *conn, Mirror *m)
 }
 
 /*
- * Plan the copy of the tables a resync is about to copy (again), from the
- * source as it is now rather than as setup saw it: a partition attached
- * since is part of the copy and a detached one is not, the parts follow
- * the table's present size, and a column dropped on the source is not
- * asked for.  Columns the source has gained and the destination lacks are
- * added first (schema_plan_resync), so the copy carries their values.  The
- * checks of source_describe_table run again too.  Runs outside any
- * transaction, before the resync's snapshot is taken; conn is a plain
- * connection to the source.
- */
-void
-setup_plan_resync(PGconn *conn, Mirror *m)
-{
-	List	   *tables = NIL;
-	ListCell   *lc;
-
-	(void) source_check(conn);
-
-	/*
-	 * Labels the source added to an enum since the types were made would
-	 * fail the copy (the stream takes them over on the first failure, a
-	 * COPY part only fails three times).
-	 */
-	schema_sync_enum_labels(m);
-
-	foreach(lc, m->tables)
-	{
-		MirrorTable *mt = lfirst(lc);
-		BunnyErrorContext errctx;
-
-		if (mt->resync_state == RESYNC_NONE)
-			continue;
-		bunny_errcontext_push(&errctx, NULL,
-							  quote_qualified_identifier(mt->source_schema, mt->source_table),
-							  InvalidXLogRecPtr);
-		tables = lappend(tables, source_describe_table(conn, mt, true));
-		bunny_errcontext_pop(&errctx);
-	}
-	if (tables == NIL)
-		return;
-
-	bunny_start_transaction();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	foreach(lc, tables)
-	{
-		SourceTable *st = lfirst(lc);
-		BunnyErrorContext errctx;
-
-		bunny_errcontext_push(&errctx, NULL,
-							  quote_qualified_identifier(st->mt->dest_schema, st->mt->dest_table),
-							  InvalidXLogRecPtr);
-		catalog_record_copy_plan(st, m, schema_plan_resync(conn, st, m->name));
-		bunny_errcontext_pop(&errctx);
-	}
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-}
-
-/*
  * After update_tables: create what the added tables need on the destination,
  * point the publication at the new table list, and queue the added tables
  * for a copy (resync strategy 'add': they must be empty) that runs while the
