@@ -688,20 +688,19 @@ resync_switch_ready(Mirror *m, const ResyncReplayer *replayer)
 			 */
 			PGconn	   *seq_conn = mirror_connect(m, false);
 
-			snapshot_sync_sequences(seq_conn, m->name,
-									bunny_spi_scalar("SELECT coalesce(jsonb_agg(CASE WHEN o.seq IS NULL THEN s.e "
-													 "         ELSE jsonb_set(s.e, '{dest}', to_jsonb(o.seq)) END ORDER BY s.n), "
-													 "       '[]')::text "
-													 "  FROM bunny.mirror_table mt "
-													 " CROSS JOIN LATERAL jsonb_array_elements(mt.sequences) "
-													 "       WITH ORDINALITY s(e, n) "
-													 "  LEFT JOIN LATERAL (SELECT pg_catalog.pg_get_serial_sequence($4, a.attname) AS seq "
-													 "                       FROM pg_catalog.pg_attribute a "
-													 "                      WHERE a.attrelid = $4::regclass "
-													 "                        AND a.attname = s.e->>'column' "
-													 "                        AND a.attnum > 0 AND NOT a.attisdropped) o ON true "
-													 " WHERE mt.mirror_id = $1 AND mt.source_schema = $2 AND mt.source_table = $3",
-													 4, t4, v4, NULL));
+			schema_take_over_sequences(seq_conn, m->name,
+									   "SELECT s.e->>'source', coalesce(o.seq, s.e->>'dest') "
+									   "  FROM bunny.mirror_table mt "
+									   " CROSS JOIN LATERAL jsonb_array_elements(mt.sequences) "
+									   "       WITH ORDINALITY s(e, n) "
+									   "  LEFT JOIN LATERAL (SELECT pg_catalog.pg_get_serial_sequence($4, a.attname) AS seq "
+									   "                       FROM pg_catalog.pg_attribute a "
+									   "                      WHERE a.attrelid = $4::regclass "
+									   "                        AND a.attname = s.e->>'column' "
+									   "                        AND a.attnum > 0 AND NOT a.attisdropped) o ON true "
+									   " WHERE mt.mirror_id = $1 AND mt.source_schema = $2 AND mt.source_table = $3 "
+									   " ORDER BY s.n",
+									   4, t4, v4);
 			stream_disconnect(&seq_conn);
 		}
 		if (mt->resync_strategy == STRATEGY_ADD && m->replicate_foreign_keys && mt->created_by_bunny)

@@ -12,9 +12,10 @@
  * in functions.c).  So a column gets the same definition whichever of them
  * adds it, and a rule such as "a default that calls nextval() is not
  * copied" is written once (schema_default_copied).  The functions that
- * return SQL run nothing; schema_ensure_type, schema_plan_resync and
- * schema_sync_enum_labels run what they build, in the caller's transaction
- * or (the enum labels) in one of their own.
+ * return SQL run nothing; schema_ensure_type, schema_plan_resync,
+ * schema_take_over_sequences and schema_sync_enum_labels run what they
+ * build, in the caller's transaction or (the enum labels) in one of their
+ * own.
  *
  * NOTES
  *
@@ -706,6 +707,49 @@ schema_plan_resync(PGconn *conn, SourceTable *st, const char *mirror_name)
 	}
 	CommandCounterIncrement();
 	return copy_columns;
+}
+
+/*
+ * Take over the source's current values of the destination's sequences.
+ * Sequences are not replicated by the stream; they are set once the data
+ * they number is in, so that the destination can take over writes.  query
+ * (over SPI, with nargs arguments) gives a row per sequence: the source's
+ * name, the destination's, both qualified.
+ */
+void
+schema_take_over_sequences(PGconn *conn, const char *mirror_name, const char *query,
+						   int nargs, Oid *types, Datum *vals)
+{
+	uint64		n;
+	char	  **src;
+	char	  **dst;
+
+	SPI_connect();
+	SPI_execute_with_args(query, nargs, types, vals, NULL, true, 0);
+	n = SPI_processed;
+	src = palloc(sizeof(char *) * (n + 1));
+	dst = palloc(sizeof(char *) * (n + 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		src[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		dst[i] = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+	}
+	for (uint64 i = 0; i < n; i++)
+	{
+		char	   *last_value;
+		bool		is_called;
+
+		source_sequence_value(conn, src[i], &last_value, &is_called);
+		if (SPI_execute(psprintf("SELECT pg_catalog.setval(%s, %s, %s)", quote_literal_cstr(dst[i]),
+								 last_value, is_called ? "true" : "false"), false, 0) < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not set sequence %s", dst[i])));
+	}
+	SPI_finish();
+	if (n > 0)
+		bunny_log(mirror_name, "INFO",
+				  psprintf("took over %d sequence value(s) from the source", (int) n), NULL);
 }
 
 /*

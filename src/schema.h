@@ -64,6 +64,8 @@ extern List *schema_foreign_key_ddl(SourceTable *st, List *tables, const char *m
 /* run on the destination */
 extern void schema_ensure_type(PGconn *conn, Oid typid, const char *mirror_name, List **done);
 extern List *schema_plan_resync(PGconn *conn, SourceTable *st, const char *mirror_name);
+extern void schema_take_over_sequences(PGconn *conn, const char *mirror_name, const char *query,
+									   int nargs, Oid *types, Datum *vals);
 extern int	schema_sync_enum_labels(Mirror *m);
 
 #endif							/* BUNNYDB_SCHEMA_H */

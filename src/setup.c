@@ -289,14 +289,11 @@ setup_finish_tables_without_copy(PGconn *conn, Mirror *m)
 					(errcode(ERRCODE_INTERNAL_ERROR),
 					 errmsg("could not create foreign keys on the destination")));
 	}
-	{
-		char	   *seqs = bunny_spi_scalar("SELECT coalesce(jsonb_agg(s), '[]')::text "
-											"  FROM bunny.mirror_table t, jsonb_array_elements(t.sequences) s "
-											" WHERE t.mirror_id = $1 AND t.created_by_bunny",
-											1, types, vals, NULL);
-
-		snapshot_sync_sequences(conn, m->name, seqs);
-	}
+	schema_take_over_sequences(conn, m->name,
+							   "SELECT s->>'source', s->>'dest' "
+							   "  FROM bunny.mirror_table t, jsonb_array_elements(t.sequences) s "
+							   " WHERE t.mirror_id = $1 AND t.created_by_bunny",
+							   1, types, vals);
 }
 
 /*
