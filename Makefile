@@ -30,6 +30,7 @@ OBJS = \
 	src/launcher.o \
 	src/worker.o \
 	src/setup.o \
+	src/schema.o \
 	src/snapshot.o \
 	src/resync.o \
 	src/applystream.o src/apply.o src/applyxact.o src/applybatch.o \
@@ -59,7 +60,7 @@ PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
 # PGXS does not track header dependencies
-$(OBJS): src/bunnydb.h src/compat.h src/source.h src/state.h
+$(OBJS): src/bunnydb.h src/compat.h src/source.h src/state.h src/schema.h
 src/applystream.o src/apply.o src/applyxact.o src/applybatch.o src/applywriter.o \
 	src/relmap.o src/fold.o src/resync.o: src/apply_internal.h
 

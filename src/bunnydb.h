@@ -207,6 +207,8 @@ extern void catalog_clear_error(int32 mirror_id);
 extern void catalog_finish_pause(int32 mirror_id);
 extern void bunny_start_transaction(void);
 extern void catalog_finish_resync(int32 mirror_id, const char *mirror_name);
+struct SourceTable;
+extern void catalog_record_copy_plan(struct SourceTable *st, Mirror *m, List *copy_columns);
 extern void catalog_apply_ddl(const char *mirror, const char *dest_table,
 							  const char *items_json, bool indexes);
 extern void bunny_log(const char *mirror, const char *level, const char *message,
@@ -243,7 +245,6 @@ extern void bunny_require_password(PGconn *conn, bool required);
 /* setup.c */
 extern XLogRecPtr setup_run(PGconn *conn, Mirror *mirror, char **snapshot);
 extern void setup_refresh_tables(PGconn *conn, Mirror *mirror);
-extern void setup_plan_resync(PGconn *conn, Mirror *mirror);
 extern void setup_check_source(PGconn *conn, Mirror *mirror);
 extern int	setup_sync_enum_labels(Mirror *m);
 

@@ -12,6 +12,7 @@
  *-------------------------------------------------------------------------
  */
 #include "bunnydb.h"
+#include "source.h"
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -638,3 +639,173 @@ bunny_error_details(ErrorData *edata, const char *action)
 	appendStringInfoChar(&details, '}');
 	return details.data;
 }
+
+/* text[] literal of a list of C strings, for SPI */
+static Datum
+text_array(List *items)
+{
+	Datum	   *d = palloc(sizeof(Datum) * (list_length(items) + 1));
+	int			n = 0;
+	ListCell   *lc;
+
+	foreach(lc, items)
+		d[n++] = CStringGetTextDatum((char *) lfirst(lc));
+	return PointerGetDatum(construct_array(d, n, TEXTOID, -1, false, TYPALIGN_INT));
+}
+
+/* add {"from": ..., "where": ...} to a JSON array under construction */
+static void
+part_item(StringInfo arr, const char *from, const char *where)
+{
+	appendStringInfoString(arr, arr->len > 1 ? ", {\"from\": " : "{\"from\": ");
+	escape_json(arr, from);
+	if (where)
+	{
+		appendStringInfoString(arr, ", \"where\": ");
+		escape_json(arr, where);
+	}
+	appendStringInfoChar(arr, '}');
+}
+
+/*
+ * Split a table's copy into parts: one per leaf partition of a partitioned
+ * source; ranges of an integer partition_key; else ranges of heap blocks
+ * (TID range scans).  The first and last ranges are open-ended, so rows
+ * beyond the estimates are still copied exactly once.
+ */
+static char *
+plan_parts(SourceTable *st, int rows_per_part)
+{
+	StringInfoData arr;
+	const char *src = quote_qualified_identifier(st->mt->source_schema, st->mt->source_table);
+	int64		nparts = 1;
+
+	initStringInfo(&arr);
+	appendStringInfoChar(&arr, '[');
+	if (st->relkind == 'p')
+	{
+		ListCell   *lc;
+
+		foreach(lc, st->leaves)
+			part_item(&arr, (char *) lfirst(lc), NULL);
+		if (st->leaves == NIL)
+			part_item(&arr, src, NULL);
+		appendStringInfoChar(&arr, ']');
+		return arr.data;
+	}
+
+	if (st->reltuples > rows_per_part)
+		nparts = (st->reltuples + rows_per_part - 1) / rows_per_part;
+	if (st->key_ranges)
+	{
+		int64		span = st->key_max - st->key_min + 1;
+		const char *k = quote_identifier(st->mt->partition_key);
+
+		nparts = Min(nparts, Max(span, 1));
+		for (int64 i = 0; i < nparts; i++)
+		{
+			int64		lo = st->key_min + span * i / nparts;
+			int64		hi = st->key_min + span * (i + 1) / nparts;
+			char	   *where;
+
+			if (nparts == 1)
+				where = NULL;
+			else if (i == 0)
+				where = psprintf("%s < " INT64_FORMAT " OR %s IS NULL", k, hi, k);
+			else if (i == nparts - 1)
+				where = psprintf("%s >= " INT64_FORMAT, k, lo);
+			else
+				where = psprintf("%s >= " INT64_FORMAT " AND %s < " INT64_FORMAT, k, lo, k, hi);
+			part_item(&arr, psprintf("ONLY %s", src), where);
+		}
+	}
+	else
+	{
+		int64		pages = Max(st->relpages, 1);
+		int64		per;
+
+		nparts = Min(nparts, pages);
+		per = (pages + nparts - 1) / nparts;
+		for (int64 i = 0; i < nparts; i++)
+		{
+			int64		lo = i * per;
+			int64		hi = (i + 1) * per;
+			char	   *where;
+
+			if (nparts == 1)
+				where = NULL;
+			else if (i == 0)
+				where = psprintf("ctid < '(" INT64_FORMAT ",0)'::tid", hi);
+			else if (i == nparts - 1)
+				where = psprintf("ctid >= '(" INT64_FORMAT ",0)'::tid", lo);
+			else
+				where = psprintf("ctid >= '(" INT64_FORMAT ",0)'::tid AND ctid < '(" INT64_FORMAT ",0)'::tid",
+								 lo, hi);
+			part_item(&arr, psprintf("ONLY %s", src), where);
+		}
+	}
+	appendStringInfoChar(&arr, ']');
+	return arr.data;
+}
+
+/*
+ * Binary COPY is safe when every copied column has the same built-in type
+ * on both sides: binary array and record values embed type OIDs, which
+ * differ between servers for user-defined types.
+ */
+static bool
+copy_binary_safe(SourceTable *st)
+{
+	Oid			nspid = get_namespace_oid(st->mt->dest_schema, true);
+	Oid			relid = OidIsValid(nspid) ? get_relname_relid(st->mt->dest_table, nspid) : InvalidOid;
+	ListCell   *lc;
+
+	if (!OidIsValid(relid))
+		return false;
+	foreach(lc, st->columns)
+	{
+		SourceColumn *col = lfirst(lc);
+		AttrNumber	attnum;
+
+		if (col->excluded || col->generated)
+			continue;
+		attnum = get_attnum(relid, col->name);
+		if (col->typid >= FirstNormalObjectId || attnum == InvalidAttrNumber ||
+			get_atttype(relid, attnum) != col->typid)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Record in bunny.mirror_table what the copy of st reads and how it is
+ * split: the source's kind, the columns, the parts, the size estimates and
+ * whether binary COPY is safe.  Setup records it when it prepares a table,
+ * and a resync again from the source as it is then (copy_columns: the
+ * columns both sides have now).
+ */
+void
+catalog_record_copy_plan(SourceTable *st, Mirror *m, List *copy_columns)
+{
+	Oid			types[9] = {INT4OID, TEXTOID, TEXTOID, CHAROID, TEXTARRAYOID, TEXTOID,
+	INT8OID, INT8OID, BOOLOID};
+	Datum		vals[9];
+
+	vals[0] = Int32GetDatum(m->id);
+	vals[1] = CStringGetTextDatum(st->mt->source_schema);
+	vals[2] = CStringGetTextDatum(st->mt->source_table);
+	vals[3] = CharGetDatum(st->relkind);
+	vals[4] = text_array(copy_columns);
+	vals[5] = CStringGetTextDatum(plan_parts(st, m->snapshot_rows_per_partition));
+	vals[6] = Int64GetDatum(st->relpages);
+	vals[7] = Int64GetDatum(st->reltuples);
+	vals[8] = BoolGetDatum(copy_binary_safe(st));
+	SPI_connect();
+	SPI_execute_with_args("UPDATE bunny.mirror_table "
+						  "   SET source_relkind = $4, copy_columns = $5::name[], copy_parts = $6::jsonb, "
+						  "       source_pages = $7, source_rows = $8, copy_binary = $9 "
+						  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+						  9, types, vals, NULL, false, 0);
+	SPI_finish();
+}
+

@@ -5,12 +5,14 @@
  *		bunnydb--*.sql (connection checks, remote queries, waking and
  *		stopping workers) and the live figures for the views.  What they
  *		ask of or do on the source is source.c's, shared with the
- *		workers.
+ *		workers.  bunny.sync_schema's statements are schema.c's, the
+ *		same that setup and the workers run (bunny._add_column_ddl,
+ *		bunny._alter_column_ddl, bunny._index_ddl).
  *
  *-------------------------------------------------------------------------
  */
 #include "bunnydb.h"
-#include "source.h"
+#include "schema.h"
 
 #include "access/xact.h"
 #include "catalog/pg_type.h"
@@ -20,6 +22,7 @@
 #include "pgstat.h"
 #include "storage/proc.h"
 #include "storage/procarray.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/memutils.h"
@@ -29,6 +32,9 @@
 #include "utils/tuplestore.h"
 
 PG_FUNCTION_INFO_V1(bunny_check_preload);
+PG_FUNCTION_INFO_V1(bunny_add_column_ddl);
+PG_FUNCTION_INFO_V1(bunny_alter_column_ddl);
+PG_FUNCTION_INFO_V1(bunny_index_ddl);
 PG_FUNCTION_INFO_V1(bunny_conninfo_check);
 PG_FUNCTION_INFO_V1(bunny_mask_conninfo);
 PG_FUNCTION_INFO_V1(bunny_caller_is_superuser);
@@ -777,4 +783,108 @@ bunny_worker_stats(PG_FUNCTION_ARGS)
 	}
 	LWLockRelease(BunnyState->lock);
 	return (Datum) 0;
+}
+
+static char *
+text_arg_or_null(FunctionCallInfo fcinfo, int n)
+{
+	return PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n));
+}
+
+/*
+ * bunny._add_column_ddl(dest, attname, type, generated, def): ALTER TABLE
+ * ... ADD COLUMN for a source column (type with COLLATE, generation
+ * expression or NULL, default or NULL), as the workers add one
+ * (schema_add_column_ddl).
+ */
+Datum
+bunny_add_column_ddl(PG_FUNCTION_ARGS)
+{
+	SourceColumn col = {0};
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		PG_RETURN_NULL();
+	col.name = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	col.type_sql = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	col.generated = text_arg_or_null(fcinfo, 3);
+	col.default_expr = text_arg_or_null(fcinfo, 4);
+	PG_RETURN_TEXT_P(cstring_to_text(schema_add_column_ddl(text_to_cstring(PG_GETARG_TEXT_PP(0)),
+														   &col)));
+}
+
+/*
+ * bunny._alter_column_ddl(dest, attname, change, value): the statement
+ * that brings a column in line with the source, for change 'type' (value:
+ * the type with COLLATE), 'default' (value: the default, NULL for none),
+ * 'set not null', 'drop not null' or 'drop'.
+ */
+Datum
+bunny_alter_column_ddl(PG_FUNCTION_ARGS)
+{
+	char	   *dest;
+	char	   *attname;
+	char	   *change;
+	char	   *value = text_arg_or_null(fcinfo, 3);
+	char	   *ddl;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
+		PG_RETURN_NULL();
+	dest = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	attname = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	change = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	if (strcmp(change, "type") == 0 && value != NULL)
+		ddl = schema_alter_type_ddl(dest, attname, value);
+	else if (strcmp(change, "default") == 0)
+		ddl = schema_set_default_ddl(dest, attname, value);
+	else if (strcmp(change, "set not null") == 0 || strcmp(change, "drop not null") == 0)
+		ddl = schema_not_null_ddl(dest, attname, change[0] == 's');
+	else if (strcmp(change, "drop") == 0)
+		ddl = schema_drop_column_ddl(dest, attname);
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("unknown column change \"%s\"", change)));
+	PG_RETURN_TEXT_P(cstring_to_text(ddl));
+}
+
+/*
+ * bunny._index_ddl(src, dest, def, isprimary, cols): a source index (as
+ * bunny._source_indexes lists it) for the destination table, as setup
+ * creates indexes (schema_index_ddl); a primary key as ADD PRIMARY KEY on
+ * its columns.  NULL when the definition is not in the form we know.
+ */
+Datum
+bunny_index_ddl(PG_FUNCTION_ARGS)
+{
+	char	   *src;
+	char	   *dest;
+	char	   *ddl = NULL;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3))
+		PG_RETURN_NULL();
+	src = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	dest = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (PG_GETARG_BOOL(3))
+	{
+		List	   *cols = NIL;
+
+		if (!PG_ARGISNULL(4))
+		{
+			Datum	   *elems;
+			bool	   *nulls;
+			int			n;
+
+			deconstruct_array(PG_GETARG_ARRAYTYPE_P(4), TEXTOID, -1, false, TYPALIGN_INT,
+							  &elems, &nulls, &n);
+			for (int i = 0; i < n; i++)
+				if (!nulls[i])
+					cols = lappend(cols, TextDatumGetCString(elems[i]));
+		}
+		ddl = schema_primary_key_ddl(dest, cols);
+	}
+	else if (!PG_ARGISNULL(2))
+		ddl = schema_index_ddl(src, dest, text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	if (ddl == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_TEXT_P(cstring_to_text(ddl));
 }

@@ -6,21 +6,22 @@
  *		and the prepared statements that apply changes to it.
  *
  * An entry is created by a Relation message (relmap_update; the apply only
- * parses it) and its destination side is built on first use: column mapping (by name), types, receive and input
- * functions, which columns identify a row, whether UPDATEs may be folded.
- * Columns the source has and the destination lacks are added (with the
- * source's type and default).  Relcache invalidation of the destination
- * table marks the entry for rebuilding; its plans are freed then.  What the
- * map needs from the apply (the mirror, the binary mode, the table a resync
+ * parses it) and its destination side is built on first use: column
+ * mapping (by name), types, receive and input functions, which columns
+ * identify a row, whether UPDATEs may be folded.  Columns the source has
+ * and the destination lacks are added, defined as setup defines them
+ * (schema_add_column_ddl).  Relcache invalidation of the destination table
+ * marks the entry for rebuilding; its plans are freed then.  What the map
+ * needs from the apply (the mirror, the binary mode, the table a resync
  * replay writes to) it is given, by relmap_init, relmap_set_mirror and
- * relmap_retarget; it never asks the apply's state.  Like
- * the built-in worker's relation.c, but keyed to bunnydb's own catalog:
+ * relmap_retarget; it never asks the apply's state.  Like the built-in
+ * worker's relation.c, but keyed to bunnydb's own catalog:
  * logicalrep_rel_open assumes a subscription.
  *
  *-------------------------------------------------------------------------
  */
 #include "apply_internal.h"
-#include "source.h"
+#include "schema.h"
 
 #include "access/genam.h"
 #include "access/htup_details.h"
@@ -303,26 +304,45 @@ remote_type_sql(RelMapEntry *e, int i)
 }
 
 /*
- * The default expression of a source column, or NULL (see
- * source_column_default).  A column added with a default fills the
- * existing rows on the source without any WAL record per row, so the
- * destination column needs the same default to agree.  Asked on a
- * short-lived plain connection: the replication connection is busy
- * streaming.
+ * Column i of e as the source describes it now (source_table_columns, as
+ * setup describes columns: type with COLLATE, default, identity), to add
+ * it here with the definition setup would give it.  A column added with a
+ * default fills the existing rows on the source without any WAL record per
+ * row, so the destination column needs the same default to agree.  A
+ * user-defined type the column needs is created first, as setup creates
+ * it.  When the source no longer has the column, the Relation message's
+ * type is all there is.  Asked on a short-lived plain connection: the
+ * replication connection is busy streaming.
  */
-static char *
-remote_column_default(RelMapEntry *e, const char *attname)
+static SourceColumn *
+remote_column(RelMapEntry *e, int i)
 {
+	const char *attname = e->remoterel->attnames[i];
 	PGconn	   *c;
-	char	   *result;
+	SourceColumn *found = NULL;
+	List	   *types_done = NIL;
+	ListCell   *lc;
 
 	/* no PG_TRY: on error the worker exits, which closes c */
 	c = mirror_connect(relmap_mirror, false);
-	result = source_column_default(c, quote_qualified_identifier(e->remoterel->nspname,
-																 e->remoterel->relname),
-								   attname);
+	foreach(lc, source_table_columns(c, quote_qualified_identifier(e->remoterel->nspname,
+																   e->remoterel->relname)))
+	{
+		SourceColumn *col = lfirst(lc);
+
+		if (strcmp(col->name, attname) == 0)
+			found = col;
+	}
+	if (found != NULL)
+		schema_ensure_type(c, found->typid, relmap_mirror->name, &types_done);
 	stream_disconnect(&c);
-	return result;
+	if (found == NULL)
+	{
+		found = palloc0(sizeof(SourceColumn));
+		found->name = pstrdup(attname);
+		found->type_sql = remote_type_sql(e, i);
+	}
+	return found;
 }
 
 /*
@@ -365,10 +385,7 @@ relmap_build(RelMapEntry *e)
 		if (get_attnum(e->localrelid, r->attnames[i]) != InvalidAttrNumber)
 			continue;
 		{
-			char	   *def = remote_column_default(e, r->attnames[i]);
-			char	   *ddl = psprintf("ALTER TABLE %s ADD COLUMN %s %s%s%s", e->qualname,
-									   quote_identifier(r->attnames[i]), remote_type_sql(e, i),
-									   def ? " DEFAULT " : "", def ? def : "");
+			char	   *ddl = schema_add_column_ddl(e->qualname, remote_column(e, i));
 			int			rc;
 
 			SPI_connect();

@@ -31,6 +31,7 @@
  *-------------------------------------------------------------------------
  */
 #include "apply_internal.h"
+#include "schema.h"
 
 #include "access/xact.h"
 #include "access/xlog.h"
@@ -263,6 +264,65 @@ swap_target_name(const char *table)
 }
 
 /*
+ * Plan the copy of the tables a resync is about to copy (again), from the
+ * source as it is now rather than as setup saw it: a partition attached
+ * since is part of the copy and a detached one is not, the parts follow
+ * the table's present size, and a column dropped on the source is not
+ * asked for.  Columns the source has gained and the destination lacks are
+ * added first (schema_plan_resync), so the copy carries their values.  The
+ * checks of source_describe_table run again too.  Runs outside any
+ * transaction, before the resync's snapshot is taken; conn is a plain
+ * connection to the source.
+ */
+static void
+resync_plan(PGconn *conn, Mirror *m)
+{
+	List	   *tables = NIL;
+	ListCell   *lc;
+
+	(void) source_check(conn);
+
+	/*
+	 * Labels the source added to an enum since the types were made would
+	 * fail the copy (the stream takes them over on the first failure, a
+	 * COPY part only fails three times).
+	 */
+	schema_sync_enum_labels(m);
+
+	foreach(lc, m->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+		BunnyErrorContext errctx;
+
+		if (mt->resync_state == RESYNC_NONE)
+			continue;
+		bunny_errcontext_push(&errctx, NULL,
+							  quote_qualified_identifier(mt->source_schema, mt->source_table),
+							  InvalidXLogRecPtr);
+		tables = lappend(tables, source_describe_table(conn, mt, true));
+		bunny_errcontext_pop(&errctx);
+	}
+	if (tables == NIL)
+		return;
+
+	bunny_start_transaction();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	foreach(lc, tables)
+	{
+		SourceTable *st = lfirst(lc);
+		BunnyErrorContext errctx;
+
+		bunny_errcontext_push(&errctx, NULL,
+							  quote_qualified_identifier(st->mt->dest_schema, st->mt->dest_table),
+							  InvalidXLogRecPtr);
+		catalog_record_copy_plan(st, m, schema_plan_resync(conn, st, m->name));
+		bunny_errcontext_pop(&errctx);
+	}
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/*
  * Start the copy of every REQUESTED table from one new snapshot.
  */
 static void
@@ -278,7 +338,7 @@ resync_start(Mirror *m)
 	{
 		PGconn	   *plan_conn = mirror_connect(m, false);
 
-		setup_plan_resync(plan_conn, m);
+		resync_plan(plan_conn, m);
 		stream_disconnect(&plan_conn);
 	}
 	snapshot_conn = mirror_connect(m, true);
@@ -628,20 +688,19 @@ resync_switch_ready(Mirror *m, const ResyncReplayer *replayer)
 			 */
 			PGconn	   *seq_conn = mirror_connect(m, false);
 
-			snapshot_sync_sequences(seq_conn, m->name,
-									bunny_spi_scalar("SELECT coalesce(jsonb_agg(CASE WHEN o.seq IS NULL THEN s.e "
-													 "         ELSE jsonb_set(s.e, '{dest}', to_jsonb(o.seq)) END ORDER BY s.n), "
-													 "       '[]')::text "
-													 "  FROM bunny.mirror_table mt "
-													 " CROSS JOIN LATERAL jsonb_array_elements(mt.sequences) "
-													 "       WITH ORDINALITY s(e, n) "
-													 "  LEFT JOIN LATERAL (SELECT pg_catalog.pg_get_serial_sequence($4, a.attname) AS seq "
-													 "                       FROM pg_catalog.pg_attribute a "
-													 "                      WHERE a.attrelid = $4::regclass "
-													 "                        AND a.attname = s.e->>'column' "
-													 "                        AND a.attnum > 0 AND NOT a.attisdropped) o ON true "
-													 " WHERE mt.mirror_id = $1 AND mt.source_schema = $2 AND mt.source_table = $3",
-													 4, t4, v4, NULL));
+			schema_take_over_sequences(seq_conn, m->name,
+									   "SELECT s.e->>'source', coalesce(o.seq, s.e->>'dest') "
+									   "  FROM bunny.mirror_table mt "
+									   " CROSS JOIN LATERAL jsonb_array_elements(mt.sequences) "
+									   "       WITH ORDINALITY s(e, n) "
+									   "  LEFT JOIN LATERAL (SELECT pg_catalog.pg_get_serial_sequence($4, a.attname) AS seq "
+									   "                       FROM pg_catalog.pg_attribute a "
+									   "                      WHERE a.attrelid = $4::regclass "
+									   "                        AND a.attname = s.e->>'column' "
+									   "                        AND a.attnum > 0 AND NOT a.attisdropped) o ON true "
+									   " WHERE mt.mirror_id = $1 AND mt.source_schema = $2 AND mt.source_table = $3 "
+									   " ORDER BY s.n",
+									   4, t4, v4);
 			stream_disconnect(&seq_conn);
 		}
 		if (mt->resync_strategy == STRATEGY_ADD && m->replicate_foreign_keys && mt->created_by_bunny)
