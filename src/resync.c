@@ -31,6 +31,7 @@
  *-------------------------------------------------------------------------
  */
 #include "apply_internal.h"
+#include "copypool.h"
 
 #include "access/xact.h"
 #include "access/xlog.h"
@@ -49,7 +50,7 @@
 #include "utils/timestamp.h"
 
 static PGconn *snapshot_conn = NULL;	/* holds the temporary slot's snapshot */
-static SnapshotPool *pool = NULL;
+static CopyPool *pool = NULL;
 static TimestampTz last_tick = 0;
 
 #define RESYNC_TICK_MS	500
@@ -370,7 +371,7 @@ resync_start(Mirror *m)
 						 quote_qualified_identifier(mt->source_schema, mt->source_table));
 		bunny_errcontext_pop(&errctx);
 	}
-	nparts = snapshot_insert_parts(m->id, "t.resync_state = 'COPYING'");
+	nparts = copypool_insert_parts(m->id, "t.resync_state = 'COPYING'");
 	bunny_log(m->name, "INFO",
 			  psprintf("copying %s from a new snapshot at %X/%X (%d part(s)); the stream goes on",
 					   names.data, LSN_FORMAT_ARGS(lsn), nparts), NULL);
@@ -378,7 +379,7 @@ resync_start(Mirror *m)
 	CommitTransactionCommand();
 	XLogFlush(XactLastCommitEnd);
 
-	pool = snapshot_pool_start(m, snapshot_conn, snapshot, nparts);
+	pool = copypool_start(m, snapshot_conn, snapshot, nparts);
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: streaming changes, copying tables again");
 }
 
@@ -628,20 +629,20 @@ resync_switch_ready(Mirror *m, const ResyncReplayer *replayer)
 			 */
 			PGconn	   *seq_conn = mirror_connect(m, false);
 
-			snapshot_sync_sequences(seq_conn, m->name,
-									bunny_spi_scalar("SELECT coalesce(jsonb_agg(CASE WHEN o.seq IS NULL THEN s.e "
-													 "         ELSE jsonb_set(s.e, '{dest}', to_jsonb(o.seq)) END ORDER BY s.n), "
-													 "       '[]')::text "
-													 "  FROM bunny.mirror_table mt "
-													 " CROSS JOIN LATERAL jsonb_array_elements(mt.sequences) "
-													 "       WITH ORDINALITY s(e, n) "
-													 "  LEFT JOIN LATERAL (SELECT pg_catalog.pg_get_serial_sequence($4, a.attname) AS seq "
-													 "                       FROM pg_catalog.pg_attribute a "
-													 "                      WHERE a.attrelid = $4::regclass "
-													 "                        AND a.attname = s.e->>'column' "
-													 "                        AND a.attnum > 0 AND NOT a.attisdropped) o ON true "
-													 " WHERE mt.mirror_id = $1 AND mt.source_schema = $2 AND mt.source_table = $3",
-													 4, t4, v4, NULL));
+			sequences_sync(seq_conn, m->name,
+							       bunny_spi_scalar("SELECT coalesce(jsonb_agg(CASE WHEN o.seq IS NULL THEN s.e "
+												"         ELSE jsonb_set(s.e, '{dest}', to_jsonb(o.seq)) END ORDER BY s.n), "
+												"       '[]')::text "
+												"  FROM bunny.mirror_table mt "
+												" CROSS JOIN LATERAL jsonb_array_elements(mt.sequences) "
+												"       WITH ORDINALITY s(e, n) "
+												"  LEFT JOIN LATERAL (SELECT pg_catalog.pg_get_serial_sequence($4, a.attname) AS seq "
+												"                       FROM pg_catalog.pg_attribute a "
+												"                      WHERE a.attrelid = $4::regclass "
+												"                        AND a.attname = s.e->>'column' "
+												"                        AND a.attnum > 0 AND NOT a.attisdropped) o ON true "
+												" WHERE mt.mirror_id = $1 AND mt.source_schema = $2 AND mt.source_table = $3",
+												4, t4, v4, NULL));
 			stream_disconnect(&seq_conn);
 		}
 		if (mt->resync_strategy == STRATEGY_ADD && m->replicate_foreign_keys && mt->created_by_bunny)
@@ -727,7 +728,7 @@ resync_tick(Mirror *m, const ResyncReplayer *replayer)
 		return;
 	last_tick = GetCurrentTimestamp();
 
-	(void) snapshot_pool_tick(pool, m);
+	(void) copypool_tick(pool, m);
 	resync_switch_ready(m, replayer);
 
 	copying = false;
@@ -740,7 +741,7 @@ resync_tick(Mirror *m, const ResyncReplayer *replayer)
 	}
 	if (!copying)
 	{
-		snapshot_pool_wait(pool);
+		copypool_wait(pool);
 		pool = NULL;
 		stream_disconnect(&snapshot_conn);
 		pgstat_report_activity(STATE_RUNNING, "bunnydb: streaming changes");
