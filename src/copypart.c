@@ -15,6 +15,11 @@
  * and indexes (tables are created bare, which makes the copy cheaper),
  * takes over its sequence values and marks it SYNCED.
  *
+ * A part's progress (rows and bytes so far) is not written anywhere
+ * during its copy: it is in the worker's COPY progress report in shared
+ * memory, where bunny.copy_progress reads it (copy_range); the part's
+ * DONE mark records its rows and bytes.
+ *
  * The snapshot workers of copypool.c call this; the snapshot phase
  * (snapshot.c) finishes here the tables whose finishing a crash cut short.
  *
@@ -27,6 +32,7 @@
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/progress.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "nodes/makefuncs.h"
@@ -46,6 +52,23 @@ static char *copy_buf = NULL;
 static int	copy_buf_len = 0;
 static int	copy_buf_pos = 0;
 static bool copy_done = false;
+static int64 copy_bytes = 0;	/* handed to CopyFrom so far */
+
+/*
+ * Slots of our own in the backend's COPY progress report, which COPY FROM
+ * fills up to index 5 (of PGSTAT_NUM_PROGRESS_PARAM): which part the
+ * counts are of, and the counts of this worker's previous part, so that
+ * bunny.copy_progress adds a running part's rows exactly once whatever
+ * the worker has done since the reader's snapshot (see copy_range).
+ */
+#define PROGRESS_PART			10	/* part_no + 1 of this COPY */
+#define PROGRESS_PREV_RELID		11	/* the previous part: its table */
+#define PROGRESS_PREV_PART		12	/* part_no + 1 */
+#define PROGRESS_PREV_ROWS		13
+#define PROGRESS_PREV_BYTES		14
+
+static int64 progress[5];		/* the values of those slots */
+static bool progress_set = false;	/* set in this COPY's report yet? */
 
 /*
  * What the callback waits on when the stream runs dry: latch, socket and
@@ -150,17 +173,40 @@ copy_read(void *outbuf, int minread, int maxread)
 			done += n;
 		}
 	}
+	copy_bytes += done;
+	if (!progress_set)
+	{
+		/* BeginCopyFrom started the report afresh: name the part in it */
+		const int	index[5] = {PROGRESS_PART, PROGRESS_PREV_RELID, PROGRESS_PREV_PART,
+		PROGRESS_PREV_ROWS, PROGRESS_PREV_BYTES};
+
+		pgstat_progress_update_multi_param(5, index, progress);
+		progress_set = true;
+	}
 	return done;
 }
 
 /*
  * Copy one part: COPY (SELECT cols FROM from WHERE pred) TO STDOUT on the
  * source into the destination table through CopyFrom.  Runs in the
- * caller's transaction; returns the number of rows.
+ * caller's transaction; returns the number of rows, and in *bytes the
+ * bytes of COPY data.
+ *
+ * While it runs, CopyFrom reports the rows and bytes so far in the
+ * backend's progress slot (pg_stat_progress_copy), in shared memory, at no
+ * cost of ours; bunny.copy_progress adds them to the parts already done.
+ * EndCopyFrom ends that report: it is started again with the part's final
+ * counts, and left there until the next part's COPY starts or the table
+ * is finished, so that a reader whose snapshot still shows the part
+ * RUNNING after its DONE mark committed does not count it as nothing; the
+ * next COPY's report carries them on as the previous part's.  Every report
+ * names its part, so that a reader whose snapshot shows the next part
+ * RUNNING does not count these rows twice.
  */
 static uint64
 copy_range(PGconn *conn, const char *dest_schema, const char *dest_table,
-	   List *columns, const char *from, const char *where, bool binary)
+	   List *columns, const char *from, const char *where, bool binary,
+	   int part_no, int64 *bytes)
 {
 	Relation	rel;
 	List	   *attnames = NIL;
@@ -179,6 +225,9 @@ copy_range(PGconn *conn, const char *dest_schema, const char *dest_table,
 	copy_buf = NULL;
 	copy_buf_len = copy_buf_pos = 0;
 	copy_done = false;
+	copy_bytes = 0;
+	progress[0] = part_no + 1;
+	progress_set = false;
 
 	rows = bunny_copy_from(rel, attnames, binary, copy_read, 0);
 
@@ -198,6 +247,22 @@ copy_range(PGconn *conn, const char *dest_schema, const char *dest_table,
 	PQclear(res);
 	while ((res = PQgetResult(conn)) != NULL)
 		PQclear(res);
+
+	*bytes = copy_bytes;
+	progress[1] = RelationGetRelid(rel);
+	progress[2] = part_no + 1;
+	progress[3] = (int64) rows;
+	progress[4] = copy_bytes;
+	{
+		const int	index[7] = {PROGRESS_COPY_TUPLES_PROCESSED, PROGRESS_COPY_BYTES_PROCESSED,
+			PROGRESS_PART, PROGRESS_PREV_RELID, PROGRESS_PREV_PART, PROGRESS_PREV_ROWS,
+		PROGRESS_PREV_BYTES};
+		const int64 value[7] = {(int64) rows, copy_bytes, progress[0], progress[1], progress[2],
+		progress[3], progress[4]};
+
+		pgstat_progress_start_command(PROGRESS_COMMAND_COPY, RelationGetRelid(rel));
+		pgstat_progress_update_multi_param(7, index, value);
+	}
 
 	table_close(rel, NoLock);
 	return rows;
@@ -249,6 +314,7 @@ copypart_finish_table(PGconn *conn, const char *mirror_name, int32 mirror_id,
 							3, types, vals, NULL);
 	bunny_errcontext_push(&errctx, NULL, dest, InvalidXLogRecPtr);
 	pgstat_report_activity(STATE_RUNNING, psprintf("bunnydb: indexing %s", dest));
+	pgstat_progress_end_command();
 	catalog_apply_ddl(mirror_name, dest, ddl, indexes);
 	sequences_sync(conn, mirror_name, seqs);
 	rows = bunny_spi_scalar("SELECT rows_snapshotted::text FROM bunny.mirror_table "
@@ -281,6 +347,19 @@ copypart_claim_by_flag(void)
 	Oid			nsp = get_namespace_oid("bunny", false);
 
 	return get_attnum(get_relname_relid("mirror_table", nsp), "copy_in_progress") != InvalidAttrNumber;
+}
+
+/*
+ * Whether the catalog records the bytes of a part (extension 0.4.0 on): a
+ * library already replaced copies under an older catalog until ALTER
+ * EXTENSION UPDATE has run.
+ */
+static bool
+has_bytes_copied(void)
+{
+	Oid			nsp = get_namespace_oid("bunny", false);
+
+	return get_attnum(get_relname_relid("snapshot_part", nsp), "bytes_copied") != InvalidAttrNumber;
 }
 
 /* text[] column of the current SPI row as a List of C strings */
@@ -322,6 +401,7 @@ copypart_copy(PGconn *conn, const char *mirror_name, int32 mirror_id,
 				last;
 	int			nparts;
 	uint64		rows;
+	int64		bytes;
 	char	   *src = (char *) quote_qualified_identifier(schema, table);
 	MemoryContext part_cxt;
 	BunnyErrorContext errctx;
@@ -392,19 +472,27 @@ copypart_copy(PGconn *conn, const char *mirror_name, int32 mirror_id,
 						   psprintf("bunnydb: copying %s part %d of %d", src, part_no + 1, nparts));
 
 	copy_on_wait = on_wait;
-	rows = copy_range(conn, dest_schema, dest_table, columns, from, where, binary);
+	rows = copy_range(conn, dest_schema, dest_table, columns, from, where, binary, part_no,
+					  &bytes);
 
 	{
-		Oid			t5[5] = {INT4OID, TEXTOID, TEXTOID, INT4OID, INT8OID};
-		Datum		v5[5] = {vals[0], vals[1], vals[2], vals[3], Int64GetDatum((int64) rows)};
+		Oid			t6[6] = {INT4OID, TEXTOID, TEXTOID, INT4OID, INT8OID, INT8OID};
+		Datum		v6[6] = {vals[0], vals[1], vals[2], vals[3], Int64GetDatum((int64) rows),
+		Int64GetDatum(bytes)};
 		char	   *left;
 
-		dest_sql("UPDATE bunny.snapshot_part SET status = 'DONE', rows_copied = $5, error_message = NULL "
-				 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 AND part_no = $4",
-				 5, t5, v5);
+		if (has_bytes_copied())
+			dest_sql("UPDATE bunny.snapshot_part "
+					 "   SET status = 'DONE', rows_copied = $5, bytes_copied = $6, error_message = NULL "
+					 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 AND part_no = $4",
+					 6, t6, v6);
+		else
+			dest_sql("UPDATE bunny.snapshot_part SET status = 'DONE', rows_copied = $5, error_message = NULL "
+					 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 AND part_no = $4",
+					 5, t6, v6);
 		dest_sql("UPDATE bunny.mirror_table SET rows_snapshotted = rows_snapshotted + $5 "
 				 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 AND $4 >= 0",
-				 5, t5, v5);
+				 5, t6, v6);
 		/*
 		 * Whoever commits the last part finishes the table.  The UPDATE
 		 * above row-locks the table's row until we commit, so of two workers
@@ -414,7 +502,7 @@ copypart_copy(PGconn *conn, const char *mirror_name, int32 mirror_id,
 		left = bunny_spi_scalar("SELECT count(*)::text FROM ("
 								"SELECT 1 FROM bunny.snapshot_part "
 								" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3 "
-								"   AND status <> 'DONE' LIMIT 1) s", 3, t5, v5, NULL);
+								"   AND status <> 'DONE' LIMIT 1) s", 3, t6, v6, NULL);
 		last = left && strcmp(left, "0") == 0;
 		if (last)
 			dest_sql(copypart_claim_by_flag() ?
@@ -422,7 +510,7 @@ copypart_copy(PGconn *conn, const char *mirror_name, int32 mirror_id,
 					 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3" :
 					 "UPDATE bunny.mirror_table SET copy_done = true "
 					 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-					 3, t5, v5);
+					 3, t6, v6);
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();

@@ -350,6 +350,8 @@ bunny_snapshot_worker_main(Datum arg)
 				}
 				PopActiveSnapshot();
 				CommitTransactionCommand();
+				/* the last part's counts, reported until now (copypart.c) */
+				pgstat_progress_end_command();
 				/* the mirror worker looks for copied tables; tell it now */
 				LWLockAcquire(BunnyState->lock, LW_SHARED);
 				if (BunnyState->slots[my_args.slotno].latch)
