@@ -32,6 +32,7 @@ OBJS = \
 	src/setup.o \
 	src/schema.o \
 	src/snapshot.o \
+	src/copypool.o src/copypart.o \
 	src/resync.o \
 	src/applystream.o src/apply.o src/applyxact.o src/applybatch.o \
 	src/applywriter.o src/relmap.o src/fold.o \
@@ -63,6 +64,7 @@ include $(PGXS)
 $(OBJS): src/bunnydb.h src/compat.h src/source.h src/state.h src/schema.h
 src/applystream.o src/apply.o src/applyxact.o src/applybatch.o src/applywriter.o \
 	src/relmap.o src/fold.o src/resync.o: src/apply_internal.h
+src/snapshot.o src/copypool.o src/copypart.o src/resync.o: src/copypool.h
 
 # the benchmark (bench/run.sh; see its header): needs the library installed
 .PHONY: bench

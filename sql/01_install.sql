@@ -37,7 +37,8 @@ SELECT c.relname, c.relkind
 SELECT c.relname, a.attnum, a.attname, format_type(a.atttypid, a.atttypmod) AS type
   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
  WHERE c.relnamespace = 'bunny'::regnamespace
-   AND c.relname IN ('peers', 'mirrors', 'mirror_tables', 'mirror_logs')
+   AND c.relname IN ('peers', 'mirrors', 'mirror_tables', 'mirror_logs',
+                     'copy_progress', 'mirror_copy_progress', 'mirror_overview')
    AND a.attnum > 0 AND NOT a.attisdropped
  ORDER BY c.relname, a.attnum;
 

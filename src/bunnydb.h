@@ -11,8 +11,12 @@
  *	launcher.c	the static launcher and the per-database scan worker
  *	worker.c	the per-mirror worker: phases, error handling, backoff
  *	setup.c		SETUP phase: source checks, publication, slot, destination DDL
- *	snapshot.c	SNAPSHOT phase: consistent copy of existing rows
+ *	snapshot.c	SNAPSHOT phase: consistent copy of existing rows, and its
+ *				recovery after a crash
  *	resync.c	copies of tables while the others stream on
+ *	the parallel copy both of them call down into (copypool.h):
+ *	  copypool.c	the part table, claims, the pool of snapshot workers
+ *	  copypart.c	one part's COPY from the source; finishing a table
  *	the apply (CDC), in layers that call downwards (apply_internal.h):
  *	  applystream.c	the replication connection: receive, feedback, restart
  *	  apply.c		dispatch of pgoutput messages to their handlers
@@ -252,19 +256,10 @@ extern int	setup_sync_enum_labels(Mirror *m);
 extern void resync_stop(void);
 extern bool resync_active(Mirror *m);
 
-/* snapshot.c */
-typedef struct SnapshotPool SnapshotPool;
-extern SnapshotPool *snapshot_pool_start(Mirror *m, PGconn *holder, const char *snapshot_name,
-										 int nparts);
-extern int	snapshot_pool_tick(SnapshotPool *pool, Mirror *m);
-extern void snapshot_pool_wait(SnapshotPool *pool);
-extern int	snapshot_insert_parts(int32 mirror_id, const char *where_clause);
+/* snapshot.c (the copy itself: copypool.h) */
 extern void snapshot_run(Mirror *mirror, PGconn *holder, const char *snapshot_name,
 						 XLogRecPtr sync_lsn);
 extern XLogRecPtr snapshot_recover(PGconn *conn, Mirror *mirror);
-extern PGDLLEXPORT void bunny_snapshot_worker_main(Datum arg);
-extern void snapshot_sync_sequences(PGconn *conn, const char *mirror_name,
-									const char *sequences_json);
 
 /* applystream.c, apply.c */
 extern void apply_stream(PGconn *conn, Mirror *mirror);

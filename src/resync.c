@@ -31,6 +31,7 @@
  *-------------------------------------------------------------------------
  */
 #include "apply_internal.h"
+#include "copypool.h"
 #include "schema.h"
 
 #include "access/xact.h"
@@ -50,7 +51,7 @@
 #include "utils/timestamp.h"
 
 static PGconn *snapshot_conn = NULL;	/* holds the temporary slot's snapshot */
-static SnapshotPool *pool = NULL;
+static CopyPool *pool = NULL;
 static TimestampTz last_tick = 0;
 
 #define RESYNC_TICK_MS	500
@@ -430,7 +431,7 @@ resync_start(Mirror *m)
 						 quote_qualified_identifier(mt->source_schema, mt->source_table));
 		bunny_errcontext_pop(&errctx);
 	}
-	nparts = snapshot_insert_parts(m->id, "t.resync_state = 'COPYING'");
+	nparts = copypool_insert_parts(m->id, "t.resync_state = 'COPYING'");
 	bunny_log(m->name, "INFO",
 			  psprintf("copying %s from a new snapshot at %X/%X (%d part(s)); the stream goes on",
 					   names.data, LSN_FORMAT_ARGS(lsn), nparts), NULL);
@@ -438,7 +439,7 @@ resync_start(Mirror *m)
 	CommitTransactionCommand();
 	XLogFlush(XactLastCommitEnd);
 
-	pool = snapshot_pool_start(m, snapshot_conn, snapshot, nparts);
+	pool = copypool_start(m, snapshot_conn, snapshot, nparts);
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: streaming changes, copying tables again");
 }
 
@@ -786,7 +787,7 @@ resync_tick(Mirror *m, const ResyncReplayer *replayer)
 		return;
 	last_tick = GetCurrentTimestamp();
 
-	(void) snapshot_pool_tick(pool, m);
+	(void) copypool_tick(pool, m);
 	resync_switch_ready(m, replayer);
 
 	copying = false;
@@ -799,7 +800,7 @@ resync_tick(Mirror *m, const ResyncReplayer *replayer)
 	}
 	if (!copying)
 	{
-		snapshot_pool_wait(pool);
+		copypool_wait(pool);
 		pool = NULL;
 		stream_disconnect(&snapshot_conn);
 		pgstat_report_activity(STATE_RUNNING, "bunnydb: streaming changes");
