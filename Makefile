@@ -37,7 +37,7 @@ OBJS = \
 	src/applystream.o src/apply.o src/applyxact.o src/applybatch.o \
 	src/applywriter.o src/relmap.o src/fold.o \
 	src/stream.o \
-	src/source.o src/sourcedesc.o \
+	src/source.o src/sourcedesc.o src/sourcetypes.o \
 	src/fastrecv.o \
 	src/catalog.o \
 	src/functions.o \

@@ -3,37 +3,52 @@
  * bunnydb.h
  *		Declarations shared by the modules of bunnydb.
  *
- * Module map (one file per role):
- *	bunnydb.c	_PG_init: calls the four below, nothing calls it
- *	settings.c	the bunny.* parameters
- *	workerslot.c	shared memory: worker slots, this process's slot, control
+ * Module map: one file per role, in four layers.  A file calls files of
+ * its own layer only where an arrow says so, and otherwise only files of
+ * the layers below; nothing calls up (the call graph between the object
+ * files has no cycle).
+ *
+ * 1. entry points: what PostgreSQL or the user calls
+ *	bunnydb.c	_PG_init: defines the settings, asks for shared memory,
+ *				installs the guards, registers the launcher
+ *	api.c		entry points of the SQL API: errors without PL/pgSQL context
+ *	functions.c	SQL-callable C functions (the SQL API's remote work)
  *	guard.c		DROP EXTENSION / DROP OWNED / DROP DATABASE guards
  *	launcher.c	the static launcher and the per-database scan worker
- *	worker.c	the per-mirror worker: phases, error handling, backoff
- *	setup.c		SETUP phase: source checks, publication, slot, destination DDL
- *	snapshot.c	SNAPSHOT phase: consistent copy of existing rows, and its
- *				recovery after a crash
- *	resync.c	copies of tables while the others stream on
- *	the parallel copy both of them call down into (copypool.h):
- *	  copypool.c	the part table, claims, the pool of snapshot workers
- *	  copypart.c	one part's COPY from the source; finishing a table
- *	the apply (CDC), in layers that call downwards (apply_internal.h):
+ *	worker.c	the per-mirror worker: the state machine driving the
+ *				phases (state.h, NOTES), control requests, errors
+ *
+ * 2. phases: the worker runs them; they never call each other
+ *	setup.c		SETUP: source checks, publication, slot, destination tables
+ *	snapshot.c	SNAPSHOT: the initial copy, and its recovery after a crash
+ *	the apply (CDC), calling downwards (apply_internal.h):
  *	  applystream.c	the replication connection: receive, feedback, restart
- *	  apply.c		dispatch of pgoutput messages to their handlers
- *	  applyxact.c	transactions streamed while they run (protocol v2)
- *	  applybatch.c	the destination transaction of a batch, exactly once
- *	  applywriter.c	how changes are written: statements, COPY runs, folding
- *	  fold.c		folding repeated UPDATEs of a batch into multi-row UPDATEs
- *	  relmap.c		the relation map and prepared statements
- *	stream.c	libpq plumbing: non-blocking connect, queries, COPY BOTH
- *	source.c	every question asked of the source, with typed answers
- *				(source.h)
+ *	  -> apply.c	dispatch of pgoutput messages to their handlers
+ *	  -> applyxact.c	transactions streamed while they run (protocol v2)
+ *	  -> applybatch.c	the destination transaction of a batch, exactly once
+ *	  -> applywriter.c	how changes are written: statements, COPY runs,
+ *					folding, behind one function table (ApplyWriter)
+ *	  -> fold.c		folding repeated UPDATEs of a batch
+ *	resync.c	copies of tables while the others stream on; the apply
+ *				reaches it at one point (resync_tick), between batches
+ *
+ * 3. shared modules the phases call down into
+ *	copypool.c	the parallel copy: parts, claims, the snapshot workers
+ *	  -> copypart.c	one part's COPY from the source; finishing a table
+ *	schema.c	the schema model: a source table's description -> DDL
+ *	relmap.c	the relation map of the apply and resync, its statements
+ *
+ * 4. the base
+ *	catalog.c	the bunny.* catalog tables, the log, error helpers
+ *	  -> state.c	states, the transition table and its trigger (state.h)
+ *	source.c	every question asked of the source (source.h), with
+ *	  sourcedesc.c	its tables and the checks that refuse what could not
+ *	  sourcetypes.c	be published, and its user-defined types
+ *	  -> stream.c	libpq plumbing: non-blocking connect, queries, COPY BOTH
  *	fastrecv.c	COPY from a callback; fast receive of plain-ASCII text
- *	catalog.c	reading and writing the bunny.* catalog tables
- *	state.c		mirror and table states, the transition table and its
- *				trigger (state.h, with the NOTES on the state machine)
- *	functions.c	SQL-callable C functions
- *	api.c		entry points of the SQL API: errors without PL/pgSQL context
+ *	workerslot.c	shared memory: worker slots, this process's own slot,
+ *				the control hook the worker registers
+ *	  -> settings.c	the bunny.* parameters
  *
  *-------------------------------------------------------------------------
  */

@@ -34,7 +34,7 @@
  *	checks
  *		source_check				wal_level and REPLICATION, or an error
  *		source_problems				the same, as test_peer's text
- *	tables and types: sourcedesc.c
+ *	tables: sourcedesc.c; user-defined types: sourcetypes.c
  *	publication and slot
  *		source_publication_exists	and its comment
  *		source_ensure_publication	create ours, or check and refresh it

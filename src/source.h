@@ -2,7 +2,7 @@
  *
  * source.h
  *		Every question bunnydb asks of the source database, and the typed
- *		answers (source.c, sourcedesc.c).
+ *		answers (source.c, sourcedesc.c, sourcetypes.c).
  *
  *-------------------------------------------------------------------------
  */
@@ -157,19 +157,19 @@ extern const char *source_qname(const char *schema, const char *name);
 extern char *source_text_array(List *items);
 extern char *source_oid_text(Oid oid);
 
-/* tables and types (sourcedesc.c) */
+/* tables (sourcedesc.c) */
 extern SourceTable *source_describe_table(PGconn *conn, MirrorTable *mt, bool plan);
 extern List *source_describe_tables(PGconn *conn, Mirror *m, bool plan);
+extern List *source_table_columns(PGconn *conn, const char *qualified_table);
+extern List *source_table_indexes(PGconn *conn, const char *qualified_table);
+extern List *source_list_tables(PGconn *conn);
+extern List *source_column_types(PGconn *conn, List *schemas, List *tables);
+
+/* user-defined types (sourcetypes.c) */
 extern SourceType *source_describe_type(PGconn *conn, Oid typid);
 extern List *source_enum_labels(PGconn *conn, const char *nspname, const char *typname);
 extern List *source_domain_checks(PGconn *conn, Oid typid);
 extern List *source_type_attributes(PGconn *conn, Oid typrelid);
-extern List *source_table_columns(PGconn *conn, const char *qualified_table);
-extern List *source_table_indexes(PGconn *conn, const char *qualified_table);
-extern List *source_list_tables(PGconn *conn);
-extern char *source_column_default(PGconn *conn, const char *qualified_table,
-								   const char *attname);
-extern List *source_column_types(PGconn *conn, List *schemas, List *tables);
 
 /* publication and slot */
 extern bool source_publication_exists(PGconn *conn, const char *pubname, char **comment);

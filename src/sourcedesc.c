@@ -14,14 +14,9 @@
  * Functions:
  *		source_describe_table		one mapped table (SourceTable), checked
  *		source_describe_tables		all of a mirror's, checked together
- *		source_describe_type		a user-defined type (SourceType)
- *		source_enum_labels			an enum's labels in order
- *		source_domain_checks		a domain's CHECK constraints
- *		source_type_attributes		a composite type's attributes
  *		source_table_columns		a table's columns (SourceColumn)
  *		source_table_indexes		a table's indexes (SourceIndex)
  *		source_list_tables			the tables a mirror could map
- *		source_column_default		a column's default
  *		source_column_types			replicated columns' types (binary
  *									transfer)
  *
@@ -853,118 +848,6 @@ source_describe_tables(PGconn *conn, Mirror *m, bool plan)
 	return tables;
 }
 
-/* a type of the source by OID, or NULL when it is gone */
-SourceType *
-source_describe_type(PGconn *conn, Oid typid)
-{
-	PGresult   *res;
-	SourceType *t;
-	const char *params[1] = {source_oid_text(typid)};
-
-	res = source_query(conn,
-					   "SELECT t.typtype, n.nspname, t.typname, t.typelem, t.typbasetype, "
-					   "       format_type(t.typbasetype, t.typtypmod), t.typnotnull, "
-					   "       t.typdefault, t.typrelid, t.typcategory, "
-					   "       (SELECT e.extname FROM pg_depend d "
-					   "          JOIN pg_extension e ON e.oid = d.refobjid "
-					   "         WHERE d.classid = 'pg_type'::regclass AND d.objid = t.oid "
-					   "           AND d.deptype = 'e') "
-					   "  FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
-					   " WHERE t.oid = $1::oid",
-					   1, params, PGRES_TUPLES_OK);
-	if (PQntuples(res) == 0)
-	{
-		PQclear(res);
-		return NULL;
-	}
-	t = palloc0(sizeof(SourceType));
-	t->typid = typid;
-	t->typtype = PQgetvalue(res, 0, 0)[0];
-	t->nspname = pstrdup(PQgetvalue(res, 0, 1));
-	t->typname = pstrdup(PQgetvalue(res, 0, 2));
-	t->elem = (Oid) strtoul(PQgetvalue(res, 0, 3), NULL, 10);
-	t->basetype = (Oid) strtoul(PQgetvalue(res, 0, 4), NULL, 10);
-	t->basetype_sql = pstrdup(PQgetvalue(res, 0, 5));
-	t->notnull = PQgetvalue(res, 0, 6)[0] == 't';
-	t->typdefault = PQgetisnull(res, 0, 7) ? NULL : pstrdup(PQgetvalue(res, 0, 7));
-	t->typrelid = (Oid) strtoul(PQgetvalue(res, 0, 8), NULL, 10);
-	t->typcategory = PQgetvalue(res, 0, 9)[0];
-	t->extname = PQgetisnull(res, 0, 10) ? NULL : pstrdup(PQgetvalue(res, 0, 10));
-	PQclear(res);
-	return t;
-}
-
-/* the labels of an enum type, in their sort order (char *) */
-List *
-source_enum_labels(PGconn *conn, const char *nspname, const char *typname)
-{
-	PGresult   *res;
-	List	   *labels = NIL;
-	const char *params[2] = {nspname, typname};
-
-	res = source_query(conn,
-					   "SELECT e.enumlabel FROM pg_catalog.pg_enum e "
-					   "  JOIN pg_catalog.pg_type t ON t.oid = e.enumtypid "
-					   "  JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace "
-					   " WHERE n.nspname = $1 AND t.typname = $2 "
-					   " ORDER BY e.enumsortorder",
-					   2, params, PGRES_TUPLES_OK);
-	for (int i = 0; i < PQntuples(res); i++)
-		labels = lappend(labels, pstrdup(PQgetvalue(res, i, 0)));
-	PQclear(res);
-	return labels;
-}
-
-/* the CHECK constraints of a domain, by name (SourceNamedDef *) */
-List *
-source_domain_checks(PGconn *conn, Oid typid)
-{
-	PGresult   *res;
-	List	   *checks = NIL;
-	const char *params[1] = {source_oid_text(typid)};
-
-	res = source_query(conn,
-					   "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-					   " WHERE contypid = $1::oid AND contype = 'c' ORDER BY conname",
-					   1, params, PGRES_TUPLES_OK);
-	for (int i = 0; i < PQntuples(res); i++)
-	{
-		SourceNamedDef *d = palloc0(sizeof(SourceNamedDef));
-
-		d->name = pstrdup(PQgetvalue(res, i, 0));
-		d->def = pstrdup(PQgetvalue(res, i, 1));
-		checks = lappend(checks, d);
-	}
-	PQclear(res);
-	return checks;
-}
-
-/* the attributes of a composite type's relation (SourceNamedDef *) */
-List *
-source_type_attributes(PGconn *conn, Oid typrelid)
-{
-	PGresult   *res;
-	List	   *atts = NIL;
-	const char *params[1] = {source_oid_text(typrelid)};
-
-	res = source_query(conn,
-					   "SELECT attname, format_type(atttypid, atttypmod), atttypid "
-					   "  FROM pg_attribute WHERE attrelid = $1::oid AND attnum > 0 "
-					   "   AND NOT attisdropped ORDER BY attnum",
-					   1, params, PGRES_TUPLES_OK);
-	for (int i = 0; i < PQntuples(res); i++)
-	{
-		SourceNamedDef *d = palloc0(sizeof(SourceNamedDef));
-
-		d->name = pstrdup(PQgetvalue(res, i, 0));
-		d->def = pstrdup(PQgetvalue(res, i, 1));
-		d->typid = (Oid) strtoul(PQgetvalue(res, i, 2), NULL, 10);
-		atts = lappend(atts, d);
-	}
-	PQclear(res);
-	return atts;
-}
-
 /*
  * The tables of the source a mirror could map (ordinary and partitioned,
  * not partitions, outside the system schemas), by schema and name, for
@@ -1021,36 +904,6 @@ source_list_tables(PGconn *conn)
 		t->estimated_rows = strtoll(PQgetvalue(res, i, 4), NULL, 10);
 		result = lappend(result, t);
 	}
-	PQclear(res);
-	return result;
-}
-
-/*
- * The default expression of a column of qualified_table (quoted, as
- * quote_qualified_identifier makes it), or NULL.  A column added with a
- * default fills the existing rows on the source without any WAL record
- * per row, so the destination column needs the same default to agree.
- * A default that calls nextval() is not returned: it names a sequence the
- * destination may not have.
- */
-char *
-source_column_default(PGconn *conn, const char *qualified_table, const char *attname)
-{
-	PGresult   *res;
-	char	   *result = NULL;
-	const char *params[2] = {qualified_table, attname};
-
-	res = source_query(conn,
-					   "SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
-					   "  FROM pg_catalog.pg_attrdef d "
-					   "  JOIN pg_catalog.pg_attribute a "
-					   "    ON a.attrelid = d.adrelid AND a.attnum = d.adnum "
-					   " WHERE d.adrelid = $1::pg_catalog.regclass AND a.attname = $2 "
-					   "   AND a.attgenerated = ''",
-					   2, params, PGRES_TUPLES_OK);
-	if (PQntuples(res) == 1 && !PQgetisnull(res, 0, 0) &&
-		strstr(PQgetvalue(res, 0, 0), "nextval(") == NULL)
-		result = pstrdup(PQgetvalue(res, 0, 0));
 	PQclear(res);
 	return result;
 }
