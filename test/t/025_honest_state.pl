@@ -20,7 +20,8 @@
 #     healthy = false with a state_detail saying it retries, and the table's
 #     row carries the error; once the constraint is dropped the row comes
 #     in and everything clears.
-#  5. state_detail of a paused mirror, and healthy/state_detail in
+#  5. Statuses the other parts do not show: CREATED, PAUSING (and PAUSED
+#     above), each with its state_detail; healthy/state_detail in
 #     bunny.mirror_status().
 
 use strict;
@@ -213,8 +214,21 @@ ok(wait_clear('ck', 5), 'ck: everything clears');
 is(mirror_field($dest, 'ck', 'state_detail'), 'streaming', 'ck streaming');
 
 # ---------------------------------------------------------------------------
-# 5. bunny.mirror_status
+# 5. CREATED and PAUSING as the calls leave them (seen inside the calling
+#    transaction, before any worker acts), and bunny.mirror_status
 # ---------------------------------------------------------------------------
+
+is(dst(q{BEGIN;
+SELECT bunny.create_mirror('fresh', 'src', '[{"source_table": "public.a", "destination_table": "public.a_fresh"}]', do_initial_snapshot => false) \\g /dev/null
+SELECT status || ' ' || phase || ' ' || healthy FROM bunny.mirrors WHERE name = 'fresh';
+ROLLBACK;}),
+	'CREATED SETUP true', 'a new mirror is CREATED in phase SETUP');
+is(dst(q{BEGIN;
+SELECT bunny.pause_mirror('ck') \\g /dev/null
+SELECT status || ' | ' || state_detail FROM bunny.mirrors WHERE name = 'ck';
+ROLLBACK;}),
+	'PAUSING | pausing after the current batch', 'pause_mirror leaves PAUSING');
+
 
 is(dst(q{SELECT (s->>'healthy') || ' ' || (s->>'state_detail') FROM bunny.mirror_status('ck') s}),
 	'true streaming', 'mirror_status carries healthy and state_detail');
