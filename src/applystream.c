@@ -31,6 +31,19 @@
  *	and record values embed type OIDs that differ between servers for
  *	user-defined types, so those mirrors use text.
  *
+ *	Errors.  A run that failed left its error in bunny.mirror (and the
+ *	table it names); the next run clears it once it is over: at a keepalive
+ *	with nothing pending at or past both where streaming started and where
+ *	the failed run stopped (past the commit of the transaction that failed,
+ *	if one did; workerslot_error_lsn).  Everything the source had sent by
+ *	then is applied, so the cause is gone.  An idle source sends no
+ *	keepalive once we have reported all it sent as flushed, so while an
+ *	error waits to be cleared we ask for one every second.  Not while
+ *	tables are being copied again, though: a failed resync step (the swap,
+ *	say) fails only after the next run has caught up, and its error would
+ *	flicker away between the attempts; once the copies are in, the next
+ *	keepalive clears it.  A committed batch clears it too (applybatch.c).
+ *
  *	Restarts.  Giving up on a streamed transaction (applyxact.c) and a
  *	change of bunny.stream_large_transactions restart the stream from the
  *	origin's position, on a new connection, after rolling the open batch
@@ -83,6 +96,10 @@ typedef struct ApplyStream
 	int			copy_len;
 	char	   *stashed_buf;	/* the message that ended a COPY run */
 	int			stashed_len;
+	bool		error_pending;	/* an earlier run's error may still be
+								 * recorded: clear it once over */
+	XLogRecPtr	error_over_at;	/* ... at a keepalive this far */
+	TimestampTz last_reply_request;
 } ApplyStream;
 
 static ApplyStream st;
@@ -308,6 +325,40 @@ send_feedback(bool force, bool request_reply)
 	st.last_feedback = now;
 }
 
+/*
+ * The error an earlier run recorded is over (see NOTES, Errors): clear it,
+ * and the tables' with it.
+ */
+static void
+clear_error(void)
+{
+	bunny_start_transaction();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	catalog_clear_error(st.mirror->id);
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	st.mirror->error_count = 0;
+	st.error_pending = false;
+}
+
+/*
+ * Idle with an error still to clear: ask the walsender for a keepalive,
+ * once a second, since an idle source sends none once we have reported
+ * everything it sent as flushed.
+ */
+static void
+request_keepalive(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	if (!st.error_pending || st.batch->in_local_txn || st.batch->in_remote_txn ||
+		resync_active(st.mirror) ||
+		!TimestampDifferenceExceeds(st.last_reply_request, now, IDLE_WAIT_MS))
+		return;
+	st.last_reply_request = now;
+	send_feedback(true, true);
+}
+
 /* one CopyData message of the stream: XLogData or keepalive */
 static void
 apply_copydata(char *buf, int len)
@@ -352,24 +403,9 @@ apply_copydata(char *buf, int len)
 				st.batch->keepalive_lsn = Max(st.batch->keepalive_lsn, end);
 			else
 			{
-				/*
-				 * Caught up with nothing pending, and past where the last
-				 * run failed: that error is over.  Not while tables are
-				 * being copied again, though: a failed resync step (the
-				 * swap, say) fails only after the next run has caught up,
-				 * and its error would flicker away between the attempts.
-				 */
-				if (st.mirror->error_count > 0 && end > workerslot_error_lsn() &&
+				if (st.error_pending && end >= st.error_over_at &&
 					!resync_active(st.mirror))
-				{
-					bunny_start_transaction();
-					PushActiveSnapshot(GetTransactionSnapshot());
-					catalog_clear_error(st.mirror->id);
-					PopActiveSnapshot();
-					CommitTransactionCommand();
-					st.mirror->error_count = 0;
-				}
-
+					clear_error();
 				workerslot_report_caught_up(end);
 			}
 		}
@@ -587,6 +623,9 @@ apply_stream(PGconn *conn, Mirror *m)
 	st.last_flushed_reported = startpos;
 	batch_flushmap_init(startpos);
 	workerslot_report_start(startpos);
+	st.error_pending = true;
+	st.error_over_at = Max(startpos, workerslot_error_lsn());
+	st.last_reply_request = 0;
 
 	st.streaming = streaming_wanted();
 	stream_start_replication(st.conn, m->slot_name, startpos, m->publication_name, st.binary,
@@ -643,6 +682,7 @@ apply_stream(PGconn *conn, Mirror *m)
 		if (!st.batch->in_local_txn)
 			apply_between_batches();
 		send_feedback(false, false);
+		request_keepalive();
 
 		/*
 		 * A batch committed within a second of the previous statistics flush

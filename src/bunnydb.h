@@ -221,7 +221,7 @@ extern void catalog_set_status(int32 mirror_id, MirrorStatus status);
 extern void catalog_set_status_phase(int32 mirror_id, MirrorStatus status, MirrorPhase phase);
 extern void catalog_set_table_status(int32 mirror_id, TableStatus status);
 extern void catalog_set_slot_requested(int32 mirror_id);
-extern void catalog_record_error(int32 mirror_id, const char *message, bool permanent);
+extern void catalog_record_error(int32 mirror_id, struct ErrorData *edata, bool permanent);
 extern void catalog_clear_error(int32 mirror_id);
 extern void catalog_finish_pause(int32 mirror_id);
 extern void bunny_start_transaction(void);

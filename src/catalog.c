@@ -356,28 +356,92 @@ catalog_set_slot_requested(int32 mirror_id)
 }
 
 /*
+ * The table an error's context names: the line bunny_error_context wrote
+ * ('bunnydb mirror "m", table t[, source LSN x]'), or NULL.  The frames
+ * are gone by the time the error is caught (they lived on the stack it
+ * unwound), so their one line in the context is what is left of them.  A
+ * mirror's name never holds a quote (bunny._check_name), and the LSN
+ * follows the table last.
+ */
+static char *
+error_table(const char *context)
+{
+	const char *line = context;
+
+	while (line != NULL && *line != '\0')
+	{
+		const char *eol = strchr(line, '\n');
+		size_t		len = eol ? (size_t) (eol - line) : strlen(line);
+		char	   *text = pnstrdup(line, len);
+		char	   *table;
+
+		if (strncmp(text, "bunnydb mirror \"", 16) == 0 &&
+			(table = strstr(text + 16, "\", table ")) != NULL)
+		{
+			char	   *lsn;
+
+			table += strlen("\", table ");
+			lsn = strstr(table, ", source LSN ");
+			if (lsn != NULL)
+				*lsn = '\0';
+			return table;
+		}
+		pfree(text);
+		line = eol ? eol + 1 : NULL;
+	}
+	return NULL;
+}
+
+/*
  * Record a failed run: error_message, error_count + 1, and FAILED when the
- * problem will not go away by retrying.
+ * problem will not go away by retrying.  The tables carry the same current
+ * error: the one the error's context names gets its message, the others
+ * lose what an earlier error left (it is not what is wrong now).  A table
+ * is named by its destination or, failing that, its source name.
  */
 void
-catalog_record_error(int32 mirror_id, const char *message, bool permanent)
+catalog_record_error(int32 mirror_id, ErrorData *edata, bool permanent)
 {
-	Oid			argtypes[3] = {INT4OID, TEXTOID, BOOLOID};
-	Datum		values[3];
+	Oid			argtypes[4] = {INT4OID, TEXTOID, BOOLOID, TEXTOID};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
+	char	   *table = edata->context ? error_table(edata->context) : NULL;
 
 	values[0] = Int32GetDatum(mirror_id);
-	values[1] = CStringGetTextDatum(message);
+	values[1] = CStringGetTextDatum(edata->message);
 	values[2] = BoolGetDatum(permanent);
+	if (table != NULL)
+		values[3] = CStringGetTextDatum(table);
+	else
+		nulls[3] = 'n';
 	SPI_connect();
 	spi_run("UPDATE bunny.mirror SET error_message = $2, error_count = error_count + 1, "
 			"       last_error_at = now(), updated_at = now(), "
 			"       status = CASE WHEN $3 THEN 'FAILED' ELSE status END "
 			" WHERE id = $1",
-			3, argtypes, values, NULL, false);
+			3, argtypes, values, nulls, false);
+	spi_run("UPDATE bunny.mirror_table t "
+			"   SET error_message = CASE WHEN format('%I.%I', t.source_schema, t.source_table) = n.src "
+			"                            THEN $2 END "
+			"  FROM (SELECT (SELECT format('%I.%I', x.source_schema, x.source_table) "
+			"                  FROM bunny.mirror_table x "
+			"                 WHERE x.mirror_id = $1 "
+			"                   AND $4 IN (format('%I.%I', x.destination_schema, x.destination_table), "
+			"                              format('%I.%I', x.source_schema, x.source_table)) "
+			"                 ORDER BY $4 = format('%I.%I', x.destination_schema, x.destination_table) DESC "
+			"                 LIMIT 1) AS src) n "
+			" WHERE t.mirror_id = $1 "
+			"   AND (t.error_message IS NOT NULL "
+			"        OR format('%I.%I', t.source_schema, t.source_table) = n.src)",
+			4, argtypes, values, nulls, false);
 	SPI_finish();
 }
 
-/* a batch went through: the error state is over */
+/*
+ * The current error is over: the mirror's fields, and with them the
+ * tables' (a trigger on bunny.mirror clears those whenever the mirror's
+ * message goes, whoever clears it).
+ */
 void
 catalog_clear_error(int32 mirror_id)
 {

@@ -130,13 +130,19 @@ worker_handle_error(void)
 				  details);
 	else
 	{
-		catalog_record_error(my_mirror_id, edata->message, permanent);
+		catalog_record_error(my_mirror_id, edata, permanent);
 		bunny_log(my_mirror_name, "ERROR", edata->message, details);
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 
-	workerslot_report_exit(!permanent && !retry_now, error_lsn);
+	/*
+	 * The failed transaction is behind us once the stream has passed its
+	 * commit record, which starts at error_lsn: the error is over from
+	 * error_lsn + 1 on (applystream.c).
+	 */
+	workerslot_report_exit(!permanent && !retry_now,
+						   XLogRecPtrIsInvalid(error_lsn) ? error_lsn : error_lsn + 1);
 	proc_exit(1);
 }
 
@@ -322,6 +328,8 @@ worker_enter_cdc(Mirror *m, XLogRecPtr start_lsn)
 			  psprintf("setup complete; streaming changes from %X/%X", LSN_FORMAT_ARGS(start_lsn)),
 			  NULL);
 	catalog_finish_resync(m->id, m->name);
+	/* the phases an earlier run failed in are done: so is its error */
+	catalog_clear_error(m->id);
 	replorigin_session_origin_lsn = start_lsn;
 	replorigin_session_origin_timestamp = GetCurrentTimestamp();
 	PopActiveSnapshot();
