@@ -28,6 +28,12 @@
  * running copies: the worker starts the copy of the unfinished tables again
  * from a new snapshot (the queue is emptied, the new copy contains it).
  *
+ * bunny.cancel_operation calls a copy off in SQL, with the worker stopped;
+ * what it leaves here is a STALE table (state.h) whose copy had emptied
+ * it: resync_route skips its changes until a new copy starts, and that
+ * copy is a truncate, since a swap would feed the table changes until the
+ * exchange.
+ *
  *-------------------------------------------------------------------------
  */
 #include "apply_internal.h"
@@ -93,6 +99,8 @@ resync_route(Mirror *m, MirrorTable *mt, XLogRecPtr final_lsn, const char *msg, 
 	else if (mt->resync_state == RESYNC_NONE && mt->sync_lsn != InvalidXLogRecPtr &&
 			 final_lsn <= mt->sync_lsn)
 		return RESYNC_SKIP;		/* a finished copy (initial or resync) has it */
+	else if (mt->sync_lsn == TABLE_STALE_LSN)
+		return RESYNC_SKIP;		/* STALE, its new copy not started (state.h) */
 	else
 		return RESYNC_APPLY;
 
@@ -363,6 +371,20 @@ resync_start(Mirror *m)
 		if (mt->resync_state == RESYNC_NONE)
 			continue;
 		bunny_errcontext_push(&errctx, NULL, dest, InvalidXLogRecPtr);
+		if (mt->sync_lsn == TABLE_STALE_LSN && mt->resync_strategy == STRATEGY_SWAP)
+		{
+			/*
+			 * A swap would apply changes to the live table, which lacks rows
+			 * since a cancelled copy (state.h): copy into the table itself.
+			 */
+			mt->resync_strategy = STRATEGY_TRUNCATE;
+			bunny_dest_exec(psprintf("UPDATE bunny.mirror_table SET resync_strategy = 'truncate' "
+									 " WHERE mirror_id = %d AND source_schema = %s AND source_table = %s",
+									 m->id, quote_literal_cstr(mt->source_schema),
+									 quote_literal_cstr(mt->source_table)));
+			bunny_log(m->name, "INFO",
+					  psprintf("table %s is stale: copied with truncate instead of swap", dest), NULL);
+		}
 		if (mt->resync_strategy == STRATEGY_ADD && mt->resync_state == RESYNC_COPYING)
 		{
 			/* our own partial copy from a run that crashed */

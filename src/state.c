@@ -41,12 +41,14 @@ static const char *const table_status_names[TABLE_N_STATUS] = {
 	[TABLE_SNAPSHOT] = "SNAPSHOT",
 	[TABLE_SYNCED] = "SYNCED",
 	[TABLE_RESYNCING] = "RESYNCING",
+	[TABLE_STALE] = "STALE",
 };
 
 /*
  * Who may move a mirror from one status (row) to another (column):
  * 'w' its worker, 'u' a SQL function (pause_mirror, resume_mirror,
- * retry_mirror, resync_table, resync_mirror), 'b' both, '-' nobody.
+ * retry_mirror, resync_table, resync_mirror, cancel_operation), 'b' both,
+ * '-' nobody.
  *
  *	CREATED -> SETUP, RUNNING	the worker starts (RUNNING: a mirror already
  *								in CDC whose status lagged behind)
@@ -58,6 +60,9 @@ static const char *const table_status_names[TABLE_N_STATUS] = {
  *								RUNNING or RESYNCING)
  *	RUNNING -> RESYNCING		resync_table, or the worker starting the copy
  *								of tables update_tables added
+ *	RESYNCING -> RUNNING		the worker when the copies are in, or
+ *								cancel_operation calling them off (so is
+ *								FAILED -> RUNNING, when it failed in one)
  *	* -> CREATED				a resync whose slot is gone starts over
  *	* -> FAILED					the worker, on an error retrying cannot cure
  */
@@ -69,7 +74,7 @@ static const char mirror_transitions[MIRROR_N_STATUS][MIRROR_N_STATUS + 1] = {
 	[MIRROR_RUNNING] = "u" "-" "-" "-" "u" "-" "b" "w",
 	[MIRROR_PAUSING] = "-" "-" "-" "-" "-" "w" "-" "w",
 	[MIRROR_PAUSED] = "u" "-" "u" "u" "-" "-" "u" "-",
-	[MIRROR_RESYNCING] = "u" "-" "-" "w" "u" "-" "-" "w",
+	[MIRROR_RESYNCING] = "u" "-" "-" "b" "u" "-" "-" "w",
 	[MIRROR_FAILED] = "u" "-" "u" "u" "-" "u" "u" "-",
 };
 

@@ -39,13 +39,31 @@
  *	  (PAUSED, FAILED) has a way out by a function.
  *	- While pending_op is set, the operation it names owns the mirror:
  *	  other operations are refused (55006), except that pause, retry and a
- *	  new resync may end a resync (a resync never wedges a mirror).
+ *	  new resync may end a resync (a resync never wedges a mirror), and
+ *	  cancel_operation calls it off.
+ *	- cancel_operation is the one way a SQL function takes a mirror from
+ *	  RESYNCING to RUNNING (the worker does when the copies are in): it
+ *	  stops the worker first, so the two never race for the transition.
+ *	  A FAILED mirror that failed in the operation goes to RUNNING too, a
+ *	  PAUSED one stays PAUSED.  A pause (PAUSING) and a resync that sets
+ *	  a mirror up again without its slot (phase SETUP) cannot be called
+ *	  off: the first ends on its own, the second has nothing to go back to.
  *
- * Tables have a status of their own (PENDING, SNAPSHOT, SYNCED, RESYNCING)
- * and, while they are copied again, a resync_state: REQUESTED (nothing done
- * yet), then COPYING (a temporary slot and its snapshot exist, changes of
- * the table are held back until the copy reaches the slot's position), then
- * NULL again when the table is SYNCED.
+ * Tables have a status of their own (PENDING, SNAPSHOT, SYNCED, RESYNCING,
+ * STALE) and, while they are copied again, a resync_state: REQUESTED
+ * (nothing done yet), then COPYING (a temporary slot and its snapshot
+ * exist, changes of the table are held back until the copy reaches the
+ * slot's position), then NULL again when the table is SYNCED.
+ *
+ * A cancelled copy leaves a table SYNCED when it had not touched its rows
+ * (a swap, which built its copy beside the live table; a truncate still
+ * REQUESTED) and STALE when it had (a truncate or add already COPYING: the
+ * rows are emptied or half copied).  A STALE table's sync_lsn is
+ * TABLE_STALE_LSN, so that every change of it is skipped rather than
+ * failing on rows it lacks, while it waits for a resync and while that
+ * resync is REQUESTED; the resync copies it with truncate even when swap
+ * was asked for, because a swap applies changes to the live table until
+ * the exchange.
  *
  * Example flows
  *
@@ -67,6 +85,14 @@
  * becomes SYNCED, and when no table is left the mirror is RUNNING again
  * and pending_op is cleared.  A pause, a retry or a new resync ends a
  * failing one: the half-built copy is dropped with it.
+ *
+ * Cancel of a resync.  cancel_operation locks the mirror row, stops the
+ * worker (its exit ends the connection holding the temporary slot, which
+ * the source drops, and its snapshot workers give up), drops the tables'
+ * <table>_resync copies, queues and parts, sets the tables SYNCED or
+ * STALE (above), and the mirror RUNNING (from RESYNCING or FAILED) with
+ * pending_op cleared, in one transaction.  The launcher starts the worker
+ * again after the commit, streaming from the origin's position.
  *
  * Crash during the initial copy.  The worker dies with the mirror in
  * SNAPSHOT, some tables SYNCED and others half copied.  The launcher starts
@@ -116,8 +142,15 @@ typedef enum TableStatus
 	TABLE_SNAPSHOT,				/* in the initial copy */
 	TABLE_SYNCED,				/* changes are applied */
 	TABLE_RESYNCING,			/* being copied again (see resync_state) */
+	TABLE_STALE,				/* its copy was cancelled half way; not applied */
 	TABLE_N_STATUS
 } TableStatus;
+
+/*
+ * The sync_lsn of a STALE table: every change commits at or before it, so
+ * every change is skipped until a resync copies the table again.
+ */
+#define TABLE_STALE_LSN		((XLogRecPtr) UINT64CONST(0xFFFFFFFFFFFFFFFF))
 
 /* bunny.mirror_table.resync_state: NULL, or how far a table's copy is */
 typedef enum ResyncState
