@@ -22,7 +22,8 @@
 #  neither the REPLICATION nor the SUPERUSER attribute   027_source_hints
 #  permission denied for source table (hint)             027_source_hints
 #  source table ... does not exist (pause_mirror,
-#    update_tables, resume_mirror, retry_mirror)         028 (case 1)
+#    update_tables, resume_mirror, retry_mirror)         028 (case 1; 1b:
+#    a table removed after setup had created it)
 #  ... no primary key and no usable replica identity     018_source_guard
 #  partition ... no primary key ...                      018_source_guard
 #  column ... part of its replica identity, excluded     018_source_guard
@@ -129,7 +130,7 @@ sub publication_tables
 }
 
 # one plain table per case, with rows for the initial copy
-foreach my $t (qw(c_a pub_t slot_t act_t np_t np_more dup_t upd_t wal_t lag_t cr_t))
+foreach my $t (qw(c_a rm_keep rm_drop pub_t slot_t act_t np_t np_more dup_t upd_t wal_t lag_t cr_t))
 {
 	src("CREATE TABLE $t (id int PRIMARY KEY, v text); "
 		  . "INSERT INTO $t SELECT g, '$t' || g FROM generate_series(1, 50) g;");
@@ -179,6 +180,36 @@ my $bad_port = PostgreSQL::Test::Cluster::get_free_port();
 	is(dst("SELECT string_agg(source_table, ',') FROM bunny.mirror_tables WHERE mirror = 'tc_conn'"),
 		'public.c_a', "$l: bunny.mirror_tables lists the new list");
 	drop_mirror('tc_conn');
+}
+
+# ---------------------------------------------------------------------------
+# 1b. update_tables in phase SETUP after setup had created the destination
+#     tables (it failed later, at the publication): the removed table's
+#     destination table stays, as the README says; the rest follows the
+#     new list
+# ---------------------------------------------------------------------------
+{
+	my $l = 'table removed in SETUP';
+	src("CREATE PUBLICATION bunny_pub_tc_rm FOR TABLE rm_keep");
+	ok(create_mirror($dest, 'tc_rm', [qw(public.rm_keep public.rm_drop)],
+			do_initial_snapshot => 'true', wait => 0),
+		"$l: mirror created");
+	my $seen = failed_with('tc_rm', qr/publication "bunny_pub_tc_rm" already exists on the source/, $l);
+	like($seen, qr/^FAILED\|\d+\|SETUP\|/, "$l: in phase SETUP");
+	is(dst("SELECT count(*) FROM pg_tables WHERE tablename IN ('rm_keep', 'rm_drop')"), '2',
+		"$l: setup had created both destination tables");
+	dst("SELECT bunny.pause_mirror('tc_rm')");
+	dst(q{SELECT bunny.update_tables('tc_rm', '["public.rm_keep"]')});
+	dst("SELECT bunny.resume_mirror('tc_rm')");
+	src("DROP PUBLICATION bunny_pub_tc_rm;");
+	dst("SELECT bunny.retry_mirror('tc_rm')");
+	src("INSERT INTO rm_keep VALUES (1001, 'after'); INSERT INTO rm_drop VALUES (1001, 'after')");
+	back_running('tc_rm', ['public.rm_keep'], $l);
+	is(publication_tables('bunny_pub_tc_rm'), 'public.rm_keep', "$l: the publication has the new list");
+	is(dst("SELECT count(*) FROM rm_drop"), '0', "$l: the removed table's destination table stays, empty");
+	is(dst("SELECT string_agg(source_table, ',') FROM bunny.mirror_tables WHERE mirror = 'tc_rm'"),
+		'public.rm_keep', "$l: bunny.mirror_tables lists the new list");
+	drop_mirror('tc_rm');
 }
 
 # ---------------------------------------------------------------------------
