@@ -13,8 +13,8 @@
  * of the library to parse: the copy plan's parts here, in
  * bunny.mirror_table_part (catalog_record_copy_plan); the later DDL and
  * the sequences in bunny.mirror_table_ddl and mirror_table_sequence
- * (setup.c, read by schema.c).  JSON is only what the user reads: the
- * details of bunny.mirror_logs.
+ * (setup.c, read by schema.c).  The JSON this file writes is for the
+ * user to read: the details of bunny.mirror_logs.
  *
  *-------------------------------------------------------------------------
  */

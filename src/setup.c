@@ -59,7 +59,8 @@ qname(const char *schema, const char *name)
  * (SchemaSequence, dest known) as rows of bunny.mirror_table_sequence.
  * One INSERT per kind of row, from arrays: a mirror may have 10 000
  * tables.  A catalog not yet updated to 0.4.0 gets them in the jsonb
- * columns it has (schema_rows_typed).
+ * columns it has (schema_rows_typed), foreign keys as kind constraint:
+ * its bunny._apply_ddl knows no other.
  */
 static void
 record_table(int32 mirror_id, MirrorTable *mt, List *ddl, List *sequences)
