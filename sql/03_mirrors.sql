@@ -256,15 +256,21 @@ ROLLBACK;
 -- the DDL that completes a copied table (_apply_ddl) runs with a 10 ms
 -- deadlock_timeout, so that an autovacuum already at work on the fresh
 -- table is cancelled at once instead of after a second; afterwards the
--- session's own value is back
+-- session's own value is back.  The probe is a table of mirror m1 with one
+-- statement recorded to complete it, as setup records them.
 \set VERBOSITY default
 BEGIN;
 CREATE TABLE ddl_probe (a int);
 SET LOCAL deadlock_timeout = '3s';
-SELECT bunny._apply_ddl('probe', 'ddl_probe'::regclass, jsonb_build_array(jsonb_build_object(
-	'kind', 'index', 'name', 'ddl_probe_a',
-	'sql', 'DO $$BEGIN RAISE NOTICE ''deadlock_timeout during the DDL: %'', '
-		   'current_setting(''deadlock_timeout''); END$$')));
+INSERT INTO bunny.mirror_table (mirror_id, source_schema, source_table, destination_schema,
+								destination_table)
+SELECT id, 'probe', 'probe', 'public', 'ddl_probe' FROM bunny.mirror WHERE name = 'm1';
+INSERT INTO bunny.mirror_table_ddl (mirror_id, source_schema, source_table, ordinal, kind, name, sql)
+SELECT id, 'probe', 'probe', 1, 'index', 'ddl_probe_a',
+	   'DO $$BEGIN RAISE NOTICE ''deadlock_timeout during the DDL: %'', '
+	   'current_setting(''deadlock_timeout''); END$$'
+  FROM bunny.mirror WHERE name = 'm1';
+SELECT bunny._apply_ddl(id, 'probe', 'probe', '{index}') FROM bunny.mirror WHERE name = 'm1';
 SHOW deadlock_timeout;
 ROLLBACK;
 \set VERBOSITY sqlstate

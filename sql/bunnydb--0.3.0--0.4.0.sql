@@ -934,3 +934,159 @@ BEGIN
 	PERFORM bunny._notify(m.id);
 END
 $$;
+
+-- ------------------------------------------------------------------------
+-- A table's copy plan, later DDL and sequences as typed rows
+-- ------------------------------------------------------------------------
+-- Setup recorded in jsonb columns of bunny.mirror_table the parts of a
+-- table's copy (copy_parts), the constraints and indexes built after it
+-- (post_copy_ddl), the foreign keys built after every copy (fk_ddl) and
+-- the sequences whose values are taken over (sequences).  The C code wrote
+-- that JSON with escape_json only for C code of the same library to parse
+-- it again with jsonb_array_elements, for each of 10 000 tables.  They are
+-- rows of the three tables below now: written per table with one INSERT
+-- ... SELECT FROM unnest() of typed arrays, read as typed columns, removed
+-- with their mirror_table row (update_tables, drop_mirror) by the foreign
+-- keys.  The rows of existing mirrors move over; the jsonb columns are
+-- dropped (no view showed them).  bunny._apply_ddl reads the rows itself.
+--
+-- Users replace the library before they run ALTER EXTENSION UPDATE: until
+-- this has run, the new library reads and writes the jsonb columns
+-- (src/schema.c, schema_rows_typed), so a mirror copying across the update
+-- goes on with what it recorded before it.
+
+-- the parts of a table's copy, which bunny.snapshot_part is made from
+CREATE TABLE bunny.mirror_table_part (
+	mirror_id		integer NOT NULL,
+	source_schema	name NOT NULL,
+	source_table	name NOT NULL,
+	part_no			integer NOT NULL,
+	from_relation	text NOT NULL,	-- what to read: ONLY table, or a leaf partition
+	predicate		text,			-- WHERE clause on the source, or NULL for all
+	PRIMARY KEY (mirror_id, source_schema, source_table, part_no),
+	FOREIGN KEY (mirror_id, source_schema, source_table)
+		REFERENCES bunny.mirror_table (mirror_id, source_schema, source_table) ON DELETE CASCADE
+);
+
+-- the statements that complete a table bunnydb created, in order: its
+-- constraints and indexes after its copy, its foreign keys after every copy
+CREATE TABLE bunny.mirror_table_ddl (
+	mirror_id		integer NOT NULL,
+	source_schema	name NOT NULL,
+	source_table	name NOT NULL,
+	ordinal			integer NOT NULL,
+	kind			text NOT NULL CHECK (kind IN ('constraint', 'index', 'foreign key')),
+	name			name NOT NULL,	-- the object's name on the destination
+	sql				text NOT NULL,
+	PRIMARY KEY (mirror_id, source_schema, source_table, ordinal),
+	FOREIGN KEY (mirror_id, source_schema, source_table)
+		REFERENCES bunny.mirror_table (mirror_id, source_schema, source_table) ON DELETE CASCADE
+);
+
+-- the sequences of a table bunnydb created whose values are taken over
+-- from the source once its data is in, both names qualified
+CREATE TABLE bunny.mirror_table_sequence (
+	mirror_id		integer NOT NULL,
+	source_schema	name NOT NULL,
+	source_table	name NOT NULL,
+	ordinal			integer NOT NULL,
+	source_seq		text NOT NULL,
+	dest_seq		text NOT NULL,
+	column_name		name NOT NULL,
+	PRIMARY KEY (mirror_id, source_schema, source_table, ordinal),
+	FOREIGN KEY (mirror_id, source_schema, source_table)
+		REFERENCES bunny.mirror_table (mirror_id, source_schema, source_table) ON DELETE CASCADE
+);
+
+SELECT pg_catalog.pg_extension_config_dump('bunny.mirror_table_part', '');
+SELECT pg_catalog.pg_extension_config_dump('bunny.mirror_table_ddl', '');
+SELECT pg_catalog.pg_extension_config_dump('bunny.mirror_table_sequence', '');
+
+INSERT INTO bunny.mirror_table_part
+SELECT t.mirror_id, t.source_schema, t.source_table, (p.n - 1)::integer,
+	   p.e ->> 'from', p.e ->> 'where'
+  FROM bunny.mirror_table t,
+	   jsonb_array_elements(coalesce(t.copy_parts, '[]')) WITH ORDINALITY p(e, n);
+
+INSERT INTO bunny.mirror_table_ddl
+SELECT t.mirror_id, t.source_schema, t.source_table, d.n::integer, d.kind,
+	   d.e ->> 'name', d.e ->> 'sql'
+  FROM bunny.mirror_table t,
+	   LATERAL (SELECT x.e, x.n, x.e ->> 'kind' AS kind
+				  FROM jsonb_array_elements(t.post_copy_ddl) WITH ORDINALITY x(e, n)
+				UNION ALL
+				SELECT y.e, jsonb_array_length(t.post_copy_ddl) + y.n, 'foreign key'
+				  FROM jsonb_array_elements(t.fk_ddl) WITH ORDINALITY y(e, n)) d;
+
+INSERT INTO bunny.mirror_table_sequence
+SELECT t.mirror_id, t.source_schema, t.source_table, s.n::integer,
+	   s.e ->> 'source', s.e ->> 'dest', s.e ->> 'column'
+  FROM bunny.mirror_table t,
+	   jsonb_array_elements(t.sequences) WITH ORDINALITY s(e, n);
+
+ALTER TABLE bunny.mirror_table
+	DROP COLUMN copy_parts,
+	DROP COLUMN post_copy_ddl,
+	DROP COLUMN fk_ddl,
+	DROP COLUMN sequences;
+
+DROP FUNCTION bunny._apply_ddl(text, regclass, jsonb);
+
+/*
+ * Run the statements of the given kinds that complete a table bunnydb
+ * created (bunny.mirror_table_ddl), skipping the ones already done: a
+ * crash can interrupt them anywhere.  Each statement is logged.
+ */
+CREATE FUNCTION bunny._apply_ddl(p_mirror_id integer, p_source_schema name, p_source_table name,
+								 p_kinds text[]) RETURNS integer
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	item record;
+	mirror_name text;
+	dest regclass;
+	done integer := 0;
+	saved_timeout text := current_setting('deadlock_timeout');
+	may_set boolean := EXISTS (SELECT 1 FROM pg_roles WHERE rolname = current_user AND rolsuper);
+BEGIN
+	SELECT m.name, format('%I.%I', t.destination_schema, t.destination_table)::regclass
+	  INTO mirror_name, dest
+	  FROM bunny.mirror_table t JOIN bunny.mirror m ON m.id = t.mirror_id
+	 WHERE t.mirror_id = p_mirror_id AND t.source_schema = p_source_schema
+	   AND t.source_table = p_source_table;
+	/*
+	 * Autovacuum often starts on a table that was just copied.  The DDL
+	 * below waits for it until deadlock_timeout (1 s by default), and only
+	 * then cancels it; on our own fresh table, cancel it at once.
+	 */
+	IF may_set THEN
+		PERFORM set_config('deadlock_timeout', '10ms', true);
+	END IF;
+	FOR item IN SELECT d.kind, d.name, d.sql FROM bunny.mirror_table_ddl d
+				 WHERE d.mirror_id = p_mirror_id AND d.source_schema = p_source_schema
+				   AND d.source_table = p_source_table AND d.kind = ANY (p_kinds)
+				 ORDER BY d.ordinal LOOP
+		IF item.kind <> 'index' AND EXISTS (
+				SELECT 1 FROM pg_constraint
+				 WHERE conrelid = dest AND conname = item.name) THEN
+			CONTINUE;
+		END IF;
+		IF item.kind = 'index' AND EXISTS (
+				SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+				 WHERE i.indrelid = dest AND c.relname = item.name) THEN
+			CONTINUE;
+		END IF;
+		EXECUTE item.sql;
+		done := done + 1;
+		PERFORM bunny._log(mirror_name, 'INFO', format('%s %s on %s', CASE item.kind
+			WHEN 'index' THEN 'created index' ELSE 'added constraint' END,
+			quote_ident(item.name), dest), jsonb_build_object('sql', item.sql));
+	END LOOP;
+	IF may_set THEN
+		PERFORM set_config('deadlock_timeout', saved_timeout, true);
+	END IF;
+	RETURN done;
+END
+$$;
+REVOKE ALL ON FUNCTION bunny._apply_ddl(integer, name, name, text[]) FROM PUBLIC;

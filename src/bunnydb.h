@@ -228,8 +228,6 @@ extern void bunny_start_transaction(void);
 extern void catalog_finish_resync(int32 mirror_id, const char *mirror_name);
 struct SourceTable;
 extern void catalog_record_copy_plan(struct SourceTable *st, Mirror *m, List *copy_columns);
-extern void catalog_apply_ddl(const char *mirror, const char *dest_table,
-							  const char *items_json, bool indexes);
 extern void bunny_log(const char *mirror, const char *level, const char *message,
 					  const char *details_json);
 extern void bunny_dest_exec(const char *sql);

@@ -9,6 +9,13 @@
  * called both between batches and from inside an apply batch.  Results are
  * allocated in the caller's memory context.
  *
+ * What setup records per table is typed rows, never JSON for another part
+ * of the library to parse: the copy plan's parts here, in
+ * bunny.mirror_table_part (catalog_record_copy_plan); the later DDL and
+ * the sequences in bunny.mirror_table_ddl and mirror_table_sequence
+ * (setup.c, read by schema.c).  The JSON this file writes is for the
+ * user to read: the details of bunny.mirror_logs.
+ *
  *-------------------------------------------------------------------------
  */
 #include "bunnydb.h"
@@ -470,29 +477,6 @@ catalog_finish_pause(int32 mirror_id)
 }
 
 /*
- * Run setup's DDL items on a destination table (bunny._apply_ddl skips
- * those already done); plain indexes only when indexes is true.
- */
-void
-catalog_apply_ddl(const char *mirror, const char *dest_table, const char *items_json,
-				  bool indexes)
-{
-	Oid			argtypes[4] = {TEXTOID, TEXTOID, TEXTOID, BOOLOID};
-	Datum		values[4];
-
-	values[0] = CStringGetTextDatum(mirror);
-	values[1] = CStringGetTextDatum(dest_table);
-	values[2] = CStringGetTextDatum(items_json);
-	values[3] = BoolGetDatum(indexes);
-	SPI_connect();
-	spi_run("SELECT bunny._apply_ddl($1, $2::regclass, "
-			"  CASE WHEN $4 THEN $3::jsonb "
-			"       ELSE jsonb_path_query_array($3::jsonb, '$[*] ? (@.kind != \"index\")') END)",
-			4, argtypes, values, NULL, false);
-	SPI_finish();
-}
-
-/*
  * A resync that went through setup (the slot was gone) is over once setup
  * completes: no per-table step will end it.
  */
@@ -717,18 +701,19 @@ text_array(List *items)
 	return PointerGetDatum(construct_array(d, n, TEXTOID, -1, false, TYPALIGN_INT));
 }
 
-/* add {"from": ..., "where": ...} to a JSON array under construction */
-static void
-part_item(StringInfo arr, const char *from, const char *where)
+/* the parts of a copy plan: what each reads, and its WHERE clause or NULL */
+typedef struct PartPlan
 {
-	appendStringInfoString(arr, arr->len > 1 ? ", {\"from\": " : "{\"from\": ");
-	escape_json(arr, from);
-	if (where)
-	{
-		appendStringInfoString(arr, ", \"where\": ");
-		escape_json(arr, where);
-	}
-	appendStringInfoChar(arr, '}');
+	ArrayBuildState *from;
+	ArrayBuildState *where;
+} PartPlan;
+
+static void
+part_item(PartPlan *plan, const char *from, const char *where)
+{
+	accumArrayResult(plan->from, CStringGetTextDatum(from), false, TEXTOID, CurrentMemoryContext);
+	accumArrayResult(plan->where, where ? CStringGetTextDatum(where) : (Datum) 0, where == NULL,
+					 TEXTOID, CurrentMemoryContext);
 }
 
 /*
@@ -737,25 +722,23 @@ part_item(StringInfo arr, const char *from, const char *where)
  * (TID range scans).  The first and last ranges are open-ended, so rows
  * beyond the estimates are still copied exactly once.
  */
-static char *
-plan_parts(SourceTable *st, int rows_per_part)
+static void
+plan_parts(SourceTable *st, int rows_per_part, PartPlan *plan)
 {
-	StringInfoData arr;
 	const char *src = quote_qualified_identifier(st->mt->source_schema, st->mt->source_table);
 	int64		nparts = 1;
 
-	initStringInfo(&arr);
-	appendStringInfoChar(&arr, '[');
+	plan->from = initArrayResult(TEXTOID, CurrentMemoryContext, false);
+	plan->where = initArrayResult(TEXTOID, CurrentMemoryContext, false);
 	if (st->relkind == 'p')
 	{
 		ListCell   *lc;
 
 		foreach(lc, st->leaves)
-			part_item(&arr, (char *) lfirst(lc), NULL);
+			part_item(plan, (char *) lfirst(lc), NULL);
 		if (st->leaves == NIL)
-			part_item(&arr, src, NULL);
-		appendStringInfoChar(&arr, ']');
-		return arr.data;
+			part_item(plan, src, NULL);
+		return;
 	}
 
 	if (st->reltuples > rows_per_part)
@@ -780,7 +763,7 @@ plan_parts(SourceTable *st, int rows_per_part)
 				where = psprintf("%s >= " INT64_FORMAT, k, lo);
 			else
 				where = psprintf("%s >= " INT64_FORMAT " AND %s < " INT64_FORMAT, k, lo, k, hi);
-			part_item(&arr, psprintf("ONLY %s", src), where);
+			part_item(plan, psprintf("ONLY %s", src), where);
 		}
 	}
 	else
@@ -805,11 +788,9 @@ plan_parts(SourceTable *st, int rows_per_part)
 			else
 				where = psprintf("ctid >= '(" INT64_FORMAT ",0)'::tid AND ctid < '(" INT64_FORMAT ",0)'::tid",
 								 lo, hi);
-			part_item(&arr, psprintf("ONLY %s", src), where);
+			part_item(plan, psprintf("ONLY %s", src), where);
 		}
 	}
-	appendStringInfoChar(&arr, ']');
-	return arr.data;
 }
 
 /*
@@ -843,33 +824,51 @@ copy_binary_safe(SourceTable *st)
 
 /*
  * Record in bunny.mirror_table what the copy of st reads and how it is
- * split: the source's kind, the columns, the parts, the size estimates and
- * whether binary COPY is safe.  Setup records it when it prepares a table,
- * and a resync again from the source as it is then (copy_columns: the
- * columns both sides have now).
+ * split: the source's kind, the columns, the size estimates and whether
+ * binary COPY is safe; the parts are rows of bunny.mirror_table_part.
+ * Setup records it when it prepares a table, and a resync again from the
+ * source as it is then (copy_columns: the columns both sides have now).  A
+ * catalog not yet updated to 0.4.0 keeps the parts in the jsonb column
+ * copy_parts (see schema_rows_typed).
  */
 void
 catalog_record_copy_plan(SourceTable *st, Mirror *m, List *copy_columns)
 {
-	Oid			types[9] = {INT4OID, TEXTOID, TEXTOID, CHAROID, TEXTARRAYOID, TEXTOID,
-	INT8OID, INT8OID, BOOLOID};
-	Datum		vals[9];
+	Oid			types[10] = {INT4OID, TEXTOID, TEXTOID, CHAROID, TEXTARRAYOID, INT8OID, INT8OID,
+	BOOLOID, TEXTARRAYOID, TEXTARRAYOID};
+	Datum		vals[10];
+	PartPlan	plan;
+	bool		typed = OidIsValid(get_relname_relid("mirror_table_part",
+													 get_namespace_oid("bunny", false)));
 
+	plan_parts(st, m->snapshot_rows_per_partition, &plan);
 	vals[0] = Int32GetDatum(m->id);
 	vals[1] = CStringGetTextDatum(st->mt->source_schema);
 	vals[2] = CStringGetTextDatum(st->mt->source_table);
 	vals[3] = CharGetDatum(st->relkind);
 	vals[4] = text_array(copy_columns);
-	vals[5] = CStringGetTextDatum(plan_parts(st, m->snapshot_rows_per_partition));
-	vals[6] = Int64GetDatum(st->relpages);
-	vals[7] = Int64GetDatum(st->reltuples);
-	vals[8] = BoolGetDatum(copy_binary_safe(st));
+	vals[5] = Int64GetDatum(st->relpages);
+	vals[6] = Int64GetDatum(st->reltuples);
+	vals[7] = BoolGetDatum(copy_binary_safe(st));
+	vals[8] = makeArrayResult(plan.from, CurrentMemoryContext);
+	vals[9] = makeArrayResult(plan.where, CurrentMemoryContext);
 	SPI_connect();
-	SPI_execute_with_args("UPDATE bunny.mirror_table "
-						  "   SET source_relkind = $4, copy_columns = $5::name[], copy_parts = $6::jsonb, "
-						  "       source_pages = $7, source_rows = $8, copy_binary = $9 "
-						  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-						  9, types, vals, NULL, false, 0);
+	spi_run(psprintf("UPDATE bunny.mirror_table "
+					 "   SET source_relkind = $4, copy_columns = $5::name[], "
+					 "       source_pages = $6, source_rows = $7, copy_binary = $8%s "
+					 " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+					 typed ? "" :
+					 ", copy_parts = (SELECT jsonb_agg(jsonb_build_object('from', u.f, 'where', u.w) "
+					 "                                 ORDER BY u.n) "
+					 "                  FROM unnest($9, $10) WITH ORDINALITY u(f, w, n))"),
+			10, types, vals, NULL, false);
+	if (typed)
+		spi_run("DELETE FROM bunny.mirror_table_part "
+				" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3; "
+				"INSERT INTO bunny.mirror_table_part "
+				"       (mirror_id, source_schema, source_table, part_no, from_relation, predicate) "
+				"SELECT $1, $2, $3, u.n - 1, u.f, u.w "
+				"  FROM unnest($9, $10) WITH ORDINALITY u(f, w, n)",
+				10, types, vals, NULL, false);
 	SPI_finish();
 }
-

@@ -293,7 +293,6 @@ copypart_finish_table(PGconn *conn, const char *mirror_name, int32 mirror_id,
 	Oid			types[3] = {INT4OID, TEXTOID, TEXTOID};
 	Datum		vals[3];
 	char	   *dest;
-	char	   *ddl;
 	char	   *rows;
 	char	   *secs;
 	char	   *src = (char *) quote_qualified_identifier(schema, table);
@@ -306,14 +305,11 @@ copypart_finish_table(PGconn *conn, const char *mirror_name, int32 mirror_id,
 							"  FROM bunny.mirror_table "
 							" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
 							3, types, vals, NULL);
-	ddl = bunny_spi_scalar("SELECT post_copy_ddl::text FROM bunny.mirror_table "
-						   " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-						   3, types, vals, NULL);
 	bunny_errcontext_push(&errctx, NULL, dest, InvalidXLogRecPtr);
 	pgstat_report_activity(STATE_RUNNING, psprintf("bunnydb: indexing %s", dest));
 	pgstat_progress_end_command();
-	catalog_apply_ddl(mirror_name, dest, ddl, indexes);
-	schema_take_over_sequences(conn, mirror_name, COPYPART_SEQUENCES_QUERY, 3, types, vals);
+	schema_apply_ddl(mirror_id, schema, table, false, indexes);
+	schema_take_over_sequences(conn, mirror_name, mirror_id, schema, table, false);
 	rows = bunny_spi_scalar("SELECT rows_snapshotted::text FROM bunny.mirror_table "
 							" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
 							3, types, vals, NULL);

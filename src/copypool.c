@@ -6,7 +6,9 @@
  *		snapshot workers that copy them.
  *
  * The coordinator (the mirror worker) stores the parts of the tables to
- * copy in bunny.snapshot_part (copypool_insert_parts), and runs up to
+ * copy in bunny.snapshot_part (copypool_insert_parts), one row per row of
+ * bunny.mirror_table_part, the plan setup or the resync recorded
+ * (catalog_record_copy_plan), and runs up to
  * snapshot_max_parallel_workers snapshot workers (copypool_start, then
  * copypool_tick until every part is DONE).  Each worker imports the
  * snapshot exported with the slot (SET TRANSACTION SNAPSHOT), claims parts
@@ -335,17 +337,9 @@ bunny_snapshot_worker_main(Datum arg)
 				else if (kind && strcmp(kind, "add") == 0)
 				{
 					/* a table added by update_tables: complete it; the mirror worker switches it */
-					char	   *dest = bunny_spi_scalar("SELECT format('%I.%I', destination_schema, destination_table) "
-														"  FROM bunny.mirror_table "
-														" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-														3, types, vals, NULL);
-					char	   *ddl = bunny_spi_scalar("SELECT post_copy_ddl::text FROM bunny.mirror_table "
-													   " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-													   3, types, vals, NULL);
-
-					catalog_apply_ddl(mirror_name, dest, ddl, indexes);
-					schema_take_over_sequences(conn, mirror_name, COPYPART_SEQUENCES_QUERY,
-											   3, types, vals);
+					schema_apply_ddl(my_args.mirror_id, schema, table, false, indexes);
+					schema_take_over_sequences(conn, mirror_name, my_args.mirror_id, schema, table,
+											   false);
 				}
 				PopActiveSnapshot();
 				CommitTransactionCommand();
@@ -392,9 +386,17 @@ start_snapshot_worker(Mirror *m, const char *snapshot_name)
 	return handle;
 }
 
+/* the rows of bunny.mirror_table_part, from a catalog of 0.3.0 or older */
+#define LEGACY_PART_ROWS \
+	"(SELECT t.mirror_id, t.source_schema, t.source_table, (p.n - 1)::int AS part_no, " \
+	"        p.e->>'from' AS from_relation, p.e->>'where' AS predicate " \
+	"   FROM bunny.mirror_table t, " \
+	"        jsonb_array_elements(coalesce(t.copy_parts, '[]')) WITH ORDINALITY p(e, n))"
+
 /*
  * (Re)create the parts of the tables of a mirror that match where_clause
- * (on bunny.mirror_table t) from the plan setup stored; returns how many.
+ * (on bunny.mirror_table t) from the plan setup or a resync recorded
+ * (catalog_record_copy_plan); returns how many.
  */
 int
 copypool_insert_parts(int32 mirror_id, const char *where_clause)
@@ -411,11 +413,13 @@ copypool_insert_parts(int32 mirror_id, const char *where_clause)
 						  1, types, vals, NULL, false, 0);
 	SPI_execute_with_args(psprintf("INSERT INTO bunny.snapshot_part (mirror_id, source_schema, source_table, "
 								   "                                 part_no, from_relation, predicate) "
-								   "SELECT t.mirror_id, t.source_schema, t.source_table, (p.n - 1)::int, "
-								   "       p.part->>'from', p.part->>'where' "
-								   "  FROM bunny.mirror_table t, "
-								   "       jsonb_array_elements(coalesce(t.copy_parts, '[]')) WITH ORDINALITY p(part, n) "
-								   " WHERE t.mirror_id = $1 AND (%s)", where_clause),
+								   "SELECT t.mirror_id, t.source_schema, t.source_table, p.part_no, "
+								   "       p.from_relation, p.predicate "
+								   "  FROM bunny.mirror_table t "
+								   "  JOIN %s p USING (mirror_id, source_schema, source_table) "
+								   " WHERE t.mirror_id = $1 AND (%s)",
+								   schema_rows_typed() ? "bunny.mirror_table_part" : LEGACY_PART_ROWS,
+								   where_clause),
 						  1, types, vals, NULL, false, 0);
 	n = (int) SPI_processed;
 	/* their parts are all pending again: none of them is in progress */

@@ -31,16 +31,4 @@ extern bool copypart_copy(PGconn *conn, const char *mirror_name, int32 mirror_id
 extern void copypart_finish_table(PGconn *conn, const char *mirror_name, int32 mirror_id,
 								  const char *schema, const char *table, bool indexes);
 
-/*
- * The sequences a copied table's columns use, (source, destination) in the
- * order setup recorded them, for schema_take_over_sequences; $1 mirror id,
- * $2 and $3 the source table.
- */
-#define COPYPART_SEQUENCES_QUERY \
-	"SELECT s.e->>'source', s.e->>'dest' " \
-	"  FROM bunny.mirror_table mt " \
-	" CROSS JOIN LATERAL jsonb_array_elements(mt.sequences) WITH ORDINALITY s(e, n) " \
-	" WHERE mt.mirror_id = $1 AND mt.source_schema = $2 AND mt.source_table = $3 " \
-	" ORDER BY s.n"
-
 #endif							/* COPYPOOL_H */

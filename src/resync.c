@@ -535,8 +535,9 @@ resync_swap(MirrorTable *mt)
 	 * (<table>_resync_<column>_seq), and the old ones are dropped with the
 	 * old table.  The copy's sequences take over the old ones' position now
 	 * and their names once the old table is gone, so the column numbers on
-	 * from where it was and mirror_table.sequences still names its sequence.
-	 * Both are looked up in the catalog, not by their usual names.
+	 * from where it was and bunny.mirror_table_sequence still names its
+	 * sequence.  Both are looked up in the catalog, not by their usual
+	 * names.
 	 */
 	SPI_connect();
 	SPI_execute(psprintf("SELECT pg_catalog.pg_get_serial_sequence(%s, a.attname), s.relname, "
@@ -701,9 +702,6 @@ resync_switch_ready(Mirror *m, const ResyncReplayer *replayer)
 		 */
 		if (mt->created_by_bunny)
 		{
-			Oid			t4[4] = {INT4OID, TEXTOID, TEXTOID, TEXTOID};
-			Datum		v4[4] = {v3[0], v3[1], v3[2],
-			CStringGetTextDatum(quote_qualified_identifier(mt->dest_schema, mt->dest_table))};
 			/*
 			 * Not on snapshot_conn: a query there ends the snapshot it
 			 * exported, and a snapshot worker started later for another
@@ -711,28 +709,12 @@ resync_switch_ready(Mirror *m, const ResyncReplayer *replayer)
 			 */
 			PGconn	   *seq_conn = mirror_connect(m, false);
 
-			schema_take_over_sequences(seq_conn, m->name,
-									   "SELECT s.e->>'source', coalesce(o.seq, s.e->>'dest') "
-									   "  FROM bunny.mirror_table mt "
-									   " CROSS JOIN LATERAL jsonb_array_elements(mt.sequences) "
-									   "       WITH ORDINALITY s(e, n) "
-									   "  LEFT JOIN LATERAL (SELECT pg_catalog.pg_get_serial_sequence($4, a.attname) AS seq "
-									   "                       FROM pg_catalog.pg_attribute a "
-									   "                      WHERE a.attrelid = $4::regclass "
-									   "                        AND a.attname = s.e->>'column' "
-									   "                        AND a.attnum > 0 AND NOT a.attisdropped) o ON true "
-									   " WHERE mt.mirror_id = $1 AND mt.source_schema = $2 AND mt.source_table = $3 "
-									   " ORDER BY s.n",
-									   4, t4, v4);
+			schema_take_over_sequences(seq_conn, m->name, m->id, mt->source_schema,
+									   mt->source_table, true);
 			stream_disconnect(&seq_conn);
 		}
 		if (mt->resync_strategy == STRATEGY_ADD && m->replicate_foreign_keys && mt->created_by_bunny)
-			bunny_dest_exec(psprintf("SELECT bunny._apply_ddl(%s, %s::regclass, fk_ddl) FROM bunny.mirror_table "
-								" WHERE mirror_id = %d AND source_schema = %s AND source_table = %s",
-								quote_literal_cstr(m->name),
-								quote_literal_cstr(quote_qualified_identifier(mt->dest_schema, mt->dest_table)),
-								m->id, quote_literal_cstr(mt->source_schema),
-								quote_literal_cstr(mt->source_table)));
+			schema_apply_ddl(m->id, mt->source_schema, mt->source_table, true, false);
 		SPI_connect();
 		SPI_execute_with_args("DELETE FROM bunny.resync_queue "
 							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",

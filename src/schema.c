@@ -13,9 +13,9 @@
  * adds it, and a rule such as "a default that calls nextval() is not
  * copied" is written once (schema_default_copied).  The functions that
  * return SQL run nothing; schema_ensure_type, schema_plan_resync,
- * schema_take_over_sequences and schema_sync_enum_labels run what they
- * build, in the caller's transaction or (the enum labels) in one of their
- * own.
+ * schema_apply_ddl, schema_take_over_sequences and schema_sync_enum_labels
+ * run what they build or what setup recorded, in the caller's transaction
+ * or (the enum labels) in one of their own.
  *
  * NOTES
  *
@@ -45,8 +45,10 @@
  * The generated column is computed here and never written by the apply.
  * The table has no constraint yet: the copy is faster without them.  Its
  * sequence (found after CREATE TABLE, SchemaSequence.dest NULL) is taken
- * over after the copy.  Then, stored in bunny.mirror_table.post_copy_ddl
- * and run after the copy:
+ * over after the copy: setup records it as a row of
+ * bunny.mirror_table_sequence.  Then, recorded as rows of
+ * bunny.mirror_table_ddl (kind constraint or index, in order) and run
+ * after the copy by bunny._apply_ddl (schema_apply_ddl):
  *
  *	schema_post_copy_ddl (schema_constraint_ddl, schema_index_ddl):
  *	  ALTER TABLE mirror.orders ADD CONSTRAINT orders_pkey PRIMARY KEY (id)
@@ -58,7 +60,8 @@
  * be named as PostgreSQL names them (orders_code_idx1, orders_pkey1), by
  * ChooseRelationName; a check constraint's name belongs to its table and
  * is kept.  Foreign keys (schema_foreign_key_ddl) point at the referenced
- * table's destination name and are made DEFERRABLE INITIALLY DEFERRED,
+ * table's destination name and are made DEFERRABLE INITIALLY DEFERRED;
+ * they are rows of bunny.mirror_table_ddl too (kind foreign key), run
  * after every copy.
  *
  * Later the source runs ALTER TABLE app.orders ADD COLUMN note text
@@ -556,7 +559,7 @@ schema_foreign_key_ddl(SourceTable *st, List *tables, const char *mirror_name)
 		}
 		else
 			def.def = psprintf("%s DEFERRABLE INITIALLY DEFERRED", def.def);
-		items = lappend(items, make_ddl("constraint", fk->name, schema_constraint_ddl(dest, &def)));
+		items = lappend(items, make_ddl("foreign key", fk->name, schema_constraint_ddl(dest, &def)));
 	}
 	return items;
 }
@@ -710,22 +713,115 @@ schema_plan_resync(PGconn *conn, SourceTable *st, const char *mirror_name)
 }
 
 /*
- * Take over the source's current values of the destination's sequences.
- * Sequences are not replicated by the stream; they are set once the data
- * they number is in, so that the destination can take over writes.  query
- * (over SPI, with nargs arguments) gives a row per sequence: the source's
- * name, the destination's, both qualified.
+ * Whether the catalog keeps what completes a table (its later DDL, its
+ * sequences, its copy's parts) as rows of bunny.mirror_table_ddl,
+ * mirror_table_sequence and mirror_table_part (extension 0.4.0 on).  A
+ * catalog of 0.3.0 or older keeps them in jsonb columns of
+ * bunny.mirror_table, which ALTER EXTENSION UPDATE moves to those rows:
+ * until it has run, under a library already replaced, they are read and
+ * written there.
+ */
+bool
+schema_rows_typed(void)
+{
+	return OidIsValid(get_relname_relid("mirror_table_ddl", get_namespace_oid("bunny", false)));
+}
+
+/*
+ * The tables of a mirror ($1) a statement is about: one ($2, $3), or every
+ * table bunnydb created ($2 NULL).
+ */
+#define TABLES_WHERE \
+	" WHERE t.mirror_id = $1 AND CASE WHEN $2::text IS NULL THEN t.created_by_bunny " \
+	"                             ELSE t.source_schema = $2 AND t.source_table = $3 END "
+
+/* the rows of bunny.mirror_table_sequence, from a catalog of 0.3.0 or older */
+#define LEGACY_SEQUENCE_ROWS \
+	"(SELECT t.mirror_id, t.source_schema, t.source_table, s.n AS ordinal, " \
+	"        s.e->>'source' AS source_seq, s.e->>'dest' AS dest_seq, " \
+	"        (s.e->>'column')::name AS column_name " \
+	"   FROM bunny.mirror_table t, jsonb_array_elements(t.sequences) WITH ORDINALITY s(e, n))"
+
+/*
+ * Run the statements setup recorded to complete a table it created, in
+ * the caller's transaction: its constraints (and, when indexes is true,
+ * its indexes) after its copy, or its foreign keys (foreign_keys) once
+ * every table is in.  A NULL schema means every table bunnydb created in
+ * the mirror.  bunny._apply_ddl skips what is already there: a crash may
+ * have cut a previous run short.
  */
 void
-schema_take_over_sequences(PGconn *conn, const char *mirror_name, const char *query,
-						   int nargs, Oid *types, Datum *vals)
+schema_apply_ddl(int32 mirror_id, const char *schema, const char *table,
+				 bool foreign_keys, bool indexes)
 {
+	Oid			types[5] = {INT4OID, TEXTOID, TEXTOID, BOOLOID, BOOLOID};
+	Datum		vals[5];
+	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
+
+	vals[0] = Int32GetDatum(mirror_id);
+	vals[1] = schema ? CStringGetTextDatum(schema) : (Datum) 0;
+	vals[2] = table ? CStringGetTextDatum(table) : (Datum) 0;
+	vals[3] = BoolGetDatum(foreign_keys);
+	vals[4] = BoolGetDatum(indexes);
+	nulls[1] = nulls[2] = schema ? ' ' : 'n';
+	if (schema_rows_typed())
+		(void) bunny_spi_scalar("SELECT count(bunny._apply_ddl(t.mirror_id, t.source_schema, t.source_table, "
+								"         CASE WHEN $4 THEN '{foreign key}'::text[] "
+								"              WHEN $5 THEN '{constraint,index}' ELSE '{constraint}' END)) "
+								"  FROM bunny.mirror_table t" TABLES_WHERE,
+								5, types, vals, nulls);
+	else
+		(void) bunny_spi_scalar("SELECT count(bunny._apply_ddl(m.name, "
+								"         format('%I.%I', t.destination_schema, t.destination_table)::regclass, "
+								"         CASE WHEN $4 THEN t.fk_ddl WHEN $5 THEN t.post_copy_ddl "
+								"              ELSE jsonb_path_query_array(t.post_copy_ddl, "
+								"                                          '$[*] ? (@.kind != \"index\")') END)) "
+								"  FROM bunny.mirror_table t JOIN bunny.mirror m ON m.id = t.mirror_id"
+								TABLES_WHERE,
+								5, types, vals, nulls);
+}
+
+/*
+ * Take over the source's current values of the sequences setup recorded
+ * for a table it created (a NULL schema: for every table bunnydb created
+ * in the mirror).  Sequences are not replicated by the stream; they are
+ * set once the data they number is in, so that the destination can take
+ * over writes.  owned_now: a column's own sequence (serial, identity) is
+ * the one the catalog names now, whatever was recorded when the table was
+ * created (a resync's swap gave the table new identity sequences).
+ */
+void
+schema_take_over_sequences(PGconn *conn, const char *mirror_name, int32 mirror_id,
+						   const char *schema, const char *table, bool owned_now)
+{
+	Oid			types[4] = {INT4OID, TEXTOID, TEXTOID, BOOLOID};
+	Datum		vals[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
 	uint64		n;
 	char	  **src;
 	char	  **dst;
 
+	vals[0] = Int32GetDatum(mirror_id);
+	vals[1] = schema ? CStringGetTextDatum(schema) : (Datum) 0;
+	vals[2] = table ? CStringGetTextDatum(table) : (Datum) 0;
+	vals[3] = BoolGetDatum(owned_now);
+	nulls[1] = nulls[2] = schema ? ' ' : 'n';
 	SPI_connect();
-	SPI_execute_with_args(query, nargs, types, vals, NULL, true, 0);
+	SPI_execute_with_args(psprintf("SELECT s.source_seq, coalesce(o.seq, s.dest_seq) "
+								   "  FROM bunny.mirror_table t "
+								   "  JOIN %s s USING (mirror_id, source_schema, source_table) "
+								   "  LEFT JOIN LATERAL ( "
+								   "       SELECT pg_catalog.pg_get_serial_sequence(pg_catalog.format('%%I.%%I', "
+								   "                t.destination_schema, t.destination_table), a.attname) AS seq "
+								   "         FROM pg_catalog.pg_attribute a "
+								   "        WHERE $4 AND a.attname = s.column_name "
+								   "          AND a.attrelid = pg_catalog.to_regclass(pg_catalog.format('%%I.%%I', "
+								   "                t.destination_schema, t.destination_table)) "
+								   "          AND a.attnum > 0 AND NOT a.attisdropped) o ON true"
+								   TABLES_WHERE
+								   " ORDER BY t.source_schema, t.source_table, s.ordinal",
+								   schema_rows_typed() ? "bunny.mirror_table_sequence" : LEGACY_SEQUENCE_ROWS),
+						  4, types, vals, nulls, true, 0);
 	n = SPI_processed;
 	src = palloc(sizeof(char *) * (n + 1));
 	dst = palloc(sizeof(char *) * (n + 1));

@@ -14,8 +14,9 @@
 
 /*
  * One statement of a table's later DDL (constraints and indexes after the
- * copy, foreign keys after every copy): kind is "constraint" or "index",
- * name the object's name on the destination.
+ * copy, foreign keys after every copy): kind is "constraint", "index" or
+ * "foreign key", as in bunny.mirror_table_ddl; name the object's name on
+ * the destination.
  */
 typedef struct SchemaDdl
 {
@@ -64,8 +65,11 @@ extern List *schema_foreign_key_ddl(SourceTable *st, List *tables, const char *m
 /* run on the destination */
 extern void schema_ensure_type(PGconn *conn, Oid typid, const char *mirror_name, List **done);
 extern List *schema_plan_resync(PGconn *conn, SourceTable *st, const char *mirror_name);
-extern void schema_take_over_sequences(PGconn *conn, const char *mirror_name, const char *query,
-									   int nargs, Oid *types, Datum *vals);
+extern bool schema_rows_typed(void);
+extern void schema_apply_ddl(int32 mirror_id, const char *schema, const char *table,
+							 bool foreign_keys, bool indexes);
+extern void schema_take_over_sequences(PGconn *conn, const char *mirror_name, int32 mirror_id,
+									   const char *schema, const char *table, bool owned_now);
 extern int	schema_sync_enum_labels(Mirror *m);
 
 #endif							/* BUNNYDB_SCHEMA_H */

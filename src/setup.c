@@ -36,8 +36,8 @@
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "catalog/namespace.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
-#include "utils/json.h"
 #include "utils/lsyscache.h"
 #include "utils/pg_lsn.h"
 #include "utils/snapmgr.h"
@@ -49,47 +49,85 @@ qname(const char *schema, const char *name)
 	return quote_qualified_identifier(schema, name);
 }
 
+/* the bunny.mirror_table row of a mirror ($1) and source table ($2, $3) */
+#define KEY_WHERE " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3"
+
 /*
- * DDL items as the JSON array bunny.mirror_table keeps them in
- * (post_copy_ddl, fk_ddl) and bunny._apply_ddl runs:
- * [{"kind": ..., "name": ..., "sql": ...}, ...].
+ * Record what completes a table setup created, replacing what an earlier
+ * run recorded: its later DDL (SchemaDdl: constraints and indexes, then
+ * foreign keys) as rows of bunny.mirror_table_ddl, its sequences
+ * (SchemaSequence, dest known) as rows of bunny.mirror_table_sequence.
+ * One INSERT per kind of row, from arrays: a mirror may have 10 000
+ * tables.  A catalog not yet updated to 0.4.0 gets them in the jsonb
+ * columns it has (schema_rows_typed), foreign keys as kind constraint:
+ * its bunny._apply_ddl knows no other.
  */
-static char *
-ddl_json(List *items)
+static void
+record_table(int32 mirror_id, MirrorTable *mt, List *ddl, List *sequences)
 {
-	StringInfoData arr;
+	MemoryContext cxt = CurrentMemoryContext;
+	ArrayBuildState *arr[6];
+	Oid			types[9] = {INT4OID, TEXTOID, TEXTOID, TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID,
+	TEXTARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+	Datum		vals[9];
 	ListCell   *lc;
 
-	initStringInfo(&arr);
-	appendStringInfoChar(&arr, '[');
-	foreach(lc, items)
+	for (int i = 0; i < 6; i++)
+		arr[i] = initArrayResult(TEXTOID, cxt, false);
+	foreach(lc, ddl)
 	{
 		SchemaDdl  *d = lfirst(lc);
 
-		appendStringInfoString(&arr, arr.len > 1 ? ", {\"kind\": " : "{\"kind\": ");
-		escape_json(&arr, d->kind);
-		appendStringInfoString(&arr, ", \"name\": ");
-		escape_json(&arr, d->name);
-		appendStringInfoString(&arr, ", \"sql\": ");
-		escape_json(&arr, d->sql);
-		appendStringInfoChar(&arr, '}');
+		accumArrayResult(arr[0], CStringGetTextDatum(d->kind), false, TEXTOID, cxt);
+		accumArrayResult(arr[1], CStringGetTextDatum(d->name), false, TEXTOID, cxt);
+		accumArrayResult(arr[2], CStringGetTextDatum(d->sql), false, TEXTOID, cxt);
 	}
-	appendStringInfoChar(&arr, ']');
-	return arr.data;
-}
+	foreach(lc, sequences)
+	{
+		SchemaSequence *s = lfirst(lc);
 
-/* one {"source", "dest", "column"} element of mirror_table.sequences */
-static void
-append_sequence_json(StringInfo seqs, const char *source, const char *dest,
-					 const char *column)
-{
-	appendStringInfo(seqs, "%s{\"source\": ", seqs->len > 1 ? ", " : "");
-	escape_json(seqs, source);
-	appendStringInfoString(seqs, ", \"dest\": ");
-	escape_json(seqs, dest);
-	appendStringInfoString(seqs, ", \"column\": ");
-	escape_json(seqs, column);
-	appendStringInfoChar(seqs, '}');
+		accumArrayResult(arr[3], CStringGetTextDatum(s->source), false, TEXTOID, cxt);
+		accumArrayResult(arr[4], CStringGetTextDatum(s->dest), false, TEXTOID, cxt);
+		accumArrayResult(arr[5], CStringGetTextDatum(s->column), false, TEXTOID, cxt);
+	}
+	vals[0] = Int32GetDatum(mirror_id);
+	vals[1] = CStringGetTextDatum(mt->source_schema);
+	vals[2] = CStringGetTextDatum(mt->source_table);
+	for (int i = 0; i < 6; i++)
+		vals[3 + i] = makeArrayResult(arr[i], cxt);
+
+	SPI_connect();
+	if (schema_rows_typed())
+		SPI_execute_with_args("UPDATE bunny.mirror_table SET created_by_bunny = true " KEY_WHERE "; "
+							  "DELETE FROM bunny.mirror_table_ddl " KEY_WHERE "; "
+							  "DELETE FROM bunny.mirror_table_sequence " KEY_WHERE "; "
+							  "INSERT INTO bunny.mirror_table_ddl "
+							  "       (mirror_id, source_schema, source_table, ordinal, kind, name, sql) "
+							  "SELECT $1, $2, $3, u.n, u.kind, u.name, u.sql "
+							  "  FROM unnest($4, $5, $6) WITH ORDINALITY u(kind, name, sql, n); "
+							  "INSERT INTO bunny.mirror_table_sequence "
+							  "       (mirror_id, source_schema, source_table, ordinal, source_seq, dest_seq, "
+							  "        column_name) "
+							  "SELECT $1, $2, $3, u.n, u.src, u.dest, u.col "
+							  "  FROM unnest($7, $8, $9) WITH ORDINALITY u(src, dest, col, n)",
+							  9, types, vals, NULL, false, 0);
+	else
+		SPI_execute_with_args("UPDATE bunny.mirror_table "
+							  "   SET created_by_bunny = true, "
+							  "       post_copy_ddl = (SELECT coalesce(jsonb_agg(jsonb_build_object( "
+							  "               'kind', u.kind, 'name', u.name, 'sql', u.sql) ORDER BY u.n), '[]') "
+							  "          FROM unnest($4, $5, $6) WITH ORDINALITY u(kind, name, sql, n) "
+							  "         WHERE u.kind <> 'foreign key'), "
+							  "       fk_ddl = (SELECT coalesce(jsonb_agg(jsonb_build_object( "
+							  "               'kind', 'constraint', 'name', u.name, 'sql', u.sql) ORDER BY u.n), '[]') "
+							  "          FROM unnest($4, $5, $6) WITH ORDINALITY u(kind, name, sql, n) "
+							  "         WHERE u.kind = 'foreign key'), "
+							  "       sequences = (SELECT coalesce(jsonb_agg(jsonb_build_object( "
+							  "               'source', u.src, 'dest', u.dest, 'column', u.col) ORDER BY u.n), '[]') "
+							  "          FROM unnest($7, $8, $9) WITH ORDINALITY u(src, dest, col, n)) "
+							  KEY_WHERE,
+							  9, types, vals, NULL, false, 0);
+	SPI_finish();
 }
 
 /*
@@ -105,20 +143,16 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 {
 	MirrorTable *mt = st->mt;
 	const char *dest = qname(mt->dest_schema, mt->dest_table);
-	StringInfoData seqs;
 	ListCell   *lc;
-	bool		created = false;
 	List	   *copy_columns = NIL;
-	char	   *fk_json = "[]";
-	char	   *post_ddl = "[]";
+	List	   *ddl = NIL;
+	List	   *sequences = NIL;
 	Oid			nspid = get_namespace_oid(mt->dest_schema, true);
 	Oid			relid = OidIsValid(nspid) ? get_relname_relid(mt->dest_table, nspid) : InvalidOid;
 	char		relkind = OidIsValid(relid) ? get_rel_relkind(relid) : '\0';
+	bool		created = relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE;
 
-	initStringInfo(&seqs);
-	appendStringInfoChar(&seqs, '[');
-
-	if (relkind != RELKIND_RELATION && relkind != RELKIND_PARTITIONED_TABLE)
+	if (created)
 	{
 		SchemaTable *t;
 
@@ -128,14 +162,12 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 		t = schema_create_table_ddl(st, nspid);
 		foreach(lc, t->statements)
 			bunny_dest_exec((char *) lfirst(lc));
-		created = true;
 
 		foreach(lc, t->sequences)
 		{
 			SchemaSequence *s = lfirst(lc);
-			char	   *seq = s->dest;
 
-			if (seq == NULL)
+			if (s->dest == NULL)
 			{
 				/* an identity column's own */
 				Oid			types[2] = {TEXTOID, TEXTOID};
@@ -143,18 +175,17 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 
 				vals[0] = CStringGetTextDatum(dest);
 				vals[1] = CStringGetTextDatum(s->column);
-				seq = bunny_spi_scalar("SELECT pg_catalog.pg_get_serial_sequence($1, $2)",
-									   2, types, vals, NULL);
-				if (seq == NULL)
+				s->dest = bunny_spi_scalar("SELECT pg_catalog.pg_get_serial_sequence($1, $2)",
+										   2, types, vals, NULL);
+				if (s->dest == NULL)
 					continue;
 			}
-			append_sequence_json(&seqs, s->source, seq, s->column);
+			sequences = lappend(sequences, s);
 		}
 		bunny_log(m->name, "INFO", psprintf("created destination table %s", dest), NULL);
-		fk_json = ddl_json(schema_foreign_key_ddl(st, tables, m->name));
-		post_ddl = ddl_json(schema_post_copy_ddl(st, nspid));
+		ddl = list_concat(schema_post_copy_ddl(st, nspid),
+						  schema_foreign_key_ddl(st, tables, m->name));
 	}
-	appendStringInfoChar(&seqs, ']');
 
 	foreach(lc, st->columns)
 	{
@@ -166,31 +197,12 @@ ensure_table(SourceTable *st, Mirror *m, List *tables, bool copy)
 
 	CommandCounterIncrement();
 	catalog_record_copy_plan(st, m, copy_columns);
-	{
-		Oid			types[7] = {INT4OID, TEXTOID, TEXTOID, BOOLOID, TEXTOID, TEXTOID, TEXTOID};
-		Datum		vals[7];
-
-		vals[0] = Int32GetDatum(m->id);
-		vals[1] = CStringGetTextDatum(mt->source_schema);
-		vals[2] = CStringGetTextDatum(mt->source_table);
-		vals[3] = BoolGetDatum(created);
-		vals[4] = CStringGetTextDatum(post_ddl);
-		vals[5] = CStringGetTextDatum(fk_json);
-		vals[6] = CStringGetTextDatum(seqs.data);
-		SPI_connect();
-		SPI_execute_with_args("UPDATE bunny.mirror_table "
-							  "   SET created_by_bunny = created_by_bunny OR $4, "
-							  "       post_copy_ddl = CASE WHEN $4 THEN $5::jsonb ELSE post_copy_ddl END, "
-							  "       fk_ddl = CASE WHEN $4 THEN $6::jsonb ELSE fk_ddl END, "
-							  "       sequences = CASE WHEN $4 THEN $7::jsonb ELSE sequences END "
-							  " WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-							  7, types, vals, NULL, false, 0);
-		SPI_finish();
-	}
+	if (created)
+		record_table(m->id, mt, ddl, sequences);
 
 	/* without a copy, the table is complete at once */
 	if (created && !copy)
-		catalog_apply_ddl(m->name, dest, post_ddl, m->replicate_indexes);
+		schema_apply_ddl(m->id, mt->source_schema, mt->source_table, false, m->replicate_indexes);
 }
 
 /*
@@ -270,30 +282,9 @@ prepare_destination(PGconn *conn, Mirror *m, List *tables, bool copy, bool pendi
 static void
 setup_finish_tables_without_copy(PGconn *conn, Mirror *m)
 {
-	int			rc;
-	Oid			types[1] = {INT4OID};
-	Datum		vals[1] = {Int32GetDatum(m->id)};
-
 	if (m->replicate_foreign_keys)
-	{
-		SPI_connect();
-		rc = SPI_execute_with_args("SELECT bunny._apply_ddl(m.name, "
-								   "         format('%I.%I', t.destination_schema, t.destination_table)::regclass, "
-								   "         t.fk_ddl) "
-								   "  FROM bunny.mirror_table t JOIN bunny.mirror m ON m.id = t.mirror_id "
-								   " WHERE t.mirror_id = $1 AND t.created_by_bunny",
-								   1, types, vals, NULL, false, 0);
-		SPI_finish();
-		if (rc < 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_INTERNAL_ERROR),
-					 errmsg("could not create foreign keys on the destination")));
-	}
-	schema_take_over_sequences(conn, m->name,
-							   "SELECT s->>'source', s->>'dest' "
-							   "  FROM bunny.mirror_table t, jsonb_array_elements(t.sequences) s "
-							   " WHERE t.mirror_id = $1 AND t.created_by_bunny",
-							   1, types, vals);
+		schema_apply_ddl(m->id, NULL, NULL, true, false);
+	schema_take_over_sequences(conn, m->name, m->id, NULL, NULL, false);
 }
 
 /*

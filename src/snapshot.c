@@ -24,6 +24,7 @@
  *-------------------------------------------------------------------------
  */
 #include "copypool.h"
+#include "schema.h"
 #include "source.h"
 
 #include "access/xact.h"
@@ -168,12 +169,7 @@ snapshot_run(Mirror *m, PGconn *holder, const char *snapshot_name, XLogRecPtr sy
 		for (uint64 i = 0; i < n; i++)
 			copypart_finish_table(conn, m->name, m->id, schemas[i], tables[i], m->replicate_indexes);
 		if (m->replicate_foreign_keys)
-			(void) bunny_spi_scalar("SELECT bunny._apply_ddl(m.name, "
-						"         format('%I.%I', t.destination_schema, t.destination_table)::regclass, "
-						"         t.fk_ddl) "
-						"  FROM bunny.mirror_table t JOIN bunny.mirror m ON m.id = t.mirror_id "
-						" WHERE t.mirror_id = $1 AND t.created_by_bunny",
-						1, types, vals, NULL);
+			schema_apply_ddl(m->id, NULL, NULL, true, false);
 		bunny_log(m->name, "INFO", "initial copy finished", NULL);
 		PopActiveSnapshot();
 		CommitTransactionCommand();
