@@ -127,6 +127,14 @@ batch_counters(Mirror *mirror)
 	int64		total = 0;
 	Datum		values[6];
 
+	/*
+	 * A committed batch means the mirror's last error is over, unless a
+	 * resync is pending: its failing step (the swap, say) fails only after
+	 * the next run has caught up, and its error would flicker away between
+	 * the attempts.
+	 */
+	bool		clear_error = !resync_active(mirror);
+
 	relmap_seq_init(&status);
 	while ((e = hash_seq_search(&status)) != NULL)
 		total += e->n_ins + e->n_upd + e->n_del;
@@ -135,7 +143,7 @@ batch_counters(Mirror *mirror)
 	/* once per batch, every batch: parse and plan them once per process */
 	if (mirror_plan == NULL)
 	{
-		Oid			t2[2] = {INT4OID, INT8OID};
+		Oid			t3[3] = {INT4OID, INT8OID, BOOLOID};
 		Oid			t6[6] = {INT4OID, TEXTOID, TEXTOID, INT8OID, INT8OID, INT8OID};
 		SPIPlanPtr	mp;
 		SPIPlanPtr	tp;
@@ -143,8 +151,9 @@ batch_counters(Mirror *mirror)
 		mp = SPI_prepare("UPDATE bunny.mirror "
 						 "   SET total_rows_synced = total_rows_synced + $2, "
 						 "       last_sync_time = now(), "
-						 "       error_count = 0, error_message = NULL "
-						 " WHERE id = $1", 2, t2);
+						 "       error_count = CASE WHEN $3 THEN 0 ELSE error_count END, "
+						 "       error_message = CASE WHEN $3 THEN NULL ELSE error_message END "
+						 " WHERE id = $1", 3, t3);
 		tp = SPI_prepare("UPDATE bunny.mirror_table "
 						 "   SET rows_inserted = rows_inserted + $4, "
 						 "       rows_updated = rows_updated + $5, "
@@ -164,6 +173,7 @@ batch_counters(Mirror *mirror)
 	}
 	values[0] = Int32GetDatum(mirror->id);
 	values[1] = Int64GetDatum(total);
+	values[2] = BoolGetDatum(clear_error);
 	SPI_execute_plan(mirror_plan, values, NULL, false, 0);
 	relmap_seq_init(&status);
 	while ((e = hash_seq_search(&status)) != NULL)
@@ -180,7 +190,8 @@ batch_counters(Mirror *mirror)
 		e->n_ins = e->n_upd = e->n_del = 0;
 	}
 	SPI_finish();
-	mirror->error_count = 0;
+	if (clear_error)
+		mirror->error_count = 0;
 }
 
 /*
