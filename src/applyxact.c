@@ -225,6 +225,9 @@ streamxact_start(StringInfo s, ApplyBatch *b, Mirror *mirror)
 		{
 			MirrorTable *mt = lfirst(lc);
 
+			/* a STALE table's changes are all skipped: no copy to wait for */
+			if (mt->sync_lsn == TABLE_STALE_LSN)
+				continue;
 			if (mt->sync_lsn != InvalidXLogRecPtr && mt->sync_lsn >= committed)
 			{
 				streamxact_give_up("a table's copy is newer than the last applied commit");
