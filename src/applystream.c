@@ -548,8 +548,9 @@ check_slot_and_publication(bool patient)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("publication \"%s\" no longer exists on the source", st.mirror->publication_name),
-				 errhint("Recreate it on the source (CREATE PUBLICATION %s FOR TABLE ...) with the mirror's tables, then call bunny.retry_mirror('%s').",
-						 quote_identifier(st.mirror->publication_name), st.mirror->name)));
+				 errdetail("The changes written while it was missing cannot be decoded through the slot any more, even once a publication of that name exists again."),
+				 errhint("On the source run SELECT pg_drop_replication_slot('%s'), then call bunny.resync_mirror('%s'): setup creates a new publication and slot and copies the tables again.",
+						 st.mirror->slot_name, st.mirror->name)));
 	}
 }
 
