@@ -263,7 +263,6 @@ extern void bunny_require_password(PGconn *conn, bool required);
 extern XLogRecPtr setup_run(PGconn *conn, Mirror *mirror, char **snapshot);
 extern void setup_refresh_tables(PGconn *conn, Mirror *mirror);
 extern void setup_check_source(PGconn *conn, Mirror *mirror);
-extern int	setup_sync_enum_labels(Mirror *m);
 
 /* resync.c */
 extern void resync_stop(void);

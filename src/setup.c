@@ -405,13 +405,3 @@ setup_refresh_tables(PGconn *conn, Mirror *m)
 	CommitTransactionCommand();
 	XLogFlush(XactLastCommitEnd);
 }
-
-/*
- * The enum labels the source added since the types were made (see
- * schema_sync_enum_labels); the worker's recovery from a failed row.
- */
-int
-setup_sync_enum_labels(Mirror *m)
-{
-	return schema_sync_enum_labels(m);
-}

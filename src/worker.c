@@ -23,6 +23,7 @@
  *-------------------------------------------------------------------------
  */
 #include "bunnydb.h"
+#include "schema.h"
 #include "source.h"
 
 #include "access/xact.h"
@@ -59,7 +60,7 @@ static Mirror *reload_mirror(MemoryContext cxt);
 
 /*
  * After an invalid input value (22P02): if the source has enum labels the
- * destination lacks, take them over (setup_sync_enum_labels); true when
+ * destination lacks, take them over (schema_sync_enum_labels); true when
  * some were added, and retrying at once will get further.  Its own
  * failure is only logged: the original error stands.
  */
@@ -74,7 +75,7 @@ worker_sync_enum_labels(void)
 		Mirror	   *m = reload_mirror(cxt);
 
 		if (m != NULL)
-			added = setup_sync_enum_labels(m);
+			added = schema_sync_enum_labels(m);
 	}
 	PG_CATCH();
 	{
