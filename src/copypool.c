@@ -458,7 +458,9 @@ reclaim_parts(Mirror *m, List *live_pids)
 
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	failed = bunny_spi_scalar(psprintf("SELECT format('part %%s of %%I.%%I failed %%s times', part_no + 1, "
+	/* the table, a tab, the message: the table's row gets the error too */
+	failed = bunny_spi_scalar(psprintf("SELECT format('%%I.%%I', source_schema, source_table) || E'\\t' || "
+									   "       format('part %%s of %%I.%%I failed %%s times', part_no + 1, "
 									   "              source_schema, source_table, attempts) "
 									   "       || coalesce(', last: ' || error_message, '') "
 									   "  FROM bunny.snapshot_part "
@@ -467,10 +469,17 @@ reclaim_parts(Mirror *m, List *live_pids)
 									   " LIMIT 1", pids.data, SNAPSHOT_MAX_ATTEMPTS),
 							  1, types, vals, NULL);
 	if (failed)
+	{
+		char	   *tab = strchr(failed, '\t');
+		BunnyErrorContext errctx;
+
+		*tab = '\0';
+		bunny_errcontext_push(&errctx, NULL, failed, InvalidXLogRecPtr);
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("initial copy failed: %s", failed),
+				 errmsg("initial copy failed: %s", tab + 1),
 				 errhint("See the ERROR lines of bunny.logs() for the cause.")));
+	}
 	SPI_connect();
 	SPI_execute_with_args(psprintf("UPDATE bunny.snapshot_part SET status = 'PENDING', worker_pid = NULL "
 								   " WHERE mirror_id = $1 AND status = 'RUNNING' "
