@@ -109,6 +109,31 @@ relkind_noun(char relkind)
 }
 
 /*
+ * The rows of relation c (summed over its leaf partitions), estimated as
+ * the planner does: the density of its last ANALYZE times its size now,
+ * or, never analyzed, as many rows of its column widths as fit in its
+ * pages.  bunny.peer_tables shows it, and the copy plan and the progress
+ * views (bunny.copy_progress) estimate totals with it.
+ */
+#define ESTIMATED_ROWS_SQL \
+	"(SELECT coalesce(sum(CASE WHEN l.relpages > 0 AND l.reltuples >= 0 " \
+	"                          THEN l.reltuples / l.relpages * s.pages " \
+	"                          ELSE s.pages * s.per_page END), 0)::bigint " \
+	"   FROM pg_catalog.pg_class l, " \
+	"        LATERAL (SELECT pg_catalog.pg_relation_size(l.oid) / b.size AS pages, " \
+	"                        floor((b.size - 24) / (28 + " \
+	"                          (SELECT coalesce(sum(CASE WHEN a.attlen > 0 " \
+	"                                                    THEN a.attlen ELSE 32 END), 0) " \
+	"                             FROM pg_catalog.pg_attribute a " \
+	"                            WHERE a.attrelid = l.oid AND a.attnum > 0 " \
+	"                              AND NOT a.attisdropped))) AS per_page " \
+	"                   FROM (SELECT pg_catalog.current_setting('block_size')::int " \
+	"                                AS size) b) s " \
+	"  WHERE l.oid = ANY (ARRAY(SELECT c.oid UNION ALL " \
+	"                          SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t " \
+	"                           WHERE t.isleaf AND t.relid <> c.oid)))"
+
+/*
  * Describing a mirror's tables
  *
  * A mirror may map thousands of tables.  Asked one table at a time, each
@@ -207,8 +232,7 @@ describe_relations(PGconn *conn, List *mts)
 					   "SELECT c.oid, c.relkind, c.relpersistence, "
 					   "       has_table_privilege(c.oid, 'SELECT'), "
 					   "       greatest(c.relpages::bigint, pg_relation_size(c.oid) / current_setting('block_size')::int), "
-					   "       CASE WHEN c.reltuples > 0 THEN c.reltuples::bigint "
-					   "            ELSE pg_relation_size(c.oid) / 100 END "
+					   "       " ESTIMATED_ROWS_SQL " "
 					   "  FROM ROWS FROM (unnest($1::text[]), unnest($2::text[])) WITH ORDINALITY u(nsp, rel, ord) "
 					   "  LEFT JOIN (pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace) "
 					   "         ON n.nspname = u.nsp AND c.relname = u.rel "
@@ -870,22 +894,7 @@ source_list_tables(PGconn *conn)
 					   "                WHERE i.indrelid = c.oid AND i.indisprimary), "
 					   "       CASE c.relreplident WHEN 'd' THEN 'default' WHEN 'f' THEN 'full' "
 					   "            WHEN 'i' THEN 'index' ELSE 'nothing' END, "
-					   "       (SELECT coalesce(sum(CASE WHEN l.relpages > 0 AND l.reltuples >= 0 "
-					   "                                 THEN l.reltuples / l.relpages * s.pages "
-					   "                                 ELSE s.pages * s.per_page END), 0)::bigint "
-					   "          FROM pg_catalog.pg_class l, "
-					   "               LATERAL (SELECT pg_catalog.pg_relation_size(l.oid) / b.size AS pages, "
-					   "                               floor((b.size - 24) / (28 + "
-					   "                                 (SELECT coalesce(sum(CASE WHEN a.attlen > 0 "
-					   "                                                           THEN a.attlen ELSE 32 END), 0) "
-					   "                                    FROM pg_catalog.pg_attribute a "
-					   "                                   WHERE a.attrelid = l.oid AND a.attnum > 0 "
-					   "                                     AND NOT a.attisdropped))) AS per_page "
-					   "                          FROM (SELECT pg_catalog.current_setting('block_size')::int "
-					   "                                       AS size) b) s "
-					   "         WHERE l.oid IN (SELECT c.oid UNION ALL "
-					   "                         SELECT t.relid FROM pg_catalog.pg_partition_tree(c.oid) t "
-					   "                          WHERE t.isleaf)) "
+					   "       " ESTIMATED_ROWS_SQL " "
 					   "  FROM pg_catalog.pg_class c "
 					   "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
 					   " WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
