@@ -292,8 +292,10 @@ CREATE FUNCTION bunny._mirror_error_cleared() RETURNS trigger
 	SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
+	-- a STALE table's message (cancel_operation) says what it needs, not
+	-- what failed: it stays until the table is copied again
 	UPDATE bunny.mirror_table SET error_message = NULL
-	 WHERE mirror_id = NEW.id AND error_message IS NOT NULL;
+	 WHERE mirror_id = NEW.id AND error_message IS NOT NULL AND status <> 'STALE';
 	RETURN NULL;
 END
 $$;
@@ -1090,3 +1092,14 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION bunny._apply_ddl(integer, name, name, text[]) FROM PUBLIC;
+
+-- ------------------------------------------------------------------------
+-- The transition table holds for the workers too
+-- ------------------------------------------------------------------------
+-- The trigger that checks every change of a mirror's status or phase
+-- against the transition table of state.c fired for the SQL functions
+-- only: the workers run with session_replication_role = replica, under
+-- which an ordinary trigger does not fire.  ALWAYS makes it fire there
+-- too, so that a transition a worker makes and nobody planned fails at
+-- once, as state.h says.
+ALTER TABLE bunny.mirror ENABLE ALWAYS TRIGGER mirror_state_guard;
