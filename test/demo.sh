@@ -282,6 +282,9 @@ fi
 # ---------------------------------------------------------------------------
 # 6. what it looks like
 # ---------------------------------------------------------------------------
+say "destination: SELECT * FROM bunny.mirror_overview (one line per mirror)"
+psql_dst -c "SELECT * FROM bunny.mirror_overview"
+
 say "destination: SELECT * FROM bunny.mirrors (expanded)"
 psql_dst -x -c "SELECT * FROM bunny.mirrors"
 
@@ -320,7 +323,9 @@ The demo is running.
 
 Try, on the source:       INSERT INTO orders (customer, amount) VALUES ('you', 42);
 then on the destination:  SELECT * FROM orders ORDER BY id DESC LIMIT 3;
-                          SELECT * FROM bunny.mirrors;
+                          SELECT * FROM bunny.mirror_overview;
+                          SELECT * FROM bunny.copy_progress;   -- while a copy runs
+                          SELECT bunny.resync_table('$MIRROR', 'public.orders');
                           SELECT bunny.pause_mirror('$MIRROR');
                           SELECT bunny.resume_mirror('$MIRROR');
 
