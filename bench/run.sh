@@ -132,7 +132,9 @@
 #           bunny.mirrors, mirror_tables, the logs and the server log show
 #           after 30 s; then half of the running mirrors paused, and (if the
 #           others still do not run) all of them, 150 s each, to see whether
-#           the stalled ones start by themselves.
+#           the stalled ones start by themselves; a paused mirror keeps its
+#           worker, so (if they still do not run) the paused mirrors are
+#           then dropped, and 180 s more.
 #   values  (alone: --only values) rows with huge values and a table of
 #           1 000 columns, in binary and in text transfer.  Source database
 #           `vals`: big_b / big_t (id, t text, b bytea), row 1 with a
@@ -1379,8 +1381,16 @@ mirrors_exhaustion() {
         for i in $paused; do qd "$db" "SELECT bunny.pause_mirror('$i')" >/dev/null; done
         mirrors_exh_watch "$db" 150 all
     fi
-    for ((i = 1; i <= k; i++)); do
-        echo "SELECT bunny.drop_mirror('mir_$i');"
+    if [ "${RES[exh,restart_all]:-}" = never ]; then
+        # a paused mirror keeps its worker (it watches the source's
+        # position): dropping the paused mirrors is what frees workers
+        paused=$(qd "$db" "SELECT string_agg(name, ' ') FROM bunny.mirrors WHERE status = 'PAUSED'")
+        log "dropping the paused mirrors ($paused): a paused mirror keeps its worker"
+        for i in $paused; do qd "$db" "SELECT bunny.drop_mirror('$i')" >/dev/null; done
+        mirrors_exh_watch "$db" 180 dropped
+    fi
+    for i in $(qd "$db" "SELECT name FROM bunny.mirrors"); do
+        echo "SELECT bunny.drop_mirror('$i');"
     done | psql_in "$DST_PORT" "$db" >/dev/null || log "WARNING: could not drop every mirror of $db"
 }
 
@@ -1447,10 +1457,10 @@ mirrors_main() {
     for m in "${MS[@]}"; do
         echo "bunnydb, $m mirrors: create calls ${RES[mir$m,bunny_calls]:-n/a} s; ${RES[mir$m,bunny_spread]:-n/a}; built-in CREATE SUBSCRIPTION calls ${RES[mir$m,builtin_calls]:-n/a} s"
     done
-    echo "worker exhaustion ($MIRRORS_EXH mirrors, max_worker_processes = $MIRRORS_EXH_WORKERS): after 30 s ${RES[exh,states30]:-n/a}; after pausing half of the running ones every other mirror RUNNING: ${RES[exh,restart_half]:-n/a} (${RES[exh,states_half]:-n/a}); after pausing all running ones: ${RES[exh,restart_all]:-not tried} (${RES[exh,states_all]:-})"
+    echo "worker exhaustion ($MIRRORS_EXH mirrors, max_worker_processes = $MIRRORS_EXH_WORKERS): after 30 s ${RES[exh,states30]:-n/a}; after pausing half of the running ones every other mirror RUNNING: ${RES[exh,restart_half]:-n/a} (${RES[exh,states_half]:-n/a}); after pausing all running ones: ${RES[exh,restart_all]:-not tried} (${RES[exh,states_all]:-}); after dropping the paused ones: ${RES[exh,restart_dropped]:-not tried} (${RES[exh,states_dropped]:-})"
     echo
     printf '%s\n' "${RESULT_LINES[@]}"
-    echo "RESULT mirrors_exhaustion max_worker_processes=$MIRRORS_EXH_WORKERS mirrors=$MIRRORS_EXH after_30s=\"${RES[exh,states30]:-n/a}\" others_running_after_half_paused=\"${RES[exh,restart_half]:-n/a}\" others_running_after_all_paused=\"${RES[exh,restart_all]:-not tried}\""
+    echo "RESULT mirrors_exhaustion max_worker_processes=$MIRRORS_EXH_WORKERS mirrors=$MIRRORS_EXH after_30s=\"${RES[exh,states30]:-n/a}\" others_running_after_half_paused=\"${RES[exh,restart_half]:-n/a}\" others_running_after_all_paused=\"${RES[exh,restart_all]:-not tried}\" others_running_after_paused_dropped=\"${RES[exh,restart_dropped]:-not tried}\""
     echo "RESULT mirrors_consistency $([ "$TABLES_BAD" = 0 ] && [ "$MIRRORS_BAD" = 0 ] && echo OK || echo MISMATCH)"
     echo
     echo "Notes: all M mirrors in one destination database (mir_bunny_M), all M subscriptions in another"
