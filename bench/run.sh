@@ -10,6 +10,10 @@
 #                            [--port-base P]
 #     bash bench/run.sh --only tables [--tables 100,1000] [--stats]
 #                            [--dir DIR] [--port-base P] [--keep]
+#     bash bench/run.sh --only mirrors [--mirrors 1,10,30] [--rate 200]
+#                            [--smoke] [--dir DIR] [--port-base P] [--keep]
+#     bash bench/run.sh --only values [--value-mb 100]
+#                            [--smoke] [--dir DIR] [--port-base P] [--keep]
 #
 # --port-base P: the source listens on port P, the destination on P+1
 # (default 5541 and 5542).  Environment BUNNY_PREFIX=/opt/x: use the
@@ -25,7 +29,9 @@
 # catch-ups then mostly measure its launcher's 5 s wait before it restarts
 # a subscription's worker), but it checks that the bench works end to end
 # and that every destination matches the source.  The test suite
-# (test/run_tests.sh) runs it that way.
+# (test/run_tests.sh) runs it that way.  With --only mirrors: --mirrors 1,3
+# and 5 s of load; with --only values: 5 MB values and 500 wide rows (unless
+# --mirrors / --value-mb say otherwise).
 #
 # Requirements: Debian 12, PostgreSQL 15 (/usr/lib/postgresql/15/bin, with
 # pgbench and the contrib module dblink), bunnydb built and installed
@@ -90,6 +96,71 @@
 #           the wait events of bunnydb's processes sampled every 0.2 s
 #           (environment BENCH_STATS_KEEP=DIR: the full statement lists of
 #           each N are copied there as stats-N-source.txt, -destination.txt).
+#   mirrors  (alone: --only mirrors) M mirrors from one source database
+#           `mir` for each M of --mirrors (default 1,10,30).  Mirror i has
+#           3 small pgbench-like tables: acc_i (1 000 rows), tel_i (11),
+#           his_i (empty, bigserial key); the built-in has one publication
+#           mpub_i and one subscription msub_i per mirror.  All M mirrors go
+#           into one destination database mir_bunny_M (bunnydb creates the
+#           tables), all M subscriptions into mir_builtin_M (tables
+#           pre-created, untimed).  Start: from the first of M create calls
+#           (one statement each, in one session) until every mirror is
+#           RUNNING, then (6 s later) from the first of M CREATE SUBSCRIPTION
+#           until every table of every subscription is 'r'; ratio.  Lag:
+#           both systems live, pgbench -c 4 -R --rate (default 200
+#           transactions/s, the same load for both) for 30 s: each transaction updates one row of acc_i and tel_i and
+#           inserts into his_i of a random mirror i.  Every 0.2 s the
+#           sampler commits one heartbeat transaction that updates the row
+#           tid = 0 of every tel_i (the load never touches it), taking the
+#           source's WAL insert position just before its COMMIT, and polls
+#           both destinations every 5 ms until each mirror has applied it
+#           (bunny.wait_for_lsn(name, lsn, 0); built-in: origin remote_lsn
+#           or slot confirmed_flush_lsn), at most 10 s.  Per mirror p50/p99;
+#           reported: the worst mirror's p99 and the median of the mirrors'
+#           p99 of each system, their ratios, and the target (README: lag
+#           p99 < 1 s for every mirror).  Then every table of both
+#           destinations is checked against the source (as in tables), and
+#           all mirrors and subscriptions are dropped before the next M.
+#           The source commits with synchronous_commit = on here (with off,
+#           the WAL writer's 200 ms delay would be most of the lag).  The
+#           destination gets max_worker_processes = 260,
+#           bunny.max_mirror_workers = 64, max_logical_replication_workers =
+#           100, max_replication_slots = 160 (origins); the source 160
+#           slots and walsenders.  Last, the worker-exhaustion step (an
+#           observation, not timed): the destination restarted with
+#           max_worker_processes = 8 and 10 mirrors created; what
+#           bunny.mirrors, mirror_tables, the logs and the server log show
+#           after 30 s; then half of the running mirrors paused, and (if the
+#           others still do not run) all of them, 150 s each, to see whether
+#           the stalled ones start by themselves; a paused mirror keeps its
+#           worker, so (if they still do not run) the paused mirrors are
+#           then dropped, and 180 s more.
+#   values  (alone: --only values) rows with huge values and a table of
+#           1 000 columns, in binary and in text transfer.  Source database
+#           `vals`: big_b / big_t (id, t text, b bytea), row 1 with a
+#           --value-mb (default 100) MB text and a --value-mb MB bytea
+#           (incompressible: md5 hex and its bytes), 19 small rows;
+#           wide_b / wide_t, 1 000 columns (int and short text), 5 000 rows.
+#           The _t tables' key is of the domain bench_int (a user-defined
+#           type): bunnydb then copies them and streams their mirror in text
+#           (there is no setting to force text).  Four systems, each into
+#           its own destination database: bunnydb mirror vbin (big_b,
+#           wide_b), built-in subscription binary = true (same tables),
+#           bunnydb mirror vtxt (big_t, wide_t), built-in binary = false
+#           (same tables).  Initial copy: each alone, until RUNNING / every
+#           table 'r'.  CDC: each alone (the others paused or disabled),
+#           caught up untimed, then four statements, each timed from its
+#           start on the source until applied: INSERT of a huge row, UPDATE
+#           of it (both values replaced), INSERT of 1 000 wide rows, UPDATE
+#           of them.  Memory (VmRSS minus RssShmem, every 0.2 s, by scanning
+#           /proc for the destination postmaster's children by title): the
+#           snapshot workers (largest one, and their sum) and the mirror
+#           worker during the copy, the mirror worker during each CDC
+#           statement; the built-in's table sync and apply workers alike.
+#           Ratios bunnydb/built-in per mode, memory per MB of value.  Then
+#           each destination is compared with the source: per big row the
+#           length and md5 of both values, per wide table its row count
+#           and an order-independent checksum.
 #   references  (not systems under test; rows under the table): what
 #           PostgreSQL itself needs on this machine.  After the copies, one
 #           binary COPY pipe (psql | psql) of pgbench_accounts into a table
@@ -157,6 +228,15 @@ PGL_SUB=bench_pgl
 TABLES_LIST=100,1000        # --only tables: the table counts, increasing
 TABLE_ROWS=1000            # rows per table of the tables workload
 STATS=0                    # --stats: pg_stat_statements and wait-event sampling
+MIRRORS_LIST=1,10,30       # --only mirrors: the mirror counts, increasing
+MIRRORS_GIVEN=0
+MIRROR_ROWS=1000           # rows of each mirror's accounts-like table
+MIRROR_RATE=200            # --rate: pgbench transactions per second, all mirrors together
+MIRRORS_EXH=10             # mirrors created in the worker-exhaustion step ...
+MIRRORS_EXH_WORKERS=8      # ... with this max_worker_processes on the destination
+VALUE_MB=100               # --only values: size of each huge value
+VALUE_GIVEN=0
+WIDE_ROWS=5000             # rows of the 1 000-column tables
 TABLES_JSON='["public.pgbench_accounts","public.pgbench_branches","public.pgbench_tellers","public.pgbench_history","public.bigt"]'
 
 CMDLINE="bash $0 $*"
@@ -183,6 +263,12 @@ while [ $# -gt 0 ]; do
         --tables) TABLES_LIST=${2:?}; shift 2 ;;
         --tables=*) TABLES_LIST=${1#*=}; shift ;;
         --stats) STATS=1; shift ;;
+        --mirrors) MIRRORS_LIST=${2:?}; MIRRORS_GIVEN=1; shift 2 ;;
+        --mirrors=*) MIRRORS_LIST=${1#*=}; MIRRORS_GIVEN=1; shift ;;
+        --rate) MIRROR_RATE=${2:?}; shift 2 ;;
+        --rate=*) MIRROR_RATE=${1#*=}; shift ;;
+        --value-mb) VALUE_MB=${2:?}; VALUE_GIVEN=1; shift 2 ;;
+        --value-mb=*) VALUE_MB=${1#*=}; VALUE_GIVEN=1; shift ;;
         --port-base) SRC_PORT=${2:?}; DST_PORT=$((SRC_PORT + 1)); shift 2 ;;
         --port-base=*) SRC_PORT=${1#*=}; DST_PORT=$((SRC_PORT + 1)); shift ;;
         -h|--help) usage 0 ;;
@@ -195,13 +281,31 @@ if [ "$SMOKE" = 1 ]; then
     TPCB_TXNS=250
     BIGTXN_ROWS=20000
     LAG_SECONDS=5
+    [ "$MIRRORS_GIVEN" = 1 ] || MIRRORS_LIST=1,3
+    [ "$VALUE_GIVEN" = 1 ] || VALUE_MB=5
+    WIDE_ROWS=500
 fi
 for w in ${ONLY//,/ }; do
-    case "$w" in copy|tpcb|bigtxn|lag|tables) ;; *) echo "run.sh: unknown workload in --only: $w" >&2; exit 2 ;; esac
+    case "$w" in copy|tpcb|bigtxn|lag|tables|mirrors|values) ;; *) echo "run.sh: unknown workload in --only: $w" >&2; exit 2 ;; esac
 done
+# tables, mirrors and values run alone, on clusters of their own
+SOLO=""
+for w in tables mirrors values; do
+    if [[ ",$ONLY," == *",$w,"* ]]; then
+        [ "$ONLY" = "$w" ] || { echo "run.sh: --only $w runs alone" >&2; exit 2; }
+        SOLO=$w
+    fi
+done
+if [ "$SOLO" = mirrors ]; then
+    [[ "$MIRRORS_LIST" =~ ^[1-9][0-9]{0,2}(,[1-9][0-9]{0,2})*$ ]] || { echo "run.sh: --mirrors takes a list of integers from 1 to 999: 1,10,30" >&2; exit 2; }
+    MIRRORS_LIST=$(tr ',' '\n' <<<"$MIRRORS_LIST" | sort -n | paste -sd,)
+    [[ "$MIRROR_RATE" =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: --rate must be a positive integer" >&2; exit 2; }
+fi
+if [ "$SOLO" = values ]; then
+    [[ "$VALUE_MB" =~ ^[1-9][0-9]*$ ]] && [ "$VALUE_MB" -le 300 ] || { echo "run.sh: --value-mb takes an integer from 1 to 300 (a text COPY line of the row must stay under 1 GB)" >&2; exit 2; }
+fi
 TABLES_MODE=0
-if [[ ",$ONLY," == *",tables,"* ]]; then
-    [ "$ONLY" = tables ] || { echo "run.sh: --only tables runs alone" >&2; exit 2; }
+if [ "$SOLO" = tables ]; then
     TABLES_MODE=1
     # (table names are t00001 ... t99999)
     [[ "$TABLES_LIST" =~ ^[1-9][0-9]{0,4}(,[1-9][0-9]{0,4})*$ ]] || { echo "run.sh: --tables takes a list of integers from 1 to 99999: 100,1000" >&2; exit 2; }
@@ -223,7 +327,10 @@ ratio() {   # a b -> a/b or n/a
     fi
 }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
+kb_mb() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 fmt2() { awk -v x="$1" 'BEGIN { printf "%.2f", x }'; }
+# pct FILE Q: nearest-rank percentile of the numbers in FILE
+pct() { sort -n "$1" | awk -v q="$2" '{ v[NR] = $1 } END { if (NR == 0) { print "n/a"; exit } i = int(q * NR + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR; printf "%.1f", v[i] }'; }
 
 as_pg() { (cd / && runuser -u postgres -- env PATH="$PGBIN:/usr/bin:/bin" "$@"); }
 # q PORT DB SQL: one value (or rows), unaligned, no decoration
@@ -278,7 +385,7 @@ SHAREDIR=$("$PGBIN/pg_config" --sharedir)
 if [ "$PGL" = auto ]; then
     if [ -f "$LIBDIR/pglogical.so" ] && [ -f "$SHAREDIR/extension/pglogical.control" ]; then PGL=1; else PGL=0; fi
 fi
-[ "$TABLES_MODE" = 1 ] && PGL=0     # the tables workload compares bunnydb and the built-in only
+[ -n "$SOLO" ] && PGL=0     # the tables, mirrors and values workloads compare bunnydb and the built-in only
 if [ "$STATS" = 1 ]; then
     [ -f "$LIBDIR/pg_stat_statements.so" ] || die "--stats needs pg_stat_statements (PostgreSQL contrib)"
 fi
@@ -300,7 +407,11 @@ else
 fi
 echo "repo:      $(git -c safe.directory='*' -C "$REPO" describe --always --dirty 2>/dev/null || echo "none ($REPO is not a git checkout; the bunnydb line above identifies the library)")"
 echo "wait mode: $WAIT_MODE (bunny.wait_for_lsn $([ "$WAIT_MODE" = long ] && echo "one long call" || echo "polled with timeout 0"))"
-if [ "$TABLES_MODE" = 1 ]; then
+if [ "$SOLO" = mirrors ]; then
+    echo "mirrors:   $MIRRORS_LIST mirrors of 3 tables each, $MIRROR_RATE transactions/s for ${LAG_SECONDS} s; workload: mirrors only"
+elif [ "$SOLO" = values ]; then
+    echo "values:    $VALUE_MB MB text + $VALUE_MB MB bytea in one row; $WIDE_ROWS rows of 1 000 columns; workload: values only"
+elif [ "$TABLES_MODE" = 1 ]; then
     echo "tables:    $TABLES_LIST tables of $TABLE_ROWS rows (primary key + one secondary index each); workload: tables only$([ "$STATS" = 1 ] && echo ", --stats")"
 else
     echo "scale:     $SCALE ($((SCALE * 100000)) pgbench_accounts rows); workloads: $ONLY (copy always runs)"
@@ -378,6 +489,26 @@ pg_stat_statements.max = 10000"
         TABLES_DST_PRELOAD=",pg_stat_statements"
     fi
 fi
+# the mirrors workload: up to 30 mirrors and 30 subscriptions (and the
+# built-in's table sync workers, each with a slot and a walsender of its
+# own, and bunnydb's snapshot workers, each with a connection of its own)
+SOLO_SRC_CONF=""
+SOLO_DST_CONF=""
+if [ "$SOLO" = mirrors ]; then
+    # commits flushed at once (the default): with synchronous_commit = off
+    # a walsender sees a commit only when the WAL writer flushes it, up to
+    # wal_writer_delay (200 ms) later, which at a low rate would be most of
+    # both systems' lag
+    SOLO_SRC_CONF="synchronous_commit = on
+max_replication_slots = 160
+max_wal_senders = 160
+max_connections = 400"
+    SOLO_DST_CONF="max_worker_processes = 260
+bunny.max_mirror_workers = 64
+max_logical_replication_workers = 100
+max_replication_slots = 160
+max_connections = 200"
+fi
 make_cluster src $SRC_PORT "wal_level = logical
 $PGL_SRC_CONF
 $TABLES_CONF
@@ -386,7 +517,8 @@ max_wal_senders = 20
 shared_buffers = 1GB
 max_wal_size = 8GB
 checkpoint_timeout = 30min
-synchronous_commit = off"
+synchronous_commit = off
+$SOLO_SRC_CONF"
 make_cluster dst $DST_PORT "shared_preload_libraries = 'bunnydb$PGL_DST_PRELOAD$TABLES_DST_PRELOAD'
 $TABLES_CONF
 max_worker_processes = 40
@@ -395,7 +527,8 @@ max_sync_workers_per_subscription = 4
 shared_buffers = 1GB
 max_wal_size = 8GB
 checkpoint_timeout = 30min
-synchronous_commit = off"
+synchronous_commit = off
+$SOLO_DST_CONF"
 
 checkpoint_both() { qs postgres "CHECKPOINT" && qd postgres "CHECKPOINT"; }
 
@@ -495,21 +628,23 @@ src_slot_inactive() {   # slot name, timeout: wait until no walsender holds it
     done
 }
 
-bunny_pause() {
-    qd dest_bunny "SELECT bunny.pause_mirror('$MIRROR')" >/dev/null || return 1
-    bunny_wait_status PAUSED 120 || return 1
-    src_slot_inactive "$(qd dest_bunny "SELECT slot_name FROM bunny.mirrors WHERE name = '$MIRROR'")" 60
+bunny_pause_in() {   # db mirror: paused, and its walsender gone
+    qd "$1" "SELECT bunny.pause_mirror('$2')" >/dev/null || return 1
+    bunny_wait_status_in "$1" "$2" PAUSED 120 || return 1
+    src_slot_inactive "$(qd "$1" "SELECT slot_name FROM bunny.mirrors WHERE name = '$2'")" 60
 }
+bunny_pause() { bunny_pause_in dest_bunny "$MIRROR"; }
 
-builtin_pause() {
-    qd dest_builtin "ALTER SUBSCRIPTION $SUB DISABLE" || return 1
+sub_disable() {   # db subscription: disabled, its apply worker and walsender gone
+    qd "$1" "ALTER SUBSCRIPTION $2 DISABLE" || return 1
     local deadline=$(( $(date +%s) + 60 ))
-    while [ "$(qd dest_builtin "SELECT count(*) FROM pg_stat_subscription WHERE subname = '$SUB' AND pid IS NOT NULL")" != 0 ]; do
-        [ "$(date +%s)" -ge "$deadline" ] && { echo "timeout: built-in apply worker still running"; return 1; }
+    while [ "$(qd "$1" "SELECT count(*) FROM pg_stat_subscription WHERE subname = '$2' AND pid IS NOT NULL")" != 0 ]; do
+        [ "$(date +%s)" -ge "$deadline" ] && { echo "timeout: built-in apply worker of $2 still running"; return 1; }
         sleep 0.1
     done
-    src_slot_inactive "$SUB" 60
+    src_slot_inactive "$2" 60
 }
+builtin_pause() { sub_disable dest_builtin "$SUB"; }
 
 SUB_ORIGIN=""
 
@@ -555,16 +690,18 @@ pgl_resume() { qd dest_pglogical "SELECT pglogical.alter_subscription_enable('$P
 
 pgl_wait_lsn() { peer_wait_lsn pglogical dest_pglogical "$PGL_ORIGIN" "$PGL_ORIGIN" "$1" "$2"; }   # lsn timeout
 
-# bunnydb caught up with LSN $1 within $2 seconds (see WAIT_MODE)
-bunny_wait_lsn() {
+# bunny_wait_lsn_in DB MIRROR LSN TIMEOUT: the mirror caught up with LSN
+# within TIMEOUT seconds (see WAIT_MODE)
+bunny_wait_lsn_in() {
     local r
     if [ "$WAIT_MODE" = long ]; then
-        r=$(qd dest_bunny "SELECT bunny.wait_for_lsn('$MIRROR', '$1', $(($2 * 1000)))") || return 1
+        r=$(qd "$1" "SELECT bunny.wait_for_lsn('$2', '$3', $(($4 * 1000)))") || return 1
         [ "$r" = t ]; return
     fi
-    srv_wait "bunnydb caught up with $1" "$2" dest_bunny \
-        "SELECT CASE WHEN bunny.wait_for_lsn('$MIRROR', '$1', 0) THEN 'ok' WHEN status = 'FAILED' THEN 'bunnydb mirror FAILED while waiting for $1' ELSE 'wait' END FROM bunny.mirrors WHERE name = '$MIRROR'"
+    srv_wait "bunnydb $2 caught up with $3" "$4" "$1" \
+        "SELECT CASE WHEN bunny.wait_for_lsn('$2', '$3', 0) THEN 'ok' WHEN status = 'FAILED' THEN 'bunnydb mirror FAILED while waiting for $3' ELSE 'wait' END FROM bunny.mirrors WHERE name = '$2'"
 }
+bunny_wait_lsn() { bunny_wait_lsn_in dest_bunny "$MIRROR" "$1" "$2"; }   # lsn timeout
 
 # ---- memory sampler: peak VmRSS / RssAnon of a backend, every 0.2 s --------
 # rss_sampler OUTFILE STOPFILE PORT DB PID-SQL CMDLINE-PATTERN
@@ -607,9 +744,9 @@ stop_rss() {    # name pid -> sets RSS_PEAK_MB RSS_ANON_MB RSS_PRIV_MB RSS_N
         RSS_PEAK_MB=n/a; RSS_ANON_MB=n/a; RSS_PRIV_MB=n/a
         return
     fi
-    RSS_PEAK_MB=$(awk -v k="$peak" 'BEGIN { printf "%.1f", k / 1024 }')
-    RSS_ANON_MB=$(awk -v k="$anon" 'BEGIN { printf "%.1f", k / 1024 }')
-    RSS_PRIV_MB=$(awk -v k="$priv" 'BEGIN { printf "%.1f", k / 1024 }')
+    RSS_PEAK_MB=$(kb_mb "$peak")
+    RSS_ANON_MB=$(kb_mb "$anon")
+    RSS_PRIV_MB=$(kb_mb "$priv")
 }
 
 # ---------------------------------------------------------------------------
@@ -618,15 +755,19 @@ stop_rss() {    # name pid -> sets RSS_PEAK_MB RSS_ANON_MB RSS_PRIV_MB RSS_N
 # One line per table: name, row count and an order-independent checksum of
 # its rows (sum of the hashes of their text forms), computed by one
 # set-based aggregate per table; then the number of indexes of the schema.
-TABLES_CHECK_SQL="SELECT c.relname || ' ' || (xpath('/row/n/text()', x))[1]::text || ' ' || (xpath('/row/s/text()', x))[1]::text
+# check_sql [CONDITION on c.relname]: that query for the tables that meet CONDITION
+check_sql() {
+    echo "SELECT c.relname || ' ' || (xpath('/row/n/text()', x))[1]::text || ' ' || (xpath('/row/s/text()', x))[1]::text
   FROM pg_class c JOIN pg_namespace s ON s.oid = c.relnamespace,
        LATERAL query_to_xml(format('SELECT count(*) AS n, coalesce(sum(hashtext(r::text)::bigint), 0) AS s FROM %I.%I r',
                                    s.nspname, c.relname), false, true, '') x
- WHERE s.nspname = 'public' AND c.relkind = 'r'
+ WHERE s.nspname = 'public' AND c.relkind = 'r' AND (${1:-true})
 UNION ALL
 SELECT '~indexes ' || count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
-  JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname = 'public'
+  JOIN pg_namespace s ON s.oid = c.relnamespace WHERE s.nspname = 'public' AND (${1:-true})
  ORDER BY 1"
+}
+TABLES_CHECK_SQL=$(check_sql)
 
 # tables_source N: database tbl_N on the source, N tables of TABLE_ROWS rows,
 # publication tbl_pub FOR ALL TABLES; its schema dumped for the built-in
@@ -743,13 +884,14 @@ tables_phases() {   # db mirror t0 tcall t1 n
                FROM p"
 }
 
-# tables_check N DB: every table of DB equals the source's; sets TABLES_BAD
+# tables_check N DB [SQL]: every table of DB equals the source's (its check
+# in check-src-N.txt); sets TABLES_BAD
 tables_check() {
     local n=$1 db=$2 bad
-    q "$DST_PORT" "$db" "$TABLES_CHECK_SQL" >"$DIR/check-$db.txt"
+    q "$DST_PORT" "$db" "${3:-$TABLES_CHECK_SQL}" >"$DIR/check-$db.txt"
     bad=$(diff "$DIR/check-src-$n.txt" "$DIR/check-$db.txt" | grep -c '^[<>]' || true)
     if [ "$bad" = 0 ]; then
-        log "$db: all $n tables equal the source (rows and checksum per table), $(grep '^~indexes' "$DIR/check-$db.txt" | cut -d' ' -f2) indexes as on the source"
+        log "$db: all $(grep -vc '^~indexes' "$DIR/check-$db.txt") tables equal the source (rows and checksum per table), $(grep '^~indexes' "$DIR/check-$db.txt" | cut -d' ' -f2) indexes as on the source"
     else
         log "$db: MISMATCH: $bad differing lines against the source (first ones below)"
         diff "$DIR/check-src-$n.txt" "$DIR/check-$db.txt" | head -6
@@ -876,10 +1018,763 @@ tables_main() {
     return 0
 }
 
-if [ "$TABLES_MODE" = 1 ]; then
+
+# ---- memory of every process whose title matches, every 0.2 s --------------
+# For workers that come and go or run several at once (snapshot workers,
+# table sync workers): /proc is scanned for the destination postmaster's
+# children whose command line matches PATTERN.  Kept: the largest single
+# process's peak VmRSS and VmRSS-RssShmem, the peak of the sum of
+# VmRSS-RssShmem over all of them, the most processes seen at once, and
+# the number of samples that saw one.
+# scan_sampler OUTFILE STOPFILE PATTERN
+scan_sampler() {
+    local out=$1 stop=$2 pat=$3 ppid f pid line rss priv n peak=0 ppriv=0 psum=0 pmax=0 samples=0 sum cnt
+    ppid=$(head -1 "$DIR/dst/postmaster.pid")
+    while [ ! -e "$stop" ]; do
+        sum=0; cnt=0
+        for f in $(grep -l -a -F -- "$pat" /proc/[0-9]*/cmdline 2>/dev/null); do
+            pid=${f#/proc/}; pid=${pid%/cmdline}
+            line=$(awk '/^PPid:/ {p=$2} /^VmRSS:/ {r=$2} /^RssShmem:/ {s=$2} END {print p+0, r+0, r-s}' "/proc/$pid/status" 2>/dev/null) || continue
+            read -r n rss priv <<<"$line"
+            [ "$n" = "$ppid" ] && [ "$rss" -gt 0 ] || continue
+            cnt=$((cnt + 1)); sum=$((sum + priv))
+            [ "$rss" -gt "$peak" ] && peak=$rss
+            [ "$priv" -gt "$ppriv" ] && ppriv=$priv
+        done
+        if [ "$cnt" -gt 0 ]; then
+            samples=$((samples + 1))
+            [ "$sum" -gt "$psum" ] && psum=$sum
+            [ "$cnt" -gt "$pmax" ] && pmax=$cnt
+        fi
+        sleep 0.2
+    done
+    echo "$peak $ppriv $psum $pmax $samples" >"$out"
+}
+start_scan() {   # name pattern -> SCAN_PID
+    rm -f "$DIR/scan-$1.stop" "$DIR/scan-$1.out"
+    scan_sampler "$DIR/scan-$1.out" "$DIR/scan-$1.stop" "$2" &
+    SCAN_PID=$!
+    BG_PIDS+=("$SCAN_PID")
+}
+stop_scan() {    # name pid -> SCAN_RSS SCAN_PRIV SCAN_SUM (MB, n/a without a sample) SCAN_PROCS
+    touch "$DIR/scan-$1.stop"
+    wait "$2" 2>/dev/null || true
+    local peak priv sum procs n
+    read -r peak priv sum procs n <"$DIR/scan-$1.out" || { peak=0; priv=0; sum=0; procs=0; n=0; }
+    SCAN_PROCS=$procs
+    if [ "$n" -eq 0 ]; then
+        SCAN_RSS=n/a; SCAN_PRIV=n/a; SCAN_SUM=n/a
+        return
+    fi
+    SCAN_RSS=$(kb_mb "$peak")
+    SCAN_PRIV=$(kb_mb "$priv")
+    SCAN_SUM=$(kb_mb "$sum")
+}
+
+# psql_in PORT DB: run the SQL on stdin, stop at the first error
+psql_in() { as_pg psql -X -qAt -v ON_ERROR_STOP=1 -h "$DIR" -p "$1" -d "$2"; }
+
+# ---------------------------------------------------------------------------
+# mirrors (--only mirrors): M mirrors from one source database
+# ---------------------------------------------------------------------------
+# mirrors_ddl FROM TO DATA: the tables of mirrors FROM..TO (acc_i with
+# MIRROR_ROWS rows, tel_i with 11 (tid 0, the lag sampler's, and 1..10), his_i empty with a bigserial key); with
+# DATA=1 (the source) also their rows and the built-in's publication mpub_i
+mirrors_ddl() {
+    local i
+    for ((i = $1; i <= $2; i++)); do
+        echo "CREATE TABLE acc_$i (aid int PRIMARY KEY, bid int NOT NULL, abalance int NOT NULL, filler char(84));"
+        echo "CREATE TABLE tel_$i (tid int PRIMARY KEY, bid int NOT NULL, tbalance int NOT NULL, filler char(84));"
+        echo "CREATE TABLE his_$i (id bigserial PRIMARY KEY, tid int NOT NULL, aid int NOT NULL, delta int NOT NULL, mtime timestamp NOT NULL);"
+        if [ "$3" = 1 ]; then
+            echo "INSERT INTO acc_$i SELECT g, 1, 0, '' FROM generate_series(1, $MIRROR_ROWS) g;"
+            echo "INSERT INTO tel_$i SELECT g, 1, 0, '' FROM generate_series(0, 10) g;"
+            echo "CREATE PUBLICATION mpub_$i FOR TABLE acc_$i, tel_$i, his_$i;"
+        fi
+    done
+}
+# the tables of mirrors 1..M, by name (acc_3, tel_3, his_3)
+mirrors_filter() { echo "split_part(c.relname, '_', 2) ~ '^[0-9]+\$' AND split_part(c.relname, '_', 2)::int <= $1"; }
+
+# mirrors_sampler_sql M: the lag sampler on the source for all M mirrors
+# and all M subscriptions at once.  Every LAG_INTERVAL_MS it updates the
+# row tid = 0 of every tel_i (a row the load never touches) in one
+# transaction and takes pg_current_wal_insert_lsn() just before its
+# COMMIT, so that every mirror has a commit at the sampled position to
+# apply (a mirror that waited for its next commit from the load would
+# measure the load's sparseness instead).  Then it polls both destination
+# databases every 5 ms, one query per system for all that are not there
+# yet, until each has applied the position (at most 10 s), and prints one
+# NOTICE per system, mirror and sample: ms since the COMMIT, and whether
+# it got there.  bunnydb: bunny.wait_for_lsn(name, lsn, 0); built-in: its
+# origin's remote_lsn, or its slot's confirmed_flush_lsn on the source (the
+# criteria of the lag workload).
+mirrors_sampler_sql() {
+    local m=$1 bnames inames
+    bnames=$(seq -s, -f "'mir_%g'" 1 "$m")
+    inames=$(seq -s, -f "'msub_%g'" 1 "$m")
+    cat <<SQL
+DO \$\$
+DECLARE
+    bnames text[] := ARRAY[$bnames];
+    inames text[] := ARRAY[$inames];
+    bpending text[];
+    ipending text[];
+    got text[];
+    n text;
+    t0 timestamptz;
+    lsn pg_lsn;
+    deadline timestamptz := clock_timestamp() + interval '$((LAG_SECONDS - 1)) s';
+    next_t timestamptz := clock_timestamp();
+BEGIN
+    PERFORM dblink_connect('b', 'host=$DIR port=$DST_PORT dbname=mir_bunny_$m');
+    PERFORM dblink_connect('i', 'host=$DIR port=$DST_PORT dbname=mir_builtin_$m');
+    PERFORM dblink_connect('s', 'host=$DIR port=$SRC_PORT dbname=mir');
+    WHILE clock_timestamp() < deadline LOOP
+        PERFORM dblink_exec('s', 'BEGIN');
+        FOR i IN 1..$m LOOP
+            PERFORM dblink_exec('s', format('UPDATE tel_%s SET tbalance = tbalance + 1 WHERE tid = 0', i));
+        END LOOP;
+        SELECT r.l INTO lsn FROM dblink('s', 'SELECT pg_current_wal_insert_lsn()') AS r(l pg_lsn);
+        PERFORM dblink_exec('s', 'COMMIT');
+        t0 := clock_timestamp();
+        bpending := bnames;
+        ipending := inames;
+        LOOP
+            IF cardinality(bpending) > 0 THEN
+                SELECT coalesce(array_agg(x), '{}') INTO got
+                  FROM dblink('b', format('SELECT n FROM unnest(%L::text[]) n WHERE bunny.wait_for_lsn(n, %L, 0)', bpending, lsn)) AS r(x text);
+                FOREACH n IN ARRAY got LOOP
+                    RAISE NOTICE 'SAMPLE bunny % % t', n, round((extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric, 1);
+                END LOOP;
+                bpending := ARRAY(SELECT unnest(bpending) EXCEPT SELECT unnest(got));
+            END IF;
+            IF cardinality(ipending) > 0 THEN
+                SELECT coalesce(array_agg(x), '{}') INTO got
+                  FROM (SELECT r.x FROM dblink('i', format('SELECT s.subname::text FROM pg_subscription s JOIN pg_replication_origin_status o ON o.external_id = ''pg_'' || s.oid WHERE s.subname = ANY (%L::text[]) AND o.remote_lsn >= %L', ipending, lsn)) AS r(x text)
+                        UNION SELECT slot_name::text FROM pg_replication_slots WHERE slot_name = ANY (ipending) AND confirmed_flush_lsn >= lsn) u(x);
+                FOREACH n IN ARRAY got LOOP
+                    RAISE NOTICE 'SAMPLE builtin % % t', n, round((extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric, 1);
+                END LOOP;
+                ipending := ARRAY(SELECT unnest(ipending) EXCEPT SELECT unnest(got));
+            END IF;
+            EXIT WHEN cardinality(bpending) + cardinality(ipending) = 0 OR clock_timestamp() > t0 + interval '10 s';
+            PERFORM pg_sleep(0.005);
+        END LOOP;
+        FOREACH n IN ARRAY bpending LOOP
+            RAISE NOTICE 'SAMPLE bunny % % f', n, round((extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric, 1);
+        END LOOP;
+        FOREACH n IN ARRAY ipending LOOP
+            RAISE NOTICE 'SAMPLE builtin % % f', n, round((extract(epoch FROM clock_timestamp() - t0) * 1000)::numeric, 1);
+        END LOOP;
+        COMMIT;
+        next_t := greatest(next_t + interval '$LAG_INTERVAL_MS ms', clock_timestamp());
+        PERFORM pg_sleep(greatest(extract(epoch FROM next_t - clock_timestamp()), 0));
+    END LOOP;
+    PERFORM dblink_disconnect('b');
+    PERFORM dblink_disconnect('i');
+    PERFORM dblink_disconnect('s');
+END
+\$\$;
+SQL
+}
+
+# mirrors_lag_stats M SYSTEM: from $DIR/mir-M-SYSTEM.samples (name ms ok)
+# the p50 and p99 of each mirror; sets RES[mirM,SYSTEM_*]: the worst and
+# the median mirror's p99 (and p50), the samples, the timeouts
+mirrors_lag_stats() {
+    local m=$1 sys=$2 f=$DIR/mir-$1-$2 name
+    : >"$f.p99"; : >"$f.p50"
+    for name in $(awk '{print $1}' "$f.samples" | sort -u); do
+        awk -v n="$name" '$1 == n {print $2}' "$f.samples" >"$f.one"
+        echo "$(pct "$f.one" 0.99) $name" >>"$f.p99"
+        echo "$(pct "$f.one" 0.50) $name" >>"$f.p50"
+    done
+    RES[mir$m,${sys}_names]=$(wc -l <"$f.p99")
+    RES[mir$m,${sys}_n]=$(wc -l <"$f.samples")
+    RES[mir$m,${sys}_timeouts]=$(awk '$3 != "t"' "$f.samples" | wc -l)
+    RES[mir$m,${sys}_p99_worst]=$(pct "$f.p99" 1)
+    RES[mir$m,${sys}_p99_worst_name]=$(sort -n "$f.p99" | tail -1 | cut -d' ' -f2)
+    RES[mir$m,${sys}_p99_median]=$(pct "$f.p99" 0.5)
+    RES[mir$m,${sys}_p50_worst]=$(pct "$f.p50" 1)
+    RES[mir$m,${sys}_p50_median]=$(pct "$f.p50" 0.5)
+    RES[mir$m,${sys}_over1s]=$(awk '$1 >= 1000' "$f.p99" | wc -l)
+    log "$sys: ${RES[mir$m,${sys}_n]} samples of ${RES[mir$m,${sys}_names]} mirrors; p99 worst ${RES[mir$m,${sys}_p99_worst]} ms (${RES[mir$m,${sys}_p99_worst_name]}), median ${RES[mir$m,${sys}_p99_median]} ms; p50 worst ${RES[mir$m,${sys}_p50_worst]} ms, median ${RES[mir$m,${sys}_p50_median]} ms; timeouts ${RES[mir$m,${sys}_timeouts]}; mirrors with p99 >= 1 s: ${RES[mir$m,${sys}_over1s]}"
+}
+
+# mirrors_start M SYS DB STATEMENT WAIT_SQL: run STATEMENT (printf format,
+# every %d the mirror's number) for mirrors 1..M in DB, one statement each,
+# then wait until WAIT_SQL says ok; RES[mirM,SYS] = seconds from the first
+# statement (or FAIL), RES[mirM,SYS_calls] = until the statements returned
+mirrors_start() {
+    local m=$1 sys=$2 db=$3 t0 tc i
+    checkpoint_both
+    t0=$(now)
+    RES[mir$m,${sys}_t0]=$t0
+    local nd=${4//[^%]/}
+    for ((i = 1; i <= m; i++)); do
+        # as many arguments as the format has %d: printf repeats the format for more
+        # shellcheck disable=SC2046,SC2059
+        printf "$4\n" $(yes "$i" | head -n "${#nd}")
+    done | psql_in "$DST_PORT" "$db" >/dev/null || { RES[mir$m,$sys]=FAIL; log "$sys: a create statement failed"; return 1; }
+    tc=$(now)
+    if srv_wait "all $m $sys mirrors started" "$COPY_TIMEOUT" "$db" "$5"; then
+        RES[mir$m,$sys]=$(elapsed "$t0" "$(now)")
+        RES[mir$m,${sys}_calls]=$(elapsed "$t0" "$tc")
+        log "$sys, $m mirrors: all started after ${RES[mir$m,$sys]} s (the create statements returned after ${RES[mir$m,${sys}_calls]} s)"
+    else
+        RES[mir$m,$sys]=FAIL
+        tail -20 "$DIR/dst.log"
+        return 1
+    fi
+}
+
+# mirrors_run M: M mirrors and M subscriptions, their start, their lag
+# under one pgbench load, their consistency; they are dropped at the end
+mirrors_run() {
+    local m=$1 dbb=mir_bunny_$1 dbi=mir_builtin_$1 i pgb sb sys lsn
+    qd postgres "CREATE DATABASE $dbb"
+    qd "$dbb" "CREATE EXTENSION bunnydb"
+    qd "$dbb" "SELECT bunny.create_peer('src', 'host=$DIR port=$SRC_PORT dbname=mir')" >/dev/null
+    qd postgres "CREATE DATABASE $dbi"
+    mirrors_ddl 1 "$m" 0 | psql_in "$DST_PORT" "$dbi"
+
+    log "bunnydb: $m create_mirror calls (3 tables each, one statement each) ... until every mirror is RUNNING"
+    if mirrors_start "$m" bunny "$dbb" "SELECT bunny.create_mirror('mir_%d', 'src', '[\"public.acc_%d\", \"public.tel_%d\", \"public.his_%d\"]');" \
+        "SELECT CASE WHEN count(*) FILTER (WHERE status = 'RUNNING') = $m THEN 'ok' WHEN count(*) FILTER (WHERE status = 'FAILED') > 0 THEN 'a mirror is FAILED: ' || string_agg(name || ' ' || error_message, '; ') FILTER (WHERE status = 'FAILED') ELSE 'wait' END FROM bunny.mirrors"; then
+        # each mirror's "setup started" and "setup complete" log lines: the first and the last
+        RES[mir$m,bunny_spread]=$(qd "$dbb" "SELECT format('first mirror set up after %s s, last after %s s, workers started (setup started) from %s s to %s s',
+                round(extract(epoch FROM min(created_at) FILTER (WHERE message LIKE 'setup complete%') - to_timestamp(${RES[mir$m,bunny_t0]}))::numeric, 2),
+                round(extract(epoch FROM max(created_at) FILTER (WHERE message LIKE 'setup complete%') - to_timestamp(${RES[mir$m,bunny_t0]}))::numeric, 2),
+                round(extract(epoch FROM min(created_at) FILTER (WHERE message = 'setup started') - to_timestamp(${RES[mir$m,bunny_t0]}))::numeric, 2),
+                round(extract(epoch FROM max(created_at) FILTER (WHERE message = 'setup started') - to_timestamp(${RES[mir$m,bunny_t0]}))::numeric, 2))
+              FROM bunny.mirror_logs") || RES[mir$m,bunny_spread]=n/a
+        log "bunnydb: ${RES[mir$m,bunny_spread]}"
+    else
+        qd "$dbb" "SELECT name || ' ' || status || ' ' || phase || ' errors=' || error_count || coalesce(' ' || error_message, '') FROM bunny.mirrors WHERE status <> 'RUNNING' ORDER BY name" || true
+    fi
+
+    # the built-in launcher starts a worker at most once per
+    # wal_retrieve_retry_interval (5 s) and database: let that pass, untimed
+    sleep 6
+    log "built-in: $m CREATE SUBSCRIPTION (one publication of 3 tables each) ... until every table of every subscription is ready ('r')"
+    mirrors_start "$m" builtin "$dbi" "CREATE SUBSCRIPTION msub_%d CONNECTION 'host=$DIR port=$SRC_PORT dbname=mir' PUBLICATION mpub_%d;" \
+        "SELECT CASE WHEN count(*) = 3 * $m AND bool_and(srsubstate = 'r') THEN 'ok' ELSE 'wait' END FROM pg_subscription_rel" || true
+    log "$m mirrors: start ratio bunnydb/built-in $(ratio "${RES[mir$m,bunny]}" "${RES[mir$m,builtin]}")"
+
+    # both live, one fixed-rate load over all M mirrors' tables, one lag
+    # sampler per system
+    if [ "${RES[mir$m,bunny]}" != FAIL ] && [ "${RES[mir$m,builtin]}" != FAIL ]; then
+        sed "s/@M@/$m/" >"$DIR/mir-$m.pgbench" <<'PGB'
+\set i random(1, @M@)
+\set aid random(1, 1000)
+\set tid random(1, 10)
+\set delta random(-5000, 5000)
+BEGIN;
+UPDATE acc_:i SET abalance = abalance + :delta WHERE aid = :aid;
+UPDATE tel_:i SET tbalance = tbalance + :delta WHERE tid = :tid;
+INSERT INTO his_:i (tid, aid, delta, mtime) VALUES (:tid, :aid, :delta, CURRENT_TIMESTAMP);
+END;
+PGB
+        chown postgres "$DIR/mir-$m.pgbench"
+        checkpoint_both
+        log "lag: pgbench -n -c 4 -j 2 -R $MIRROR_RATE -T $LAG_SECONDS over the $((3 * m)) tables of the $m mirrors (a random mirror per transaction); both systems live"
+        as_pg pgbench -n -c 4 -j 2 -R "$MIRROR_RATE" -T "$LAG_SECONDS" -f "$DIR/mir-$m.pgbench" -h "$DIR" -p "$SRC_PORT" mir >"$DIR/pgbench-mir-$m.log" 2>&1 &
+        pgb=$!; BG_PIDS+=("$pgb")
+        sleep 0.5
+        mirrors_sampler_sql "$m" >"$DIR/mir-$m.sql"
+        chown postgres "$DIR/mir-$m.sql"
+        as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$SRC_PORT" -d sampler -f "$DIR/mir-$m.sql" >"$DIR/mir-$m.raw" 2>&1 &
+        sb=$!; BG_PIDS+=("$sb")
+        wait "$pgb" || { tail -20 "$DIR/pgbench-mir-$m.log"; MIRRORS_BAD=1; log "pgbench failed"; }
+        wait "$sb" || { tail -5 "$DIR/mir-$m.raw"; MIRRORS_BAD=1; log "the lag sampler failed"; }
+        log "source: $(grep -E '^tps' "$DIR/pgbench-mir-$m.log" | head -1); $(grep -E 'latency average|schedule lag' "$DIR/pgbench-mir-$m.log" | paste -sd';')"
+        for sys in bunny builtin; do
+            sed -n "s/.*NOTICE:  SAMPLE $sys \\([^ ]*\\) \\([0-9.]*\\) \\([tf]\\)\$/\\1 \\2 \\3/p" "$DIR/mir-$m.raw" >"$DIR/mir-$m-$sys.samples"
+            if [ -s "$DIR/mir-$m-$sys.samples" ]; then
+                mirrors_lag_stats "$m" "$sys"
+            else
+                RES[mir$m,${sys}_p99_worst]=FAIL; RES[mir$m,${sys}_p99_median]=FAIL
+                MIRRORS_BAD=1
+            fi
+        done
+    fi
+
+    # consistency: all caught up with the source's last position, then
+    # every table of mirrors 1..M on both sides against the source
+    lsn=$(target_lsn)
+    q "$SRC_PORT" mir "$(check_sql "$(mirrors_filter "$m")")" >"$DIR/check-src-mir$m.txt"
+    if [ "${RES[mir$m,bunny]}" != FAIL ]; then
+        if srv_wait "all bunnydb mirrors caught up with $lsn" "$CATCHUP_TIMEOUT" "$dbb" \
+            "SELECT CASE WHEN bool_and(bunny.wait_for_lsn(name, '$lsn', 0)) THEN 'ok' ELSE 'wait' END FROM bunny.mirrors"; then
+            tables_check "mir$m" "$dbb"
+        else
+            MIRRORS_BAD=1
+        fi
+        log "bunnydb, $m mirrors: $(qd "$dbb" "SELECT format('error_count sum %s, WARNING/ERROR log lines %s, statuses %s', sum(error_count), (SELECT count(*) FROM bunny.mirror_logs WHERE level IN ('WARNING', 'ERROR')), string_agg(DISTINCT status, ',')) FROM bunny.mirrors")"
+        qd "$dbb" "SELECT '  ' || created_at::time(0) || ' ' || mirror || ' ' || level || ' ' || message FROM bunny.mirror_logs WHERE level IN ('WARNING', 'ERROR') ORDER BY id LIMIT 10" || true
+    fi
+    if [ "${RES[mir$m,builtin]}" != FAIL ]; then
+        for ((i = 1; i <= m; i++)); do
+            peer_wait_lsn "built-in msub_$i" "$dbi" "pg_$(qd "$dbi" "SELECT oid FROM pg_subscription WHERE subname = 'msub_$i'")" "msub_$i" "$lsn" "$CATCHUP_TIMEOUT" \
+                || { MIRRORS_BAD=1; break; }
+        done
+        tables_check "mir$m" "$dbi"
+    fi
+
+    # free the slots and workers before the next M
+    for ((i = 1; i <= m; i++)); do
+        echo "SELECT bunny.drop_mirror('mir_$i');"
+    done | psql_in "$DST_PORT" "$dbb" >/dev/null || log "WARNING: could not drop every mirror of $dbb"
+    for ((i = 1; i <= m; i++)); do
+        echo "DROP SUBSCRIPTION msub_$i;"
+    done | psql_in "$DST_PORT" "$dbi" >/dev/null || log "WARNING: could not drop every subscription of $dbi"
+}
+
+# mirrors_exhaustion: the destination restarted with max_worker_processes
+# too small for MIRRORS_EXH mirrors; what bunny.mirrors shows for those
+# that cannot start, and whether they start by themselves once half of the
+# running ones are paused.  An observation: nothing is timed against the
+# built-in, and the step fails only if the bench itself fails.
+mirrors_exhaustion() {
+    local k=$MIRRORS_EXH db=mir_exh i t0 deadline running paused
+    echo
+    log "== mirrors: max_worker_processes = $MIRRORS_EXH_WORKERS on the destination, $k mirrors =="
+    qd postgres "ALTER SYSTEM SET max_worker_processes = $MIRRORS_EXH_WORKERS"
+    as_pg pg_ctl -D "$DIR/dst" -l "$DIR/dst.log" -m fast -w -t 120 restart >/dev/null || die "could not restart the destination"
+    log "destination restarted: max_worker_processes = $(qd postgres "SHOW max_worker_processes"); background workers running: $(qd postgres "SELECT string_agg(backend_type, ', ') FROM pg_stat_activity WHERE backend_type NOT IN ('client backend', 'checkpointer', 'background writer', 'walwriter', 'autovacuum launcher', 'archiver', 'startup')")"
+    qd postgres "CREATE DATABASE $db"
+    qd "$db" "CREATE EXTENSION bunnydb"
+    qd "$db" "SELECT bunny.create_peer('src', 'host=$DIR port=$SRC_PORT dbname=mir')" >/dev/null
+    EXH_LOG_FROM=$(wc -l <"$DIR/dst.log")
+    t0=$(now)
+    for ((i = 1; i <= k; i++)); do
+        echo "SELECT bunny.create_mirror('mir_$i', 'src', '[\"public.acc_$i\", \"public.tel_$i\", \"public.his_$i\"]');"
+    done | psql_in "$DST_PORT" "$db" >/dev/null
+    for i in 1 2 3 4 5 6; do
+        sleep 5
+        log "after $(elapsed "$t0" "$(now)") s: $(qd "$db" "SELECT string_agg(status || ' ' || n, ', ' ORDER BY status) FROM (SELECT status, count(*) n FROM bunny.mirrors GROUP BY status) s"); bunnydb processes: $(qd postgres "SELECT string_agg(backend_type || ' x' || n, ', ') FROM (SELECT regexp_replace(backend_type, ' mir_[0-9]+\$', '') backend_type, count(*) n FROM pg_stat_activity WHERE backend_type LIKE 'bunnydb%' GROUP BY 1) s")"
+    done
+    echo "  bunny.mirrors after 30 s (name status phase error_count error_message lag_seconds):"
+    qd "$db" "SELECT format('    %-7s %-8s %-8s %s %s %s', name, status, phase, error_count, coalesce(error_message, '(no error_message)'), coalesce(lag_seconds::text, '-')) FROM bunny.mirrors ORDER BY length(name), name"
+    echo "  bunny.mirror_tables of the mirrors not RUNNING (status, rows_snapshotted, error_message):"
+    qd "$db" "SELECT format('    %-7s %-14s %-9s %s %s', t.mirror, t.source_table, t.status, coalesce(t.rows_snapshotted::text, '-'), coalesce(t.error_message, '')) FROM bunny.mirror_tables t JOIN bunny.mirrors m ON m.name = t.mirror WHERE m.status <> 'RUNNING' ORDER BY length(t.mirror), t.mirror, t.source_table" | head -15
+    echo "  bunny.mirror_logs of this step, WARNING/ERROR (first 10):"
+    qd "$db" "SELECT '    ' || created_at::time(0) || ' ' || mirror || ' ' || level || ' ' || message FROM bunny.mirror_logs WHERE level IN ('WARNING', 'ERROR') ORDER BY id LIMIT 10"
+    echo "  the first stalled mirror's mirror_status():"
+    qd "$db" "SELECT bunny.mirror_status(name)::text FROM bunny.mirrors WHERE status <> 'RUNNING' ORDER BY length(name), name LIMIT 1" | cut -c1-1500 | sed 's/^/    /'
+    echo "  destination log of this step, lines about workers (distinct, with counts; first 10):"
+    tail -n +"$((EXH_LOG_FROM + 1))" "$DIR/dst.log" | grep -i -E 'worker|slots' | sed -E 's/^[0-9-]+ [0-9:.]+ [A-Z]+ \[[0-9]+\] //' | sort | uniq -c | sort -rn | head -10 | sed 's/^/    /'
+    RES[exh,running30]=$(qd "$db" "SELECT count(*) FROM bunny.mirrors WHERE status = 'RUNNING'")
+    RES[exh,states30]=$(qd "$db" "SELECT string_agg(status || ' ' || n, ', ' ORDER BY status) FROM (SELECT status, count(*) n FROM bunny.mirrors GROUP BY status) s")
+    # free workers: pause half of the running mirrors; the others should
+    # start by themselves (pause_mirror wakes the launcher)
+    paused=$(qd "$db" "SELECT string_agg(name, ' ') FROM (SELECT name FROM bunny.mirrors WHERE status = 'RUNNING' ORDER BY name LIMIT greatest(${RES[exh,running30]} / 2, 1)) s")
+    log "pausing $paused to free their workers"
+    for i in $paused; do qd "$db" "SELECT bunny.pause_mirror('$i')" >/dev/null; done
+    mirrors_exh_watch "$db" 150 half
+    if [ "${RES[exh,restart_half]}" = never ]; then
+        # second chance: every running mirror paused, all workers but the
+        # launchers' free
+        paused=$(qd "$db" "SELECT string_agg(name, ' ') FROM bunny.mirrors WHERE status = 'RUNNING'")
+        log "pausing every running mirror too ($paused)"
+        for i in $paused; do qd "$db" "SELECT bunny.pause_mirror('$i')" >/dev/null; done
+        mirrors_exh_watch "$db" 150 all
+    fi
+    if [ "${RES[exh,restart_all]:-}" = never ]; then
+        # a paused mirror keeps its worker (it watches the source's
+        # position): dropping the paused mirrors is what frees workers
+        paused=$(qd "$db" "SELECT string_agg(name, ' ') FROM bunny.mirrors WHERE status = 'PAUSED'")
+        log "dropping the paused mirrors ($paused): a paused mirror keeps its worker"
+        for i in $paused; do qd "$db" "SELECT bunny.drop_mirror('$i')" >/dev/null; done
+        mirrors_exh_watch "$db" 180 dropped
+    fi
+    for i in $(qd "$db" "SELECT name FROM bunny.mirrors"); do
+        echo "SELECT bunny.drop_mirror('$i');"
+    done | psql_in "$DST_PORT" "$db" >/dev/null || log "WARNING: could not drop every mirror of $db"
+}
+
+# mirrors_exh_watch DB SECONDS TAG: wait until every mirror that is not
+# paused is RUNNING; RES[exh,restart_TAG] = "after N s" or never
+mirrors_exh_watch() {
+    local db=$1 tag=$3 t0 deadline running last="" cur
+    t0=$(now)
+    deadline=$(( $(date +%s) + $2 ))
+    RES[exh,restart_$tag]=never
+    while [ "$(date +%s)" -lt "$deadline" ]; do
+        running=$(qd "$db" "SELECT count(*) FILTER (WHERE status = 'RUNNING') || '/' || count(*) FILTER (WHERE status NOT IN ('PAUSED', 'PAUSING')) FROM bunny.mirrors")
+        cur=$(qd "$db" "SELECT string_agg(status || ' ' || n, ', ' ORDER BY status) FROM (SELECT status, count(*) n FROM bunny.mirrors GROUP BY status) s")
+        [ "$cur" != "$last" ] && log "  +$(elapsed "$t0" "$(now)") s: $cur; error_count of the others: $(qd "$db" "SELECT string_agg(name || '=' || error_count, ' ' ORDER BY length(name), name) FROM bunny.mirrors WHERE status NOT IN ('RUNNING', 'PAUSED')")"
+        last=$cur
+        if [ "${running%/*}" = "${running#*/}" ]; then
+            RES[exh,restart_$tag]="after $(elapsed "$t0" "$(now)") s"
+            break
+        fi
+        sleep 1
+    done
+    RES[exh,states_$tag]=$cur
+    log "after pausing ($tag): every mirror not paused RUNNING: ${RES[exh,restart_$tag]} (waited at most $2 s); statuses now: $cur"
+    qd "$db" "SELECT format('    %-7s %-8s %-8s %s %s', name, status, phase, error_count, coalesce(error_message, '(no error_message)')) FROM bunny.mirrors ORDER BY length(name), name"
+    echo "  bunnydb processes now (backend_type, pid, state, wait): $(qd postgres "SELECT string_agg(format('%s pid %s %s %s', backend_type, pid, coalesce(state, '-'), coalesce(wait_event, 'CPU')), '; ' ORDER BY backend_type) FROM pg_stat_activity WHERE backend_type LIKE 'bunnydb%'")"
+}
+
+mirrors_main() {
+    local m maxm b i r
+    local -a MS=()
+    MIRRORS_BAD=0
+    maxm=$(tr ',' '\n' <<<"$MIRRORS_LIST" | tail -1)
+    [ "$maxm" -ge "$MIRRORS_EXH" ] || maxm=$MIRRORS_EXH
+    qs postgres "CREATE DATABASE sampler"
+    qs sampler "CREATE EXTENSION dblink"
+    qs postgres "CREATE DATABASE mir"
+    mirrors_ddl 1 "$maxm" 1 | psql_in "$SRC_PORT" mir
+    qs mir "VACUUM (ANALYZE)"
+    log "source: database mir, $maxm groups of 3 tables (acc_i $MIRROR_ROWS rows, tel_i 10 rows, his_i empty), publication mpub_i per group"
+    for m in ${MIRRORS_LIST//,/ }; do
+        echo
+        log "== mirrors: $m mirrors of 3 tables, one source database, one destination database per system =="
+        MS+=("$m")
+        mirrors_run "$m"
+    done
+    mirrors_exhaustion
+
+    local bw bm iw im
+    echo
+    echo "== results: mirrors (nproc $(nproc); 3 tables per mirror; lag under pgbench -R $MIRROR_RATE for $LAG_SECONDS s) =="
+    printf '%4s | %9s | %9s | %6s | %-27s | %-27s | %-13s | %s\n' M "bunnydb" "built-in" ratio "bunnydb p99 worst / median" "built-in p99 worst / median" "ratio w / med" "target p99 < 1 s, every mirror"
+    printf '%s\n' "-----+-----------+-----------+--------+-----------------------------+-----------------------------+---------------+------------------------------"
+    for m in "${MS[@]}"; do
+        b=${RES[mir$m,bunny]:-FAIL}; i=${RES[mir$m,builtin]:-FAIL}
+        r=$(ratio "$b" "$i")
+        bw=${RES[mir$m,bunny_p99_worst]:-FAIL}; bm=${RES[mir$m,bunny_p99_median]:-FAIL}
+        iw=${RES[mir$m,builtin_p99_worst]:-FAIL}; im=${RES[mir$m,builtin_p99_median]:-FAIL}
+        v=$(awk -v x="$bw" 'BEGIN { print (x ~ /^[0-9.]+$/ && x < 1000) ? "PASS" : "FAIL" }')
+        printf '%4s | %9s | %9s | %6s | %27s | %27s | %13s | %s\n' "$m" "$(unit "$b" s)" "$(unit "$i" s)" "$r" "$bw / $bm ms" "$iw / $im ms" "$(ratio "$bw" "$iw") / $(ratio "$bm" "$im")" \
+            "$v (bunnydb timeouts ${RES[mir$m,bunny_timeouts]:-?}, built-in ${RES[mir$m,builtin_timeouts]:-?})"
+        RESULT_LINES+=("RESULT mirrors m=$m start_ratio=$r bunnydb_start_s=$b builtin_start_s=$i bunnydb_calls_s=${RES[mir$m,bunny_calls]:-n/a} builtin_calls_s=${RES[mir$m,builtin_calls]:-n/a} p99_worst_ratio=$(ratio "$bw" "$iw") p99_median_ratio=$(ratio "$bm" "$im") bunnydb_p99_worst_ms=$bw bunnydb_p99_median_ms=$bm builtin_p99_worst_ms=$iw builtin_p99_median_ms=$im bunnydb_p50_worst_ms=${RES[mir$m,bunny_p50_worst]:-n/a} bunnydb_p50_median_ms=${RES[mir$m,bunny_p50_median]:-n/a} builtin_p50_worst_ms=${RES[mir$m,builtin_p50_worst]:-n/a} builtin_p50_median_ms=${RES[mir$m,builtin_p50_median]:-n/a} bunnydb_timeouts=${RES[mir$m,bunny_timeouts]:-n/a} builtin_timeouts=${RES[mir$m,builtin_timeouts]:-n/a} target=p99<1000_each $v")
+    done
+    echo
+    for m in "${MS[@]}"; do
+        echo "bunnydb, $m mirrors: create calls ${RES[mir$m,bunny_calls]:-n/a} s; ${RES[mir$m,bunny_spread]:-n/a}; built-in CREATE SUBSCRIPTION calls ${RES[mir$m,builtin_calls]:-n/a} s"
+    done
+    echo "worker exhaustion ($MIRRORS_EXH mirrors, max_worker_processes = $MIRRORS_EXH_WORKERS): after 30 s ${RES[exh,states30]:-n/a}; after pausing half of the running ones every other mirror RUNNING: ${RES[exh,restart_half]:-n/a} (${RES[exh,states_half]:-n/a}); after pausing all running ones: ${RES[exh,restart_all]:-not tried} (${RES[exh,states_all]:-}); after dropping the paused ones: ${RES[exh,restart_dropped]:-not tried} (${RES[exh,states_dropped]:-})"
+    echo
+    printf '%s\n' "${RESULT_LINES[@]}"
+    echo "RESULT mirrors_exhaustion max_worker_processes=$MIRRORS_EXH_WORKERS mirrors=$MIRRORS_EXH after_30s=\"${RES[exh,states30]:-n/a}\" others_running_after_half_paused=\"${RES[exh,restart_half]:-n/a}\" others_running_after_all_paused=\"${RES[exh,restart_all]:-not tried}\" others_running_after_paused_dropped=\"${RES[exh,restart_dropped]:-not tried}\""
+    echo "RESULT mirrors_consistency $([ "$TABLES_BAD" = 0 ] && [ "$MIRRORS_BAD" = 0 ] && echo OK || echo MISMATCH)"
+    echo
+    echo "Notes: all M mirrors in one destination database (mir_bunny_M), all M subscriptions in another"
+    echo "(mir_builtin_M, tables pre-created untimed); start = first create call until every mirror RUNNING /"
+    echo "every table of every subscription 'r' (bunnydb first, then the built-in).  Lag: both live during the"
+    echo "same fixed-rate pgbench run (source synchronous_commit = on); every 0.2 s the sampler commits one heartbeat"
+    echo "transaction touching every mirror's tel_i and polls all mirrors of both systems every 5 ms until each applied it;"
+    echo "per mirror p50/p99; 'worst' and 'median' are over the mirrors' p99."
+    echo "Reminder: noisy machine; compare ratios, not absolute times."
+    [ "$TABLES_BAD" = 0 ] && [ "$MIRRORS_BAD" = 0 ] || return 1
+    for m in "${MS[@]}"; do
+        [ "${RES[mir$m,bunny]}" != FAIL ] && [ "${RES[mir$m,builtin]}" != FAIL ] || return 1
+    done
+    return 0
+}
+
+# ---------------------------------------------------------------------------
+# values (--only values): rows with huge values, and 1 000 columns
+# ---------------------------------------------------------------------------
+# The tables, K = b (binary transfer) or t (text transfer):
+#   big_K  (id, t text, b bytea): row 1 with VALUE_MB MB in t and in b,
+#          rows 2..20 small
+#   wide_K (id, c0001 .. c0999): 1 000 columns, odd ones int, even ones
+#          short text; WIDE_ROWS rows
+# In the _t tables the key id is of the domain bench_int (over int): a
+# user-defined type, so bunnydb copies those tables and streams their mirror
+# in text (README "How it works": binary only when every column has the same
+# built-in type on both sides; no setting forces text).  The built-in
+# subscribes to the _b tables with binary = true and to the _t tables with
+# binary = false (its initial copy is text COPY either way in PostgreSQL 15).
+values_wide_cols() {   # b|t
+    awk -v k="$1" 'BEGIN { printf "id %s PRIMARY KEY", (k == "t" ? "bench_int" : "int")
+                           for (i = 1; i <= 999; i++) printf ", c%04d %s", i, (i % 2 ? "int" : "text") }'
+}
+values_wide_exprs() {   # the 1 000 values of row g
+    awk 'BEGIN { printf "g"; for (i = 1; i <= 999; i++) if (i % 2) printf ", g + %d", i; else printf ", %d || chr(58) || g", i }'
+}
+# what is compared: per big row its length and md5 of both values, per wide
+# table its row count and an order-independent checksum of its rows
+values_check_sql() {   # b|t
+    echo "SELECT 'big_$1 ' || count(*) || ' ' || coalesce(string_agg(id || ':' || coalesce(length(t), -1) || ':' || coalesce(md5(t), '-') || ':' || coalesce(length(b), -1) || ':' || coalesce(md5(b), '-'), ' ' ORDER BY id), '') FROM big_$1
+          UNION ALL SELECT 'wide_$1 ' || count(*) || ' ' || coalesce(sum(hashtext(r::text)::bigint), 0) FROM wide_$1 r"
+}
+
+values_source() {
+    local k t0
+    t0=$(now)
+    qs postgres "CREATE DATABASE vals"
+    qs vals "CREATE DOMAIN bench_int AS int"
+    # two huge values of each kind, different: one for the INSERTs, one for the UPDATEs
+    qs vals "CREATE TABLE stash (k int PRIMARY KEY, t text, b bytea)"
+    qs vals "INSERT INTO stash SELECT k, (SELECT string_agg(md5(k || ':' || g), '') FROM generate_series(1, $VALUE_MB * 32768) g),
+                                        (SELECT decode(string_agg(md5(k || '-' || g), ''), 'hex') FROM generate_series(1, $VALUE_MB * 65536) g)
+               FROM generate_series(1, 2) k"
+    for k in b t; do
+        qs vals "CREATE TABLE big_$k (id $([ $k = t ] && echo bench_int || echo int) PRIMARY KEY, t text, b bytea)"
+        qs vals "INSERT INTO big_$k SELECT 1, t, b FROM stash WHERE k = 1"
+        qs vals "INSERT INTO big_$k SELECT g, 'small ' || g, '\\x00'::bytea FROM generate_series(2, 20) g"
+        qs vals "CREATE TABLE wide_$k ($(values_wide_cols $k))"
+        qs vals "INSERT INTO wide_$k SELECT $(values_wide_exprs) FROM generate_series(1, $WIDE_ROWS) g"
+        qs vals "CREATE PUBLICATION vpub_$k FOR TABLE big_$k, wide_$k"
+    done
+    qs vals "VACUUM (ANALYZE)"
+    as_pg bash -c "pg_dump -s -h '$DIR' -p $SRC_PORT vals" >"$DIR/schema-vals.sql" 2>"$DIR/schema-dump-vals.log" \
+        || { cat "$DIR/schema-dump-vals.log"; die "pg_dump -s of vals failed"; }
+    sed -i -e '/^CREATE SCHEMA public;/d' -e '/^ALTER SCHEMA public OWNER/d' -e '/^CREATE PUBLICATION/d' -e '/^ALTER PUBLICATION/d' "$DIR/schema-vals.sql"
+    chown postgres "$DIR/schema-vals.sql"
+    log "source: database vals in $(elapsed "$t0" "$(now)") s ($(qs vals "SELECT pg_size_pretty(pg_database_size(current_database()))")); big_b/big_t row 1: $(qs vals "SELECT pg_size_pretty(length(t)::bigint) || ' text + ' || pg_size_pretty(length(b)::bigint) || ' bytea, stored ' || pg_size_pretty(pg_column_size(t)::bigint + pg_column_size(b)) FROM big_b WHERE id = 1"); wide_b: $(qs vals "SELECT count(*) FROM information_schema.columns WHERE table_name = 'wide_b'") columns"
+}
+
+# the four systems: S = bunny_b, bunny_t, builtin_b, builtin_t; their
+# destination database val_S, mirror vbin / vtxt, subscription vsub_b / vsub_t
+vs_mirror() { [ "${1#*_}" = b ] && echo vbin || echo vtxt; }
+vs_label() {
+    case $1 in
+        bunny_b) echo "bunnydb (binary)" ;;
+        bunny_t) echo "bunnydb (text)" ;;
+        builtin_b) echo "built-in (binary = true)" ;;
+        builtin_t) echo "built-in (binary = false)" ;;
+    esac
+}
+# vs_pattern S: the command line of its worker(s)
+vs_pattern() {
+    case $1 in
+        bunny_*) echo "bunnydb mirror $(vs_mirror "$1")" ;;
+        builtin_*) echo "logical replication worker for subscription ${RES[vals,$1_oid]:-x}" ;;
+    esac
+}
+
+# values_copy S: create the mirror / subscription, time until RUNNING /
+# every table 'r', sampling the memory of its processes
+values_copy() {
+    local s=$1 db=val_$1 k=${1#*_} t0 p1 p2 ok=0
+    checkpoint_both
+    log "$(vs_label "$s"): initial copy of big_$k and wide_$k into $db"
+    if [ "${s%_*}" = bunny ]; then
+        start_scan "$s-copy-snap" "bunnydb snapshot $(vs_mirror "$s")"; p1=$SCAN_PID
+        start_scan "$s-copy-main" "bunnydb mirror $(vs_mirror "$s")"; p2=$SCAN_PID
+        t0=$(now)
+        qd "$db" "SELECT bunny.create_mirror('$(vs_mirror "$s")', 'src', '[\"public.big_$k\", \"public.wide_$k\"]')" >/dev/null \
+            && bunny_wait_status_in "$db" "$(vs_mirror "$s")" RUNNING "$COPY_TIMEOUT" && ok=1
+    else
+        start_scan "$s-copy-snap" "logical replication worker for subscription"; p1=$SCAN_PID
+        p2=""
+        t0=$(now)
+        qd "$db" "CREATE SUBSCRIPTION vsub_$k CONNECTION 'host=$DIR port=$SRC_PORT dbname=vals' PUBLICATION vpub_$k WITH (binary = $([ $k = b ] && echo true || echo false))"
+        RES[vals,${s}_oid]=$(qd "$db" "SELECT oid FROM pg_subscription WHERE subname = 'vsub_$k'")
+        srv_wait "built-in vsub_$k ready" "$COPY_TIMEOUT" "$db" \
+            "SELECT CASE WHEN count(*) = 2 AND bool_and(srsubstate = 'r') THEN 'ok' ELSE 'wait' END FROM pg_subscription_rel" && ok=1
+    fi
+    if [ "$ok" = 1 ]; then
+        RES[vals,$s,copy]=$(elapsed "$t0" "$(now)")
+    else
+        RES[vals,$s,copy]=FAIL
+        VALUES_BAD=1
+        [ "${s%_*}" = bunny ] && qd "$db" "SELECT status || ' ' || coalesce(error_message, '') FROM bunny.mirrors" || true
+        tail -20 "$DIR/dst.log"
+    fi
+    stop_scan "$s-copy-snap" "$p1"
+    RES[vals,$s,copy_snap]=$SCAN_PRIV; RES[vals,$s,copy_snap_rss]=$SCAN_RSS; RES[vals,$s,copy_snap_sum]=$SCAN_SUM; RES[vals,$s,copy_snap_n]=$SCAN_PROCS
+    if [ -n "$p2" ]; then
+        stop_scan "$s-copy-main" "$p2"
+        RES[vals,$s,copy_main]=$SCAN_PRIV
+        log "$(vs_label "$s") copy: ${RES[vals,$s,copy]} s; snapshot workers (at most $SCAN_PROCS at once): largest one peak VmRSS ${RES[vals,$s,copy_snap_rss]} MB, VmRSS-RssShmem ${RES[vals,$s,copy_snap]} MB, sum ${RES[vals,$s,copy_snap_sum]} MB; mirror worker VmRSS-RssShmem $SCAN_PRIV MB"
+        log "$(vs_label "$s") copy formats: $(qd "$db" "SELECT string_agg(message, '; ' ORDER BY id) FROM bunny.mirror_logs WHERE message LIKE 'copying table%'")"
+    else
+        log "$(vs_label "$s") copy: ${RES[vals,$s,copy]} s; its workers (apply and table sync, at most ${RES[vals,$s,copy_snap_n]} at once): largest one peak VmRSS ${RES[vals,$s,copy_snap_rss]} MB, VmRSS-RssShmem ${RES[vals,$s,copy_snap]} MB, sum ${RES[vals,$s,copy_snap_sum]} MB"
+    fi
+}
+
+vs_pause() {
+    case $1 in
+        bunny_*) bunny_pause_in "val_$1" "$(vs_mirror "$1")" ;;
+        builtin_*) sub_disable "val_$1" "vsub_${1#*_}" ;;
+    esac
+}
+vs_resume() {
+    case $1 in
+        bunny_*) qd "val_$1" "SELECT bunny.resume_mirror('$(vs_mirror "$1")')" >/dev/null ;;
+        builtin_*) qd "val_$1" "ALTER SUBSCRIPTION vsub_${1#*_} ENABLE" ;;
+    esac
+}
+vs_wait() {   # S LSN TIMEOUT
+    case $1 in
+        bunny_*) bunny_wait_lsn_in "val_$1" "$(vs_mirror "$1")" "$2" "$3" ;;
+        builtin_*) peer_wait_lsn "$(vs_label "$1")" "val_$1" "pg_${RES[vals,$1_oid]}" "vsub_${1#*_}" "$2" "$3" ;;
+    esac
+}
+
+# values_cdc S IDX: S alone live (the others paused), caught up untimed,
+# then four statements on its tables, each timed from its start on the
+# source until S applied it, with the memory of S's worker during it:
+#   ins   INSERT of a huge row (id 100+IDX), VALUE_MB MB text + VALUE_MB MB bytea
+#   upd   UPDATE of that row, both values replaced by other huge ones
+#   wins  INSERT of 1 000 rows of 1 000 columns
+#   wupd  UPDATE of those 1 000 rows (one int and one text column)
+values_cdc() {
+    local s=$1 idx=$2 k=${1#*_} id=$((100 + $2)) base=$((WIDE_ROWS + 10000 * $2)) op sql t0 ts p
+    vs_resume "$s" || { RES[vals,$s,ins]=FAIL; VALUES_BAD=1; return; }
+    vs_wait "$s" "$(target_lsn)" "$CATCHUP_TIMEOUT" || { log "$(vs_label "$s") did not catch up before its CDC steps"; VALUES_BAD=1; return; }
+    for op in ins upd wins wupd; do
+        case $op in
+            ins) sql="INSERT INTO big_$k SELECT $id, t, b FROM stash WHERE k = 1" ;;
+            upd) sql="UPDATE big_$k SET t = s.t, b = s.b FROM stash s WHERE s.k = 2 AND big_$k.id = $id" ;;
+            wins) sql="INSERT INTO wide_$k SELECT $(values_wide_exprs) FROM generate_series($((base + 1)), $((base + 1000))) g" ;;
+            wupd) sql="UPDATE wide_$k SET c0001 = c0001 + 1, c0002 = c0002 || 'u' WHERE id BETWEEN $((base + 1)) AND $((base + 1000))" ;;
+        esac
+        checkpoint_both
+        start_scan "$s-$op" "$(vs_pattern "$s")"; p=$SCAN_PID
+        t0=$(now)
+        qs vals "$sql"
+        ts=$(now)
+        if vs_wait "$s" "$(target_lsn)" "$CATCHUP_TIMEOUT"; then
+            RES[vals,$s,$op]=$(elapsed "$t0" "$(now)")
+        else
+            RES[vals,$s,$op]=FAIL
+            VALUES_BAD=1
+            tail -20 "$DIR/dst.log"
+        fi
+        stop_scan "$s-$op" "$p"
+        RES[vals,$s,${op}_mem]=$SCAN_PRIV
+        RES[vals,$s,${op}_rss]=$SCAN_RSS
+        log "$(vs_label "$s") $op: ${RES[vals,$s,$op]} s (the statement on the source $(elapsed "$t0" "$ts") s); worker peak VmRSS $SCAN_RSS MB, VmRSS-RssShmem $SCAN_PRIV MB"
+        [ "${RES[vals,$s,$op]}" = FAIL ] && break
+    done
+    if [ "${s%_*}" = bunny ]; then
+        log "$(vs_label "$s") stream: $(qd "val_$s" "SELECT coalesce(string_agg(DISTINCT regexp_replace(message, '^streaming from [0-9A-F/]+ ', 'streaming '), '; '), 'no stream line') FROM bunny.mirror_logs WHERE message LIKE 'streaming from%' OR message LIKE '%gave up%'")"
+    fi
+    vs_pause "$s" || { log "$(vs_label "$s"): pause failed"; VALUES_BAD=1; }
+}
+
+values_main() {
+    local s k lsn op
+    VALUES_BAD=0
+    qs postgres "CREATE DATABASE sampler"
+    qs sampler "CREATE EXTENSION dblink"
+    values_source
+    for s in bunny_b bunny_t builtin_b builtin_t; do
+        qd postgres "CREATE DATABASE val_$s"
+        if [ "${s%_*}" = bunny ]; then
+            qd "val_$s" "CREATE EXTENSION bunnydb"
+            qd "val_$s" "SELECT bunny.create_peer('src', 'host=$DIR port=$SRC_PORT dbname=vals')" >/dev/null
+        else
+            psql_in "$DST_PORT" "val_$s" <"$DIR/schema-vals.sql" >"$DIR/schema-load-$s.log" 2>&1 \
+                || { tail -20 "$DIR/schema-load-$s.log"; die "could not load the schema into val_$s"; }
+        fi
+    done
+
+    echo
+    log "== values: initial copy (each system alone, the others idle) =="
+    for s in bunny_b builtin_b bunny_t builtin_t; do
+        values_copy "$s"
+        # the built-in launcher starts a worker at most once per 5 s
+        [ "${s%_*}" = builtin ] && sleep 6
+    done
+    echo
+    log "== values: CDC (each system alone, the others paused) =="
+    for s in bunny_b builtin_b bunny_t builtin_t; do
+        [ "${RES[vals,$s,copy]}" != FAIL ] && { vs_pause "$s" || VALUES_BAD=1; }
+    done
+    # in each pair the built-in goes first once and bunnydb once
+    local i=0
+    for s in bunny_b builtin_b builtin_t bunny_t; do
+        i=$((i + 1))
+        [ "${RES[vals,$s,copy]}" != FAIL ] || continue
+        echo
+        values_cdc "$s" "$i"
+        [ "${s%_*}" = builtin ] && sleep 6
+    done
+
+    echo
+    log "== values: consistency =="
+    lsn=$(target_lsn)
+    for k in b t; do
+        q "$SRC_PORT" vals "$(values_check_sql $k)" >"$DIR/check-src-val$k.txt"
+    done
+    for s in bunny_b builtin_b bunny_t builtin_t; do
+        [ "${RES[vals,$s,copy]}" != FAIL ] || continue
+        k=${s#*_}
+        vs_resume "$s" && vs_wait "$s" "$lsn" "$CATCHUP_TIMEOUT" || { log "$(vs_label "$s") not caught up"; VALUES_BAD=1; continue; }
+        q "$DST_PORT" "val_$s" "$(values_check_sql "$k")" >"$DIR/check-val_$s.txt"
+        if cmp -s "$DIR/check-src-val$k.txt" "$DIR/check-val_$s.txt"; then
+            log "val_$s: big_$k ($(cut -d' ' -f2 <"$DIR/check-val_$s.txt" | head -1) rows, md5 and length of every value) and wide_$k ($(sed -n 2p "$DIR/check-val_$s.txt" | cut -d' ' -f2) rows, checksum) equal the source"
+        else
+            log "val_$s: MISMATCH against the source:"
+            diff "$DIR/check-src-val$k.txt" "$DIR/check-val_$s.txt" | cut -c1-300 | head -6
+            VALUES_BAD=1
+        fi
+    done
+    for s in bunny_b bunny_t; do
+        log "$(vs_label "$s"): $(qd "val_$s" "SELECT format('status %s, error_count %s, WARNING/ERROR log lines %s', status, error_count, (SELECT count(*) FROM bunny.mirror_logs WHERE level IN ('WARNING', 'ERROR'))) FROM bunny.mirrors")"
+        qd "val_$s" "SELECT '  ' || created_at::time(0) || ' ' || level || ' ' || left(message, 300) FROM bunny.mirror_logs WHERE level IN ('WARNING', 'ERROR') ORDER BY id LIMIT 5" || true
+    done
+
+    local label v bb ib bt it rb rt
+    echo
+    echo "== results: values (nproc $(nproc); row 1 of big_*: $VALUE_MB MB text + $VALUE_MB MB bytea; wide_*: 1 000 columns) =="
+    printf '%-30s | %11s | %11s | %6s | %11s | %11s | %6s\n' step "bunnydb bin" "built-in bin" ratio "bunnydb txt" "built-in txt" ratio
+    printf '%s\n' "-------------------------------+-------------+--------------+--------+-------------+--------------+-------"
+    for op in copy ins upd wins wupd; do
+        case $op in
+            copy) label="initial copy (big + $WIDE_ROWS wide)" ;;
+            ins) label="INSERT huge row" ;;
+            upd) label="UPDATE huge row (both values)" ;;
+            wins) label="INSERT 1000 wide rows" ;;
+            wupd) label="UPDATE 1000 wide rows" ;;
+        esac
+        bb=${RES[vals,bunny_b,$op]:-FAIL}; ib=${RES[vals,builtin_b,$op]:-FAIL}
+        bt=${RES[vals,bunny_t,$op]:-FAIL}; it=${RES[vals,builtin_t,$op]:-FAIL}
+        rb=$(ratio "$bb" "$ib"); rt=$(ratio "$bt" "$it")
+        printf '%-30s | %11s | %12s | %6s | %11s | %12s | %6s\n' "$label" "$(unit "$bb" s)" "$(unit "$ib" s)" "$rb" "$(unit "$bt" s)" "$(unit "$it" s)" "$rt"
+        RESULT_LINES+=("RESULT values_$op value_mb=$VALUE_MB binary_ratio=$rb text_ratio=$rt bunnydb_binary_s=$bb builtin_binary_s=$ib bunnydb_text_s=$bt builtin_text_s=$it")
+    done
+    echo
+    echo "memory, peak VmRSS-RssShmem of the largest process (MB; per MB of value = / $VALUE_MB):"
+    printf '%-44s | %11s | %12s | %11s | %12s\n' "" "bunnydb bin" "built-in bin" "bunnydb txt" "built-in txt"
+    for op in copy ins upd wins wupd; do
+        case $op in
+            copy) label="copy: snapshot workers / sync+apply workers" ;;
+            ins) label="INSERT huge row: mirror / apply worker" ;;
+            upd) label="UPDATE huge row: mirror / apply worker" ;;
+            wins) label="INSERT 1000 wide rows" ;;
+            wupd) label="UPDATE 1000 wide rows" ;;
+        esac
+        if [ $op = copy ]; then
+            bb=${RES[vals,bunny_b,copy_snap]:-n/a}; ib=${RES[vals,builtin_b,copy_snap]:-n/a}
+            bt=${RES[vals,bunny_t,copy_snap]:-n/a}; it=${RES[vals,builtin_t,copy_snap]:-n/a}
+        else
+            bb=${RES[vals,bunny_b,${op}_mem]:-n/a}; ib=${RES[vals,builtin_b,${op}_mem]:-n/a}
+            bt=${RES[vals,bunny_t,${op}_mem]:-n/a}; it=${RES[vals,builtin_t,${op}_mem]:-n/a}
+        fi
+        printf '%-44s | %11s | %12s | %11s | %12s\n' "$label" "$bb" "$ib" "$bt" "$it"
+        RESULT_LINES+=("RESULT values_mem_$op value_mb=$VALUE_MB bunnydb_binary_mb=$bb builtin_binary_mb=$ib bunnydb_text_mb=$bt builtin_text_mb=$it bunnydb_binary_per_value_mb=$(ratio "$bb" "$VALUE_MB") bunnydb_text_per_value_mb=$(ratio "$bt" "$VALUE_MB")")
+    done
+    printf '%-44s | %11s | %12s | %11s | %12s\n' "copy: snapshot workers, sum over all" "${RES[vals,bunny_b,copy_snap_sum]:-n/a}" "${RES[vals,builtin_b,copy_snap_sum]:-n/a}" "${RES[vals,bunny_t,copy_snap_sum]:-n/a}" "${RES[vals,builtin_t,copy_snap_sum]:-n/a}"
+    printf '%-44s | %11s | %12s | %11s | %12s\n' "copy: bunnydb mirror worker" "${RES[vals,bunny_b,copy_main]:-n/a}" "" "${RES[vals,bunny_t,copy_main]:-n/a}" ""
+    echo
+    printf '%s\n' "${RESULT_LINES[@]}"
+    echo "RESULT values_consistency $([ "$VALUES_BAD" = 0 ] && echo OK || echo MISMATCH)"
+    echo
+    echo "Notes: each system runs alone (the others idle during the copies, paused/disabled during CDC);"
+    echo "a CDC step is timed from the start of the statement on the source until the system applied it."
+    echo "Text transfer of bunnydb: the _t tables' key is of a domain over int (a user-defined type)."
+    echo "The built-in's initial copy is a text COPY in both modes (PostgreSQL 15)."
+    echo "Memory: VmRSS minus RssShmem (shared_buffers excluded), sampled every 0.2 s."
+    echo "Reminder: noisy machine; compare ratios, not absolute times."
+    [ "$VALUES_BAD" = 0 ]
+}
+
+if [ -n "$SOLO" ]; then
     RESULT_LINES=()
     unit() { if [[ "$1" =~ ^[0-9.]+$ ]]; then echo "$1 $2"; else echo "$1"; fi; }
-    tables_main
+    TABLES_BAD=0
+    "${SOLO}_main"
     exit $?
 fi
 
@@ -1370,8 +2265,6 @@ END
 EOF
 }
 
-# pct FILE Q: nearest-rank percentile of the numbers in FILE
-pct() { sort -n "$1" | awk -v q="$2" '{ v[NR] = $1 } END { if (NR == 0) { print "n/a"; exit } i = int(q * NR + 0.999999); if (i < 1) i = 1; if (i > NR) i = NR; printf "%.1f", v[i] }'; }
 
 # is system $1 (bunny, builtin, pgl) still measured?
 sys_ok() {
