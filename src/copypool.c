@@ -251,6 +251,72 @@ snapshot_worker_handle_error(const char *mirror_name, int32 mirror_id)
 	proc_exit(1);
 }
 
+/*
+ * Claim parts and copy them until none is left to claim, finishing each
+ * table whose last part this copies.  A snapshot worker runs it, telling
+ * its coordinator (the mirror worker in slot slotno) when a table is done;
+ * the coordinator runs it itself (slotno -1) when no background worker is
+ * free for a snapshot worker, and then obeys control requests between
+ * parts.
+ */
+static void
+copy_claimed_parts(PGconn *conn, const char *mirror_name, int32 mirror_id,
+				   int tables_in_parallel, bool indexes, int slotno)
+{
+	for (;;)
+	{
+		char	   *schema;
+		char	   *table;
+		int			part_no;
+
+		CHECK_FOR_INTERRUPTS();
+		if (slotno < 0)
+			(void) bunny_check_control();
+		check_coordinator();
+		if (!claim_part(mirror_id, tables_in_parallel, &schema, &table, &part_no))
+			break;
+		if (copypart_copy(conn, mirror_name, mirror_id, schema, table, part_no,
+						  check_coordinator))
+		{
+			Oid			types[3] = {INT4OID, TEXTOID, TEXTOID};
+			Datum		vals[3];
+			char	   *kind;
+
+			vals[0] = Int32GetDatum(mirror_id);
+			vals[1] = CStringGetTextDatum(schema);
+			vals[2] = CStringGetTextDatum(table);
+			bunny_start_transaction();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			kind = bunny_spi_scalar("SELECT CASE WHEN resync_state IS NULL THEN 'initial' "
+									"            WHEN resync_strategy = 'add' THEN 'add' "
+									"            ELSE 'resync' END "
+									"  FROM bunny.mirror_table "
+									" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
+									3, types, vals, NULL);
+			if (kind && strcmp(kind, "initial") == 0)
+				copypart_finish_table(conn, mirror_name, mirror_id, schema, table, indexes);
+			else if (kind && strcmp(kind, "add") == 0)
+			{
+				/* a table added by update_tables: complete it; the mirror worker switches it */
+				schema_apply_ddl(mirror_id, schema, table, false, indexes);
+				schema_take_over_sequences(conn, mirror_name, mirror_id, schema, table, false);
+			}
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			/* the last part's counts, reported until now (copypart.c) */
+			pgstat_progress_end_command();
+			/* the mirror worker looks for copied tables; tell it now */
+			if (slotno >= 0)
+			{
+				LWLockAcquire(BunnyState->lock, LW_SHARED);
+				if (BunnyState->slots[slotno].latch)
+					SetLatch(BunnyState->slots[slotno].latch);
+				LWLockRelease(BunnyState->lock);
+			}
+		}
+	}
+}
+
 /* entry point of a snapshot worker */
 void
 bunny_snapshot_worker_main(Datum arg)
@@ -304,54 +370,8 @@ bunny_snapshot_worker_main(Datum arg)
 
 	PG_TRY();
 	{
-		for (;;)
-		{
-			char	   *schema;
-			char	   *table;
-			int			part_no;
-
-			CHECK_FOR_INTERRUPTS();
-			check_coordinator();
-			if (!claim_part(my_args.mirror_id, tables_in_parallel, &schema, &table, &part_no))
-				break;
-			if (copypart_copy(conn, mirror_name, my_args.mirror_id, schema, table, part_no,
-							  check_coordinator))
-			{
-				Oid			types[3] = {INT4OID, TEXTOID, TEXTOID};
-				Datum		vals[3];
-				char	   *kind;
-
-				vals[0] = Int32GetDatum(my_args.mirror_id);
-				vals[1] = CStringGetTextDatum(schema);
-				vals[2] = CStringGetTextDatum(table);
-				bunny_start_transaction();
-				PushActiveSnapshot(GetTransactionSnapshot());
-				kind = bunny_spi_scalar("SELECT CASE WHEN resync_state IS NULL THEN 'initial' "
-										"            WHEN resync_strategy = 'add' THEN 'add' "
-										"            ELSE 'resync' END "
-										"  FROM bunny.mirror_table "
-										" WHERE mirror_id = $1 AND source_schema = $2 AND source_table = $3",
-										3, types, vals, NULL);
-				if (kind && strcmp(kind, "initial") == 0)
-					copypart_finish_table(conn, mirror_name, my_args.mirror_id, schema, table, indexes);
-				else if (kind && strcmp(kind, "add") == 0)
-				{
-					/* a table added by update_tables: complete it; the mirror worker switches it */
-					schema_apply_ddl(my_args.mirror_id, schema, table, false, indexes);
-					schema_take_over_sequences(conn, mirror_name, my_args.mirror_id, schema, table,
-											   false);
-				}
-				PopActiveSnapshot();
-				CommitTransactionCommand();
-				/* the last part's counts, reported until now (copypart.c) */
-				pgstat_progress_end_command();
-				/* the mirror worker looks for copied tables; tell it now */
-				LWLockAcquire(BunnyState->lock, LW_SHARED);
-				if (BunnyState->slots[my_args.slotno].latch)
-					SetLatch(BunnyState->slots[my_args.slotno].latch);
-				LWLockRelease(BunnyState->lock);
-			}
-		}
+		copy_claimed_parts(conn, mirror_name, my_args.mirror_id, tables_in_parallel, indexes,
+						   my_args.slotno);
 	}
 	PG_CATCH();
 	{
@@ -628,10 +648,33 @@ copypool_tick(CopyPool *pool, Mirror *m)
 			nlive++;
 	}
 	if (nleft > 0 && nlive == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("could not start any snapshot worker"),
-				 errhint("Increase max_worker_processes.")));
+	{
+		PGconn	   *conn;
+
+		/*
+		 * No background worker is free for a snapshot worker.  Failing here
+		 * would give our own worker slot back only to take it again after
+		 * the backoff, for ever, while every mirror in the same state did
+		 * the same: copy in this process instead, one part at a time, and
+		 * say so.
+		 */
+		bunny_start_transaction();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		bunny_log(m->name, "WARNING",
+				  "no background worker free for a snapshot worker: the mirror worker copies the tables itself, one part at a time",
+				  "{\"hint\": \"Raise max_worker_processes (the copy uses up to snapshot_max_parallel_workers more).\"}");
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		pgstat_report_activity(STATE_RUNNING, "bunnydb: initial copy, in the mirror worker");
+		conn = mirror_connect(m, false);
+		source_import_snapshot(conn, pool->snapshot);
+		copy_claimed_parts(conn, m->name, m->id, m->snapshot_tables_in_parallel,
+						   m->replicate_indexes, -1);
+		stream_exec_command(conn, "COMMIT");
+		stream_disconnect(&conn);
+		pool->last_refill = 0;
+		return 1;				/* count again at the next tick */
+	}
 	return nleft;
 }
 
