@@ -415,6 +415,21 @@ worker_run(void)
 
 	worker_setup_origin(m);
 
+	/*
+	 * Connecting is part of setting up: a mirror whose source cannot be
+	 * reached says SETUP while it retries, not CREATED (which would read as
+	 * "no worker yet").
+	 */
+	if (m->phase == PHASE_SETUP && m->status == MIRROR_CREATED)
+	{
+		bunny_start_transaction();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		catalog_set_status_phase(m->id, MIRROR_SETUP, PHASE_SETUP);
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		m->status = MIRROR_SETUP;
+	}
+
 	current_conninfo = m->conninfo;
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: connecting to the source");
 	source_conn = mirror_connect(m, true);

@@ -44,7 +44,7 @@ dst(
 	                       rows_done bigint, rows_total bigint, bytes_done bigint,
 	                       bytes_total bigint, percent numeric, rate bigint,
 	                       eta interval, m_percent numeric, m_rows bigint,
-	                       overview_copy text)");
+	                       overview_copy text, mirror_state text)");
 
 # A DO block that samples the views every 20 ms, one transaction a sample
 # (COMMIT: fresh snapshots, fresh pg_stat_progress_copy), until $until is
@@ -58,10 +58,12 @@ sub sampler_sql
 	BEGIN
 		LOOP
 			INSERT INTO samples (phase, state, parts_done, rows_done, rows_total, bytes_done,
-			                     bytes_total, percent, rate, eta, m_percent, m_rows, overview_copy)
+			                     bytes_total, percent, rate, eta, m_percent, m_rows, overview_copy,
+			                     mirror_state)
 			SELECT c.phase, c.state, c.parts_done, c.rows_done, c.rows_total_estimate, c.bytes_done,
 			       c.bytes_total_estimate, c.percent, c.rows_per_second, c.eta, m.percent, m.rows_done,
-			       (SELECT o.copy FROM bunny.mirror_overview o WHERE o.mirror = 'mp')
+			       (SELECT o.copy FROM bunny.mirror_overview o WHERE o.mirror = 'mp'),
+			       (SELECT v.status || '/' || v.phase FROM bunny.mirrors v WHERE v.name = 'mp')
 			  FROM bunny.copy_progress c
 			  JOIN bunny.mirror_copy_progress m USING (mirror)
 			 WHERE c.mirror = 'mp' AND c.source_table = 'public.big';
@@ -190,6 +192,8 @@ $dest->safe_psql('postgres',
 	timeout => 240);
 ok(wait_for_status($dest, 'mp', 'RUNNING', 120), 'mp RUNNING');
 check_samples('copy', samples_of('copy'));
+is(dst("SELECT string_agg(DISTINCT mirror_state, ',') FROM samples WHERE phase = 'copy' AND state = 'copying'"),
+	'SNAPSHOT/SNAPSHOT', 'the mirror says SNAPSHOT while its initial copy runs (README "Statuses and phases")');
 is(dst("SELECT count(*) FROM bunny.copy_progress"), '0', 'nothing in copy_progress once the copy is in');
 
 # ---------------------------------------------------------------------------
@@ -203,6 +207,8 @@ $dest->safe_psql('postgres',
 	),
 	timeout => 240);
 check_samples('resync', samples_of('resync'));
+is(dst("SELECT string_agg(DISTINCT mirror_state, ',') FROM samples WHERE phase = 'resync' AND state = 'copying'"),
+	'RESYNCING/CDC', 'and RESYNCING in phase CDC while a table is copied again');
 is(dst("SELECT count(*) FROM big"), $rows, 'resync copied every row');
 cmp_ok($seen_finishing, '>=', 1, 'a copy was seen ending at its row count');
 

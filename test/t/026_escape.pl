@@ -360,6 +360,8 @@ sub source_objects
 		"$label: mirror created");
 	ok(poll_until(sub { (mirror_field($dest, 'esc_setup', 'error_count') // 0) >= 2 }, 60, 0.2),
 		"$label: setup fails again and again");
+	is(mirror_field($dest, 'esc_setup', "status || '/' || phase || '/' || healthy"), 'SETUP/SETUP/false',
+		"$label: the mirror says SETUP, not healthy (README \"Statuses and phases\")");
 
 	my ($state, $msg) = sql_error($dest, "SELECT bunny.cancel_operation('esc_setup')");
 	is($state, '55000', "$label: cancel_operation has nothing to cancel (55000)");
