@@ -68,6 +68,8 @@ our @EXPORT = qw(
   table_field
   log_lines
   catch_up_compare
+  hba_for_role
+  hba_restore
 );
 
 # On request only: 015_source_versions still has a copy of its own, and an
@@ -234,6 +236,39 @@ sub _install_path_for
 	die("$dir/bin has no pg_config (PostgreSQL::Test::Cluster needs one)")
 	  unless $have{pg_config};
 	return $overlay;
+}
+
+# hba_for_role($node, $role, $method): put lines for $role (local and
+# 127.0.0.1, ordinary and replication connections) with $method
+# (scram-sha-256, reject, ...) ahead of $node's pg_hba.conf, and reload.
+# Returns the file's previous text, for hba_restore($node, $old).
+sub hba_for_role
+{
+	my ($node, $role, $method) = @_;
+	my $hba = $node->data_dir . '/pg_hba.conf';
+	my $old = slurp_file($hba);
+	my $lines = join('',
+		map { "$_\n" } "local all $role $method",
+		"host all $role 127.0.0.1/32 $method",
+		"local replication $role $method",
+		"host replication $role 127.0.0.1/32 $method");
+	open(my $fh, '>', "$hba.new") or die "cannot write $hba.new: $!";
+	print $fh $lines . $old;
+	close($fh);
+	rename("$hba.new", $hba) or die "rename $hba: $!";
+	$node->reload;
+	return $old;
+}
+
+sub hba_restore
+{
+	my ($node, $old) = @_;
+	my $hba = $node->data_dir . '/pg_hba.conf';
+	open(my $fh, '>', "$hba.new") or die "cannot write $hba.new: $!";
+	print $fh $old;
+	close($fh);
+	rename("$hba.new", $hba) or die "rename $hba: $!";
+	$node->reload;
 }
 
 # The pair of the last setup_pair(), for src() and dst().

@@ -82,19 +82,7 @@ INSERT INTO $long_qual SELECT g, repeat('v', g % 50) FROM generate_series(1, 300
 # the destination has its own "x" too: nothing may drop it
 $dest->safe_psql('postgres', 'CREATE TABLE public.x (id int PRIMARY KEY); INSERT INTO public.x VALUES (1);');
 
-my $hba = $source->data_dir . '/pg_hba.conf';
-PostgreSQL::Test::Utils::append_to_file("$hba.new", qq{
-local   all           bunny_src                     scram-sha-256
-host    all           bunny_src     127.0.0.1/32    scram-sha-256
-local   replication   bunny_src                     scram-sha-256
-host    replication   bunny_src     127.0.0.1/32    scram-sha-256
-local   all           all                           trust
-local   replication   all                           trust
-host    all           all           127.0.0.1/32    trust
-host    replication   all           127.0.0.1/32    trust
-});
-rename("$hba.new", $hba) or die "rename $hba: $!";
-$source->reload;
+hba_for_role($source, 'bunny_src', 'scram-sha-256');
 
 # sanity: bunny_src needs its password over TCP and over the socket
 {

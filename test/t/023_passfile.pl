@@ -37,12 +37,7 @@ CREATE TABLE pf (id int PRIMARY KEY, v text);
 ALTER TABLE pf OWNER TO bunny_src;
 INSERT INTO pf SELECT g, 'v' || g FROM generate_series(1, 100) g;
 });
-my $hba = $source->data_dir . '/pg_hba.conf';
-my $old_hba = slurp_file($hba);
-open(my $fh, '>', $hba) or die "cannot write $hba: $!";
-print $fh "local all bunny_src scram-sha-256\nlocal replication bunny_src scram-sha-256\n$old_hba";
-close($fh);
-$source->reload;
+hba_for_role($source, 'bunny_src', 'scram-sha-256');
 
 my $base = 'host=' . $source->host . ' port=' . $source->port . ' dbname=postgres user=bunny_src';
 

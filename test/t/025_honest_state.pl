@@ -60,19 +60,7 @@ CREATE TABLE c (id int PRIMARY KEY, v int);
 });
 
 # pw_src must give its password; everyone else is trusted
-my $hba = $source->data_dir . '/pg_hba.conf';
-PostgreSQL::Test::Utils::append_to_file("$hba.new", qq{
-local   all           pw_src                     scram-sha-256
-host    all           pw_src     127.0.0.1/32    scram-sha-256
-local   replication   pw_src                     scram-sha-256
-host    replication   pw_src     127.0.0.1/32    scram-sha-256
-local   all           all                        trust
-local   replication   all                        trust
-host    all           all        127.0.0.1/32    trust
-host    replication   all        127.0.0.1/32    trust
-});
-rename("$hba.new", $hba) or die "rename $hba: $!";
-$source->reload;
+hba_for_role($source, 'pw_src', 'scram-sha-256');
 
 # the mirror's current error, and whether it reads healthy
 sub error_state

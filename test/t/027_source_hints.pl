@@ -155,24 +155,14 @@ hint_case(
 
 # pg_hba.conf rejecting the role
 $source->safe_psql('postgres', 'CREATE ROLE r_hba LOGIN REPLICATION SUPERUSER');
-my $hba = $source->data_dir . '/pg_hba.conf';
-my $old_hba = slurp_file($hba);
-open(my $fh, '>', $hba) or die "cannot write $hba: $!";
-print $fh "local all r_hba reject\nhost all r_hba 127.0.0.1/32 reject\n$old_hba";
-close($fh);
-$source->reload;
+my $old_hba = hba_for_role($source, 'r_hba', 'reject');
 hint_case(
 	name    => 'hba',
 	role    => 'r_hba',
 	table   => 'public.t_conf',
 	msg_re  => qr/pg_hba\.conf/,
 	hint_re => qr/pg_hba\.conf.*reload/,
-	fix => sub {
-		open(my $fh2, '>', $hba) or die "cannot write $hba: $!";
-		print $fh2 $old_hba;
-		close($fh2);
-		$source->reload;
-	});
+	fix => sub { hba_restore($source, $old_hba) });
 
 # settings of the source: each needs a restart, and the peer is the
 # source's superuser
