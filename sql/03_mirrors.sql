@@ -103,8 +103,14 @@ SELECT bunny.create_mirror('m_bad', 'nowhere', '["public.t1"]', resync_strategy 
 -- a mirror with defaults; string mappings, unqualified name -> public
 SELECT bunny.create_mirror('m1', 'nowhere', '["public.t1", "t2"]');
 SELECT * FROM catalog_counts;
-SELECT name, source_peer, slot_name, publication_name, config, created_at <= now() AS created_ok
+-- options lists only what differs from create_mirror's defaults: none here;
+-- mirror_status() has every value
+SELECT name, source_peer, slot_name, publication_name, options, created_at <= now() AS created_ok
   FROM bunny.mirrors WHERE name = 'm1';
+SELECT bunny.mirror_status('m1')->'config' AS config;
+-- so that psql's \x draws no rule wider than a terminal for such a mirror
+SELECT max(length(f.value::text)) < 60 AS narrow
+  FROM bunny.mirrors v, jsonb_each(to_jsonb(v)) f WHERE v.name = 'm1';
 SELECT mirror, source_table, destination_table, rows_snapshotted, rows_inserted,
 	   rows_updated, rows_deleted
   FROM bunny.mirror_tables WHERE mirror = 'm1' ORDER BY source_table;
@@ -135,7 +141,7 @@ SELECT bunny.create_mirror('m-two', 'nowhere',
 	snapshot_num_rows_per_partition => 1, snapshot_max_parallel_workers => 64,
 	snapshot_num_tables_in_parallel => 1, replicate_indexes => false,
 	replicate_foreign_keys => false, resync_strategy => 'swap');
-SELECT name, source_peer, slot_name, publication_name, config
+SELECT name, source_peer, slot_name, publication_name, options
   FROM bunny.mirrors WHERE name = 'm-two';
 SELECT t.source_schema, t.source_table, t.destination_schema, t.destination_table,
 	   t.partition_key, t.exclude_columns
@@ -147,11 +153,9 @@ SELECT source_table, destination_table
 -- the bounds themselves are accepted
 SELECT bunny.create_mirror('m3', 'nowhere', '["public.t3"]', max_batch_size => 1,
 	idle_timeout_seconds => 1, snapshot_max_parallel_workers => 1,
-	snapshot_num_tables_in_parallel => 64);
-SELECT config->'max_batch_size' AS batch, config->'idle_timeout_seconds' AS idle,
-	   config->'snapshot_max_parallel_workers' AS workers,
-	   config->'snapshot_num_tables_in_parallel' AS tables
-  FROM bunny.mirrors WHERE name = 'm3';
+	snapshot_num_tables_in_parallel => 64, replicate_indexes => true);
+-- replicate_indexes => true is its default: not among the options shown
+SELECT options FROM bunny.mirrors WHERE name = 'm3';
 -- the longest name: 48 characters
 SELECT bunny.create_mirror(repeat('z', 48), 'nowhere', '["public.t48"]');
 SELECT length(name), slot_name = 'bunny_slot_' || repeat('z', 48) AS slot_ok

@@ -29,7 +29,7 @@ $node->restart;
 $node->safe_psql('postgres', 'CREATE EXTENSION bunnydb');
 is($node->safe_psql('postgres',
 		"SELECT extversion FROM pg_extension WHERE extname = 'bunnydb'"),
-	'0.4.0', 'installs once preloaded');
+	'0.5.0', 'installs once preloaded');
 ok( $node->poll_query_until('postgres',
 		"SELECT count(*) = 1 FROM pg_stat_activity WHERE backend_type = 'bunnydb launcher'"),
 	'the launcher runs');

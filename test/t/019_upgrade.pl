@@ -7,7 +7,7 @@
 # running, and the new version's behaviour is there (a failed mirror can be
 # paused while the operation it failed in is pending).  Every upgrade
 # script ships with a step here: 0.1.0 -> 0.2.0, 0.2.0 -> 0.3.0 and
-# 0.3.0 -> 0.4.0 all run under the load.  0.3.0's test_peer and drop_mirror work on the source
+# 0.3.0 -> 0.4.0 and 0.4.0 -> 0.5.0 all run under the load.  0.3.0's test_peer and drop_mirror work on the source
 # through the workers' C (bunny._test_peer, bunny._source_drop_slot): the
 # peer tests as before, and dropping the mirror leaves neither slot nor
 # publication on the source; status changes are checked against the
@@ -18,7 +18,9 @@
 # while ALTER EXTENSION UPDATE runs; its copy then finishes with what the
 # update moved over (constraints, indexes, foreign key, sequence values),
 # the moved rows match the parts the copy was running, and dropping the
-# mirror removes them.
+# mirror removes them.  0.5.0's bunny.mirrors shows only the options that
+# differ from their defaults (options), while mirror_status() keeps every
+# value (config).
 
 use strict;
 use warnings;
@@ -102,7 +104,7 @@ is($dest->safe_psql('postgres',
 # the update runs while the copy waits; it may wait in turn for the
 # copy's transaction (the lock is let go once it waits or is done)
 my $updater = $dest->background_psql('postgres');
-$updater->query_until(qr/updating/, "\\echo updating\nALTER EXTENSION bunnydb UPDATE;\n");
+$updater->query_until(qr/updating/, "\\echo updating\nALTER EXTENSION bunnydb UPDATE TO '0.4.0';\n");
 ok(poll_until(sub {
 		query_value($dest,
 			"SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE query LIKE 'ALTER EXTENSION%' "
@@ -118,6 +120,15 @@ is($dest->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extna
 	'0.4.0', 'updated to 0.4.0 while the mirror streams');
 is($dest->safe_psql('postgres', "SELECT max_batch_size || ' ' || replicate_indexes FROM bunny.mirror WHERE name = 'up'"),
 	'1000 true', 'the options of the mirror made on 0.1.0 are typed columns now');
+
+$dest->safe_psql('postgres', 'ALTER EXTENSION bunnydb UPDATE');
+is($dest->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'bunnydb'"),
+	'0.5.0', 'updated to 0.5.0 while the mirror streams');
+is($dest->safe_psql('postgres', "SELECT string_agg(name || ' ' || options, ', ' ORDER BY name) FROM bunny.mirrors"),
+	'cp {"snapshot_max_parallel_workers": 1, "snapshot_num_rows_per_partition": 2000}, up {}',
+	'bunny.mirrors shows the options that differ from their defaults');
+is($dest->safe_psql('postgres', "SELECT bunny.mirror_status('up')->'config'->>'max_batch_size'"),
+	'1000', 'mirror_status() still has every option');
 
 finish_source_load($load, 'upgrade');
 
