@@ -71,8 +71,15 @@ REVOKE ALL ON FUNCTION bunny._mirror_option_defaults(), bunny._mirror_options(js
 GRANT EXECUTE ON FUNCTION bunny._mirror_option_defaults(), bunny._mirror_options(jsonb, jsonb)
 	TO bunny_monitor;
 
+-- lag_seconds was 0 for a mirror that had not begun to stream (phases
+-- SETUP and SNAPSHOT), however old the copy's snapshot: it is NULL now, as
+-- lag_bytes already was, and the copy's progress is in
+-- bunny.copy_progress.  mirror_overview says "down" only for a mirror in
+-- phase CDC without a lag (without a worker); before CDC, the copy column
+-- and state_detail say what is going on.
+--
 -- bunny.mirror_overview reads bunny.mirrors: both are made again, as 0.4.0
--- made them but for options
+-- made them but for options and lag_seconds
 DROP VIEW bunny.mirror_overview;
 DROP VIEW bunny.mirrors;
 CREATE VIEW bunny.mirrors AS
@@ -86,7 +93,7 @@ CREATE VIEW bunny.mirrors AS
 		   CASE WHEN w.source_lsn IS NULL OR o.remote_lsn IS NULL THEN NULL
 				ELSE greatest(w.source_lsn - greatest(o.remote_lsn, w.processed_lsn), 0)::bigint
 		   END AS lag_bytes,
-		   CASE WHEN w.mirror_id IS NULL THEN NULL
+		   CASE WHEN w.mirror_id IS NULL OR m.phase <> 'CDC' THEN NULL
 				WHEN w.oldest_pending_commit IS NOT NULL
 				THEN greatest(extract(epoch FROM clock_timestamp() - w.oldest_pending_commit), 0)::double precision
 				WHEN w.behind_since IS NOT NULL
@@ -111,7 +118,7 @@ CREATE VIEW bunny.mirror_overview AS
 			   CASE WHEN v.status = 'FAILED' THEN 'failed'
 					WHEN v.status IN ('PAUSED', 'PAUSING') THEN 'paused'
 					WHEN NOT v.healthy THEN 'error'
-					WHEN v.lag_seconds IS NULL THEN 'down'
+					WHEN v.lag_seconds IS NULL AND v.phase = 'CDC' THEN 'down'
 					WHEN v.lag_seconds > 60 THEN 'behind'
 					ELSE 'ok' END AS health,
 			   bunny._short_duration(v.lag_seconds) AS lag,

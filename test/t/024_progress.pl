@@ -9,7 +9,9 @@
 #     rows_done and bytes_done never go back, rows_done ends equal to the
 #     table's row count at 100 % (in the finishing step, when a sample
 #     falls in it; the parts DONE always), the estimate is the source's
-#     statistics, rows_per_second and eta are sane while copying
+#     statistics, rows_per_second and eta are sane while copying; the
+#     mirror's lag_seconds is unknown (NULL) until it streams, and the
+#     overview's health is ok meanwhile
 #  2. resync_table of the same table: the copy shows up again with phase
 #     resync, grows the same way and ends at the row count; the overview's
 #     copy column shows it meanwhile
@@ -44,7 +46,8 @@ dst(
 	                       rows_done bigint, rows_total bigint, bytes_done bigint,
 	                       bytes_total bigint, percent numeric, rate bigint,
 	                       eta interval, m_percent numeric, m_rows bigint,
-	                       overview_copy text, mirror_state text)");
+	                       overview_copy text, mirror_state text, lag_seconds float8,
+	                       overview_health text)");
 
 # A DO block that samples the views every 20 ms, one transaction a sample
 # (COMMIT: fresh snapshots, fresh pg_stat_progress_copy), until $until is
@@ -59,11 +62,13 @@ sub sampler_sql
 		LOOP
 			INSERT INTO samples (phase, state, parts_done, rows_done, rows_total, bytes_done,
 			                     bytes_total, percent, rate, eta, m_percent, m_rows, overview_copy,
-			                     mirror_state)
+			                     mirror_state, lag_seconds, overview_health)
 			SELECT c.phase, c.state, c.parts_done, c.rows_done, c.rows_total_estimate, c.bytes_done,
 			       c.bytes_total_estimate, c.percent, c.rows_per_second, c.eta, m.percent, m.rows_done,
 			       (SELECT o.copy FROM bunny.mirror_overview o WHERE o.mirror = 'mp'),
-			       (SELECT v.status || '/' || v.phase FROM bunny.mirrors v WHERE v.name = 'mp')
+			       (SELECT v.status || '/' || v.phase FROM bunny.mirrors v WHERE v.name = 'mp'),
+			       (SELECT v.lag_seconds FROM bunny.mirrors v WHERE v.name = 'mp'),
+			       (SELECT o.health FROM bunny.mirror_overview o WHERE o.mirror = 'mp')
 			  FROM bunny.copy_progress c
 			  JOIN bunny.mirror_copy_progress m USING (mirror)
 			 WHERE c.mirror = 'mp' AND c.source_table = 'public.big';
@@ -194,6 +199,9 @@ ok(wait_for_status($dest, 'mp', 'RUNNING', 120), 'mp RUNNING');
 check_samples('copy', samples_of('copy'));
 is(dst("SELECT string_agg(DISTINCT mirror_state, ',') FROM samples WHERE phase = 'copy' AND state = 'copying'"),
 	'SNAPSHOT/SNAPSHOT', 'the mirror says SNAPSHOT while its initial copy runs (README "Statuses and phases")');
+is(dst("SELECT count(*) FILTER (WHERE lag_seconds IS NOT NULL) || ' ' || string_agg(DISTINCT overview_health, ',')
+         FROM samples WHERE phase = 'copy' AND state = 'copying'"),
+	'0 ok', 'before it streams, its lag_seconds is NULL, not 0, and the overview says ok');
 is(dst("SELECT count(*) FROM bunny.copy_progress"), '0', 'nothing in copy_progress once the copy is in');
 
 # ---------------------------------------------------------------------------
