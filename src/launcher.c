@@ -49,6 +49,15 @@ static List *scan_queue = NIL;	/* database OIDs still to scan */
 static List *ext_databases = NIL;	/* databases known to have the extension */
 
 /*
+ * Since when a worker has been waiting for a background worker slot (0: it
+ * is not): per mirror worker slot, and for the scan worker.  A shortage is
+ * logged when it begins and when it ends, not at every retry, which would
+ * write a WARNING a second for as long as the slots stay taken.
+ */
+static TimestampTz *mirror_waiting_since = NULL;
+static TimestampTz scan_waiting_since = 0;
+
+/*
  * Workers are not started before this: a worker that crashes the server
  * (any crash restarts the launcher with fresh shared memory, so failure
  * counts are lost) must not do so in a tight loop.
@@ -114,6 +123,13 @@ list_databases(void)
 	return result;
 }
 
+/* whole seconds since a shortage began */
+static long
+waited_seconds(TimestampTz since)
+{
+	return (long) ((GetCurrentTimestamp() - since) / USECS_PER_SEC);
+}
+
 /* start a scan worker for one database */
 static bool
 start_scan_worker(Oid dboid)
@@ -126,12 +142,26 @@ start_scan_worker(Oid dboid)
 
 	if (!RegisterDynamicBackgroundWorker(&bgw, &scan_handle))
 	{
-		ereport(WARNING,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("bunnydb launcher could not start a scan worker"),
-				 errhint("Increase max_worker_processes.")));
 		scan_handle = NULL;
+		if (scan_waiting_since == 0)
+		{
+			scan_waiting_since = GetCurrentTimestamp();
+			ereport(WARNING,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("bunnydb launcher could not start a scan worker"),
+					 errdetail("All max_worker_processes (%d) background worker slots are taken. "
+							   "Mirrors created, resumed or retried are not started until one is free; "
+							   "this is logged once.", max_worker_processes),
+					 errhint("Increase max_worker_processes.")));
+		}
 		return false;
+	}
+	if (scan_waiting_since != 0)
+	{
+		ereport(LOG,
+				(errmsg("bunnydb launcher started a scan worker after waiting %ld s for a background worker slot",
+						waited_seconds(scan_waiting_since))));
+		scan_waiting_since = 0;
 	}
 	scan_dboid = dboid;
 	return true;
@@ -152,12 +182,26 @@ start_mirror_worker(int slotno)
 	{
 		worker_handles[slotno] = NULL;
 		slot->next_start = GetCurrentTimestamp() + (TimestampTz) bunny_retry_backoff_min * 1000;
-		ereport(WARNING,
-				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("bunnydb launcher could not start a worker for mirror \"%s\"",
-						slot->mirror_name),
-				 errhint("Increase max_worker_processes.")));
+		if (mirror_waiting_since[slotno] == 0)
+		{
+			mirror_waiting_since[slotno] = GetCurrentTimestamp();
+			ereport(WARNING,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("bunnydb launcher could not start a worker for mirror \"%s\"",
+							slot->mirror_name),
+					 errdetail("All max_worker_processes (%d) background worker slots are taken. "
+							   "The mirror starts as soon as one is free; this is logged once.",
+							   max_worker_processes),
+					 errhint("Increase max_worker_processes.")));
+		}
 		return;
+	}
+	if (mirror_waiting_since[slotno] != 0)
+	{
+		ereport(LOG,
+				(errmsg("bunnydb mirror \"%s\" started after waiting %ld s for a background worker slot",
+						slot->mirror_name, waited_seconds(mirror_waiting_since[slotno]))));
+		mirror_waiting_since[slotno] = 0;
 	}
 	slot->registered = true;
 }
@@ -216,7 +260,10 @@ launcher_manage_slots(void)
 		if (!slot->wanted)
 		{
 			if (!slot->scan_pending && !slot->stopping)
+			{
 				slot->in_use = false;
+				mirror_waiting_since[i] = 0;
+			}
 			continue;
 		}
 		if (slot->stopping)
@@ -314,6 +361,8 @@ bunny_launcher_main(Datum arg)
 
 	worker_handles = MemoryContextAllocZero(TopMemoryContext,
 											sizeof(BackgroundWorkerHandle *) * bunny_max_mirror_workers);
+	mirror_waiting_since = MemoryContextAllocZero(TopMemoryContext,
+												  sizeof(TimestampTz) * bunny_max_mirror_workers);
 
 	LWLockAcquire(BunnyState->lock, LW_EXCLUSIVE);
 	BunnyState->launcher_pid = MyProcPid;

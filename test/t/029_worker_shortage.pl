@@ -8,6 +8,10 @@
 # worker; the built-in logical replication launcher is off).  The copy
 # of several parts finishes, the log says why it was slow and which
 # setting to raise, the tables equal the source, and the mirror streams.
+# A second mirror then finds no background worker at all for itself: it
+# waits visibly (state_detail, and one line in the server log naming the
+# setting, not one per retry) and starts by itself once the first mirror
+# is dropped and its worker's slot is free.
 
 use strict;
 use warnings;
@@ -45,7 +49,36 @@ src("UPDATE big SET v = 'changed' WHERE id % 100 = 0; DELETE FROM small WHERE id
 ok(wait_synced($source, $dest, 'short', [ 'public.big', 'public.small' ]), 'streams after the copy');
 compare_tables($source, $dest, [ 'public.big', 'public.small' ], 'after changes');
 
+# a second mirror while the first holds the only free worker slot
+src(q{
+CREATE TABLE later (id int PRIMARY KEY, v text);
+INSERT INTO later SELECT g, 'l' || g FROM generate_series(1, 1000) g;
+});
+my $logpos = -s $dest->logfile;
+ok(create_mirror($dest, 'waits', ['public.later'], do_initial_snapshot => 'true', wait => 0),
+	'a second mirror is created');
+ok(poll_until(sub { (mirror_field($dest, 'waits', 'state_detail') // '') eq 'waiting for a worker slot' }, 30),
+	'it says it waits for a worker slot')
+  or diag(mirror_field($dest, 'waits', 'status') . ' ' . (mirror_field($dest, 'waits', 'state_detail') // ''));
+# (the launcher cannot even start the scan worker that would read the new
+# mirror from the catalog: no slot is free for that either)
+ok(poll_until(sub { slurp_file($dest->logfile, $logpos) =~
+			/could not start a (scan )?worker.*\n.*DETAIL:  All max_worker_processes \(2\) background worker slots are taken.*\n.*HINT:  Increase max_worker_processes/ }, 30),
+	'the server log says why and which setting to raise');
+sleep 5;
+my $warnings = () = slurp_file($dest->logfile, $logpos) =~ /could not start a (scan )?worker/g;
+is($warnings, 1, 'once, not at every retry');
+is(mirror_field($dest, 'waits', 'status'), 'CREATED', 'it has not started');
+is(mirror_field($dest, 'waits', 'error_count'), '0', 'and is not in an error loop');
+
 dst("SELECT bunny.drop_mirror('short')");
+ok(wait_for_status($dest, 'waits', 'RUNNING', 60), 'it starts by itself once a slot is free');
+src("INSERT INTO later VALUES (1001, 'after')");
+ok(wait_synced($source, $dest, 'waits', ['public.later']), 'and streams');
+compare_tables($source, $dest, ['public.later'], 'the second mirror');
+like(slurp_file($dest->logfile, $logpos), qr/(started a scan worker|mirror "waits" started) after waiting \d+ s for a background worker slot/,
+	'the server log says when it could start');
+dst("SELECT bunny.drop_mirror('waits')");
 $source->stop;
 $dest->stop;
 done_testing();
