@@ -78,16 +78,105 @@ GRANT EXECUTE ON FUNCTION bunny._mirror_option_defaults(), bunny._mirror_options
 -- phase CDC without a lag (without a worker); before CDC, the copy column
 -- and state_detail say what is going on.
 --
--- bunny.mirror_overview reads bunny.mirrors: both are made again, as 0.4.0
--- made them but for options and lag_seconds
+-- A mirror whose worker waits for a lock (a reader's on the table a
+-- resync truncates or swaps, say) applies nothing meanwhile, for any of
+-- its tables; it said "streaming" with lag 0 and health ok.  state_detail
+-- now says "waiting 12 s for a lock held by process 4242", and the
+-- overview's health is "blocked" after 10 s of it.  bunny.mirrors gets
+-- worker_pid, for pg_stat_activity and pg_locks.
+--
+-- A STALE table (its copy was cancelled after it had started to replace
+-- rows; its changes are skipped) is not in sync with the source: its
+-- mirror is not healthy, state_detail counts such tables, and the
+-- overview's health says "stale".
+--
+-- "retrying in N s" counted from the catalog's error count, which the
+-- launcher's backoff no longer follows after alter_peer or retry_mirror,
+-- with the backoff settings read from pg_settings (a scan of every
+-- setting, twice per mirror); the launcher's own next start time
+-- (_worker_stats().next_start) is used now.
+
+-- what a mirror's worker is doing, in a few words
+CREATE FUNCTION bunny._state_detail(status text, error_count integer, last_error_at timestamptz,
+									worker_pid integer, next_start timestamptz,
+									tables_copying bigint, tables_stale bigint,
+									lock_wait_since timestamptz, lock_holders integer[])
+	RETURNS text
+	LANGUAGE sql STABLE
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT CASE
+		WHEN status = 'FAILED' THEN 'failed: fix the cause, then call bunny.retry_mirror()'
+		WHEN status = 'PAUSED' THEN 'paused'
+		WHEN status = 'PAUSING' THEN 'pausing after the current batch'
+		WHEN worker_pid IS NULL AND error_count > 0
+		THEN CASE WHEN retry_at > clock_timestamp()
+				  THEN format('retrying in %s s', ceil(extract(epoch FROM retry_at - clock_timestamp())))
+				  ELSE 'retrying now' END
+			 || CASE WHEN error_count = 1 THEN ' after 1 failure'
+					 ELSE format(' after %s failures', error_count) END
+		WHEN worker_pid IS NULL THEN 'waiting for a worker slot'
+		ELSE CASE status
+				WHEN 'CREATED' THEN 'starting'
+				WHEN 'SETUP' THEN 'setting up'
+				WHEN 'SNAPSHOT' THEN 'copying'
+				WHEN 'RESYNCING' THEN format('streaming; copying %s table%s', tables_copying,
+											 CASE WHEN tables_copying = 1 THEN '' ELSE 's' END)
+				ELSE 'streaming' END
+			 || CASE WHEN lock_wait_since IS NOT NULL
+					 THEN format('; waiting %s s for a lock held by process %s',
+								 floor(extract(epoch FROM clock_timestamp() - lock_wait_since)),
+								 coalesce(array_to_string(lock_holders, ', '), '?'))
+					 ELSE '' END
+			 || CASE WHEN error_count = 1 THEN ', trying again after 1 failure'
+					 WHEN error_count > 1 THEN format(', trying again after %s failures', error_count)
+					 ELSE '' END
+	END
+	|| CASE WHEN tables_stale = 1 THEN '; 1 table STALE (not in sync: resync it)'
+			WHEN tables_stale > 1 THEN format('; %s tables STALE (not in sync: resync them)', tables_stale)
+			ELSE '' END
+	  -- the launcher's own time for the next start; without it (a launcher
+	  -- that restarted has not decided yet) the retry is as good as now
+	  FROM (SELECT next_start AS retry_at) r
+$$;
+REVOKE ALL ON FUNCTION bunny._state_detail(text, integer, timestamptz, integer, timestamptz,
+										   bigint, bigint, timestamptz, integer[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bunny._state_detail(text, integer, timestamptz, integer, timestamptz,
+											  bigint, bigint, timestamptz, integer[])
+	TO bunny_monitor;
+
+-- bunny.mirror_overview reads bunny.mirrors, which reads _worker_stats():
+-- all three are made again
 DROP VIEW bunny.mirror_overview;
 DROP VIEW bunny.mirrors;
+DROP FUNCTION bunny._state_detail(text, integer, timestamptz, integer, bigint);
+DROP FUNCTION bunny._worker_stats();
+
+-- live figures the workers keep in shared memory, for this database, and
+-- when the launcher starts a mirror's next worker while none runs
+CREATE FUNCTION bunny._worker_stats(
+	OUT mirror_id integer, OUT pid integer, OUT source_lsn pg_lsn,
+	OUT processed_lsn pg_lsn, OUT oldest_pending_commit timestamptz,
+	OUT last_commit_time timestamptz, OUT behind_since timestamptz,
+	OUT next_start timestamptz)
+	RETURNS SETOF record
+	LANGUAGE c ROWS 10 AS 'MODULE_PATHNAME', 'bunny_worker_stats';
+REVOKE ALL ON FUNCTION bunny._worker_stats() FROM PUBLIC;
+
+-- A row per running worker, origin or copy part, not the planner's default
+-- of 1 000 for a set-returning function: with that default, a query
+-- reading bunny.mirror_overview twice cost some 110 000 and was compiled
+-- by JIT on every execution (120 ms); 3 000 with these.
+ALTER FUNCTION bunny._origin_progress() ROWS 10;
+ALTER FUNCTION bunny._copy_progress_live() ROWS 10;
+GRANT EXECUTE ON FUNCTION bunny._worker_stats() TO bunny_monitor;
+
 CREATE VIEW bunny.mirrors AS
 	SELECT m.name, m.source_peer, m.status, m.phase,
-		   (m.status <> 'FAILED' AND m.error_count = 0 AND m.error_message IS NULL) AS healthy,
-		   bunny._state_detail(m.status, m.error_count, m.last_error_at, w.pid,
-							   (SELECT count(*) FROM bunny.mirror_table t
-								 WHERE t.mirror_id = m.id AND t.resync_state IS NOT NULL)) AS state_detail,
+		   (m.status <> 'FAILED' AND m.error_count = 0 AND m.error_message IS NULL
+			AND t.stale = 0) AS healthy,
+		   bunny._state_detail(m.status, m.error_count, m.last_error_at, w.pid, w.next_start,
+							   t.copying, t.stale, lw.since, lw.holders) AS state_detail,
 		   m.slot_name, m.publication_name,
 		   nullif(o.remote_lsn, '0/0'::pg_lsn) AS last_lsn,
 		   CASE WHEN w.source_lsn IS NULL OR o.remote_lsn IS NULL THEN NULL
@@ -103,12 +192,22 @@ CREATE VIEW bunny.mirrors AS
 		   END AS lag_seconds,
 		   m.total_rows_synced, m.last_sync_time, m.error_message, m.error_count,
 		   bunny._mirror_options(m.config, (SELECT bunny._mirror_option_defaults())) AS options,
-		   m.created_at,
-		   (SELECT coalesce(sum(t.rows_snapshotted), 0)::bigint FROM bunny.mirror_table t
-			 WHERE t.mirror_id = m.id) AS rows_copied
+		   m.created_at, t.rows_copied, w.pid AS worker_pid
 	  FROM bunny.mirror m
 	  LEFT JOIN bunny._origin_progress() o ON o.origin_name = m.origin_name
-	  LEFT JOIN bunny._worker_stats() w ON w.mirror_id = m.id;
+	  LEFT JOIN bunny._worker_stats() w ON w.mirror_id = m.id
+	  CROSS JOIN LATERAL (
+		SELECT coalesce(sum(t.rows_snapshotted), 0)::bigint AS rows_copied,
+			   count(*) FILTER (WHERE t.resync_state IS NOT NULL) AS copying,
+			   count(*) FILTER (WHERE t.status = 'STALE') AS stale
+		  FROM bunny.mirror_table t WHERE t.mirror_id = m.id) t
+	  -- the lock the worker waits for, if any (waitstart: PostgreSQL 14+)
+	  LEFT JOIN LATERAL (
+		SELECT coalesce(min(l.waitstart), clock_timestamp()) AS since,
+			   pg_blocking_pids(w.pid) AS holders
+		  FROM pg_locks l
+		 WHERE l.pid = w.pid AND NOT l.granted
+		HAVING count(*) > 0) lw ON true;
 GRANT SELECT ON bunny.mirrors TO bunny_monitor;
 
 CREATE VIEW bunny.mirror_overview AS
@@ -117,16 +216,33 @@ CREATE VIEW bunny.mirror_overview AS
 			   v.status, v.phase,
 			   CASE WHEN v.status = 'FAILED' THEN 'failed'
 					WHEN v.status IN ('PAUSED', 'PAUSING') THEN 'paused'
-					WHEN NOT v.healthy THEN 'error'
+					WHEN v.error_count > 0 OR v.error_message IS NOT NULL THEN 'error'
+					WHEN NOT v.healthy THEN 'stale'
+					WHEN lw.since < clock_timestamp() - interval '10 s' THEN 'blocked'
 					WHEN v.lag_seconds IS NULL AND v.phase = 'CDC' THEN 'down'
 					WHEN v.lag_seconds > 60 THEN 'behind'
 					ELSE 'ok' END AS health,
 			   bunny._short_duration(v.lag_seconds) AS lag,
 			   floor(c.percent)::int || '%' || coalesce(' ' || bunny._short_duration(extract(epoch FROM c.eta)), '')
 				 AS copy,
-			   regexp_replace(v.error_message, '\s+', ' ', 'g') AS error
+			   coalesce(regexp_replace(v.error_message, '\s+', ' ', 'g'),
+						CASE WHEN NOT v.healthy AND v.status <> 'FAILED'
+							 THEN (SELECT format('%s table%s STALE', count(*),
+												 CASE WHEN count(*) = 1 THEN '' ELSE 's' END)
+									 FROM bunny.mirror_table t JOIN bunny.mirror m ON m.id = t.mirror_id
+									WHERE m.name = v.name AND t.status = 'STALE')
+							 WHEN lw.since IS NOT NULL
+							 THEN format('waiting %s for a lock held by process %s',
+										 bunny._short_duration(extract(epoch FROM clock_timestamp() - lw.since)),
+										 coalesce(array_to_string(lw.holders, ', '), '?')) END) AS error
 		  FROM bunny.mirrors v
 		  LEFT JOIN bunny.mirror_copy_progress c ON c.mirror = v.name
+		  LEFT JOIN LATERAL (
+			SELECT coalesce(min(l.waitstart), clock_timestamp()) AS since,
+				   pg_blocking_pids(v.worker_pid) AS holders
+			  FROM pg_locks l
+			 WHERE l.pid = v.worker_pid AND NOT l.granted
+			HAVING count(*) > 0) lw ON true
 	), room AS (
 		-- psql's aligned format: " a | b | ... | g": 2 + 6 * 3 characters
 		-- around the columns, each as wide as its header or widest value
@@ -142,7 +258,6 @@ CREATE VIEW bunny.mirror_overview AS
 				ELSE left(o.error, greatest(room.width, 5) - 3) || '...' END AS error
 	  FROM o, room
 	 ORDER BY o.mirror;
-
 GRANT SELECT ON bunny.mirror_overview TO bunny_monitor;
 
 -- mirror_status() is the view's row as jsonb: it keeps config, with every
@@ -167,5 +282,319 @@ BEGIN
 																	  'details', l.details,
 																	  'created_at', l.created_at))
 									 FROM bunny.logs(mirror_status.name, 'ERROR', NULL, 5, 0) l), '[]'));
+END
+$$;
+
+-- ------------------------------------------------------------------------
+-- The set-returning API functions raise their errors without CONTEXT too
+-- ------------------------------------------------------------------------
+-- 0.3.0 made the API functions that return one value C entry points that
+-- call their PL/pgSQL body in bunny_impl and drop the CONTEXT lines of its
+-- error (api.c).  logs, peer_tables, test_peer and sync_sequences return
+-- sets and were left out, on the belief that an error raised at the top
+-- level of a PL/pgSQL function has no context; it has one line, and
+-- sync_sequences' "another operation is already in progress" had three.
+-- The same entry point serves them now: it hands the body the caller's
+-- result set description, which PL/pgSQL fills in materialize mode.
+--
+-- logs() of a name that is no mirror and has no log lines (a typing
+-- error, most likely) says so with 42704, as every other function does,
+-- instead of an empty result that reads as "no errors"; a dropped mirror's
+-- lines stay readable under its name.
+CREATE OR REPLACE FUNCTION bunny.logs(name text, level text DEFAULT NULL, search text DEFAULT NULL,
+									  "limit" integer DEFAULT 50, "offset" integer DEFAULT 0)
+	RETURNS SETOF bunny.mirror_logs
+	LANGUAGE plpgsql STABLE SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	levels	CONSTANT text[] := ARRAY['DEBUG', 'INFO', 'WARNING', 'ERROR'];
+	least_level integer := array_position(levels, upper(coalesce(logs.level, 'INFO')));
+BEGIN
+	IF least_level IS NULL THEN
+		RAISE EXCEPTION 'invalid log level "%"', logs.level
+			USING ERRCODE = '22023', HINT = 'Use DEBUG, INFO, WARNING or ERROR.';
+	END IF;
+	IF coalesce("limit", 0) < 0 OR coalesce("offset", 0) < 0 THEN
+		RAISE EXCEPTION 'limit and offset must not be negative' USING ERRCODE = '22023';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM bunny.mirror m WHERE m.name = logs.name)
+	   AND NOT EXISTS (SELECT 1 FROM bunny.mirror_logs l WHERE l.mirror = logs.name) THEN
+		RAISE EXCEPTION 'mirror "%" does not exist', logs.name
+			USING ERRCODE = '42704',
+				  HINT = 'bunny.mirrors lists the mirrors; the log of a dropped mirror stays readable under its name.';
+	END IF;
+	RETURN QUERY
+	SELECT l.* FROM bunny.mirror_logs l
+	 WHERE l.mirror = logs.name
+	   AND array_position(levels, l.level) >= least_level
+	   AND (logs.search IS NULL
+			OR l.message ILIKE '%' || logs.search || '%'
+			OR l.details::text ILIKE '%' || logs.search || '%')
+	 ORDER BY l.created_at DESC, l.id DESC
+	 LIMIT coalesce("limit", 50) OFFSET coalesce("offset", 0);
+END
+$$;
+
+DO $do$
+DECLARE
+	f		record;
+	g		record;
+	who		text;
+BEGIN
+	FOR f IN
+		SELECT p.proname, pg_get_function_arguments(p.oid) AS args,
+			   pg_get_function_identity_arguments(p.oid) AS idargs,
+			   pg_get_function_result(p.oid) AS result,
+			   CASE p.provolatile WHEN 's' THEN 'STABLE' ELSE 'VOLATILE' END AS volatility,
+			   coalesce(p.proacl, acldefault('f', p.proowner)) AS acl
+		  FROM pg_proc p
+		 WHERE p.pronamespace = 'bunny'::regnamespace
+		   AND p.proname IN ('logs', 'peer_tables', 'test_peer', 'sync_sequences')
+	LOOP
+		EXECUTE format('ALTER FUNCTION bunny.%I(%s) SET SCHEMA bunny_impl', f.proname, f.idargs);
+		EXECUTE format('CREATE FUNCTION bunny.%I(%s) RETURNS %s LANGUAGE c %s AS %L, %L',
+					   f.proname, f.args, f.result, f.volatility,
+					   'MODULE_PATHNAME', 'bunny_api_call');
+		EXECUTE format('REVOKE ALL ON FUNCTION bunny.%I(%s) FROM PUBLIC', f.proname, f.idargs);
+		FOR g IN SELECT a.grantee FROM aclexplode(f.acl) a
+				  WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> a.grantor LOOP
+			who := CASE WHEN g.grantee = 0 THEN 'PUBLIC' ELSE g.grantee::regrole::text END;
+			EXECUTE format('GRANT EXECUTE ON FUNCTION bunny.%I(%s) TO %s', f.proname, f.idargs, who);
+			EXECUTE format('REVOKE EXECUTE ON FUNCTION bunny_impl.%I(%s) FROM %s', f.proname, f.idargs, who);
+		END LOOP;
+	END LOOP;
+END
+$do$;
+
+-- "another operation is already in progress" says how to get out of it
+CREATE OR REPLACE FUNCTION bunny._check_no_pending(m bunny.mirror) RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF m.pending_op IS NOT NULL THEN
+		RAISE EXCEPTION 'another operation is already in progress'
+			USING ERRCODE = '55006', DETAIL = format('Operation in progress: %s.', m.pending_op),
+				  HINT = CASE WHEN m.pending_op = 'resync'
+							  THEN format('Wait until it is done (bunny.copy_progress shows how far it is), or call it off with bunny.cancel_operation(%L).', m.name)
+							  ELSE 'Wait until it is done (bunny.mirrors.state_detail says what the mirror is doing), then try again.' END;
+	END IF;
+END
+$$;
+
+-- ------------------------------------------------------------------------
+-- update_tables refuses while a paused mirror has a resync to finish
+-- ------------------------------------------------------------------------
+-- A resync failing again and again, then pause_mirror, then update_tables
+-- without the table being resynced: it was accepted, the table left the
+-- mirror with the log saying its destination table "stays", and that
+-- table stayed empty (the truncate resync had emptied it) with nothing left
+-- to say so.  Like every operation while another is in progress, it is
+-- refused now with 55006, and the hint names the two ways on.  A STALE
+-- table may still be removed (one way out of STALE), with a WARNING that
+-- its destination table is not in sync.
+CREATE OR REPLACE FUNCTION bunny_impl.update_tables(name text, table_mappings jsonb) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m		bunny.mirror;
+	r		record;
+	added	integer := 0;
+	removed	integer := 0;
+BEGIN
+	m := bunny._lock_mirror(update_tables.name);
+	PERFORM bunny._check_no_pending(m);
+	IF m.status <> 'PAUSED' THEN
+		RAISE EXCEPTION 'mirror must be paused to update tables'
+			USING ERRCODE = '55000', HINT = format('Call bunny.pause_mirror(%L) first.', m.name);
+	END IF;
+	IF m.phase = 'SNAPSHOT' THEN
+		RAISE EXCEPTION 'mirror "%" has not finished its initial copy', m.name
+			USING ERRCODE = '55000',
+				  HINT = format('Resume it with bunny.resume_mirror(%L) and wait until the initial copy has finished (phase CDC), or drop the mirror and create it again with the new tables.',
+								m.name);
+	END IF;
+
+	-- a resync the pause interrupted is an operation in progress too; a
+	-- table it removed would stay behind half copied, with nothing to say so
+	IF EXISTS (SELECT 1 FROM bunny.mirror_table t
+				WHERE t.mirror_id = m.id AND (t.resync_state IS NOT NULL OR t.status = 'RESYNCING')) THEN
+		RAISE EXCEPTION 'another operation is already in progress'
+			USING ERRCODE = '55006',
+				  DETAIL = format('Operation in progress: resync of %s (paused).',
+								  (SELECT string_agg(format('%I.%I', t.source_schema, t.source_table), ', '
+													 ORDER BY t.source_schema, t.source_table)
+									 FROM bunny.mirror_table t
+									WHERE t.mirror_id = m.id
+									  AND (t.resync_state IS NOT NULL OR t.status = 'RESYNCING'))),
+				  HINT = format('Resume the mirror with bunny.resume_mirror(%L) and let the resync finish, or call it off with bunny.cancel_operation(%L), then update the tables.',
+								m.name, m.name);
+	END IF;
+
+	CREATE TEMP TABLE bunny_new_mappings ON COMMIT DROP AS
+		SELECT * FROM bunny._parse_mappings(table_mappings, m.id);
+
+	-- a kept table must keep its mapping
+	FOR r IN SELECT n.*, t.destination_schema AS old_ds, t.destination_table AS old_dt,
+					t.exclude_columns AS old_ex, t.partition_key AS old_pk
+			   FROM bunny_new_mappings n
+			   JOIN bunny.mirror_table t
+				 ON t.mirror_id = m.id AND t.source_schema = n.source_schema
+				AND t.source_table = n.source_table LOOP
+		IF (r.destination_schema, r.destination_table) IS DISTINCT FROM (r.old_ds, r.old_dt)
+		   OR r.exclude_columns IS DISTINCT FROM r.old_ex THEN
+			RAISE EXCEPTION 'the mapping of table %.% cannot change', quote_ident(r.source_schema),
+				quote_ident(r.source_table)
+				USING ERRCODE = '22023',
+					  HINT = 'Remove the table with one update_tables call and add it back with another.';
+		END IF;
+		UPDATE bunny.mirror_table SET partition_key = r.partition_key
+		 WHERE mirror_id = m.id AND source_schema = r.source_schema AND source_table = r.source_table;
+	END LOOP;
+
+	FOR r IN SELECT t.* FROM bunny.mirror_table t
+			  WHERE t.mirror_id = m.id
+				AND NOT EXISTS (SELECT 1 FROM bunny_new_mappings n
+								 WHERE n.source_schema = t.source_schema
+								   AND n.source_table = t.source_table) LOOP
+		DELETE FROM bunny.mirror_table
+		 WHERE mirror_id = m.id AND source_schema = r.source_schema AND source_table = r.source_table;
+		removed := removed + 1;
+		PERFORM bunny._log(m.name, CASE WHEN r.status = 'STALE' THEN 'WARNING' ELSE 'INFO' END,
+			CASE WHEN r.status = 'STALE'
+				 THEN format('table %I.%I removed from the mirror; destination table %I.%I stays, not in sync with the source (it was STALE)',
+							 r.source_schema, r.source_table, r.destination_schema, r.destination_table)
+				 WHEN m.phase = 'CDC' OR r.created_by_bunny
+				 THEN format('table %I.%I removed from the mirror; destination table %I.%I stays',
+							 r.source_schema, r.source_table, r.destination_schema, r.destination_table)
+				 ELSE format('table %I.%I removed from the mirror', r.source_schema, r.source_table) END);
+	END LOOP;
+
+	FOR r IN SELECT n.* FROM bunny_new_mappings n
+			  WHERE NOT EXISTS (SELECT 1 FROM bunny.mirror_table t
+								 WHERE t.mirror_id = m.id AND t.source_schema = n.source_schema
+								   AND t.source_table = n.source_table) LOOP
+		INSERT INTO bunny.mirror_table (mirror_id, source_schema, source_table, destination_schema,
+										destination_table, partition_key, exclude_columns, status)
+		VALUES (m.id, r.source_schema, r.source_table, r.destination_schema, r.destination_table,
+				r.partition_key, r.exclude_columns, 'PENDING');
+		added := added + 1;
+		PERFORM bunny._log(m.name, 'INFO',
+			format(CASE WHEN m.phase = 'CDC'
+						THEN 'table %I.%I added to the mirror; it is copied when the mirror resumes'
+						ELSE 'table %I.%I added to the mirror; it is set up when the mirror resumes' END,
+				   r.source_schema, r.source_table));
+	END LOOP;
+
+	IF added > 0 OR removed > 0 THEN
+		UPDATE bunny.mirror SET publication_dirty = publication_dirty OR m.phase = 'CDC',
+			   updated_at = now()
+		 WHERE id = m.id;
+	END IF;
+	IF added > 0 THEN
+		-- refuse now, with nothing changed, what setup would refuse
+		PERFORM bunny._check_source_tables(m.id);
+	END IF;
+	DROP TABLE bunny_new_mappings;
+	PERFORM bunny._notify(m.id);
+END
+$$;
+
+-- ------------------------------------------------------------------------
+-- drop_mirror with the source down: the hint gives the statements
+-- ------------------------------------------------------------------------
+-- It said "drop them on the source by hand"; the statements, with the
+-- names filled in, save looking them up, and a mirror created again with
+-- the same name fails until both are gone.
+CREATE OR REPLACE FUNCTION bunny_impl.drop_mirror(name text) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+	m		bunny.mirror;
+	ci		text;
+	t		record;
+BEGIN
+	-- waits for a running control operation rather than failing, and
+	-- stops a worker that holds the row while it waits: dropping always wins
+	m := bunny._lock_mirror(drop_mirror.name);
+
+	-- The worker blocks on our row lock before it could start again, so
+	-- once it is gone it stays gone until we commit.
+	IF NOT bunny._stop_worker(m.id, 30000) THEN
+		RAISE EXCEPTION 'could not stop the worker of mirror "%"', m.name
+			USING ERRCODE = '55006', HINT = 'Try again.';
+	END IF;
+
+	SELECT p.conninfo INTO ci FROM bunny.peer p WHERE p.name = m.source_peer;
+	BEGIN
+		-- terminates the walsender still holding the slot, as setup does
+		PERFORM bunny._source_drop_slot(ci, m.slot_name);
+		PERFORM bunny._source_drop_publication(ci, m.publication_name);
+	EXCEPTION WHEN OTHERS THEN
+		RAISE WARNING 'could not drop replication slot % and publication % on the source: %',
+			m.slot_name, m.publication_name, SQLERRM
+			USING HINT = format('Run on the source: SELECT pg_drop_replication_slot(%L); DROP PUBLICATION IF EXISTS %I; An unused slot keeps WAL from being removed, and a new mirror of the same name needs both names free.',
+								m.slot_name, m.publication_name);
+	END;
+
+	IF EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = m.origin_name) THEN
+		PERFORM pg_replication_origin_drop(m.origin_name);
+	END IF;
+	-- the half-built copies of a swap under way (<table>_resync, with the
+	-- sequences their columns own) are ours: nothing stays behind
+	FOR t IN SELECT destination_schema, copy_target_table FROM bunny.mirror_table
+			  WHERE mirror_id = m.id AND copy_target_table IS NOT NULL LOOP
+		EXECUTE format('DROP TABLE IF EXISTS %I.%I', t.destination_schema, t.copy_target_table);
+	END LOOP;
+	DELETE FROM bunny.mirror WHERE id = m.id;
+	PERFORM bunny._log(m.name, 'INFO', 'mirror dropped');
+	PERFORM bunny._notify(m.id);
+END
+$fn$;
+
+-- ------------------------------------------------------------------------
+-- resync_table of a table the mirror does not have: the hint lists its tables
+-- ------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION bunny_impl.resync_table(name text, table_name text, strategy text DEFAULT NULL)
+	RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	m		bunny.mirror;
+	parts	record;
+	src		text;
+BEGIN
+	m := bunny._lock_mirror(resync_table.name);
+	IF table_name IS NULL THEN
+		RAISE EXCEPTION 'table_name must not be null' USING ERRCODE = '22004';
+	END IF;
+	IF strategy IS NOT NULL THEN
+		PERFORM bunny._check_strategy(strategy);
+	END IF;
+	parts := bunny._parse_table_name(table_name);
+	SELECT format('%I.%I', t.source_schema, t.source_table) INTO src
+	  FROM bunny.mirror_table t
+	 WHERE t.mirror_id = m.id
+	   AND ((t.source_schema, t.source_table) = (parts.schema_name, parts.table_name)
+			OR (t.destination_schema, t.destination_table) = (parts.schema_name, parts.table_name))
+	 ORDER BY (t.source_schema, t.source_table) = (parts.schema_name, parts.table_name) DESC
+	 LIMIT 1;
+	IF src IS NULL THEN
+		RAISE EXCEPTION 'table % is not part of mirror "%"', table_name, m.name
+			USING ERRCODE = '42704',
+				  HINT = format('Its tables, by source name (an unqualified name means public): %s.',
+								(SELECT string_agg(x.n, ', ' ORDER BY x.n)
+										|| CASE WHEN (SELECT count(*) FROM bunny.mirror_table t
+													   WHERE t.mirror_id = m.id) > 10
+												THEN ', ...' ELSE '' END
+								   FROM (SELECT format('%I.%I', t.source_schema, t.source_table) AS n
+										   FROM bunny.mirror_table t WHERE t.mirror_id = m.id
+										  ORDER BY 1 LIMIT 10) x));
+	END IF;
+	PERFORM bunny._request_resync(m, jsonb_build_array(src), strategy);
 END
 $$;

@@ -19,9 +19,10 @@
  * applied by fmgr when it is called, and the caller's EXECUTE privilege is
  * checked on this entry point, where the grants are.
  *
- * Only functions returning one value go through here; the set-returning
- * ones (logs, peer_tables, test_peer) raise their errors at the top level,
- * where PL/pgSQL adds no context.
+ * The set-returning ones (logs, peer_tables, test_peer, sync_sequences)
+ * go through here as well: the body gets the caller's ReturnSetInfo and,
+ * being PL/pgSQL, fills it in materialize mode, which the caller reads
+ * after this function returns.
  *
  *-------------------------------------------------------------------------
  */
@@ -93,7 +94,7 @@ bunny_api_call(PG_FUNCTION_ARGS)
 	Datum		result;
 
 	InitFunctionCallInfoData(*body_fcinfo, body, fcinfo->nargs,
-							 fcinfo->fncollation, NULL, NULL);
+							 fcinfo->fncollation, NULL, fcinfo->resultinfo);
 	for (int i = 0; i < fcinfo->nargs; i++)
 		body_fcinfo->args[i] = fcinfo->args[i];
 

@@ -748,8 +748,8 @@ bunny_worker_stats(PG_FUNCTION_ARGS)
 	for (int i = 0; i < bunny_max_mirror_workers; i++)
 	{
 		BunnyWorkerSlot *slot = &BunnyState->slots[i];
-		Datum		values[7];
-		bool		nulls[7] = {false, false, false, false, false, false, false};
+		Datum		values[8];
+		bool		nulls[8] = {false, false, false, false, false, false, false, false};
 		XLogRecPtr	source_lsn,
 					processed;
 		TimestampTz oldest,
@@ -779,6 +779,14 @@ bunny_worker_stats(PG_FUNCTION_ARGS)
 		nulls[5] = last == 0;
 		values[6] = TimestampTzGetDatum(behind);
 		nulls[6] = behind == 0;
+		/* when the launcher starts the next worker, while none runs */
+		values[7] = TimestampTzGetDatum(slot->next_start);
+		nulls[7] = slot->registered || slot->next_start == 0;
+
+		/*
+		 * A declaration of 0.4.0 or older has the first seven columns only;
+		 * the tuple is formed with the declared number.
+		 */
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	LWLockRelease(BunnyState->lock);

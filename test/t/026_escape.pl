@@ -15,11 +15,14 @@
 #     again and kept every change, the mirror RUNNING;
 #  3. a truncate resync failing on every attempt (a destination CHECK
 #     constraint, NOT VALID, that a source row breaks): the README recipe,
-#     run as written, cancels it; the table is STALE and its changes are
+#     run as written, cancels it; the table is STALE (and the mirror not
+#     healthy until it is copied again) and its changes are
 #     skipped without an error while the other tables stream on; once the
-#     cause is fixed the recipe's resync_table copies it again;
+#     cause is fixed the recipe's resync_table copies it again; paused in
+#     the loop, update_tables cannot remove the table half copied (55006);
 #  4. a truncate resync stuck on a lock a destination session holds on the
-#     table: pause_mirror pauses it, cancel_operation calls it off (the table
+#     table: state_detail names the process holding it and the overview
+#     says blocked; pause_mirror pauses it, cancel_operation calls it off (the table
 #     was not emptied: SYNCED), and the data matches once the lock is gone;
 #  5. an initial copy stuck on such a lock: cancel_operation refuses
 #     (55000), pause_mirror pauses it, drop_mirror drops it and nothing of
@@ -178,6 +181,13 @@ ok( create_mirror($dest, 'orders_mirror', [ 'public.orders', 'public.other' ],
 	my ($ret, $out, $err) = $dest->psql('postgres', "SELECT bunny.cancel_operation('esc')");
 	like($err, qr/HINT:.*resync_table/, '... with a hint naming what can be cancelled');
 	unlike($err, qr/CONTEXT/, '... and no PL/pgSQL context');
+	# nor from the set-returning functions
+	($ret, $out, $err) = $dest->psql('postgres', "SELECT * FROM bunny.logs('esc', 'warn')");
+	like($err, qr/invalid log level "warn"\nHINT:  Use DEBUG, INFO, WARNING or ERROR\.$/,
+		'logs() with a bad level: a hint and no context');
+	($ret, $out, $err) = $dest->psql('postgres', "SELECT bunny.resync_table('esc', 'nosuch')");
+	like($err, qr/HINT:  Its tables, by source name \(an unqualified name means public\): public\.lk, public\.sw\.$/,
+		'resync_table of a table the mirror lacks: the hint lists its tables');
 }
 
 # ---------------------------------------------------------------------------
@@ -240,6 +250,29 @@ COMMIT;});
 		"$label: its error names the constraint");
 	write_all('orders', 'other');
 
+	my (undef, undef, $seq_err) = $dest->psql('postgres', "SELECT * FROM bunny.sync_sequences('orders_mirror')");
+	like($seq_err, qr/another operation is already in progress\nDETAIL:  Operation in progress: resync\.\nHINT:  .*cancel_operation\('orders_mirror'\)\.$/,
+		"$label: another operation's error says how to get on, without context");
+
+	# paused half way, the mirror still has its resync to finish:
+	# update_tables cannot take the table out, emptied, with nothing to say so
+	dst("SELECT bunny.pause_mirror('orders_mirror')");
+	ok(wait_for_status($dest, 'orders_mirror', 'PAUSED', 60), "$label: paused in the loop");
+	my ($state, $msg) = sql_error($dest,
+		q{SELECT bunny.update_tables('orders_mirror', '["public.other"]')});
+	is($state, '55006', "$label: update_tables is refused while the resync is unfinished");
+	my (undef, undef, $uerr) = $dest->psql('postgres',
+		q{SELECT bunny.update_tables('orders_mirror', '["public.other"]')});
+	like($uerr, qr/DETAIL:  Operation in progress: resync of public\.orders \(paused\)\.\nHINT:  .*resume_mirror.*cancel_operation/,
+		"$label: ... naming the table and the two ways on");
+	unlike($uerr, qr/CONTEXT/, "$label: ... without PL/pgSQL context");
+	is(dst("SELECT count(*) FROM bunny.mirror_tables WHERE mirror = 'orders_mirror'"), '2',
+		"$label: ... and keeps both tables");
+	dst("SELECT bunny.resume_mirror('orders_mirror')");
+	ok(poll_until(sub { (mirror_field($dest, 'orders_mirror', 'status') // '') eq 'RESYNCING'
+						  && (mirror_field($dest, 'orders_mirror', 'error_count') // 0) >= 1 }, 90, 0.2),
+		"$label: resumed, it fails again");
+
 	my ($ret, $out, $err) = $dest->psql('postgres', $inspect_and_cancel);
 	is($ret, 0, "$label: the README recipe's first block runs") or diag($err);
 	like($out, qr/public\.orders\|RESYNCING/, "$label: the recipe shows the table being copied");
@@ -247,6 +280,12 @@ COMMIT;});
 	is(op_state('orders_mirror'), 'RUNNING|-', "$label: the mirror is RUNNING");
 	is(table_field($dest, 'orders_mirror', 'public.orders', 'status'), 'STALE',
 		"$label: the emptied table is STALE");
+	is(mirror_field($dest, 'orders_mirror', 'healthy'), 'f',
+		"$label: a mirror with a STALE table is not healthy");
+	like(mirror_field($dest, 'orders_mirror', 'state_detail'), qr/^streaming; 1 table STALE \(not in sync: resync it\)$/,
+		"$label: state_detail says why");
+	like(dst("SELECT health || ' ' || error FROM bunny.mirror_overview WHERE mirror = 'orders_mirror'"),
+		qr/^stale 1 table STALE$/, "$label: so does the overview");
 	is(table_field($dest, 'orders_mirror', 'public.other', 'status'), 'SYNCED',
 		"$label: the other table is SYNCED");
 	nothing_left($label);
@@ -274,6 +313,7 @@ COMMIT;});
 		"$label: every table equal to the source");
 	is(table_field($dest, 'orders_mirror', 'public.orders', 'status'), 'SYNCED',
 		"$label: the table is SYNCED");
+	is(mirror_field($dest, 'orders_mirror', 'healthy'), 't', "$label: the mirror is healthy again");
 	ok(scalar(log_lines($dest, 'orders_mirror', 0, '%stale: copied with truncate%')),
 		"$label: the stale table was copied with truncate");
 	nothing_left("$label, copied again");
@@ -288,6 +328,21 @@ COMMIT;});
 	$holder->query_safe('BEGIN; LOCK TABLE lk IN ACCESS EXCLUSIVE MODE;');
 	dst("SELECT bunny.resync_table('esc', 'public.lk', 'truncate')");
 	ok(worker_waits_for_lock(), "$label: the worker waits for the lock");
+	my $holder_pid = $holder->query_safe('SELECT pg_backend_pid()');
+	ok( poll_until(
+			sub {
+				(mirror_field($dest, 'esc', 'state_detail') // '') =~
+				  /^streaming; copying 1 table; waiting \d+ s for a lock held by process $holder_pid$/;
+			},
+			30, 0.2),
+		"$label: state_detail says the worker waits for the lock, and whose")
+	  or diag(mirror_field($dest, 'esc', 'state_detail'));
+	ok(poll_until(sub { dst("SELECT health FROM bunny.mirror_overview WHERE mirror = 'esc'") eq 'blocked' }, 30, 0.5),
+		"$label: after 10 s the overview says blocked");
+	like(dst("SELECT error FROM bunny.mirror_overview WHERE mirror = 'esc'"),
+		qr/^waiting \d+s for /, "$label: ... and whose lock");
+	is(dst("SELECT a.wait_event_type FROM bunny.mirrors v JOIN pg_stat_activity a ON a.pid = v.worker_pid "
+			  . "WHERE v.name = 'esc'"), 'Lock', "$label: worker_pid leads to the worker in pg_stat_activity");
 
 	pause_and_resume_stuck('esc', $label);
 	my ($ret, $out, $err) = $dest->psql('postgres', "SELECT bunny.cancel_operation('esc')");

@@ -11,7 +11,9 @@
 # A second mirror then finds no background worker at all for itself: it
 # waits visibly (state_detail, and one line in the server log naming the
 # setting, not one per retry) and starts by itself once the first mirror
-# is dropped and its worker's slot is free.
+# is dropped and its worker's slot is free.  Dropped while the source is
+# down, it warns with the two statements that drop its slot and
+# publication there, which the test then runs.
 
 use strict;
 use warnings;
@@ -78,7 +80,22 @@ ok(wait_synced($source, $dest, 'waits', ['public.later']), 'and streams');
 compare_tables($source, $dest, ['public.later'], 'the second mirror');
 like(slurp_file($dest->logfile, $logpos), qr/(started a scan worker|mirror "waits" started) after waiting \d+ s for a background worker slot/,
 	'the server log says when it could start');
-dst("SELECT bunny.drop_mirror('waits')");
+
+# dropped while the source is down, it warns with the statements to run
+# there later; run as given, they leave nothing behind
+$source->stop;
+my ($ret, $out, $err) = $dest->psql('postgres', "SELECT bunny.drop_mirror('waits')");
+is($ret, 0, 'drop_mirror with the source down');
+like($err, qr/WARNING:  could not drop replication slot bunny_slot_waits and publication bunny_pub_waits on the source/,
+	'it warns that slot and publication stay');
+my ($statements) = $err =~ /HINT:  Run on the source: (.*?;.*?;) An unused slot/;
+is($statements, q{SELECT pg_drop_replication_slot('bunny_slot_waits'); DROP PUBLICATION IF EXISTS bunny_pub_waits;},
+	'the hint gives the two statements');
+$source->start;
+src($statements);
+is(src("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'bunny_slot_waits'")
+	  . src("SELECT count(*) FROM pg_publication WHERE pubname = 'bunny_pub_waits'"),
+	'00', 'run on the source, they drop both');
 $source->stop;
 $dest->stop;
 done_testing();
