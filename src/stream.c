@@ -59,6 +59,9 @@ stream_scrub_conninfo_error(const char *msg)
  * connection's.  Matched on the SQLSTATE and on the server's message
  * (libpq reports a refused connection as text only), in English: with
  * another lc_messages on the source, only the SQLSTATE cases apply.
+ *
+ * A refused connection may be create_peer's, validating a peer it has not
+ * stored yet, or any later one's: the hints name both functions.
  */
 static char *
 source_error_hint(PGconn *conn, const char *sqlstate, const char *msg)
@@ -71,7 +74,7 @@ source_error_hint(PGconn *conn, const char *sqlstate, const char *msg)
 		return psprintf("Add a line for database %s, role %s and this server's address to the source's pg_hba.conf (bunnydb's logical replication connections match the database's lines), then reload the source with SELECT pg_reload_conf().",
 						db, role);
 	if (strstr(msg, "password authentication failed"))
-		return pstrdup("Correct the password with bunny.alter_peer(), or keep it in a password file the server reads (README, \"Keeping the password out of the server log\").");
+		return pstrdup("Correct the password in the connection string (bunny.create_peer() for a new peer, bunny.alter_peer() for an existing one), or keep it in a password file the server reads (README, \"Keeping the password out of the server log\").");
 	if (strstr(msg, "max_wal_senders") ||
 		(sqlstate && strcmp(sqlstate, "53300") == 0 && strstr(msg, "standby")))
 		return pstrdup("Raise max_wal_senders on the source and restart it: each running mirror holds one WAL sender, and resuming an interrupted initial copy one more.");
@@ -100,7 +103,7 @@ source_error_hint(PGconn *conn, const char *sqlstate, const char *msg)
 						role);
 	if (strstr(msg, "Connection refused") || strstr(msg, "could not translate host name") ||
 		strstr(msg, "No route to host") || strstr(msg, "timeout expired"))
-		return pstrdup("Check host and port in the peer's connection string (bunny.alter_peer()), and that the source is running and listening on that address (listen_addresses).");
+		return pstrdup("Check host and port in the connection string (bunny.create_peer() for a new peer, bunny.alter_peer() for an existing one), and that the source is running and listening on that address (listen_addresses).");
 	return NULL;
 }
 

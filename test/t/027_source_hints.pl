@@ -16,6 +16,12 @@
 #  * wal_level = replica                               wal_level = logical
 #  * max_wal_senders used up                           raise max_wal_senders
 #  * max_replication_slots used up                     raise it or drop a slot
+#
+# Before any mirror, the refusals of create_peer's validation, where
+# nothing is stored yet: a wrong password and a wrong port each get a hint
+# naming create_peer (and alter_peer, for a peer that exists), and calling
+# create_peer again with the right value works; alter_peer with a wrong
+# password gets the same hint, and alter_peer with the right one works.
 
 use strict;
 use warnings;
@@ -100,6 +106,63 @@ sub hint_case
 	$dest->safe_psql('postgres', "SELECT bunny.drop_mirror(" . sql_literal($name) . ")")
 	  unless $c{keep};
 }
+
+# a statement of psql's stderr with its hint: "message | hint"
+sub psql_error
+{
+	my ($sql) = @_;
+	my ($rc, $out, $err) = $dest->psql('postgres', $sql);
+	$err =~ s/\n(HINT|DETAIL):\s+/ | /g;
+	return ($rc, $err);
+}
+
+sub peer_count
+{
+	my ($peer) = @_;
+	return $dest->safe_psql('postgres',
+		'SELECT count(*) FROM bunny.peer WHERE name = ' . sql_literal($peer));
+}
+
+# create_peer with a wrong password stores nothing: its hint must not send
+# the user to alter_peer alone
+$source->safe_psql('postgres', q{
+SET password_encryption = 'scram-sha-256';
+CREATE ROLE r_pw LOGIN REPLICATION PASSWORD 'right-pw';
+});
+my $old_hba_pw = hba_for_role($source, 'r_pw', 'scram-sha-256');
+my $pw_base = $source->connstr('postgres') . ' user=r_pw';
+my $pw_hint = qr/ \| Correct the password in the connection string \(bunny\.create_peer\(\) for a new peer, bunny\.alter_peer\(\) for an existing one\), or keep it in a password file the server reads/;
+my ($rc, $err) = psql_error("SELECT bunny.create_peer('p_pw', "
+	  . sql_literal("$pw_base password=wrong-pw") . ')');
+isnt($rc, 0, 'create_peer with a wrong password fails');
+like($err, qr/password authentication failed for user "r_pw"/, 'create_peer: the source refused the password');
+like($err, $pw_hint, 'create_peer: the hint names create_peer for a new peer');
+is(peer_count('p_pw'), '0', 'create_peer: nothing was stored');
+$dest->safe_psql('postgres', "SELECT bunny.create_peer('p_pw', "
+	  . sql_literal("$pw_base password=right-pw") . ')');
+is(peer_count('p_pw'), '1', 'create_peer: called again with the right password, it works');
+($rc, $err) = psql_error("SELECT bunny.alter_peer('p_pw', "
+	  . sql_literal("$pw_base password=wrong-pw") . ')');
+like($err, $pw_hint, 'alter_peer with a wrong password: the same hint, naming alter_peer');
+($rc, $err) = psql_error("SELECT bunny.alter_peer('p_pw', "
+	  . sql_literal("$pw_base password=right-pw") . ')');
+is($rc, 0, 'alter_peer with the right password works');
+$dest->safe_psql('postgres', "SELECT bunny.drop_peer('p_pw')");
+hba_restore($source, $old_hba_pw);
+
+# the same for a port nobody listens on
+my $free_port = PostgreSQL::Test::Cluster::get_free_port();
+($rc, $err) = psql_error("SELECT bunny.create_peer('p_port', "
+	  . sql_literal("host=127.0.0.1 port=$free_port dbname=postgres connect_timeout=10") . ')');
+isnt($rc, 0, 'create_peer with a wrong port fails');
+like($err, qr/Connection refused/, 'create_peer: the connection was refused');
+like($err, qr/ \| Check host and port in the connection string \(bunny\.create_peer\(\) for a new peer, bunny\.alter_peer\(\) for an existing one\), and that the source is running/,
+	'create_peer: the hint names create_peer for a new peer');
+is(peer_count('p_port'), '0', 'create_peer: nothing was stored for the wrong port');
+$dest->safe_psql('postgres', "SELECT bunny.create_peer('p_port', "
+	  . sql_literal($source->connstr('postgres')) . ')');
+is(peer_count('p_port'), '1', 'create_peer: called again with the right host and port, it works');
+$dest->safe_psql('postgres', "SELECT bunny.drop_peer('p_port')");
 
 $source->safe_psql('postgres', q{
 CREATE TABLE t_create (id int PRIMARY KEY);
