@@ -17,6 +17,7 @@
 #    read by sync_sequences)
 #  * no REPLICATION attribute (the WAL sender)         ALTER ROLE ... REPLICATION
 #  * no SELECT on a table (checked up front)           GRANT SELECT ON ...
+#  * the mapped table missing (checked up front)       create it
 #  * pg_hba.conf rejecting the role                    a pg_hba.conf line, reload
 #  * wal_level = replica                               wal_level = logical
 #  * max_wal_senders used up                           raise max_wal_senders
@@ -216,6 +217,8 @@ CREATE SEQUENCE public."Order No";
 CREATE TABLE t_seq (id bigint PRIMARY KEY DEFAULT nextval('public."Order No"'));
 ALTER TABLE t_seq OWNER TO r_noseq;
 INSERT INTO t_seq DEFAULT VALUES;
+CREATE ROLE r_missing LOGIN REPLICATION;
+GRANT CREATE ON DATABASE postgres TO r_missing;
 });
 
 hint_case(
@@ -270,6 +273,17 @@ hint_case(
 	msg_re  => qr/permission denied for source table public\.t_select/,
 	hint_re => qr/Run GRANT SELECT ON public\.t_select TO r_noselect on the source/,
 	fix => sub { $source->safe_psql('postgres', 'GRANT SELECT ON t_select TO r_noselect') });
+
+hint_case(
+	name    => 'missing',
+	role    => 'r_missing',
+	table   => 'public.t_missing',
+	msg_re  => qr/source table public\.t_missing does not exist/,
+	hint_re => qr/ \| Create the table on the source, or check the mapping: an unquoted name is folded to lower case, and an unqualified one means schema public\.(\n|$)/,
+	fix => sub {
+		$source->safe_psql('postgres',
+			'CREATE TABLE t_missing (id int PRIMARY KEY); ALTER TABLE t_missing OWNER TO r_missing');
+	});
 
 # a SELECT refused inside a transaction, as the initial copy's COPY (in
 # the snapshot's transaction) would be: the hint still names the schema
