@@ -254,8 +254,8 @@ describe_relations(PGconn *conn, List *mts)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_TABLE),
 					 errmsg("source table %s does not exist", name),
-					 errhint("Check the mapping: an unquoted name is folded to lower case and means schema public "
-							 "when unqualified.  Or create the table on the source.")));
+					 errhint("Create the table on the source, or check the mapping: an unquoted name is folded to lower case, "
+							 "and an unqualified one means schema public.")));
 		}
 		st->relid = (Oid) strtoul(PQgetvalue(res, row, 0), NULL, 10);
 		st->relkind = PQgetvalue(res, row, 1)[0];

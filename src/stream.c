@@ -53,12 +53,167 @@ stream_scrub_conninfo_error(const char *msg)
 }
 
 /*
+ * The name a server message ends with after prefix ("must be owner of
+ * table orders"), or NULL.  PostgreSQL puts the bare name there, unquoted.
+ */
+static const char *
+name_after(const char *msg, const char *prefix)
+{
+	const char *p = strstr(msg, prefix);
+
+	if (p == NULL || p[strlen(prefix)] == '\0')
+		return NULL;
+	return p + strlen(prefix);
+}
+
+/*
+ * Ask the source a catalog question for a hint, on the connection whose
+ * statement just failed.  Returns the rows (caller PQclears them), or NULL
+ * when the question cannot be asked or fails: the hint then keeps its
+ * placeholder.
+ *
+ * Outside a transaction the failed statement was its own, and the
+ * connection is ready.  A transaction the error aborted (the snapshot's
+ * COPY) can only be rolled back, so it is, first: no caller goes on in it
+ * (none uses savepoints), and its exported snapshot was lost with the
+ * error.  A walsender (replication=database) runs SQL too, in the simple
+ * query protocol used here, but not while it streams, nor with results
+ * still to be read: then nothing is asked.
+ *
+ * A connection lost while asking must not replace the error being
+ * reported with its own; interrupts and everything else still propagate.
+ */
+static PGresult *
+hint_query(PGconn *conn, const char *sql)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	PGresult   *volatile res = NULL;
+	PGTransactionStatusType ts = PQtransactionStatus(conn);
+
+	if (PQstatus(conn) != CONNECTION_OK ||
+		(ts != PQTRANS_IDLE && ts != PQTRANS_INERROR))
+		return NULL;
+	PG_TRY();
+	{
+		if (ts == PQTRANS_INERROR)
+		{
+			res = stream_exec(conn, "ROLLBACK");
+			if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK)
+			{
+				PQclear(res);
+				res = stream_exec(conn, sql);
+			}
+		}
+		else
+			res = stream_exec(conn, sql);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (edata->sqlerrcode != ERRCODE_CONNECTION_FAILURE)
+			PG_RE_THROW();
+		FlushErrorState();
+		res = NULL;
+	}
+	PG_END_TRY();
+	if (res != NULL && PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		PQclear(res);
+		res = NULL;
+	}
+	return res;
+}
+
+/*
+ * The hint for "must be owner of table <relname>" (CREATE or ALTER
+ * PUBLICATION): the schema-qualified table and its owner, looked up on the
+ * source among the tables of that name the role does not own (the message
+ * names no schema); placeholders when that is not one table.
+ */
+static char *
+owner_hint(PGconn *conn, const char *role, const char *relname)
+{
+	PGresult   *res = NULL;
+
+	if (relname)
+		res = hint_query(conn,
+						 psprintf("SELECT n.nspname, c.relname, pg_catalog.pg_get_userbyid(c.relowner) "
+								  "  FROM pg_catalog.pg_class c "
+								  "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+								  " WHERE c.relname = %s AND c.relkind IN ('r', 'p') "
+								  "   AND NOT pg_catalog.pg_has_role(c.relowner, 'USAGE') "
+								  " LIMIT 2",
+								  quote_literal_cstr(relname)));
+	if (res != NULL && PQntuples(res) == 1)
+	{
+		char	   *nsp = pstrdup(PQgetvalue(res, 0, 0));
+		char	   *rel = pstrdup(PQgetvalue(res, 0, 1));
+		char	   *owner = pstrdup(PQgetvalue(res, 0, 2));
+
+		PQclear(res);
+		return psprintf("Only an owner may publish a table: on the source, make %s the owner of %s or a member of its owning role (GRANT %s TO %s), or give the peer a superuser.",
+						role, quote_qualified_identifier(nsp, rel),
+						quote_identifier(owner), role);
+	}
+	if (res != NULL)
+		PQclear(res);
+	return psprintf("Only an owner may publish a table: on the source, make %s the table's owner or a member of its owning role (GRANT <owner> TO %s), or give the peer a superuser.",
+					role, role);
+}
+
+/*
+ * The hint for "permission denied for table (or sequence) <relname>": the
+ * name from the message, schema-qualified when the source has exactly one
+ * relation of that name the role may not read.
+ */
+static char *
+select_hint(PGconn *conn, const char *role, const char *relname, bool sequence)
+{
+	const char *all = sequence ? "SEQUENCES" : "TABLES";
+	PGresult   *res = NULL;
+
+	if (relname == NULL)
+		return psprintf("Run GRANT SELECT ON <%s> TO %s on the source (GRANT SELECT ON ALL %s IN SCHEMA <schema> for a whole schema).",
+						sequence ? "sequence" : "table", role, all);
+	res = hint_query(conn,
+					 psprintf("SELECT n.nspname "
+							  "  FROM pg_catalog.pg_class c "
+							  "  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+							  " WHERE c.relname = %s AND c.relkind IN (%s) "
+							  "   AND NOT pg_catalog.has_table_privilege(c.oid, 'SELECT') "
+							  " LIMIT 2",
+							  quote_literal_cstr(relname),
+							  sequence ? "'S'" : "'r', 'p'"));
+	if (res != NULL && PQntuples(res) == 1)
+	{
+		char	   *nsp = pstrdup(PQgetvalue(res, 0, 0));
+
+		PQclear(res);
+		return psprintf("Run GRANT SELECT ON %s TO %s on the source (GRANT SELECT ON ALL %s IN SCHEMA %s for a whole schema).",
+						quote_qualified_identifier(nsp, relname), role, all,
+						quote_identifier(nsp));
+	}
+	if (res != NULL)
+		PQclear(res);
+	return psprintf("Run GRANT SELECT ON %s TO %s on the source (GRANT SELECT ON ALL %s IN SCHEMA <schema> for a whole schema).",
+					quote_identifier(relname), role, all);
+}
+
+/*
  * A hint naming the fix, for the errors a source gives when bunnydb's role
  * lacks a privilege or the source a setting.  The source's own messages
  * say what is missing but not what to run; role and database are the
- * connection's.  Matched on the SQLSTATE and on the server's message
- * (libpq reports a refused connection as text only), in English: with
- * another lc_messages on the source, only the SQLSTATE cases apply.
+ * connection's, a schema or table the message's, and a table's schema and
+ * owner are asked of the source on the same connection (hint_query).
+ * Matched on the SQLSTATE and on the server's message (libpq reports a
+ * refused connection as text only), in English: with another lc_messages
+ * on the source, only the SQLSTATE cases apply.
+ *
+ * A refused connection may be create_peer's, validating a peer it has not
+ * stored yet, or any later one's: the hints name both functions.
  */
 static char *
 source_error_hint(PGconn *conn, const char *sqlstate, const char *msg)
@@ -66,12 +221,13 @@ source_error_hint(PGconn *conn, const char *sqlstate, const char *msg)
 	const char *role = quote_identifier(PQuser(conn) ? PQuser(conn) : "...");
 	const char *db = quote_identifier(PQdb(conn) ? PQdb(conn) : "...");
 	bool		denied = sqlstate && strcmp(sqlstate, "42501") == 0;
+	const char *name;
 
 	if (strstr(msg, "pg_hba.conf"))
 		return psprintf("Add a line for database %s, role %s and this server's address to the source's pg_hba.conf (bunnydb's logical replication connections match the database's lines), then reload the source with SELECT pg_reload_conf().",
 						db, role);
 	if (strstr(msg, "password authentication failed"))
-		return pstrdup("Correct the password with bunny.alter_peer(), or keep it in a password file the server reads (README, \"Keeping the password out of the server log\").");
+		return pstrdup("Correct the password in the connection string (bunny.create_peer() for a new peer, bunny.alter_peer() for an existing one), or keep it in a password file the server reads (README, \"Keeping the password out of the server log\").");
 	if (strstr(msg, "max_wal_senders") ||
 		(sqlstate && strcmp(sqlstate, "53300") == 0 && strstr(msg, "standby")))
 		return pstrdup("Raise max_wal_senders on the source and restart it: each running mirror holds one WAL sender, and resuming an interrupted initial copy one more.");
@@ -89,18 +245,32 @@ source_error_hint(PGconn *conn, const char *sqlstate, const char *msg)
 		return psprintf("Run GRANT CREATE ON DATABASE %s TO %s on the source: the mirror's publication is created there.",
 						db, role);
 	if (denied && strstr(msg, "must be owner of"))
-		return psprintf("Only an owner may publish a table: on the source, make %s the table's owner or a member of its owning role (GRANT <owner> TO %s), or give the peer a superuser.",
-						role, role);
+	{
+		/* "relation" on a PostgreSQL 10 source */
+		name = name_after(msg, "must be owner of table ");
+		if (name == NULL)
+			name = name_after(msg, "must be owner of relation ");
+		return owner_hint(conn, role, name);
+	}
 	if (denied && strstr(msg, "permission denied for schema"))
-		return psprintf("Run GRANT USAGE ON SCHEMA <schema> TO %s on the source.", role);
+	{
+		name = name_after(msg, "permission denied for schema ");
+		return psprintf("Run GRANT USAGE ON SCHEMA %s TO %s on the source.",
+						name ? quote_identifier(name) : "<schema>", role);
+	}
+	if (denied && strstr(msg, "permission denied for sequence"))
+		return select_hint(conn, role, name_after(msg, "permission denied for sequence "), true);
 	if (denied && (strstr(msg, "permission denied for table") ||
-				   strstr(msg, "permission denied for relation") ||
-				   strstr(msg, "permission denied for sequence")))
-		return psprintf("Run GRANT SELECT ON <table> TO %s on the source (GRANT SELECT ON ALL TABLES IN SCHEMA <schema> for a whole schema).",
-						role);
+				   strstr(msg, "permission denied for relation")))
+	{
+		name = name_after(msg, "permission denied for table ");
+		if (name == NULL)
+			name = name_after(msg, "permission denied for relation ");
+		return select_hint(conn, role, name, false);
+	}
 	if (strstr(msg, "Connection refused") || strstr(msg, "could not translate host name") ||
 		strstr(msg, "No route to host") || strstr(msg, "timeout expired"))
-		return pstrdup("Check host and port in the peer's connection string (bunny.alter_peer()), and that the source is running and listening on that address (listen_addresses).");
+		return pstrdup("Check host and port in the connection string (bunny.create_peer() for a new peer, bunny.alter_peer() for an existing one), and that the source is running and listening on that address (listen_addresses).");
 	return NULL;
 }
 
