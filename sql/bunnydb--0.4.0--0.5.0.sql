@@ -496,6 +496,7 @@ BEGIN
 	IF added > 0 THEN
 		-- refuse now, with nothing changed, what setup would refuse
 		PERFORM bunny._check_source_tables(m.id);
+		PERFORM bunny._check_destinations_empty(m.id, false);
 	END IF;
 	DROP TABLE bunny_new_mappings;
 	PERFORM bunny._notify(m.id);
@@ -598,3 +599,249 @@ BEGIN
 	PERFORM bunny._request_resync(m, jsonb_build_array(src), strategy);
 END
 $$;
+
+-- ------------------------------------------------------------------------
+-- A destination table with rows is refused when the mapping is made
+-- ------------------------------------------------------------------------
+-- The initial copy, and the copy of a table update_tables adds, never
+-- overwrite existing rows: a destination table that has some made the
+-- worker fail with "destination table ... is not empty" after
+-- create_mirror, or after resume_mirror had followed update_tables, and
+-- the user learned of it from a FAILED mirror.  create_mirror (with
+-- do_initial_snapshot) and update_tables now refuse such a mapping
+-- themselves, with nothing created or changed.  The worker keeps its own
+-- check: rows may arrive between the call and the copy.
+
+-- the tables of the mirror still to be copied (PENDING) whose destination
+-- table exists and has rows: 55000 for the first one
+CREATE FUNCTION bunny._check_destinations_empty(p_mirror_id integer, p_at_create boolean)
+	RETURNS void
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	t		record;
+	has_rows boolean;
+BEGIN
+	-- by name, through pg_class's index: most destination tables do not
+	-- exist yet, and only those that do are read
+	FOR t IN SELECT format('%I.%I', mt.destination_schema, mt.destination_table) AS dest,
+					format('%I.%I', mt.source_schema, mt.source_table) AS src
+			   FROM bunny.mirror_table mt
+			   JOIN pg_namespace n ON n.nspname = mt.destination_schema
+			   JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = mt.destination_table
+			  WHERE mt.mirror_id = p_mirror_id AND mt.status = 'PENDING'
+			  ORDER BY 1 LOOP
+		EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', t.dest) INTO has_rows;
+		IF has_rows THEN
+			RAISE EXCEPTION 'destination table % is not empty', t.dest
+				USING ERRCODE = '55000',
+					  DETAIL = format('The copy of %s never overwrites existing rows.', t.src),
+					  HINT = CASE WHEN p_at_create
+								  THEN 'Empty the table, map the source table to another destination table, or create the mirror with do_initial_snapshot => false to stream only the changes into the rows it has.'
+								  ELSE 'Empty the table, or map the source table to another destination table.' END;
+		END IF;
+	END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION bunny._check_destinations_empty(integer, boolean) FROM PUBLIC;
+CREATE OR REPLACE FUNCTION bunny_impl.create_mirror(
+	name							text,
+	source_peer						text,
+	table_mappings					jsonb,
+	do_initial_snapshot				boolean DEFAULT true,
+	max_batch_size					integer DEFAULT 1000,
+	idle_timeout_seconds			integer DEFAULT 60,
+	snapshot_num_rows_per_partition integer DEFAULT 250000,
+	snapshot_max_parallel_workers	integer DEFAULT 8,
+	snapshot_num_tables_in_parallel integer DEFAULT 4,
+	replicate_indexes				boolean DEFAULT true,
+	replicate_foreign_keys			boolean DEFAULT true,
+	resync_strategy					text DEFAULT 'truncate')
+	RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	v_id		integer;
+	v_suffix	text;
+	v_config	jsonb;
+	-- names this incarnation: the replication origin and the publication's
+	-- comment carry it, so nothing of an older mirror of the same name is
+	-- ever mistaken for ours
+	v_incarnation text := md5(random()::text || clock_timestamp()::text || pg_backend_pid()::text);
+BEGIN
+	PERFORM bunny._check_name('mirror', create_mirror.name);
+	IF create_mirror.source_peer IS NULL THEN
+		RAISE EXCEPTION 'source_peer must not be null' USING ERRCODE = '22004';
+	END IF;
+	IF do_initial_snapshot IS NULL OR replicate_indexes IS NULL OR replicate_foreign_keys IS NULL THEN
+		RAISE EXCEPTION 'boolean options must not be null' USING ERRCODE = '22004';
+	END IF;
+	PERFORM bunny._check_range('max_batch_size', max_batch_size, 1, 1000000);
+	PERFORM bunny._check_range('idle_timeout_seconds', idle_timeout_seconds, 1, 86400);
+	PERFORM bunny._check_range('snapshot_num_rows_per_partition', snapshot_num_rows_per_partition, 1, 2147483647);
+	PERFORM bunny._check_range('snapshot_max_parallel_workers', snapshot_max_parallel_workers, 1, 64);
+	PERFORM bunny._check_range('snapshot_num_tables_in_parallel', snapshot_num_tables_in_parallel, 1, 64);
+	PERFORM bunny._check_strategy(resync_strategy);
+
+	-- serialise concurrent create_mirror calls for the same name
+	PERFORM pg_advisory_xact_lock(hashtext('bunnydb.create_mirror'));
+	IF EXISTS (SELECT 1 FROM bunny.mirror m WHERE m.name = create_mirror.name) THEN
+		RAISE EXCEPTION 'mirror "%" already exists', create_mirror.name USING ERRCODE = '42710';
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM bunny.peer p WHERE p.name = create_mirror.source_peer) THEN
+		RAISE EXCEPTION 'peer "%" does not exist', create_mirror.source_peer USING ERRCODE = '42704';
+	END IF;
+	v_suffix := replace(create_mirror.name, '-', '_');
+	IF EXISTS (SELECT 1 FROM bunny.mirror m WHERE m.slot_name = 'bunny_slot_' || v_suffix) THEN
+		RAISE EXCEPTION 'mirror name "%" clashes with an existing mirror', create_mirror.name
+			USING ERRCODE = '42710',
+				  DETAIL = format('Replication slot name "bunny_slot_%s" is already taken ("-" becomes "_").', v_suffix);
+	END IF;
+
+	-- validate the mappings before anything is stored
+	PERFORM count(*) FROM bunny._parse_mappings(table_mappings, NULL);
+
+	INSERT INTO bunny.mirror (name, source_peer, slot_name, publication_name, origin_name,
+							  incarnation, do_initial_snapshot, max_batch_size,
+							  idle_timeout_seconds, snapshot_num_rows_per_partition,
+							  snapshot_max_parallel_workers, snapshot_num_tables_in_parallel,
+							  replicate_indexes, replicate_foreign_keys, resync_strategy)
+	VALUES (create_mirror.name, create_mirror.source_peer,
+			'bunny_slot_' || v_suffix, 'bunny_pub_' || v_suffix,
+			'bunnydb_' || v_incarnation, v_incarnation, do_initial_snapshot, max_batch_size,
+			idle_timeout_seconds, snapshot_num_rows_per_partition,
+			snapshot_max_parallel_workers, snapshot_num_tables_in_parallel,
+			replicate_indexes, replicate_foreign_keys, resync_strategy)
+	RETURNING id, config INTO v_id, v_config;
+
+	INSERT INTO bunny.mirror_table (mirror_id, source_schema, source_table, destination_schema,
+									destination_table, partition_key, exclude_columns)
+	SELECT v_id, p.source_schema, p.source_table, p.destination_schema, p.destination_table,
+		   p.partition_key, p.exclude_columns
+	  FROM bunny._parse_mappings(table_mappings, v_id) p;
+
+	-- refuse now, with nothing created, what setup would refuse
+	PERFORM bunny._check_source_tables(v_id);
+	IF do_initial_snapshot THEN
+		PERFORM bunny._check_destinations_empty(v_id, true);
+	END IF;
+
+	PERFORM bunny._log(create_mirror.name, 'INFO', 'mirror created',
+					   jsonb_build_object('source_peer', create_mirror.source_peer,
+										  'tables', jsonb_array_length(table_mappings),
+										  'config', v_config));
+	PERFORM bunny._notify(v_id);
+END
+$$;
+
+-- ------------------------------------------------------------------------
+-- cancel_operation says why a table it leaves STALE is not in sync
+-- ------------------------------------------------------------------------
+-- A table update_tables added whose copy never began (its destination was
+-- not empty, say) was left STALE with "its copy was cancelled after it had
+-- started to replace the rows", which was not true: none had been touched.
+CREATE OR REPLACE FUNCTION bunny_impl.cancel_operation(name text) RETURNS void
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+AS $fn$
+DECLARE
+	-- the sync_lsn of a STALE table: every change is at or before it
+	stale_lsn	CONSTANT pg_lsn := 'FFFFFFFF/FFFFFFFF';
+	m			bunny.mirror;
+	t			record;
+	stale		boolean;
+	n_synced	integer := 0;
+	stale_list	text[] := '{}';
+BEGIN
+	m := bunny._lock_mirror(cancel_operation.name);
+	IF m.status = 'PAUSING' THEN
+		RAISE EXCEPTION 'the pause of mirror "%" cannot be cancelled', m.name
+			USING ERRCODE = '55000',
+				  DETAIL = 'The worker stops at the end of its current batch.',
+				  HINT = format('Wait until the mirror is PAUSED, then call bunny.resume_mirror(%L).', m.name);
+	END IF;
+	IF m.pending_op = 'resync' AND m.phase <> 'CDC' THEN
+		RAISE EXCEPTION 'the resync of mirror "%" cannot be cancelled', m.name
+			USING ERRCODE = '55000',
+				  DETAIL = 'Its replication slot was gone, so the mirror is set up again and every table copied from scratch: there is nothing to go back to.',
+				  HINT = format('Pause it with bunny.pause_mirror(%L), or drop it with bunny.drop_mirror(%L).', m.name, m.name);
+	END IF;
+	IF NOT EXISTS (SELECT 1 FROM bunny.mirror_table mt
+					WHERE mt.mirror_id = m.id AND mt.resync_state IS NOT NULL) THEN
+		IF m.phase <> 'CDC' THEN
+			RAISE EXCEPTION 'mirror "%" has no operation to cancel', m.name
+				USING ERRCODE = '55000',
+					  DETAIL = format('It is in its initial %s, which is not an operation.', lower(m.phase)),
+					  HINT = format('Stop it with bunny.pause_mirror(%L), or drop it with bunny.drop_mirror(%L).', m.name, m.name);
+		END IF;
+		RAISE EXCEPTION 'mirror "%" has no operation to cancel', m.name
+			USING ERRCODE = '55000',
+				  DETAIL = format('Its status is %s and no table is being copied.', m.status),
+				  HINT = 'What can be cancelled: resync_table, resync_mirror, and the copy of tables update_tables added.';
+	END IF;
+
+	-- The worker blocks on our row lock before it could start again, so
+	-- once it is gone it stays gone until we commit; its exit ends the
+	-- source connection holding the temporary slot, which the source then
+	-- drops, and its snapshot workers give up.
+	IF NOT bunny._stop_worker(m.id, 30000) THEN
+		RAISE EXCEPTION 'could not stop the worker of mirror "%"', m.name
+			USING ERRCODE = '55006', HINT = 'Try again.';
+	END IF;
+
+	FOR t IN SELECT mt.* FROM bunny.mirror_table mt
+			  WHERE mt.mirror_id = m.id AND mt.resync_state IS NOT NULL
+			  ORDER BY mt.source_schema, mt.source_table LOOP
+		-- a swap's half-built copy, with the sequences its columns own
+		IF t.copy_target_table IS NOT NULL THEN
+			EXECUTE format('DROP TABLE IF EXISTS %I.%I', t.destination_schema, t.copy_target_table);
+		END IF;
+		-- rows already emptied or partly copied cannot come back; a swap
+		-- never touched the table, which got every change meanwhile
+		stale := coalesce(t.sync_lsn = stale_lsn, false) OR t.resync_strategy = 'add'
+			OR (t.resync_strategy = 'truncate' AND t.resync_state = 'COPYING');
+		UPDATE bunny.mirror_table mt
+		   SET status = CASE WHEN stale THEN 'STALE' ELSE 'SYNCED' END,
+			   resync_state = NULL, resync_strategy = NULL, copy_target_table = NULL,
+			   resync_relation_msg = NULL, copy_done = false, copy_in_progress = false,
+			   -- a swap's copy moved sync_lsn to its snapshot, and the old
+			   -- table has every change up to where the stream restarts
+			   sync_lsn = CASE WHEN stale THEN stale_lsn
+							   WHEN t.resync_state = 'COPYING' THEN NULL
+							   ELSE t.sync_lsn END,
+			   error_message = CASE WHEN NOT stale THEN NULL
+									WHEN t.resync_strategy = 'add' AND t.resync_state IS DISTINCT FROM 'COPYING'
+									THEN 'not in sync: update_tables added it and its first copy was cancelled before it began; changes are skipped until bunny.resync_table() copies it'
+									ELSE 'not in sync: its copy was cancelled after it had started to replace the rows; changes are skipped until bunny.resync_table() copies it again'
+							   END
+		 WHERE mt.mirror_id = m.id AND mt.source_schema = t.source_schema
+		   AND mt.source_table = t.source_table;
+		DELETE FROM bunny.resync_queue q
+		 WHERE q.mirror_id = m.id AND q.source_schema = t.source_schema
+		   AND q.source_table = t.source_table;
+		DELETE FROM bunny.snapshot_part p
+		 WHERE p.mirror_id = m.id AND p.source_schema = t.source_schema
+		   AND p.source_table = t.source_table;
+		IF stale THEN
+			stale_list := stale_list || format('%I.%I', t.source_schema, t.source_table);
+		ELSE
+			n_synced := n_synced + 1;
+		END IF;
+	END LOOP;
+
+	UPDATE bunny.mirror
+	   SET status = CASE WHEN status IN ('RESYNCING', 'FAILED') THEN 'RUNNING' ELSE status END,
+		   pending_op = NULL, error_message = NULL, error_count = 0, updated_at = now()
+	 WHERE id = m.id;
+	PERFORM bunny._log(m.name, CASE WHEN cardinality(stale_list) > 0 THEN 'WARNING' ELSE 'INFO' END,
+		format('operation cancelled: %s table(s) back in sync%s', n_synced,
+			   CASE WHEN cardinality(stale_list) > 0
+					THEN format('; %s stale until copied again with bunny.resync_table()',
+								array_to_string(stale_list, ', '))
+					ELSE '' END),
+		jsonb_build_object('stale', to_jsonb(stale_list)));
+	PERFORM bunny._notify(m.id);
+END
+$fn$;

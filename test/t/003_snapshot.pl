@@ -15,7 +15,9 @@
 #     secondary and expression indexes, FK between mapped tables created
 #     DEFERRABLE INITIALLY DEFERRED, FK to an unmapped table left out,
 #     serial / identity sequences taken over; replicate_indexes => false
-#  5. non-empty destination table: mirror FAILED (55000), row untouched
+#  5. non-empty destination table: create_mirror refuses it (55000, with a
+#     hint, nothing created); a row that arrives after create_mirror makes
+#     the worker refuse it: mirror FAILED (55000), row untouched
 #  6. SIGKILL of a snapshot worker mid-copy: the mirror resumes by itself,
 #     the table already SYNCED is not copied again, the rest ends equal;
 #     same with a SIGKILL of the mirror worker
@@ -427,7 +429,21 @@ BEGIN; DELETE FROM s_child WHERE id = 900000; DELETE FROM s_parent WHERE id = 90
 
 $dest->safe_psql('postgres',
 	"CREATE TABLE public.ne (id int PRIMARY KEY, v text); INSERT INTO public.ne VALUES (999, 'local');");
-ok(create_snap_mirror('m-nonempty', ['public.ne']), 'm-nonempty created');
+# create_mirror refuses it, with nothing created
+my ($ne_ret, $ne_out, $ne_err) = $dest->psql('postgres',
+	qq{SELECT bunny.create_mirror('m-nonempty', 'src', '["public.ne"]')});
+like($ne_err, qr/ERROR:  destination table public\.ne is not empty\nDETAIL:  The copy of public\.ne never overwrites existing rows\.\nHINT:  Empty the table, map .* or create the mirror with do_initial_snapshot => false/,
+	'create_mirror refuses a non-empty destination table, with a hint');
+is(query_value($dest, "SELECT count(*) FROM bunny.mirror WHERE name = 'm-nonempty'"), '0',
+	'... and creates nothing');
+# rows that arrive after create_mirror are refused by the worker: the
+# mirror is created on an empty table and the row added in the same
+# transaction, before the worker can start
+$dest->safe_psql('postgres', "DELETE FROM public.ne");
+$dest->safe_psql('postgres', qq{BEGIN;
+SELECT bunny.create_mirror('m-nonempty', 'src', '["public.ne"]');
+INSERT INTO public.ne VALUES (999, 'local');
+COMMIT;});
 ok(wait_for_status($dest, 'm-nonempty', 'FAILED', 90), 'm-nonempty FAILED');
 like(mirror_field($dest, 'm-nonempty', 'error_message') // '',
 	qr/destination table .*\bne\b.* is not empty/,

@@ -216,15 +216,18 @@ INSERT INTO u2 SELECT g, 'b' FROM generate_series(1, 50) g;
 });
 $dest->safe_psql('postgres', q{
 CREATE TABLE u2 (id int PRIMARY KEY, v text);
-INSERT INTO u2 VALUES (1000, 'in the way');
 });
 ok(create_mirror($dest, 'upd', ['public.u1'], do_initial_snapshot => 'true', timeout => 60), 'upd running');
 sub update_tables
 {
-	my ($json) = @_;
+	my ($json, $fill) = @_;
+	$fill //= 'u2';
 	$dest->safe_psql('postgres', "SELECT bunny.pause_mirror('upd')");
 	ok(wait_for_status($dest, 'upd', 'PAUSED', 30), 'paused for update_tables');
-	$dest->safe_psql('postgres', "SELECT bunny.update_tables('upd', '$json')");
+	# a row in the way arrives after update_tables has checked (which
+	# refuses a table that has rows already)
+	$dest->safe_psql('postgres', "BEGIN; SELECT bunny.update_tables('upd', '$json'); "
+		  . "INSERT INTO $fill SELECT 1000, 'in the way' WHERE NOT EXISTS (SELECT 1 FROM $fill); COMMIT;");
 	$dest->safe_psql('postgres', "SELECT bunny.resume_mirror('upd')");
 }
 update_tables('["public.u1", "public.u2"]');
@@ -252,7 +255,18 @@ $dest->safe_psql('postgres', q{
 CREATE TABLE u3 (id int PRIMARY KEY, v text);
 INSERT INTO u3 VALUES (1000, 'in the way');
 });
-update_tables('["public.u1", "public.u2", "public.u3"]');
+# rows there already: update_tables refuses the table, changing nothing
+$dest->safe_psql('postgres', "SELECT bunny.pause_mirror('upd')");
+ok(wait_for_status($dest, 'upd', 'PAUSED', 30), 'paused');
+($ret, $out, $err) = $dest->psql('postgres',
+	q{SELECT bunny.update_tables('upd', '["public.u1", "public.u2", "public.u3"]')});
+like($err, qr/ERROR:  destination table public\.u3 is not empty\n.*\nHINT:  Empty the table, or map the source table to another destination table\./,
+	'update_tables refuses a destination table with rows');
+is($dest->safe_psql('postgres', "SELECT count(*) FROM bunny.mirror_tables WHERE mirror = 'upd'"), '2',
+	'... and adds nothing');
+$dest->safe_psql('postgres', "DELETE FROM u3; SELECT bunny.resume_mirror('upd')");
+ok(wait_for_status($dest, 'upd', 'RUNNING', 30), 'resumed');
+update_tables('["public.u1", "public.u2", "public.u3"]', 'u3');
 ok(wait_for_status($dest, 'upd', 'FAILED', 60), 'fails again on u3');
 $dest->safe_psql('postgres', 'TRUNCATE public.u3');
 ($ret, $out, $err) = $dest->psql('postgres', "SELECT bunny.retry_mirror('upd')");
@@ -260,6 +274,28 @@ is($ret, 0, 'retry_mirror works on a mirror that failed in update_tables') or di
 ok(wait_for_status($dest, 'upd', 'RUNNING', 60), 'running after the retry');
 ok(wait_synced($source, $dest, 'upd', ['public.u1', 'public.u2', 'public.u3']), 'caught up');
 compare_tables($source, $dest, ['public.u1', 'public.u2', 'public.u3'], 'after retry');
+
+# cancelled instead: the added table, never copied, is STALE and says so
+$source->safe_psql('postgres', q{
+CREATE TABLE u4 (id int PRIMARY KEY, v text);
+INSERT INTO u4 SELECT g, 'd' FROM generate_series(1, 20) g;
+});
+$dest->safe_psql('postgres', 'CREATE TABLE u4 (id int PRIMARY KEY, v text)');
+update_tables('["public.u1", "public.u2", "public.u3", "public.u4"]', 'u4');
+ok(wait_for_status($dest, 'upd', 'FAILED', 60), 'fails on u4');
+$dest->safe_psql('postgres', "SELECT bunny.cancel_operation('upd')");
+is($dest->safe_psql('postgres', "SELECT status || ': ' || error_message FROM bunny.mirror_tables "
+		  . "WHERE mirror = 'upd' AND source_table = 'public.u4'"),
+	'STALE: not in sync: update_tables added it and its first copy was cancelled before it began; '
+	  . 'changes are skipped until bunny.resync_table() copies it',
+	'cancelled before its copy began: STALE, saying so');
+is($dest->safe_psql('postgres', 'SELECT count(*) FROM u4'), '1', "u4's own row untouched");
+$dest->safe_psql('postgres', "DELETE FROM u4; SELECT bunny.resync_table('upd', 'public.u4')");
+ok(poll_until(sub { $dest->safe_psql('postgres',
+		"SELECT status FROM bunny.mirror_tables WHERE mirror = 'upd' AND source_table = 'public.u4'") eq 'SYNCED' }, 60),
+	'resync_table copies it');
+ok(wait_synced($source, $dest, 'upd', ['public.u1', 'public.u4']), 'caught up');
+compare_tables($source, $dest, ['public.u4'], 'after the resync');
 
 $dest->safe_psql('postgres', "SELECT bunny.drop_mirror('upd')");
 $source->stop;

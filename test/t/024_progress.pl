@@ -227,13 +227,14 @@ cmp_ok($seen_finishing, '>=', 1, 'a copy was seen ending at its row count');
 # a mirror with a long name that fails, with a long error: its
 # destination table is not empty
 src("CREATE TABLE a_table_that_is_already_filled (id integer PRIMARY KEY)");
-dst("CREATE TABLE a_table_that_is_already_filled (id integer PRIMARY KEY);
-     INSERT INTO a_table_that_is_already_filled VALUES (1)");
-ok( create_mirror(
-		$dest, 'a-mirror-with-a-rather-long-name', ['public.a_table_that_is_already_filled'],
-		do_initial_snapshot => 'true',
-		wait => 0),
-	'failing mirror created');
+# (filled in create_mirror's transaction, after its own check)
+dst("CREATE TABLE a_table_that_is_already_filled (id integer PRIMARY KEY)");
+dst(q{BEGIN;
+SELECT bunny.create_mirror('a-mirror-with-a-rather-long-name', 'src',
+                           '["public.a_table_that_is_already_filled"]');
+INSERT INTO a_table_that_is_already_filled VALUES (1);
+COMMIT;});
+pass('failing mirror created');
 ok(wait_for_status($dest, 'a-mirror-with-a-rather-long-name', 'FAILED', 120), 'it FAILED');
 
 my $overview = $dest->safe_psql('postgres',

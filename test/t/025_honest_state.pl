@@ -105,11 +105,14 @@ ok(create_mirror($dest, 'ne', ['public.a']), 'mirror ne running');
 is(mirror_field($dest, 'ne', 'healthy'),      't',         'ne reads healthy');
 is(mirror_field($dest, 'ne', 'state_detail'), 'streaming', 'ne is streaming');
 
-dst(q{CREATE TABLE kv (k int PRIMARY KEY, v text); INSERT INTO kv VALUES (-1, 'local');});
+dst(q{CREATE TABLE kv (k int PRIMARY KEY, v text)});
 dst(q{SELECT bunny.pause_mirror('ne')});
 ok(wait_for_status($dest, 'ne', 'PAUSED', 60), 'ne paused');
 is(mirror_field($dest, 'ne', 'state_detail'), 'paused', 'state_detail of a paused mirror');
-dst(q{SELECT bunny.update_tables('ne', '["public.a", "public.kv"]')});
+# the row arrives after update_tables has checked the table (it refuses
+# one that has rows already)
+dst(q{BEGIN; SELECT bunny.update_tables('ne', '["public.a", "public.kv"]');
+      INSERT INTO kv VALUES (-1, 'local'); COMMIT;});
 dst(q{SELECT bunny.resume_mirror('ne')});
 
 ok(wait_for_status($dest, 'ne', 'FAILED', 60), 'ne fails on the non-empty table');
@@ -135,9 +138,10 @@ is(dst('SELECT count(*) FROM kv'), '100', 'kv copied');
 # 2. a mirror created over a pre-filled table
 # ---------------------------------------------------------------------------
 
-dst(q{CREATE TABLE pf (id int PRIMARY KEY, v text); INSERT INTO pf VALUES (-1, 'local');});
-ok(create_mirror($dest, 'pfm', ['public.pf'], do_initial_snapshot => 'true', wait => 0),
-	'mirror pfm created');
+dst(q{CREATE TABLE pf (id int PRIMARY KEY, v text)});
+dst(q{BEGIN; SELECT bunny.create_mirror('pfm', 'src', '["public.pf"]');
+      INSERT INTO pf VALUES (-1, 'local'); COMMIT;});
+pass('mirror pfm created (the row arrives after its check)');
 ok(wait_for_status($dest, 'pfm', 'FAILED', 60), 'pfm fails on the pre-filled table');
 like(table_field($dest, 'pfm', 'public.pf', 'error_message'), qr/destination table public\.pf is not empty/,
 	"pf's row carries the error");
