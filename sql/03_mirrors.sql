@@ -127,7 +127,7 @@ SELECT bunny.create_mirror('m1', 'nowhere', '["public.other"]');
 SELECT bunny.create_mirror('m_bad', 'nowhere', '["public.t1"]');
 SELECT bunny.create_mirror('m_bad', 'nowhere', '["t2"]');
 SELECT bunny.create_mirror('m_bad', 'nowhere', '[{"source_table": "other.x", "destination_table": "public.t2"}]');
-\set VERBOSITY terse
+\set VERBOSITY default
 SELECT bunny.create_mirror('m_bad', 'nowhere', '["public.t1"]');
 \set VERBOSITY sqlstate
 SELECT * FROM catalog_counts;

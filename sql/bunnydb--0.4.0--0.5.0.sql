@@ -845,3 +845,124 @@ BEGIN
 	PERFORM bunny._notify(m.id);
 END
 $fn$;
+
+-- ------------------------------------------------------------------------
+-- A destination table another mirror uses: the hint says what to do
+-- ------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION bunny._parse_mappings(p_mappings jsonb, p_mirror_id integer,
+	OUT source_schema name, OUT source_table name,
+	OUT destination_schema name, OUT destination_table name,
+	OUT partition_key name, OUT exclude_columns name[])
+	RETURNS SETOF record
+	LANGUAGE plpgsql
+	SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	elem jsonb;
+	src record;
+	dst record;
+	seen_src text[] := '{}';
+	seen_dst text[] := '{}';
+	k text;
+	col jsonb;
+	other text;
+BEGIN
+	IF p_mappings IS NULL THEN
+		RAISE EXCEPTION 'table_mappings must not be null' USING ERRCODE = '22004';
+	END IF;
+	IF jsonb_typeof(p_mappings) <> 'array' THEN
+		RAISE EXCEPTION 'table_mappings must be a JSON array' USING ERRCODE = '22023';
+	END IF;
+	IF jsonb_array_length(p_mappings) = 0 THEN
+		RAISE EXCEPTION 'table_mappings must not be empty' USING ERRCODE = '22023';
+	END IF;
+
+	FOR elem IN SELECT value FROM jsonb_array_elements(p_mappings) LOOP
+		partition_key := NULL;
+		exclude_columns := '{}';
+		IF jsonb_typeof(elem) = 'string' THEN
+			src := bunny._parse_table_name(elem #>> '{}');
+			dst := src;
+		ELSIF jsonb_typeof(elem) = 'object' THEN
+			FOR k IN SELECT jsonb_object_keys(elem) LOOP
+				IF k NOT IN ('source_table', 'destination_table', 'partition_key', 'exclude_columns') THEN
+					RAISE EXCEPTION 'unknown key "%" in table mapping', k
+						USING ERRCODE = '22023',
+							  HINT = 'Valid keys are source_table, destination_table, partition_key and exclude_columns.';
+				END IF;
+			END LOOP;
+			IF jsonb_typeof(elem -> 'source_table') IS DISTINCT FROM 'string' THEN
+				RAISE EXCEPTION 'table mapping needs a "source_table" string'
+					USING ERRCODE = '22023', DETAIL = format('Mapping: %s', elem);
+			END IF;
+			src := bunny._parse_table_name(elem ->> 'source_table');
+			IF elem ? 'destination_table' AND jsonb_typeof(elem -> 'destination_table') <> 'null' THEN
+				IF jsonb_typeof(elem -> 'destination_table') <> 'string' THEN
+					RAISE EXCEPTION '"destination_table" must be a string' USING ERRCODE = '22023';
+				END IF;
+				dst := bunny._parse_table_name(elem ->> 'destination_table');
+			ELSE
+				dst := src;
+			END IF;
+			IF elem ? 'partition_key' AND jsonb_typeof(elem -> 'partition_key') <> 'null' THEN
+				IF jsonb_typeof(elem -> 'partition_key') <> 'string' OR elem ->> 'partition_key' = ''
+				   OR octet_length(elem ->> 'partition_key') > 63 THEN
+					RAISE EXCEPTION '"partition_key" must be a column name' USING ERRCODE = '22023';
+				END IF;
+				partition_key := elem ->> 'partition_key';
+			END IF;
+			IF elem ? 'exclude_columns' AND jsonb_typeof(elem -> 'exclude_columns') <> 'null' THEN
+				IF jsonb_typeof(elem -> 'exclude_columns') <> 'array' THEN
+					RAISE EXCEPTION '"exclude_columns" must be an array of column names' USING ERRCODE = '22023';
+				END IF;
+				FOR col IN SELECT value FROM jsonb_array_elements(elem -> 'exclude_columns') LOOP
+					IF jsonb_typeof(col) <> 'string' OR col #>> '{}' = ''
+					   OR octet_length(col #>> '{}') > 63 THEN
+						RAISE EXCEPTION '"exclude_columns" must be an array of column names' USING ERRCODE = '22023';
+					END IF;
+					exclude_columns := exclude_columns || (col #>> '{}')::name;
+				END LOOP;
+				IF partition_key IS NOT NULL AND partition_key = ANY (exclude_columns) THEN
+					RAISE EXCEPTION 'partition key "%" cannot be an excluded column', partition_key
+						USING ERRCODE = '22023';
+				END IF;
+			END IF;
+		ELSE
+			RAISE EXCEPTION 'table mapping must be a string or an object'
+				USING ERRCODE = '22023', DETAIL = format('Mapping: %s', elem);
+		END IF;
+
+		SELECT m.name INTO other
+		  FROM bunny.mirror_table t JOIN bunny.mirror m ON m.id = t.mirror_id
+		 WHERE t.destination_schema = dst.schema_name
+		   AND t.destination_table = dst.table_name
+		   AND t.mirror_id IS DISTINCT FROM p_mirror_id;
+		IF FOUND THEN
+			RAISE EXCEPTION 'destination table %.% is already used by mirror "%"',
+				quote_ident(dst.schema_name), quote_ident(dst.table_name), other
+				USING ERRCODE = '42710',
+					  HINT = format('Map the source table to another destination with "destination_table", or take it out of mirror %s first with bunny.update_tables().',
+									quote_literal(other));
+		END IF;
+		seen_src := seen_src || format('%I.%I', src.schema_name, src.table_name);
+		seen_dst := seen_dst || format('%I.%I', dst.schema_name, dst.table_name);
+
+		source_schema := src.schema_name;
+		source_table := src.table_name;
+		destination_schema := dst.schema_name;
+		destination_table := dst.table_name;
+		RETURN NEXT;
+	END LOOP;
+
+	-- names mapped twice: one set-based look at all of them (a search of
+	-- the names seen so far for each mapping was quadratic)
+	SELECT s INTO k FROM unnest(seen_src) s GROUP BY s HAVING count(*) > 1 LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'source table % is mapped twice', k USING ERRCODE = '42710';
+	END IF;
+	SELECT s INTO k FROM unnest(seen_dst) s GROUP BY s HAVING count(*) > 1 LIMIT 1;
+	IF FOUND THEN
+		RAISE EXCEPTION 'destination table % is mapped twice', k USING ERRCODE = '42710';
+	END IF;
+END
+$$;

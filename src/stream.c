@@ -271,6 +271,9 @@ source_error_hint(PGconn *conn, const char *sqlstate, const char *msg)
 	if (strstr(msg, "Connection refused") || strstr(msg, "could not translate host name") ||
 		strstr(msg, "No route to host") || strstr(msg, "timeout expired"))
 		return pstrdup("Check host and port in the connection string (bunny.create_peer() for a new peer, bunny.alter_peer() for an existing one), and that the source is running and listening on that address (listen_addresses).");
+	/* a unix socket: "... No such file or directory  Is the server running locally ..." */
+	if (strstr(msg, "Is the server running locally"))
+		return pstrdup("Check host (the socket directory) and port in the connection string (bunny.create_peer() for a new peer, bunny.alter_peer() for an existing one), and that the source is running with a socket there (unix_socket_directories).");
 	return NULL;
 }
 

@@ -186,6 +186,14 @@ $dest->safe_psql('postgres', "SELECT bunny.create_peer('p_port', "
 is(peer_count('p_port'), '1', 'create_peer: called again with the right host and port, it works');
 $dest->safe_psql('postgres', "SELECT bunny.drop_peer('p_port')");
 
+# and for a socket directory with no server in it
+($rc, $err) = psql_error("SELECT bunny.create_peer('p_sock', "
+	  . sql_literal("host=/tmp/no-such-socket-dir port=$free_port dbname=postgres") . ')');
+isnt($rc, 0, 'create_peer with a wrong socket directory fails');
+like($err, qr/ \| Check host \(the socket directory\) and port in the connection string \(bunny\.create_peer\(\) for a new peer/,
+	'create_peer: the hint names the socket directory');
+is(peer_count('p_sock'), '0', 'create_peer: nothing was stored for the wrong socket directory');
+
 $source->safe_psql('postgres', q{
 CREATE TABLE t_create (id int PRIMARY KEY);
 CREATE ROLE "Shop Owner" NOLOGIN;
