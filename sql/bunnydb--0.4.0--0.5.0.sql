@@ -632,7 +632,14 @@ BEGIN
 			   JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = mt.destination_table
 			  WHERE mt.mirror_id = p_mirror_id AND mt.status = 'PENDING'
 			  ORDER BY 1 LOOP
-		EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', t.dest) INTO has_rows;
+		-- a table someone holds a lock on is left to the worker's own check
+		-- rather than making the caller wait for that lock
+		BEGIN
+			EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE NOWAIT', t.dest);
+			EXECUTE format('SELECT EXISTS (SELECT 1 FROM %s)', t.dest) INTO has_rows;
+		EXCEPTION WHEN lock_not_available THEN
+			has_rows := false;
+		END;
 		IF has_rows THEN
 			RAISE EXCEPTION 'destination table % is not empty', t.dest
 				USING ERRCODE = '55000',
