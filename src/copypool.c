@@ -495,10 +495,16 @@ reclaim_parts(Mirror *m, List *live_pids)
 
 		*tab = '\0';
 		bunny_errcontext_push(&errctx, NULL, failed, InvalidXLogRecPtr);
+		/* in phase CDC, the copy is a resync's or that of added tables */
+		if (m->phase == PHASE_CDC)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("copy failed: %s", tab + 1),
+					 errhint("Fix the cause given after \"last:\" (each attempt's error is an ERROR line of bunny.logs()); the copy is retried with a backoff, or at once by bunny.retry_mirror(). To give it up, call bunny.cancel_operation().")));
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("initial copy failed: %s", tab + 1),
-				 errhint("See the ERROR lines of bunny.logs() for the cause.")));
+				 errhint("Fix the cause given after \"last:\" (each attempt's error is an ERROR line of bunny.logs()); the copy is retried with a backoff, or at once by bunny.retry_mirror().")));
 	}
 	SPI_connect();
 	SPI_execute_with_args(psprintf("UPDATE bunny.snapshot_part SET status = 'PENDING', worker_pid = NULL "

@@ -248,6 +248,8 @@ COMMIT;});
 		"$label: the copy fails again and again");
 	like(mirror_field($dest, 'orders_mirror', 'error_message') // '', qr/orders_v_check/,
 		"$label: its error names the constraint");
+	ok(poll_until(sub { (mirror_field($dest, 'orders_mirror', 'error_message') // '') =~ /^copy failed: part \d+ of public\.orders failed \d+ times, last: .*orders_v_check/ }, 90, 0.2),
+		"$label: once a part failed three times, it says the copy failed (not an initial copy)");
 	write_all('orders', 'other');
 
 	my (undef, undef, $seq_err) = $dest->psql('postgres', "SELECT * FROM bunny.sync_sequences('orders_mirror')");
