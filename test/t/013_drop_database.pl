@@ -53,10 +53,12 @@ sub app_status
 ok(poll_until(sub { app_status('live') eq 'RUNNING' }, 60, 0.2), 'mirror live RUNNING in appdb');
 
 # the destination already has a row of full_one: the copy is refused, the
-# mirror FAILED (a permanent error), and it has no worker
+# mirror FAILED (a permanent error), and it has no worker (the row comes
+# in create_mirror's transaction, after its own check, which would refuse
+# the mapping at once)
 app('CREATE TABLE full_one (id int PRIMARY KEY)');
-app('INSERT INTO full_one VALUES (42)');
-app(q{SELECT bunny.create_mirror('stuck', 'src', '["public.full_one"]')});
+app(q{BEGIN; SELECT bunny.create_mirror('stuck', 'src', '["public.full_one"]');
+      INSERT INTO full_one VALUES (42); COMMIT;});
 ok(poll_until(sub { app_status('stuck') eq 'FAILED' }, 60, 0.2), 'mirror stuck FAILED');
 
 sub src_objects
