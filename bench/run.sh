@@ -9,10 +9,12 @@
 #                            [--long-wait] [--dir DIR] [--smoke]
 #                            [--port-base P]
 #     bash bench/run.sh --only tables [--tables 100,1000] [--stats]
-#                            [--dir DIR] [--port-base P] [--keep]
+#                            [--smoke] [--dir DIR] [--port-base P] [--keep]
 #     bash bench/run.sh --only mirrors [--mirrors 1,10,30] [--rate 200]
 #                            [--smoke] [--dir DIR] [--port-base P] [--keep]
 #     bash bench/run.sh --only values [--value-mb 100]
+#                            [--smoke] [--dir DIR] [--port-base P] [--keep]
+#     bash bench/run.sh --only bigtable [--bigtable-gb 3]
 #                            [--smoke] [--dir DIR] [--port-base P] [--keep]
 #
 # --port-base P: the source listens on port P, the destination on P+1
@@ -31,7 +33,9 @@
 # and that every destination matches the source.  The test suite
 # (test/run_tests.sh) runs it that way.  With --only mirrors: --mirrors 1,3
 # and 5 s of load; with --only values: 5 MB values and 500 wide rows (unless
-# --mirrors / --value-mb say otherwise).
+# --mirrors / --value-mb say otherwise); with --only tables: --tables 20,100
+# (unless --tables is given); with --only bigtable: 1 000 000 rows copied
+# in parts of 100 000 (snapshot_num_rows_per_partition), sampled every 0.25 s.
 #
 # Requirements: Debian 12, PostgreSQL 15 (/usr/lib/postgresql/15/bin, with
 # pgbench and the contrib module dblink), bunnydb built and installed
@@ -91,6 +95,12 @@
 #           order-independent checksum per table, index count).  Both
 #           clusters get max_locks_per_transaction = 1024 (bunnydb creates
 #           the tables, and pg_dump -s locks them all, in one transaction).
+#           Memory: from create_mirror until 3 s after RUNNING, every
+#           0.2 s, the processes titled exactly "bunnydb mirror tblN" and
+#           "bunnydb snapshot tblN" (see title_sampler): peaks of VmRSS
+#           minus RssShmem (the target's measure: README, mirror worker
+#           under 200 MB at 10 000 tables), RssAnon and VmHWM, per N, and
+#           KB per table from the growth between two Ns.
 #           --stats: pg_stat_statements on both clusters (track = all), the
 #           statements with the largest total time of each bunnydb copy, and
 #           the wait events of bunnydb's processes sampled every 0.2 s
@@ -161,6 +171,39 @@
 #           each destination is compared with the source: per big row the
 #           length and md5 of both values, per wide table its row count
 #           and an order-independent checksum.
+#   bigtable  (alone: --only bigtable) one table bigtable (id bigint
+#           primary key, two int columns, a 64-character text; about 116
+#           bytes a row, 9.25 million rows per GB) of --bigtable-gb GB
+#           (default 3, at most 3.5; the destination's shared_buffers is
+#           1 GB), published as bt_pub.  Three copies, one after the other,
+#           each alone, each into a database of its own: bunnydb
+#           create_mirror with the default split (heap block ranges), the
+#           built-in CREATE SUBSCRIPTION (table with its primary key
+#           pre-created, untimed), bunnydb with "partition_key": "id" (key
+#           ranges; README "Table mappings").  Each is timed until RUNNING /
+#           'r'; ratio against the built-in.  Throughput: every 0.5 s a DO
+#           block in `sampler` reads, through dblink, the copy's rows done
+#           (bunny.copy_progress; the built-in: its COPY's
+#           pg_stat_progress_copy) and bunnydb's running parts; printed:
+#           the rows/s of each quarter and each tenth of the copy window
+#           (first sample with rows to the first with all of them), last
+#           quarter / first, slowest / fastest, and the median time of a
+#           part started in the first and in the last quarter.  The split:
+#           rows_copied of bunny.snapshot_part per part (min, max, mean,
+#           stddev, cv; the same without the open-ended first and last
+#           parts), parts and rows per snapshot worker.  Memory peaks of the
+#           mirror and snapshot workers (the built-in's apply and table sync
+#           workers), the peak disk use of --dir, and from dst.log the
+#           checkpoints and the autovacuum and autoanalyze runs on the
+#           table during each copy (log_autovacuum_min_duration = 0 on
+#           the destination here).  Each copy is checked
+#           against the source (row count, checksum of all rows, primary
+#           key present) and its table then dropped, so the disk holds the
+#           source and one copy at a time (at most 15.8 GB in --dir with
+#           the WAL at 3 GB; both clusters get max_wal_size = 4GB here).
+#           Environment BENCH_STATS_KEEP=DIR: each copy's samples (time,
+#           rows, bytes, parts done and total, state, parts running) are
+#           copied there as samples-<system>.txt.
 #   references  (not systems under test; rows under the table): what
 #           PostgreSQL itself needs on this machine.  After the copies, one
 #           binary COPY pipe (psql | psql) of pgbench_accounts into a table
@@ -226,6 +269,7 @@ SCALE_GIVEN=0
 PGL=auto                   # pglogical as a third system when installed
 PGL_SUB=bench_pgl
 TABLES_LIST=100,1000        # --only tables: the table counts, increasing
+TABLES_GIVEN=0
 TABLE_ROWS=1000            # rows per table of the tables workload
 STATS=0                    # --stats: pg_stat_statements and wait-event sampling
 MIRRORS_LIST=1,10,30       # --only mirrors: the mirror counts, increasing
@@ -237,6 +281,9 @@ MIRRORS_EXH_WORKERS=8      # ... with this max_worker_processes on the destinati
 VALUE_MB=100               # --only values: size of each huge value
 VALUE_GIVEN=0
 WIDE_ROWS=5000             # rows of the 1 000-column tables
+BIGTABLE_GB=3              # --only bigtable: the table's size (heap), GB
+BT_PART_ROWS=""            # --smoke: snapshot_num_rows_per_partition of its mirrors
+BT_SAMPLE_S=0.5            # seconds between two samples of a copy's progress
 TABLES_JSON='["public.pgbench_accounts","public.pgbench_branches","public.pgbench_tellers","public.pgbench_history","public.bigt"]'
 
 CMDLINE="bash $0 $*"
@@ -260,13 +307,15 @@ while [ $# -gt 0 ]; do
         --long-wait) WAIT_MODE=long; shift ;;
         --no-pglogical) PGL=0; shift ;;
         --smoke) SMOKE=1; shift ;;
-        --tables) TABLES_LIST=${2:?}; shift 2 ;;
-        --tables=*) TABLES_LIST=${1#*=}; shift ;;
+        --tables) TABLES_LIST=${2:?}; TABLES_GIVEN=1; shift 2 ;;
+        --tables=*) TABLES_LIST=${1#*=}; TABLES_GIVEN=1; shift ;;
         --stats) STATS=1; shift ;;
         --mirrors) MIRRORS_LIST=${2:?}; MIRRORS_GIVEN=1; shift 2 ;;
         --mirrors=*) MIRRORS_LIST=${1#*=}; MIRRORS_GIVEN=1; shift ;;
         --rate) MIRROR_RATE=${2:?}; shift 2 ;;
         --rate=*) MIRROR_RATE=${1#*=}; shift ;;
+        --bigtable-gb) BIGTABLE_GB=${2:?}; shift 2 ;;
+        --bigtable-gb=*) BIGTABLE_GB=${1#*=}; shift ;;
         --value-mb) VALUE_MB=${2:?}; VALUE_GIVEN=1; shift 2 ;;
         --value-mb=*) VALUE_MB=${1#*=}; VALUE_GIVEN=1; shift ;;
         --port-base) SRC_PORT=${2:?}; DST_PORT=$((SRC_PORT + 1)); shift 2 ;;
@@ -283,14 +332,17 @@ if [ "$SMOKE" = 1 ]; then
     LAG_SECONDS=5
     [ "$MIRRORS_GIVEN" = 1 ] || MIRRORS_LIST=1,3
     [ "$VALUE_GIVEN" = 1 ] || VALUE_MB=5
+    [ "$TABLES_GIVEN" = 1 ] || TABLES_LIST=20,100
+    BT_PART_ROWS=100000
+    BT_SAMPLE_S=0.25
     WIDE_ROWS=500
 fi
 for w in ${ONLY//,/ }; do
-    case "$w" in copy|tpcb|bigtxn|lag|tables|mirrors|values) ;; *) echo "run.sh: unknown workload in --only: $w" >&2; exit 2 ;; esac
+    case "$w" in copy|tpcb|bigtxn|lag|tables|mirrors|values|bigtable) ;; *) echo "run.sh: unknown workload in --only: $w" >&2; exit 2 ;; esac
 done
-# tables, mirrors and values run alone, on clusters of their own
+# tables, mirrors, values and bigtable run alone, on clusters of their own
 SOLO=""
-for w in tables mirrors values; do
+for w in tables mirrors values bigtable; do
     if [[ ",$ONLY," == *",$w,"* ]]; then
         [ "$ONLY" = "$w" ] || { echo "run.sh: --only $w runs alone" >&2; exit 2; }
         SOLO=$w
@@ -303,6 +355,18 @@ if [ "$SOLO" = mirrors ]; then
 fi
 if [ "$SOLO" = values ]; then
     [[ "$VALUE_MB" =~ ^[1-9][0-9]*$ ]] && [ "$VALUE_MB" -le 300 ] || { echo "run.sh: --value-mb takes an integer from 1 to 300 (a text COPY line of the row must stay under 1 GB)" >&2; exit 2; }
+fi
+if [ "$SOLO" = bigtable ]; then
+    # heap size in GB, so that source + one copy + WAL stay under 20 GB
+    [[ "$BIGTABLE_GB" =~ ^[0-9]+(\.[0-9]+)?$ ]] && awk -v g="$BIGTABLE_GB" 'BEGIN { exit !(g > 0 && g <= 3.5) }' \
+        || { echo "run.sh: --bigtable-gb takes a size in GB above 0 and at most 3.5 (about 5 GB of disk per GB, see the header)" >&2; exit 2; }
+    # about 116 bytes a row on disk (see bigtable_source)
+    BT_ROWS=$(awk -v g="$BIGTABLE_GB" 'BEGIN { printf "%d", g * 9250000 }')
+    BT_WARM_MB=$(awk -v g="$BIGTABLE_GB" 'BEGIN { m = g * 1100; if (m > 3500) m = 3500; printf "%d", m }')
+    if [ "$SMOKE" = 1 ]; then
+        BT_ROWS=1000000
+        BT_WARM_MB=100
+    fi
 fi
 TABLES_MODE=0
 if [ "$SOLO" = tables ]; then
@@ -409,6 +473,8 @@ echo "repo:      $(git -c safe.directory='*' -C "$REPO" describe --always --dirt
 echo "wait mode: $WAIT_MODE (bunny.wait_for_lsn $([ "$WAIT_MODE" = long ] && echo "one long call" || echo "polled with timeout 0"))"
 if [ "$SOLO" = mirrors ]; then
     echo "mirrors:   $MIRRORS_LIST mirrors of 3 tables each, $MIRROR_RATE transactions/s for ${LAG_SECONDS} s; workload: mirrors only"
+elif [ "$SOLO" = bigtable ]; then
+    echo "bigtable:  one table of $BT_ROWS rows (about $BIGTABLE_GB GB$([ "$SMOKE" = 1 ] && echo ", --smoke: parts of $BT_PART_ROWS rows")) with a primary key; workload: bigtable only"
 elif [ "$SOLO" = values ]; then
     echo "values:    $VALUE_MB MB text + $VALUE_MB MB bytea in one row; $WIDE_ROWS rows of 1 000 columns; workload: values only"
 elif [ "$TABLES_MODE" = 1 ]; then
@@ -508,6 +574,15 @@ bunny.max_mirror_workers = 64
 max_logical_replication_workers = 100
 max_replication_slots = 160
 max_connections = 200"
+fi
+if [ "$SOLO" = bigtable ]; then
+    # recycled WAL segments are kept up to max_wal_size: with 8 GB on both
+    # clusters, their WAL alone could take 16 GB of the disk
+    SOLO_SRC_CONF="max_wal_size = 4GB"
+    # what else runs during a copy, in dst.log (checkpoints are logged by
+    # default): autovacuum and autoanalyze of the copied table
+    SOLO_DST_CONF="max_wal_size = 4GB
+log_autovacuum_min_duration = 0"
 fi
 make_cluster src $SRC_PORT "wal_level = logical
 $PGL_SRC_CONF
@@ -899,8 +974,17 @@ tables_check() {
     fi
 }
 
+# mem_per_table MB1 MB2 N1 N2: KB per table between two table counts
+mem_per_table() {
+    if [[ "$1" =~ ^[0-9.]+$ ]] && [[ "$2" =~ ^[0-9.]+$ ]] && [ "$4" -gt "$3" ]; then
+        awk -v a="$1" -v b="$2" -v n1="$3" -v n2="$4" 'BEGIN { printf "%.1f", (b - a) * 1024 / (n2 - n1) }'
+    else
+        echo n/a
+    fi
+}
+
 tables_main() {
-    local n t0 tc t1 first=1 mirror sub sub_oid
+    local n t0 tc t1 first=1 mirror sub sub_oid pm ps
     local -a NS=()
     TABLES_BAD=0
     qs postgres "CREATE DATABASE sampler"
@@ -932,6 +1016,8 @@ tables_main() {
         mirror=tbl$n
         checkpoint_both
         [ "$STATS" = 1 ] && { tables_stats_reset; tables_waits_start "$n"; }
+        start_title "tbl$n-mirror" "bunnydb mirror $mirror"; pm=$TITLE_PID
+        start_title "tbl$n-snap" "bunnydb snapshot $mirror"; ps=$TITLE_PID
         log "bunnydb: create_mirror of $n tables ... until status RUNNING"
         t0=$(now)
         if qd "dest_bunny_$n" "SELECT bunny.create_mirror('$mirror', 'src',
@@ -949,6 +1035,14 @@ tables_main() {
             qd "dest_bunny_$n" "SELECT created_at::time(0) || ' ' || level || ' ' || message FROM bunny.logs('$mirror', NULL, NULL, 20)" || true
             tail -20 "$DIR/dst.log"
         fi
+        # memory: the mirror worker into its first seconds of streaming
+        # (untimed), the snapshot workers over the whole copy
+        sleep 3
+        stop_title "tbl$n-mirror" "$pm"
+        RES[tables$n,mir_priv]=$T_PRIV; RES[tables$n,mir_hwm]=$T_HWM; RES[tables$n,mir_anon]=$T_ANON; RES[tables$n,mir_rss]=$T_RSS
+        stop_title "tbl$n-snap" "$ps"
+        RES[tables$n,snap_priv]=$T_PRIV; RES[tables$n,snap_hwm]=$T_HWM; RES[tables$n,snap_sum]=$T_SUM; RES[tables$n,snap_n]=$T_PROCS
+        log "bunnydb memory, $n tables: mirror worker peak VmRSS-RssShmem ${RES[tables$n,mir_priv]} MB, RssAnon ${RES[tables$n,mir_anon]} MB, VmHWM ${RES[tables$n,mir_hwm]} MB; snapshot workers (at most $T_PROCS at once): largest VmRSS-RssShmem ${RES[tables$n,snap_priv]} MB, VmHWM ${RES[tables$n,snap_hwm]} MB, sum ${RES[tables$n,snap_sum]} MB"
         if [ "$STATS" = 1 ]; then
             tables_waits_stop "$n"
             tables_stats_show "$n"
@@ -1002,6 +1096,28 @@ tables_main() {
     for n in "${NS[@]}"; do
         echo "bunnydb phases, $n tables: ${RES[tables$n,phases]:-n/a}"
     done
+    # memory per N, and per table: the growth from the previous N divided
+    # by the tables added (what a fixed cost per process does not blur)
+    local pn="" mp ma mh sp sh kp ka ks v
+    echo
+    echo "bunnydb memory, peaks in MB (private = VmRSS-RssShmem, the target's measure; anon = RssAnon, the heap;"
+    echo "HWM = VmHWM, the kernel's peak VmRSS, shared_buffers pages included); KB/table = growth from the previous N:"
+    printf '%8s | %8s | %8s | %8s | %10s | %10s | %9s | %9s | %9s\n' tables "mir.priv" "mir.anon" "mir.HWM" "snap.priv" "snap.sum" "KB/t priv" "KB/t anon" "KB/t snap"
+    printf '%s\n' "---------+----------+----------+----------+------------+------------+-----------+-----------+----------"
+    for n in "${NS[@]}"; do
+        mp=${RES[tables$n,mir_priv]:-n/a}; ma=${RES[tables$n,mir_anon]:-n/a}; mh=${RES[tables$n,mir_hwm]:-n/a}
+        sp=${RES[tables$n,snap_priv]:-n/a}; sh=${RES[tables$n,snap_sum]:-n/a}
+        kp=n/a; ka=n/a; ks=n/a
+        if [ -n "$pn" ]; then
+            kp=$(mem_per_table "${RES[tables$pn,mir_priv]:-}" "$mp" "$pn" "$n")
+            ka=$(mem_per_table "${RES[tables$pn,mir_anon]:-}" "$ma" "$pn" "$n")
+            ks=$(mem_per_table "${RES[tables$pn,snap_priv]:-}" "$sp" "$pn" "$n")
+        fi
+        v=$(awk -v m="$mp" -v n="$n" 'BEGIN { if (n < 10000 || m !~ /^[0-9.]+$/) print "-"; else print (m < 200 ? "PASS" : "FAIL") }')
+        printf '%8s | %8s | %8s | %8s | %10s | %10s | %9s | %9s | %9s\n' "$n" "$mp" "$ma" "$mh" "$sp" "$sh" "$kp" "$ka" "$ks"
+        RESULT_LINES+=("RESULT tables_mem n=$n mirror_private_mb=$mp mirror_rssanon_mb=$ma mirror_vmhwm_mb=$mh snapshot_private_mb=$sp snapshot_vmhwm_mb=${RES[tables$n,snap_hwm]:-n/a} snapshot_sum_private_mb=$sh snapshot_workers=${RES[tables$n,snap_n]:-0} mirror_private_kb_per_table=$kp mirror_rssanon_kb_per_table=$ka snapshot_private_kb_per_table=$ks target=mirror_private<200@10000 $v")
+        pn=$n
+    done
     echo
     printf '%s\n' "${RESULT_LINES[@]}"
     echo "RESULT tables_consistency $([ "$TABLES_BAD" = 0 ] && echo OK || echo MISMATCH)"
@@ -1010,6 +1126,8 @@ tables_main() {
     echo "the built-in's tables are pre-created untimed (pg_dump -s).  For each N bunnydb runs"
     echo "first, then the built-in, never both at once; both copy with up to 4 processes"
     echo "(snapshot workers: twice the CPUs at most; max_sync_workers_per_subscription = 4)."
+    echo "Memory: every 0.2 s from create_mirror until 3 s after RUNNING, processes matched by their exact"
+    echo "title (bunnydb mirror / snapshot <mirror>); KB/table = growth from the previous N / tables added."
     echo "Reminder: noisy machine; compare ratios and per-table growth, not absolute times."
     [ "$TABLES_BAD" = 0 ] || return 1
     for n in "${NS[@]}"; do
@@ -1069,6 +1187,69 @@ stop_scan() {    # name pid -> SCAN_RSS SCAN_PRIV SCAN_SUM (MB, n/a without a sa
     SCAN_RSS=$(kb_mb "$peak")
     SCAN_PRIV=$(kb_mb "$priv")
     SCAN_SUM=$(kb_mb "$sum")
+}
+
+# ---- memory of the processes of one exact title, every 0.2 s ---------------
+# As scan_sampler, but a process counts only when its title is exactly
+# "postgres: TITLE" (the mirror worker of tbl1000 must not match the one of
+# tbl10000), and the kernel's own peak (VmHWM, which no sampling interval
+# misses) is kept too.  The title is read with the shell's read up to the
+# first NUL of /proc/PID/cmdline: no process is started per candidate.
+# Kept: the largest single process's peak VmRSS, VmRSS-RssShmem, RssAnon
+# and VmHWM, the peak sum of VmRSS-RssShmem over all of them, the most
+# processes seen at once, the samples that saw one.
+# title_sampler OUTFILE STOPFILE TITLE
+title_sampler() {
+    local out=$1 stop=$2 title=$3 ppid f pid t line n rss priv anon hwm sum cnt
+    local peak=0 ppriv=0 panon=0 phwm=0 psum=0 pmax=0 samples=0
+    ppid=$(head -1 "$DIR/dst/postmaster.pid")
+    while [ ! -e "$stop" ]; do
+        sum=0; cnt=0
+        for f in $(grep -l -a -F -- "$title" /proc/[0-9]*/cmdline 2>/dev/null); do
+            t=""
+            # (the process may be gone: the redirection fails first)
+            { IFS= read -r -d '' t <"$f"; } 2>/dev/null || true
+            t=${t%"${t##*[! ]}"}
+            [ "$t" = "postgres: $title" ] || continue
+            pid=${f#/proc/}; pid=${pid%/cmdline}
+            line=$(awk '/^PPid:/ {p=$2} /^VmRSS:/ {r=$2} /^RssAnon:/ {a=$2} /^RssShmem:/ {s=$2} /^VmHWM:/ {h=$2} END {print p+0, r+0, r-s, a+0, h+0}' "/proc/$pid/status" 2>/dev/null) || continue
+            read -r n rss priv anon hwm <<<"$line"
+            [ "$n" = "$ppid" ] && [ "$rss" -gt 0 ] || continue
+            cnt=$((cnt + 1)); sum=$((sum + priv))
+            [ "$rss" -gt "$peak" ] && peak=$rss
+            [ "$priv" -gt "$ppriv" ] && ppriv=$priv
+            [ "$anon" -gt "$panon" ] && panon=$anon
+            [ "$hwm" -gt "$phwm" ] && phwm=$hwm
+        done
+        if [ "$cnt" -gt 0 ]; then
+            samples=$((samples + 1))
+            [ "$sum" -gt "$psum" ] && psum=$sum
+            [ "$cnt" -gt "$pmax" ] && pmax=$cnt
+        fi
+        sleep 0.2
+    done
+    echo "$peak $ppriv $panon $phwm $psum $pmax $samples" >"$out"
+}
+start_title() {   # name title -> TITLE_PID
+    rm -f "$DIR/title-$1.stop" "$DIR/title-$1.out"
+    title_sampler "$DIR/title-$1.out" "$DIR/title-$1.stop" "$2" &
+    TITLE_PID=$!
+    BG_PIDS+=("$TITLE_PID")
+}
+# stop_title name pid -> T_RSS T_PRIV T_ANON T_HWM T_SUM (MB, n/a without
+# a sample) T_PROCS
+stop_title() {
+    touch "$DIR/title-$1.stop"
+    wait "$2" 2>/dev/null || true
+    local peak priv anon hwm sum procs n
+    read -r peak priv anon hwm sum procs n <"$DIR/title-$1.out" || { peak=0; priv=0; anon=0; hwm=0; sum=0; procs=0; n=0; }
+    T_PROCS=$procs
+    if [ "$n" -eq 0 ]; then
+        T_RSS=n/a; T_PRIV=n/a; T_ANON=n/a; T_HWM=n/a; T_SUM=n/a
+        return
+    fi
+    T_RSS=$(kb_mb "$peak"); T_PRIV=$(kb_mb "$priv"); T_ANON=$(kb_mb "$anon")
+    T_HWM=$(kb_mb "$hwm"); T_SUM=$(kb_mb "$sum")
 }
 
 # psql_in PORT DB: run the SQL on stdin, stop at the first error
@@ -1768,6 +1949,430 @@ values_main() {
     echo "Memory: VmRSS minus RssShmem (shared_buffers excluded), sampled every 0.2 s."
     echo "Reminder: noisy machine; compare ratios, not absolute times."
     [ "$VALUES_BAD" = 0 ]
+}
+
+# ---------------------------------------------------------------------------
+# bigtable (--only bigtable): one table well past shared_buffers
+# ---------------------------------------------------------------------------
+# The table: bigtable (id bigint primary key, grp int, amount int, note
+# text of 64 characters), about 116 bytes a row on disk, so about 9.25
+# million rows per GB.  Three copies, one after the other, each into a
+# destination database of its own that is emptied (table dropped) once it
+# has been checked, so that the disk holds the source and one copy at a
+# time: bunnydb with the default split (heap block ranges), the built-in,
+# bunnydb with "partition_key": "id" (key ranges).
+
+# the query every copy is checked with: rows, checksum, primary key
+BT_CHECK_SQL="SELECT count(*) || ' ' || coalesce(sum(hashtext(r::text)::bigint), 0) || ' pk=' ||
+       (SELECT count(*) FROM pg_index WHERE indrelid = 'public.bigtable'::regclass AND indisprimary)
+  FROM public.bigtable r"
+
+bigtable_source() {
+    local t0 chunk=1000000
+    t0=$(now)
+    qs postgres "CREATE DATABASE big"
+    qs big "CREATE TABLE bigtable (id bigint NOT NULL, grp int NOT NULL, amount int NOT NULL, note text NOT NULL)"
+    # in chunks of a million rows, each its own transaction
+    qs big "DO \$\$
+BEGIN
+    FOR lo IN 1..$BT_ROWS BY $chunk LOOP
+        INSERT INTO bigtable SELECT g, g % 1000, (g * 7919) % 100000, repeat(md5(g::text), 2)
+          FROM generate_series(lo::bigint, least(lo + $chunk - 1, $BT_ROWS)::bigint) g;
+        COMMIT;
+    END LOOP;
+END
+\$\$"
+    qs big "SET maintenance_work_mem = '1GB'; ALTER TABLE bigtable ADD PRIMARY KEY (id)"
+    qs big "VACUUM (ANALYZE) bigtable"
+    qs big "CREATE PUBLICATION bt_pub FOR TABLE bigtable"
+    as_pg bash -c "pg_dump -s -t public.bigtable -h '$DIR' -p $SRC_PORT big" >"$DIR/schema-big.sql" 2>"$DIR/schema-dump-big.log" \
+        || { cat "$DIR/schema-dump-big.log"; die "pg_dump -s of bigtable failed"; }
+    sed -i -e '/^CREATE PUBLICATION/d' -e '/^ALTER PUBLICATION/d' "$DIR/schema-big.sql"
+    chown postgres "$DIR/schema-big.sql"
+    qs postgres "CHECKPOINT"
+    BT_TABLE_MB=$(qs big "SELECT pg_relation_size('bigtable') / 1048576")
+    log "source: bigtable with $BT_ROWS rows in $(elapsed "$t0" "$(now)") s: heap $(qs big "SELECT pg_size_pretty(pg_relation_size('bigtable'))"), primary key $(qs big "SELECT pg_size_pretty(pg_relation_size('bigtable_pkey'))"), estimate $(qs big "SELECT reltuples::bigint || ' rows, ' || relpages || ' pages' FROM pg_class WHERE relname = 'bigtable'") (destination shared_buffers $(qd postgres "SHOW shared_buffers"))"
+}
+
+# disk used by the clusters (du of --dir), every 5 s: the peak, in MB;
+# and every 0.5 s the kernel's dirty and writeback page cache (kB, from
+# /proc/meminfo) into dirty-RUN.txt: a copy that writes faster than the
+# disk is throttled by the kernel once dirty memory passes halfway between
+# vm.dirty_background_ratio and vm.dirty_ratio, whichever system copies
+bt_disk_start() {   # run
+    rm -f "$DIR/disk.stop" "$DIR/disk.out" "$DIR/dirty-$1.txt"
+    (
+        peak=0 n=0
+        while [ ! -e "$DIR/disk.stop" ]; do
+            if [ $((n % 10)) = 0 ]; then
+                u=$(du -sm "$DIR" 2>/dev/null | cut -f1) || u=0
+                [ "${u:-0}" -gt "$peak" ] && peak=$u
+                echo "$peak" >"$DIR/disk.out"
+            fi
+            echo "$(date +%s.%N) $(awk '/^Dirty:/ {d=$2} /^Writeback:/ {w=$2} END {print d+0, w+0}' /proc/meminfo)" >>"$DIR/dirty-$1.txt"
+            n=$((n + 1))
+            sleep 0.5
+        done
+    ) &
+    BT_DISK_PID=$!
+    BG_PIDS+=("$BT_DISK_PID")
+}
+
+# bt_dirty RUN: the kernel's dirty + writeback memory (MB) at the copy
+# window's start, quarter marks and end (bt_rates sets BT_TA, BT_TB), and
+# its peak over the whole copy
+bt_dirty() {
+    if [ -n "${BENCH_STATS_KEEP:-}" ]; then cp "$DIR/dirty-$1.txt" "$BENCH_STATS_KEEP/" 2>/dev/null || true; fi
+    [[ "${BT_TA:-}" =~ ^[0-9.]+$ ]] || { echo n/a; return; }
+    awk -v a="$BT_TA" -v b="$BT_TB" '
+        { t[NR] = $1; v[NR] = ($2 + $3) / 1024; if (v[NR] > pk) pk = v[NR] }
+        END {
+            for (k = 0; k <= 4; k++) {
+                x = a + (b - a) * k / 4; best = 0
+                for (i = 1; i <= NR; i++) if (!best || (t[i] - x) ^ 2 < (t[best] - x) ^ 2) best = i
+                out = out (k ? " | " : "") (best ? sprintf("%.0f", v[best]) : "n/a")
+            }
+            printf "%s (peak %.0f)", out, pk
+        }' "$DIR/dirty-$1.txt"
+}
+bt_disk_stop() {
+    touch "$DIR/disk.stop"
+    wait "$BT_DISK_PID" 2>/dev/null || true
+    cat "$DIR/disk.out" 2>/dev/null || echo n/a
+}
+
+# bt_sampler_start RUN DB DEST_SQL: on the source (database sampler), one
+# DO block that every BT_SAMPLE_S seconds runs DEST_SQL on destination
+# database DB through dblink and stores its row in bt_samples, until a row
+# for RUN is in bt_stop.  DEST_SQL returns: the destination's clock (epoch),
+# rows done, bytes done, parts done, parts total, state, the parts running
+# (comma-separated part numbers).  One query per interval on a connection
+# that stays open: no process is started per sample.
+bt_sampler_start() {
+    as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$DIR" -p "$SRC_PORT" -d sampler >"$DIR/sampler-$1.log" 2>&1 <<EOF &
+DO \$s\$
+DECLARE
+    deadline timestamptz := clock_timestamp() + interval '$COPY_TIMEOUT s';
+BEGIN
+    PERFORM dblink_connect('s', 'host=$DIR port=$DST_PORT dbname=$2');
+    WHILE clock_timestamp() < deadline AND NOT EXISTS (SELECT FROM bt_stop WHERE run = '$1') LOOP
+        INSERT INTO bt_samples
+        SELECT '$1', x.* FROM dblink('s', \$q\$$3\$q\$)
+            AS x(t float8, rows_done bigint, bytes_done bigint, parts_done int, parts_total int, state text, running text);
+        COMMIT;
+        PERFORM pg_sleep($BT_SAMPLE_S);
+    END LOOP;
+    PERFORM dblink_disconnect('s');
+END
+\$s\$;
+EOF
+    BT_SAMPLER_PID=$!
+    BG_PIDS+=("$BT_SAMPLER_PID")
+}
+bt_sampler_stop() {   # run
+    qs sampler "INSERT INTO bt_stop VALUES ('$1')"
+    wait "$BT_SAMPLER_PID" 2>/dev/null || true
+    grep -v '^$' "$DIR/sampler-$1.log" | head -5 || true
+    qs sampler "SELECT t, rows_done, bytes_done, coalesce(parts_done, -1), coalesce(parts_total, -1), state, coalesce(nullif(running, ''), '-')
+                  FROM bt_samples WHERE run = '$1' ORDER BY t" | tr '|' ' ' >"$DIR/samples-$1.txt"
+    # environment BENCH_STATS_KEEP=DIR: the samples are copied there
+    if [ -n "${BENCH_STATS_KEEP:-}" ]; then cp "$DIR/samples-$1.txt" "$BENCH_STATS_KEEP/" || true; fi
+}
+
+# bt_rates RUN: the copy's throughput from its samples.  The copy window
+# runs from the first sample with rows done to the first one with all of
+# them (the most seen); the rows at the window's quarter marks are
+# interpolated between samples.  Sets BT_Q (four rates, rows/s),
+# BT_RATE (the whole window), BT_LASTFIRST (q4/q1), BT_MINMAX (slowest
+# quarter / fastest), BT_WIN (window seconds), BT_DEC (the window in
+# tenths, rows/s each: the shape at a glance) and BT_PARTDUR (per part
+# seen running: median seconds of the parts started in the window's first
+# quarter and in its last, from the samples' lists of running parts),
+# BT_TA and BT_TB (the window's first and last sample, epoch).
+bt_rates() {
+    local r
+    r=$(awk -v iv="$BT_SAMPLE_S" '
+        { t[NR] = $1; r[NR] = $2; run[NR] = $7; if ($2 > max) max = $2 }
+        END {
+            for (i = 1; i <= NR; i++) if (r[i] > 0) { a = i; break }
+            for (i = 1; i <= NR; i++) if (r[i] == max && max > 0) { b = i; break }
+            if (!a || !b || b <= a) { print "n/a n/a n/a n/a n/a n/a n/a n/a n/a n/a n/a n/a"; exit }
+            T = t[b] - t[a]
+            for (k = 0; k <= 10; k++) { x = t[a] + T * k / 10; R[k] = at(x) }
+            for (k = 0; k <= 4; k++) { x = t[a] + T * k / 4; Q[k] = at(x) }
+            mn = -1; mx = 0
+            for (k = 1; k <= 4; k++) { q[k] = (Q[k] - Q[k-1]) / (T / 4); if (mn < 0 || q[k] < mn) mn = q[k]; if (q[k] > mx) mx = q[k] }
+            dec = ""
+            for (k = 1; k <= 10; k++) dec = dec (k > 1 ? "," : "") sprintf("%.0f", (R[k] - R[k-1]) / (T / 10))
+            # parts: first and last sample each was seen running in
+            for (i = 1; i <= NR; i++) if (run[i] != "-") {
+                n = split(run[i], ps, ",")
+                for (j = 1; j <= n; j++) { p = ps[j]; if (!(p in fs)) fs[p] = t[i]; ls[p] = t[i] }
+            }
+            n1 = 0; n4 = 0
+            for (p in fs) {
+                d = ls[p] - fs[p] + iv
+                if (fs[p] < t[a] + T / 4) d1[++n1] = d
+                else if (fs[p] >= t[a] + 3 * T / 4) d4[++n4] = d
+            }
+            pd = (n1 + n4 > 0) ? sprintf("%s/%s", med(d1, n1), med(d4, n4)) : "n/a"
+            printf "%.0f %.0f %.0f %.0f %.0f %.2f %.2f %.1f %s %s %.3f %.3f\n", q[1], q[2], q[3], q[4], (r[b] - r[a]) / T, (q[1] > 0 ? q[4] / q[1] : 0), (mx > 0 ? mn / mx : 0), T, dec, pd, t[a], t[b]
+        }
+        function at(x,   i) {
+            for (i = a; i < b; i++) if (t[i + 1] >= x) break
+            if (i >= b) return r[b]
+            return r[i] + (r[i + 1] - r[i]) * (x - t[i]) / (t[i + 1] - t[i])
+        }
+        function med(v, n,   i, j, x) {
+            if (n == 0) return "n/a"
+            for (i = 2; i <= n; i++) { x = v[i]; for (j = i - 1; j >= 1 && v[j] > x; j--) v[j + 1] = v[j]; v[j + 1] = x }
+            return sprintf("%.1f", n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2)
+        }' "$DIR/samples-$1.txt")
+    read -r q1 q2 q3 q4 BT_RATE BT_LASTFIRST BT_MINMAX BT_WIN BT_DEC BT_PARTDUR BT_TA BT_TB <<<"$r"
+    BT_Q="$q1 $q2 $q3 $q4"
+}
+
+# bt_bunny RUN DB MIRROR MAPPING LABEL: one bunnydb copy, sampled, checked
+bt_bunny() {
+    local run=$1 db=$2 mirror=$3 mapping=$4 label=$5 t0 t1 pm ps ok=0 opt="" off
+    [ -n "$BT_PART_ROWS" ] && opt=", snapshot_num_rows_per_partition => $BT_PART_ROWS"
+    checkpoint_both
+    echo
+    log "$label: create_mirror of bigtable ... until status RUNNING"
+    bt_sampler_start "$run" "$db" "SELECT extract(epoch FROM clock_timestamp())::float8, coalesce(sum(c.rows_done), 0)::bigint, coalesce(sum(c.bytes_done), 0)::bigint,
+               coalesce(sum(c.parts_done), 0)::int, coalesce(sum(c.parts_total), 0)::int, coalesce(max(c.state), 'none'),
+               (SELECT string_agg(p.part_no::text, ',' ORDER BY p.part_no) FROM bunny.snapshot_part p JOIN bunny.mirror m ON m.id = p.mirror_id
+                 WHERE m.name = '$mirror' AND p.status = 'RUNNING')
+          FROM bunny.copy_progress c WHERE c.mirror = '$mirror'"
+    start_title "$run-mirror" "bunnydb mirror $mirror"; pm=$TITLE_PID
+    start_title "$run-snap" "bunnydb snapshot $mirror"; ps=$TITLE_PID
+    bt_disk_start "$run"
+    off=$(stat -c %s "$DIR/dst.log")
+    t0=$(now)
+    if qd "$db" "SELECT bunny.create_mirror('$mirror', 'src', '[$mapping]'$opt)" >/dev/null \
+       && bunny_wait_status_in "$db" "$mirror" RUNNING "$COPY_TIMEOUT"; then
+        t1=$(now)
+        RES[bt,$run]=$(elapsed "$t0" "$t1")
+        ok=1
+    else
+        RES[bt,$run]=FAIL
+        BT_BAD=1
+        qd "$db" "SELECT status || ' ' || coalesce(error_message, '') FROM bunny.mirrors" || true
+        qd "$db" "SELECT created_at::time(0) || ' ' || level || ' ' || message FROM bunny.logs('$mirror', NULL, NULL, 20)" || true
+        tail -20 "$DIR/dst.log"
+    fi
+    bt_sampler_stop "$run"
+    bt_log_events "$run" "$off" "$t0"
+    RES[bt,$run,disk]=$(bt_disk_stop)
+    stop_title "$run-mirror" "$pm"
+    RES[bt,$run,mir]="$T_PRIV/$T_HWM"
+    stop_title "$run-snap" "$ps"
+    RES[bt,$run,snap]="$T_PRIV/$T_HWM/$T_SUM/$T_PROCS"
+    log "$label: ${RES[bt,$run]} s"
+    [ "$ok" = 1 ] || return 0
+
+    # where the time went, from the log: setup until the copy starts, the
+    # parts and then the table's constraints and indexes (until its
+    # "copied table" line), the rest until RUNNING; from the samples, the
+    # constraints and indexes alone ("finishing": every part in)
+    RES[bt,$run,phases]=$(qd "$db" "WITH l AS (SELECT created_at AS t, message AS m FROM bunny.mirror_logs WHERE mirror = '$mirror'),
+          p AS (SELECT min(t) FILTER (WHERE m LIKE 'initial copy started%') AS copy,
+                       min(t) FILTER (WHERE m LIKE 'copied table%') AS copied,
+                       min(m) FILTER (WHERE m LIKE 'initial copy started%') AS cm
+                  FROM l)
+        SELECT format('setup %s s | parts + index %s s | to RUNNING %s s | %s',
+                      round(extract(epoch FROM copy - to_timestamp($t0))::numeric, 1),
+                      round(extract(epoch FROM copied - copy)::numeric, 1),
+                      round(extract(epoch FROM to_timestamp($t1) - copied)::numeric, 1), cm) FROM p")
+    # (until RUNNING when no sample saw the table leave the view)
+    RES[bt,$run,finishing]=$(awk -v t1="$t1" '$6 == "finishing" { if (!f) f = $1 } $6 == "none" && f && !e { e = $1 } END { if (f && !e) e = t1; if (f) printf "%.1f", e - f; else print "n/a" }' "$DIR/samples-$run.txt")
+    bt_rates "$run"
+    RES[bt,$run,q]=$BT_Q; RES[bt,$run,rate]=$BT_RATE; RES[bt,$run,lf]=$BT_LASTFIRST; RES[bt,$run,mm]=$BT_MINMAX
+    RES[bt,$run,win]=$BT_WIN; RES[bt,$run,dec]=$BT_DEC; RES[bt,$run,pdur]=$BT_PARTDUR
+    RES[bt,$run,dirty]=$(bt_dirty "$run")
+    # the parts: their rows, and the workers that copied them
+    RES[bt,$run,parts]=$(qd "$db" "SELECT format('%s %s %s %s %s %s %s %s %s', count(*), min(rows_copied), max(rows_copied), round(avg(rows_copied)),
+                  round(stddev_pop(rows_copied)), round(100 * stddev_pop(rows_copied) / nullif(avg(rows_copied), 0), 1),
+                  (array_agg(part_no + 1 ORDER BY rows_copied))[1], round(max(rows_copied)::numeric / nullif(min(rows_copied), 0), 2),
+                  count(DISTINCT worker_pid))
+            FROM bunny.snapshot_part p JOIN bunny.mirror m ON m.id = p.mirror_id WHERE m.name = '$mirror'")
+    RES[bt,$run,parts_inner]=$(qd "$db" "SELECT format('%s/%s/%s', min(rows_copied), max(rows_copied), round(100 * stddev_pop(rows_copied) / nullif(avg(rows_copied), 0), 1))
+            FROM bunny.snapshot_part p JOIN bunny.mirror m ON m.id = p.mirror_id
+           WHERE m.name = '$mirror' AND p.part_no > 0 AND p.part_no < (SELECT max(part_no) FROM bunny.snapshot_part q WHERE q.mirror_id = p.mirror_id)")
+    RES[bt,$run,workers]=$(qd "$db" "SELECT format('%s parts / %s rows min, %s / %s max', min(n), min(r), max(n), max(r))
+            FROM (SELECT worker_pid, count(*) AS n, sum(rows_copied) AS r FROM bunny.snapshot_part p JOIN bunny.mirror m ON m.id = p.mirror_id
+                   WHERE m.name = '$mirror' GROUP BY 1) w")
+    RES[bt,$run,plan]=$(qd "$db" "SELECT format('%s .. %s', (array_agg(coalesce(predicate, 'all') ORDER BY part_no))[1], (array_agg(coalesce(predicate, 'all') ORDER BY part_no DESC))[1])
+            FROM bunny.snapshot_part p JOIN bunny.mirror m ON m.id = p.mirror_id WHERE m.name = '$mirror'")
+    bt_show "$run" "$label"
+    bt_check "$run" "$db"
+    qd "$db" "SELECT bunny.drop_mirror('$mirror')" >/dev/null || true
+    qd "$db" "DROP TABLE public.bigtable"
+}
+
+bt_show() {   # run label
+    local run=$1 label=$2 n mn mx avg sd cv small mm nw
+    log "$label: phases: ${RES[bt,$run,phases]:-n/a}; all parts in until SYNCED (primary key built) about ${RES[bt,$run,finishing]:-n/a} s"
+    log "$label: rows/s by quarter of the copy window (${RES[bt,$run,win]} s): ${RES[bt,$run,q]// / | }; whole window ${RES[bt,$run,rate]}; last/first quarter ${RES[bt,$run,lf]}, slowest/fastest ${RES[bt,$run,mm]}"
+    log "$label: rows/s by tenth of the window: ${RES[bt,$run,dec]}"
+    log "$label: kernel dirty + writeback memory (MB) at the window's start, quarter marks and end: ${RES[bt,$run,dirty]:-n/a}"
+    if [ -n "${RES[bt,$run,parts]:-}" ]; then
+        read -r n mn mx avg sd cv small mm nw <<<"${RES[bt,$run,parts]}"
+        log "$label: $n parts: rows min $mn (part $small), max $mx, mean $avg, stddev $sd (cv $cv %), max/min $mm; inner parts (not the open-ended first and last) min/max/cv% ${RES[bt,$run,parts_inner]:-n/a}; $nw workers: ${RES[bt,$run,workers]}; predicates ${RES[bt,$run,plan]}"
+        log "$label: median duration of a part (seen running every $BT_SAMPLE_S s) started in the window's first / last quarter: ${RES[bt,$run,pdur]} s"
+        log "$label: memory peaks (MB): mirror worker private/VmHWM ${RES[bt,$run,mir]}; snapshot workers largest private/VmHWM/sum private/count ${RES[bt,$run,snap]}; disk used by --dir at most ${RES[bt,$run,disk]} MB"
+    fi
+    log "$label: meanwhile on the destination: ${RES[bt,$run,events]:-n/a}"
+}
+
+# bt_log_events RUN OFFSET T0: what dst.log says happened since byte
+# OFFSET: checkpoints (with the second, after T0 (epoch), at which each
+# started), and autovacuum / autoanalyze runs on bigtable with their
+# seconds
+bt_log_events() {
+    local t0s
+    t0s=$(date -d "@$3" +%H:%M:%S.%N | awk -F: '{ printf "%.3f", $1 * 3600 + $2 * 60 + $3 }')
+    RES[bt,$1,events]=$(tail -c +"$(($2 + 1))" "$DIR/dst.log" | awk -v t0="$t0s" '
+        /checkpoint starting/ { split($2, hms, ":"); c++; at_s = at_s sprintf("%s%.1f", (c > 1 ? "," : ""), hms[1] * 3600 + hms[2] * 60 + hms[3] - t0) }
+        /automatic vacuum of table "[^"]*bigtable"/ { v++; vt = 1 }
+        /automatic analyze of table "[^"]*bigtable"/ { a++; at = 1 }
+        /elapsed: / { if (vt || at) { match($0, /elapsed: [0-9.]+/); s = substr($0, RSTART + 9, RLENGTH - 9); if (vt) vs += s; else as += s }; vt = 0; at = 0 }
+        END { printf "%d checkpoints (started %s s after the copy began), %d autovacuums of bigtable (%.1f s), %d autoanalyzes (%.1f s)", c, (c ? at_s : "-"), v, vs, a, as }')
+}
+
+bt_check() {   # run db
+    local got
+    got=$(qd "$2" "$BT_CHECK_SQL")
+    if [ "$got" = "$BT_REF" ]; then
+        log "$2: bigtable equals the source (rows, checksum, primary key): $got"
+        RES[bt,$1,check]=OK
+    else
+        log "$2: MISMATCH: $got against the source's $BT_REF"
+        RES[bt,$1,check]=MISMATCH
+        BT_BAD=1
+    fi
+}
+
+bt_builtin() {
+    local run=builtin db=bt_builtin t0 t1 ps pa sub_oid relid off
+    checkpoint_both
+    echo
+    log "built-in: CREATE SUBSCRIPTION of bigtable ... until its table is ready ('r')"
+    bt_sampler_start "$run" "$db" "SELECT extract(epoch FROM clock_timestamp())::float8, coalesce(sum(tuples_processed), 0)::bigint, coalesce(sum(bytes_processed), 0)::bigint,
+               NULL::int, NULL::int, coalesce((SELECT string_agg(srsubstate::text, '') FROM pg_subscription_rel), 'none'), NULL::text
+          FROM pg_stat_progress_copy WHERE datname = current_database()"
+    relid=$(qd "$db" "SELECT 'public.bigtable'::regclass::oid")
+    bt_disk_start "$run"
+    off=$(stat -c %s "$DIR/dst.log")
+    t0=$(now)
+    qd "$db" "CREATE SUBSCRIPTION bt_sub CONNECTION 'host=$DIR port=$SRC_PORT dbname=big' PUBLICATION bt_pub"
+    sub_oid=$(qd "$db" "SELECT oid FROM pg_subscription WHERE subname = 'bt_sub'")
+    # its workers' titles name the subscription: known only now, before
+    # either worker has started
+    start_title "$run-sync" "logical replication worker for subscription $sub_oid sync $relid"; ps=$TITLE_PID
+    start_title "$run-apply" "logical replication worker for subscription $sub_oid"; pa=$TITLE_PID
+    if srv_wait "built-in bt_sub ready" "$COPY_TIMEOUT" "$db" \
+        "SELECT CASE WHEN count(*) = 1 AND bool_and(srsubstate = 'r') THEN 'ok' ELSE 'wait' END FROM pg_subscription_rel WHERE srsubid = $sub_oid"; then
+        t1=$(now)
+        RES[bt,$run]=$(elapsed "$t0" "$t1")
+    else
+        RES[bt,$run]=FAIL
+        BT_BAD=1
+        tail -20 "$DIR/dst.log"
+    fi
+    bt_sampler_stop "$run"
+    bt_log_events "$run" "$off" "$t0"
+    RES[bt,$run,disk]=$(bt_disk_stop)
+    stop_title "$run-sync" "$ps"
+    RES[bt,$run,snap]="$T_PRIV/$T_HWM/$T_SUM/$T_PROCS"
+    stop_title "$run-apply" "$pa"
+    RES[bt,$run,mir]="$T_PRIV/$T_HWM"
+    log "built-in: ${RES[bt,$run]} s"
+    if [ "${RES[bt,$run]}" != FAIL ]; then
+        bt_rates "$run"
+        RES[bt,$run,q]=$BT_Q; RES[bt,$run,rate]=$BT_RATE; RES[bt,$run,lf]=$BT_LASTFIRST; RES[bt,$run,mm]=$BT_MINMAX
+        RES[bt,$run,win]=$BT_WIN; RES[bt,$run,dec]=$BT_DEC
+        RES[bt,$run,dirty]=$(bt_dirty "$run")
+        log "built-in: rows/s by quarter of the copy window (${RES[bt,$run,win]} s, its table sync worker's COPY): ${RES[bt,$run,q]// / | }; whole window ${RES[bt,$run,rate]}; last/first quarter ${RES[bt,$run,lf]}, slowest/fastest ${RES[bt,$run,mm]}"
+        log "built-in: rows/s by tenth of the window: ${RES[bt,$run,dec]}"
+        log "built-in: kernel dirty + writeback memory (MB) at the window's start, quarter marks and end: ${RES[bt,$run,dirty]:-n/a}"
+        log "built-in: memory peaks (MB): apply worker private/VmHWM ${RES[bt,$run,mir]}; table sync worker private/VmHWM/sum/count ${RES[bt,$run,snap]}; disk used by --dir at most ${RES[bt,$run,disk]} MB"
+        log "built-in: meanwhile on the destination: ${RES[bt,$run,events]:-n/a}"
+        bt_check "$run" "$db"
+    fi
+    qd "$db" "DROP SUBSCRIPTION bt_sub" || true
+    qd "$db" "DROP TABLE public.bigtable"
+}
+
+bigtable_main() {
+    local r
+    BT_BAD=0
+    qs postgres "CREATE DATABASE sampler"
+    qs sampler "CREATE EXTENSION dblink"
+    qs sampler "CREATE TABLE bt_samples (run text, t float8, rows_done bigint, bytes_done bigint, parts_done int, parts_total int, state text, running text)"
+    qs sampler "CREATE TABLE bt_stop (run text)"
+    log "disk: $(df -h --output=avail "$DIR" | tail -1 | tr -d ' ') free where --dir is; vm.dirty_background_ratio $(cat /proc/sys/vm/dirty_background_ratio), vm.dirty_ratio $(cat /proc/sys/vm/dirty_ratio) (% of reclaimable memory)"
+    bigtable_source
+    BT_REF=$(qs big "$BT_CHECK_SQL")
+    log "source: bigtable check: $BT_REF"
+    # see the copy workload: new clusters have no WAL segments to recycle;
+    # here about as much WAL as one copy writes (up to max_wal_size)
+    log "destination: writing and dropping about $BT_WARM_MB MB of WAL, untimed (new clusters have no WAL segments to recycle)"
+    qd postgres "CREATE TABLE bench_wal_warmup AS SELECT g, repeat('x', 400) AS v FROM generate_series(1, $((BT_WARM_MB * 2300))) g"
+    qd postgres "DROP TABLE bench_wal_warmup"
+    qd postgres "CHECKPOINT"
+    for db in bt_bunny bt_bunny_key; do
+        qd postgres "CREATE DATABASE $db"
+        qd "$db" "CREATE EXTENSION bunnydb"
+        qd "$db" "SELECT bunny.create_peer('src', 'host=$DIR port=$SRC_PORT dbname=big')" >/dev/null
+    done
+    qd postgres "CREATE DATABASE bt_builtin"
+    psql_in "$DST_PORT" bt_builtin <"$DIR/schema-big.sql" >"$DIR/schema-load-big.log" 2>&1 \
+        || { tail -20 "$DIR/schema-load-big.log"; die "could not load the schema into bt_builtin"; }
+
+    bt_bunny bunny bt_bunny btblk '"public.bigtable"' "bunnydb (block ranges)"
+    bt_builtin
+    bt_bunny bunny_key bt_bunny_key btkey '{"source_table": "public.bigtable", "partition_key": "id"}' "bunnydb (partition_key id)"
+
+    local b i k rb rk
+    b=${RES[bt,bunny]:-FAIL}; i=${RES[bt,builtin]:-FAIL}; k=${RES[bt,bunny_key]:-FAIL}
+    rb=$(ratio "$b" "$i"); rk=$(ratio "$k" "$i")
+    echo
+    echo "== results: bigtable (nproc $(nproc); $BT_ROWS rows, heap $BT_TABLE_MB MB, destination shared_buffers $(qd postgres "SHOW shared_buffers")) =="
+    printf '%-28s | %10s | %9s | %s\n' system "total" "ratio" "rows/s by quarter of the copy (last/first, slowest/fastest)"
+    printf '%s\n' "-----------------------------+------------+-----------+-------------------------------------------------------------"
+    for r in bunny builtin bunny_key; do
+        case $r in
+            bunny) label="bunnydb (block ranges)" ;;
+            builtin) label="built-in" ;;
+            bunny_key) label="bunnydb (partition_key id)" ;;
+        esac
+        printf '%-28s | %10s | %9s | %s\n' "$label" "$(unit "${RES[bt,$r]:-FAIL}" s)" "$([ $r = builtin ] && echo 1.00 || ratio "${RES[bt,$r]:-FAIL}" "$i")" \
+            "${RES[bt,$r,q]:-n/a} (${RES[bt,$r,lf]:-n/a}, ${RES[bt,$r,mm]:-n/a})"
+    done
+    echo
+    RESULT_LINES+=("RESULT bigtable rows=$BT_ROWS heap_mb=$BT_TABLE_MB ratio=$rb key_ratio=$rk bunnydb_s=$b builtin_s=$i bunnydb_key_s=$k")
+    for r in bunny builtin bunny_key; do
+        read -r q1 q2 q3 q4 <<<"${RES[bt,$r,q]:-n/a n/a n/a n/a}"
+        RESULT_LINES+=("RESULT bigtable_rate system=$r q1=$q1 q2=$q2 q3=$q3 q4=$q4 last_first=${RES[bt,$r,lf]:-n/a} slowest_fastest=${RES[bt,$r,mm]:-n/a} window_s=${RES[bt,$r,win]:-n/a} rows_per_s=${RES[bt,$r,rate]:-n/a} tenths=${RES[bt,$r,dec]:-n/a} dirty_mb=\"${RES[bt,$r,dirty]:-n/a}\" events=\"${RES[bt,$r,events]:-n/a}\"")
+    done
+    RESULT_LINES+=("RESULT bigtable_mem system=builtin apply_private_hwm_mb=${RES[bt,builtin,mir]:-n/a} sync_private_hwm_sum_count=${RES[bt,builtin,snap]:-n/a} disk_peak_mb=${RES[bt,builtin,disk]:-n/a}")
+    for r in bunny bunny_key; do
+        local n mn mx avg sd cv small mm nw
+        read -r n mn mx avg sd cv small mm nw <<<"${RES[bt,$r,parts]:-n/a n/a n/a n/a n/a n/a n/a n/a n/a}"
+        RESULT_LINES+=("RESULT bigtable_parts system=$r parts=$n rows_min=$mn rows_max=$mx rows_mean=$avg rows_stddev=$sd cv_pct=$cv max_min=$mm inner_min_max_cv=${RES[bt,$r,parts_inner]:-n/a} workers=$nw part_s_first_last_quarter=${RES[bt,$r,pdur]:-n/a} finishing_s=${RES[bt,$r,finishing]:-n/a}")
+        RESULT_LINES+=("RESULT bigtable_mem system=$r mirror_private_hwm_mb=${RES[bt,$r,mir]:-n/a} snapshot_private_hwm_sum_count=${RES[bt,$r,snap]:-n/a} disk_peak_mb=${RES[bt,$r,disk]:-n/a}")
+    done
+    printf '%s\n' "${RESULT_LINES[@]}"
+    echo "RESULT bigtable_consistency $([ "$BT_BAD" = 0 ] && echo OK || echo MISMATCH) bunnydb=${RES[bt,bunny,check]:-n/a} builtin=${RES[bt,builtin,check]:-n/a} bunnydb_key=${RES[bt,bunny_key,check]:-n/a}"
+    echo
+    echo "Notes: one after the other, each alone: bunnydb (default split: heap block ranges), the built-in"
+    echo "(schema with its primary key pre-created, untimed; one table sync worker, text COPY), bunnydb with"
+    echo "partition_key id (key ranges).  Rates: rows done (bunny.copy_progress; the built-in: its COPY in"
+    echo "pg_stat_progress_copy) sampled every $BT_SAMPLE_S s; the window runs from the first sample with rows"
+    echo "to the first with all of them; bunnydb builds the primary key after that (\"all parts in until SYNCED\")."
+    echo "Reminder: noisy machine; compare ratios and the shape of the rates, not absolute times."
+    [ "$BT_BAD" = 0 ]
 }
 
 if [ -n "$SOLO" ]; then
