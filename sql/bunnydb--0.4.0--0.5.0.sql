@@ -403,6 +403,7 @@ DECLARE
 	r		record;
 	added	integer := 0;
 	removed	integer := 0;
+	resyncing text;
 BEGIN
 	m := bunny._lock_mirror(update_tables.name);
 	PERFORM bunny._check_no_pending(m);
@@ -419,16 +420,15 @@ BEGIN
 
 	-- a resync the pause interrupted is an operation in progress too; a
 	-- table it removed would stay behind half copied, with nothing to say so
-	IF EXISTS (SELECT 1 FROM bunny.mirror_table t
-				WHERE t.mirror_id = m.id AND (t.resync_state IS NOT NULL OR t.status = 'RESYNCING')) THEN
+	SELECT string_agg(format('%I.%I', t.source_schema, t.source_table), ', '
+					  ORDER BY t.source_schema, t.source_table)
+	  INTO resyncing
+	  FROM bunny.mirror_table t
+	 WHERE t.mirror_id = m.id AND (t.resync_state IS NOT NULL OR t.status = 'RESYNCING');
+	IF resyncing IS NOT NULL THEN
 		RAISE EXCEPTION 'another operation is already in progress'
 			USING ERRCODE = '55006',
-				  DETAIL = format('Operation in progress: resync of %s (paused).',
-								  (SELECT string_agg(format('%I.%I', t.source_schema, t.source_table), ', '
-													 ORDER BY t.source_schema, t.source_table)
-									 FROM bunny.mirror_table t
-									WHERE t.mirror_id = m.id
-									  AND (t.resync_state IS NOT NULL OR t.status = 'RESYNCING'))),
+				  DETAIL = format('Operation in progress: resync of %s (paused).', resyncing),
 				  HINT = format('Resume the mirror with bunny.resume_mirror(%L) and let the resync finish, or call it off with bunny.cancel_operation(%L), then update the tables.',
 								m.name, m.name);
 	END IF;
