@@ -470,14 +470,14 @@ reclaim_parts(Mirror *m, List *live_pids)
 	ListCell   *lc;
 	char	   *failed;
 
+	/* what this builds lives in the transaction: the loop ticks for hours */
+	bunny_start_transaction();
+	PushActiveSnapshot(GetTransactionSnapshot());
 	initStringInfo(&pids);
 	appendStringInfoString(&pids, "{0");
 	foreach(lc, live_pids)
 		appendStringInfo(&pids, ",%d", lfirst_int(lc));
 	appendStringInfoChar(&pids, '}');
-
-	bunny_start_transaction();
-	PushActiveSnapshot(GetTransactionSnapshot());
 	/* the table, a tab, the message: the table's row gets the error too */
 	failed = bunny_spi_scalar(psprintf("SELECT format('%%I.%%I', source_schema, source_table) || E'\\t' || "
 									   "       format('part %%s of %%I.%%I failed %%s times', part_no + 1, "
@@ -627,6 +627,7 @@ copypool_tick(CopyPool *pool, Mirror *m)
 		nlive++;
 	}
 	reclaim_parts(m, live);
+	list_free(live);
 
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());

@@ -286,9 +286,15 @@ swap_target_name(const char *table)
 static void
 resync_plan(PGconn *conn, Mirror *m)
 {
+	MemoryContext caller_cxt = CurrentMemoryContext;
+
+	/* the descriptions, some 11 KB a table, die with this context */
+	MemoryContext plan_cxt = AllocSetContextCreate(TopMemoryContext, "bunnydb resync plan",
+												   ALLOCSET_DEFAULT_SIZES);
 	List	   *tables = NIL;
 	ListCell   *lc;
 
+	MemoryContextSwitchTo(plan_cxt);
 	(void) source_check(conn);
 
 	/*
@@ -297,6 +303,7 @@ resync_plan(PGconn *conn, Mirror *m)
 	 * COPY part only fails three times).
 	 */
 	schema_sync_enum_labels(m);
+	MemoryContextSwitchTo(plan_cxt);
 
 	foreach(lc, m->tables)
 	{
@@ -311,8 +318,6 @@ resync_plan(PGconn *conn, Mirror *m)
 		tables = lappend(tables, source_describe_table(conn, mt, true));
 		bunny_errcontext_pop(&errctx);
 	}
-	if (tables == NIL)
-		return;
 
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -329,6 +334,8 @@ resync_plan(PGconn *conn, Mirror *m)
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(caller_cxt);
+	MemoryContextDelete(plan_cxt);
 }
 
 /*

@@ -39,6 +39,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/pg_lsn.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -242,12 +243,27 @@ create_slot(PGconn *conn, Mirror *m, bool export_snapshot, char **snapshot)
 }
 
 /*
+ * How many tables prepare_destination creates in one transaction.  One
+ * transaction for 10 000 tables held 170 MB of transaction memory, and
+ * its locks and cache entries for every table at once; a batch of a few
+ * hundred keeps the worker's peak near that of one batch while the
+ * commits cost little (each batch fsyncs its new tables anyway).
+ */
+#define SETUP_TABLES_PER_TRANSACTION 250
+
+/*
  * Create the types and tables the mapped tables need on the destination
- * (only those still PENDING when pending_only); in the caller's
- * transaction.  Returns how many tables it handled.
+ * (only those still PENDING when pending_only).  Runs in the caller's
+ * transaction, and commits it and starts another after every
+ * SETUP_TABLES_PER_TRANSACTION tables: a crash between two batches is
+ * cured by running setup again, which creates only what is missing
+ * (ensure_table), and a table it finds created has its catalog rows
+ * from the batch that created it.  What must outlive a batch lives in
+ * keep_cxt.  Returns how many tables it handled.
  */
 static int
-prepare_destination(PGconn *conn, Mirror *m, List *tables, bool copy, bool pending_only)
+prepare_destination(PGconn *conn, Mirror *m, List *tables, bool copy, bool pending_only,
+					MemoryContext keep_cxt)
 {
 	ListCell   *lc;
 	int			n = 0;
@@ -262,6 +278,15 @@ prepare_destination(PGconn *conn, Mirror *m, List *tables, bool copy, bool pendi
 
 		if (pending_only && st->mt->status != TABLE_PENDING)
 			continue;
+		if (n > 0 && n % SETUP_TABLES_PER_TRANSACTION == 0)
+		{
+			MemoryContextSwitchTo(keep_cxt);
+			types_done = list_copy(types_done);
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			bunny_start_transaction();
+			PushActiveSnapshot(GetTransactionSnapshot());
+		}
 		bunny_errcontext_push(&errctx, NULL, qname(st->mt->dest_schema, st->mt->dest_table),
 							  InvalidXLogRecPtr);
 		foreach(lc2, st->columns)
@@ -288,6 +313,19 @@ setup_finish_tables_without_copy(PGconn *conn, Mirror *m)
 }
 
 /*
+ * A context for what setup builds between its transactions: the source's
+ * table descriptions and the statements made from them, some 11 KB a
+ * table.  After a commit CurrentMemoryContext is TopMemoryContext, where
+ * they would stay for the worker's life (113 MB at 10 000 tables); setup
+ * switches back to this one after each commit and deletes it at the end.
+ */
+static MemoryContext
+setup_memory_context(void)
+{
+	return AllocSetContextCreate(TopMemoryContext, "bunnydb setup", ALLOCSET_DEFAULT_SIZES);
+}
+
+/*
  * Run the SETUP phase on the given replication connection: destination
  * tables, publication and slot.  Returns the slot's consistent point, where
  * streaming starts.  When the mirror copies its tables first, *snapshot
@@ -299,9 +337,12 @@ setup_finish_tables_without_copy(PGconn *conn, Mirror *m)
 XLogRecPtr
 setup_run(PGconn *conn, Mirror *m, char **snapshot)
 {
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	MemoryContext setup_cxt = setup_memory_context();
 	List	   *tables = NIL;
 	XLogRecPtr	start_lsn;
 	bool		copy = m->do_initial_snapshot;
+	char	   *exported = NULL;
 
 	*snapshot = NULL;
 	bunny_start_transaction();
@@ -310,6 +351,7 @@ setup_run(PGconn *conn, Mirror *m, char **snapshot)
 	bunny_log(m->name, "INFO", "setup started", NULL);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(setup_cxt);
 
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: setup");
 	(void) source_check(conn);
@@ -318,18 +360,27 @@ setup_run(PGconn *conn, Mirror *m, char **snapshot)
 	/* destination: schemas, types, tables (and, without a copy, the rest) */
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	prepare_destination(conn, m, tables, copy, false);
+	prepare_destination(conn, m, tables, copy, false, setup_cxt);
 	if (!copy)
 		setup_finish_tables_without_copy(conn, m);
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(setup_cxt);
 
 	source_ensure_publication(conn, m, tables);
 
-	start_lsn = create_slot(conn, m, copy, snapshot);
+	start_lsn = create_slot(conn, m, copy, &exported);
+	MemoryContextSwitchTo(setup_cxt);
 	bunny_log(m->name, "INFO",
 			  psprintf("created replication slot %s on the source at %X/%X",
 					   m->slot_name, LSN_FORMAT_ARGS(start_lsn)), NULL);
+
+	/* only the exported snapshot's name outlives setup */
+	MemoryContextSwitchTo(caller_cxt);
+	if (exported)
+		*snapshot = pstrdup(exported);
+	schema_forget_names();
+	MemoryContextDelete(setup_cxt);
 	return start_lsn;
 }
 
@@ -356,16 +407,19 @@ setup_check_source(PGconn *conn, Mirror *m)
 void
 setup_refresh_tables(PGconn *conn, Mirror *m)
 {
+	MemoryContext caller_cxt = CurrentMemoryContext;
+	MemoryContext setup_cxt = setup_memory_context();
 	List	   *tables = NIL;
 	int			added = 0;
 
+	MemoryContextSwitchTo(setup_cxt);
 	pgstat_report_activity(STATE_RUNNING, "bunnydb: updating the table list");
 	(void) source_check(conn);
 	tables = source_describe_tables(conn, m, true);
 
 	bunny_start_transaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	added = prepare_destination(conn, m, tables, true, true);
+	added = prepare_destination(conn, m, tables, true, true, setup_cxt);
 	if (added > 0)
 	{
 		Oid			types[1] = {INT4OID};
@@ -383,6 +437,7 @@ setup_refresh_tables(PGconn *conn, Mirror *m)
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();
+	MemoryContextSwitchTo(setup_cxt);
 
 	/* the publication changes before the copies take their snapshot */
 	source_ensure_publication(conn, m, tables);
@@ -404,4 +459,7 @@ setup_refresh_tables(PGconn *conn, Mirror *m)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	XLogFlush(XactLastCommitEnd);
+	MemoryContextSwitchTo(caller_cxt);
+	schema_forget_names();
+	MemoryContextDelete(setup_cxt);
 }
