@@ -541,8 +541,17 @@ source_table_columns(PGconn *conn, const char *qualified_table)
 
 /*
  * The indexes of tables (as query_columns takes them), by name, with the
- * columns they cover, the table's OID first; whether a constraint owns
+ * columns they use, the table's OID first; whether a constraint owns
  * each tells setup's secondary indexes apart.
+ *
+ * indkey names only the plain columns (0 stands for an expression, and the
+ * predicate is not there at all): an index on lower(col), or one WHERE col
+ * IS NOT NULL, would not be seen to use col, and its DDL would fail on a
+ * destination where col is excluded.  The columns of expressions and
+ * predicates are the index's dependencies on its table's columns
+ * (pg_depend, recorded so on every supported source).  The key columns
+ * come first in key order, as a primary key must be rebuilt from them
+ * (bunny._index_ddl); the others follow by column number.
  */
 static PGresult *
 query_indexes(PGconn *conn, const char *relations)
@@ -554,8 +563,14 @@ query_indexes(PGconn *conn, const char *relations)
 						"SELECT i.indrelid, c.relname, pg_get_indexdef(i.indexrelid), i.indisprimary, "
 						"       EXISTS (SELECT 1 FROM pg_constraint k "
 						"                WHERE k.conindid = i.indexrelid AND k.conrelid = i.indrelid), "
-						"       ARRAY(SELECT attname FROM pg_attribute "
-						"              WHERE attrelid = i.indrelid AND attnum = ANY (i.indkey))::text[] "
+						"       ARRAY(SELECT a.attname FROM pg_attribute a "
+						"              WHERE a.attrelid = i.indrelid AND a.attnum > 0 "
+						"                AND (a.attnum = ANY (i.indkey) OR a.attnum IN "
+						"                     (SELECT d.refobjsubid FROM pg_depend d "
+						"                       WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid "
+						"                         AND d.refclassid = 'pg_class'::regclass "
+						"                         AND d.refobjid = i.indrelid AND d.refobjsubid > 0)) "
+						"              ORDER BY array_position(i.indkey::int2[], a.attnum), a.attnum)::text[] "
 						"  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
 						" WHERE i.indrelid = ANY ($1::regclass[]) "
 						" ORDER BY i.indrelid, c.relname",
@@ -617,10 +632,26 @@ describe_table_objects(PGconn *conn, List *tables, HTAB *hash)
 	}
 	PQclear(res);
 
+	/*
+	 * conkey has every column a CHECK uses, but of a unique, primary key or
+	 * exclusion constraint only the plain key columns: INCLUDE columns are
+	 * the constraint's dependencies, and an exclusion constraint's
+	 * expressions and predicate its index's (conindid), as query_indexes
+	 * explains.  A foreign key's conindid is the referenced table's index,
+	 * whose dependencies are on that table, so refobjid keeps them out.
+	 */
 	res = source_query(conn,
 					   "SELECT c.conrelid, c.conname, c.contype, pg_get_constraintdef(c.oid), "
-					   "       ARRAY(SELECT attname FROM pg_attribute "
-					   "              WHERE attrelid = c.conrelid AND attnum = ANY (c.conkey))::text[], "
+					   "       ARRAY(SELECT a.attname FROM pg_attribute a "
+					   "              WHERE a.attrelid = c.conrelid AND a.attnum > 0 "
+					   "                AND (a.attnum = ANY (c.conkey) OR a.attnum IN "
+					   "                     (SELECT d.refobjsubid FROM pg_depend d "
+					   "                       WHERE d.refclassid = 'pg_class'::regclass "
+					   "                         AND d.refobjid = c.conrelid AND d.refobjsubid > 0 "
+					   "                         AND (d.classid, d.objid) IN "
+					   "                             (('pg_constraint'::regclass, c.oid), "
+					   "                              ('pg_class'::regclass, c.conindid)))) "
+					   "              ORDER BY a.attnum)::text[], "
 					   "       rn.nspname, r.relname "
 					   "  FROM pg_constraint c "
 					   "  LEFT JOIN pg_class r ON r.oid = c.confrelid "

@@ -10,7 +10,12 @@
 #     pages split in block ranges, stale statistics (open-ended last range)
 #  3. mappings: renamed destination (schema and table), exclude_columns,
 #     partition_key ranges on an integer key (with NULL keys), partitioned
-#     source (range partitions, one sub-partitioned) into one table
+#     source (range partitions, one sub-partitioned) into one table; what
+#     uses the excluded column only in an index expression or predicate, an
+#     INCLUDE list, or an exclusion constraint's expression or WHERE is not
+#     created on the destination (README, Table mappings: excluded columns
+#     are left out of the tables bunnydb creates), an index on the other
+#     columns is; sync_schema afterwards does not try to create them either
 #  4. schema objects after the data: PK, unique, check, exclusion,
 #     secondary and expression indexes, FK between mapped tables created
 #     DEFERRABLE INITIALLY DEFERRED, FK to an unmapped table left out,
@@ -91,6 +96,14 @@ CREATE TABLE a (id int PRIMARY KEY, v text);
 INSERT INTO a SELECT g, 'a' || g FROM generate_series(1, 1000) g;
 CREATE TABLE excl (id int PRIMARY KEY, keep text, secret text NOT NULL, tail int);
 INSERT INTO excl SELECT g, 'keep' || g, 'secret' || g, g FROM generate_series(1, 500) g;
+-- indkey alone does not show that these use secret
+CREATE INDEX excl_secret_lower_idx ON excl (lower(secret));
+CREATE INDEX excl_id_partial_idx ON excl (id) WHERE secret LIKE 'secret1%';
+CREATE INDEX excl_keep_incl_idx ON excl (keep) INCLUDE (secret);
+ALTER TABLE excl ADD CONSTRAINT excl_tail_key UNIQUE (tail) INCLUDE (secret),
+  ADD CONSTRAINT excl_secret_excl EXCLUDE USING btree (lower(secret) WITH =),
+  ADD CONSTRAINT excl_keep_excl EXCLUDE USING btree (keep WITH =) WHERE (secret <> '');
+CREATE INDEX excl_tail_idx ON excl (tail);
 CREATE TABLE pkey (id bigint PRIMARY KEY, k int, v text);
 INSERT INTO pkey SELECT g, (g * 7919) % 1000003, 'v' || g FROM generate_series(1, 100000) g;
 INSERT INTO pkey SELECT g, NULL, 'null key' FROM generate_series(100001, 100010) g;
@@ -289,6 +302,20 @@ is( query_value($dest,
 	),
 	'id,keep,tail',
 	'excluded column absent on the destination');
+
+# what uses the excluded column is left out, the rest is there
+my $excl_objects_sql = q{SELECT string_agg(c.relname, ',' ORDER BY c.relname)
+  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'public.excl'::regclass};
+is(query_value($dest, $excl_objects_sql),
+	'excl_pkey,excl_tail_idx',
+	'excl: indexes using the excluded column (expression, predicate, INCLUDE, constraints) left out, the others created');
+is( query_value($dest,
+		"SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'public.excl'::regclass"),
+	'excl_pkey',
+	'excl: constraints using the excluded column left out');
+is( query_value($dest,
+		"SELECT count(*) FROM bunny.mirror_logs WHERE mirror = 'm-map' AND level IN ('WARNING', 'ERROR')"),
+	'0', 'm-map: no warning or error logged');
 ok((parts_of('m-map', 'public.pkey') // 0) > 1,
 	'pkey split in partition_key ranges (' . (parts_of('m-map', 'public.pkey') // 'none') . ' parts)');
 is(query_value($dest, 'SELECT count(*) FROM public.pkey WHERE k IS NULL'),
@@ -323,6 +350,19 @@ catch_up_compare($source, $dest,
 		'public.parted'
 	],
 	'mappings after CDC', exact => 1);
+
+# sync_schema takes the same columns (bunny._source_indexes): it must not
+# try to create the indexes left out at setup
+$dest->safe_psql('postgres', "SELECT bunny.sync_schema('m-map')");
+is(query_value($dest, $excl_objects_sql),
+	'excl_pkey,excl_tail_idx', 'excl: sync_schema created no index using the excluded column');
+ok(wait_for_status($dest, 'm-map', 'RUNNING', 60), 'm-map RUNNING after sync_schema');
+is(mirror_field($dest, 'm-map', 'error_count'), '0', 'm-map error_count 0 after sync_schema');
+$source->safe_psql('postgres', "UPDATE excl SET keep = 'after sync', secret = 's' WHERE id = 2");
+catch_up_compare($source, $dest,
+	'm-map',
+	[ [ '(SELECT id, keep, tail FROM public.excl)', 'public.excl' ] ],
+	'mappings after sync_schema', exact => 1);
 
 # ---------------------------------------------------------------------------
 # 4. Schema objects
