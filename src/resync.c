@@ -12,8 +12,8 @@
  * into it, part by part, as for the initial copy.  The stream goes on
  * meanwhile, for every table:
  *
- *	- a change of a table being copied that committed at or before C is in
- *	  the copy: skipped (truncate, add) or applied to the old table, which
+ *	- a change of a table being copied that committed before C is in the
+ *	  copy: skipped (truncate, add) or applied to the old table, which
  *	  readers still see (swap);
  *	- a later change is queued, as the raw pgoutput message, in
  *	  bunny.resync_queue, in the same transaction as the batch, and for swap
@@ -75,10 +75,15 @@ resync_active(Mirror *m)
 }
 
 /*
- * How a change of mt, in a source transaction that commits at final_lsn,
- * is to be applied.  sync_lsn is the consistent point of the snapshot the
- * table's copy reads: a transaction that commits at or before it is in
- * the copy, a later one is not.  With msg (the raw pgoutput message), a
+ * How a change of mt, in a source transaction whose commit record starts
+ * at final_lsn, is to be applied.  sync_lsn is the consistent point of the
+ * snapshot the table's copy reads: a transaction that commits before it
+ * is in the copy, one whose commit record starts at it or later is not.
+ * The consistent point is the end of the running_xacts record at which the
+ * slot's snapshot became consistent; a transaction running then may commit
+ * in the very next record, at final_lsn == sync_lsn, and the slot decodes
+ * it (its commit is not before the slot's start) while the snapshot does
+ * not see it.  With msg (the raw pgoutput message), a
  * change that is to be queued is queued, in the caller's transaction:
  * applied and queued changes commit together with the batch.
  */
@@ -92,12 +97,12 @@ resync_route(Mirror *m, MirrorTable *mt, XLogRecPtr final_lsn, const char *msg, 
 		bool		swap = mt->resync_strategy == STRATEGY_SWAP;
 
 		/* swap: the old table stays live until the exchange, so it gets all */
-		if (final_lsn <= mt->sync_lsn)
+		if (final_lsn < mt->sync_lsn)
 			return swap ? RESYNC_APPLY : RESYNC_SKIP;
 		route = swap ? RESYNC_APPLY_QUEUED : RESYNC_QUEUED;
 	}
 	else if (mt->resync_state == RESYNC_NONE && mt->sync_lsn != InvalidXLogRecPtr &&
-			 final_lsn <= mt->sync_lsn)
+			 final_lsn < mt->sync_lsn)
 		return RESYNC_SKIP;		/* a finished copy (initial or resync) has it */
 	else if (mt->sync_lsn == TABLE_STALE_LSN)
 		return RESYNC_SKIP;		/* STALE, its new copy not started (state.h) */

@@ -147,7 +147,7 @@ typedef enum TableStatus
 } TableStatus;
 
 /*
- * The sync_lsn of a STALE table: every change commits at or before it, so
+ * The sync_lsn of a STALE table: every change commits before it, so
  * every change is skipped until a resync copies the table again.
  */
 #define TABLE_STALE_LSN		((XLogRecPtr) UINT64CONST(0xFFFFFFFFFFFFFFFF))

@@ -27,6 +27,9 @@
 #  7. the source stopped and started while the mirror runs
 #  8. resync_table 'truncate', then 'swap' (README, Operations), each under
 #     a pgbench load; a row added on the destination beforehand must be gone
+#     A transaction commits right at the consistent point of a resync's
+#     snapshot: the copy does not have it, the stream does, and it must be
+#     applied once
 #  9. the excluded column does not exist on the destination; at the end
 #     bunny.mirrors says RUNNING with error_count 0
 # After every step the destination must catch up (wait_synced) and equal
@@ -44,7 +47,7 @@ use lib "$FindBin::RealBin/../perl";
 use BunnyTest;
 
 use IPC::Run;
-use Time::HiRes qw(time);
+use Time::HiRes qw(time usleep);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -378,6 +381,49 @@ DELETE FROM t_excl WHERE id BETWEEN 300 AND 310;
 		finish_load(delete $c->{load}, "$L $step");
 		return unless $done;
 		return unless caught_up($c, $step);
+	}
+
+	# 8b. A transaction T2 whose commit record starts exactly where the
+	# resync's snapshot becomes consistent.  The walsender creating the
+	# resync's slot moves its snapshot from "building" to "full" to
+	# "consistent" at running_xacts records it logs itself, each once the
+	# transactions running at the previous one have ended: L holds an xid
+	# while the slot is created; T1 starts after that and is running when L
+	# ends; T2 starts after that and is running when T1 ends.  The snapshot
+	# is then consistent at the end of that last record, where T2's commit
+	# record starts when nothing else writes WAL meanwhile: T2 is not in the
+	# copy, and the stream sends it (with the same position).
+	{
+		my $step = 'a commit at the consistent point of a resync';
+		my $hold = $source->background_psql('postgres');
+		my $t1 = $source->background_psql('postgres');
+		my $t2 = $source->background_psql('postgres');
+		my $tmp_slot = "FROM pg_replication_slots WHERE slot_name LIKE 'bunny\\_tmp\\_%'";
+		# rows of our own: the load may have deleted any other
+		$src->("INSERT INTO t_pk (id, k, v) VALUES (-20, 1, 't1'), (-30, 1, 't2')");
+		$hold->query_safe("BEGIN; INSERT INTO t_full (a, b) VALUES (-7, 'held')");
+		my ($st, $msg) = sql_error($dest,
+			"SELECT bunny.resync_table('m', 'public.t_pk', 'truncate')");
+		is($st, '', "$L $step: accepted") or diag("$L $step: $st $msg");
+		ok(poll_until(sub { return $src->("SELECT count(*) $tmp_slot AND restart_lsn IS NOT NULL") eq '1'; }, 60),
+			"$L $step: the resync's slot waits for the held transaction");
+		usleep(500_000);
+		$t1->query_safe("BEGIN; UPDATE t_pk SET k = k + 1 WHERE id = -20");
+		$hold->query_safe('COMMIT');
+		usleep(500_000);
+		$t2->query_safe(
+			"BEGIN; UPDATE t_pk SET k = k + 1000, v = 'committed at the consistent point' WHERE id = -30");
+		$t1->query_safe('COMMIT');
+		my $point;
+		poll_until(sub { $point = $src->("SELECT confirmed_flush_lsn $tmp_slot"); return $point ne ''; }, 60);
+		is($t2->query_safe('SELECT pg_current_wal_insert_lsn()') =~ s/\s+//gr, $point,
+			"$L $step: T2 commits where the copy's snapshot is consistent ($point)");
+		$t2->query_safe('COMMIT');
+		$_->quit foreach ($hold, $t1, $t2);
+		return unless wait_resync_done($dest, 'm', "$L $step");
+		return unless caught_up($c, $step);
+		is($dst->("SELECT k || ' ' || v FROM t_pk WHERE id = -30"), '1001 committed at the consistent point',
+			"$L $step: T2's update arrived");
 	}
 
 	# 9. final state
