@@ -393,37 +393,54 @@ DELETE FROM t_excl WHERE id BETWEEN 300 AND 310;
 	# is then consistent at the end of that last record, where T2's commit
 	# record starts when nothing else writes WAL meanwhile: T2 is not in the
 	# copy, and the stream sends it (with the same position).
+	#
+	# "Nothing else" is not ours to promise: the background writer logs a
+	# running_xacts record of its own at most every 15 s once WAL has been
+	# written, and the copy's first buffer allocations wake it.  CI saw it
+	# land between the consistent point and T2's commit on 13 and 14 (56
+	# bytes: a running_xacts naming T2).  An attempt whose T2 does not sit
+	# at the consistent point still has to arrive exactly once; the next
+	# attempt, seconds later, falls inside the background writer's 15 s and
+	# builds the case again.
 	{
 		my $step = 'a commit at the consistent point of a resync';
-		my $hold = $source->background_psql('postgres');
-		my $t1 = $source->background_psql('postgres');
-		my $t2 = $source->background_psql('postgres');
 		my $tmp_slot = "FROM pg_replication_slots WHERE slot_name LIKE 'bunny\\_tmp\\_%'";
+		my ($at_point, $got, $point);
 		# rows of our own: the load may have deleted any other
 		$src->("INSERT INTO t_pk (id, k, v) VALUES (-20, 1, 't1'), (-30, 1, 't2')");
-		$hold->query_safe("BEGIN; INSERT INTO t_full (a, b) VALUES (-7, 'held')");
-		my ($st, $msg) = sql_error($dest,
-			"SELECT bunny.resync_table('m', 'public.t_pk', 'truncate')");
-		is($st, '', "$L $step: accepted") or diag("$L $step: $st $msg");
-		ok(poll_until(sub { return $src->("SELECT count(*) $tmp_slot AND restart_lsn IS NOT NULL") eq '1'; }, 60),
-			"$L $step: the resync's slot waits for the held transaction");
-		usleep(500_000);
-		$t1->query_safe("BEGIN; UPDATE t_pk SET k = k + 1 WHERE id = -20");
-		$hold->query_safe('COMMIT');
-		usleep(500_000);
-		$t2->query_safe(
-			"BEGIN; UPDATE t_pk SET k = k + 1000, v = 'committed at the consistent point' WHERE id = -30");
-		$t1->query_safe('COMMIT');
-		my $point;
-		poll_until(sub { $point = $src->("SELECT confirmed_flush_lsn $tmp_slot"); return $point ne ''; }, 60);
-		is($t2->query_safe('SELECT pg_current_wal_insert_lsn()') =~ s/\s+//gr, $point,
-			"$L $step: T2 commits where the copy's snapshot is consistent ($point)");
-		$t2->query_safe('COMMIT');
-		$_->quit foreach ($hold, $t1, $t2);
-		return unless wait_resync_done($dest, 'm', "$L $step");
-		return unless caught_up($c, $step);
-		is($dst->("SELECT k || ' ' || v FROM t_pk WHERE id = -30"), '1001 committed at the consistent point',
-			"$L $step: T2's update arrived");
+		foreach my $attempt (1 .. 3)
+		{
+			my $hold = $source->background_psql('postgres');
+			my $t1 = $source->background_psql('postgres');
+			my $t2 = $source->background_psql('postgres');
+			$hold->query_safe("BEGIN; INSERT INTO t_full (a, b) VALUES (-7 - $attempt, 'held')");
+			my ($st, $msg) = sql_error($dest,
+				"SELECT bunny.resync_table('m', 'public.t_pk', 'truncate')");
+			is($st, '', "$L $step: accepted (attempt $attempt)")
+			  or diag("$L $step: $st $msg");
+			ok(poll_until(sub { return $src->("SELECT count(*) $tmp_slot AND restart_lsn IS NOT NULL") eq '1'; }, 60),
+				"$L $step: the resync's slot waits for the held transaction (attempt $attempt)");
+			usleep(500_000);
+			$t1->query_safe("BEGIN; UPDATE t_pk SET k = k + 1 WHERE id = -20");
+			$hold->query_safe('COMMIT');
+			usleep(500_000);
+			$t2->query_safe(
+				"BEGIN; UPDATE t_pk SET k = $attempt, v = 'committed at the consistent point' WHERE id = -30");
+			$t1->query_safe('COMMIT');
+			$point = '';
+			poll_until(sub { $point = $src->("SELECT confirmed_flush_lsn $tmp_slot"); return $point ne ''; }, 60);
+			$got = $t2->query_safe('SELECT pg_current_wal_insert_lsn()') =~ s/\s+//gr;
+			$t2->query_safe('COMMIT');
+			$_->quit foreach ($hold, $t1, $t2);
+			return unless wait_resync_done($dest, 'm', "$L $step (attempt $attempt)");
+			return unless caught_up($c, "$step (attempt $attempt)");
+			is($dst->("SELECT k || ' ' || v FROM t_pk WHERE id = -30"), "$attempt committed at the consistent point",
+				"$L $step: T2's update arrived (attempt $attempt)");
+			$at_point = ($point ne '' && $got eq $point);
+			last if $at_point;
+			note("$L $step: attempt $attempt: other WAL came between: T2 would commit at $got, the snapshot is consistent at $point");
+		}
+		ok($at_point, "$L $step: T2 committed where the copy's snapshot is consistent, within 3 attempts ($got, $point)");
 	}
 
 	# 9. final state
