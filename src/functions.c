@@ -858,40 +858,28 @@ bunny_alter_column_ddl(PG_FUNCTION_ARGS)
 /*
  * bunny._index_ddl(src, dest, def, isprimary, cols): a source index (as
  * bunny._source_indexes lists it) for the destination table, as setup
- * creates indexes (schema_index_ddl); a primary key as ADD PRIMARY KEY on
- * its columns.  NULL when the definition is not in the form we know.
+ * creates indexes (schema_index_ddl); a primary key as ADD PRIMARY KEY
+ * (schema_primary_key_ddl).  NULL when the definition is not in the form
+ * we know.  cols is no longer read: the definition has the key columns
+ * apart from INCLUDE ones, which a column list cannot say.
  */
 Datum
 bunny_index_ddl(PG_FUNCTION_ARGS)
 {
 	char	   *src;
 	char	   *dest;
-	char	   *ddl = NULL;
+	char	   *def;
+	char	   *ddl;
 
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(3))
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
 		PG_RETURN_NULL();
 	src = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	dest = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	def = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	if (PG_GETARG_BOOL(3))
-	{
-		List	   *cols = NIL;
-
-		if (!PG_ARGISNULL(4))
-		{
-			Datum	   *elems;
-			bool	   *nulls;
-			int			n;
-
-			deconstruct_array(PG_GETARG_ARRAYTYPE_P(4), TEXTOID, -1, false, TYPALIGN_INT,
-							  &elems, &nulls, &n);
-			for (int i = 0; i < n; i++)
-				if (!nulls[i])
-					cols = lappend(cols, TextDatumGetCString(elems[i]));
-		}
-		ddl = schema_primary_key_ddl(dest, cols);
-	}
-	else if (!PG_ARGISNULL(2))
-		ddl = schema_index_ddl(src, dest, text_to_cstring(PG_GETARG_TEXT_PP(2)));
+		ddl = schema_primary_key_ddl(src, dest, def);
+	else
+		ddl = schema_index_ddl(src, dest, def);
 	if (ddl == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(ddl));

@@ -422,20 +422,31 @@ schema_index_ddl(const char *src, const char *dest, const char *def)
 	return sql;
 }
 
-/* a primary key on columns (a List of char *), named as PostgreSQL names it */
+/*
+ * The primary key whose index the source defines as def (pg_get_indexdef
+ * of a table named src) on dest, named as PostgreSQL names it; NULL when
+ * the definition is not in the form we know.  What follows "USING btree"
+ * is the key columns, then any INCLUDE list and storage parameters:
+ * index_parameters of ADD PRIMARY KEY take them in that form, and a
+ * primary key's columns print without operator class or collation.  A
+ * column list alone would turn INCLUDE columns into key columns.
+ */
 char *
-schema_primary_key_ddl(const char *dest, List *columns)
+schema_primary_key_ddl(const char *src, const char *dest, const char *def)
 {
-	StringInfoData ddl;
-	ListCell   *lc;
+	char	   *on_only = psprintf(" ON ONLY %s USING btree ", src);
+	char	   *on = psprintf(" ON %s USING btree ", src);
+	const char *at;
 
-	initStringInfo(&ddl);
-	appendStringInfo(&ddl, "ALTER TABLE %s ADD PRIMARY KEY (", dest);
-	foreach(lc, columns)
-		appendStringInfo(&ddl, "%s%s", lc == list_head(columns) ? "" : ", ",
-						 quote_identifier((char *) lfirst(lc)));
-	appendStringInfoChar(&ddl, ')');
-	return ddl.data;
+	if (strncmp(def, "CREATE UNIQUE INDEX ", 20) != 0)
+		return NULL;
+	if ((at = strstr(def, on_only)) != NULL)
+		at += strlen(on_only);
+	else if ((at = strstr(def, on)) != NULL)
+		at += strlen(on);
+	else
+		return NULL;
+	return psprintf("ALTER TABLE %s ADD PRIMARY KEY %s", dest, at);
 }
 
 static SchemaDdl *

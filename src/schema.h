@@ -58,7 +58,7 @@ extern char *schema_not_null_ddl(const char *dest, const char *attname, bool set
 extern char *schema_drop_column_ddl(const char *dest, const char *attname);
 extern char *schema_constraint_ddl(const char *dest, SourceConstraint *con);
 extern char *schema_index_ddl(const char *src, const char *dest, const char *def);
-extern char *schema_primary_key_ddl(const char *dest, List *columns);
+extern char *schema_primary_key_ddl(const char *src, const char *dest, const char *def);
 extern List *schema_post_copy_ddl(SourceTable *st, Oid nspid);
 extern List *schema_foreign_key_ddl(SourceTable *st, List *tables, const char *mirror_name);
 

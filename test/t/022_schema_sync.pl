@@ -145,6 +145,19 @@ compare_tables($source, $dest, ['public.moods'], 'after the resync with a new la
 is(dst("SELECT count(*) FROM bunny.logs('ss', 'ERROR') WHERE message LIKE '%invalid input value for enum%'"),
 	'0', 'the copy never failed on the label');
 
+# 4b. a primary key with an INCLUDE list added on the source: the
+#     destination's has the same key columns, not the INCLUDE ones as keys
+src("ALTER TABLE fullt ADD PRIMARY KEY (a) INCLUDE (b) WITH (fillfactor = 90)");
+dst("SELECT bunny.sync_schema('ss')");
+my $pkdef = q{SELECT pg_get_constraintdef(oid) FROM pg_constraint
+               WHERE conrelid = 'public.fullt'::regclass AND contype = 'p'};
+is(dst($pkdef), 'PRIMARY KEY (a) INCLUDE (b)',
+	'sync_schema built the primary key as the source has it');
+is(dst("SELECT c.reloptions FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+         WHERE i.indrelid = 'public.fullt'::regclass AND i.indisprimary"),
+	'{fillfactor=90}', 'with its storage parameters');
+ok(wait_synced($source, $dest, 'ss', \@plain), 'caught up after the new primary key');
+
 # 5. sync_schema under a steady load on the same tables
 my $load_sql = q{
 DO $$
