@@ -549,10 +549,21 @@ source_table_columns(PGconn *conn, const char *qualified_table)
  * IS NOT NULL, would not be seen to use col, and its DDL would fail on a
  * destination where col is excluded.  The columns of expressions and
  * predicates are the index's dependencies on its table's columns
- * (pg_depend, recorded so on every supported source).  The key columns
- * come first in key order, as a primary key must be rebuilt from them
- * (bunny._index_ddl); the others follow by column number.
+ * (pg_depend, recorded so on every supported source).  A whole-row
+ * reference (an expression f(t), a predicate t IS NOT NULL) records no
+ * column there, so such an index is taken to use every column
+ * (WHOLE_ROW_VAR).  The key columns come first in key order; the others
+ * follow by column number.
  */
+/*
+ * A whole-row Var as the source stores an index's expressions and
+ * predicate (pg_node_tree text: "{VAR :varno 1 :varattno 0 ..." on 12 to
+ * 18).  The catalogs keep no other trace of one: pg_depend records none,
+ * and only a CHECK constraint's conkey says 0, so a query can see it in
+ * an index only by the node's text.
+ */
+#define WHOLE_ROW_VAR "'%{VAR :varno 1 :varattno 0 %'"
+
 static PGresult *
 query_indexes(PGconn *conn, const char *relations)
 {
@@ -569,7 +580,10 @@ query_indexes(PGconn *conn, const char *relations)
 						"                     (SELECT d.refobjsubid FROM pg_depend d "
 						"                       WHERE d.classid = 'pg_class'::regclass AND d.objid = i.indexrelid "
 						"                         AND d.refclassid = 'pg_class'::regclass "
-						"                         AND d.refobjid = i.indrelid AND d.refobjsubid > 0)) "
+						"                         AND d.refobjid = i.indrelid AND d.refobjsubid > 0) "
+						"                     OR (NOT a.attisdropped AND "
+						"                         coalesce(i.indexprs::text, '') || coalesce(i.indpred::text, '') "
+						"                         LIKE " WHOLE_ROW_VAR ")) "
 						"              ORDER BY array_position(i.indkey::int2[], a.attnum), a.attnum)::text[] "
 						"  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
 						" WHERE i.indrelid = ANY ($1::regclass[]) "
@@ -637,8 +651,11 @@ describe_table_objects(PGconn *conn, List *tables, HTAB *hash)
 	 * exclusion constraint only the plain key columns: INCLUDE columns are
 	 * the constraint's dependencies, and an exclusion constraint's
 	 * expressions and predicate its index's (conindid), as query_indexes
-	 * explains.  A foreign key's conindid is the referenced table's index,
-	 * whose dependencies are on that table, so refobjid keeps them out.
+	 * explains.  A whole-row reference makes a CHECK's conkey say 0 and
+	 * puts a WHOLE_ROW_VAR in an exclusion constraint's index: then every
+	 * column counts.  A foreign key's conindid is the referenced table's
+	 * index, whose dependencies are on that table, so refobjid keeps them
+	 * out (and x.indrelid the whole-row test).
 	 */
 	res = source_query(conn,
 					   "SELECT c.conrelid, c.conname, c.contype, pg_get_constraintdef(c.oid), "
@@ -650,7 +667,13 @@ describe_table_objects(PGconn *conn, List *tables, HTAB *hash)
 					   "                         AND d.refobjid = c.conrelid AND d.refobjsubid > 0 "
 					   "                         AND (d.classid, d.objid) IN "
 					   "                             (('pg_constraint'::regclass, c.oid), "
-					   "                              ('pg_class'::regclass, c.conindid)))) "
+					   "                              ('pg_class'::regclass, c.conindid))) "
+					   "                     OR (NOT a.attisdropped AND c.contype = 'c' AND 0 = ANY (c.conkey)) "
+					   "                     OR (NOT a.attisdropped AND EXISTS "
+					   "                         (SELECT 1 FROM pg_index x "
+					   "                           WHERE x.indexrelid = c.conindid AND x.indrelid = c.conrelid "
+					   "                             AND coalesce(x.indexprs::text, '') || coalesce(x.indpred::text, '') "
+					   "                                 LIKE " WHOLE_ROW_VAR "))) "
 					   "              ORDER BY a.attnum)::text[], "
 					   "       rn.nspname, r.relname "
 					   "  FROM pg_constraint c "

@@ -12,7 +12,8 @@
 #     partition_key ranges on an integer key (with NULL keys), partitioned
 #     source (range partitions, one sub-partitioned) into one table; what
 #     uses the excluded column only in an index expression or predicate, an
-#     INCLUDE list, or an exclusion constraint's expression or WHERE is not
+#     INCLUDE list, an exclusion constraint's expression or WHERE, or in a
+#     whole-row reference (WHERE t IS NOT NULL, CHECK (t IS NOT NULL)) is not
 #     created on the destination (README, Table mappings: excluded columns
 #     are left out of the tables bunnydb creates), an index on the other
 #     columns is; sync_schema afterwards does not try to create them either
@@ -103,6 +104,10 @@ CREATE INDEX excl_keep_incl_idx ON excl (keep) INCLUDE (secret);
 ALTER TABLE excl ADD CONSTRAINT excl_tail_key UNIQUE (tail) INCLUDE (secret),
   ADD CONSTRAINT excl_secret_excl EXCLUDE USING btree (lower(secret) WITH =),
   ADD CONSTRAINT excl_keep_excl EXCLUDE USING btree (keep WITH =) WHERE (secret <> '');
+-- nor do whole-row references: pg_depend records no column for them
+CREATE UNIQUE INDEX excl_keep_row_key ON excl (keep) WHERE excl IS NOT NULL;
+ALTER TABLE excl ADD CONSTRAINT excl_row_check CHECK (excl IS NOT NULL),
+  ADD CONSTRAINT excl_row_excl EXCLUDE USING btree (tail WITH =) WHERE (excl IS NOT NULL);
 CREATE INDEX excl_tail_idx ON excl (tail);
 CREATE TABLE pkey (id bigint PRIMARY KEY, k int, v text);
 INSERT INTO pkey SELECT g, (g * 7919) % 1000003, 'v' || g FROM generate_series(1, 100000) g;
