@@ -171,6 +171,22 @@ ALTER FUNCTION bunny._origin_progress() ROWS 10;
 ALTER FUNCTION bunny._copy_progress_live() ROWS 10;
 GRANT EXECUTE ON FUNCTION bunny._worker_stats() TO bunny_monitor;
 
+-- the lock a process waits for, if any: since when (waitstart is set a
+-- moment after the wait begins: until then, now) and who holds it; what
+-- bunny.mirrors and bunny.mirror_overview both say of a worker
+CREATE FUNCTION bunny._lock_wait(pid integer, OUT since timestamptz, OUT holders integer[])
+	RETURNS SETOF record
+	LANGUAGE sql STABLE ROWS 1
+	SET search_path = pg_catalog, pg_temp
+AS $$
+	SELECT coalesce(min(l.waitstart), clock_timestamp()), pg_blocking_pids(_lock_wait.pid)
+	  FROM pg_locks l
+	 WHERE l.pid = _lock_wait.pid AND NOT l.granted
+	HAVING count(*) > 0
+$$;
+REVOKE ALL ON FUNCTION bunny._lock_wait(integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION bunny._lock_wait(integer) TO bunny_monitor;
+
 CREATE VIEW bunny.mirrors AS
 	SELECT m.name, m.source_peer, m.status, m.phase,
 		   (m.status <> 'FAILED' AND m.error_count = 0 AND m.error_message IS NULL
@@ -201,13 +217,7 @@ CREATE VIEW bunny.mirrors AS
 			   count(*) FILTER (WHERE t.resync_state IS NOT NULL) AS copying,
 			   count(*) FILTER (WHERE t.status = 'STALE') AS stale
 		  FROM bunny.mirror_table t WHERE t.mirror_id = m.id) t
-	  -- the lock the worker waits for, if any (waitstart: PostgreSQL 14+)
-	  LEFT JOIN LATERAL (
-		SELECT coalesce(min(l.waitstart), clock_timestamp()) AS since,
-			   pg_blocking_pids(w.pid) AS holders
-		  FROM pg_locks l
-		 WHERE l.pid = w.pid AND NOT l.granted
-		HAVING count(*) > 0) lw ON true;
+	  LEFT JOIN LATERAL bunny._lock_wait(w.pid) lw ON true;
 GRANT SELECT ON bunny.mirrors TO bunny_monitor;
 
 CREATE VIEW bunny.mirror_overview AS
@@ -237,12 +247,7 @@ CREATE VIEW bunny.mirror_overview AS
 										 coalesce(array_to_string(lw.holders, ', '), '?')) END) AS error
 		  FROM bunny.mirrors v
 		  LEFT JOIN bunny.mirror_copy_progress c ON c.mirror = v.name
-		  LEFT JOIN LATERAL (
-			SELECT coalesce(min(l.waitstart), clock_timestamp()) AS since,
-				   pg_blocking_pids(v.worker_pid) AS holders
-			  FROM pg_locks l
-			 WHERE l.pid = v.worker_pid AND NOT l.granted
-			HAVING count(*) > 0) lw ON true
+		  LEFT JOIN LATERAL bunny._lock_wait(v.worker_pid) lw ON true
 	), room AS (
 		-- psql's aligned format: " a | b | ... | g": 2 + 6 * 3 characters
 		-- around the columns, each as wide as its header or widest value
