@@ -97,7 +97,7 @@
 #           the tables, and pg_dump -s locks them all, in one transaction).
 #           Memory: from create_mirror until 3 s after RUNNING, every
 #           0.2 s, the processes titled exactly "bunnydb mirror tblN" and
-#           "bunnydb snapshot tblN" (see title_sampler): peaks of VmRSS
+#           "bunnydb snapshot tblN" (see mem_sampler): peaks of VmRSS
 #           minus RssShmem (the target's measure: README, mirror worker
 #           under 200 MB at 10 000 tables), RssAnon and VmHWM, per N, and
 #           KB per table from the growth between two Ns.
@@ -1016,8 +1016,8 @@ tables_main() {
         mirror=tbl$n
         checkpoint_both
         [ "$STATS" = 1 ] && { tables_stats_reset; tables_waits_start "$n"; }
-        start_title "tbl$n-mirror" "bunnydb mirror $mirror"; pm=$TITLE_PID
-        start_title "tbl$n-snap" "bunnydb snapshot $mirror"; ps=$TITLE_PID
+        start_mem "tbl$n-mirror" title "bunnydb mirror $mirror"; pm=$MEM_PID
+        start_mem "tbl$n-snap" title "bunnydb snapshot $mirror"; ps=$MEM_PID
         log "bunnydb: create_mirror of $n tables ... until status RUNNING"
         t0=$(now)
         if qd "dest_bunny_$n" "SELECT bunny.create_mirror('$mirror', 'src',
@@ -1038,11 +1038,11 @@ tables_main() {
         # memory: the mirror worker into its first seconds of streaming
         # (untimed), the snapshot workers over the whole copy
         sleep 3
-        stop_title "tbl$n-mirror" "$pm"
-        RES[tables$n,mir_priv]=$T_PRIV; RES[tables$n,mir_hwm]=$T_HWM; RES[tables$n,mir_anon]=$T_ANON; RES[tables$n,mir_rss]=$T_RSS
-        stop_title "tbl$n-snap" "$ps"
-        RES[tables$n,snap_priv]=$T_PRIV; RES[tables$n,snap_hwm]=$T_HWM; RES[tables$n,snap_sum]=$T_SUM; RES[tables$n,snap_n]=$T_PROCS
-        log "bunnydb memory, $n tables: mirror worker peak VmRSS-RssShmem ${RES[tables$n,mir_priv]} MB, RssAnon ${RES[tables$n,mir_anon]} MB, VmHWM ${RES[tables$n,mir_hwm]} MB; snapshot workers (at most $T_PROCS at once): largest VmRSS-RssShmem ${RES[tables$n,snap_priv]} MB, VmHWM ${RES[tables$n,snap_hwm]} MB, sum ${RES[tables$n,snap_sum]} MB"
+        stop_mem "tbl$n-mirror" "$pm"
+        RES[tables$n,mir_priv]=$M_PRIV; RES[tables$n,mir_hwm]=$M_HWM; RES[tables$n,mir_anon]=$M_ANON; RES[tables$n,mir_rss]=$M_RSS
+        stop_mem "tbl$n-snap" "$ps"
+        RES[tables$n,snap_priv]=$M_PRIV; RES[tables$n,snap_hwm]=$M_HWM; RES[tables$n,snap_sum]=$M_SUM; RES[tables$n,snap_n]=$M_PROCS
+        log "bunnydb memory, $n tables: mirror worker peak VmRSS-RssShmem ${RES[tables$n,mir_priv]} MB, RssAnon ${RES[tables$n,mir_anon]} MB, VmHWM ${RES[tables$n,mir_hwm]} MB; snapshot workers (at most $M_PROCS at once): largest VmRSS-RssShmem ${RES[tables$n,snap_priv]} MB, VmHWM ${RES[tables$n,snap_hwm]} MB, sum ${RES[tables$n,snap_sum]} MB"
         if [ "$STATS" = 1 ]; then
             tables_waits_stop "$n"
             tables_stats_show "$n"
@@ -1137,80 +1137,32 @@ tables_main() {
 }
 
 
-# ---- memory of every process whose title matches, every 0.2 s --------------
+# ---- memory of the destination's processes of a title, every 0.2 s --------
 # For workers that come and go or run several at once (snapshot workers,
-# table sync workers): /proc is scanned for the destination postmaster's
-# children whose command line matches PATTERN.  Kept: the largest single
-# process's peak VmRSS and VmRSS-RssShmem, the peak of the sum of
-# VmRSS-RssShmem over all of them, the most processes seen at once, and
-# the number of samples that saw one.
-# scan_sampler OUTFILE STOPFILE PATTERN
-scan_sampler() {
-    local out=$1 stop=$2 pat=$3 ppid f pid line rss priv n peak=0 ppriv=0 psum=0 pmax=0 samples=0 sum cnt
-    ppid=$(head -1 "$DIR/dst/postmaster.pid")
-    while [ ! -e "$stop" ]; do
-        sum=0; cnt=0
-        for f in $(grep -l -a -F -- "$pat" /proc/[0-9]*/cmdline 2>/dev/null); do
-            pid=${f#/proc/}; pid=${pid%/cmdline}
-            line=$(awk '/^PPid:/ {p=$2} /^VmRSS:/ {r=$2} /^RssShmem:/ {s=$2} END {print p+0, r+0, r-s}' "/proc/$pid/status" 2>/dev/null) || continue
-            read -r n rss priv <<<"$line"
-            [ "$n" = "$ppid" ] && [ "$rss" -gt 0 ] || continue
-            cnt=$((cnt + 1)); sum=$((sum + priv))
-            [ "$rss" -gt "$peak" ] && peak=$rss
-            [ "$priv" -gt "$ppriv" ] && ppriv=$priv
-        done
-        if [ "$cnt" -gt 0 ]; then
-            samples=$((samples + 1))
-            [ "$sum" -gt "$psum" ] && psum=$sum
-            [ "$cnt" -gt "$pmax" ] && pmax=$cnt
-        fi
-        sleep 0.2
-    done
-    echo "$peak $ppriv $psum $pmax $samples" >"$out"
-}
-start_scan() {   # name pattern -> SCAN_PID
-    rm -f "$DIR/scan-$1.stop" "$DIR/scan-$1.out"
-    scan_sampler "$DIR/scan-$1.out" "$DIR/scan-$1.stop" "$2" &
-    SCAN_PID=$!
-    BG_PIDS+=("$SCAN_PID")
-}
-stop_scan() {    # name pid -> SCAN_RSS SCAN_PRIV SCAN_SUM (MB, n/a without a sample) SCAN_PROCS
-    touch "$DIR/scan-$1.stop"
-    wait "$2" 2>/dev/null || true
-    local peak priv sum procs n
-    read -r peak priv sum procs n <"$DIR/scan-$1.out" || { peak=0; priv=0; sum=0; procs=0; n=0; }
-    SCAN_PROCS=$procs
-    if [ "$n" -eq 0 ]; then
-        SCAN_RSS=n/a; SCAN_PRIV=n/a; SCAN_SUM=n/a
-        return
-    fi
-    SCAN_RSS=$(kb_mb "$peak")
-    SCAN_PRIV=$(kb_mb "$priv")
-    SCAN_SUM=$(kb_mb "$sum")
-}
-
-# ---- memory of the processes of one exact title, every 0.2 s ---------------
-# As scan_sampler, but a process counts only when its title is exactly
-# "postgres: TITLE" (the mirror worker of tbl1000 must not match the one of
-# tbl10000), and the kernel's own peak (VmHWM, which no sampling interval
-# misses) is kept too.  The title is read with the shell's read up to the
-# first NUL of /proc/PID/cmdline: no process is started per candidate.
-# Kept: the largest single process's peak VmRSS, VmRSS-RssShmem, RssAnon
-# and VmHWM, the peak sum of VmRSS-RssShmem over all of them, the most
-# processes seen at once, the samples that saw one.
-# title_sampler OUTFILE STOPFILE TITLE
-title_sampler() {
-    local out=$1 stop=$2 title=$3 ppid f pid t line n rss priv anon hwm sum cnt
+# table sync workers) as for one: /proc is scanned for the destination
+# postmaster's children whose command line has MATCH in it (MODE
+# substring) or whose title is exactly "postgres: MATCH" (MODE title: the
+# mirror worker of tbl1000 must not match the one of tbl10000).  The title
+# is read with the shell's read up to the first NUL of /proc/PID/cmdline:
+# no process is started per candidate.  Kept: the largest single process's
+# peak VmRSS, VmRSS-RssShmem, RssAnon and VmHWM (the kernel's own peak,
+# which no sampling interval misses), the peak sum of VmRSS-RssShmem over
+# all of them, the most processes seen at once, the samples that saw one.
+# mem_sampler OUTFILE STOPFILE MODE MATCH
+mem_sampler() {
+    local out=$1 stop=$2 mode=$3 match=$4 ppid f pid t line n rss priv anon hwm sum cnt
     local peak=0 ppriv=0 panon=0 phwm=0 psum=0 pmax=0 samples=0
     ppid=$(head -1 "$DIR/dst/postmaster.pid")
     while [ ! -e "$stop" ]; do
         sum=0; cnt=0
-        for f in $(grep -l -a -F -- "$title" /proc/[0-9]*/cmdline 2>/dev/null); do
-            t=""
-            # (the process may be gone: the redirection fails first)
-            { IFS= read -r -d '' t <"$f"; } 2>/dev/null || true
-            t=${t%"${t##*[! ]}"}
-            [ "$t" = "postgres: $title" ] || continue
+        for f in $(grep -l -a -F -- "$match" /proc/[0-9]*/cmdline 2>/dev/null); do
+            if [ "$mode" = title ]; then
+                t=""
+                # (the process may be gone: the redirection fails first)
+                { IFS= read -r -d '' t <"$f"; } 2>/dev/null || true
+                t=${t%"${t##*[! ]}"}
+                [ "$t" = "postgres: $match" ] || continue
+            fi
             pid=${f#/proc/}; pid=${pid%/cmdline}
             line=$(awk '/^PPid:/ {p=$2} /^VmRSS:/ {r=$2} /^RssAnon:/ {a=$2} /^RssShmem:/ {s=$2} /^VmHWM:/ {h=$2} END {print p+0, r+0, r-s, a+0, h+0}' "/proc/$pid/status" 2>/dev/null) || continue
             read -r n rss priv anon hwm <<<"$line"
@@ -1230,26 +1182,26 @@ title_sampler() {
     done
     echo "$peak $ppriv $panon $phwm $psum $pmax $samples" >"$out"
 }
-start_title() {   # name title -> TITLE_PID
-    rm -f "$DIR/title-$1.stop" "$DIR/title-$1.out"
-    title_sampler "$DIR/title-$1.out" "$DIR/title-$1.stop" "$2" &
-    TITLE_PID=$!
-    BG_PIDS+=("$TITLE_PID")
+start_mem() {   # name mode match -> MEM_PID
+    rm -f "$DIR/mem-$1.stop" "$DIR/mem-$1.out"
+    mem_sampler "$DIR/mem-$1.out" "$DIR/mem-$1.stop" "$2" "$3" &
+    MEM_PID=$!
+    BG_PIDS+=("$MEM_PID")
 }
-# stop_title name pid -> T_RSS T_PRIV T_ANON T_HWM T_SUM (MB, n/a without
-# a sample) T_PROCS
-stop_title() {
-    touch "$DIR/title-$1.stop"
+# stop_mem name pid -> M_RSS M_PRIV M_ANON M_HWM M_SUM (MB, n/a without
+# a sample) M_PROCS
+stop_mem() {
+    touch "$DIR/mem-$1.stop"
     wait "$2" 2>/dev/null || true
     local peak priv anon hwm sum procs n
-    read -r peak priv anon hwm sum procs n <"$DIR/title-$1.out" || { peak=0; priv=0; anon=0; hwm=0; sum=0; procs=0; n=0; }
-    T_PROCS=$procs
+    read -r peak priv anon hwm sum procs n <"$DIR/mem-$1.out" || { peak=0; priv=0; anon=0; hwm=0; sum=0; procs=0; n=0; }
+    M_PROCS=$procs
     if [ "$n" -eq 0 ]; then
-        T_RSS=n/a; T_PRIV=n/a; T_ANON=n/a; T_HWM=n/a; T_SUM=n/a
+        M_RSS=n/a; M_PRIV=n/a; M_ANON=n/a; M_HWM=n/a; M_SUM=n/a
         return
     fi
-    T_RSS=$(kb_mb "$peak"); T_PRIV=$(kb_mb "$priv"); T_ANON=$(kb_mb "$anon")
-    T_HWM=$(kb_mb "$hwm"); T_SUM=$(kb_mb "$sum")
+    M_RSS=$(kb_mb "$peak"); M_PRIV=$(kb_mb "$priv"); M_ANON=$(kb_mb "$anon")
+    M_HWM=$(kb_mb "$hwm"); M_SUM=$(kb_mb "$sum")
 }
 
 # psql_in PORT DB: run the SQL on stdin, stop at the first error
@@ -1738,13 +1690,13 @@ values_copy() {
     checkpoint_both
     log "$(vs_label "$s"): initial copy of big_$k and wide_$k into $db"
     if [ "${s%_*}" = bunny ]; then
-        start_scan "$s-copy-snap" "bunnydb snapshot $(vs_mirror "$s")"; p1=$SCAN_PID
-        start_scan "$s-copy-main" "bunnydb mirror $(vs_mirror "$s")"; p2=$SCAN_PID
+        start_mem "$s-copy-snap" substring "bunnydb snapshot $(vs_mirror "$s")"; p1=$MEM_PID
+        start_mem "$s-copy-main" substring "bunnydb mirror $(vs_mirror "$s")"; p2=$MEM_PID
         t0=$(now)
         qd "$db" "SELECT bunny.create_mirror('$(vs_mirror "$s")', 'src', '[\"public.big_$k\", \"public.wide_$k\"]')" >/dev/null \
             && bunny_wait_status_in "$db" "$(vs_mirror "$s")" RUNNING "$COPY_TIMEOUT" && ok=1
     else
-        start_scan "$s-copy-snap" "logical replication worker for subscription"; p1=$SCAN_PID
+        start_mem "$s-copy-snap" substring "logical replication worker for subscription"; p1=$MEM_PID
         p2=""
         t0=$(now)
         qd "$db" "CREATE SUBSCRIPTION vsub_$k CONNECTION 'host=$DIR port=$SRC_PORT dbname=vals' PUBLICATION vpub_$k WITH (binary = $([ $k = b ] && echo true || echo false))"
@@ -1760,12 +1712,12 @@ values_copy() {
         [ "${s%_*}" = bunny ] && qd "$db" "SELECT status || ' ' || coalesce(error_message, '') FROM bunny.mirrors" || true
         tail -20 "$DIR/dst.log"
     fi
-    stop_scan "$s-copy-snap" "$p1"
-    RES[vals,$s,copy_snap]=$SCAN_PRIV; RES[vals,$s,copy_snap_rss]=$SCAN_RSS; RES[vals,$s,copy_snap_sum]=$SCAN_SUM; RES[vals,$s,copy_snap_n]=$SCAN_PROCS
+    stop_mem "$s-copy-snap" "$p1"
+    RES[vals,$s,copy_snap]=$M_PRIV; RES[vals,$s,copy_snap_rss]=$M_RSS; RES[vals,$s,copy_snap_sum]=$M_SUM; RES[vals,$s,copy_snap_n]=$M_PROCS
     if [ -n "$p2" ]; then
-        stop_scan "$s-copy-main" "$p2"
-        RES[vals,$s,copy_main]=$SCAN_PRIV
-        log "$(vs_label "$s") copy: ${RES[vals,$s,copy]} s; snapshot workers (at most $SCAN_PROCS at once): largest one peak VmRSS ${RES[vals,$s,copy_snap_rss]} MB, VmRSS-RssShmem ${RES[vals,$s,copy_snap]} MB, sum ${RES[vals,$s,copy_snap_sum]} MB; mirror worker VmRSS-RssShmem $SCAN_PRIV MB"
+        stop_mem "$s-copy-main" "$p2"
+        RES[vals,$s,copy_main]=$M_PRIV
+        log "$(vs_label "$s") copy: ${RES[vals,$s,copy]} s; snapshot workers (at most ${RES[vals,$s,copy_snap_n]} at once): largest one peak VmRSS ${RES[vals,$s,copy_snap_rss]} MB, VmRSS-RssShmem ${RES[vals,$s,copy_snap]} MB, sum ${RES[vals,$s,copy_snap_sum]} MB; mirror worker VmRSS-RssShmem $M_PRIV MB"
         log "$(vs_label "$s") copy formats: $(qd "$db" "SELECT string_agg(message, '; ' ORDER BY id) FROM bunny.mirror_logs WHERE message LIKE 'copying table%'")"
     else
         log "$(vs_label "$s") copy: ${RES[vals,$s,copy]} s; its workers (apply and table sync, at most ${RES[vals,$s,copy_snap_n]} at once): largest one peak VmRSS ${RES[vals,$s,copy_snap_rss]} MB, VmRSS-RssShmem ${RES[vals,$s,copy_snap]} MB, sum ${RES[vals,$s,copy_snap_sum]} MB"
@@ -1810,7 +1762,7 @@ values_cdc() {
             wupd) sql="UPDATE wide_$k SET c0001 = c0001 + 1, c0002 = c0002 || 'u' WHERE id BETWEEN $((base + 1)) AND $((base + 1000))" ;;
         esac
         checkpoint_both
-        start_scan "$s-$op" "$(vs_pattern "$s")"; p=$SCAN_PID
+        start_mem "$s-$op" substring "$(vs_pattern "$s")"; p=$MEM_PID
         t0=$(now)
         qs vals "$sql"
         ts=$(now)
@@ -1821,10 +1773,10 @@ values_cdc() {
             VALUES_BAD=1
             tail -20 "$DIR/dst.log"
         fi
-        stop_scan "$s-$op" "$p"
-        RES[vals,$s,${op}_mem]=$SCAN_PRIV
-        RES[vals,$s,${op}_rss]=$SCAN_RSS
-        log "$(vs_label "$s") $op: ${RES[vals,$s,$op]} s (the statement on the source $(elapsed "$t0" "$ts") s); worker peak VmRSS $SCAN_RSS MB, VmRSS-RssShmem $SCAN_PRIV MB"
+        stop_mem "$s-$op" "$p"
+        RES[vals,$s,${op}_mem]=$M_PRIV
+        RES[vals,$s,${op}_rss]=$M_RSS
+        log "$(vs_label "$s") $op: ${RES[vals,$s,$op]} s (the statement on the source $(elapsed "$t0" "$ts") s); worker peak VmRSS $M_RSS MB, VmRSS-RssShmem $M_PRIV MB"
         [ "${RES[vals,$s,$op]}" = FAIL ] && break
     done
     if [ "${s%_*}" = bunny ]; then
@@ -2144,8 +2096,8 @@ bt_bunny() {
                (SELECT string_agg(p.part_no::text, ',' ORDER BY p.part_no) FROM bunny.snapshot_part p JOIN bunny.mirror m ON m.id = p.mirror_id
                  WHERE m.name = '$mirror' AND p.status = 'RUNNING')
           FROM bunny.copy_progress c WHERE c.mirror = '$mirror'"
-    start_title "$run-mirror" "bunnydb mirror $mirror"; pm=$TITLE_PID
-    start_title "$run-snap" "bunnydb snapshot $mirror"; ps=$TITLE_PID
+    start_mem "$run-mirror" title "bunnydb mirror $mirror"; pm=$MEM_PID
+    start_mem "$run-snap" title "bunnydb snapshot $mirror"; ps=$MEM_PID
     bt_disk_start "$run"
     off=$(stat -c %s "$DIR/dst.log")
     t0=$(now)
@@ -2164,10 +2116,10 @@ bt_bunny() {
     bt_sampler_stop "$run"
     bt_log_events "$run" "$off" "$t0"
     RES[bt,$run,disk]=$(bt_disk_stop)
-    stop_title "$run-mirror" "$pm"
-    RES[bt,$run,mir]="$T_PRIV/$T_HWM"
-    stop_title "$run-snap" "$ps"
-    RES[bt,$run,snap]="$T_PRIV/$T_HWM/$T_SUM/$T_PROCS"
+    stop_mem "$run-mirror" "$pm"
+    RES[bt,$run,mir]="$M_PRIV/$M_HWM"
+    stop_mem "$run-snap" "$ps"
+    RES[bt,$run,snap]="$M_PRIV/$M_HWM/$M_SUM/$M_PROCS"
     log "$label: ${RES[bt,$run]} s"
     [ "$ok" = 1 ] || return 0
 
@@ -2269,8 +2221,8 @@ bt_builtin() {
     sub_oid=$(qd "$db" "SELECT oid FROM pg_subscription WHERE subname = 'bt_sub'")
     # its workers' titles name the subscription: known only now, before
     # either worker has started
-    start_title "$run-sync" "logical replication worker for subscription $sub_oid sync $relid"; ps=$TITLE_PID
-    start_title "$run-apply" "logical replication worker for subscription $sub_oid"; pa=$TITLE_PID
+    start_mem "$run-sync" title "logical replication worker for subscription $sub_oid sync $relid"; ps=$MEM_PID
+    start_mem "$run-apply" title "logical replication worker for subscription $sub_oid"; pa=$MEM_PID
     if srv_wait "built-in bt_sub ready" "$COPY_TIMEOUT" "$db" \
         "SELECT CASE WHEN count(*) = 1 AND bool_and(srsubstate = 'r') THEN 'ok' ELSE 'wait' END FROM pg_subscription_rel WHERE srsubid = $sub_oid"; then
         t1=$(now)
@@ -2283,10 +2235,10 @@ bt_builtin() {
     bt_sampler_stop "$run"
     bt_log_events "$run" "$off" "$t0"
     RES[bt,$run,disk]=$(bt_disk_stop)
-    stop_title "$run-sync" "$ps"
-    RES[bt,$run,snap]="$T_PRIV/$T_HWM/$T_SUM/$T_PROCS"
-    stop_title "$run-apply" "$pa"
-    RES[bt,$run,mir]="$T_PRIV/$T_HWM"
+    stop_mem "$run-sync" "$ps"
+    RES[bt,$run,snap]="$M_PRIV/$M_HWM/$M_SUM/$M_PROCS"
+    stop_mem "$run-apply" "$pa"
+    RES[bt,$run,mir]="$M_PRIV/$M_HWM"
     log "built-in: ${RES[bt,$run]} s"
     if [ "${RES[bt,$run]}" != FAIL ]; then
         bt_rates "$run"
