@@ -154,7 +154,7 @@ apply_handle_relation(StringInfo s)
 	 * came from, next to the root it is published as: unmapped relations are
 	 * remembered, and only a change on one is an error.
 	 */
-	mt = mirror_find_table(mirror, rel->nspname, rel->relname);
+	mt = relmap_mirror_table(rel->nspname, rel->relname);
 
 	relmap_update(rel, typmods, mt, current_msg, current_msg_len);
 

@@ -105,7 +105,7 @@ extern void relmap_update(LogicalRepRelation *rel, int32 *typmods, MirrorTable *
 extern void relmap_update_type(LogicalRepTyp *typ);
 extern void relmap_seq_init(HASH_SEQ_STATUS *status);
 extern MemoryContext relmap_context(void);
-extern MirrorTable *mirror_find_table(Mirror *m, const char *nsp, const char *rel);
+extern MirrorTable *relmap_mirror_table(const char *nsp, const char *rel);
 extern void relmap_retarget(MirrorTable *mt, const char *table);
 extern void relmap_invalidate(Datum arg, Oid relid);
 extern void relmap_free_plans(RelMapEntry *e);

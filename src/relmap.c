@@ -53,6 +53,55 @@ static MemoryContext RelMapContext = NULL;	/* the map, its plans */
 static Mirror *relmap_mirror = NULL;
 static bool relmap_binary = false;
 
+/*
+ * The mirror's tables by source schema and name, for the Relation messages
+ * to find theirs: a search of the list per message made the first pass of
+ * a 10 000-table mirror quadratic.  Names fit: they are the source's.
+ */
+typedef struct SourceTableKey
+{
+	NameData	nspname;
+	NameData	relname;
+} SourceTableKey;
+
+typedef struct SourceTableEntry
+{
+	SourceTableKey key;
+	MirrorTable *mt;
+} SourceTableEntry;
+
+static HTAB *source_tables = NULL;
+
+static void
+index_mirror_tables(Mirror *m)
+{
+	HASHCTL		ctl;
+	ListCell   *lc;
+
+	if (source_tables != NULL)
+		hash_destroy(source_tables);
+	memset(&ctl, 0, sizeof(ctl));
+	ctl.keysize = sizeof(SourceTableKey);
+	ctl.entrysize = sizeof(SourceTableEntry);
+	ctl.hcxt = RelMapContext;
+	source_tables = hash_create("bunnydb mirror tables", Max(list_length(m->tables), 16), &ctl,
+								HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	foreach(lc, m->tables)
+	{
+		MirrorTable *mt = lfirst(lc);
+		SourceTableKey key;
+		SourceTableEntry *e;
+		bool		found;
+
+		memset(&key, 0, sizeof(key));
+		namestrcpy(&key.nspname, mt->source_schema);
+		namestrcpy(&key.relname, mt->source_table);
+		e = hash_search(source_tables, &key, HASH_ENTER, &found);
+		if (!found)
+			e->mt = mt;
+	}
+}
+
 /* create the map and the cache context, once per apply_stream() */
 void
 relmap_init(Mirror *m, bool binary)
@@ -72,6 +121,7 @@ relmap_init(Mirror *m, bool binary)
 	type_hash = hash_create("bunnydb type map", 16, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	relmap_mirror = m;
 	relmap_binary = binary;
+	index_mirror_tables(m);
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(relmap_invalidate, (Datum) 0);
@@ -188,20 +238,18 @@ relmap_context(void)
 	return RelMapContext;
 }
 
-/* the mapped table for a source schema.table of m, or NULL */
+/* the mirror's table for a source schema.table, or NULL */
 MirrorTable *
-mirror_find_table(Mirror *m, const char *nsp, const char *rel)
+relmap_mirror_table(const char *nsp, const char *rel)
 {
-	ListCell   *lc;
+	SourceTableKey key;
+	SourceTableEntry *e;
 
-	foreach(lc, m->tables)
-	{
-		MirrorTable *mt = lfirst(lc);
-
-		if (strcmp(mt->source_schema, nsp) == 0 && strcmp(mt->source_table, rel) == 0)
-			return mt;
-	}
-	return NULL;
+	memset(&key, 0, sizeof(key));
+	namestrcpy(&key.nspname, nsp);
+	namestrcpy(&key.relname, rel);
+	e = hash_search(source_tables, &key, HASH_FIND, NULL);
+	return e ? e->mt : NULL;
 }
 
 /*
@@ -217,9 +265,10 @@ relmap_set_mirror(Mirror *m)
 	relmap_mirror = m;
 	if (rel_hash == NULL)
 		return;
+	index_mirror_tables(m);
 	hash_seq_init(&status, rel_hash);
 	while ((e = hash_seq_search(&status)) != NULL)
-		e->mt = mirror_find_table(m, e->remoterel->nspname, e->remoterel->relname);
+		e->mt = relmap_mirror_table(e->remoterel->nspname, e->remoterel->relname);
 }
 
 /*
