@@ -478,11 +478,58 @@ resync_start(Mirror *m)
 }
 
 /*
+ * An index of a destination table by what it is apart from its name and
+ * its table: what pg_get_indexdef prints after "ON <table> USING " (the
+ * method, columns, INCLUDE, WITH, WHERE).  Two indexes of the same shape
+ * are interchangeable.
+ */
+typedef struct IndexShape
+{
+	char	   *relname;
+	char	   *shape;			/* NULL once its name has been handed on */
+} IndexShape;
+
+/*
+ * The indexes of table (quoted, qualified, as pg_get_indexdef prints it),
+ * in the current transaction's memory.
+ */
+static List *
+index_shapes(const char *table)
+{
+	Oid			types[1] = {TEXTOID};
+	Datum		vals[1] = {CStringGetTextDatum(table)};
+	List	   *indexes = NIL;
+
+	SPI_connect();
+	SPI_execute_with_args("SELECT c.relname::text, "
+						  "       substr(d.def, strpos(d.def, d.at) + length(d.at)) "
+						  "  FROM pg_catalog.pg_index i "
+						  "  JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid, "
+						  "       LATERAL (SELECT pg_catalog.pg_get_indexdef(i.indexrelid) AS def, "
+						  "                       ' ON ' || $1 || ' USING ' AS at) d "
+						  " WHERE i.indrelid = $1::regclass ORDER BY 1",
+						  1, types, vals, NULL, true, 0);
+	for (uint64 i = 0; i < SPI_processed; i++)
+	{
+		/* not SPI's context, which SPI_finish deletes: the list too */
+		MemoryContext spi_cxt = MemoryContextSwitchTo(TopTransactionContext);
+		IndexShape *ix = palloc(sizeof(IndexShape));
+
+		ix->relname = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		ix->shape = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 2);
+		indexes = lappend(indexes, ix);
+		MemoryContextSwitchTo(spi_cxt);
+	}
+	SPI_finish();
+	return indexes;
+}
+
+/*
  * Exchange a swapped table with its copy, in the caller's transaction:
  * foreign keys that point at the table, its own foreign keys, and the
  * sequences its columns own move over (identity sequences: their position
- * and name); the old table is dropped and the copy's index and sequence
- * names lose their _resync.
+ * and name); the old table is dropped, the copy's indexes take the names
+ * of the old table's and its sequences lose their _resync.
  */
 static void
 resync_swap(MirrorTable *mt)
@@ -495,6 +542,7 @@ resync_swap(MirrorTable *mt)
 	List	   *readd = NIL;
 	List	   *setval_sql = NIL;
 	List	   *renames = NIL;
+	List	   *old_indexes;
 	ListCell   *lc;
 
 	/* foreign keys from other tables to it, and its own: dropped, re-added */
@@ -587,6 +635,7 @@ resync_swap(MirrorTable *mt)
 	foreach(lc, setval_sql)
 		bunny_dest_exec((char *) lfirst(lc));
 
+	old_indexes = index_shapes(dest);
 	bunny_dest_exec(psprintf("ALTER TABLE %s RENAME TO %s", dest, quote_identifier(old_name)));
 	bunny_dest_exec(psprintf("ALTER TABLE %s RENAME TO %s", copy, quote_identifier(mt->dest_table)));
 	bunny_dest_exec(psprintf("DROP TABLE %s", quote_qualified_identifier(mt->dest_schema, old_name)));
@@ -594,42 +643,62 @@ resync_swap(MirrorTable *mt)
 		bunny_dest_exec((char *) lfirst(lc));
 
 	/*
-	 * Index names: <table>_resync_pkey -> <table>_pkey, made the way
-	 * PostgreSQL makes index names (makeObjectName clips the table's part
-	 * of a long name, not the suffix), and numbered like ChooseRelationName
-	 * when the name is taken.
+	 * Index names.  LIKE named the copy's indexes after the copy
+	 * (<table>_resync_pkey, <table>_resync_v_idx), not as the old table's
+	 * were, which a user or setup (with the source's names) may have
+	 * chosen.  An index of the same shape as one of the old table's takes
+	 * that one's name, free since the old table is gone.  Any other loses
+	 * its _resync the way PostgreSQL makes index names (makeObjectName
+	 * clips the table's part of a long name, not the suffix), numbered like
+	 * ChooseRelationName when the name is taken; after the others, so as
+	 * not to take a name one of them gets back.
 	 */
 	{
 		Oid			nspid = get_namespace_oid(mt->dest_schema, false);
-		Oid			types[1] = {TEXTOID};
-		Datum		vals[1] = {CStringGetTextDatum(dest)};
-		List	   *indexes = NIL;
+		List	   *copy_indexes = index_shapes(dest);
+		List	   *unmatched = NIL;
 		size_t		prefix = strlen(mt->copy_target) + 1;
 
-		SPI_connect();
-		SPI_execute_with_args("SELECT c.relname::text FROM pg_catalog.pg_index i "
-							  "  JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid "
-							  " WHERE i.indrelid = $1::regclass ORDER BY 1",
-							  1, types, vals, NULL, true, 0);
-		for (uint64 i = 0; i < SPI_processed; i++)
+		foreach(lc, copy_indexes)
 		{
-			char	   *relname = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+			IndexShape *ix = lfirst(lc);
+			IndexShape *was = NULL;
+			ListCell   *lc2;
 
-			if (strncmp(relname, mt->copy_target, prefix - 1) == 0 && relname[prefix - 1] == '_' &&
-				relname[prefix] != '\0')
-				indexes = lappend(indexes, MemoryContextStrdup(TopTransactionContext, relname));
+			foreach(lc2, old_indexes)
+			{
+				IndexShape *o = lfirst(lc2);
+
+				if (o->shape != NULL && strcmp(o->shape, ix->shape) == 0)
+				{
+					was = o;
+					break;
+				}
+			}
+			if (was == NULL)
+			{
+				unmatched = lappend(unmatched, ix);
+				continue;
+			}
+			was->shape = NULL;
+			bunny_dest_exec(psprintf("ALTER INDEX %s RENAME TO %s",
+									 quote_qualified_identifier(mt->dest_schema, ix->relname),
+									 quote_identifier(was->relname)));
 		}
-		SPI_finish();
-		foreach(lc, indexes)
+		foreach(lc, unmatched)
 		{
-			char	   *relname = lfirst(lc);
-			const char *label = relname + prefix;
-			char	   *newname = makeObjectName(mt->dest_table, NULL, label);
+			IndexShape *ix = lfirst(lc);
+			const char *label = ix->relname + prefix;
+			char	   *newname;
 
+			if (strncmp(ix->relname, mt->copy_target, prefix - 1) != 0 ||
+				ix->relname[prefix - 1] != '_' || ix->relname[prefix] == '\0')
+				continue;
+			newname = makeObjectName(mt->dest_table, NULL, label);
 			if (OidIsValid(get_relname_relid(newname, nspid)))
 				newname = ChooseRelationName(mt->dest_table, NULL, label, nspid, false);
 			bunny_dest_exec(psprintf("ALTER INDEX %s RENAME TO %s",
-									 quote_qualified_identifier(mt->dest_schema, relname),
+									 quote_qualified_identifier(mt->dest_schema, ix->relname),
 									 quote_identifier(newname)));
 		}
 	}

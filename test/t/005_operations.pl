@@ -10,7 +10,8 @@
 #     b. resync_table swap of a table that a foreign key of another mapped
 #        table points at and that owns a serial sequence: readers never see
 #        it empty, the foreign key points at the new table, the sequence
-#        still belongs to it and nextval works;
+#        still belongs to it and nextval works, its indexes keep their
+#        names (one is not PostgreSQL's default);
 #     c. resync_mirror swap: every table exchanged in one transaction,
 #        readers on a concurrent session never see an empty table
 #  2. control rules: a second operation while a resync runs fails with
@@ -226,6 +227,8 @@ CREATE TABLE t_trunc (id int PRIMARY KEY, v int NOT NULL, t text);
 INSERT INTO t_trunc SELECT g, 0, 'row ' || g FROM generate_series(1, 150000) g;
 CREATE TABLE parent (id serial PRIMARY KEY, v int NOT NULL DEFAULT 0, t text);
 INSERT INTO parent (v, t) SELECT 0, 'p' || g FROM generate_series(1, 60000) g;
+-- a name PostgreSQL would not have chosen: a swap must keep it
+CREATE INDEX parent_by_t ON parent (t);
 CREATE TABLE child (id bigint PRIMARY KEY,
                     parent_id int NOT NULL REFERENCES parent (id),
                     n int NOT NULL);
@@ -468,7 +471,7 @@ EOS
 	is( query_value($dest,
 			"SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_index i "
 			  . "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'public.parent'::regclass"),
-		'parent_pkey', "$label: index names of parent restored");
+		'parent_by_t,parent_pkey', "$label: index names of parent restored (parent_by_t not parent_t_idx)");
 	is(query_value($dest, "SELECT pg_get_serial_sequence('public.parent', 'id')"),
 		'public.parent_id_seq', "$label: the serial sequence belongs to the new parent.id");
 	like(

@@ -5,7 +5,8 @@
 # one scenario: a parallel initial copy (text, char(n), enum and enum-array
 # columns), CDC with folded UPDATEs, deletes and a COPY run, enum labels
 # added on the source, a COPY run in binary transfer (a second mirror, of a
-# table with built-in types only; it writes every 128 rows), and a refused
+# table with built-in types only; it writes every 128 rows), a swap resync
+# of that table (its indexes get their names back), and a refused
 # DROP EXTENSION and DROP DATABASE (with the worker that looks into the
 # database to be dropped).  Checks that both
 # tables end equal to the source and that memcheck reported nothing beyond
@@ -59,7 +60,8 @@ S "CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
    CREATE TABLE big (id int PRIMARY KEY, v text);
    INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 20000) g;
    CREATE TABLE bin (id int PRIMARY KEY, v text, n numeric);
-   INSERT INTO bin SELECT g, md5(g::text), g / 7.0 FROM generate_series(1, 100) g;" || fail "source data"
+   INSERT INTO bin SELECT g, md5(g::text), g / 7.0 FROM generate_series(1, 100) g;
+   CREATE INDEX bin_by_n ON bin (n);" || fail "source data"
 T "CREATE EXTENSION bunnydb" >/dev/null || fail "CREATE EXTENSION"
 T "SELECT bunny.create_peer('src', 'host=$D port=5561 dbname=postgres user=postgres')" >/dev/null
 T "SELECT bunny.create_mirror('vg', 'src', '[\"public.f\", \"public.big\"]',
@@ -84,6 +86,14 @@ for _ in $(seq 1 600); do [ "$(T "SELECT bunny.wait_for_lsn('vg', '$L', 0)")" = 
 for _ in $(seq 1 600); do [ "$(T "SELECT bunny.wait_for_lsn('vgbin', '$L', 0)")" = t ] && break; sleep 1; done
 T "SELECT message FROM bunny.mirror_logs WHERE mirror = 'vgbin' AND message LIKE 'streaming from%'" | grep -q "binary transfer" \
     || fail "mirror vgbin does not stream in binary transfer"
+oid=$(T "SELECT 'public.bin'::regclass::oid")
+T "SELECT bunny.resync_table('vgbin', 'public.bin', 'swap')" >/dev/null || fail "resync_table swap"
+for _ in $(seq 1 600); do
+    [ "$(T "SELECT status || coalesce(pending_op, '-') || ('public.bin'::regclass::oid <> $oid) FROM bunny.mirror WHERE name = 'vgbin'")" = RUNNING-true ] && break
+    sleep 1
+done
+[ "$(T "SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+        WHERE i.indrelid = 'public.bin'::regclass")" = bin_by_n,bin_pkey ] || fail "the swap of bin did not end with its index names"
 for t in f big bin; do
     q="SELECT count(*) || ' ' || md5(string_agg(x::text, '' ORDER BY x::text)) FROM $t x"
     [ "$(S "$q")" = "$(T "$q")" ] || fail "table $t differs from the source"
