@@ -235,7 +235,8 @@ stream_restart(bool streaming)
 	st.source = source_info(st.conn);
 	/* the walsender of the old connection may still hold the slot */
 	check_slot_and_publication(true);
-	startpos = replorigin_session_get_progress(false);
+	/* durable before it is reported as flushed: see apply_stream */
+	startpos = replorigin_session_get_progress(true);
 	st.last_received = startpos;
 	st.streaming = streaming;
 	stream_start_replication(st.conn, st.mirror->slot_name, startpos, st.mirror->publication_name,
@@ -639,7 +640,19 @@ apply_stream(PGconn *conn, Mirror *m)
 	check_slot_and_publication(false);
 	st.binary = decide_binary_mode();
 	st.batch = apply_init(m, st.binary, &copy_source);
-	startpos = replorigin_session_get_progress(false);
+
+	/*
+	 * The position we start from is reported to the walsender as flushed
+	 * with the first feedback, and the slot then never sends what lies
+	 * before it again.  The origin's position in shared memory is that of
+	 * the last local commit, which is asynchronous (synchronous_commit is
+	 * off in this worker) and may not be on disk yet: an earlier run of
+	 * this mirror can have committed a batch and exited a moment ago.
+	 * Were the destination to crash before the WAL writer wrote it, that
+	 * batch would be gone here while the slot had moved past it.  true
+	 * flushes our WAL up to that commit first.
+	 */
+	startpos = replorigin_session_get_progress(true);
 	st.last_received = startpos;
 	st.last_flushed_reported = startpos;
 	batch_flushmap_init(startpos);
