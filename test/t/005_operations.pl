@@ -472,6 +472,9 @@ EOS
 			"SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_index i "
 			  . "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = 'public.parent'::regclass"),
 		'parent_by_t,parent_pkey', "$label: index names of parent restored (parent_by_t not parent_t_idx)");
+	is(query_value($dest,
+			"SELECT conname FROM pg_constraint WHERE conrelid = 'public.parent'::regclass AND contype = 'p'"),
+		'parent_pkey', "$label: the primary key constraint has its name back with its index");
 	is(query_value($dest, "SELECT pg_get_serial_sequence('public.parent', 'id')"),
 		'public.parent_id_seq', "$label: the serial sequence belongs to the new parent.id");
 	like(
